@@ -1,0 +1,142 @@
+"""The vocabulary rule cases are written in: a well-configured vault, grants, callers, and the
+function that turns a `Case` into the `Context` a rule sees.
+
+The default vault is deliberately hardened (firewall closed, soft delete and purge protection on),
+so each case states only the one thing it changes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kvguard.detection import Case, Context, History
+from kvguard.events import Caller, VaultEvent
+from kvguard.ids import parse_vault_ref
+from kvguard.policy import Policy
+from kvguard.vault import VaultConfig, diff
+
+TENANT = "4d2c9a1e-6b7f-4c3d-9e8a-1f2b3c4d5e6f"
+OTHER_TENANT = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+SUBSCRIPTION = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+VAULT_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-payments/providers/Microsoft.KeyVault/vaults/kv-payments"
+APP_TEAM = "0b1c2d3e-4f50-4617-8829-3a4b5c6d7e8f"
+INTRUDER = "e7d6c5b4-a392-4817-9605-f4e3d2c1b0a9"
+OPERATOR = "31415926-5358-4979-8323-846264338327"
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # a Wednesday, 10:00 UTC
+
+
+def grant(object_id: str, tenant: str = TENANT, application_id: str | None = None,
+          **permissions: list[str]) -> dict[str, Any]:
+    """An access-policy entry in ARM's shape: grant(APP_TEAM, secrets=["get"])."""
+    entry: dict[str, Any] = {"tenantId": tenant, "objectId": object_id, "permissions": dict(permissions)}
+    if application_id:
+        entry["applicationId"] = application_id
+    return entry
+
+
+BASE_PROPERTIES: dict[str, Any] = {
+    "tenantId": TENANT,
+    "sku": {"family": "A", "name": "standard"},
+    "accessPolicies": [grant(APP_TEAM, secrets=["get"], keys=["get", "wrapKey", "unwrapKey"])],
+    "enableRbacAuthorization": False,
+    "enableSoftDelete": True,
+    "softDeleteRetentionInDays": 90,
+    "enablePurgeProtection": True,
+    "enabledForDeployment": False,
+    "enabledForTemplateDeployment": False,
+    "enabledForDiskEncryption": False,
+    "publicNetworkAccess": "Disabled",
+    "networkAcls": {"defaultAction": "Deny", "bypass": "None", "ipRules": [], "virtualNetworkRules": []},
+    "provisioningState": "Succeeded",
+    "vaultUri": "https://kv-payments.vault.azure.net/",
+}
+
+
+def vault(tags: Mapping[str, str] | None = None, **properties: Any) -> dict[str, Any]:
+    """The default vault's ARM GET body with some properties replaced (None removes one)."""
+    props = copy.deepcopy(BASE_PROPERTIES)
+    for name, value in properties.items():
+        if value is None:
+            props.pop(name, None)
+        else:
+            props[name] = value
+    return {
+        "id": VAULT_ID,
+        "name": "kv-payments",
+        "type": "Microsoft.KeyVault/vaults",
+        "location": "westeurope",
+        "tags": dict(tags or {}),
+        "properties": props,
+    }
+
+
+def with_grants(*entries: dict[str, Any], **properties: Any) -> dict[str, Any]:
+    """The default vault with the app team's grant plus `entries`."""
+    return vault(accessPolicies=[*BASE_PROPERTIES["accessPolicies"], *entries], **properties)
+
+
+def acls(default_action: str = "Deny", bypass: str = "None", ip_rules: tuple[str, ...] = (),
+         subnets: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "defaultAction": default_action,
+        "bypass": bypass,
+        "ipRules": [{"value": ip} for ip in ip_rules],
+        "virtualNetworkRules": [{"id": s} for s in subnets],
+    }
+
+
+def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
+    """A normalised event: a successful vaults/write by OPERATOR unless `overrides` say otherwise.
+
+    Keys: kind, operation, event_type, status, succeeded, time, vault_id, and caller (a dict of
+    `Caller` fields, merged over the default caller).
+    """
+    caller = {"object_id": OPERATOR, "upn": "ops@contoso.example", "tenant_id": TENANT, "ip": "10.20.30.40"}
+    caller.update(overrides.get("caller", {}))
+    kind = overrides.get("kind", "write")
+    operation = overrides.get("operation", {
+        "write": "Microsoft.KeyVault/vaults/write",
+        "access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
+        "delete": "Microsoft.KeyVault/vaults/delete",
+        "purge": "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+    }.get(kind, "Microsoft.KeyVault/vaults/write"))
+    succeeded = overrides.get("succeeded", True)
+    return VaultEvent(
+        id=overrides.get("id", "evt-case"),
+        event_type=overrides.get(
+            "event_type",
+            "Microsoft.Resources.ResourceWriteSuccess" if succeeded else "Microsoft.Resources.ResourceWriteFailure",
+        ),
+        schema="eventgrid",
+        subject=overrides.get("vault_id", VAULT_ID),
+        time=overrides.get("time", NOW),
+        vault=parse_vault_ref(overrides.get("vault_id", VAULT_ID)),
+        operation=operation,
+        kind=kind,
+        access_policy_action=overrides.get("access_policy_action"),
+        status="Succeeded" if succeeded else "Failed",
+        succeeded=succeeded,
+        caller=Caller(**caller),
+        correlation_id="corr-case",
+        tenant_id=TENANT,
+        raw={},
+    )
+
+
+def make_context(case: Case) -> Context:
+    """The context a rule sees for a case: configurations parsed, diff computed, policy merged."""
+    before = VaultConfig.from_arm(case.before) if case.before is not None else None
+    after = VaultConfig.from_arm(case.after) if case.after is not None else None
+    return Context(
+        event=make_event(case.event),
+        before=before,
+        after=after,
+        diff=diff(before, after) if before is not None and after is not None else None,
+        policy=Policy().merged(dict(case.policy)),
+        history=History(**case.history),
+        now=case.event.get("time", NOW),
+        baseline_deleted=case.baseline_deleted,
+    )

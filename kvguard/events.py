@@ -1,0 +1,444 @@
+"""What Event Grid delivers, validated with Pydantic, and normalised into one `VaultEvent`.
+
+Two envelopes reach kvguard (the Event Grid schema and CloudEvents 1.0) with two kinds of data:
+the subscription's `Microsoft.Resources.*` events (who called which ARM operation on which
+resource — never what changed) and Key Vault's own `Microsoft.KeyVault.VaultAccessPolicyChanged`
+(PascalCase). `parse` accepts whatever form the delivery takes and returns, per event, either a
+`VaultEvent` or a `Rejected` whose reason names the field and the problem. It never raises: a raise
+would make Event Grid redeliver something that can never succeed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kvguard.ids import VaultRef, parse_vault_ref
+
+RESOURCE_EVENT_PREFIX = "microsoft.resources."
+ACCESS_POLICY_CHANGED = "microsoft.keyvault.vaultaccesspolicychanged"
+
+# The Key Vault control-plane operations kvguard handles, lower-cased, by what they mean.
+OPERATIONS: dict[str, str] = {
+    "microsoft.keyvault/vaults/write": "write",
+    "microsoft.keyvault/vaults/accesspolicies/write": "access_policy",
+    "microsoft.keyvault/vaults/delete": "delete",
+    "microsoft.keyvault/locations/deletedvaults/purge/action": "purge",
+}
+OperationKind = Literal["write", "access_policy", "delete", "purge", "other"]
+
+_CLAIM = "http://schemas.microsoft.com/identity/claims/"
+_CLAIM_XML = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/"
+_CLAIM_2008 = "http://schemas.microsoft.com/ws/2008/06/identity/claims/"
+
+
+# --- envelopes -------------------------------------------------------------------------------
+
+
+class _Lenient(BaseModel):
+    """Unknown extra fields are kept, never an error: Azure adds fields without notice."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class EventGridEnvelope(_Lenient):
+    id: str = Field(min_length=1)
+    event_type: str = Field(alias="eventType", min_length=1)
+    subject: str = Field(min_length=1)
+    event_time: datetime = Field(alias="eventTime")
+    data: Any = None
+    topic: str | None = None
+    data_version: str | None = Field(default=None, alias="dataVersion")
+
+
+class CloudEventEnvelope(_Lenient):
+    id: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    specversion: str
+    subject: str | None = None
+    time: datetime | None = None
+    data: Any = None
+
+    @field_validator("specversion")
+    @classmethod
+    def _version_one(cls, value: str) -> str:
+        if value != "1.0":
+            raise ValueError(f"unsupported CloudEvents specversion {value!r} (expected '1.0')")
+        return value
+
+
+# --- event data --------------------------------------------------------------------------------
+
+
+class Authorization(_Lenient):
+    scope: str | None = None
+    action: str | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("evidence", mode="before")
+    @classmethod
+    def _evidence_may_be_empty_list(cls, value: Any) -> Any:
+        # Some deliveries carry `"evidence": []` instead of an object.
+        return {} if value in (None, []) else value
+
+
+class HttpRequest(_Lenient):
+    client_request_id: str | None = Field(default=None, alias="clientRequestId")
+    client_ip_address: str | None = Field(default=None, alias="clientIpAddress")
+    method: str | None = None
+    url: str | None = None
+
+
+class ResourceEventData(_Lenient):
+    """`data` of the `Microsoft.Resources.Resource*` events."""
+
+    resource_uri: str = Field(alias="resourceUri", min_length=1)
+    operation_name: str = Field(alias="operationName", min_length=1)
+    status: str | None = None
+    authorization: Authorization | None = None
+    claims: dict[str, Any] = Field(default_factory=dict)
+    correlation_id: str | None = Field(default=None, alias="correlationId")
+    http_request: HttpRequest | None = Field(default=None, alias="httpRequest")
+    resource_provider: str | None = Field(default=None, alias="resourceProvider")
+    subscription_id: str | None = Field(default=None, alias="subscriptionId")
+    tenant_id: str | None = Field(default=None, alias="tenantId")
+
+    @field_validator("claims", mode="before")
+    @classmethod
+    def _claims_may_be_text(cls, value: Any) -> Any:
+        if value is None or value == []:
+            return {}
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("http_request", mode="before")
+    @classmethod
+    def _http_request_may_be_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else None
+        return value
+
+
+class VaultAccessPolicyChangedData(_Lenient):
+    """`data` of Key Vault's own `VaultAccessPolicyChanged` (PascalCase; NBF/EXP string or number)."""
+
+    id: str | None = Field(default=None, alias="Id")
+    vault_name: str = Field(alias="VaultName", min_length=1)
+    object_type: str | None = Field(default=None, alias="ObjectType")
+    object_name: str | None = Field(default=None, alias="ObjectName")
+    version: str | None = Field(default=None, alias="Version")
+    nbf: float | None = Field(default=None, alias="NBF")
+    exp: float | None = Field(default=None, alias="EXP")
+
+
+# --- the normalised event ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made the change, from the claims and the authorization evidence."""
+
+    object_id: str | None = None
+    app_id: str | None = None
+    upn: str | None = None
+    name: str | None = None
+    tenant_id: str | None = None
+    ip: str | None = None
+    principal_type: str | None = None
+    idp: str | None = None
+    evidence_principal_id: str | None = None
+
+    @property
+    def id(self) -> str | None:
+        """One stable id for history: the object id, else the app id, else the UPN."""
+        return self.object_id or self.evidence_principal_id or self.app_id or (self.upn.lower() if self.upn else None)
+
+    def ids(self) -> frozenset[str]:
+        """Every id that can name this caller, lower-cased, for list look-ups."""
+        return frozenset(
+            i.lower() for i in (self.object_id, self.app_id, self.evidence_principal_id, self.upn) if i
+        )
+
+    def describe(self) -> str:
+        return self.upn or self.name or self.id or "unknown caller"
+
+
+@dataclass(frozen=True)
+class VaultEvent:
+    """One delivered event, normalised. `vault` is None for events that name no Key Vault."""
+
+    id: str
+    event_type: str
+    schema: Literal["eventgrid", "cloudevents"]
+    subject: str | None
+    time: datetime | None
+    vault: VaultRef | None
+    operation: str | None
+    kind: OperationKind
+    access_policy_action: str | None
+    status: str | None
+    succeeded: bool
+    caller: Caller
+    correlation_id: str | None
+    tenant_id: str | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def is_resource_event(self) -> bool:
+        return self.event_type.lower().startswith(RESOURCE_EVENT_PREFIX)
+
+    @property
+    def is_access_policy_changed(self) -> bool:
+        return self.event_type.lower() == ACCESS_POLICY_CHANGED
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event that cannot be processed: the reason names the field and the problem."""
+
+    reason: str
+    raw: str
+    event_id: str | None = None
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def parse(raw: Any) -> list[VaultEvent | Rejected]:
+    """Every event in a delivery, in order, each normalised or rejected with its reason.
+
+    Accepts a dict, JSON text or bytes, a list (a batch), or the worker's
+    `azure.functions.EventGridEvent` / CloudEvent objects.
+    """
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            return [Rejected(f"payload: not UTF-8 text ({error.reason})", _raw_text(raw))]
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            return [Rejected(f"payload: not valid JSON ({error.msg} at position {error.pos})", _raw_text(raw))]
+    if isinstance(raw, list):
+        if not raw:
+            return [Rejected("payload: an empty batch holds no event", "[]")]
+        return [_parse_one(item) for item in raw]
+    return [_parse_one(raw)]
+
+
+def _parse_one(raw: Any) -> VaultEvent | Rejected:
+    if not isinstance(raw, Mapping):
+        raw = _from_worker_object(raw)
+    if not isinstance(raw, Mapping):
+        return Rejected(f"event: expected a JSON object, got {type(raw).__name__}", _raw_text(raw))
+    try:
+        if "specversion" in raw:
+            return _from_cloudevent(raw)
+        return _from_eventgrid(raw)
+    except ValidationError as error:
+        return Rejected(_explain(error), _raw_text(raw), _event_id(raw))
+    except ValueError as error:
+        return Rejected(str(error), _raw_text(raw), _event_id(raw))
+
+
+def _from_worker_object(obj: Any) -> Any:
+    """The dict form of an `azure.functions.EventGridEvent` or a CloudEvent-like object."""
+    if hasattr(obj, "event_type") and hasattr(obj, "get_json"):
+        return {
+            "id": obj.id,
+            "eventType": obj.event_type,
+            "subject": obj.subject,
+            "eventTime": obj.event_time.isoformat() if obj.event_time else None,
+            "topic": getattr(obj, "topic", None),
+            "dataVersion": getattr(obj, "data_version", None),
+            "data": obj.get_json(),
+        }
+    if hasattr(obj, "specversion") and hasattr(obj, "source"):
+        return {
+            "id": obj.id,
+            "type": obj.type,
+            "source": obj.source,
+            "specversion": obj.specversion,
+            "subject": getattr(obj, "subject", None),
+            "time": obj.time.isoformat() if getattr(obj, "time", None) else None,
+            "data": obj.data,
+        }
+    return obj
+
+
+def _from_eventgrid(raw: Mapping[str, Any]) -> VaultEvent:
+    envelope = EventGridEnvelope.model_validate(raw)
+    return _normalise(
+        raw,
+        event_id=envelope.id,
+        event_type=envelope.event_type,
+        schema="eventgrid",
+        subject=envelope.subject,
+        time=envelope.event_time,
+        source=envelope.topic,
+        data=envelope.data,
+    )
+
+
+def _from_cloudevent(raw: Mapping[str, Any]) -> VaultEvent:
+    envelope = CloudEventEnvelope.model_validate(raw)
+    return _normalise(
+        raw,
+        event_id=envelope.id,
+        event_type=envelope.type,
+        schema="cloudevents",
+        subject=envelope.subject,
+        time=envelope.time,
+        source=envelope.source,
+        data=envelope.data,
+    )
+
+
+def _normalise(
+    raw: Mapping[str, Any],
+    *,
+    event_id: str,
+    event_type: str,
+    schema: Literal["eventgrid", "cloudevents"],
+    subject: str | None,
+    time: datetime | None,
+    source: str | None,
+    data: Any,
+) -> VaultEvent:
+    if time is not None and time.tzinfo is None:
+        time = time.replace(tzinfo=UTC)
+    common = {
+        "id": event_id,
+        "event_type": event_type,
+        "schema": schema,
+        "subject": subject,
+        "time": time,
+        "raw": raw,
+    }
+    lowered_type = event_type.lower()
+    if lowered_type.startswith(RESOURCE_EVENT_PREFIX):
+        if not isinstance(data, Mapping):
+            raise ValueError("data: expected an object with resourceUri and operationName")
+        payload = ResourceEventData.model_validate(data)
+        operation = payload.operation_name.strip()
+        kind: OperationKind = OPERATIONS.get(operation.lower(), "other")  # type: ignore[assignment]
+        vault = parse_vault_ref(payload.resource_uri) or parse_vault_ref(subject)
+        if vault is None and operation.lower().startswith("microsoft.keyvault/"):
+            raise ValueError(f"data.resourceUri: {payload.resource_uri!r} names no Key Vault")
+        status = payload.status
+        return VaultEvent(
+            **common,
+            vault=vault,
+            operation=operation,
+            kind=kind if vault is not None else "other",
+            access_policy_action=_access_policy_action(payload.resource_uri) if kind == "access_policy" else None,
+            status=status,
+            succeeded=not lowered_type.endswith(("failure", "cancel")) and (status or "Succeeded") == "Succeeded",
+            caller=_caller(payload),
+            correlation_id=payload.correlation_id,
+            tenant_id=(payload.tenant_id or "").lower() or None,
+        )
+    if lowered_type == ACCESS_POLICY_CHANGED:
+        if not isinstance(data, Mapping):
+            raise ValueError("data: expected an object with VaultName")
+        VaultAccessPolicyChangedData.model_validate(data)
+        vault = parse_vault_ref(source) or parse_vault_ref(subject)
+        if vault is None:
+            raise ValueError(f"topic/source: {source!r} names no Key Vault")
+        return VaultEvent(
+            **common,
+            vault=vault,
+            operation="Microsoft.KeyVault/vaults/accessPolicies/write",
+            kind="access_policy",
+            access_policy_action=None,
+            status="Succeeded",
+            succeeded=True,
+            caller=Caller(),
+            correlation_id=None,
+            tenant_id=None,
+        )
+    # Anything else (Storage events, Key Vault data-plane events, validation handshakes) is
+    # well-formed but not ours: the pipeline reports it as ignored.
+    return VaultEvent(
+        **common,
+        vault=None,
+        operation=None,
+        kind="other",
+        access_policy_action=None,
+        status=None,
+        succeeded=True,
+        caller=Caller(),
+        correlation_id=None,
+        tenant_id=None,
+    )
+
+
+def _access_policy_action(resource_uri: str) -> str | None:
+    tail = resource_uri.rstrip("/").rsplit("/", 2)
+    if len(tail) == 3 and tail[1].lower() == "accesspolicies":
+        return tail[2].lower()
+    return None
+
+
+def _claim(claims: Mapping[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _caller(data: ResourceEventData) -> Caller:
+    claims = data.claims
+    evidence = data.authorization.evidence if data.authorization else {}
+    object_id = _claim(claims, "oid", _CLAIM + "objectidentifier")
+    principal_id = evidence.get("principalId") if isinstance(evidence.get("principalId"), str) else None
+    ip = data.http_request.client_ip_address if data.http_request else None
+    return Caller(
+        object_id=object_id.lower() if object_id else None,
+        app_id=(_claim(claims, "appid", "azp") or "").lower() or None,
+        upn=_claim(claims, _CLAIM_XML + "upn", "upn", "unique_name", _CLAIM_XML + "name"),
+        name=_claim(claims, "name"),
+        tenant_id=(_claim(claims, "tid", _CLAIM + "tenantid") or "").lower() or None,
+        ip=ip or _claim(claims, "ipaddr"),
+        principal_type=evidence.get("principalType") if isinstance(evidence.get("principalType"), str) else None,
+        idp=_claim(claims, "idp", _CLAIM + "identityprovider"),
+        evidence_principal_id=principal_id.lower() if principal_id else None,
+    )
+
+
+def _explain(error: ValidationError) -> str:
+    """A validation error as `field: problem` lines, with the field named as in the JSON."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "event"
+        parts.append(f"{where}: {item['msg'].lower()}")
+    return "; ".join(parts)
+
+
+def _event_id(raw: Mapping[str, Any]) -> str | None:
+    value = raw.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _raw_text(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    try:
+        return json.dumps(raw, default=str)
+    except (TypeError, ValueError):
+        return repr(raw)
+
+
+def iter_events(items: Iterable[VaultEvent | Rejected]) -> Iterable[VaultEvent]:
+    return (item for item in items if isinstance(item, VaultEvent))

@@ -1,0 +1,86 @@
+"""Azure resource-id parsing and the case rules that go with it, in one place.
+
+ARM compares resource ids case-insensitively (`resourcegroups` and `resourceGroups` name the same
+thing), events and GET responses disagree on casing, and a vault must be found under one key no
+matter which spelling reached us. Everything that compares ids goes through `vault_key`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_VAULT_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.keyvault/vaults/(?P<name>[^/]+)",
+    re.IGNORECASE,
+)
+_DELETED_VAULT_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyvault"
+    r"/locations/(?P<location>[^/]+)/deletedvaults/(?P<name>[^/]+)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class VaultRef:
+    """A vault named by an event: its id as written (trimmed to the vault) and its parts."""
+
+    id: str
+    subscription_id: str
+    name: str
+    resource_group: str | None = None
+    location: str | None = None
+
+    @property
+    def key(self) -> str:
+        return vault_key(self.id)
+
+
+def vault_key(resource_id: str) -> str:
+    """The case-insensitive identity of a resource id: lower case, no trailing slash."""
+    return resource_id.strip().rstrip("/").lower()
+
+
+def parse_vault_ref(resource_id: str | None) -> VaultRef | None:
+    """The vault a resource id points into, or None when it names no Key Vault.
+
+    Sub-resource ids (`…/vaults/kv/accessPolicies/add`, `…/vaults/kv/secrets/s`) are trimmed to the
+    vault; a deleted-vault id (`…/locations/westus/deletedVaults/kv`, what a purge names) is kept
+    as it is, since it has no resource group to build a vault id from.
+    """
+    if not resource_id:
+        return None
+    text = resource_id.strip()
+    if not text.startswith("/"):
+        text = "/" + text
+    match = _VAULT_RE.match(text)
+    if match:
+        return VaultRef(
+            id=text[: match.end()],
+            subscription_id=match["sub"],
+            resource_group=match["rg"],
+            name=match["name"],
+        )
+    match = _DELETED_VAULT_RE.match(text)
+    if match:
+        return VaultRef(
+            id=text[: match.end()],
+            subscription_id=match["sub"],
+            location=match["location"],
+            name=match["name"],
+        )
+    return None
+
+
+def subscription_of(resource_id: str) -> str | None:
+    """The subscription id of any ARM resource id (lower case), or None."""
+    match = re.match(r"^/?subscriptions/([^/]+)", resource_id.strip(), re.IGNORECASE)
+    return match[1].lower() if match else None
+
+
+def same_id(a: str | None, b: str | None) -> bool:
+    """Whether two ids (resource ids, object ids, tenant ids) name the same thing."""
+    if a is None or b is None:
+        return False
+    return vault_key(a) == vault_key(b)

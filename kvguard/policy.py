@@ -1,0 +1,200 @@
+"""The policy file (YAML or JSON), validated by Pydantic, with the defaults DESIGN.md documents.
+
+A policy that does not validate is never half-applied: `load_policy` raises `PolicyError` naming
+the file, the field and the problem, and the CLI exits 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Mode = Literal["observe", "alert", "remediate"]
+Severity = Literal["low", "medium", "high", "critical"]
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$",
+    re.IGNORECASE,
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """An ISO 8601 duration of days, hours, minutes and seconds (`PT5M`, `P1D`, `PT1H30M`)."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if not match or text.strip().upper() in ("P", "PT"):
+        raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT5M or P1D")
+    parts = {k: float(v) for k, v in match.groupdict().items() if v}
+    return timedelta(days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0),
+                     seconds=parts.get("s", 0))
+
+
+class _Strict(BaseModel):
+    """Policy sections reject unknown keys: a typo must not silently switch a guard off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+class History(_Strict):
+    grant_window: timedelta = timedelta(minutes=10)
+    burst_window: timedelta = timedelta(minutes=5)
+    burst_threshold: int = Field(default=5, ge=2)
+    failure_threshold: int | None = Field(default=None, ge=2, description="defaults to burst_threshold")
+
+    _windows = field_validator("grant_window", "burst_window", mode="before")(_duration)
+
+
+class CircuitBreaker(_Strict):
+    max_remediations: int = Field(default=3, ge=1)
+    window: timedelta = timedelta(hours=1)
+
+    _window = field_validator("window", mode="before")(_duration)
+
+
+class ChangeWindow(_Strict):
+    days: list[Day] = Field(min_length=1)
+    start: time
+    end: time
+    timezone: str = "UTC"
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _lower_days(cls, value: Any) -> Any:
+        return [d.strip().lower()[:3] if isinstance(d, str) else d for d in value] if isinstance(value, list) else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
+
+class RuleOverride(_Strict):
+    enabled: bool = True
+    severity: Severity | None = None
+    remediate: bool | None = None
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not an IP address or CIDR range") from error
+
+
+class Policy(_Strict):
+    mode: Mode = "alert"
+    dry_run: bool = False
+    alert_threshold: int = Field(default=40, ge=0, le=100)
+    remediate_threshold: int = Field(default=70, ge=0, le=100)
+    own_principal_ids: list[str] = Field(default_factory=list)
+    approved_callers: list[str] = Field(default_factory=list)
+    allowed_networks: list[str] = Field(default_factory=list)
+    allowed_ip_rules: list[str] = Field(default_factory=list)
+    min_ip_prefix: int = Field(default=24, ge=0, le=32)
+    allowed_subnet_subscriptions: list[str] = Field(default_factory=list)
+    change_windows: list[ChangeWindow] = Field(default_factory=list)
+    excluded_vaults: list[str] = Field(default_factory=list)
+    history: History = Field(default_factory=History)
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    rules: dict[str, RuleOverride] = Field(default_factory=dict)
+    min_retention_days: int = Field(default=90, ge=7, le=90)
+    opt_in_handlers: list[str] = Field(default_factory=list)
+
+    @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions")
+    @classmethod
+    def _lower_ids(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value if v.strip()]
+
+    @field_validator("allowed_networks", "allowed_ip_rules")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [_cidr(v) for v in value]
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: dict[str, RuleOverride]) -> dict[str, RuleOverride]:
+        from detectors import RULES  # the catalog is the one list of rule ids
+
+        unknown = sorted(set(value) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown rule id(s) {', '.join(unknown)}; see `kvguard rules`")
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Policy:
+        if self.remediate_threshold < self.alert_threshold:
+            raise ValueError(
+                f"remediate_threshold ({self.remediate_threshold}) is below alert_threshold "
+                f"({self.alert_threshold}): kvguard never acts without alerting first"
+            )
+        return self
+
+    def rule(self, rule_id: str) -> RuleOverride:
+        return self.rules.get(rule_id, RuleOverride())
+
+    def merged(self, overrides: dict[str, Any]) -> Policy:
+        """This policy with `overrides` laid over it key by key (sections merge one level deep)."""
+        data = self.model_dump(mode="python")
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "rules":
+                data[key] = {**data[key], **value}
+            elif key == "rules" and isinstance(value, dict):
+                data["rules"] = {**data.get("rules", {}), **value}
+            else:
+                data[key] = value
+        return Policy.model_validate(data)
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used; the message names the source, the field and the problem."""
+
+
+def explain_validation(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid policy"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not a policy setting)"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def policy_from_data(data: Any, source: str, base: Policy | None = None) -> Policy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: invalid policy\n  (top level): expected a mapping of policy keys")
+    try:
+        return (base or Policy()).merged(data) if base else Policy.model_validate(data)
+    except ValidationError as error:
+        raise PolicyError(explain_validation(source, error)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file (YAML or JSON)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyError(f"{source}: cannot read policy file ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PolicyError(f"{source}: not valid YAML ({error})") from None
+    return policy_from_data(data, source)

@@ -1,0 +1,179 @@
+"""The ports: what the pipeline needs from the world, as Protocols.
+
+The pipeline knows only these. Azure (ARM, Table Storage, Defender, Event Grid) is behind the
+adapters in `kvguard.adapters`; the simulated world (`kvguard.sim`) and SQLite implement the same
+ports for replay and tests. Errors that a retry can cure are `TransientError`: the pipeline
+releases its claim and lets the event be redelivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from kvguard.vault import AccessPolicy, VaultConfig
+
+
+class TransientError(Exception):
+    """A failure that may succeed on retry (throttling, 5xx, storage unreachable)."""
+
+
+class ConcurrencyError(Exception):
+    """An optimistic-concurrency write lost: someone else wrote first (ETag mismatch or exists)."""
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class VaultGateway(Protocol):
+    """The management plane of Key Vault."""
+
+    def get(self, vault_id: str) -> VaultConfig | None:
+        """The vault's current configuration; None when it does not exist (deleted)."""
+        ...
+
+    def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
+        """PATCH the given top-level `properties` (ARM names, e.g. `networkAcls`); returns the result."""
+        ...
+
+    def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """`accessPolicies/remove` of exactly `entry`'s permissions for its principal."""
+        ...
+
+    def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
+        """Every vault of a subscription (for reconciliation and baseline seeding)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One finding as the alert sinks see it."""
+
+    vault_id: str
+    rule: str
+    title: str
+    severity: str
+    score: int
+    risk: int
+    evidence: Mapping[str, Any]
+    mitre: tuple[str, ...]
+    event_id: str
+    caller: str | None
+    time: datetime
+    explanation: tuple[str, ...] = ()
+
+
+class AlertSink(Protocol):
+    """Where findings go (Defender for Cloud, an Event Grid topic, a webhook, a file).
+
+    Both calls are idempotent: raising the same alert twice leaves one alert standing."""
+
+    def raise_alert(self, alert: Alert) -> str:
+        """Raise or refresh the alert; returns a short description of what was written."""
+        ...
+
+    def resolve(self, vault_id: str, rule: str) -> str:
+        """Mark the vault × rule finding resolved (Defender: Healthy)."""
+        ...
+
+
+ClaimResult = Literal["claimed", "duplicate", "in_progress"]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The last configuration kvguard accepted for a vault, with its concurrency token."""
+
+    vault_id: str
+    config: Mapping[str, Any]
+    etag: str
+    deleted: bool = False
+    updated: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OpenFinding:
+    vault_id: str
+    rule: str
+    finding: Mapping[str, Any]
+    opened: datetime
+
+
+@dataclass(frozen=True)
+class RejectedPayload:
+    reason: str
+    raw: str
+    at: datetime
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What happened to one event: the whole outcome, with before/after of every action."""
+
+    event_id: str
+    vault_id: str | None
+    at: datetime
+    outcome: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StateStore(Protocol):
+    """Shared state: every function instance sees the same, so correctness never depends on one
+    process's memory. Keys that are resource ids are compared case-insensitively (`vault_key`)."""
+
+    # Event claims: at-least-once delivery made exactly-once in effect.
+    def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
+        """'claimed' for the first claimant or when an earlier claim's lease has expired;
+        'in_progress' while another claimant holds an unexpired lease; 'duplicate' once done."""
+        ...
+
+    def complete(self, event_id: str, now: datetime) -> None: ...
+
+    def release(self, event_id: str) -> None:
+        """Drop an unfinished claim so a redelivery can claim it again at once."""
+        ...
+
+    # Baselines with optimistic concurrency.
+    def get_baseline(self, vault_id: str) -> Baseline | None: ...
+
+    def put_baseline(
+        self, vault_id: str, config: Mapping[str, Any], etag: str | None, *, deleted: bool = False,
+        now: datetime | None = None,
+    ) -> str:
+        """Write a baseline. `etag=None` means "must not exist yet"; otherwise it must match the
+        stored ETag. Raises ConcurrencyError when it does not. Returns the new ETag."""
+        ...
+
+    def list_baselines(self) -> list[Baseline]: ...
+
+    # Records kept for people: audit trail and rejected payloads.
+    def append_audit(self, record: AuditRecord) -> None: ...
+
+    def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]: ...
+
+    def record_rejected(self, rejected: RejectedPayload) -> None: ...
+
+    def list_rejected(self) -> list[RejectedPayload]: ...
+
+    # Open findings: one per vault × rule.
+    def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
+        """Open (or refresh) a finding; True when it was not open before."""
+        ...
+
+    def close_finding(self, vault_id: str, rule: str) -> bool:
+        """True when a finding was open and is now closed."""
+        ...
+
+    def open_findings(self, vault_id: str) -> list[OpenFinding]: ...
+
+    # Time-stamped marks for history rules and the circuit breaker.
+    def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
+        """Remember that `member` happened under `key` of `series` at `at` (idempotent per member+at)."""
+        ...
+
+    def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
+        """(member, at) of every mark of `series`/`key` at or after `since`, oldest first."""
+        ...

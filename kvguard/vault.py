@@ -1,0 +1,293 @@
+"""A vault's security-relevant configuration, read from ARM JSON, and the diff of two of them.
+
+ARM is inconsistent about case (`"Get"` and `"get"`, `"Standard"` and `"standard"`,
+`resourcegroups`), so every value that is compared is normalised here, once. A setting that ARM
+did not return is `None`, never `False`: "absent" and "switched off" are different facts (a vault
+created before RBAC mode existed has no `enableRbacAuthorization` at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvguard.ids import vault_key
+
+PERMISSION_CATEGORIES: tuple[str, ...] = ("keys", "secrets", "certificates", "storage")
+
+# Scalar settings compared by diff(), by the attribute name of VaultConfig.
+SETTINGS: tuple[str, ...] = (
+    "tenant_id",
+    "sku_name",
+    "enable_rbac_authorization",
+    "enable_soft_delete",
+    "soft_delete_retention_days",
+    "enable_purge_protection",
+    "enabled_for_deployment",
+    "enabled_for_template_deployment",
+    "enabled_for_disk_encryption",
+    "public_network_access",
+    "default_action",
+    "bypass",
+)
+
+
+def _lower(value: Any) -> str | None:
+    return value.strip().lower() if isinstance(value, str) and value.strip() else None
+
+
+def _bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _ci_get(mapping: Mapping[str, Any], name: str) -> Any:
+    """A key looked up case-insensitively: ARM property names are camelCase, hand-written JSON varies."""
+    if name in mapping:
+        return mapping[name]
+    lowered = name.lower()
+    for key, value in mapping.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who an access-policy entry grants to. A compound identity also names an application."""
+
+    object_id: str
+    application_id: str | None = None
+    tenant_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The identity of an entry as ARM matches it on update (object id + application id)."""
+        return f"{self.object_id}|{self.application_id or ''}"
+
+    def describe(self) -> str:
+        return self.object_id + (f" (via application {self.application_id})" if self.application_id else "")
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """One access-policy entry, with permission names lower-cased per category."""
+
+    principal: Principal
+    permissions: Mapping[str, frozenset[str]]
+
+    def get(self, category: str) -> frozenset[str]:
+        return self.permissions.get(category, frozenset())
+
+    def to_arm(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "tenantId": self.principal.tenant_id,
+            "objectId": self.principal.object_id,
+            "permissions": {c: sorted(p) for c, p in self.permissions.items() if p},
+        }
+        if self.principal.application_id:
+            entry["applicationId"] = self.principal.application_id
+        return entry
+
+    @classmethod
+    def from_arm(cls, entry: Mapping[str, Any]) -> AccessPolicy:
+        raw_perms = _ci_get(entry, "permissions") or {}
+        permissions: dict[str, frozenset[str]] = {}
+        if isinstance(raw_perms, Mapping):
+            for category in PERMISSION_CATEGORIES:
+                values = _ci_get(raw_perms, category) or []
+                if isinstance(values, list):
+                    permissions[category] = frozenset(v.strip().lower() for v in values if isinstance(v, str))
+        return cls(
+            principal=Principal(
+                object_id=_lower(_ci_get(entry, "objectId")) or "",
+                application_id=_lower(_ci_get(entry, "applicationId")),
+                tenant_id=_lower(_ci_get(entry, "tenantId")),
+            ),
+            permissions=permissions,
+        )
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """The configuration kvguard judges, from one ARM GET of `Microsoft.KeyVault/vaults`."""
+
+    id: str
+    name: str
+    location: str | None
+    tags: Mapping[str, str]
+    tenant_id: str | None
+    sku_name: str | None
+    access_policies: tuple[AccessPolicy, ...]
+    enable_rbac_authorization: bool | None
+    enable_soft_delete: bool | None
+    soft_delete_retention_days: int | None
+    enable_purge_protection: bool | None
+    enabled_for_deployment: bool | None
+    enabled_for_template_deployment: bool | None
+    enabled_for_disk_encryption: bool | None
+    public_network_access: str | None
+    default_action: str | None
+    bypass: str | None
+    ip_rules: frozenset[str]
+    virtual_network_rules: frozenset[str]
+    create_mode: str | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return vault_key(self.id)
+
+    def tag(self, name: str) -> str | None:
+        """A tag value by name, case-insensitively (Azure tag names are case-insensitive)."""
+        value = _ci_get(self.tags, name)
+        return value if isinstance(value, str) else None
+
+    def policy_for(self, principal_key: str) -> AccessPolicy | None:
+        for entry in self.access_policies:
+            if entry.principal.key == principal_key:
+                return entry
+        return None
+
+    @classmethod
+    def from_arm(cls, doc: Mapping[str, Any]) -> VaultConfig:
+        """Parse an ARM GET body. Raises ValueError naming the field when it is not a vault."""
+        if not isinstance(doc, Mapping):
+            raise ValueError("vault: expected a JSON object")
+        resource_id = _ci_get(doc, "id")
+        if not isinstance(resource_id, str) or not resource_id.strip():
+            raise ValueError("vault.id: missing or not a string")
+        props = _ci_get(doc, "properties") or {}
+        if not isinstance(props, Mapping):
+            raise ValueError("vault.properties: expected an object")
+        policies_raw = _ci_get(props, "accessPolicies") or []
+        if not isinstance(policies_raw, list):
+            raise ValueError("vault.properties.accessPolicies: expected a list")
+        acls = _ci_get(props, "networkAcls") or {}
+        acls = acls if isinstance(acls, Mapping) else {}
+        ip_rules = frozenset(
+            _normalise_ip(_ci_get(r, "value")) for r in (_ci_get(acls, "ipRules") or []) if isinstance(r, Mapping)
+        ) - {""}
+        vnet_rules = frozenset(
+            (_lower(_ci_get(r, "id")) or "") for r in (_ci_get(acls, "virtualNetworkRules") or [])
+            if isinstance(r, Mapping)
+        ) - {""}
+        sku = _ci_get(props, "sku") or {}
+        tags = _ci_get(doc, "tags") or {}
+        return cls(
+            id=resource_id.strip().rstrip("/"),
+            name=str(_ci_get(doc, "name") or resource_id.rstrip("/").rsplit("/", 1)[-1]),
+            location=_lower(_ci_get(doc, "location")),
+            tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {},
+            tenant_id=_lower(_ci_get(props, "tenantId")),
+            sku_name=_lower(_ci_get(sku, "name")) if isinstance(sku, Mapping) else None,
+            access_policies=tuple(AccessPolicy.from_arm(p) for p in policies_raw if isinstance(p, Mapping)),
+            enable_rbac_authorization=_bool(_ci_get(props, "enableRbacAuthorization")),
+            enable_soft_delete=_bool(_ci_get(props, "enableSoftDelete")),
+            soft_delete_retention_days=_int(_ci_get(props, "softDeleteRetentionInDays")),
+            enable_purge_protection=_bool(_ci_get(props, "enablePurgeProtection")),
+            enabled_for_deployment=_bool(_ci_get(props, "enabledForDeployment")),
+            enabled_for_template_deployment=_bool(_ci_get(props, "enabledForTemplateDeployment")),
+            enabled_for_disk_encryption=_bool(_ci_get(props, "enabledForDiskEncryption")),
+            public_network_access=_lower(_ci_get(props, "publicNetworkAccess")),
+            default_action=_lower(_ci_get(acls, "defaultAction")),
+            bypass=_lower(_ci_get(acls, "bypass")),
+            ip_rules=ip_rules,
+            virtual_network_rules=vnet_rules,
+            create_mode=_lower(_ci_get(props, "createMode")),
+            raw=doc,
+        )
+
+
+def _normalise_ip(value: Any) -> str:
+    """An IP rule as a CIDR: ARM accepts `1.2.3.4` and returns it as `1.2.3.4` or `1.2.3.4/32`."""
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    text = value.strip()
+    return text if "/" in text else f"{text}/32"
+
+
+@dataclass(frozen=True)
+class PermissionChange:
+    principal: Principal
+    category: str
+    added: frozenset[str]
+    removed: frozenset[str]
+
+
+@dataclass(frozen=True)
+class VaultDiff:
+    """What changed between the accepted baseline and the current configuration."""
+
+    added_policies: tuple[AccessPolicy, ...] = ()
+    removed_policies: tuple[AccessPolicy, ...] = ()
+    permission_changes: tuple[PermissionChange, ...] = ()
+    settings: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    ip_rules_added: frozenset[str] = frozenset()
+    ip_rules_removed: frozenset[str] = frozenset()
+    vnet_rules_added: frozenset[str] = frozenset()
+    vnet_rules_removed: frozenset[str] = frozenset()
+
+    @property
+    def widened(self) -> tuple[PermissionChange, ...]:
+        return tuple(c for c in self.permission_changes if c.added)
+
+    @property
+    def narrowed(self) -> tuple[PermissionChange, ...]:
+        return tuple(c for c in self.permission_changes if c.removed)
+
+    def changed(self, setting: str) -> tuple[Any, Any] | None:
+        """(before, after) for a setting that changed, else None."""
+        return self.settings.get(setting)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.added_policies or self.removed_policies or self.permission_changes or self.settings
+            or self.ip_rules_added or self.ip_rules_removed or self.vnet_rules_added or self.vnet_rules_removed
+        )
+
+
+def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
+    """Compare two configurations of the same vault, case-insensitively and entry by entry."""
+    before_policies = {p.principal.key: p for p in before.access_policies}
+    after_policies = {p.principal.key: p for p in after.access_policies}
+    changes: list[PermissionChange] = []
+    for key, new in after_policies.items():
+        old = before_policies.get(key)
+        if old is None:
+            continue
+        for category in PERMISSION_CATEGORIES:
+            added = new.get(category) - old.get(category)
+            removed = old.get(category) - new.get(category)
+            if added or removed:
+                changes.append(PermissionChange(new.principal, category, added, removed))
+    settings = {
+        name: (getattr(before, name), getattr(after, name))
+        for name in SETTINGS
+        if getattr(before, name) != getattr(after, name)
+    }
+    return VaultDiff(
+        added_policies=tuple(p for k, p in after_policies.items() if k not in before_policies),
+        removed_policies=tuple(p for k, p in before_policies.items() if k not in after_policies),
+        permission_changes=tuple(changes),
+        settings=settings,
+        ip_rules_added=after.ip_rules - before.ip_rules,
+        ip_rules_removed=before.ip_rules - after.ip_rules,
+        vnet_rules_added=after.virtual_network_rules - before.virtual_network_rules,
+        vnet_rules_removed=before.virtual_network_rules - after.virtual_network_rules,
+    )

@@ -1,0 +1,22 @@
+"""Every rule's own cases: each must fire (or stay silent) exactly as its table says."""
+
+from __future__ import annotations
+
+import pytest
+
+from detectors import RULES
+from detectors.cases import make_context
+from kvguard.detection import Case, Rule
+
+CASES = [(r, c) for r in RULES.values() for c in r.cases]
+
+
+@pytest.mark.parametrize(("rule", "case"), CASES, ids=[f"{r.id}: {c.name}" for r, c in CASES])
+def test_rule_case(rule: Rule, case: Case) -> None:
+    hits = list(rule.detect(make_context(case)))
+    if case.fires:
+        assert hits, f"{rule.id} should fire on {case.name!r}"
+        for hit in hits:
+            assert hit.evidence, f"{rule.id} fired without evidence on {case.name!r}"
+    else:
+        assert not hits, f"{rule.id} must not fire on {case.name!r}, fired with {[h.evidence for h in hits]}"
