@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from uuid import UUID, uuid5
 
 from kvguard.events import VaultEvent
 from kvguard.policy import Policy, Severity
@@ -134,10 +135,19 @@ class Rule:
             "kind": self.kind,
             "remediation": self.remediation,
             "rationale": self.rationale,
+            "assessment": assessment_name(self.id),
         }
 
 
 RULES: dict[str, Rule] = {}
+
+# Defender assessment names are GUIDs derived from the rule id, so the metadata that the infra
+# creates and the assessments that the app writes always meet. Never change this namespace.
+ASSESSMENT_NAMESPACE = UUID("5b0a3c4e-8f21-4d6a-9c37-2e1f0b7d9a64")
+
+
+def assessment_name(rule_id: str) -> str:
+    return str(uuid5(ASSESSMENT_NAMESPACE, rule_id))
 
 
 def rule(

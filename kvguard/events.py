@@ -315,7 +315,7 @@ def _normalise(
 ) -> VaultEvent:
     if time is not None and time.tzinfo is None:
         time = time.replace(tzinfo=UTC)
-    common = {
+    common: dict[str, Any] = {
         "id": event_id,
         "event_type": event_type,
         "schema": schema,

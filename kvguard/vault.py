@@ -254,6 +254,20 @@ class VaultDiff:
         """(before, after) for a setting that changed, else None."""
         return self.settings.get(setting)
 
+    def grant_marks(self) -> list[str]:
+        """Keys for what this diff granted (new principals, added permissions), the same keys that
+        `revoke_marks` gives for what a later diff takes away: the cover-up rule pairs them."""
+        marks = [f"principal:{p.principal.key}" for p in self.added_policies]
+        marks += [f"permission:{c.principal.key}:{c.category}:{perm}" for c in self.widened for perm in sorted(c.added)]
+        return marks
+
+    def revoke_marks(self) -> list[str]:
+        marks = [f"principal:{p.principal.key}" for p in self.removed_policies]
+        marks += [
+            f"permission:{c.principal.key}:{c.category}:{perm}" for c in self.narrowed for perm in sorted(c.removed)
+        ]
+        return marks
+
     @property
     def empty(self) -> bool:
         return not (

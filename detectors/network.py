@@ -1,0 +1,3 @@
+"""Network rules (KV-NET-*): who can reach the vault's data plane."""
+
+from __future__ import annotations

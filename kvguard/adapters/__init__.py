@@ -1,0 +1,1 @@
+"""Adapters: the only place kvguard talks to Azure or to a database."""
