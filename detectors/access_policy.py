@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
-from detectors.cases import APP_TEAM, INTRUDER, grant, vault, with_grants
-from kvguard.detection import Case, Context, Hit, rule
+from detectors.cases import (
+    APP_TEAM,
+    INTRUDER,
+    NOW,
+    OPERATOR,
+    OTHER_TENANT,
+    TENANT,
+    grant,
+    granted_marks,
+    vault,
+    with_grants,
+)
+from kvguard.detection import Case, Context, Hit, newly_true, rule
+from kvguard.policy import Policy
+from kvguard.vault import PERMISSION_CATEGORIES, PermissionChange, VaultConfig, VaultDiff
 
 # Permissions that hand over secret material, or destroy it beyond recovery.
 DATA_EXFILTRATION = {"secrets": {"get", "list", "all"}, "keys": {"decrypt", "unwrapkey", "all"}}
 DESTRUCTIVE = "purge"
+# Secrets get + list: enumerate every secret, then read each one.
+SECRET_HARVEST = frozenset({"get", "list"})
+# The customer-managed-key set (storage, SQL TDE, disk encryption): normal, not over-broad.
+CMK_KEYS = ["get", "wrapKey", "unwrapKey"]
 
 
 def _is_sensitive(permissions: dict[str, frozenset[str]]) -> bool:
@@ -55,4 +74,221 @@ def new_principal(ctx: Context) -> Iterator[Hit]:
             },
             severity="critical" if _is_sensitive(permissions) else None,
             detail=entry.principal.describe(),
+        )
+
+
+def _permissions(config: VaultConfig | None, principal_key: str, category: str) -> list[str]:
+    entry = config.policy_for(principal_key) if config is not None else None
+    return sorted(entry.get(category)) if entry is not None else []
+
+
+@rule(
+    "KV-AP-02",
+    title="Permissions widened for an existing principal",
+    severity="high",
+    mitre=("T1098",),
+    kind="diff",
+    remediation="revert_access_policy",
+    cases=[
+        Case("app team gains secrets list", fires=True,
+             before=vault(), after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get", "list"], keys=CMK_KEYS)])),
+        Case("app team gains certificate rights it never had", fires=True,
+             before=vault(),
+             after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get"], keys=CMK_KEYS, certificates=["Import"])])),
+        Case("same permissions in other case", fires=False,
+             before=vault(), after=vault(accessPolicies=[grant(APP_TEAM.upper(), secrets=["GET"],
+                                                               keys=["Get", "WrapKey", "UnwrapKey"])])),
+        Case("permissions narrowed", fires=False,
+             before=vault(), after=vault(accessPolicies=[grant(APP_TEAM, keys=CMK_KEYS)])),
+        Case("a new principal is KV-AP-01's, not a widening", fires=False,
+             before=vault(), after=with_grants(grant(INTRUDER, secrets=["get", "list"]))),
+        Case("first sight has no baseline to compare", fires=False,
+             before=None, after=vault(accessPolicies=[grant(APP_TEAM, secrets=["all"])])),
+    ],
+)
+def permissions_widened(ctx: Context) -> Iterator[Hit]:
+    """A principal the team already trusted for one thing can now do more: quieter than a new
+    principal, and just as good for an intruder who controls that identity (a workload's managed
+    identity, a shared service principal). One hit per principal and permission category."""
+    if ctx.diff is None:
+        return
+    for change in ctx.diff.widened:
+        key = change.principal.key
+        yield Hit(
+            evidence={
+                "objectId": change.principal.object_id,
+                "applicationId": change.principal.application_id,
+                "category": change.category,
+                "added": sorted(change.added),
+                "before": _permissions(ctx.before, key, change.category),
+                "after": _permissions(ctx.after, key, change.category),
+            },
+            detail=f"{change.principal.describe()}, {change.category}",
+        )
+
+
+def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for entry in config.access_policies:
+        reasons = [f"{c}: {p}" for c in PERMISSION_CATEGORIES for p in ("all", DESTRUCTIVE) if p in entry.get(c)]
+        if SECRET_HARVEST.issubset(entry.get("secrets")):
+            reasons.append("secrets: get + list")
+        if reasons:
+            found[entry.principal.key] = {
+                "objectId": entry.principal.object_id,
+                "applicationId": entry.principal.application_id,
+                "reasons": reasons,
+                "permissions": {c: sorted(p) for c, p in entry.permissions.items() if p},
+            }
+    return found
+
+
+@rule(
+    "KV-AP-03",
+    title="Over-broad access policy",
+    severity="medium",
+    mitre=("T1555.006",),
+    kind="posture",
+    cases=[
+        Case("secrets get and list together", fires=True,
+             before=vault(), after=with_grants(grant(OPERATOR, secrets=["Get", "List"]))),
+        Case("keys all on a new vault", fires=True, before=None, after=with_grants(grant(OPERATOR, keys=["All"]))),
+        Case("purge on certificates", fires=True,
+             before=vault(), after=with_grants(grant(OPERATOR, certificates=["get", "Purge"]))),
+        Case("customer-managed-key set", fires=False,
+             before=None, after=vault(accessPolicies=[grant(APP_TEAM, keys=["Get", "WrapKey", "UnwrapKey"])])),
+        Case("get and list in different categories", fires=False,
+             before=vault(), after=with_grants(grant(OPERATOR, secrets=["get"], certificates=["list"]))),
+        Case("over-broad grant already in the baseline", fires=False,
+             before=with_grants(grant(OPERATOR, secrets=["all"])),
+             after=with_grants(grant(OPERATOR.upper(), secrets=["All"]))),
+    ],
+)
+def over_broad_grant(ctx: Context) -> Iterable[Hit]:
+    """Some grants are too wide whoever holds them: `all` in a category, `purge` (destroys material
+    beyond recovery), or secrets get together with list (enumerate, then read, every secret).
+    Judged on the vault as it is, once per principal when the grant first appears."""
+    return newly_true(ctx, _over_broad)
+
+
+def _foreign(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for entry in config.access_policies:
+        principal = entry.principal
+        reasons = []
+        if principal.tenant_id and config.tenant_id and principal.tenant_id != config.tenant_id:
+            reasons.append("other tenant")
+        if principal.application_id:
+            reasons.append("compound identity")
+        if reasons:
+            found[principal.key] = {
+                "objectId": principal.object_id,
+                "applicationId": principal.application_id,
+                "tenantId": principal.tenant_id,
+                "vaultTenantId": config.tenant_id,
+                "reasons": reasons,
+            }
+    return found
+
+
+@rule(
+    "KV-AP-04",
+    title="Access granted to a foreign tenant or compound identity",
+    severity="high",
+    mitre=("T1098.001",),
+    kind="posture",
+    cases=[
+        Case("principal of another tenant", fires=True,
+             before=vault(), after=with_grants(grant(INTRUDER, tenant=OTHER_TENANT, secrets=["get"]))),
+        Case("compound identity (user via application)", fires=True,
+             before=vault(), after=with_grants(grant(OPERATOR, application_id=INTRUDER, secrets=["get"]))),
+        Case("foreign grant on a new vault", fires=True,
+             before=None, after=with_grants(grant(INTRUDER, tenant=OTHER_TENANT, keys=["get"]))),
+        Case("same tenant in upper case", fires=False,
+             before=vault(), after=with_grants(grant(OPERATOR, tenant=TENANT.upper(), secrets=["get"]))),
+        Case("foreign grant already in the baseline", fires=False,
+             before=with_grants(grant(INTRUDER, tenant=OTHER_TENANT, secrets=["get"])),
+             after=with_grants(grant(INTRUDER, tenant=OTHER_TENANT, secrets=["get", "list"]))),
+        Case("compound identity removed", fires=False,
+             before=with_grants(grant(OPERATOR, application_id=INTRUDER, secrets=["get"])), after=vault()),
+    ],
+)
+def foreign_principal(ctx: Context) -> Iterable[Hit]:
+    """A principal homed in another tenant answers to another organisation's admins, and a compound
+    identity (user + application) is a rarely used form that hides who really holds access: both
+    are classic ways to keep a foothold that the vault's own tenant cannot revoke or review."""
+    return newly_true(ctx, _foreign)
+
+
+# The cover-up cases: INTRUDER was granted secrets get at _GRANT_TIME (4 minutes before NOW), and
+# OPERATOR's existing grant was widened to secrets list at the same time.
+_GRANT_TIME = NOW - timedelta(minutes=4)
+_COVERED = with_grants(grant(OPERATOR, secrets=["get"]))
+_INTRUDED = with_grants(grant(OPERATOR, secrets=["get", "list"]), grant(INTRUDER, secrets=["get"]))
+_RECENT_GRANTS = granted_marks(_COVERED, _INTRUDED, _GRANT_TIME)
+
+
+def _revoked(change: VaultDiff) -> list[str]:
+    """What a diff took away, as marks: its own revoke marks, plus a permission mark for every
+    permission of a removed principal, so that "widened, then the principal removed" pairs too."""
+    dropped = VaultDiff(permission_changes=tuple(
+        PermissionChange(entry.principal, category, frozenset(), entry.get(category))
+        for entry in change.removed_policies for category in PERMISSION_CATEGORIES if entry.get(category)
+    ))
+    return list(dict.fromkeys([*change.revoke_marks(), *dropped.revoke_marks()]))
+
+
+@rule(
+    "KV-AP-05",
+    title="Grant added and removed again (cover-up)",
+    severity="high",
+    mitre=("T1098", "T1555"),
+    kind="diff + history",
+    cases=[
+        Case("principal removed 4 minutes after it was added", fires=True,
+             before=_INTRUDED, after=with_grants(grant(OPERATOR, secrets=["get", "list"])),
+             history={"recent_grants": _RECENT_GRANTS}),
+        Case("widened principal removed altogether", fires=True,
+             before=_INTRUDED, after=with_grants(grant(INTRUDER, secrets=["get"])),
+             history={"recent_grants": _RECENT_GRANTS}),
+        Case("added permission taken back", fires=True,
+             before=_INTRUDED, after=with_grants(grant(OPERATOR, secrets=["Get"]), grant(INTRUDER, secrets=["get"])),
+             history={"recent_grants": _RECENT_GRANTS}),
+        Case("grant older than the window", fires=False,
+             before=_INTRUDED, after=_COVERED, history={"recent_grants": _RECENT_GRANTS},
+             policy={"history": {"grant_window": "PT3M"}}),
+        Case("removal of a long-standing grant", fires=False,
+             before=_INTRUDED, after=vault(accessPolicies=_INTRUDED["properties"]["accessPolicies"][1:]),
+             history={"recent_grants": _RECENT_GRANTS}),
+        Case("recent grant still in place", fires=False,
+             before=_INTRUDED, after=_INTRUDED, history={"recent_grants": _RECENT_GRANTS}),
+        Case("first sight has no baseline to compare", fires=False,
+             before=None, after=vault(), history={"recent_grants": _RECENT_GRANTS}),
+    ],
+)
+def cover_up(ctx: Context) -> Iterator[Hit]:
+    """Access granted and taken away again within minutes is rarely a mistake being fixed: it is how
+    an intruder reads what they came for and then leaves the configuration as it was, so that a
+    scheduled comparison finds nothing. Paired by the marks the pipeline recorded for each grant."""
+    if ctx.diff is None:
+        return
+    window = ctx.policy.history.grant_window
+    by_principal: dict[str, dict[str, datetime]] = {}
+    for mark in _revoked(ctx.diff):
+        granted = ctx.history.recent_grants.get(mark)
+        if granted is not None and ctx.now - granted <= window:
+            principal_key = mark.split(":", 2)[1]
+            by_principal.setdefault(principal_key, {})[mark] = granted
+    for principal_key, marks in by_principal.items():
+        object_id, _, application_id = principal_key.partition("|")
+        yield Hit(
+            evidence={
+                "objectId": object_id,
+                "applicationId": application_id or None,
+                "marks": sorted(marks),
+                "granted": {mark: at.isoformat() for mark, at in sorted(marks.items())},
+                "removed": ctx.now.isoformat(),
+                "windowSeconds": int(window.total_seconds()),
+            },
+            detail=object_id,
         )

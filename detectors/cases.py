@@ -140,3 +140,18 @@ def make_context(case: Case) -> Context:
         now=case.event.get("time", NOW),
         baseline_deleted=case.baseline_deleted,
     )
+
+
+def granted_marks(before: Mapping[str, Any], after: Mapping[str, Any], at: datetime) -> dict[str, datetime]:
+    """The `recent_grants` the pipeline would remember after the change `before` -> `after` at `at`:
+    built from the real diff, so history cases speak the same marks the rules compare."""
+    return dict.fromkeys(diff(VaultConfig.from_arm(before), VaultConfig.from_arm(after)).grant_marks(), at)
+
+
+FOREIGN_SUBSCRIPTION = "c0ffee00-1234-4abc-9def-0123456789ab"
+
+
+def subnet(subscription: str = SUBSCRIPTION, vnet: str = "vnet-payments", name: str = "snet-app") -> str:
+    """A subnet's resource id, as a virtual network rule of a vault firewall names it."""
+    return (f"/subscriptions/{subscription}/resourceGroups/rg-network/providers/Microsoft.Network"
+            f"/virtualNetworks/{vnet}/subnets/{name}")

@@ -1,0 +1,43 @@
+"""What happened to one delivered event, in DESIGN.md's `--json` shape (other tools read it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kvguard.actions import ActionResult
+from kvguard.detection import Finding
+
+OutcomeKind = Literal["processed", "duplicate", "ignored", "rejected", "self"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_id: str | None
+    outcome: OutcomeKind
+    reason: str
+    vault: str | None = None
+    risk: int = 0
+    severity: str = "none"
+    findings: Sequence[Finding] = ()
+    actions: Sequence[ActionResult] = ()
+    explanation: Sequence[str] = field(default=(), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "vault": self.vault,
+            "risk": self.risk,
+            "severity": self.severity,
+            "findings": [f.to_json() for f in self.findings],
+            "actions": [a.to_json() for a in self.actions],
+        }
+
+    def to_audit(self) -> dict[str, Any]:
+        record = self.to_json()
+        record["explanation"] = list(self.explanation)
+        record["actions"] = [a.to_audit() for a in self.actions]
+        return record

@@ -1,0 +1,371 @@
+"""handle(event) -> Outcome: the one place where the steps of DESIGN.md's flow are put in order.
+
+parse → filter → claim → read → compare → detect → score → decide → act → record.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.decision import Decision, decide, remediable
+from kvguard.detection import RULES, Context, Finding, History, detect_all
+from kvguard.events import Caller, Rejected, VaultEvent, parse
+from kvguard.ids import vault_key
+from kvguard.outcome import Outcome
+from kvguard.policy import Policy
+from kvguard.ports import (
+    Alert,
+    AlertSink,
+    AuditRecord,
+    Clock,
+    ConcurrencyError,
+    RejectedPayload,
+    StateStore,
+    TransientError,
+    VaultGateway,
+)
+from kvguard.risk import Risk, assess
+from kvguard.vault import VaultConfig, diff
+from remediation import HANDLERS, Operation, PlanInput
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class Pipeline:
+    """One pipeline per process; every piece of state it depends on lives in the StateStore."""
+
+    def __init__(
+        self,
+        *,
+        gateway: VaultGateway,
+        store: StateStore,
+        policy: Policy,
+        sinks: Mapping[str, AlertSink] | None = None,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.policy = policy
+        self.sinks = dict(sinks or {})
+        self.clock = clock or SystemClock()
+        self.lease = lease
+        self.runner = ActionRunner(gateway, self.sinks)
+
+    # --- parse --------------------------------------------------------------------------------
+
+    def handle(self, raw: Any) -> list[Outcome]:
+        """Every event of one delivery. Bad input is recorded and reported, never raised;
+        TransientError is raised (after releasing the claim) so the delivery is retried."""
+        outcomes = []
+        for item in parse(raw):
+            if isinstance(item, Rejected):
+                self.store.record_rejected(RejectedPayload(item.reason, item.raw, self.clock.now(), item.event_id))
+                outcomes.append(Outcome(item.event_id, "rejected", item.reason))
+            else:
+                outcomes.append(self.handle_event(item))
+        return outcomes
+
+    # --- filter, claim ------------------------------------------------------------------------
+
+    def handle_event(self, event: VaultEvent) -> Outcome:
+        passed = self._filter(event)
+        if passed is not None:
+            return passed
+        now = self.clock.now()
+        claim = self.store.claim(event.id, now, self.lease)
+        if claim == "duplicate":
+            return Outcome(event.id, "duplicate", "event already processed", _vault_id(event))
+        if claim == "in_progress":
+            raise TransientError(f"event {event.id} is being processed by another instance")
+        try:
+            outcome = self._process(event, now)
+        except BaseException:
+            self.store.release(event.id)
+            raise
+        self.store.complete(event.id, self.clock.now())
+        return outcome
+
+    def _filter(self, event: VaultEvent) -> Outcome | None:
+        if event.vault is None:
+            what = f"operation {event.operation}" if event.operation else f"event type {event.event_type}"
+            return Outcome(event.id, "ignored", f"{what} does not concern a Key Vault")
+        if event.kind == "other":
+            return Outcome(event.id, "ignored", f"operation {event.operation} is not a vault change kvguard handles",
+                           event.vault.id)
+        own = event.caller.ids() & set(self.policy.own_principal_ids)
+        if own:
+            return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", event.vault.id)
+        return None
+
+    # --- read, compare, detect, score, decide, act, record ---------------------------------------
+
+    def _process(self, event: VaultEvent, now: datetime) -> Outcome:
+        assert event.vault is not None
+        vault_id = event.vault.id
+        after = self.gateway.get(vault_id) if event.kind != "purge" else None
+        baseline = self.store.get_baseline(vault_id)
+        before = VaultConfig.from_arm(baseline.config) if baseline and not baseline.deleted else None
+        change = diff(before, after) if before is not None and after is not None else None
+        context = Context(
+            event=event,
+            before=before,
+            after=after,
+            diff=change,
+            policy=self.policy,
+            history=self._history(event, now),
+            now=now,
+            baseline_deleted=bool(baseline and baseline.deleted),
+        )
+        findings = detect_all(context)
+        current = after or before
+        display_id = current.id if current is not None else vault_id
+        risk = assess(findings, event, current, self.policy)
+        decision = decide(
+            policy=self.policy,
+            event=event,
+            vault=current,
+            vault_id=display_id,
+            vault_name=current.name if current is not None else event.vault.name,
+            findings=findings,
+            risk=risk.value,
+            recent_remediations=len(
+                self.store.marks_since("remediations", vault_key(display_id), now - self.policy.circuit_breaker.window)
+            ),
+        )
+        actions = self._act(event, display_id, findings, risk, decision, before, after)
+        remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+        failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+        final = self.gateway.get(vault_id) if remediated else after
+        for finding in findings:
+            self.store.open_finding(display_id, finding.rule, finding.to_json(), now)
+        actions += self._resolve(display_id, final, findings, actions, decision)
+        self._record(event, now, display_id, baseline, before, final, change, remediated, failed)
+        outcome = Outcome(
+            event.id,
+            "processed",
+            _reason(event, before, after, findings, risk, decision),
+            display_id,
+            risk.value,
+            risk.severity,
+            findings,
+            actions,
+            risk.explanation,
+        )
+        self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+        return outcome
+
+    def _history(self, event: VaultEvent, now: datetime) -> History:
+        assert event.vault is not None
+        window = self.policy.history
+        caller = event.caller.id
+        vault = event.vault.key
+        grants = self.store.marks_since("grants", vault, now - window.grant_window)
+        if caller is None:
+            return History(recent_grants=dict(grants))
+        vaults = {m for m, _ in self.store.marks_since("caller_vaults", caller, now - window.burst_window)}
+        failures = len(self.store.marks_since("caller_failures", caller, now - window.burst_window))
+        if event.succeeded:
+            vaults.add(vault)
+        else:
+            failures += 1
+        return History(
+            caller_seen_before=bool(self.store.marks_since("caller_writes", f"{vault}|{caller}", EPOCH)),
+            caller_vaults=len(vaults),
+            caller_failures=failures,
+            recent_grants=dict(grants),
+        )
+
+    def _alerts(self, event: VaultEvent, vault_id: str, findings: Sequence[Finding], risk: Risk) -> list[Alert]:
+        return [
+            Alert(
+                vault_id=vault_id,
+                rule=f.rule,
+                title=f.title,
+                severity=f.severity,
+                score=f.score,
+                risk=risk.value,
+                evidence=f.evidence,
+                mitre=f.mitre,
+                event_id=event.id,
+                caller=event.caller.describe(),
+                time=event.time or self.clock.now(),
+                explanation=risk.explanation,
+            )
+            for f in findings
+        ]
+
+    def _act(
+        self,
+        event: VaultEvent,
+        vault_id: str,
+        findings: Sequence[Finding],
+        risk: Risk,
+        decision: Decision,
+        before: VaultConfig | None,
+        after: VaultConfig | None,
+    ) -> list[ActionResult]:
+        """Alerts first; remediation only after every alert went out."""
+        if not findings:
+            return []
+        results: list[ActionResult] = []
+        alerts = self._alerts(event, vault_id, findings, risk)
+        for handler_id in ALERT_HANDLERS:
+            if handler_id not in self.sinks:
+                continue
+            if not decision.alert:
+                results.append(skipped(handler_id, decision.alert_reason))
+                continue
+            operations = HANDLERS[handler_id].plan(PlanInput(findings, before, after, alerts))
+            result = self.runner.run(handler_id, operations, dry_run=False, current=after)
+            if result.transient:
+                raise TransientError(f"{handler_id}: {result.detail}")
+            results.append(result)
+        allowed = remediable(findings, self.policy)
+        by_handler: dict[str, list[Finding]] = defaultdict(list)
+        for finding in findings:
+            if finding.remediation:
+                by_handler[finding.remediation].append(finding)
+        for handler_id, handler_findings in by_handler.items():
+            rules = sorted({f.rule for f in handler_findings})
+            mine = [f for f in handler_findings if f in allowed]
+            if not decision.remediate:
+                results.append(skipped(handler_id, decision.remediate_reason, rules))
+                continue
+            if not mine:
+                results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
+                continue
+            operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
+            if not operations:
+                results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
+                continue
+            results.append(self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after))
+        return results
+
+    def _resolve(
+        self,
+        vault_id: str,
+        final: VaultConfig | None,
+        findings: Sequence[Finding],
+        actions: Sequence[ActionResult],
+        decision: Decision,
+    ) -> list[ActionResult]:
+        """Close open findings that no longer hold, and have the alert sinks mark them resolved
+        (Defender: Healthy): a remediated finding; a posture condition gone from the final state;
+        an event rule that the latest change no longer fires (event rules judge the latest
+        change). Diff findings that were not remediated stay open until someone acts."""
+        remediated_rules = {
+            r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for r in a.rules
+        }
+        firing = {f.rule for f in findings}
+        resolved = []
+        for open_finding in self.store.open_findings(vault_id):
+            rule = RULES.get(open_finding.rule)
+            if rule is None:
+                continue
+            if open_finding.rule in remediated_rules:
+                gone = True
+            elif "posture" in rule.kind:
+                gone = final is not None and not _still_holds(rule.id, final, self.policy)
+            else:
+                gone = rule.kind.startswith("event") and open_finding.rule not in firing
+            if gone and self.store.close_finding(vault_id, open_finding.rule):
+                resolved.append(open_finding.rule)
+        if not resolved or decision.mode == "observe":
+            return []
+        results = []
+        for handler_id in ALERT_HANDLERS:
+            if handler_id in self.sinks:
+                operations = [
+                    Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
+                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), "", None, self.clock.now()),
+                              rules=(rule_id,))
+                    for rule_id in resolved
+                ]
+                results.append(self.runner.run(handler_id, operations, dry_run=False, current=final))
+        return results
+
+    def _record(
+        self,
+        event: VaultEvent,
+        now: datetime,
+        vault_id: str,
+        baseline: Any,
+        before: VaultConfig | None,
+        final: VaultConfig | None,
+        change: Any,
+        remediated: bool,
+        failed: bool,
+    ) -> None:
+        """Marks for history rules and the new baseline (kept as it was when a remediation
+        failed, so the change is seen again)."""
+        assert event.vault is not None
+        caller = event.caller.id
+        if caller is not None:
+            if event.succeeded:
+                self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
+                self.store.add_mark("caller_vaults", caller, event.vault.key, now)
+            else:
+                self.store.add_mark("caller_failures", caller, event.id, now)
+        if change is not None:
+            for mark in change.grant_marks():
+                self.store.add_mark("grants", event.vault.key, mark, now)
+        if remediated:
+            self.store.add_mark("remediations", vault_key(vault_id), event.id, now)
+        if failed:
+            return
+        etag = baseline.etag if baseline is not None else None
+        try:
+            if final is not None:
+                self.store.put_baseline(vault_id, dict(final.raw), etag, now=now)
+            elif event.kind == "delete" and before is not None:
+                self.store.put_baseline(vault_id, dict(before.raw), etag, deleted=True, now=now)
+        except ConcurrencyError as error:
+            raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
+
+
+def _still_holds(rule_id: str, vault: VaultConfig, policy: Policy) -> bool:
+    """Whether a posture rule's condition holds in `vault` on its own (as on first sight)."""
+    probe = VaultEvent(
+        id="probe", event_type="Microsoft.Resources.ResourceWriteSuccess", schema="eventgrid", subject=vault.id,
+        time=None, vault=None, operation=None, kind="write", access_policy_action=None, status="Succeeded",
+        succeeded=True, caller=Caller(), correlation_id=None, tenant_id=None, raw={},
+    )
+    context = Context(event=probe, before=None, after=vault, diff=None, policy=policy, history=History(),
+                      now=EPOCH)
+    return bool(list(RULES[rule_id].detect(context)))
+
+
+def _vault_id(event: VaultEvent) -> str | None:
+    return event.vault.id if event.vault is not None else None
+
+
+def _reason(
+    event: VaultEvent,
+    before: VaultConfig | None,
+    after: VaultConfig | None,
+    findings: Sequence[Finding],
+    risk: Risk,
+    decision: Decision,
+) -> str:
+    if after is None and event.kind != "purge" and before is None and not findings:
+        return "vault not found and never seen: nothing to compare"
+    if not findings:
+        if before is None and after is not None:
+            return "first sight: baseline recorded, no finding"
+        return "no finding: the change is within policy"
+    parts = [f"{len(findings)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation)]
+    parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
+    parts.append(f"alert: {decision.alert_reason}")
+    parts.append(f"remediate: {decision.remediate_reason}")
+    return "; ".join(parts)

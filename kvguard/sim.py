@@ -1,0 +1,170 @@
+"""The simulated world for replay and tests: vaults in memory with ARM's update semantics, a
+Defender and an Event Grid topic that record what they receive, and a clock that moves only when
+told. kvguard's own writes emit the `ResourceWriteSuccess` event Azure would emit (caller =
+kvguard's identity), so every remediation also exercises the loop guard.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kvguard.detection import assessment_name
+from kvguard.ids import parse_vault_ref, subscription_of, vault_key
+from kvguard.ports import Alert
+from kvguard.vault import PERMISSION_CATEGORIES, AccessPolicy, VaultConfig
+
+SIM_IDENTITY = "5ca1ab1e-0000-4000-8000-00000000c0de"  # kvguard's identity in the simulated world
+_EVENT_NAMESPACE = uuid.UUID("0c7d2f5e-1a3b-4c5d-8e9f-a0b1c2d3e4f5")
+
+
+class SimClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        self._now += delta
+
+
+@dataclass
+class World:
+    """Vault ARM documents by vault key, plus what Defender and the topic received."""
+
+    clock: SimClock = field(default_factory=SimClock)
+    identity: str = SIM_IDENTITY
+    vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    emitted: list[dict[str, Any]] = field(default_factory=list)
+    assessments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    published: list[dict[str, Any]] = field(default_factory=list)
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    def put(self, doc: Mapping[str, Any]) -> None:
+        VaultConfig.from_arm(doc)  # refuse anything that is not a vault
+        self.vaults[vault_key(doc["id"])] = copy.deepcopy(dict(doc))
+
+    def delete(self, vault_id: str) -> None:
+        self.vaults.pop(vault_key(vault_id), None)
+
+    def take_emitted(self) -> list[dict[str, Any]]:
+        events, self.emitted = self.emitted, []
+        return events
+
+    def own_write_event(self, resource_uri: str, operation: str) -> dict[str, Any]:
+        """The Event Grid delivery Azure would send for a write by kvguard's identity."""
+        number = next(self._ids)
+        return {
+            "id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{resource_uri.lower()}|{number}")),
+            "topic": f"/subscriptions/{subscription_of(resource_uri)}",
+            "subject": resource_uri,
+            "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+            "eventTime": self.clock.now().isoformat().replace("+00:00", "Z"),
+            "dataVersion": "2",
+            "metadataVersion": "1",
+            "data": {
+                "authorization": {
+                    "scope": resource_uri,
+                    "action": operation,
+                    "evidence": {"role": "Key Vault Contributor", "principalId": self.identity,
+                                 "principalType": "ServicePrincipal"},
+                },
+                "claims": {"oid": self.identity, "appid": self.identity, "idtyp": "app"},
+                "correlationId": str(uuid.uuid5(_EVENT_NAMESPACE, f"corr|{number}")),
+                "resourceProvider": "Microsoft.KeyVault",
+                "resourceUri": resource_uri,
+                "operationName": operation,
+                "status": "Succeeded",
+                "subscriptionId": subscription_of(resource_uri),
+            },
+        }
+
+
+class SimVaultGateway:
+    """VaultGateway on the simulated world, with ARM's PATCH and accessPolicies semantics."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def get(self, vault_id: str) -> VaultConfig | None:
+        doc = self.world.vaults.get(vault_key(vault_id))
+        return VaultConfig.from_arm(copy.deepcopy(doc)) if doc is not None else None
+
+    def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
+        doc = self._doc(vault_id)
+        doc.setdefault("properties", {}).update(copy.deepcopy(dict(properties)))
+        self.world.emitted.append(self.world.own_write_event(doc["id"], "Microsoft.KeyVault/vaults/write"))
+        return VaultConfig.from_arm(copy.deepcopy(doc))
+
+    def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        doc = self._doc(vault_id)
+        kept = []
+        for raw in doc.get("properties", {}).get("accessPolicies", []):
+            current = AccessPolicy.from_arm(raw)
+            if current.principal.key != entry.principal.key:
+                kept.append(raw)
+                continue
+            remaining = {}
+            for category in PERMISSION_CATEGORIES:
+                names = [p for p in (raw.get("permissions", {}).get(category) or [])
+                         if p.lower() not in entry.get(category)]
+                if names:
+                    remaining[category] = names
+            if remaining:
+                kept.append({**raw, "permissions": remaining})
+        doc["properties"]["accessPolicies"] = kept
+        self.world.emitted.append(self.world.own_write_event(
+            f"{doc['id']}/accessPolicies/remove", "Microsoft.KeyVault/vaults/accessPolicies/write"))
+        return VaultConfig.from_arm(copy.deepcopy(doc))
+
+    def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
+        return [VaultConfig.from_arm(copy.deepcopy(d)) for d in self.world.vaults.values()
+                if subscription_of(d["id"]) == subscription_id.lower()]
+
+    def _doc(self, vault_id: str) -> dict[str, Any]:
+        doc = self.world.vaults.get(vault_key(vault_id))
+        if doc is None or parse_vault_ref(vault_id) is None:
+            raise LookupError(f"vault {vault_id} does not exist")
+        return doc
+
+
+class SimDefender:
+    """Defender for Cloud custom assessments, one per vault × rule, as the simulated world holds them."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def raise_alert(self, alert: Alert) -> str:
+        name = assessment_name(alert.rule)
+        self.world.assessments[f"{vault_key(alert.vault_id)}|{name}"] = {"status": "Unhealthy", "rule": alert.rule}
+        return f"assessment {name} Unhealthy"
+
+    def resolve(self, vault_id: str, rule: str) -> str:
+        name = assessment_name(rule)
+        self.world.assessments[f"{vault_key(vault_id)}|{name}"] = {"status": "Healthy", "rule": rule}
+        return f"assessment {name} Healthy"
+
+
+class SimTopic:
+    """The Event Grid custom topic: keeps each published detection once (deterministic ids)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def raise_alert(self, alert: Alert) -> str:
+        return self._publish("kvguard.detection", alert.vault_id, alert.rule, alert.event_id)
+
+    def resolve(self, vault_id: str, rule: str) -> str:
+        return self._publish("kvguard.detection.resolved", vault_id, rule, self.world.clock.now().isoformat())
+
+    def _publish(self, kind: str, vault_id: str, rule: str, cause: str) -> str:
+        event_id = str(uuid.uuid5(_EVENT_NAMESPACE, f"{kind}|{vault_key(vault_id)}|{rule}|{cause}"))
+        if all(e["id"] != event_id for e in self.world.published):
+            self.world.published.append({"id": event_id, "type": kind, "source": vault_id, "subject": rule})
+        return f"{kind} {event_id}"

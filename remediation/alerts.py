@@ -1,0 +1,38 @@
+"""The alerting handlers: each hands every alert to its AlertSink. They run before any
+remediation, and a failed remediation leaves their alerts standing."""
+
+from __future__ import annotations
+
+from remediation.base import Operation, PlanInput, handler
+
+
+def _alert_operations(handler_id: str, data: PlanInput) -> list[Operation]:
+    return [
+        Operation(
+            handler=handler_id,
+            kind="alert",
+            vault_id=alert.vault_id,
+            description=f"{alert.rule} ({alert.severity})",
+            target=alert,
+            rules=(alert.rule,),
+        )
+        for alert in data.alerts
+    ]
+
+
+@handler("raise_defender_alert", kind="alert", permission="Microsoft.Security/assessments/write")
+def raise_defender_alert(data: PlanInput) -> list[Operation]:
+    """A Defender for Cloud custom assessment per vault × rule, Unhealthy while the finding stands."""
+    return _alert_operations("raise_defender_alert", data)
+
+
+@handler("publish_detection", kind="alert", permission="Microsoft.EventGrid/topics/events/send/action")
+def publish_detection(data: PlanInput) -> list[Operation]:
+    """A `kvguard.detection` CloudEvent per finding, with a deterministic id so consumers can dedupe."""
+    return _alert_operations("publish_detection", data)
+
+
+@handler("notify_webhook", kind="alert", permission="none (outbound HTTPS to the configured webhook)")
+def notify_webhook(data: PlanInput) -> list[Operation]:
+    """A JSON message per finding to a Teams/Slack-style webhook."""
+    return _alert_operations("notify_webhook", data)

@@ -1,0 +1,79 @@
+"""The remediation contract: a handler only *plans* concrete operations; the shared runner in
+`kvguard.actions` owns applying them, idempotency checks, audit and error collection.
+
+An `Operation` is what a person reads in dry-run output and in the audit record ("remove
+permissions secrets:get,list for object X on vault V"), and also exactly what gets applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kvguard.detection import Finding
+from kvguard.ports import Alert
+from kvguard.vault import AccessPolicy, VaultConfig
+
+OperationKind = Literal["remove_access_policy", "patch", "alert", "resolve"]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One write. `target` is what the write sets (the patch, the entry to remove, the alert)."""
+
+    handler: str
+    kind: OperationKind
+    vault_id: str
+    description: str
+    target: AccessPolicy | Mapping[str, Any] | Alert
+    before: Any = None
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """What a handler plans from: its own findings, the baseline and the current configuration."""
+
+    findings: Sequence[Finding]
+    before: VaultConfig | None
+    after: VaultConfig | None
+    alerts: Sequence[Alert] = ()
+
+
+Plan = Callable[[PlanInput], list[Operation]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    id: str
+    kind: Literal["alert", "remediation"]
+    permission: str
+    plan: Plan
+    description: str
+    irreversible: bool = False
+    rules: tuple[str, ...] = field(default=())
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(
+    id: str, *, kind: Literal["alert", "remediation"], permission: str, irreversible: bool = False
+) -> Callable[[Plan], Plan]:
+    """Register a handler. `permission` is the Azure action it needs, which the infra must grant."""
+
+    def register(fn: Plan) -> Plan:
+        if id in HANDLERS:
+            raise ValueError(f"handler {id} registered twice")
+        HANDLERS[id] = Handler(
+            id=id,
+            kind=kind,
+            permission=permission,
+            plan=fn,
+            description=" ".join((fn.__doc__ or "").split()),
+            irreversible=irreversible,
+        )
+        return fn
+
+    return register

@@ -1,0 +1,70 @@
+"""restore_network: close the firewall again, touching only what the change opened."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kvguard.vault import VaultConfig, diff
+from remediation.base import Operation, PlanInput, handler
+
+NETWORK_RULES = ("KV-NET-01", "KV-NET-02", "KV-NET-03", "KV-NET-04", "KV-NET-05")
+
+
+def _acls(config: VaultConfig) -> dict[str, Any]:
+    acls = config.raw.get("properties", {}).get("networkAcls") or {}
+    return copy.deepcopy(dict(acls))
+
+
+@handler("restore_network", kind="remediation", permission="Microsoft.KeyVault/vaults/write")
+def restore_network(data: PlanInput) -> list[Operation]:
+    """PATCH publicNetworkAccess and the changed parts of networkAcls back to the baseline values.
+    The IP and subnet rules that were added are removed one by one; rules added at the same time by
+    someone else and not flagged stay, and so do unrelated ACL settings."""
+    if data.before is None or data.after is None:
+        return []
+    fired = {f.rule for f in data.findings}
+    change = diff(data.before, data.after)
+    patch: dict[str, Any] = {}
+    before_props = data.before.raw.get("properties", {})
+    if "KV-NET-01" in fired and "public_network_access" in change.settings:
+        patch["publicNetworkAccess"] = before_props.get("publicNetworkAccess", "Disabled")
+    acls = _acls(data.after)
+    baseline_acls = _acls(data.before)
+    touched = False
+    if "KV-NET-02" in fired and "default_action" in change.settings:
+        acls["defaultAction"] = baseline_acls.get("defaultAction", "Deny")
+        touched = True
+    if "KV-NET-04" in fired and "bypass" in change.settings:
+        acls["bypass"] = baseline_acls.get("bypass", "None")
+        touched = True
+    if "KV-NET-03" in fired and change.ip_rules_added:
+        flagged = {str(f.evidence.get("ipRule", "")) for f in data.findings if f.rule == "KV-NET-03"} - {""}
+        drop = {r for r in change.ip_rules_added if not flagged or r in flagged or r.removesuffix("/32") in flagged}
+        acls["ipRules"] = [r for r in acls.get("ipRules", []) if _cidr(r.get("value")) not in drop]
+        touched = True
+    if "KV-NET-05" in fired and change.vnet_rules_added:
+        rules = acls.get("virtualNetworkRules", [])
+        acls["virtualNetworkRules"] = [r for r in rules if str(r.get("id", "")).lower() not in change.vnet_rules_added]
+        touched = True
+    if touched:
+        patch["networkAcls"] = acls
+    if not patch:
+        return []
+    after_props = data.after.raw.get("properties", {})
+    return [
+        Operation(
+            handler="restore_network",
+            kind="patch",
+            vault_id=data.after.id,
+            description=f"patch {', '.join(sorted(patch))} of {data.after.name} back to the baseline",
+            target=patch,
+            before={k: after_props.get(k) for k in patch},
+            rules=tuple(sorted(fired & set(NETWORK_RULES))),
+        )
+    ]
+
+
+def _cidr(value: Any) -> str:
+    text = str(value or "").strip()
+    return text if "/" in text else f"{text}/32"
