@@ -14,7 +14,7 @@ from kvguard.actions import ActionResult, ActionRunner, skipped
 from kvguard.decision import Decision, decide, remediable
 from kvguard.detection import RULES, Context, Finding, History, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
-from kvguard.ids import vault_key
+from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy
 from kvguard.ports import (
@@ -95,6 +95,21 @@ class Pipeline:
             raise
         self.store.complete(event.id, self.clock.now())
         return outcome
+
+    def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
+        """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
+        pipeline on every vault whose current configuration differs from its baseline."""
+        outcomes = []
+        for subscription_id in subscription_ids:
+            for vault in self.gateway.list_vaults(subscription_id):
+                baseline = self.store.get_baseline(vault.id)
+                if baseline is None or baseline.deleted:
+                    etag = baseline.etag if baseline is not None else None
+                    self.store.put_baseline(vault.id, dict(vault.raw), etag, now=self.clock.now())
+                    outcomes.append(Outcome(None, "processed", "reconciliation: baseline seeded", vault.id))
+                elif not diff(VaultConfig.from_arm(baseline.config), vault).empty:
+                    outcomes.append(self.handle_event(_reconciliation_event(vault, baseline.etag)))
+        return outcomes
 
     def _filter(self, event: VaultEvent) -> Outcome | None:
         if event.vault is None:
@@ -344,6 +359,17 @@ def _still_holds(rule_id: str, vault: VaultConfig, policy: Policy) -> bool:
     context = Context(event=probe, before=None, after=vault, diff=None, policy=policy, history=History(),
                       now=EPOCH)
     return bool(list(RULES[rule_id].detect(context)))
+
+
+def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
+    """A stand-in for the event that never arrived: one id per vault and baseline version, so a
+    reconciliation that is itself retried does not act twice."""
+    return VaultEvent(
+        id=f"reconcile:{vault.key}:{baseline_etag}", event_type="kvguard.Reconciliation", schema="eventgrid",
+        subject=vault.id, time=None, vault=parse_vault_ref(vault.id), operation="Microsoft.KeyVault/vaults/write",
+        kind="write", access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(),
+        correlation_id=None, tenant_id=vault.tenant_id, raw={},
+    )
 
 
 def _vault_id(event: VaultEvent) -> str | None:

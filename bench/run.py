@@ -1,0 +1,112 @@
+"""kvguard benchmarks: pipeline throughput, end-to-end replay, cold start. Not timed tests.
+
+    make bench            (or: .venv/bin/python bench/run.py [--events N])
+
+Prints figures and, where a comparison exists, ratios; the machine is named in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.workload import scenario  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def pipeline_throughput(events: int) -> None:
+    """parse -> read -> diff -> detect -> decide -> record, SQLite state in a file, one thread."""
+    from kvguard.adapters.sqlite import SQLiteStateStore
+    from kvguard.replay import build_run
+    from kvguard.scenario import LoadedScenario, Scenario, _step
+    from kvguard.policy import Policy
+
+    data = scenario(events)
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = LoadedScenario(path="bench", scenario=Scenario.model_validate(data),
+                                policy=Policy(mode="alert"), steps=[_step("bench", i, s)
+                                                                   for i, s in enumerate(data["steps"])])
+        run = build_run(loaded)
+        run.pipeline.store = SQLiteStateStore(Path(tmp) / "state.db")
+        for doc in data["vaults"]:
+            run.pipeline.store.put_baseline(doc["id"], doc, None)
+        payloads = [(s.kind, json.dumps(s.value) if s.kind == "event" else s.value) for s in loaded.steps]
+        texts = [p for k, p in payloads if k == "event"]
+        started = time.perf_counter()
+        for text in texts:
+            json.loads(text)
+        json_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        handled = 0
+        for kind, payload in payloads:
+            if kind == "write":
+                run.world.put(payload)
+            else:
+                handled += len(run.pipeline.handle(payload))
+        seconds = time.perf_counter() - started
+    rate = handled / seconds
+    print(f"pipeline: {handled} events in {seconds:.2f} s = {rate:,.0f} events/s "
+          f"(plain json.loads of the same inputs: {len(texts) / json_seconds:,.0f}/s, "
+          f"pipeline costs {seconds / json_seconds:,.0f}x json.loads)")
+
+
+def replay_end_to_end(events: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.json"
+        path.write_text(json.dumps(scenario(events)))
+        started = time.perf_counter()
+        result = subprocess.run([str(ROOT / ".venv/bin/kvguard"), "replay", str(path), "--json"],
+                                capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - started
+    lines = result.stdout.count("\n") - 1
+    print(f"replay --json: {lines} events in {seconds:.2f} s end to end = {lines / seconds:,.0f} events/s "
+          "(process start, scenario load and output included)")
+
+
+def cold_start(runs: int = 7) -> None:
+    probe = ("import time, resource; t = time.perf_counter(); import function_app; "
+             "d = time.perf_counter() - t; print(d, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    times, rss = [], []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+        seconds, kib = out.stdout.split()
+        times.append(float(seconds))
+        rss.append(int(kib) / 1024)
+    print(f"cold start: import function_app median {statistics.median(times):.3f} s over {runs} fresh processes "
+          f"(min {min(times):.3f}), max RSS after import median {statistics.median(rss):.1f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=5000)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    pipeline_throughput(args.events)
+    replay_end_to_end(args.events)
+    cold_start()
+
+
+if __name__ == "__main__":
+    main()

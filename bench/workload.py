@@ -1,0 +1,99 @@
+"""A synthetic but realistic event stream for the benchmarks: many vaults, mostly benign writes,
+some grants, firewall changes and duplicates, in the Event Grid schema as delivered."""
+
+from __future__ import annotations
+
+import copy
+import random
+import uuid
+from typing import Any
+
+TENANT = "2b7e1f0a-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+SUBSCRIPTION = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"
+
+
+def vault_doc(index: int) -> dict[str, Any]:
+    name = f"kv-bench-{index:03d}"
+    return {
+        "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-bench/providers/Microsoft.KeyVault/vaults/{name}",
+        "name": name,
+        "type": "Microsoft.KeyVault/vaults",
+        "location": "northeurope",
+        "tags": {"criticality": "high" if index % 5 == 0 else "normal"},
+        "properties": {
+            "tenantId": TENANT,
+            "sku": {"family": "A", "name": "standard"},
+            "accessPolicies": [
+                {"tenantId": TENANT, "objectId": str(uuid.UUID(int=index * 7919 + j)),
+                 "permissions": {"keys": ["get", "wrapKey", "unwrapKey"], "secrets": ["get"]}}
+                for j in range(8)
+            ],
+            "enableRbacAuthorization": False,
+            "enableSoftDelete": True,
+            "softDeleteRetentionInDays": 90,
+            "enablePurgeProtection": True,
+            "publicNetworkAccess": "Disabled",
+            "networkAcls": {"defaultAction": "Deny", "bypass": "None", "ipRules": [], "virtualNetworkRules": []},
+        },
+    }
+
+
+def envelope(event_id: str, vault_id: str, caller: str, ip: str, when: str) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "topic": f"/subscriptions/{SUBSCRIPTION}",
+        "subject": vault_id,
+        "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+        "eventTime": when,
+        "dataVersion": "2",
+        "metadataVersion": "1",
+        "data": {
+            "authorization": {"scope": vault_id, "action": "Microsoft.KeyVault/vaults/write",
+                              "evidence": {"role": "Contributor", "principalId": caller, "principalType": "User"}},
+            "claims": {"oid": caller, "http://schemas.microsoft.com/identity/claims/tenantid": TENANT,
+                       "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn": f"{caller[:8]}@bench.example",
+                       "ipaddr": ip},
+            "correlationId": str(uuid.uuid4()),
+            "httpRequest": {"clientIpAddress": ip, "method": "PUT"},
+            "resourceProvider": "Microsoft.KeyVault",
+            "resourceUri": vault_id,
+            "operationName": "Microsoft.KeyVault/vaults/write",
+            "status": "Succeeded",
+            "subscriptionId": SUBSCRIPTION,
+            "tenantId": TENANT,
+        },
+    }
+
+
+def scenario(events: int, vaults: int = 50, seed: int = 7) -> dict[str, Any]:
+    """A replay scenario of `events` deliveries: a write step before each changing event."""
+    rng = random.Random(seed)
+    docs = [vault_doc(i) for i in range(vaults)]
+    current = copy.deepcopy(docs)
+    callers = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(20)]
+    steps: list[dict[str, Any]] = []
+    delivered = 0
+    previous: dict[str, Any] | None = None
+    while delivered < events:
+        index = rng.randrange(vaults)
+        doc = current[index]
+        roll = rng.random()
+        if roll < 0.05 and previous is not None:
+            steps.append({"event": previous})  # a redelivery
+            delivered += 1
+            continue
+        if roll < 0.15:
+            doc["properties"]["accessPolicies"].append(
+                {"tenantId": TENANT, "objectId": str(uuid.UUID(int=rng.getrandbits(128))),
+                 "permissions": {"secrets": ["get", "list"]}})
+        elif roll < 0.20:
+            doc["properties"]["networkAcls"]["ipRules"].append({"value": f"203.0.113.{rng.randrange(256)}"})
+        else:
+            doc["tags"]["touched"] = str(delivered)
+        steps.append({"write": copy.deepcopy(doc)})
+        previous = envelope(str(uuid.UUID(int=rng.getrandbits(128))), doc["id"], rng.choice(callers),
+                            f"10.1.{rng.randrange(256)}.{rng.randrange(256)}", "2026-11-27T10:00:00Z")
+        steps.append({"event": previous})
+        delivered += 1
+    return {"name": f"benchmark: {events} events over {vaults} vaults", "clock": "2026-11-27T10:00:00Z",
+            "policy": {"mode": "alert"}, "vaults": docs, "steps": steps}

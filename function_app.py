@@ -1,0 +1,40 @@
+"""Azure Functions entry points (Python v2 model). Wiring only: the pipeline does the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import azure.functions as func
+
+from kvguard import runtime
+
+app = func.FunctionApp()
+log = logging.getLogger("kvguard")
+
+
+@app.function_name("on_vault_event")
+@app.event_grid_trigger(arg_name="event")
+def on_vault_event(event: func.EventGridEvent) -> None:
+    """Handle one delivered event; bad input is recorded, transient failures raise for redelivery."""
+    for outcome in runtime.current().handle(event):
+        log.info("kvguard %s", json.dumps(outcome.to_json(), default=str))
+
+
+@app.function_name("reconcile")
+@app.timer_trigger(arg_name="timer", schedule="%KVGUARD_RECONCILE_SCHEDULE%", run_on_startup=False)
+def reconcile(timer: func.TimerRequest) -> None:
+    """Seed missing baselines and catch changes whose events never arrived."""
+    subscriptions = [s for s in os.environ.get("KVGUARD_SUBSCRIPTION_IDS", "").split(",") if s.strip()]
+    for outcome in runtime.current().reconcile([s.strip() for s in subscriptions]):
+        log.info("kvguard reconcile %s", json.dumps(outcome.to_json(), default=str))
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Version, mode and whether state and ARM answer; never configuration secrets."""
+    report = runtime.health()
+    return func.HttpResponse(json.dumps(report), status_code=200 if report["ok"] else 503,
+                             mimetype="application/json")

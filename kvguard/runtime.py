@@ -1,0 +1,138 @@
+"""The composition root: the one place that builds real adapters and wires them to the pipeline.
+
+`function_app.py` takes its pipeline from `current()`, built on first use and reused by every
+invocation of the worker; tests hand in their own credential through `build(...)` and `install()`.
+SDK modules are imported here lazily, so a cold start pays only for what the event path uses.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kvguard.pipeline import Pipeline
+from kvguard.policy import Policy, load_policy
+from kvguard.ports import AlertSink, StateStore
+from kvguard.settings import Settings
+
+_lock = threading.Lock()
+_current: Pipeline | None = None
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The policy file (or the defaults), with the mode and own identities from the settings."""
+    policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
+    own = sorted({*policy.own_principal_ids, *(i.lower() for i in settings.own_principal_ids)})
+    update: dict[str, Any] = {"own_principal_ids": own}
+    if settings.mode:
+        update["mode"] = settings.mode
+    return policy.model_copy(update=update)
+
+
+def _credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def _store(settings: Settings, credential: Any) -> StateStore:
+    if settings.state_backend == "sqlite":
+        from pathlib import Path
+
+        from kvguard.adapters.sqlite import SQLiteStateStore
+
+        Path(settings.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+        return SQLiteStateStore(settings.sqlite_path)
+    from kvguard.adapters.tables import TablesStateStore
+
+    if settings.tables_connection:
+        return TablesStateStore.from_connection_string(settings.tables_connection)
+    if not settings.tables_service_uri:
+        raise ValueError("KVGUARD_STATE_BACKEND=tables needs KVGUARD_TABLES_CONNECTION or "
+                         "AzureWebJobsStorage__tableServiceUri")
+    return TablesStateStore(settings.tables_service_uri, credential)
+
+
+def _sinks(settings: Settings, credential: Any) -> dict[str, AlertSink]:
+    sinks: dict[str, AlertSink] = {}
+    if settings.defender:
+        from kvguard.adapters.defender import DefenderAlertSink
+
+        sinks["raise_defender_alert"] = DefenderAlertSink(credential, settings.arm_endpoint)
+    if settings.eventgrid_topic_endpoint:
+        from kvguard.adapters.eventgrid import EventGridAlertSink
+
+        sinks["publish_detection"] = EventGridAlertSink(
+            settings.eventgrid_topic_endpoint, settings.eventgrid_topic_key or credential
+        )
+    if settings.webhook_url:
+        from kvguard.adapters.webhook import WebhookAlertSink
+
+        sinks["notify_webhook"] = WebhookAlertSink(settings.webhook_url)
+    return sinks
+
+
+def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
+    """A ready pipeline on real adapters (settings from the environment when None)."""
+    from kvguard.adapters.arm import ArmVaultGateway
+
+    settings = settings or Settings()
+    credential = credential or _credential()
+    return Pipeline(
+        gateway=ArmVaultGateway(credential, endpoint=settings.arm_endpoint),
+        store=_store(settings, credential),
+        policy=policy_from(settings),
+        sinks=_sinks(settings, credential),
+    )
+
+
+def current() -> Pipeline:
+    """The worker's pipeline, built once on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = build()
+        return _current
+
+
+def install(pipeline: Pipeline | None) -> None:
+    """Replace the worker's pipeline (None: build again from the environment on next use)."""
+    global _current
+    with _lock:
+        _current = pipeline
+
+
+PROBE_VAULT = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/kvguard-health"
+    "/providers/Microsoft.KeyVault/vaults/kvguard-health-probe"
+)
+
+
+def health() -> dict[str, Any]:
+    """Whether the worker can do its job: state store and ARM answer. Settings are shown only in
+    their public view (no connection strings, keys or webhook URLs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        kvguard_version = version("kvguard")
+    except PackageNotFoundError:
+        kvguard_version = "unknown"
+    report: dict[str, Any] = {"version": kvguard_version}
+    try:
+        pipeline = current()
+    except Exception as error:  # a broken configuration is exactly what health must report
+        return {**report, "ok": False, "error": f"cannot build the pipeline: {type(error).__name__}"}
+    report["mode"] = pipeline.policy.mode
+    report["state"] = _probe(lambda: pipeline.store.get_baseline(PROBE_VAULT))
+    report["arm"] = _probe(lambda: pipeline.gateway.get(PROBE_VAULT))
+    report["sinks"] = sorted(pipeline.sinks)
+    report["ok"] = report["state"] == "ok" and report["arm"] == "ok"
+    return report
+
+
+def _probe(call: Any) -> str:
+    try:
+        call()
+    except Exception as error:  # reported, not raised: the endpoint exists to tell
+        return f"unreachable ({type(error).__name__})"
+    return "ok"

@@ -1,0 +1,51 @@
+"""Settings from app settings / the environment, validated with pydantic-settings.
+
+The names are a contract (the Bicep template and other tools set them): see the README's table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kvguard.policy import Mode
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KVGUARD_", extra="ignore", populate_by_name=True)
+
+    mode: Mode | None = None
+    policy_file: str | None = None
+    state_backend: Literal["tables", "sqlite"] = "sqlite"
+    tables_connection: str | None = None
+    tables_service_uri: str | None = Field(default=None, validation_alias="AzureWebJobsStorage__tableServiceUri")
+    sqlite_path: str = ".kvguard/state.db"
+    arm_endpoint: str = "https://management.azure.com"
+    own_principal_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    defender: bool = False
+    eventgrid_topic_endpoint: str | None = None
+    eventgrid_topic_key: str | None = None
+    webhook_url: str | None = None
+    subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    reconcile_schedule: str = "0 0 * * * *"
+
+    _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)
+
+    def public_view(self) -> dict[str, object]:
+        """What the health endpoint may show: no connection strings, keys or webhook URLs."""
+        return {
+            "mode": self.mode,
+            "state_backend": self.state_backend,
+            "defender": self.defender,
+            "eventgrid_topic": bool(self.eventgrid_topic_endpoint),
+            "webhook": bool(self.webhook_url),
+            "subscriptions": len(self.subscription_ids),
+        }
