@@ -21,6 +21,7 @@ from kvguard.ports import (
     Alert,
     AlertSink,
     AuditRecord,
+    Baseline,
     Clock,
     ConcurrencyError,
     RejectedPayload,
@@ -33,6 +34,7 @@ from kvguard.vault import VaultConfig, diff
 from remediation import HANDLERS, Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
 ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
 
 
@@ -61,6 +63,7 @@ class Pipeline:
         self.clock = clock or SystemClock()
         self.lease = lease
         self.runner = ActionRunner(gateway, self.sinks)
+        self._parsed: dict[str, VaultConfig] = {}
 
     # --- parse --------------------------------------------------------------------------------
 
@@ -130,7 +133,7 @@ class Pipeline:
         vault_id = event.vault.id
         after = self.gateway.get(vault_id) if event.kind != "purge" else None
         baseline = self.store.get_baseline(vault_id)
-        before = VaultConfig.from_arm(baseline.config) if baseline and not baseline.deleted else None
+        before = self._baseline_config(baseline) if baseline and not baseline.deleted else None
         change = diff(before, after) if before is not None and after is not None else None
         context = Context(
             event=event,
@@ -165,7 +168,8 @@ class Pipeline:
         for finding in findings:
             self.store.open_finding(display_id, finding.rule, finding.to_json(), now)
         actions += self._resolve(display_id, final, findings, actions, decision)
-        self._record(event, now, display_id, baseline, before, final, change, remediated, failed)
+        self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
+                     context.history.caller_seen_before)
         outcome = Outcome(
             event.id,
             "processed",
@@ -179,6 +183,19 @@ class Pipeline:
         )
         self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
         return outcome
+
+    def _baseline_config(self, baseline: Baseline) -> VaultConfig:
+        """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""
+        cached = self._parsed.get(baseline.etag)
+        if cached is None:
+            cached = VaultConfig.from_arm(baseline.config)
+            self._remember(baseline.etag, cached)
+        return cached
+
+    def _remember(self, etag: str, config: VaultConfig) -> None:
+        if len(self._parsed) >= PARSED_BASELINES:
+            self._parsed.pop(next(iter(self._parsed)))
+        self._parsed[etag] = config
 
     def _history(self, event: VaultEvent, now: datetime) -> History:
         assert event.vault is not None
@@ -321,6 +338,7 @@ class Pipeline:
         change: Any,
         remediated: bool,
         failed: bool,
+        seen_before: bool,
     ) -> None:
         """Marks for history rules and the new baseline (kept as it was when a remediation
         failed, so the change is seen again)."""
@@ -328,7 +346,8 @@ class Pipeline:
         caller = event.caller.id
         if caller is not None:
             if event.succeeded:
-                self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
+                if not seen_before:  # one mark per vault and caller is all "first write" needs
+                    self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
                 self.store.add_mark("caller_vaults", caller, event.vault.key, now)
             else:
                 self.store.add_mark("caller_failures", caller, event.id, now)
@@ -342,7 +361,7 @@ class Pipeline:
         etag = baseline.etag if baseline is not None else None
         try:
             if final is not None:
-                self.store.put_baseline(vault_id, dict(final.raw), etag, now=now)
+                self._remember(self.store.put_baseline(vault_id, dict(final.raw), etag, now=now), final)
             elif event.kind == "delete" and before is not None:
                 self.store.put_baseline(vault_id, dict(before.raw), etag, deleted=True, now=now)
         except ConcurrencyError as error:

@@ -47,8 +47,9 @@ class World:
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def put(self, doc: Mapping[str, Any]) -> None:
-        VaultConfig.from_arm(doc)  # refuse anything that is not a vault
-        self.vaults[vault_key(doc["id"])] = copy.deepcopy(dict(doc))
+        """Store a vault document (validated by the scenario loader). Documents are never changed
+        in place, here or by the gateway, so configurations read earlier keep their values."""
+        self.vaults[vault_key(doc["id"])] = dict(doc)
 
     def delete(self, vault_id: str) -> None:
         self.vaults.pop(vault_key(vault_id), None)
@@ -94,13 +95,14 @@ class SimVaultGateway:
 
     def get(self, vault_id: str) -> VaultConfig | None:
         doc = self.world.vaults.get(vault_key(vault_id))
-        return VaultConfig.from_arm(copy.deepcopy(doc)) if doc is not None else None
+        return VaultConfig.from_arm(doc) if doc is not None else None
 
     def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
         doc = self._doc(vault_id)
-        doc.setdefault("properties", {}).update(copy.deepcopy(dict(properties)))
+        doc = {**doc, "properties": {**doc.get("properties", {}), **copy.deepcopy(dict(properties))}}
+        self.world.put(doc)
         self.world.emitted.append(self.world.own_write_event(doc["id"], "Microsoft.KeyVault/vaults/write"))
-        return VaultConfig.from_arm(copy.deepcopy(doc))
+        return VaultConfig.from_arm(doc)
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         doc = self._doc(vault_id)
@@ -118,13 +120,14 @@ class SimVaultGateway:
                     remaining[category] = names
             if remaining:
                 kept.append({**raw, "permissions": remaining})
-        doc["properties"]["accessPolicies"] = kept
+        doc = {**doc, "properties": {**doc["properties"], "accessPolicies": kept}}
+        self.world.put(doc)
         self.world.emitted.append(self.world.own_write_event(
             f"{doc['id']}/accessPolicies/remove", "Microsoft.KeyVault/vaults/accessPolicies/write"))
-        return VaultConfig.from_arm(copy.deepcopy(doc))
+        return VaultConfig.from_arm(doc)
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
-        return [VaultConfig.from_arm(copy.deepcopy(d)) for d in self.world.vaults.values()
+        return [VaultConfig.from_arm(d) for d in self.world.vaults.values()
                 if subscription_of(d["id"]) == subscription_id.lower()]
 
     def _doc(self, vault_id: str) -> dict[str, Any]:

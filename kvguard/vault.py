@@ -57,8 +57,9 @@ def _int(value: Any) -> int | None:
 
 def _ci_get(mapping: Mapping[str, Any], name: str) -> Any:
     """A key looked up case-insensitively: ARM property names are camelCase, hand-written JSON varies."""
-    if name in mapping:
-        return mapping[name]
+    value = mapping.get(name)
+    if value is not None:
+        return value
     lowered = name.lower()
     for key, value in mapping.items():
         if isinstance(key, str) and key.lower() == lowered:
@@ -108,9 +109,9 @@ class AccessPolicy:
         raw_perms = _ci_get(entry, "permissions") or {}
         permissions: dict[str, frozenset[str]] = {}
         if isinstance(raw_perms, Mapping):
-            for category in PERMISSION_CATEGORIES:
-                values = _ci_get(raw_perms, category) or []
-                if isinstance(values, list):
+            for key, values in raw_perms.items():
+                category = key.lower() if isinstance(key, str) else ""
+                if category in PERMISSION_CATEGORIES and isinstance(values, list):
                     permissions[category] = frozenset(v.strip().lower() for v in values if isinstance(v, str))
         return cls(
             principal=Principal(

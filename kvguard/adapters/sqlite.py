@@ -1,0 +1,300 @@
+"""The StateStore on SQLite: shared state for local runs, replay and tests.
+
+One file (or `:memory:`) holds every concern in its own table. A store object owns one
+connection guarded by a lock, so threads of one process may share it; several store objects (or
+processes) on the same file coordinate through SQLite's own locking — every read-modify-write runs
+in a `BEGIN IMMEDIATE` transaction. Vault ids are stored under `vault_key` and keep their spelling
+for display. Times are stored as fixed-width UTC text, which sorts like the times themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kvguard.ids import vault_key
+from kvguard.ports import AuditRecord, Baseline, ClaimResult, ConcurrencyError, OpenFinding, RejectedPayload
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    event_id     TEXT PRIMARY KEY,
+    done         INTEGER NOT NULL,
+    lease_until  TEXT NOT NULL,
+    claimed_at   TEXT NOT NULL,
+    completed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS baselines (
+    vault_key TEXT PRIMARY KEY,
+    vault_id  TEXT NOT NULL,
+    config    TEXT NOT NULL,
+    etag      TEXT NOT NULL,
+    deleted   INTEGER NOT NULL,
+    updated   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id  TEXT NOT NULL,
+    vault_key TEXT,
+    vault_id  TEXT,
+    at        TEXT NOT NULL,
+    outcome   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_key, at);
+CREATE TABLE IF NOT EXISTS rejected (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    reason   TEXT NOT NULL,
+    raw      TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    event_id TEXT
+);
+CREATE TABLE IF NOT EXISTS findings (
+    vault_key TEXT NOT NULL,
+    rule      TEXT NOT NULL,
+    vault_id  TEXT NOT NULL,
+    finding   TEXT NOT NULL,
+    opened    TEXT NOT NULL,
+    PRIMARY KEY (vault_key, rule)
+);
+CREATE TABLE IF NOT EXISTS marks (
+    series TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    member TEXT NOT NULL,
+    at     TEXT NOT NULL,
+    PRIMARY KEY (series, key, member, at)
+);
+"""
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: the state store takes timezone-aware times only")
+    return moment.astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    """Fixed-width UTC text (`2026-11-27T10:00:00.000000Z`): text order is time order."""
+    return _utc(moment).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _unstamp(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+class SQLiteStateStore:
+    """kvguard.ports.StateStore on one SQLite database (`:memory:` by default)."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self._path = str(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        with self._lock:
+            if self._path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStateStore({self._path!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken before the first read so check-then-write cannot race."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # Event claims
+
+    def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
+        at = _stamp(now)
+        until = _stamp(now + lease)
+        with self._transaction() as db:
+            row = db.execute("SELECT done, lease_until FROM claims WHERE event_id = ?", (event_id,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO claims (event_id, done, lease_until, claimed_at) VALUES (?, 0, ?, ?)",
+                    (event_id, until, at),
+                )
+                return "claimed"
+            done, lease_until = row
+            if done:
+                return "duplicate"
+            if lease_until > at:
+                return "in_progress"
+            db.execute(
+                "UPDATE claims SET lease_until = ?, claimed_at = ? WHERE event_id = ?", (until, at, event_id)
+            )
+            return "claimed"
+
+    def complete(self, event_id: str, now: datetime) -> None:
+        at = _stamp(now)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at",
+                (event_id, at, at, at),
+            )
+
+    def release(self, event_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,))
+
+    # Baselines
+
+    def get_baseline(self, vault_id: str) -> Baseline | None:
+        rows = self._query(
+            "SELECT vault_id, config, etag, deleted, updated FROM baselines WHERE vault_key = ?", (vault_key(vault_id),)
+        )
+        return self._baseline(rows[0]) if rows else None
+
+    def put_baseline(
+        self, vault_id: str, config: Mapping[str, Any], etag: str | None, *, deleted: bool = False,
+        now: datetime | None = None,
+    ) -> str:
+        updated = _stamp(now if now is not None else datetime.now(UTC))
+        document = _to_json(config)
+        new_etag = uuid.uuid4().hex
+        key = vault_key(vault_id)
+        with self._transaction() as db:
+            if etag is None:
+                cursor = db.execute(
+                    "INSERT INTO baselines (vault_key, vault_id, config, etag, deleted, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vault_key) DO NOTHING",
+                    (key, vault_id, document, new_etag, int(deleted), updated),
+                )
+                if cursor.rowcount != 1:
+                    raise ConcurrencyError(f"baseline of {vault_id} already exists")
+            else:
+                cursor = db.execute(
+                    "UPDATE baselines SET vault_id = ?, config = ?, etag = ?, deleted = ?, updated = ?"
+                    " WHERE vault_key = ? AND etag = ?",
+                    (vault_id, document, new_etag, int(deleted), updated, key, etag),
+                )
+                if cursor.rowcount != 1:
+                    raise ConcurrencyError(f"baseline of {vault_id} was changed or removed (etag {etag} is stale)")
+        return new_etag
+
+    def list_baselines(self) -> list[Baseline]:
+        rows = self._query("SELECT vault_id, config, etag, deleted, updated FROM baselines ORDER BY vault_key")
+        return [self._baseline(row) for row in rows]
+
+    @staticmethod
+    def _baseline(row: tuple[Any, ...]) -> Baseline:
+        vault_id, config, etag, deleted, updated = row
+        return Baseline(
+            vault_id=vault_id, config=json.loads(config), etag=etag, deleted=bool(deleted), updated=_unstamp(updated)
+        )
+
+    # Audit trail and rejected payloads
+
+    def append_audit(self, record: AuditRecord) -> None:
+        key = vault_key(record.vault_id) if record.vault_id is not None else None
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO audit (event_id, vault_key, vault_id, at, outcome) VALUES (?, ?, ?, ?, ?)",
+                (record.event_id, key, record.vault_id, _stamp(record.at), _to_json(record.outcome)),
+            )
+
+    def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
+        columns = "SELECT event_id, vault_id, at, outcome FROM audit"
+        if vault_id is None:
+            rows = self._query(f"{columns} ORDER BY at, seq")
+        else:
+            rows = self._query(f"{columns} WHERE vault_key = ? ORDER BY at, seq", (vault_key(vault_id),))
+        return [
+            AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=json.loads(outcome))
+            for event_id, vault, at, outcome in rows
+        ]
+
+    def record_rejected(self, rejected: RejectedPayload) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO rejected (reason, raw, at, event_id) VALUES (?, ?, ?, ?)",
+                (rejected.reason, rejected.raw, _stamp(rejected.at), rejected.event_id),
+            )
+
+    def list_rejected(self) -> list[RejectedPayload]:
+        rows = self._query("SELECT reason, raw, at, event_id FROM rejected ORDER BY at, seq")
+        return [
+            RejectedPayload(reason=reason, raw=raw, at=_unstamp(at), event_id=event_id)
+            for reason, raw, at, event_id in rows
+        ]
+
+    # Open findings
+
+    def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
+        document = _to_json(finding)
+        opened = _stamp(now)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE findings SET finding = ?, vault_id = ? WHERE vault_key = ? AND rule = ?",
+                (document, vault_id, vault_key(vault_id), rule),
+            )
+            if cursor.rowcount == 1:
+                return False
+            db.execute(
+                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, ?, ?, ?, ?)",
+                (vault_key(vault_id), rule, vault_id, document, opened),
+            )
+            return True
+
+    def close_finding(self, vault_id: str, rule: str) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (vault_key(vault_id), rule))
+            return cursor.rowcount == 1
+
+    def open_findings(self, vault_id: str) -> list[OpenFinding]:
+        rows = self._query(
+            "SELECT vault_id, rule, finding, opened FROM findings WHERE vault_key = ? ORDER BY rule",
+            (vault_key(vault_id),),
+        )
+        return [
+            OpenFinding(vault_id=vault, rule=rule, finding=json.loads(finding), opened=_unstamp(opened))
+            for vault, rule, finding, opened in rows
+        ]
+
+    # Marks for history rules and the circuit breaker
+
+    def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO marks (series, key, member, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (series, vault_key(key), member, _stamp(at)),
+            )
+
+    def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
+        rows = self._query(
+            "SELECT member, at FROM marks WHERE series = ? AND key = ? AND at >= ? ORDER BY at, member",
+            (series, vault_key(key), _stamp(since)),
+        )
+        return [(member, _unstamp(at)) for member, at in rows]

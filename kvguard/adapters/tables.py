@@ -1,0 +1,519 @@
+"""The StateStore on Azure Table Storage (Azurite locally and in tests).
+
+One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`, `marks`,
+and `chunks` for values too large to sit inline — each created on first use.
+
+- Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
+  event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
+  event ids and rule ids); the original id stays in a property for people to read.
+- Concurrency: claims are deduplicated by `create_entity` (409 when the claim exists), an expired
+  lease is taken over and baselines are replaced with the entity's ETag and
+  `MatchConditions.IfNotModified` (412 when someone wrote first).
+- Size: a property holds 64 KiB and an entity 1 MiB, and a vault may carry 1024 access policies.
+  Large values (vault configs, audit outcomes, raw payloads, finding evidence) are stored as JSON,
+  zlib-compressed and split into binary properties of at most 60,000 bytes. Up to twelve chunks
+  sit in the entity itself; anything larger goes to the `chunks` table under a fresh reference
+  written *before* the entity that points at it, so a conditional write stays one atomic request.
+- Errors: unreachable storage, 5xx and 429 (after the SDK's own retries) raise
+  `kvguard.ports.TransientError`, chained to the Azure error.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
+from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
+
+from kvguard.ids import vault_key
+from kvguard.ports import (
+    AuditRecord,
+    Baseline,
+    ClaimResult,
+    ConcurrencyError,
+    OpenFinding,
+    RejectedPayload,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+CONCERNS = ("claims", "baselines", "audit", "rejected", "findings", "marks", "chunks")
+CHUNK_BYTES = 60_000  # below the 64 KiB limit of one property
+INLINE_CHUNKS = 12  # 720,000 bytes: well inside the 1 MiB limit of one entity, with room for the rest
+DISPLAY_CHARS = 1_000  # readable copies of long texts; the full text is in the compressed document
+_ROUNDS = 8  # rounds of a read-then-conditional-write before giving up under contention
+
+_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,53}$")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _status(error: HttpResponseError) -> int | None:
+    return error.status_code
+
+
+@contextmanager
+def _azure_errors(action: str) -> Iterator[None]:
+    """Azure errors that a retry can cure become TransientError; everything else is left as it is."""
+    try:
+        yield
+    except (ServiceRequestError, ServiceResponseError) as error:
+        raise TransientError(f"table storage unreachable ({action}): {error}") from error
+    except HttpResponseError as error:
+        status = _status(error)
+        if status is not None and (status >= 500 or status == 429):
+            raise TransientError(f"table storage answered {status} ({action}): {error.message}") from error
+        raise
+
+
+def _transient(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _azure_errors(method.__name__):
+            return method(*args, **kwargs)
+
+    return guarded
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: the state store takes timezone-aware times only")
+    return moment.astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    """Fixed-width UTC text (`2026-11-27T10:00:00.000000Z`): text order is time order."""
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _unstamp(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _vault_partition(vault_id: str) -> str:
+    return _digest(vault_key(vault_id))
+
+
+def _sequence(at: datetime) -> str:
+    """A RowKey that sorts by time, then by when it was written, and never collides."""
+    return f"{_stamp(at)}-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _encode(document: object) -> bytes:
+    return json.dumps(document, default=_json_default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _is(error: HttpResponseError, *statuses: int) -> bool:
+    return _status(error) in statuses
+
+
+class TablesStateStore:
+    """kvguard.ports.StateStore on Azure Table Storage."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: TokenCredential | AzureNamedKeyCredential | AzureSasCredential,
+        *,
+        table_prefix: str = "kvguard",
+        **client_options: Any,
+    ) -> None:
+        """`client_options` go to the TableServiceClient (e.g. `retry_total`, `connection_timeout`)."""
+        self._setup(TableServiceClient(endpoint, credential=credential, **client_options), table_prefix)
+
+    @classmethod
+    def from_connection_string(
+        cls, connection_string: str, table_prefix: str = "kvguard", **client_options: Any
+    ) -> TablesStateStore:
+        store = cls.__new__(cls)
+        store._setup(TableServiceClient.from_connection_string(connection_string, **client_options), table_prefix)
+        return store
+
+    def _setup(self, service: TableServiceClient, table_prefix: str) -> None:
+        if not _PREFIX_RE.match(table_prefix):
+            raise ValueError(f"table prefix {table_prefix!r}: a letter, then letters and digits, at most 54 in all")
+        self._service = service
+        self._prefix = table_prefix
+        self._tables: dict[str, TableClient] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TablesStateStore({self._service.url!r}, table_prefix={self._prefix!r})"
+
+    def close(self) -> None:
+        self._service.close()
+
+    def _table(self, concern: str) -> TableClient:
+        """The concern's table, created the first time this store touches it."""
+        with self._lock:
+            table = self._tables.get(concern)
+            if table is None:
+                name = self._prefix + concern
+                try:
+                    self._service.create_table(name)
+                except HttpResponseError as error:
+                    if not _is(error, 409):
+                        raise
+                table = self._service.get_table_client(name)
+                self._tables[concern] = table
+            return table
+
+    def _get(self, concern: str, partition: str, row: str) -> TableEntity | None:
+        try:
+            return self._table(concern).get_entity(partition, row)
+        except HttpResponseError as error:
+            if _is(error, 404):
+                return None
+            raise
+
+    # Large values: compressed, chunked, spilled to the chunks table when they do not fit inline.
+
+    def _pack(self, document: object) -> dict[str, Any]:
+        """Properties holding `document`; chunks that do not fit inline are written now."""
+        packed = zlib.compress(_encode(document), 6)
+        chunks = [packed[start : start + CHUNK_BYTES] for start in range(0, len(packed), CHUNK_BYTES)]
+        properties: dict[str, Any] = {"doc_chunks": len(chunks), "doc_encoding": "json+zlib"}
+        if len(chunks) <= INLINE_CHUNKS:
+            properties.update({f"doc_{index}": chunk for index, chunk in enumerate(chunks)})
+            return properties
+        ref = uuid.uuid4().hex
+        table = self._table("chunks")
+        for index, chunk in enumerate(chunks):
+            table.upsert_entity({"PartitionKey": ref, "RowKey": f"{index:06d}", "data": chunk})
+        properties["doc_ref"] = ref
+        return properties
+
+    def _unpack(self, entity: Mapping[str, Any]) -> Any:
+        count = int(entity["doc_chunks"])
+        ref = entity.get("doc_ref")
+        if ref is None:
+            packed = b"".join(entity[f"doc_{index}"] for index in range(count))
+        else:
+            rows = self._table("chunks").query_entities("PartitionKey eq @ref", parameters={"ref": ref})
+            chunks = sorted(rows, key=lambda row: row["RowKey"])
+            if len(chunks) != count:
+                raise RuntimeError(f"stored document {ref} has {len(chunks)} of its {count} chunks")
+            packed = b"".join(chunk["data"] for chunk in chunks)
+        return json.loads(zlib.decompress(packed).decode("utf-8"))
+
+    def _discard(self, properties: Mapping[str, Any] | None) -> None:
+        """Drop the spilled chunks `properties` refer to. Best effort: leftovers are only wasted space."""
+        ref = properties.get("doc_ref") if properties else None
+        if not ref:
+            return
+        table = self._table("chunks")
+        try:
+            for row in table.query_entities("PartitionKey eq @ref", parameters={"ref": ref}, select=["RowKey"]):
+                table.delete_entity(ref, row["RowKey"])
+        except AzureError as error:
+            log.warning("could not remove the chunks of replaced document %s: %s", ref, error)
+
+    # Event claims
+
+    @_transient
+    def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
+        at = _stamp(now)
+        partition = _digest(event_id)
+        entity = {
+            "PartitionKey": partition,
+            "RowKey": "claim",
+            "event_id": event_id[:DISPLAY_CHARS],
+            "done": False,
+            "claimed_at": at,
+            "lease_until": _stamp(now + lease),
+        }
+        table = self._table("claims")
+        for _ in range(_ROUNDS):
+            try:
+                table.create_entity(entity)
+                return "claimed"
+            except HttpResponseError as error:
+                if not _is(error, 409):
+                    raise
+            current = self._get("claims", partition, "claim")
+            if current is None:  # released in between: claim afresh
+                continue
+            if current.get("done"):
+                return "duplicate"
+            if current["lease_until"] > at:
+                return "in_progress"
+            try:
+                table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return "claimed"
+            except HttpResponseError as error:
+                if not _is(error, 404, 412):
+                    raise
+        return "in_progress"
+
+    @_transient
+    def complete(self, event_id: str, now: datetime) -> None:
+        self._table("claims").upsert_entity(
+            {
+                "PartitionKey": _digest(event_id),
+                "RowKey": "claim",
+                "event_id": event_id[:DISPLAY_CHARS],
+                "done": True,
+                "completed_at": _stamp(now),
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    @_transient
+    def release(self, event_id: str) -> None:
+        current = self._get("claims", _digest(event_id), "claim")
+        if current is None or current.get("done"):
+            return
+        try:
+            self._table("claims").delete_entity(
+                current["PartitionKey"], "claim", etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as error:
+            if not _is(error, 412):  # completed or taken over meanwhile: not ours to drop any more
+                raise
+
+    # Baselines
+
+    @_transient
+    def get_baseline(self, vault_id: str) -> Baseline | None:
+        entity = self._get("baselines", _vault_partition(vault_id), "baseline")
+        return self._baseline(entity) if entity is not None else None
+
+    @_transient
+    def put_baseline(
+        self, vault_id: str, config: Mapping[str, Any], etag: str | None, *, deleted: bool = False,
+        now: datetime | None = None,
+    ) -> str:
+        updated = _stamp(now if now is not None else datetime.now(UTC))
+        partition = _vault_partition(vault_id)
+        table = self._table("baselines")
+        previous = self._get("baselines", partition, "baseline") if etag is not None else None
+        if etag is not None and previous is None:
+            raise ConcurrencyError(f"baseline of {vault_id} does not exist (etag {etag} is stale)")
+        document = self._pack(config)
+        entity = {
+            "PartitionKey": partition, "RowKey": "baseline", "vault_id": vault_id, "deleted": deleted,
+            "updated": updated, **document,
+        }
+        try:
+            if etag is None:
+                metadata = table.create_entity(entity)
+            else:
+                metadata = table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+        except HttpResponseError as error:
+            self._discard(document)
+            if _is(error, 409):
+                raise ConcurrencyError(f"baseline of {vault_id} already exists") from error
+            if _is(error, 404, 412):
+                stale = f"baseline of {vault_id} was changed or removed (etag {etag} is stale)"
+                raise ConcurrencyError(stale) from error
+            raise
+        self._discard(previous)
+        return str(metadata["etag"])
+
+    @_transient
+    def list_baselines(self) -> list[Baseline]:
+        baselines = [self._baseline(entity) for entity in self._table("baselines").list_entities()]
+        return sorted(baselines, key=lambda baseline: vault_key(baseline.vault_id))
+
+    def _baseline(self, entity: TableEntity) -> Baseline:
+        return Baseline(
+            vault_id=entity["vault_id"],
+            config=self._unpack(entity),
+            etag=str(entity.metadata["etag"]),
+            deleted=bool(entity.get("deleted")),
+            updated=_unstamp(entity["updated"]),
+        )
+
+    # Audit trail and rejected payloads
+
+    @_transient
+    def append_audit(self, record: AuditRecord) -> None:
+        partition = _vault_partition(record.vault_id) if record.vault_id is not None else "no-vault"
+        entity: dict[str, Any] = {
+            "PartitionKey": partition,
+            "RowKey": _sequence(record.at),
+            "at": _stamp(record.at),
+            "event_id": record.event_id[:DISPLAY_CHARS],
+            **self._pack({"event_id": record.event_id, "vault_id": record.vault_id, "outcome": record.outcome}),
+        }
+        if record.vault_id is not None:
+            entity["vault_id"] = record.vault_id[:DISPLAY_CHARS]
+        self._table("audit").create_entity(entity)
+
+    @_transient
+    def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
+        table = self._table("audit")
+        if vault_id is None:
+            entities = table.list_entities()
+        else:
+            entities = table.query_entities("PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)})
+        records = []
+        for entity in sorted(entities, key=lambda entity: entity["RowKey"]):
+            document = self._unpack(entity)
+            records.append(
+                AuditRecord(
+                    event_id=document["event_id"], vault_id=document["vault_id"], at=_unstamp(entity["at"]),
+                    outcome=document["outcome"],
+                )
+            )
+        return records
+
+    @_transient
+    def record_rejected(self, rejected: RejectedPayload) -> None:
+        at = _stamp(rejected.at)
+        entity: dict[str, Any] = {
+            "PartitionKey": at[:7],  # one partition per month
+            "RowKey": _sequence(rejected.at),
+            "at": at,
+            "reason": rejected.reason[:DISPLAY_CHARS],
+            **self._pack({"reason": rejected.reason, "raw": rejected.raw, "event_id": rejected.event_id}),
+        }
+        if rejected.event_id is not None:
+            entity["event_id"] = rejected.event_id[:DISPLAY_CHARS]
+        self._table("rejected").create_entity(entity)
+
+    @_transient
+    def list_rejected(self) -> list[RejectedPayload]:
+        payloads = []
+        for entity in sorted(self._table("rejected").list_entities(), key=lambda entity: entity["RowKey"]):
+            document = self._unpack(entity)
+            payloads.append(
+                RejectedPayload(
+                    reason=document["reason"], raw=document["raw"], at=_unstamp(entity["at"]),
+                    event_id=document["event_id"],
+                )
+            )
+        return payloads
+
+    # Open findings
+
+    @_transient
+    def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
+        opened = _stamp(now)
+        partition, row = _vault_partition(vault_id), _digest(rule)
+        table = self._table("findings")
+        document = self._pack(finding)
+        entity = {"PartitionKey": partition, "RowKey": row, "vault_id": vault_id, "rule": rule, **document}
+        try:
+            for _ in range(_ROUNDS):
+                try:
+                    table.create_entity({**entity, "opened": opened})
+                    return True
+                except HttpResponseError as error:
+                    if not _is(error, 409):
+                        raise
+                current = self._get("findings", partition, row)
+                if current is None:  # closed in between: open afresh
+                    continue
+                try:
+                    table.update_entity(
+                        {**entity, "opened": current["opened"]}, mode=UpdateMode.REPLACE,
+                        etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+                    )
+                except HttpResponseError as error:
+                    if not _is(error, 404, 412):
+                        raise
+                    continue
+                self._discard(current)
+                return False
+        except BaseException:
+            self._discard(document)
+            raise
+        self._discard(document)
+        raise TransientError(f"finding {rule} of {vault_id} kept changing under {_ROUNDS} attempts to write it")
+
+    @_transient
+    def close_finding(self, vault_id: str, rule: str) -> bool:
+        partition, row = _vault_partition(vault_id), _digest(rule)
+        for _ in range(_ROUNDS):
+            current = self._get("findings", partition, row)
+            if current is None:
+                return False
+            try:
+                self._table("findings").delete_entity(
+                    partition, row, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                )
+            except HttpResponseError as error:
+                if not _is(error, 412):  # refreshed meanwhile: read it again
+                    raise
+                continue
+            self._discard(current)
+            return True
+        raise TransientError(f"finding {rule} of {vault_id} kept changing under {_ROUNDS} attempts to close it")
+
+    @_transient
+    def open_findings(self, vault_id: str) -> list[OpenFinding]:
+        entities = self._table("findings").query_entities(
+            "PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)}
+        )
+        findings = [
+            OpenFinding(
+                vault_id=entity["vault_id"], rule=entity["rule"], finding=self._unpack(entity),
+                opened=_unstamp(entity["opened"]),
+            )
+            for entity in entities
+        ]
+        return sorted(findings, key=lambda finding: finding.rule)
+
+    # Marks for history rules and the circuit breaker
+
+    @staticmethod
+    def _mark_partition(series: str, key: str) -> str:
+        return _digest(f"{series}\n{vault_key(key)}")
+
+    @_transient
+    def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
+        stamp = _stamp(at)
+        self._table("marks").upsert_entity(
+            {
+                "PartitionKey": self._mark_partition(series, key),
+                "RowKey": f"{stamp}-{_digest(member)}",
+                "series": series,
+                "key": key,
+                "member": member,
+                "at": stamp,
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    @_transient
+    def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
+        entities = self._table("marks").query_entities(
+            "PartitionKey eq @pk and RowKey ge @since",
+            parameters={"pk": self._mark_partition(series, key), "since": _stamp(since)},
+            select=["member", "at"],
+        )
+        marks = [(entity["member"], _unstamp(entity["at"])) for entity in entities]
+        return sorted(marks, key=lambda mark: (mark[1], mark[0]))

@@ -1,0 +1,502 @@
+"""The StateStore contract: what every implementation of kvguard.ports.StateStore must do.
+
+Subclass `StateStoreContract` in a test module (named `Test…`) and provide a function-scoped
+`store` fixture that yields a fresh, empty store. The suite must pass unchanged against every
+store: SQLite, Azure Table Storage, and whatever comes next.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from kvguard.ports import AuditRecord, ConcurrencyError, RejectedPayload, StateStore
+
+T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+
+VAULT = (
+    "/subscriptions/0b1f6471-1bf0-4dda-aec3-111122223333/resourceGroups/rg-prod"
+    "/providers/Microsoft.KeyVault/vaults/kv-prod"
+)
+VAULT_OTHER_CASE = VAULT.lower() + "/"
+OTHER_VAULT = VAULT.replace("kv-prod", "kv-dev")
+
+KEY_PERMISSIONS = [
+    "get", "list", "update", "create", "import", "delete", "recover", "backup", "restore", "decrypt",
+    "encrypt", "unwrapKey", "wrapKey", "verify", "sign", "purge", "release", "rotate", "getrotationpolicy",
+    "setrotationpolicy",
+]
+SECRET_PERMISSIONS = ["get", "list", "set", "delete", "recover", "backup", "restore", "purge"]
+CERTIFICATE_PERMISSIONS = [
+    "get", "list", "update", "create", "import", "delete", "recover", "backup", "restore", "managecontacts",
+    "manageissuers", "getissuers", "listissuers", "setissuers", "deleteissuers", "purge",
+]
+STORAGE_PERMISSIONS = [
+    "get", "list", "delete", "set", "update", "regeneratekey", "recover", "purge", "backup", "restore", "setsas",
+    "listsas", "getsas", "deletesas",
+]
+
+
+def vault_config(vault_id: str = VAULT, policies: int = 2, seed: int = 7) -> dict[str, Any]:
+    """An ARM GET body of a vault with `policies` access-policy entries, each granting a lot."""
+    rng = random.Random(seed)
+    tenant = str(uuid.UUID(int=rng.getrandbits(128)))
+
+    def some(permissions: list[str]) -> list[str]:
+        return rng.sample(permissions, rng.randint(len(permissions) // 2, len(permissions)))
+
+    entries = [
+        {
+            "tenantId": tenant,
+            "objectId": str(uuid.UUID(int=rng.getrandbits(128))),
+            "permissions": {
+                "keys": some(KEY_PERMISSIONS),
+                "secrets": some(SECRET_PERMISSIONS),
+                "certificates": some(CERTIFICATE_PERMISSIONS),
+                "storage": some(STORAGE_PERMISSIONS),
+            },
+        }
+        for _ in range(policies)
+    ]
+    return {
+        "id": vault_id,
+        "name": vault_id.rsplit("/", 1)[-1],
+        "type": "Microsoft.KeyVault/vaults",
+        "location": "westeurope",
+        "tags": {"owner": "Zoë Müller", "site": "東京", "criticality": "high"},
+        "properties": {
+            "tenantId": tenant,
+            "sku": {"family": "A", "name": "premium"},
+            "accessPolicies": entries,
+            "enableSoftDelete": True,
+            "softDeleteRetentionInDays": 90,
+            "enablePurgeProtection": None,
+            "enableRbacAuthorization": False,
+            "publicNetworkAccess": "Disabled",
+            "networkAcls": {
+                "bypass": "None",
+                "defaultAction": "Deny",
+                "ipRules": [{"value": "203.0.113.0/24"}],
+                "virtualNetworkRules": [],
+            },
+            "vaultUri": "https://kv-prod.vault.azure.net/",
+            "provisioningState": "Succeeded",
+        },
+    }
+
+
+def run_together(count: int, action: Callable[[], object]) -> list[object]:
+    """Run `action` on `count` threads released at the same moment; every result (or exception)."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = action()
+        except Exception as error:  # the caller inspects what each thread got
+            results[index] = error
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+class StateStoreContract:
+    """Every StateStore passes these. Subclasses provide the `store` fixture."""
+
+    @pytest.fixture
+    def store(self) -> StateStore:
+        raise NotImplementedError("a contract subclass provides a fresh `store` fixture")
+
+    # Event claims
+
+    def test_first_claim_is_claimed(self, store: StateStore) -> None:
+        assert store.claim("evt-1", T0, LEASE) == "claimed"
+
+    def test_claim_while_the_lease_is_held_is_in_progress(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE)
+        assert store.claim("evt-1", T0, LEASE) == "in_progress"
+        assert store.claim("evt-1", T0 + LEASE - timedelta(seconds=1), LEASE) == "in_progress"
+
+    def test_claim_after_the_lease_expired_takes_over(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE)
+        assert store.claim("evt-1", T0 + LEASE, LEASE) == "claimed"
+        # The takeover holds a fresh lease of its own.
+        assert store.claim("evt-1", T0 + LEASE + timedelta(minutes=1), LEASE) == "in_progress"
+        assert store.claim("evt-1", T0 + 2 * LEASE, LEASE) == "claimed"
+
+    def test_completed_event_is_a_duplicate_forever(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE)
+        store.complete("evt-1", T0 + timedelta(seconds=3))
+        assert store.claim("evt-1", T0 + timedelta(seconds=4), LEASE) == "duplicate"
+        assert store.claim("evt-1", T0 + timedelta(days=30), LEASE) == "duplicate"
+
+    def test_complete_without_a_claim_still_marks_the_event_done(self, store: StateStore) -> None:
+        store.complete("evt-1", T0)
+        assert store.claim("evt-1", T0, LEASE) == "duplicate"
+
+    def test_release_lets_a_redelivery_claim_at_once(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE)
+        store.release("evt-1")
+        assert store.claim("evt-1", T0 + timedelta(seconds=1), LEASE) == "claimed"
+
+    def test_release_does_not_undo_a_completed_event(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE)
+        store.complete("evt-1", T0)
+        store.release("evt-1")
+        assert store.claim("evt-1", T0, LEASE) == "duplicate"
+
+    def test_release_of_an_unknown_event_is_harmless(self, store: StateStore) -> None:
+        store.release("never-seen")
+        assert store.claim("never-seen", T0, LEASE) == "claimed"
+
+    def test_claims_are_per_event(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE)
+        store.complete("evt-1", T0)
+        assert store.claim("evt-2", T0, LEASE) == "claimed"
+        assert store.claim("EVT-1", T0, LEASE) == "claimed"
+
+    def test_event_ids_with_any_characters_are_claimable(self, store: StateStore) -> None:
+        odd = "a/b\\c#d?e 'f' %g\t" + "x" * 600
+        assert store.claim(odd, T0, LEASE) == "claimed"
+        store.complete(odd, T0)
+        assert store.claim(odd, T0, LEASE) == "duplicate"
+        assert store.claim(odd[:-1], T0, LEASE) == "claimed"
+
+    def test_concurrent_claims_have_exactly_one_winner(self, store: StateStore) -> None:
+        results = run_together(8, lambda: store.claim("evt-race", T0, LEASE))
+        assert Counter(results) == {"claimed": 1, "in_progress": 7}
+
+    def test_concurrent_takeovers_of_an_expired_lease_have_exactly_one_winner(self, store: StateStore) -> None:
+        store.claim("evt-race", T0, LEASE)
+        results = run_together(8, lambda: store.claim("evt-race", T0 + 2 * LEASE, LEASE))
+        assert Counter(results) == {"claimed": 1, "in_progress": 7}
+
+    # Baselines
+
+    def test_no_baseline_for_an_unknown_vault(self, store: StateStore) -> None:
+        assert store.get_baseline(VAULT) is None
+        assert store.list_baselines() == []
+
+    def test_create_then_read_a_baseline(self, store: StateStore) -> None:
+        config = vault_config()
+        etag = store.put_baseline(VAULT, config, None, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.vault_id == VAULT
+        assert baseline.config == config
+        assert baseline.etag == etag
+        assert baseline.deleted is False
+        assert baseline.updated == T0
+
+    def test_update_with_the_current_etag(self, store: StateStore) -> None:
+        first = store.put_baseline(VAULT, vault_config(seed=1), None, now=T0)
+        changed = vault_config(seed=2)
+        second = store.put_baseline(VAULT, changed, first, now=T0 + timedelta(minutes=1))
+        assert second != first
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert (baseline.config, baseline.etag, baseline.updated) == (changed, second, T0 + timedelta(minutes=1))
+
+    def test_update_with_a_stale_etag_fails_and_changes_nothing(self, store: StateStore) -> None:
+        first = store.put_baseline(VAULT, vault_config(seed=1), None, now=T0)
+        second = store.put_baseline(VAULT, vault_config(seed=2), first, now=T0)
+        with pytest.raises(ConcurrencyError):
+            store.put_baseline(VAULT, vault_config(seed=3), first, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert (baseline.config, baseline.etag) == (vault_config(seed=2), second)
+
+    def test_update_with_a_made_up_etag_fails(self, store: StateStore) -> None:
+        store.put_baseline(VAULT, vault_config(), None, now=T0)
+        with pytest.raises(ConcurrencyError):
+            store.put_baseline(VAULT, vault_config(seed=3), 'W/"not-an-etag"', now=T0)
+
+    def test_update_of_a_missing_baseline_fails(self, store: StateStore) -> None:
+        with pytest.raises(ConcurrencyError):
+            store.put_baseline(VAULT, vault_config(), 'W/"anything"', now=T0)
+        assert store.get_baseline(VAULT) is None
+
+    def test_create_when_one_exists_fails_and_changes_nothing(self, store: StateStore) -> None:
+        etag = store.put_baseline(VAULT, vault_config(seed=1), None, now=T0)
+        with pytest.raises(ConcurrencyError):
+            store.put_baseline(VAULT, vault_config(seed=2), None, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert (baseline.config, baseline.etag) == (vault_config(seed=1), etag)
+
+    def test_concurrent_writers_with_the_same_etag_have_exactly_one_winner(self, store: StateStore) -> None:
+        etag = store.put_baseline(VAULT, vault_config(seed=1), None, now=T0)
+        seeds = iter(range(100, 108))
+        lock = threading.Lock()
+
+        def write() -> str:
+            with lock:
+                seed = next(seeds)
+            return store.put_baseline(VAULT, vault_config(seed=seed), etag, now=T0)
+
+        results = run_together(8, write)
+        winners = [result for result in results if isinstance(result, str)]
+        assert len(winners) == 1
+        assert all(isinstance(result, ConcurrencyError) for result in results if not isinstance(result, str))
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.etag == winners[0]
+
+    def test_vault_ids_compare_case_insensitively(self, store: StateStore) -> None:
+        etag = store.put_baseline(VAULT, vault_config(), None, now=T0)
+        baseline = store.get_baseline(VAULT_OTHER_CASE)
+        assert baseline is not None
+        assert baseline.vault_id == VAULT  # the spelling it was written with, for display
+        with pytest.raises(ConcurrencyError):
+            store.put_baseline(VAULT.upper(), vault_config(seed=2), None, now=T0)
+        store.put_baseline(VAULT_OTHER_CASE, vault_config(seed=2), etag, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.config == vault_config(seed=2)
+        assert len(store.list_baselines()) == 1
+
+    def test_deleted_flag_round_trips(self, store: StateStore) -> None:
+        etag = store.put_baseline(VAULT, vault_config(), None, now=T0)
+        etag = store.put_baseline(VAULT, vault_config(), etag, deleted=True, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.deleted is True
+        store.put_baseline(VAULT, vault_config(), etag, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.deleted is False
+
+    def test_a_deleted_vault_can_be_baselined_with_an_empty_config(self, store: StateStore) -> None:
+        store.put_baseline(VAULT, {}, None, deleted=True, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert (baseline.config, baseline.deleted) == ({}, True)
+
+    def test_list_baselines_returns_every_vault(self, store: StateStore) -> None:
+        store.put_baseline(VAULT, vault_config(VAULT), None, now=T0)
+        store.put_baseline(OTHER_VAULT, vault_config(OTHER_VAULT), None, deleted=True, now=T0)
+        listed = {baseline.vault_id: baseline for baseline in store.list_baselines()}
+        assert set(listed) == {VAULT, OTHER_VAULT}
+        assert listed[VAULT].config == vault_config(VAULT)
+        assert listed[OTHER_VAULT].deleted is True
+        for vault_id, baseline in listed.items():
+            current = store.get_baseline(vault_id)
+            assert current is not None
+            assert baseline.etag == current.etag
+
+    def test_a_vault_with_1024_access_policies_round_trips_exactly(self, store: StateStore) -> None:
+        config = vault_config(policies=1024, seed=1024)
+        assert len(json.dumps(config)) > 512 * 1024  # far beyond one 64 KiB property
+        etag = store.put_baseline(VAULT, config, None, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.config == config
+        assert len(baseline.config["properties"]["accessPolicies"]) == 1024
+        # and it can be replaced by a small one again (nothing of the large one is left behind)
+        store.put_baseline(VAULT, vault_config(policies=1), etag, now=T0)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.config == vault_config(policies=1)
+
+    def test_updated_defaults_to_an_aware_time(self, store: StateStore) -> None:
+        store.put_baseline(VAULT, vault_config(), None)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        assert baseline.updated is not None
+        assert baseline.updated.utcoffset() == timedelta(0)
+
+    # Audit records
+
+    def test_audit_records_append_and_list_oldest_first(self, store: StateStore) -> None:
+        later = AuditRecord("evt-2", VAULT, T0 + timedelta(seconds=5), {"outcome": "duplicate"})
+        first = AuditRecord(
+            "evt-1", VAULT, T0,
+            {"outcome": "processed", "risk": 95, "findings": [{"rule": "KV-AP-01", "evidence": {"added": ["x"]}}],
+             "actions": [{"handler": "revert_access_policy", "status": "applied"}], "note": "Zoë ✓"},
+        )
+        store.append_audit(later)
+        store.append_audit(first)
+        assert store.list_audit() == [first, later]
+
+    def test_audit_filters_by_vault_case_insensitively(self, store: StateStore) -> None:
+        mine = AuditRecord("evt-1", VAULT, T0, {"outcome": "processed"})
+        other = AuditRecord("evt-2", OTHER_VAULT, T0 + timedelta(seconds=1), {"outcome": "processed"})
+        no_vault = AuditRecord("evt-3", None, T0 + timedelta(seconds=2), {"outcome": "rejected"})
+        for record in (mine, other, no_vault):
+            store.append_audit(record)
+        assert store.list_audit(VAULT_OTHER_CASE) == [mine]
+        assert store.list_audit(OTHER_VAULT.upper()) == [other]
+        assert store.list_audit() == [mine, other, no_vault]
+        assert store.list_audit("/subscriptions/x/resourceGroups/y/providers/Microsoft.KeyVault/vaults/z") == []
+
+    def test_audit_keeps_a_large_outcome(self, store: StateStore) -> None:
+        config = vault_config(policies=1024, seed=5)
+        record = AuditRecord("evt-1", VAULT, T0, {"before": config, "after": vault_config(policies=1024, seed=6)})
+        store.append_audit(record)
+        assert store.list_audit(VAULT) == [record]
+
+    def test_audit_appends_every_record_even_for_the_same_event(self, store: StateStore) -> None:
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, {"attempt": 1}))
+        store.append_audit(AuditRecord("evt-1", VAULT, T0 + timedelta(seconds=1), {"attempt": 2}))
+        assert [record.outcome["attempt"] for record in store.list_audit(VAULT)] == [1, 2]
+
+    # Rejected payloads
+
+    def test_rejected_payloads_are_kept_verbatim(self, store: StateStore) -> None:
+        not_json = RejectedPayload("not JSON: Expecting value at line 1 column 1", "<html>oops</html>", T0)
+        no_vault = RejectedPayload(
+            "missing vault id", '{"id": "e-1", "subject": "/a/b\\\\c#d?e"}', T0 + timedelta(seconds=1), event_id="e-1"
+        )
+        store.record_rejected(no_vault)
+        store.record_rejected(not_json)
+        assert store.list_rejected() == [not_json, no_vault]
+
+    def test_a_300_kb_raw_payload_round_trips(self, store: StateStore) -> None:
+        rng = random.Random(300)
+        raw = json.dumps([{"id": str(uuid.UUID(int=rng.getrandbits(128))), "blob": rng.randbytes(96).hex()}
+                          for _ in range(1300)])
+        assert len(raw) > 300_000
+        rejected = RejectedPayload("wrong shape: expected an object", raw, T0, event_id=None)
+        store.record_rejected(rejected)
+        assert store.list_rejected() == [rejected]
+
+    def test_a_raw_payload_that_does_not_compress_round_trips(self, store: StateStore) -> None:
+        raw = base64.b64encode(random.Random(2).randbytes(1_500_000)).decode() + " ünïcödé ✓"
+        rejected = RejectedPayload("not JSON", raw, T0)
+        store.record_rejected(rejected)
+        assert store.list_rejected() == [rejected]
+
+    # Open findings
+
+    def test_open_refresh_and_close_a_finding(self, store: StateStore) -> None:
+        first = {"rule": "KV-NET-01", "severity": "high", "evidence": {"before": "Disabled", "after": "Enabled"}}
+        assert store.open_finding(VAULT, "KV-NET-01", first, T0) is True
+        refreshed = {**first, "score": 80}
+        assert store.open_finding(VAULT_OTHER_CASE, "KV-NET-01", refreshed, T0 + timedelta(minutes=3)) is False
+        [finding] = store.open_findings(VAULT)
+        assert (finding.rule, finding.finding, finding.opened) == ("KV-NET-01", refreshed, T0)
+        assert finding.vault_id.lower().rstrip("/") == VAULT.lower()
+        assert store.close_finding(VAULT.upper(), "KV-NET-01") is True
+        assert store.close_finding(VAULT, "KV-NET-01") is False
+        assert store.open_findings(VAULT) == []
+        assert store.open_finding(VAULT, "KV-NET-01", first, T0 + timedelta(hours=1)) is True
+        [finding] = store.open_findings(VAULT)
+        assert finding.opened == T0 + timedelta(hours=1)
+
+    def test_findings_are_one_per_vault_and_rule(self, store: StateStore) -> None:
+        store.open_finding(VAULT, "KV-AP-03", {"n": 1}, T0)
+        store.open_finding(VAULT, "KV-PROT-01", {"n": 2}, T0)
+        store.open_finding(OTHER_VAULT, "KV-AP-03", {"n": 3}, T0)
+        assert sorted((f.rule, f.finding["n"]) for f in store.open_findings(VAULT)) == [
+            ("KV-AP-03", 1), ("KV-PROT-01", 2),
+        ]
+        assert store.close_finding(VAULT, "KV-AP-03") is True
+        assert [f.rule for f in store.open_findings(VAULT)] == ["KV-PROT-01"]
+        assert [f.finding for f in store.open_findings(OTHER_VAULT)] == [{"n": 3}]
+
+    def test_close_of_a_finding_never_opened_is_false(self, store: StateStore) -> None:
+        assert store.close_finding(VAULT, "KV-AP-01") is False
+
+    def test_a_finding_with_large_evidence_round_trips(self, store: StateStore) -> None:
+        evidence = {"accessPolicies": vault_config(policies=1024, seed=9)["properties"]["accessPolicies"]}
+        assert store.open_finding(VAULT, "KV-AP-03", evidence, T0) is True
+        [finding] = store.open_findings(VAULT)
+        assert finding.finding == evidence
+
+    # Marks
+
+    def test_marks_since_includes_the_window_edge_and_orders_oldest_first(self, store: StateStore) -> None:
+        for member, minutes in (("kv-c", 9), ("kv-a", 1), ("kv-b", 5), ("kv-old", -1)):
+            store.add_mark("caller-vaults", "caller-1", member, T0 + timedelta(minutes=minutes))
+        assert store.marks_since("caller-vaults", "caller-1", T0 + timedelta(minutes=1)) == [
+            ("kv-a", T0 + timedelta(minutes=1)),
+            ("kv-b", T0 + timedelta(minutes=5)),
+            ("kv-c", T0 + timedelta(minutes=9)),
+        ]
+        assert store.marks_since("caller-vaults", "caller-1", T0 + timedelta(minutes=1, microseconds=1)) == [
+            ("kv-b", T0 + timedelta(minutes=5)),
+            ("kv-c", T0 + timedelta(minutes=9)),
+        ]
+        assert store.marks_since("caller-vaults", "caller-1", T0 + timedelta(minutes=10)) == []
+
+    def test_add_mark_is_idempotent_per_member_and_time(self, store: StateStore) -> None:
+        store.add_mark("remediations", VAULT, "evt-1", T0)
+        store.add_mark("remediations", VAULT, "evt-1", T0)
+        store.add_mark("remediations", VAULT, "evt-1", T0 + timedelta(seconds=1))
+        store.add_mark("remediations", VAULT, "evt-2", T0)
+        assert sorted(store.marks_since("remediations", VAULT, T0)) == [
+            ("evt-1", T0), ("evt-1", T0 + timedelta(seconds=1)), ("evt-2", T0),
+        ]
+
+    def test_marks_are_separate_per_series_and_key(self, store: StateStore) -> None:
+        store.add_mark("caller-vaults", "caller-1", "kv-a", T0)
+        store.add_mark("caller-failures", "caller-1", "kv-b", T0)
+        store.add_mark("caller-vaults", "caller-2", "kv-c", T0)
+        assert store.marks_since("caller-vaults", "caller-1", T0) == [("kv-a", T0)]
+        assert store.marks_since("caller-failures", "caller-1", T0) == [("kv-b", T0)]
+        assert store.marks_since("caller-vaults", "caller-3", T0) == []
+
+    def test_mark_keys_that_are_resource_ids_compare_case_insensitively(self, store: StateStore) -> None:
+        store.add_mark("remediations", VAULT, "evt-1", T0)
+        store.add_mark("remediations", VAULT_OTHER_CASE, "evt-1", T0)
+        assert store.marks_since("remediations", VAULT.upper(), T0 - timedelta(minutes=1)) == [("evt-1", T0)]
+
+    def test_marks_with_odd_characters_round_trip(self, store: StateStore) -> None:
+        member = "/subscriptions/x/resourceGroups/y/providers/Microsoft.KeyVault/vaults/z#?\\'"
+        store.add_mark("series/with#odd?chars", "live.com#user@example.com", member, T0)
+        assert store.marks_since("series/with#odd?chars", "LIVE.com#user@example.com", T0) == [(member, T0)]
+
+    # Times
+
+    def test_times_come_back_aware_and_in_utc(self, store: StateStore) -> None:
+        berlin = timezone(timedelta(hours=1))
+        local = datetime(2026, 11, 27, 11, 0, 0, 123456, tzinfo=berlin)  # T0 + 0.123456 s
+        store.put_baseline(VAULT, vault_config(), None, now=local)
+        store.append_audit(AuditRecord("evt-1", VAULT, local, {}))
+        store.record_rejected(RejectedPayload("bad", "x", local))
+        store.open_finding(VAULT, "KV-AP-01", {}, local)
+        store.add_mark("s", "k", "m", local)
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None
+        times = [
+            baseline.updated,
+            store.list_audit()[0].at,
+            store.list_rejected()[0].at,
+            store.open_findings(VAULT)[0].opened,
+            store.marks_since("s", "k", T0)[0][1],
+        ]
+        for moment in times:
+            assert moment == T0 + timedelta(microseconds=123456)
+            assert moment is not None and moment.utcoffset() == timedelta(0)
+
+    def test_mark_windows_compare_instants_not_wall_clocks(self, store: StateStore) -> None:
+        store.add_mark("s", "k", "m", T0)
+        an_hour_east = timezone(timedelta(hours=1))
+        assert store.marks_since("s", "k", T0.astimezone(an_hour_east)) == [("m", T0)]
+        assert store.marks_since("s", "k", (T0 + timedelta(seconds=1)).astimezone(an_hour_east)) == []
+
+    def test_naive_times_are_refused(self, store: StateStore) -> None:
+        naive = datetime(2026, 11, 27, 10, 0, 0)
+        with pytest.raises(ValueError, match="naive"):
+            store.claim("evt-1", naive, LEASE)
+        with pytest.raises(ValueError, match="naive"):
+            store.add_mark("s", "k", "m", naive)
+        with pytest.raises(ValueError, match="naive"):
+            store.append_audit(AuditRecord("evt-1", VAULT, naive, {}))
+        assert store.claim("evt-1", T0, LEASE) == "claimed"
+        assert store.list_audit() == []

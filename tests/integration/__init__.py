@@ -1,0 +1,1 @@
+"""Integration tests: real services run locally (Azurite for Table Storage)."""

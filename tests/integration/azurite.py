@@ -1,0 +1,104 @@
+"""Azurite's Table service as a local process for the tests: start, wait until it listens, stop.
+
+Azurite is installed by `make test` (npm, from package.json) into node_modules/.bin.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AZURITE_TABLE = REPO_ROOT / "node_modules" / ".bin" / "azurite-table"
+
+# Azurite's well-known development account (documented by Microsoft; not a secret).
+ACCOUNT_NAME = "devstoreaccount1"
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+STARTUP_LIMIT_SECONDS = 60.0
+
+
+@dataclass
+class Azurite:
+    """A running azurite-table process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"TableEndpoint={self.endpoint};"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_azurite(workdir: Path) -> Azurite:
+    """Start azurite-table on a free port, in memory, and return once it accepts connections."""
+    if not AZURITE_TABLE.exists():
+        pytest.fail(
+            f"{AZURITE_TABLE.relative_to(REPO_ROOT)} is missing: run `make test`, which installs Azurite "
+            "(or `npm install` in the repository root)",
+            pytrace=False,
+        )
+    port = free_port()
+    log = workdir / f"azurite-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                str(AZURITE_TABLE), "--tableHost", "127.0.0.1", "--tablePort", str(port),
+                "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent",
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    azurite = Azurite(process=process, port=port, log=log)
+    deadline = time.monotonic() + STARTUP_LIMIT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"azurite-table exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return azurite
+        except OSError:
+            time.sleep(0.05)
+    azurite.stop()
+    pytest.fail(f"azurite-table did not listen on port {port}:\n{log.read_text(errors='replace')}")
+
+
+@contextmanager
+def running_azurite(workdir: Path) -> Iterator[Azurite]:
+    azurite = start_azurite(workdir)
+    try:
+        yield azurite
+    finally:
+        azurite.stop()

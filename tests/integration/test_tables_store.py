@@ -1,0 +1,225 @@
+"""The StateStore contract against Azure Table Storage (Azurite), plus what only Tables can show:
+Azure's size and key limits (which Azurite does not enforce), and storage failures."""
+
+from __future__ import annotations
+
+import http.server
+import random
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import HttpResponseError
+from azure.data.tables import TableServiceClient
+
+from kvguard.adapters.tables import TablesStateStore
+from kvguard.ports import AuditRecord, RejectedPayload, TransientError
+from tests.contract.statestore_contract import LEASE, T0, VAULT, StateStoreContract, vault_config
+from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
+
+QUICK = {"retry_total": 0, "connection_timeout": 2, "read_timeout": 5}
+
+PROPERTY_LIMIT = 64 * 1024
+ENTITY_LIMIT = 1024 * 1024
+
+
+class TestTablesStateStore(StateStoreContract):
+    @pytest.fixture
+    def store(self, azurite_connection_string: str, table_prefix: str) -> Iterator[TablesStateStore]:
+        store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def service(azurite_connection_string: str) -> Iterator[TableServiceClient]:
+    client = TableServiceClient.from_connection_string(azurite_connection_string)
+    yield client
+    client.close()
+
+
+def _property_size(value: Any) -> int:
+    """Bytes a property value takes in Azure Table Storage (strings count two bytes a character)."""
+    if isinstance(value, bytes):
+        return 4 + len(value)
+    if isinstance(value, str):
+        return 4 + 2 * len(value)
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, datetime | float):
+        return 8
+    return 8
+
+
+def _entity_size(entity: dict[str, Any]) -> int:
+    size = 4 + 2 * len(entity["PartitionKey"]) + 2 * len(entity["RowKey"])
+    for name, value in entity.items():
+        if name not in ("PartitionKey", "RowKey"):
+            size += 8 + 2 * len(name) + _property_size(value)
+    return size
+
+
+def test_everything_written_fits_azure_limits(
+    azurite_connection_string: str, table_prefix: str, service: TableServiceClient
+) -> None:
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    odd = "/a\\b#c?d" * 40
+    big = vault_config(policies=1024, seed=3)
+    store.claim(odd, T0, LEASE)
+    store.put_baseline(VAULT, big, None, now=T0)
+    store.append_audit(AuditRecord(odd, VAULT, T0, {"before": big, "after": vault_config(policies=1024, seed=4)}))
+    store.record_rejected(RejectedPayload(odd * 200, odd * 5000, T0, event_id=odd))
+    store.record_rejected(RejectedPayload("not JSON", random.Random(4).randbytes(1_500_000).hex(), T0))
+    store.open_finding(VAULT, "KV-AP-03", {"evidence": big}, T0)
+    store.add_mark(odd, VAULT, odd, T0)
+
+    tables = [table.name for table in service.list_tables() if table.name.startswith(table_prefix)]
+    assert len(tables) >= 6
+    offenders = []
+    for name in tables:
+        for entity in service.get_table_client(name).list_entities():
+            where = f"{name}/{entity['PartitionKey']}/{entity['RowKey']}"
+            for key in (entity["PartitionKey"], entity["RowKey"]):
+                if any(char in key for char in "/\\#?") or len(key) > 512:
+                    offenders.append(f"{where}: key {key!r}")
+            for prop, value in entity.items():
+                if _property_size(value) > PROPERTY_LIMIT:
+                    offenders.append(f"{where}: property {prop} takes {_property_size(value)} bytes")
+            if _entity_size(entity) > ENTITY_LIMIT:
+                offenders.append(f"{where}: entity takes {_entity_size(entity)} bytes")
+    assert offenders == []
+    store.close()
+
+
+def test_replaced_large_documents_leave_no_chunks_behind(
+    azurite_connection_string: str, table_prefix: str, service: TableServiceClient
+) -> None:
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    noise = random.Random(1).randbytes(1_000_000).hex()  # 2 MB that compresses to no less than 1 MB
+    small = vault_config(policies=1)
+    etag = store.put_baseline(VAULT, {"noise": noise}, None, now=T0)
+    chunks = service.get_table_client(table_prefix + "chunks")
+    assert len(list(chunks.list_entities())) > 0  # too large for one entity: spilled to the chunks table
+    store.put_baseline(VAULT, small, etag, now=T0)
+    assert list(chunks.list_entities()) == []
+    baseline = store.get_baseline(VAULT)
+    assert baseline is not None
+    assert baseline.config == small
+
+    store.open_finding(VAULT, "KV-AP-01", {"noise": noise}, T0)
+    store.open_finding(VAULT, "KV-AP-01", {"noise": noise[::-1]}, T0)
+    [finding] = store.open_findings(VAULT)
+    assert finding.finding == {"noise": noise[::-1]}
+    store.close_finding(VAULT, "KV-AP-01")
+    assert list(chunks.list_entities()) == []
+    store.close()
+
+
+def test_two_stores_on_one_account_share_state(azurite_connection_string: str, table_prefix: str) -> None:
+    one = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    two = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    assert one.claim("evt-1", T0, LEASE) == "claimed"
+    assert two.claim("evt-1", T0, LEASE) == "in_progress"
+    two.complete("evt-1", T0)
+    assert one.claim("evt-1", T0, LEASE) == "duplicate"
+    one.close()
+    two.close()
+
+
+def test_endpoint_and_credential_constructor(azurite: Azurite, table_prefix: str) -> None:
+    credential = AzureNamedKeyCredential(ACCOUNT_NAME, ACCOUNT_KEY)
+    store = TablesStateStore(azurite.endpoint, credential, table_prefix=table_prefix)
+    etag = store.put_baseline(VAULT, vault_config(), None, now=T0)
+    baseline = store.get_baseline(VAULT)
+    assert baseline is not None
+    assert baseline.etag == etag
+    store.close()
+
+
+@pytest.mark.parametrize("prefix", ["", "1kv", "kv-guard", "kv_guard", "k" * 55])
+def test_a_table_prefix_azure_would_refuse_is_refused_at_once(azurite_connection_string: str, prefix: str) -> None:
+    with pytest.raises(ValueError, match="table prefix"):
+        TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=prefix)
+
+
+# Failures of the storage service
+
+
+def test_storage_going_away_midway_raises_transient_error(own_azurite: Azurite, table_prefix: str) -> None:
+    store = TablesStateStore.from_connection_string(own_azurite.connection_string, table_prefix=table_prefix, **QUICK)
+    etag = store.put_baseline(VAULT, vault_config(), None, now=T0)
+    assert store.claim("evt-1", T0, LEASE) == "claimed"
+
+    own_azurite.stop()
+
+    calls = {
+        "claim": lambda: store.claim("evt-2", T0, LEASE),
+        "complete": lambda: store.complete("evt-1", T0),
+        "get_baseline": lambda: store.get_baseline(VAULT),
+        "put_baseline": lambda: store.put_baseline(VAULT, vault_config(seed=2), etag, now=T0),
+        "append_audit": lambda: store.append_audit(AuditRecord("evt-1", VAULT, T0, {})),
+        "list_rejected": lambda: store.list_rejected(),
+        "add_mark": lambda: store.add_mark("s", "k", "m", T0),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TransientError) as caught:
+            call()
+        assert type(caught.value.__cause__).__module__.startswith("azure."), name
+    store.close()
+
+
+class _Answering(http.server.BaseHTTPRequestHandler):
+    status = 503
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b'{"odata.error": {"code": "ServerBusy", "message": {"value": "try later"}}}'
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_MERGE = _answer
+
+    def log_message(self, format: str, *args: object) -> None:  # keep the test output clean
+        return
+
+
+@pytest.fixture
+def answering(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The endpoint of a local HTTP server that answers every request with the parametrised status."""
+    handler = type("Handler", (_Answering,), {"status": request.param})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{ACCOUNT_NAME}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("answering", [500, 503, 429], indirect=True)
+def test_server_errors_and_throttling_raise_transient_error(answering: str, table_prefix: str) -> None:
+    store = TablesStateStore(
+        answering, AzureNamedKeyCredential(ACCOUNT_NAME, ACCOUNT_KEY), table_prefix=table_prefix, **QUICK
+    )
+    with pytest.raises(TransientError) as caught:
+        store.claim("evt-1", T0, LEASE)
+    assert isinstance(caught.value.__cause__, HttpResponseError)
+    store.close()
+
+
+@pytest.mark.parametrize("answering", [403], indirect=True)
+def test_a_refusal_is_not_transient(answering: str, table_prefix: str) -> None:
+    store = TablesStateStore(
+        answering, AzureNamedKeyCredential(ACCOUNT_NAME, ACCOUNT_KEY), table_prefix=table_prefix, **QUICK
+    )
+    with pytest.raises(HttpResponseError) as caught:
+        store.marks_since("s", "k", T0 - timedelta(minutes=5))
+    assert caught.value.status_code == 403
+    assert not isinstance(caught.value, TransientError)
+    store.close()
