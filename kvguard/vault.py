@@ -106,21 +106,27 @@ class AccessPolicy:
 
     @classmethod
     def from_arm(cls, entry: Mapping[str, Any]) -> AccessPolicy:
-        raw_perms = _ci_get(entry, "permissions") or {}
+        fields = _lowered(entry)
+        raw_perms = fields.get("permissions")
         permissions: dict[str, frozenset[str]] = {}
         if isinstance(raw_perms, Mapping):
             for key, values in raw_perms.items():
                 category = key.lower() if isinstance(key, str) else ""
                 if category in PERMISSION_CATEGORIES and isinstance(values, list):
-                    permissions[category] = frozenset(v.strip().lower() for v in values if isinstance(v, str))
+                    permissions[category] = frozenset([v.strip().lower() for v in values if isinstance(v, str)])
         return cls(
             principal=Principal(
-                object_id=_lower(_ci_get(entry, "objectId")) or "",
-                application_id=_lower(_ci_get(entry, "applicationId")),
-                tenant_id=_lower(_ci_get(entry, "tenantId")),
+                object_id=_lower(fields.get("objectid")) or "",
+                application_id=_lower(fields.get("applicationid")),
+                tenant_id=_lower(fields.get("tenantid")),
             ),
             permissions=permissions,
         )
+
+
+def _lowered(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping's keys in lower case, for one-pass case-insensitive reads of a small object."""
+    return {k.lower() if isinstance(k, str) else k: v for k, v in mapping.items()}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,186 @@
+"""The VaultGateway on Azure Resource Manager, through azure-mgmt-keyvault.
+
+Vaults are read as the raw ARM JSON (camelCase, every field ARM returned, unknown ones included)
+and parsed by `VaultConfig.from_arm`, never through the SDK's models, so what kvguard judges is
+exactly what ARM said. The SDK is imported when a client is first needed, not when this module is
+imported: a Functions cold start should not pay for it before the first event.
+
+Errors: a vault that does not exist is `None` for `get` and `VaultNotFoundError` for writes;
+throttling, 5xx and connection failures that outlive the SDK's own retries become
+`TransientError`, so the event is redelivered; anything else (403, 400) propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+from kvguard.ids import VaultRef, parse_vault_ref
+from kvguard.ports import TransientError
+from kvguard.vault import AccessPolicy, VaultConfig
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+
+ARM_ENDPOINT = "https://management.azure.com"
+
+# 408 timeout, 409 "another operation is in progress on this vault", 429 throttled, 5xx.
+TRANSIENT_STATUS = frozenset({408, 409, 429})
+
+
+class VaultNotFoundError(LookupError):
+    """The vault a write was aimed at does not exist (any more)."""
+
+
+def is_transient_status(status: int | None) -> bool:
+    return status is not None and (status in TRANSIENT_STATUS or status >= 500)
+
+
+@contextmanager
+def azure_errors(what: str) -> Iterator[None]:
+    """Turn the Azure SDK's retryable failures into `TransientError`; let the others through."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    try:
+        yield
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except HttpResponseError as exc:
+        if is_transient_status(exc.status_code):
+            code = exc.error.code if exc.error is not None else exc.reason
+            raise TransientError(f"{what}: HTTP {exc.status_code} {code}") from exc
+        raise
+
+
+def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
+    """The `cls` hook of an SDK call: the response body exactly as ARM sent it."""
+    return pipeline_response.http_response.json()
+
+
+class ArmVaultGateway:
+    """Key Vault's management plane. One SDK client per subscription, made on first use."""
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        subscription_id_hint: str | None = None,
+        endpoint: str = ARM_ENDPOINT,
+        *,
+        retry_total: int = 4,
+        retry_backoff_factor: float = 0.8,
+        retry_backoff_max: float = 30.0,
+        **client_kwargs: Any,
+    ) -> None:
+        """`subscription_id_hint` is the subscription most vaults live in: `warm()` builds its
+        client ahead of the first event. `client_kwargs` go to every KeyVaultManagementClient
+        (e.g. `connection_verify`, `credential_scopes` or `api_version` for a sovereign cloud).
+        The retry settings bound how long a call may wait on throttling before it gives up with
+        a TransientError."""
+        self._credential = credential
+        self._endpoint = endpoint.rstrip("/")
+        self._client_kwargs = {
+            "retry_total": retry_total,
+            "retry_backoff_factor": retry_backoff_factor,
+            "retry_backoff_max": retry_backoff_max,
+            **client_kwargs,
+        }
+        self._clients: dict[str, KeyVaultManagementClient] = {}
+        self._lock = threading.Lock()
+        self.subscription_id_hint = subscription_id_hint
+
+    def __repr__(self) -> str:
+        return f"ArmVaultGateway(endpoint={self._endpoint!r})"
+
+    def client(self, subscription_id: str) -> KeyVaultManagementClient:
+        """The cached client for a subscription (ids compared case-insensitively)."""
+        key = subscription_id.strip().lower()
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                from azure.mgmt.keyvault import KeyVaultManagementClient
+
+                client = KeyVaultManagementClient(
+                    self._credential, key, base_url=self._endpoint, **self._client_kwargs
+                )
+                self._clients[key] = client
+            return client
+
+    def warm(self) -> None:
+        """Import the SDK and build the hinted subscription's client now (no request is sent)."""
+        if self.subscription_id_hint:
+            self.client(self.subscription_id_hint)
+
+    def get(self, vault_id: str) -> VaultConfig | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ref, group = _locate(vault_id)
+        vaults = self.client(ref.subscription_id).vaults
+        try:
+            with azure_errors(f"get vault {ref.name}"):
+                body = vaults.get(group, ref.name, cls=_raw_json)
+        except ResourceNotFoundError:
+            return None
+        return VaultConfig.from_arm(body)
+
+    def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ref, group = _locate(vault_id)
+        patch = {"properties": dict(properties)}
+        vaults = self.client(ref.subscription_id).vaults
+        try:
+            with azure_errors(f"update vault {ref.name}"):
+                body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json)
+        except ResourceNotFoundError as exc:
+            raise VaultNotFoundError(f"vault {ref.id} not found") from exc
+        return VaultConfig.from_arm(body)
+
+    def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
+        so that a concurrent legitimate change to other entries is never lost."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ref, group = _locate(vault_id)
+        arm_entry = entry.to_arm()
+        if not arm_entry["permissions"] or not arm_entry["tenantId"]:
+            # Nothing to remove, or ARM needs the tenant of the entry: read the vault first.
+            current = self.get(vault_id)
+            if current is None:
+                raise VaultNotFoundError(f"vault {ref.id} not found")
+            if not arm_entry["permissions"]:
+                return current
+            arm_entry["tenantId"] = current.tenant_id
+        parameters = {"properties": {"accessPolicies": [arm_entry]}}
+        vaults = self.client(ref.subscription_id).vaults
+        try:
+            with azure_errors(f"remove access policy from vault {ref.name}"):
+                vaults.update_access_policy(group, ref.name, "remove", cast(Any, parameters))
+        except ResourceNotFoundError as exc:
+            raise VaultNotFoundError(f"vault {ref.id} not found") from exc
+        after = self.get(vault_id)
+        if after is None:
+            raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy was removed")
+        return after
+
+    def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
+        vaults = self.client(subscription_id).vaults
+        with azure_errors(f"list vaults of subscription {subscription_id}"):
+            # The SDK's models keep the wire JSON; as_dict() gives it back with ARM's own names.
+            return [VaultConfig.from_arm(vault.as_dict()) for vault in vaults.list_by_subscription()]
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def _locate(vault_id: str) -> tuple[VaultRef, str]:
+    """The vault's parts and its resource group; ValueError for anything but a vault id."""
+    ref = parse_vault_ref(vault_id)
+    if ref is None or ref.resource_group is None:
+        raise ValueError(f"not a Key Vault resource id: {vault_id!r}")
+    return ref, ref.resource_group

@@ -1,0 +1,116 @@
+"""Findings into Microsoft Defender for Cloud, as custom assessments (azure-mgmt-security).
+
+Defender has no API to create alerts; a custom assessment is how a finding enters it. There is one
+assessment per vault × rule: its name is `assessment_name(rule)`, the GUID of the assessment
+metadata that the infra creates, so a retry or a duplicate event overwrites the same assessment
+instead of adding another. Raising sets it Unhealthy; resolving sets it Healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+from kvguard.adapters.arm import ARM_ENDPOINT, azure_errors
+from kvguard.detection import assessment_name
+from kvguard.ids import subscription_of
+from kvguard.ports import Alert
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.security import SecurityCenter
+
+# additionalData is a map of strings shown in the portal; a vault with 1024 access policies can
+# produce a lot of evidence, so it is cut (and says so) rather than rejected by the service.
+EVIDENCE_LIMIT = 8000
+
+
+class DefenderAlertSink:
+    """AlertSink writing Defender for Cloud custom assessments on the vault resource."""
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        endpoint: str = ARM_ENDPOINT,
+        *,
+        retry_total: int = 4,
+        retry_backoff_factor: float = 0.8,
+        retry_backoff_max: float = 30.0,
+        **client_kwargs: Any,
+    ) -> None:
+        self._credential = credential
+        self._endpoint = endpoint.rstrip("/")
+        self._client_kwargs = {
+            "retry_total": retry_total,
+            "retry_backoff_factor": retry_backoff_factor,
+            "retry_backoff_max": retry_backoff_max,
+            **client_kwargs,
+        }
+        self._clients: dict[str, SecurityCenter] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DefenderAlertSink(endpoint={self._endpoint!r})"
+
+    def raise_alert(self, alert: Alert) -> str:
+        from azure.mgmt.security.v2021_06_01.models import AssessmentStatus
+
+        status = AssessmentStatus(
+            code="Unhealthy",
+            cause=alert.rule,
+            description=f"{alert.title} (risk {alert.risk}, {alert.severity})",
+        )
+        return self._put(alert.vault_id, alert.rule, status, additional_data(alert))
+
+    def resolve(self, vault_id: str, rule: str) -> str:
+        from azure.mgmt.security.v2021_06_01.models import AssessmentStatus
+
+        status = AssessmentStatus(code="Healthy", cause="Resolved", description=f"{rule} no longer applies")
+        return self._put(vault_id, rule, status, {"rule": rule})
+
+    def _put(self, vault_id: str, rule: str, status: Any, data: dict[str, str]) -> str:
+        from azure.mgmt.security.v2021_06_01.models import AzureResourceDetails, SecurityAssessment
+
+        name = assessment_name(rule)
+        assessment = SecurityAssessment(resource_details=AzureResourceDetails(), status=status, additional_data=data)
+        client = self._client(vault_id)
+        with azure_errors(f"defender assessment {rule}"):
+            # The operation's URL template adds the leading slash itself.
+            client.assessments.create_or_update(vault_id.strip().lstrip("/"), name, assessment)
+        return f"defender assessment {name} ({rule}) set {status.code}"
+
+    def _client(self, resource_id: str) -> SecurityCenter:
+        subscription = subscription_of(resource_id)
+        if subscription is None:
+            raise ValueError(f"not an Azure resource id: {resource_id!r}")
+        with self._lock:
+            client = self._clients.get(subscription)
+            if client is None:
+                from azure.mgmt.security import SecurityCenter
+
+                client = SecurityCenter(self._credential, subscription, base_url=self._endpoint, **self._client_kwargs)
+                self._clients[subscription] = client
+            return client
+
+
+def additional_data(alert: Alert) -> dict[str, str]:
+    """The assessment's additionalData: every value a string, as the API requires."""
+    evidence = json.dumps(alert.evidence, sort_keys=True, default=str)
+    if len(evidence) > EVIDENCE_LIMIT:
+        evidence = evidence[:EVIDENCE_LIMIT] + f"... (truncated, {len(evidence)} characters)"
+    data = {
+        "rule": alert.rule,
+        "title": alert.title,
+        "severity": alert.severity,
+        "score": str(alert.score),
+        "risk": str(alert.risk),
+        "mitre": ", ".join(alert.mitre),
+        "eventId": alert.event_id,
+        "caller": alert.caller or "unknown",
+        "time": alert.time.isoformat(),
+        "evidence": evidence,
+    }
+    if alert.explanation:
+        data["explanation"] = "; ".join(alert.explanation)
+    return data

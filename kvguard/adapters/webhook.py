@@ -1,0 +1,73 @@
+"""Findings as JSON to a Teams- or Slack-style incoming webhook.
+
+The body has a `text` line that both render as the message, plus the structured alert for anything
+that parses it. The URL of an incoming webhook is itself the secret (whoever has it can post), so
+it never appears in a log line, an exception message or a repr: errors name only the host.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from kvguard.adapters.eventgrid import alert_data
+from kvguard.ids import parse_vault_ref
+from kvguard.ports import Alert, TransientError
+
+if TYPE_CHECKING:
+    import requests
+
+TRANSIENT_STATUS = frozenset({408, 429})
+
+
+class WebhookError(RuntimeError):
+    """The webhook refused the message for good (4xx other than throttling)."""
+
+
+def alert_text(alert: Alert) -> str:
+    ref = parse_vault_ref(alert.vault_id)
+    vault = ref.name if ref else alert.vault_id
+    by = f" by {alert.caller}" if alert.caller else ""
+    return f"kvguard [{alert.severity.upper()}] {alert.rule} {alert.title} on {vault}{by} (risk {alert.risk})"
+
+
+class WebhookAlertSink:
+    """AlertSink posting to an incoming webhook with `requests`."""
+
+    def __init__(self, url: str, session: requests.Session | None = None, *, timeout: float = 10.0) -> None:
+        self._url = url
+        self._host = urlsplit(url).hostname or "webhook"
+        self._session = session
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"WebhookAlertSink(host={self._host!r})"
+
+    def raise_alert(self, alert: Alert) -> str:
+        self._post({"text": alert_text(alert), "alert": alert_data(alert)})
+        return f"webhook {self._host}: {alert.rule} ({alert.severity})"
+
+    def resolve(self, vault_id: str, rule: str) -> str:
+        ref = parse_vault_ref(vault_id)
+        text = f"kvguard resolved: {rule} on {ref.name if ref else vault_id}"
+        self._post({"text": text, "resolved": {"vaultId": vault_id, "rule": rule}})
+        return f"webhook {self._host}: {rule} resolved"
+
+    def _post(self, payload: dict[str, Any]) -> None:
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+        try:
+            # The session's own `verify` is passed explicitly: requests would otherwise let
+            # REQUESTS_CA_BUNDLE from the environment override a session-level CA bundle.
+            response = self._session.post(
+                self._url, json=payload, timeout=self._timeout, verify=self._session.verify
+            )
+        except requests.RequestException as exc:
+            # requests puts the URL in its messages: name the failure, never chain the message.
+            raise TransientError(f"webhook {self._host}: {type(exc).__name__}") from None
+        if response.status_code in TRANSIENT_STATUS or response.status_code >= 500:
+            raise TransientError(f"webhook {self._host}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise WebhookError(f"webhook {self._host}: HTTP {response.status_code}")
