@@ -39,9 +39,9 @@ def machine() -> str:
 def pipeline_throughput(events: int) -> None:
     """parse -> read -> diff -> detect -> decide -> record, SQLite state in a file, one thread."""
     from kvguard.adapters.sqlite import SQLiteStateStore
+    from kvguard.policy import Policy
     from kvguard.replay import build_run
     from kvguard.scenario import LoadedScenario, Scenario, _step
-    from kvguard.policy import Policy
 
     data = scenario(events)
     with tempfile.TemporaryDirectory() as tmp:
