@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins packages that clash with the test tools, so it lives in its own environment.
+CHECKOV_VENV := .venv-checkov
 
-.PHONY: run test lint unit bench clean
+.PHONY: run test lint bench infra-tools infra-rules clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +15,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-node_modules/.bin/azurite: package.json
-	npm install --no-audit --no-fund --silent
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $@
+
+node_modules/.bin/azurite: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+infra-tools: $(CHECKOV_VENV)/.installed
 
 run: $(STAMP)
 	$(BIN)/kvguard replay samples/scenarios/*.yaml
@@ -24,11 +34,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP) node_modules/.bin/azurite lint
+test: $(STAMP) node_modules/.bin/azurite $(CHECKOV_VENV)/.installed lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+infra-rules: $(STAMP)
+	$(BIN)/kvguard rules --json > infra/rules.json
+
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

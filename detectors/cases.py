@@ -137,7 +137,7 @@ def make_context(case: Case) -> Context:
         diff=diff(before, after) if before is not None and after is not None else None,
         policy=Policy().merged(dict(case.policy)),
         history=History(**case.history),
-        now=case.event.get("time", NOW),
+        now=case.event.get("time") or NOW,
         baseline_deleted=case.baseline_deleted,
     )
 

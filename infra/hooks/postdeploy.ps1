@@ -1,0 +1,33 @@
+# azd postdeploy hook (Windows): the second deployment phase. See postdeploy.sh for the reasons.
+$ErrorActionPreference = 'Stop'
+
+$app = $env:AZURE_FUNCTION_APP_NAME
+$group = $env:AZURE_RESOURCE_GROUP
+if (-not $app -or -not $group) {
+    throw 'run azd provision first: AZURE_FUNCTION_APP_NAME and AZURE_RESOURCE_GROUP are not set'
+}
+$attempts = if ($env:KVGUARD_FUNCTION_WAIT_ATTEMPTS) { [int]$env:KVGUARD_FUNCTION_WAIT_ATTEMPTS } else { 30 }
+
+if (Get-Command az -ErrorAction SilentlyContinue) {
+    Write-Host "kvguard: waiting for function on_vault_event in $app"
+    for ($i = 1; ; $i++) {
+        az functionapp function show --resource-group $group --name $app `
+            --function-name on_vault_event --query name --output tsv *> $null
+        if ($LASTEXITCODE -eq 0) { break }
+        if ($i -ge $attempts) { throw "kvguard: on_vault_event is not listed in $app; check the deployment logs" }
+        Start-Sleep -Seconds 10
+    }
+} else {
+    Write-Host 'kvguard: Azure CLI not found; not waiting for the function to be indexed'
+}
+
+if ($env:KVGUARD_DEPLOY_EVENT_SUBSCRIPTION -eq 'true' -and $env:KVGUARD_EVENT_SUBSCRIPTION_DEPLOYED -eq 'true') {
+    Write-Host 'kvguard: event subscriptions already deployed'
+    exit 0
+}
+
+Write-Host 'kvguard: deploying the event subscriptions (second phase)'
+azd env set KVGUARD_DEPLOY_EVENT_SUBSCRIPTION true
+if ($LASTEXITCODE -ne 0) { throw 'azd env set failed' }
+azd provision --no-prompt
+if ($LASTEXITCODE -ne 0) { throw 'azd provision failed' }

@@ -1,0 +1,117 @@
+// Defender for Cloud custom assessment metadata: one per kvguard rule, named by the rule's
+// deterministic assessment GUID, so that the findings the app writes land on these definitions.
+// infra/rules.json is the rule catalog exactly as `kvguard rules --json` prints it.
+targetScope = 'subscription'
+
+var rules = loadJsonContent('../rules.json')
+
+// Defender knows Low, Medium and High; kvguard's critical is Defender's High.
+var severities = {
+  low: 'Low'
+  medium: 'Medium'
+  high: 'High'
+  critical: 'High'
+}
+
+// Per rule family (the middle part of the rule id): Defender category, threats, and the effort
+// and user impact of fixing what the rule finds.
+var families = {
+  AP: {
+    categories: [
+      'IdentityAndAccess'
+      'Data'
+    ]
+    threats: [
+      'elevationOfPrivilege'
+      'dataExfiltration'
+      'maliciousInsider'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
+  NET: {
+    categories: [
+      'Networking'
+    ]
+    threats: [
+      'dataExfiltration'
+      'threatResistance'
+    ]
+    userImpact: 'Moderate'
+    implementationEffort: 'Low'
+  }
+  PROT: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'dataSpillage'
+      'elevationOfPrivilege'
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
+  ID: {
+    categories: [
+      'IdentityAndAccess'
+    ]
+    threats: [
+      'accountBreach'
+      'maliciousInsider'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Moderate'
+  }
+  LIFE: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'denialOfService'
+      'maliciousInsider'
+    ]
+    userImpact: 'High'
+    implementationEffort: 'High'
+  }
+  other: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Moderate'
+  }
+}
+
+// What the remediation handler named in the catalog does, in the words of a runbook.
+var remediations = {
+  revert_access_policy: 'kvguard removes the added principals or the added permissions (remediate mode). Otherwise: confirm the change with the vault owner and remove unapproved access policy entries.'
+  restore_network: 'kvguard restores publicNetworkAccess and the network rules to the last accepted configuration (remediate mode). Otherwise: restore the vault firewall and review who opened it.'
+  restore_settings: 'kvguard restores RBAC authorization and the enabledFor* settings to the last accepted configuration (remediate mode). Otherwise: restore the setting and review who changed it.'
+  enable_purge_protection: 'Enable purge protection on the vault (irreversible; kvguard does it only when the policy opts in).'
+  none: 'Review the change in the activity log with the vault owner; if it was not approved, revert it and investigate the caller.'
+}
+
+// Per rule (same order as rules): its family's Defender attributes and its remediation text.
+var familyOf = [for rule in rules: contains(families, split(rule.id, '-')[1]) ? families[split(rule.id, '-')[1]] : families.other]
+var remediationOf = [for rule in rules: contains(remediations, rule.remediation ?? 'none') ? remediations[rule.remediation ?? 'none'] : remediations.none]
+
+resource metadata 'Microsoft.Security/assessmentMetadata@2021-06-01' = [for (rule, i) in rules: {
+  name: rule.assessment
+  properties: {
+    displayName: 'kvguard ${rule.id}: ${rule.title}'
+    description: rule.rationale
+    remediationDescription: remediationOf[i]
+    severity: severities[rule.severity]
+    assessmentType: 'CustomerManaged'
+    categories: familyOf[i].categories
+    threats: familyOf[i].threats
+    userImpact: familyOf[i].userImpact
+    implementationEffort: familyOf[i].implementationEffort
+  }
+}]
+
+output count int = length(rules)

@@ -1,0 +1,80 @@
+// Routes the subscription's Key Vault control-plane events to kvguard's on_vault_event function.
+// Deployed only once the function exists (Event Grid validates the destination on creation).
+
+param systemTopicName string
+param name string
+
+@description('Resource id of the kvguard function app (may live in another subscription).')
+param functionAppId string
+
+@description('Principal id of kvguard\'s own identity: its reverts are filtered out (loop guard).')
+param ownPrincipalId string
+
+param deadLetterStorageAccountId string
+param deadLetterContainerName string
+
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
+  name: systemTopicName
+}
+
+resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
+  parent: systemTopic
+  name: name
+  properties: {
+    eventDeliverySchema: 'EventGridSchema'
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${functionAppId}/functions/on_vault_event'
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+      }
+    }
+    filter: {
+      includedEventTypes: [
+        'Microsoft.Resources.ResourceWriteSuccess'
+        'Microsoft.Resources.ResourceWriteFailure'
+        'Microsoft.Resources.ResourceDeleteSuccess'
+        'Microsoft.Resources.ResourceActionSuccess'
+      ]
+      advancedFilters: [
+        {
+          operatorType: 'StringIn'
+          key: 'data.operationName'
+          values: [
+            'Microsoft.KeyVault/vaults/write'
+            'Microsoft.KeyVault/vaults/accessPolicies/write'
+            'Microsoft.KeyVault/vaults/delete'
+            'Microsoft.KeyVault/locations/deletedVaults/purge/action'
+          ]
+        }
+        {
+          // Defence in depth: the app also recognises its own writes (outcome "self").
+          operatorType: 'StringNotIn'
+          key: 'data.authorization.evidence.principalId'
+          values: [
+            ownPrincipalId
+          ]
+        }
+      ]
+    }
+    retryPolicy: {
+      maxDeliveryAttempts: 30
+      eventTimeToLiveInMinutes: 1440
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'SystemAssigned'
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: deadLetterStorageAccountId
+          blobContainerName: deadLetterContainerName
+        }
+      }
+    }
+  }
+}
+
+output id string = vaultEvents.id

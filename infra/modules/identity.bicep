@@ -1,0 +1,19 @@
+// The one identity kvguard runs as: the Functions host's storage connection, Application Insights,
+// the detection topic, and every Azure Resource Manager call (reads and reverts) use it.
+
+@description('Name of the user-assigned managed identity.')
+param name string
+
+param location string
+param tags object = {}
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: name
+  location: location
+  tags: tags
+}
+
+output id string = identity.id
+output name string = identity.name
+output principalId string = identity.properties.principalId
+output clientId string = identity.properties.clientId

@@ -1,0 +1,99 @@
+// Everything kvguard needs in one protected subscription: its roles there, the Defender
+// assessment metadata, the subscription's Event Grid system topic and, in the second phase, the
+// event subscription that routes Key Vault events to the one central function app.
+targetScope = 'subscription'
+
+@description('Resource group for the system topic in this subscription.')
+param resourceGroupName string
+
+@description('Create that resource group (false when it already exists).')
+param createResourceGroup bool
+
+param location string
+param tags object = {}
+
+@description('Name of the system topic to create, unless existingSystemTopic names one to reuse.')
+param systemTopicName string
+
+@description('Name of kvguard\'s event subscription on the system topic (unique per kvguard environment).')
+param eventSubscriptionName string
+
+@description('An existing system topic of this subscription to reuse: { resourceGroup: \'...\', name: \'...\' }; {} creates one.')
+param existingSystemTopic object = {}
+
+@description('Principal id of kvguard\'s identity (roles here, loop guard in the event filter).')
+param identityPrincipalId string
+
+param functionAppId string
+
+@description('Subscription, resource group and name of kvguard\'s central storage account (dead letters).')
+param centralSubscriptionId string
+param centralResourceGroupName string
+param storageAccountName string
+param deadLetterContainerName string
+
+@description('Create the event subscription (the function on_vault_event must already be deployed).')
+param deployEventSubscription bool
+
+var reuseTopic = !empty(existingSystemTopic)
+var topicResourceGroupName = reuseTopic ? existingSystemTopic.resourceGroup : resourceGroupName
+var topicName = reuseTopic ? existingSystemTopic.name : systemTopicName
+
+resource topicGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = if (createResourceGroup && !reuseTopic) {
+  name: resourceGroupName
+  location: location
+  tags: tags
+}
+
+module roles 'rbac-subscription.bicep' = {
+  name: 'kvguard-roles'
+  params: {
+    principalId: identityPrincipalId
+  }
+}
+
+module assessments 'assessments.bicep' = {
+  name: 'kvguard-assessments'
+}
+
+module systemTopic 'system-topic.bicep' = {
+  name: 'kvguard-system-topic'
+  scope: resourceGroup(topicResourceGroupName)
+  dependsOn: [
+    topicGroup
+  ]
+  params: {
+    name: topicName
+    create: !reuseTopic
+    tags: tags
+  }
+}
+
+module deadLetterAccess 'deadletter-access.bicep' = {
+  name: 'kvguard-deadletter-${subscription().subscriptionId}'
+  scope: resourceGroup(centralSubscriptionId, centralResourceGroupName)
+  params: {
+    storageAccountName: storageAccountName
+    principalId: systemTopic.outputs.principalId
+  }
+}
+
+module eventSubscription 'event-subscription.bicep' = if (deployEventSubscription) {
+  name: 'kvguard-event-subscription'
+  scope: resourceGroup(topicResourceGroupName)
+  dependsOn: [
+    deadLetterAccess
+  ]
+  params: {
+    systemTopicName: systemTopic.outputs.name
+    name: eventSubscriptionName
+    functionAppId: functionAppId
+    ownPrincipalId: identityPrincipalId
+    deadLetterStorageAccountId: resourceId(centralSubscriptionId, centralResourceGroupName, 'Microsoft.Storage/storageAccounts', storageAccountName)
+    deadLetterContainerName: deadLetterContainerName
+  }
+}
+
+output systemTopicName string = topicName
+output systemTopicResourceGroup string = topicResourceGroupName
+output systemTopicPrincipalId string = systemTopic.outputs.principalId

@@ -1,0 +1,167 @@
+"""The event path: the system topic of each protected subscription, the event subscription to
+on_vault_event with its filters (including the loop guard), retries and dead letters."""
+
+from __future__ import annotations
+
+from tests.infra.bicep_tree import Tree, accessor, body, condition, function, loop, only_resource
+
+OPERATIONS = {
+    "Microsoft.KeyVault/vaults/write",
+    "Microsoft.KeyVault/vaults/accessPolicies/write",
+    "Microsoft.KeyVault/vaults/delete",
+    "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+}
+EVENT_TYPES = {
+    "Microsoft.Resources.ResourceWriteSuccess",
+    "Microsoft.Resources.ResourceWriteFailure",
+    "Microsoft.Resources.ResourceDeleteSuccess",
+    "Microsoft.Resources.ResourceActionSuccess",
+}
+
+
+def event_subscription(trees: dict[str, Tree]) -> dict:
+    tree = trees["modules/event-subscription.bicep"]
+    return body(only_resource(tree, "Microsoft.EventGrid/systemTopics/eventSubscriptions"))["properties"]
+
+
+def advanced_filters(trees: dict[str, Tree]) -> dict[str, dict]:
+    filters = event_subscription(trees)["filter"]["advancedFilters"]
+    by_operator = {f["operatorType"]: f for f in filters}
+    assert len(by_operator) == len(filters) == 2, filters
+    return by_operator
+
+
+def test_included_event_types(trees: dict[str, Tree]) -> None:
+    types = event_subscription(trees)["filter"]["includedEventTypes"]
+    assert len(types) == len(EVENT_TYPES)
+    assert set(types) == EVENT_TYPES
+
+
+def test_only_key_vault_operations_pass(trees: dict[str, Tree]) -> None:
+    string_in = advanced_filters(trees)["StringIn"]
+    assert string_in["key"] == "data.operationName"
+    assert len(string_in["values"]) == len(OPERATIONS)
+    assert set(string_in["values"]) == OPERATIONS
+
+
+def test_own_writes_are_filtered_out(trees: dict[str, Tree]) -> None:
+    """StringNotIn on the caller's principal id, traced back to the identity the app runs as."""
+    not_in = advanced_filters(trees)["StringNotIn"]
+    assert not_in["key"] == "data.authorization.evidence.principalId"
+    assert not_in["values"] == ["ownPrincipalId"]
+    assert "ownPrincipalId" in trees["modules/event-subscription.bicep"]["parameters"]
+
+    protect = trees["modules/protect.bicep"]
+    assert body(protect["modules"]["eventSubscription"])["params"]["ownPrincipalId"] == "identityPrincipalId"
+    assert "identityPrincipalId" in protect["parameters"]
+
+    main = trees["main.bicep"]
+    assert accessor(body(main["modules"]["protect"])["params"]["identityPrincipalId"]) == "identity.outputs.principalId"
+    assert main["modules"]["identity"]["detail"]["path"] == "modules/identity.bicep"
+    outputs = trees["modules/identity.bicep"]["outputs"]
+    assert accessor(outputs["principalId"]["value"]) == "identity.properties.principalId"
+
+
+def test_destination_is_on_vault_event_one_event_at_a_time(trees: dict[str, Tree]) -> None:
+    properties = event_subscription(trees)
+    assert properties["eventDeliverySchema"] == "EventGridSchema"
+    destination = properties["destination"]
+    assert destination["endpointType"] == "AzureFunction"
+    assert destination["properties"]["resourceId"] == "${functionAppId}/functions/on_vault_event"
+    assert destination["properties"]["maxEventsPerBatch"] == 1
+    main = trees["main.bicep"]
+    assert accessor(body(main["modules"]["protect"])["params"]["functionAppId"]) == "app.outputs.id"
+    assert body(trees["modules/protect.bicep"]["modules"]["eventSubscription"])["params"]["functionAppId"] == (
+        "functionAppId"
+    )
+
+
+def test_retries_and_dead_letters_with_the_topic_identity(trees: dict[str, Tree]) -> None:
+    properties = event_subscription(trees)
+    assert properties["retryPolicy"] == {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440}
+    dead_letter = properties["deadLetterWithResourceIdentity"]
+    assert dead_letter["identity"] == {"type": "SystemAssigned"}
+    assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
+    assert dead_letter["deadLetterDestination"]["properties"] == {
+        "resourceId": "deadLetterStorageAccountId",
+        "blobContainerName": "deadLetterContainerName",
+    }
+    assert "deadLetterDestination" not in properties, "dead-lettering must use the topic's identity (no keys)"
+    main = trees["main.bicep"]
+    assert accessor(body(main["modules"]["protect"])["params"]["deadLetterContainerName"]) == (
+        "storage.outputs.deadLetterContainerName"
+    )
+
+
+def test_system_topic_watches_the_subscription_with_an_identity(trees: dict[str, Tree]) -> None:
+    tree = trees["modules/system-topic.bicep"]
+    created = tree["resources"]["created"]
+    assert condition(created) == "create"
+    topic = body(created)
+    assert topic["location"] == "global"
+    assert topic["identity"] == {"type": "SystemAssigned"}
+    assert topic["properties"]["topicType"] == "Microsoft.Resources.Subscriptions"
+    assert accessor(topic["properties"]["source"]) == "subscription().id"
+    reused = tree["resources"]["reused"]
+    assert reused["existing"] is True
+
+
+def test_topic_identity_may_write_dead_letters_before_the_subscription_exists(trees: dict[str, Tree]) -> None:
+    protect = trees["modules/protect.bicep"]
+    access = protect["modules"]["deadLetterAccess"]
+    assert access["detail"]["path"] == "deadletter-access.bicep"
+    assert accessor(body(access)["params"]["principalId"]) == "systemTopic.outputs.principalId"
+    assert "deadLetterAccess" in body(protect["modules"]["eventSubscription"])["dependsOn"]
+
+
+def test_event_subscription_is_the_second_phase(trees: dict[str, Tree]) -> None:
+    protect = trees["modules/protect.bicep"]
+    assert condition(protect["modules"]["eventSubscription"]) == "deployEventSubscription"
+    main = trees["main.bicep"]
+    assert main["parameters"]["deployEventSubscription"]["default"] is False
+    assert body(main["modules"]["protect"])["params"]["deployEventSubscription"] == "deployEventSubscription"
+
+
+def test_every_protected_subscription_gets_its_own_deployment(trees: dict[str, Tree]) -> None:
+    main = trees["main.bicep"]
+    protect = main["modules"]["protect"]
+    assert loop(protect) == {
+        "type": "array",
+        "detail": {"item_name": "subscriptionId", "array_name": "subscriptionIds"},
+    }
+    assert function(body(protect)["scope"]) == {
+        "type": "subscription",
+        "parameters": {"subscription_id": "subscriptionId"},
+    }
+    assert main["parameters"]["protectedSubscriptionIds"]["default"] == []
+    # An empty list protects the deployment's own subscription.
+    chosen = main["variables"]["subscriptionIds"]["value"]["operator"]
+    assert chosen["type"] == "conditional"
+    assert function(chosen["operands"]["condition"]) == {
+        "type": "empty",
+        "parameters": {"item_to_test": "protectedSubscriptionIds"},
+    }
+    assert [accessor(v) for v in chosen["operands"]["true_value"]] == ["subscription().subscriptionId"]
+    assert chosen["operands"]["false_value"] == "protectedSubscriptionIds"
+    assert body(main["modules"]["app"])["params"]["subscriptionIds"] == "subscriptionIds"
+
+
+def test_an_existing_system_topic_can_be_reused(trees: dict[str, Tree]) -> None:
+    main = trees["main.bicep"]
+    assert main["parameters"]["existingSystemTopics"]["default"] == {}
+    chosen = body(main["modules"]["protect"])["params"]["existingSystemTopic"]["operator"]
+    assert function(chosen["operands"]["condition"]) == {
+        "type": "contains",
+        "parameters": {"container": "existingSystemTopics", "item_to_find": "subscriptionId"},
+    }
+    assert chosen["operands"]["false_value"] == {}
+    protect = trees["modules/protect.bicep"]
+    reuse = protect["variables"]["reuseTopic"]["value"]["operator"]
+    assert reuse["type"] == "not"
+    assert function(reuse["operands"]["bool_value"]) == {
+        "type": "empty",
+        "parameters": {"item_to_test": "existingSystemTopic"},
+    }
+    params = body(protect["modules"]["systemTopic"])["params"]
+    assert params["create"] == {"operator": {"type": "not", "operands": {"bool_value": "reuseTopic"}}}
+    assert params["name"] == "topicName"
