@@ -37,7 +37,7 @@ def is_excluded(policy: Policy, vault_id: str, vault_name: str) -> bool:
     """Excluded by resource id (case-insensitive) or by a glob on the vault name or id."""
     key, name = vault_key(vault_id), vault_name.lower()
     for pattern in policy.excluded_vaults:
-        lowered = pattern.strip().lower()
+        lowered = vault_key(pattern)
         if lowered == key or fnmatch(name, lowered) or fnmatch(key, lowered):
             return True
     return False
@@ -79,8 +79,6 @@ def decide(
         alert, alert_reason = False, "observe mode records only"
     elif risk >= policy.alert_threshold:
         alert, alert_reason = True, f"risk {risk} >= alert_threshold {policy.alert_threshold}"
-    elif tripped and mode == "remediate":
-        alert, alert_reason = True, "circuit breaker open: alerting instead of remediating"
     else:
         alert, alert_reason = False, f"risk {risk} below alert_threshold {policy.alert_threshold}"
     if mode != "remediate":

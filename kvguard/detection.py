@@ -183,16 +183,28 @@ def rule(
     return register
 
 
-def newly_true(
-    ctx: Context, condition: Callable[[VaultConfig, Policy], Mapping[str, Mapping[str, Any]]]
-) -> Iterable[Hit]:
+Condition = Callable[[VaultConfig, Policy], Mapping[str, Mapping[str, Any]]]
+
+
+def newly_true(ctx: Context, condition: Condition) -> Iterable[Hit]:
     """The posture pattern: fire for each instance of a condition that holds now and did not hold
     in the baseline (all of them on first sight), so a persisting condition fires only once."""
     if ctx.after is None:
         return []
-    now = condition(ctx.after, ctx.policy)
-    was = condition(ctx.before, ctx.policy) if ctx.before is not None else {}
+    now = _judged(condition, ctx.after, ctx.policy)
+    was = _judged(condition, ctx.before, ctx.policy) if ctx.before is not None else {}
     return [Hit(evidence=evidence) for key, evidence in now.items() if key not in was]
+
+
+def _judged(condition: Condition, vault: VaultConfig, policy: Policy) -> Mapping[str, Mapping[str, Any]]:
+    """A posture condition's answer for a configuration, computed once per configuration and policy."""
+    key = (condition, id(policy))
+    remembered = vault.memo.get(key)
+    if remembered is not None and remembered[0] is policy:
+        return remembered[1]
+    answer = condition(vault, policy)
+    vault.memo[key] = (policy, answer)
+    return answer
 
 
 def detect_all(ctx: Context, rules: Mapping[str, Rule] | None = None) -> list[Finding]:

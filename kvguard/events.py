@@ -327,13 +327,17 @@ def _normalise(
     if lowered_type.startswith(RESOURCE_EVENT_PREFIX):
         if not isinstance(data, Mapping):
             raise ValueError("data: expected an object with resourceUri and operationName")
-        payload = ResourceEventData.model_validate(data)
+        try:
+            payload = ResourceEventData.model_validate(data)
+        except ValidationError as error:
+            raise ValueError(_explain(error, "data")) from None
         operation = payload.operation_name.strip()
         kind: OperationKind = OPERATIONS.get(operation.lower(), "other")  # type: ignore[assignment]
         vault = parse_vault_ref(payload.resource_uri) or parse_vault_ref(subject)
         if vault is None and operation.lower().startswith("microsoft.keyvault/"):
             raise ValueError(f"data.resourceUri: {payload.resource_uri!r} names no Key Vault")
         status = payload.status
+        succeeded = not lowered_type.endswith(("failure", "cancel")) and (status or "Succeeded").lower() == "succeeded"
         return VaultEvent(
             **common,
             vault=vault,
@@ -341,7 +345,7 @@ def _normalise(
             kind=kind if vault is not None else "other",
             access_policy_action=_access_policy_action(payload.resource_uri) if kind == "access_policy" else None,
             status=status,
-            succeeded=not lowered_type.endswith(("failure", "cancel")) and (status or "Succeeded") == "Succeeded",
+            succeeded=succeeded,
             caller=_caller(payload),
             correlation_id=payload.correlation_id,
             tenant_id=(payload.tenant_id or "").lower() or None,
@@ -349,7 +353,10 @@ def _normalise(
     if lowered_type == ACCESS_POLICY_CHANGED:
         if not isinstance(data, Mapping):
             raise ValueError("data: expected an object with VaultName")
-        VaultAccessPolicyChangedData.model_validate(data)
+        try:
+            VaultAccessPolicyChangedData.model_validate(data)
+        except ValidationError as error:
+            raise ValueError(_explain(error, "data")) from None
         vault = parse_vault_ref(source) or parse_vault_ref(subject)
         if vault is None:
             raise ValueError(f"topic/source: {source!r} names no Key Vault")
@@ -415,11 +422,12 @@ def _caller(data: ResourceEventData) -> Caller:
     )
 
 
-def _explain(error: ValidationError) -> str:
-    """A validation error as `field: problem` lines, with the field named as in the JSON."""
+def _explain(error: ValidationError, prefix: str = "") -> str:
+    """A validation error as `field: problem` lines, with the field named as in the JSON (the
+    path from the envelope: `data.resourceUri`, not `resourceUri`)."""
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "event"
+        where = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "") or "event"
         parts.append(f"{where}: {item['msg'].lower()}")
     return "; ".join(parts)
 

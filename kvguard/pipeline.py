@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
 from kvguard.decision import Decision, decide, remediable
 from kvguard.detection import RULES, Context, Finding, History, detect_all
@@ -281,7 +282,11 @@ class Pipeline:
             if not operations:
                 results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
                 continue
-            results.append(self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after))
+            result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
+            if result.transient:
+                # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
+                raise TransientError(f"{handler_id}: {result.detail}")
+            results.append(result)
         return results
 
     def _resolve(
@@ -403,13 +408,18 @@ def _reason(
     risk: Risk,
     decision: Decision,
 ) -> str:
-    if after is None and event.kind != "purge" and before is None and not findings:
-        return "vault not found and never seen: nothing to compare"
+    gone = ""
+    if after is None and event.kind not in ("delete", "purge"):
+        if before is None and not findings:
+            return "vault not found and never seen: nothing to compare"
+        gone = "vault not found (deleted since the event was sent): nothing to compare; "
+        if not findings:
+            return gone.removesuffix("; ")
     if not findings:
         if before is None and after is not None:
             return "first sight: baseline recorded, no finding"
         return "no finding: the change is within policy"
-    parts = [f"{len(findings)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation)]
+    parts = [f"{gone}{len(findings)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation)]
     parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
     parts.append(f"alert: {decision.alert_reason}")
     parts.append(f"remediate: {decision.remediate_reason}")

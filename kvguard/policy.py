@@ -145,7 +145,7 @@ class Policy(_Strict):
         return self
 
     def rule(self, rule_id: str) -> RuleOverride:
-        return self.rules.get(rule_id, RuleOverride())
+        return self.rules.get(rule_id, NO_OVERRIDE)
 
     def merged(self, overrides: dict[str, Any]) -> Policy:
         """This policy with `overrides` laid over it key by key (sections merge one level deep)."""
@@ -158,6 +158,9 @@ class Policy(_Strict):
             else:
                 data[key] = value
         return Policy.model_validate(data)
+
+
+NO_OVERRIDE = RuleOverride()
 
 
 class PolicyError(Exception):

@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import detectors  # noqa: F401  (the rule catalog registers on import; without it no rule runs)
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.ids import vault_key
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
 from kvguard.ports import AlertSink
-from kvguard.scenario import LoadedScenario
+from kvguard.scenario import LoadedScenario, Step
 from kvguard.sim import SimClock, SimDefender, SimTopic, SimVaultGateway, World
 
 
@@ -54,17 +55,18 @@ def build_run(loaded: LoadedScenario, extra_sinks: dict[str, AlertSink] | None =
 
 def replay(run: ReplayRun, on_outcome: Callable[[Outcome], None] | None = None) -> ReplayRun:
     for step in run.scenario.steps:
-        for outcome in _run_step(run, step.kind, step.value):
+        for outcome in _run_step(run, step):
             run.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
     return run
 
 
-def _run_step(run: ReplayRun, kind: str, value: Any) -> Iterator[Outcome]:
+def _run_step(run: ReplayRun, step: Step) -> Iterator[Outcome]:
     world, pipeline = run.world, run.pipeline
+    kind, value = step.kind, step.value
     if kind == "write":
-        world.put(value)
+        world.put(value, step.config)
     elif kind == "delete":
         world.delete(value)
     elif kind == "advance":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import detectors  # noqa: F401  (the rule catalog registers on import; without it no rule runs)
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import AlertSink, StateStore

@@ -30,9 +30,10 @@ class ScenarioError(Exception):
 
 
 class Step(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     kind: str
     value: Any
+    config: VaultConfig | None = None  # a write's configuration, parsed once while validating
 
 
 class Scenario(BaseModel):
@@ -109,7 +110,7 @@ def _step(source: str, index: int, raw: Any) -> Step:
         raise ScenarioError(f"{where}: unknown step {kind!r}; expected one of {', '.join(STEP_KINDS)}")
     if kind == "write":
         try:
-            VaultConfig.from_arm(value)
+            return Step(kind=kind, value=value, config=VaultConfig.from_arm(value))
         except ValueError as error:
             raise ScenarioError(f"{where} (write): {error}") from None
     elif kind == "delete" and (not isinstance(value, str) or not value.strip()):

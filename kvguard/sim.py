@@ -41,18 +41,24 @@ class World:
     clock: SimClock = field(default_factory=SimClock)
     identity: str = SIM_IDENTITY
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    parsed: dict[str, VaultConfig] = field(default_factory=dict)
     emitted: list[dict[str, Any]] = field(default_factory=list)
     assessments: dict[str, dict[str, Any]] = field(default_factory=dict)
     published: list[dict[str, Any]] = field(default_factory=list)
+    published_ids: set[str] = field(default_factory=set)
     _ids: itertools.count = field(default_factory=itertools.count)
 
-    def put(self, doc: Mapping[str, Any]) -> None:
-        """Store a vault document (validated by the scenario loader). Documents are never changed
-        in place, here or by the gateway, so configurations read earlier keep their values."""
-        self.vaults[vault_key(doc["id"])] = dict(doc)
+    def put(self, doc: Mapping[str, Any], parsed: VaultConfig | None = None) -> None:
+        """Store a vault document with its parsed configuration (parsed here unless the caller,
+        e.g. the scenario loader, already did). Documents are never changed in place, here or by
+        the gateway, so configurations read earlier keep their values."""
+        key = vault_key(doc["id"])
+        self.vaults[key] = dict(doc)
+        self.parsed[key] = parsed if parsed is not None else VaultConfig.from_arm(doc)
 
     def delete(self, vault_id: str) -> None:
         self.vaults.pop(vault_key(vault_id), None)
+        self.parsed.pop(vault_key(vault_id), None)
 
     def take_emitted(self) -> list[dict[str, Any]]:
         events, self.emitted = self.emitted, []
@@ -94,15 +100,14 @@ class SimVaultGateway:
         self.world = world
 
     def get(self, vault_id: str) -> VaultConfig | None:
-        doc = self.world.vaults.get(vault_key(vault_id))
-        return VaultConfig.from_arm(doc) if doc is not None else None
+        return self.world.parsed.get(vault_key(vault_id))
 
     def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
         doc = self._doc(vault_id)
         doc = {**doc, "properties": {**doc.get("properties", {}), **copy.deepcopy(dict(properties))}}
         self.world.put(doc)
         self.world.emitted.append(self.world.own_write_event(doc["id"], "Microsoft.KeyVault/vaults/write"))
-        return VaultConfig.from_arm(doc)
+        return self.world.parsed[vault_key(doc["id"])]
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         doc = self._doc(vault_id)
@@ -124,10 +129,10 @@ class SimVaultGateway:
         self.world.put(doc)
         self.world.emitted.append(self.world.own_write_event(
             f"{doc['id']}/accessPolicies/remove", "Microsoft.KeyVault/vaults/accessPolicies/write"))
-        return VaultConfig.from_arm(doc)
+        return self.world.parsed[vault_key(doc["id"])]
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
-        return [VaultConfig.from_arm(d) for d in self.world.vaults.values()
+        return [self.world.parsed[k] for k, d in self.world.vaults.items()
                 if subscription_of(d["id"]) == subscription_id.lower()]
 
     def _doc(self, vault_id: str) -> dict[str, Any]:
@@ -168,6 +173,7 @@ class SimTopic:
 
     def _publish(self, kind: str, vault_id: str, rule: str, cause: str) -> str:
         event_id = str(uuid.uuid5(_EVENT_NAMESPACE, f"{kind}|{vault_key(vault_id)}|{rule}|{cause}"))
-        if all(e["id"] != event_id for e in self.world.published):
+        if event_id not in self.world.published_ids:
+            self.world.published_ids.add(event_id)
             self.world.published.append({"id": event_id, "type": kind, "source": vault_id, "subject": rule})
         return f"{kind} {event_id}"

@@ -154,6 +154,9 @@ class VaultConfig:
     virtual_network_rules: frozenset[str]
     create_mode: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    # Results of pure functions of this configuration (see kvguard.detection.newly_true): a parsed
+    # baseline is judged again on every event of its vault, and the answer cannot change.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def key(self) -> str:

@@ -44,8 +44,11 @@ def restore_network(data: PlanInput) -> list[Operation]:
         acls["ipRules"] = [r for r in acls.get("ipRules", []) if _cidr(r.get("value")) not in drop]
         touched = True
     if "KV-NET-05" in fired and change.vnet_rules_added:
+        flagged_subnets = {str(f.evidence.get("subnetId", "")).lower() for f in data.findings
+                           if f.rule == "KV-NET-05"} - {""}
+        drop = {s for s in change.vnet_rules_added if not flagged_subnets or s in flagged_subnets}
         rules = acls.get("virtualNetworkRules", [])
-        acls["virtualNetworkRules"] = [r for r in rules if str(r.get("id", "")).lower() not in change.vnet_rules_added]
+        acls["virtualNetworkRules"] = [r for r in rules if str(r.get("id", "")).lower() not in drop]
         touched = True
     if touched:
         patch["networkAcls"] = acls

@@ -11,6 +11,13 @@ RESTORED = {
     "KV-PROT-03": ("enableRbacAuthorization",),
     "KV-PROT-04": ("enabledForDeployment", "enabledForTemplateDeployment", "enabledForDiskEncryption"),
 }
+# ARM property -> its normalised VaultConfig attribute (ARM JSON may say "true"/"False" as text).
+_ATTRIBUTE = {
+    "enableRbacAuthorization": "enable_rbac_authorization",
+    "enabledForDeployment": "enabled_for_deployment",
+    "enabledForTemplateDeployment": "enabled_for_template_deployment",
+    "enabledForDiskEncryption": "enabled_for_disk_encryption",
+}
 
 
 @handler("restore_settings", kind="remediation", permission="Microsoft.KeyVault/vaults/write")
@@ -20,15 +27,14 @@ def restore_settings(data: PlanInput) -> list[Operation]:
     if data.before is None or data.after is None:
         return []
     fired = {f.rule for f in data.findings}
-    before_props = data.before.raw.get("properties", {})
     after_props = data.after.raw.get("properties", {})
     patch: dict[str, Any] = {}
     for rule, names in RESTORED.items():
         if rule not in fired:
             continue
         for name in names:
-            old = bool(before_props.get(name, False))
-            if bool(after_props.get(name, False)) != old:
+            old = bool(getattr(data.before, _ATTRIBUTE[name]))
+            if bool(getattr(data.after, _ATTRIBUTE[name])) != old:
                 patch[name] = old
     if not patch:
         return []

@@ -133,6 +133,11 @@ class SQLiteStateStore:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        """One statement, atomic on its own (autocommit): no explicit transaction needed."""
+        with self._lock:
+            return self._db.execute(sql, params).rowcount
+
     # Event claims
 
     def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
@@ -158,16 +163,14 @@ class SQLiteStateStore:
 
     def complete(self, event_id: str, now: datetime) -> None:
         at = _stamp(now)
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, ?, ?, ?)"
-                " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at",
-                (event_id, at, at, at),
-            )
+        self._write(
+            "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, ?, ?, ?)"
+            " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at",
+            (event_id, at, at, at),
+        )
 
     def release(self, event_id: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,))
+        self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,))
 
     # Baselines
 
@@ -185,23 +188,23 @@ class SQLiteStateStore:
         document = _to_json(config)
         new_etag = uuid.uuid4().hex
         key = vault_key(vault_id)
-        with self._transaction() as db:
-            if etag is None:
-                cursor = db.execute(
-                    "INSERT INTO baselines (vault_key, vault_id, config, etag, deleted, updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vault_key) DO NOTHING",
-                    (key, vault_id, document, new_etag, int(deleted), updated),
-                )
-                if cursor.rowcount != 1:
-                    raise ConcurrencyError(f"baseline of {vault_id} already exists")
-            else:
-                cursor = db.execute(
-                    "UPDATE baselines SET vault_id = ?, config = ?, etag = ?, deleted = ?, updated = ?"
-                    " WHERE vault_key = ? AND etag = ?",
-                    (vault_id, document, new_etag, int(deleted), updated, key, etag),
-                )
-                if cursor.rowcount != 1:
-                    raise ConcurrencyError(f"baseline of {vault_id} was changed or removed (etag {etag} is stale)")
+        # Each write is one conditional statement: the compare and the swap are a single atomic step.
+        if etag is None:
+            written = self._write(
+                "INSERT INTO baselines (vault_key, vault_id, config, etag, deleted, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vault_key) DO NOTHING",
+                (key, vault_id, document, new_etag, int(deleted), updated),
+            )
+            if written != 1:
+                raise ConcurrencyError(f"baseline of {vault_id} already exists")
+        else:
+            written = self._write(
+                "UPDATE baselines SET vault_id = ?, config = ?, etag = ?, deleted = ?, updated = ?"
+                " WHERE vault_key = ? AND etag = ?",
+                (vault_id, document, new_etag, int(deleted), updated, key, etag),
+            )
+            if written != 1:
+                raise ConcurrencyError(f"baseline of {vault_id} was changed or removed (etag {etag} is stale)")
         return new_etag
 
     def list_baselines(self) -> list[Baseline]:
@@ -219,11 +222,10 @@ class SQLiteStateStore:
 
     def append_audit(self, record: AuditRecord) -> None:
         key = vault_key(record.vault_id) if record.vault_id is not None else None
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO audit (event_id, vault_key, vault_id, at, outcome) VALUES (?, ?, ?, ?, ?)",
-                (record.event_id, key, record.vault_id, _stamp(record.at), _to_json(record.outcome)),
-            )
+        self._write(
+            "INSERT INTO audit (event_id, vault_key, vault_id, at, outcome) VALUES (?, ?, ?, ?, ?)",
+            (record.event_id, key, record.vault_id, _stamp(record.at), _to_json(record.outcome)),
+        )
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
         columns = "SELECT event_id, vault_id, at, outcome FROM audit"
@@ -237,11 +239,10 @@ class SQLiteStateStore:
         ]
 
     def record_rejected(self, rejected: RejectedPayload) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO rejected (reason, raw, at, event_id) VALUES (?, ?, ?, ?)",
-                (rejected.reason, rejected.raw, _stamp(rejected.at), rejected.event_id),
-            )
+        self._write(
+            "INSERT INTO rejected (reason, raw, at, event_id) VALUES (?, ?, ?, ?)",
+            (rejected.reason, rejected.raw, _stamp(rejected.at), rejected.event_id),
+        )
 
     def list_rejected(self) -> list[RejectedPayload]:
         rows = self._query("SELECT reason, raw, at, event_id FROM rejected ORDER BY at, seq")
@@ -269,9 +270,7 @@ class SQLiteStateStore:
             return True
 
     def close_finding(self, vault_id: str, rule: str) -> bool:
-        with self._transaction() as db:
-            cursor = db.execute("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (vault_key(vault_id), rule))
-            return cursor.rowcount == 1
+        return self._write("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (vault_key(vault_id), rule)) == 1
 
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
         rows = self._query(
@@ -286,11 +285,10 @@ class SQLiteStateStore:
     # Marks for history rules and the circuit breaker
 
     def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO marks (series, key, member, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (series, vault_key(key), member, _stamp(at)),
-            )
+        self._write(
+            "INSERT INTO marks (series, key, member, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (series, vault_key(key), member, _stamp(at)),
+        )
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         rows = self._query(

@@ -1,0 +1,230 @@
+"""`kvguard baseline` and `kvguard replay --live` against the local HTTPS ARM fake, with the
+settings taken from the environment as in production and the state in SQLite."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.cli import main
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+
+SUB = "4a3b2c1d-0e9f-4876-a5b4-c3d2e1f0a9b8"
+OTHER_SUB = "9f8e7d6c-5b4a-4392-8170-f6e5d4c3b2a1"
+TENANT = "1a2b3c4d-5e6f-4a7b-8c9d-e0f1a2b3c4d5"
+OWNER = "5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
+ROGUE = "e9d8c7b6-a5f4-4e3d-9c2b-1a0f9e8d7c6b"
+INTRUDER = "2f3e4d5c-6b7a-4897-a6b5-c4d3e2f1a0b9"
+NAMES = ("kv-web-01", "kv-web-02", "kv-batch-01")
+
+
+def vault_id(name: str, subscription: str = SUB) -> str:
+    return f"/subscriptions/{subscription}/resourceGroups/rg-apps/providers/Microsoft.KeyVault/vaults/{name}"
+
+
+def vault_doc(vid: str, *extra_policies: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": vid,
+        "name": vid.rsplit("/", 1)[-1],
+        "type": "Microsoft.KeyVault/vaults",
+        "location": "uksouth",
+        "properties": {
+            "tenantId": TENANT,
+            "sku": {"family": "A", "name": "standard"},
+            "accessPolicies": [
+                {"tenantId": TENANT, "objectId": OWNER, "permissions": {"secrets": ["Get"]}}, *extra_policies
+            ],
+            "enableRbacAuthorization": False,
+            "enableSoftDelete": True,
+            "softDeleteRetentionInDays": 90,
+            "enablePurgeProtection": True,
+            "publicNetworkAccess": "Disabled",
+            "networkAcls": {"defaultAction": "Deny", "bypass": "None", "ipRules": []},
+        },
+    }
+
+
+ROGUE_GRANT = {"tenantId": TENANT, "objectId": ROGUE, "permissions": {"secrets": ["Get", "List"]}}
+TARGET = vault_id("kv-web-01")
+WRITES = ("PUT", "PATCH", "POST", "DELETE")
+
+
+@pytest.fixture
+def fake() -> Iterator[ArmFake]:
+    with arm_fake(page_size=2) as running:
+        for name in NAMES:
+            running.add_vault(vault_doc(vault_id(name)))
+        running.add_vault(vault_doc(vault_id("kv-elsewhere", OTHER_SUB)))
+        yield running
+
+
+@pytest.fixture
+def state_db(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment of a shell that runs the CLI: the fake's CA trusted, state in SQLite."""
+    for name in list(os.environ):
+        if name.startswith("KVGUARD_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "state" / "kvguard.db"
+    monkeypatch.setenv("KVGUARD_STATE_BACKEND", "sqlite")
+    monkeypatch.setenv("KVGUARD_SQLITE_PATH", str(path))
+    monkeypatch.setenv("KVGUARD_ARM_ENDPOINT", fake.base_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
+    return path
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(list(argv), out, credential=FakeCredential())
+    return status, out.getvalue()
+
+
+def policies(baseline_config: Any) -> list[str]:
+    return [p["objectId"] for p in baseline_config["properties"]["accessPolicies"]]
+
+
+# ---- baseline ------------------------------------------------------------------------------------
+
+
+def test_baseline_seeds_every_vault_of_the_subscriptions(fake: ArmFake, state_db: Path) -> None:
+    status, output = run("baseline", "--subscription", SUB, "--subscription", OTHER_SUB)
+
+    assert status == 0
+    assert "4 vaults in 2 subscription(s): 4 baseline(s) seeded, 0 already present" in output
+    store = SQLiteStateStore(str(state_db))
+    assert sorted(b.vault_id for b in store.list_baselines()) == sorted(
+        [vault_id(n) for n in NAMES] + [vault_id("kv-elsewhere", OTHER_SUB)]
+    )
+    assert len(fake.requests_to("GET", rf"/subscriptions/{SUB}/providers/Microsoft\.KeyVault/vaults$")) == 2  # paged
+    assert [r.method for r in fake.requests if r.method in WRITES] == []
+
+
+def test_baseline_leaves_existing_baselines_alone(fake: ArmFake, state_db: Path) -> None:
+    assert run("baseline", "--subscription", SUB)[0] == 0
+    fake.add_vault(vault_doc(TARGET, copy.deepcopy(ROGUE_GRANT)))  # a change since
+    fake.add_vault(vault_doc(vault_id("kv-new-01")))
+
+    status, output = run("baseline", "--subscription", SUB)
+
+    assert status == 0
+    assert "1 baseline(s) seeded, 3 already present" in output
+    store = SQLiteStateStore(str(state_db))
+    target = store.get_baseline(TARGET)
+    assert target is not None and policies(target.config) == [OWNER]  # the accepted state, not the change
+    assert store.get_baseline(vault_id("kv-new-01")) is not None
+
+
+def test_baseline_reports_an_unreachable_arm(fake: ArmFake, state_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.inject("GET", r"/providers/Microsoft\.KeyVault/vaults$", status=503, times=20,
+                body={"error": {"code": "ServiceUnavailable", "message": "later"}})
+
+    status, _ = run("baseline", "--subscription", SUB)
+
+    assert status == 1
+    assert "HTTP 503" in capsys.readouterr().err
+    assert SQLiteStateStore(str(state_db)).list_baselines() == []
+
+
+# ---- replay --live -------------------------------------------------------------------------------
+
+
+def scenario(tmp_path: Path) -> Path:
+    uri = f"{TARGET}/accessPolicies/add"
+    event = {
+        "id": "c1b2a3f4-e5d6-4c7b-8a9f-0e1d2c3b4a59",
+        "topic": f"/subscriptions/{SUB}",
+        "subject": uri,
+        "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+        "eventTime": "2026-11-27T12:00:00Z",
+        "dataVersion": "2",
+        "data": {
+            "authorization": {"scope": uri, "action": "Microsoft.KeyVault/vaults/accessPolicies/write",
+                              "evidence": {"principalId": INTRUDER}},
+            "claims": {"oid": INTRUDER},
+            "resourceUri": uri,
+            "operationName": "Microsoft.KeyVault/vaults/accessPolicies/write",
+            "status": "Succeeded",
+            "subscriptionId": SUB,
+            "tenantId": TENANT,
+        },
+    }
+    doc = {
+        "name": "rogue grant on kv-web-01",
+        "policy": {"mode": "remediate"},
+        "steps": [{"write": vault_doc(TARGET, ROGUE_GRANT)}, {"advance": "PT1M"}, {"event": event}],
+    }
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tampered(fake: ArmFake, state_db: Path, monkeypatch: pytest.MonkeyPatch) -> ArmFake:
+    """Baselines seeded by the CLI, then a rogue grant on one vault behind kvguard's back.
+    Defender findings are on, as in production."""
+    monkeypatch.setenv("KVGUARD_DEFENDER", "true")
+    assert run("baseline", "--subscription", SUB)[0] == 0
+    fake.add_vault(vault_doc(TARGET, copy.deepcopy(ROGUE_GRANT)))
+    fake.requests.clear()
+    return fake
+
+
+def lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_replay_live_without_apply_plans_and_writes_nothing(
+    tampered: ArmFake, state_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, output = run("replay", "--live", str(scenario(tmp_path)), "--json")
+
+    assert status == 0
+    (outcome, summary) = lines(output)
+    assert outcome["outcome"] == "processed"
+    assert "KV-AP-01" in {f["rule"] for f in outcome["findings"]}
+    (revert,) = [a for a in outcome["actions"] if a["handler"] == "revert_access_policy"]
+    assert revert["status"] == "planned"
+    assert summary["mode"] == "dry run"
+    assert summary["summary"]["events"] == 1
+    # Nothing written: not to ARM, not to an alert sink, not to the state store.
+    assert [r.method for r in tampered.requests if r.method in WRITES] == []
+    assert tampered.requests_to("GET", r"/vaults/kv-web-01$")
+    assert ROGUE in [p["objectId"] for p in tampered.vault(TARGET)["properties"]["accessPolicies"]]
+    store = SQLiteStateStore(str(state_db))
+    target = store.get_baseline(TARGET)
+    assert target is not None and policies(target.config) == [OWNER]
+    assert store.list_audit() == []
+    err = capsys.readouterr().err
+    assert "step 1 (write) ignored" in err and "step 2 (advance) ignored" in err
+
+
+def test_replay_live_with_apply_removes_the_grant(tampered: ArmFake, state_db: Path, tmp_path: Path) -> None:
+    status, output = run("replay", "--live", str(scenario(tmp_path)), "--apply", "--json")
+
+    assert status == 0
+    (outcome, summary) = lines(output)
+    (revert,) = [a for a in outcome["actions"] if a["handler"] == "revert_access_policy"]
+    assert revert["status"] == "applied"
+    assert summary["mode"] == "apply"
+    assert tampered.requests_to("PUT", r"/vaults/kv-web-01/providers/Microsoft\.Security/assessments/")
+    (remove,) = tampered.requests_to("PUT", r"/vaults/kv-web-01/accessPolicies/remove$")
+    assert [e["objectId"] for e in remove.json["properties"]["accessPolicies"]] == [ROGUE]
+    assert [p["objectId"] for p in tampered.vault(TARGET)["properties"]["accessPolicies"]] == [OWNER]
+    assert [r.event_id for r in SQLiteStateStore(str(state_db)).list_audit(TARGET)] == [outcome["event_id"]]
+
+
+def test_replay_live_readable_report(tampered: ArmFake, state_db: Path, tmp_path: Path) -> None:
+    status, output = run("replay", "--live", str(scenario(tmp_path)))
+
+    assert status == 0
+    assert "live replay (dry run)" in output
+    assert "revert_access_policy: planned" in output
+    assert [r.method for r in tampered.requests if r.method in WRITES] == []
