@@ -148,7 +148,7 @@ class Pipeline:
         )
         findings = detect_all(context)
         current = after or before
-        display_id = current.id if current is not None else vault_id
+        display_id = current.id if current is not None else self._known_id(event)
         risk = assess(findings, event, current, self.policy)
         decision = decide(
             policy=self.policy,
@@ -184,6 +184,18 @@ class Pipeline:
         )
         self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
         return outcome
+
+    def _known_id(self, event: VaultEvent) -> str:
+        """The vault id to report. A purge names `…/locations/{l}/deletedVaults/{name}`, which has no
+        resource group: the deleted vault's baseline, found by subscription and name, gives the id."""
+        assert event.vault is not None
+        if event.kind == "purge":
+            for baseline in self.store.list_baselines():
+                ref = parse_vault_ref(baseline.vault_id)
+                if (baseline.deleted and ref is not None and ref.name.lower() == event.vault.name.lower()
+                        and ref.subscription_id.lower() == event.vault.subscription_id.lower()):
+                    return baseline.vault_id
+        return event.vault.id
 
     def _baseline_config(self, baseline: Baseline) -> VaultConfig:
         """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""

@@ -14,15 +14,40 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kvguard.ids import VaultRef, parse_vault_ref, vault_key
 from kvguard.policy import Policy, PolicyError, parse_duration, policy_from_data
 from kvguard.vault import VaultConfig
 
 STEP_KINDS = ("write", "delete", "event", "events", "advance")
 
 try:  # the C loader reads large scenarios an order of magnitude faster
-    _Loader: Any = yaml.CSafeLoader
+    _BaseLoader: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
+
+
+class _Loader(_BaseLoader):
+    """Safe loading that refuses a key given twice in one mapping: YAML would silently keep the
+    last one, and a scenario would then describe a world nobody wrote. Keys merged in with `<<`
+    may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 class ScenarioError(Exception):
@@ -94,7 +119,7 @@ def load_scenario(path: str | Path, base_policy: Policy | None = None) -> Loaded
         raise ScenarioError(str(error)) from None
     for index, doc in enumerate(scenario.vaults):
         try:
-            VaultConfig.from_arm(doc)
+            _vault(doc)
         except ValueError as error:
             raise ScenarioError(f"{source}: vaults[{index}]: {error}") from None
     return LoadedScenario(path=source, scenario=scenario, policy=policy,
@@ -110,11 +135,11 @@ def _step(source: str, index: int, raw: Any) -> Step:
         raise ScenarioError(f"{where}: unknown step {kind!r}; expected one of {', '.join(STEP_KINDS)}")
     if kind == "write":
         try:
-            return Step(kind=kind, value=value, config=VaultConfig.from_arm(value))
+            return Step(kind=kind, value=value, config=_vault(value))
         except ValueError as error:
             raise ScenarioError(f"{where} (write): {error}") from None
-    elif kind == "delete" and (not isinstance(value, str) or not value.strip()):
-        raise ScenarioError(f"{where} (delete): expected the vault's resource id")
+    elif kind == "delete" and (not isinstance(value, str) or _vault_ref(value) is None):
+        raise ScenarioError(f"{where} (delete): expected a vault's resource id, got {value!r}")
     elif kind == "events" and not isinstance(value, list):
         raise ScenarioError(f"{where} (events): expected a list of envelopes")
     elif kind == "advance":
@@ -125,3 +150,20 @@ def _step(source: str, index: int, raw: Any) -> Step:
         if value <= timedelta(0):
             raise ScenarioError(f"{where} (advance): the clock only moves forward")
     return Step(kind=kind, value=value)
+
+
+def _vault_ref(resource_id: str) -> VaultRef | None:
+    """The vault `resource_id` names, when it is a vault's own id (not a sub-resource or a deleted vault)."""
+    ref = parse_vault_ref(resource_id)
+    if ref is None or ref.resource_group is None or vault_key(ref.id) != vault_key(resource_id):
+        return None
+    return ref
+
+
+def _vault(doc: Any) -> VaultConfig:
+    """An ARM GET body of a Key Vault; ValueError naming the field otherwise."""
+    config = VaultConfig.from_arm(doc)
+    if _vault_ref(config.id) is None:
+        raise ValueError(f"vault.id: {config.id!r} is not the resource id of a Key Vault "
+                         "(/subscriptions/…/resourceGroups/…/providers/Microsoft.KeyVault/vaults/…)")
+    return config

@@ -143,6 +143,13 @@ class SQLiteStateStore:
     def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
         at = _stamp(now)
         until = _stamp(now + lease)
+        inserted = self._write(
+            "INSERT INTO claims (event_id, done, lease_until, claimed_at) VALUES (?, 0, ?, ?)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (event_id, until, at),
+        )
+        if inserted == 1:  # the usual case: a first delivery, decided by one atomic statement
+            return "claimed"
         with self._transaction() as db:
             row = db.execute("SELECT done, lease_until FROM claims WHERE event_id = ?", (event_id,)).fetchone()
             if row is None:
@@ -256,18 +263,21 @@ class SQLiteStateStore:
     def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
         document = _to_json(finding)
         opened = _stamp(now)
-        with self._transaction() as db:
-            cursor = db.execute(
+        key = vault_key(vault_id)
+        with self._lock:
+            inserted = self._db.execute(
+                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (vault_key, rule) DO NOTHING",
+                (key, rule, vault_id, document, opened),
+            ).rowcount
+            if inserted == 1:
+                return True
+            # Already open: refresh it, keeping the time it was first opened.
+            self._db.execute(
                 "UPDATE findings SET finding = ?, vault_id = ? WHERE vault_key = ? AND rule = ?",
-                (document, vault_id, vault_key(vault_id), rule),
+                (document, vault_id, key, rule),
             )
-            if cursor.rowcount == 1:
-                return False
-            db.execute(
-                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, ?, ?, ?, ?)",
-                (vault_key(vault_id), rule, vault_id, document, opened),
-            )
-            return True
+            return False
 
     def close_finding(self, vault_id: str, rule: str) -> bool:
         return self._write("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (vault_key(vault_id), rule)) == 1

@@ -410,6 +410,21 @@ def test_a_purge_is_critical() -> None:
                                 resource=deleted_id))
     assert "KV-LIFE-02" in {f.rule for f in outcome.findings}
     assert outcome.severity == "critical"
+    assert outcome.vault == deleted_id  # never deleted while kvguard watched: only the event's id is known
+
+
+def test_a_purge_is_reported_under_the_id_of_the_vault_that_was_deleted() -> None:
+    env = Env()
+    env.world.delete(VAULT_ID)
+    env.deliver(event(ROGUE_CALLER, "Microsoft.KeyVault/vaults/delete", event_id="evt-delete",
+                      event_type="Microsoft.Resources.ResourceDeleteSuccess"))
+    deleted_id = (f"/subscriptions/{SUBSCRIPTION.upper()}/providers/Microsoft.KeyVault/locations/westeurope"
+                  "/deletedVaults/KV-PAYMENTS")
+    outcome = env.deliver(event(ROGUE_CALLER, "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+                                event_id="evt-purge", event_type="Microsoft.Resources.ResourceActionSuccess",
+                                resource=deleted_id))
+    assert "KV-LIFE-02" in {f.rule for f in outcome.findings}
+    assert outcome.vault == VAULT_ID
 
 
 # --- records ---------------------------------------------------------------------------------------
