@@ -11,7 +11,8 @@ would make Event Grid redeliver something that can never succeed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -222,16 +223,59 @@ def parse(raw: Any) -> list[VaultEvent | Rejected]:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as error:
             return [Rejected(f"payload: not UTF-8 text ({error.reason})", _raw_text(raw))]
+    check_text = True
     if isinstance(raw, str):
+        # A lone surrogate can only arrive as a \uD800-\uDFFF escape in JSON text: check only then.
+        check_text = _SURROGATE_ESCAPE.search(raw) is not None
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as error:
             return [Rejected(f"payload: not valid JSON ({error.msg} at position {error.pos})", _raw_text(raw))]
-    if isinstance(raw, list):
-        if not raw:
-            return [Rejected("payload: an empty batch holds no event", "[]")]
-        return [_parse_one(item) for item in raw]
-    return [_parse_one(raw)]
+        except RecursionError:
+            return [Rejected("payload: JSON nested too deeply", _raw_text(raw))]
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        return [Rejected("payload: an empty batch holds no event", "[]")]
+    return [_invalid_text(item) or _parse_one(item) if check_text else _parse_one(item) for item in items]
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _invalid_text(raw: Any) -> Rejected | None:
+    """Text that is not valid Unicode (an unpaired surrogate) can be neither stored nor sent on."""
+    try:
+        json.dumps(raw, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        where = _surrogate_path(raw) or "event"
+        return Rejected(f"{where}: text with an unpaired surrogate is not valid Unicode", _raw_text(raw),
+                        _event_id(raw) if isinstance(raw, Mapping) else None)
+    except (RecursionError, ValueError, TypeError):
+        return None  # judged by the envelope models, which name the field
+    return None
+
+
+def _surrogate_path(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first key or string that is not valid Unicode."""
+    if isinstance(value, str):
+        return None if _encodes(value) else (path or "payload")
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and not _encodes(key):
+            return here
+        found = _surrogate_path(item, here)
+        if found:
+            return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_one(raw: Any) -> VaultEvent | Rejected:
@@ -434,19 +478,18 @@ def _explain(error: ValidationError, prefix: str = "") -> str:
 
 def _event_id(raw: Mapping[str, Any]) -> str | None:
     value = raw.get("id")
-    return value if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and value and _encodes(value) else None
 
 
 def _raw_text(raw: Any) -> str:
+    """The payload as storable text: invalid Unicode escaped, never lost."""
     if isinstance(raw, str):
-        return raw
+        return raw.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(raw, (bytes, bytearray, memoryview)):
-        return bytes(raw).decode("utf-8", errors="replace")
+        return bytes(raw).decode("utf-8", errors="backslashreplace")
     try:
         return json.dumps(raw, default=str)
+    except RecursionError:
+        return f"<{type(raw).__name__} nested too deeply to store>"
     except (TypeError, ValueError):
         return repr(raw)
-
-
-def iter_events(items: Iterable[VaultEvent | Rejected]) -> Iterable[VaultEvent]:
-    return (item for item in items if isinstance(item, VaultEvent))

@@ -89,7 +89,7 @@ class Pipeline:
         now = self.clock.now()
         claim = self.store.claim(event.id, now, self.lease)
         if claim == "duplicate":
-            return Outcome(event.id, "duplicate", "event already processed", _vault_id(event))
+            return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
         if claim == "in_progress":
             raise TransientError(f"event {event.id} is being processed by another instance")
         try:
@@ -117,6 +117,9 @@ class Pipeline:
 
     def _filter(self, event: VaultEvent) -> Outcome | None:
         if event.vault is None:
+            if event.event_type.lower().startswith("microsoft.keyvault."):
+                reason = f"event type {event.event_type} is not a vault configuration change"
+                return Outcome(event.id, "ignored", reason)
             what = f"operation {event.operation}" if event.operation else f"event type {event.event_type}"
             return Outcome(event.id, "ignored", f"{what} does not concern a Key Vault")
         if event.kind == "other":
@@ -186,8 +189,10 @@ class Pipeline:
         return outcome
 
     def _known_id(self, event: VaultEvent) -> str:
-        """The vault id to report. A purge names `…/locations/{l}/deletedVaults/{name}`, which has no
-        resource group: the deleted vault's baseline, found by subscription and name, gives the id."""
+        """The vault id to report, spelled as ARM spells it when kvguard has seen the vault (events
+        write `resourcegroups`, GET returns `resourceGroups`). A purge names
+        `…/locations/{l}/deletedVaults/{name}`, which has no resource group: the deleted vault's
+        baseline, found by subscription and name, gives the id."""
         assert event.vault is not None
         if event.kind == "purge":
             for baseline in self.store.list_baselines():
@@ -195,7 +200,9 @@ class Pipeline:
                 if (baseline.deleted and ref is not None and ref.name.lower() == event.vault.name.lower()
                         and ref.subscription_id.lower() == event.vault.subscription_id.lower()):
                     return baseline.vault_id
-        return event.vault.id
+            return event.vault.id
+        known = self.store.get_baseline(event.vault.id)
+        return known.vault_id if known is not None else event.vault.id
 
     def _baseline_config(self, baseline: Baseline) -> VaultConfig:
         """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""
@@ -326,8 +333,8 @@ class Pipeline:
                 gone = True
             elif "posture" in rule.kind:
                 gone = final is not None and not _still_holds(rule.id, final, self.policy)
-            else:
-                gone = rule.kind.startswith("event") and open_finding.rule not in firing
+            else:  # an event rule judges the latest change to a vault that still exists
+                gone = rule.kind.startswith("event") and final is not None and open_finding.rule not in firing
             if gone and self.store.close_finding(vault_id, open_finding.rule):
                 resolved.append(open_finding.rule)
         if not resolved or decision.mode == "observe":
@@ -406,10 +413,6 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
         kind="write", access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(),
         correlation_id=None, tenant_id=vault.tenant_id, raw={},
     )
-
-
-def _vault_id(event: VaultEvent) -> str | None:
-    return event.vault.id if event.vault is not None else None
 
 
 def _reason(
