@@ -12,7 +12,7 @@ from typing import Any
 
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
-from kvguard.decision import Decision, decide, remediable
+from kvguard.decision import Decision, decide, effective_mode, remediable
 from kvguard.detection import RULES, Context, Finding, History, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import parse_vault_ref, vault_key
@@ -161,9 +161,7 @@ class Pipeline:
             vault_name=current.name if current is not None else event.vault.name,
             findings=findings,
             risk=risk.value,
-            recent_remediations=len(
-                self.store.marks_since("remediations", vault_key(display_id), now - self.policy.circuit_breaker.window)
-            ),
+            recent_remediations=self._recent_remediations(display_id, current, findings, now),
         )
         actions = self._act(event, display_id, findings, risk, decision, before, after)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
@@ -216,6 +214,15 @@ class Pipeline:
         if len(self._parsed) >= PARSED_BASELINES:
             self._parsed.pop(next(iter(self._parsed)))
         self._parsed[etag] = config
+
+    def _recent_remediations(
+        self, vault_id: str, vault: VaultConfig | None, findings: Sequence[Finding], now: datetime
+    ) -> int:
+        """The circuit breaker's count; only a change that could be remediated needs it."""
+        if not findings or effective_mode(self.policy, vault) != "remediate":
+            return 0
+        since = now - self.policy.circuit_breaker.window
+        return len(self.store.marks_since("remediations", vault_key(vault_id), since))
 
     def _history(self, event: VaultEvent, now: datetime) -> History:
         assert event.vault is not None
@@ -372,7 +379,10 @@ class Pipeline:
             if event.succeeded:
                 if not seen_before:  # one mark per vault and caller is all "first write" needs
                     self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
-                self.store.add_mark("caller_vaults", caller, event.vault.key, now)
+                # One mark per caller and vault within the burst window is all the count needs.
+                since = now - self.policy.history.burst_window
+                if all(m != event.vault.key for m, _ in self.store.marks_since("caller_vaults", caller, since)):
+                    self.store.add_mark("caller_vaults", caller, event.vault.key, now)
             else:
                 self.store.add_mark("caller_failures", caller, event.id, now)
         if change is not None:

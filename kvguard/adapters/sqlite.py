@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS marks (
     at     TEXT NOT NULL,
     PRIMARY KEY (series, key, member, at)
 );
+CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
 """
 
 
@@ -95,6 +96,37 @@ def _json_default(value: object) -> object:
 
 def _to_json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+class _LazyDocument(Mapping[str, Any]):
+    """A stored JSON object decoded on first use: a caller that already holds the configuration
+    for this ETag (the pipeline keeps parsed baselines) never pays for the decode."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._value: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = json.loads(self._text)
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        return self._decoded() == (dict(other) if isinstance(other, Mapping) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking mapping, like dict
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
 
 
 class SQLiteStateStore:
@@ -222,7 +254,8 @@ class SQLiteStateStore:
     def _baseline(row: tuple[Any, ...]) -> Baseline:
         vault_id, config, etag, deleted, updated = row
         return Baseline(
-            vault_id=vault_id, config=json.loads(config), etag=etag, deleted=bool(deleted), updated=_unstamp(updated)
+            vault_id=vault_id, config=_LazyDocument(config), etag=etag, deleted=bool(deleted),
+            updated=_unstamp(updated),
         )
 
     # Audit trail and rejected payloads
@@ -288,7 +321,7 @@ class SQLiteStateStore:
             (vault_key(vault_id),),
         )
         return [
-            OpenFinding(vault_id=vault, rule=rule, finding=json.loads(finding), opened=_unstamp(opened))
+            OpenFinding(vault_id=vault, rule=rule, finding=_LazyDocument(finding), opened=_unstamp(opened))
             for vault, rule, finding, opened in rows
         ]
 
