@@ -63,7 +63,6 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     from kvguard.replay import ReplayRun, build_run, replay, summarize
-    from kvguard.scenario import load_scenario
 
     if args.live:
         return cmd_replay_live(args, out)
@@ -71,7 +70,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write("kvguard: --apply only applies to --live (the simulated world is always written)\n")
 
     base = load_policy(args.policy) if args.policy else Policy()
-    loaded = [load_scenario(path, base) for path in args.scenarios]  # all validated before any runs
+    loaded = _load_all(args.scenarios, base)
     extra: dict[str, Any] = {}
     if args.alerts:
         from kvguard.adapters.jsonl import JsonLinesAlertSink
@@ -162,11 +161,10 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
     """Deliver each scenario's `event`/`events` steps to a pipeline on the real vaults. The other
     steps describe a simulated world and are skipped with a note: here the world is Azure."""
     from kvguard import runtime
-    from kvguard.scenario import load_scenario
 
     settings = _live_settings()
     base = load_policy(args.policy) if args.policy else runtime.policy_from(settings)
-    loaded = [load_scenario(path, base) for path in args.scenarios]
+    loaded = _load_all(args.scenarios, base)
     outcomes: list[Outcome] = []
     notes: list[str] = []
     for scenario in loaded:
@@ -219,6 +217,23 @@ def _print_live(outcomes: list[Outcome], summary: dict[str, Any], out: TextIO) -
     totals = summary["summary"]
     console.print(f"{totals['events']} events: " + ", ".join(f"{k} {v}" for k, v in sorted(totals["outcomes"].items()))
                   + " | actions: " + (", ".join(f"{k} {v}" for k, v in sorted(totals["actions"].items())) or "none"))
+
+
+def _load_all(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
+    """Every scenario, validated before any runs. A large scenario is millions of small objects
+    that live until the end: the cyclic collector is paused while they are built and then told to
+    leave them alone (gc.freeze), or its full passes would rescan them for every event replayed."""
+    import gc
+
+    from kvguard.scenario import load_scenario
+
+    gc.disable()
+    try:
+        loaded = [load_scenario(path, base) for path in paths]
+    finally:
+        gc.enable()
+    gc.freeze()
+    return loaded
 
 
 def build_parser() -> argparse.ArgumentParser:

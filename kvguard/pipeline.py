@@ -392,6 +392,8 @@ class Pipeline:
             self.store.add_mark("remediations", vault_key(vault_id), event.id, now)
         if failed:
             return
+        if not remediated and change is not None and change.empty:
+            return  # nothing the baseline is compared on has changed (tags, provisioning state…)
         etag = baseline.etag if baseline is not None else None
         try:
             if final is not None:

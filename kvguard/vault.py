@@ -106,27 +106,32 @@ class AccessPolicy:
 
     @classmethod
     def from_arm(cls, entry: Mapping[str, Any]) -> AccessPolicy:
-        fields = _lowered(entry)
+        # ARM's own spelling is read directly; any other spelling of the keys takes the slow path.
+        fields = entry if entry.keys() <= _ENTRY_KEYS else _canonical(entry, _ENTRY_KEYS)
         raw_perms = fields.get("permissions")
         permissions: dict[str, frozenset[str]] = {}
         if isinstance(raw_perms, Mapping):
             for key, values in raw_perms.items():
-                category = key.lower() if isinstance(key, str) else ""
+                category = key if key in PERMISSION_CATEGORIES else key.lower() if isinstance(key, str) else ""
                 if category in PERMISSION_CATEGORIES and isinstance(values, list):
                     permissions[category] = frozenset([v.strip().lower() for v in values if isinstance(v, str)])
         return cls(
             principal=Principal(
-                object_id=_lower(fields.get("objectid")) or "",
-                application_id=_lower(fields.get("applicationid")),
-                tenant_id=_lower(fields.get("tenantid")),
+                object_id=_lower(fields.get("objectId")) or "",
+                application_id=_lower(fields.get("applicationId")),
+                tenant_id=_lower(fields.get("tenantId")),
             ),
             permissions=permissions,
         )
 
 
-def _lowered(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """A mapping's keys in lower case, for one-pass case-insensitive reads of a small object."""
-    return {k.lower() if isinstance(k, str) else k: v for k, v in mapping.items()}
+_ENTRY_KEYS = frozenset({"tenantId", "objectId", "applicationId", "permissions"})
+
+
+def _canonical(mapping: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """A mapping with its keys spelled as ARM spells them (matched case-insensitively)."""
+    by_lower = {name.lower(): name for name in names}
+    return {by_lower.get(k.lower(), k) if isinstance(k, str) else k: v for k, v in mapping.items()}
 
 
 @dataclass(frozen=True)

@@ -384,6 +384,20 @@ def test_first_sight_records_a_baseline() -> None:
     assert quiet.reason == "no finding: the change is within policy"
 
 
+def test_the_baseline_is_rewritten_only_when_what_it_is_compared_on_changes() -> None:
+    env = Env(mode="alert")
+    stored = env.store.get_baseline(VAULT_ID)
+    assert stored is not None
+    env.change(vault(tags={"owner": "payments"}), caller=OPERATOR, operation=VAULT_WRITE, suffix="")
+    untouched = env.store.get_baseline(VAULT_ID)
+    assert untouched is not None and untouched.etag == stored.etag  # a tag is not a security setting
+    env.change(vault(tags={"owner": "payments"}, publicNetworkAccess="Enabled"), caller=OPERATOR,
+               operation=VAULT_WRITE, suffix="")
+    accepted = env.store.get_baseline(VAULT_ID)
+    assert accepted is not None and accepted.etag != stored.etag
+    assert accepted.config["properties"]["publicNetworkAccess"] == "Enabled"
+
+
 def test_delete_marks_the_baseline_deleted_and_a_recreate_fires_kv_life_03() -> None:
     env = Env()
     env.world.delete(VAULT_ID)
