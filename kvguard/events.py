@@ -368,6 +368,12 @@ def _normalise(
         "raw": raw,
     }
     lowered_type = event_type.lower()
+    if isinstance(data, str) and data.lstrip().startswith("{"):
+        # Some senders deliver `data` as JSON text (a CloudEvent with a JSON content type, re-encoded).
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError("data: text that is not a JSON object") from None
     if lowered_type.startswith(RESOURCE_EVENT_PREFIX):
         if not isinstance(data, Mapping):
             raise ValueError("data: expected an object with resourceUri and operationName")

@@ -440,3 +440,16 @@ def test_parse_never_raises_on_arbitrary_data_in_a_valid_envelope(body: dict[str
                 eventgrid("Microsoft.KeyVault.VaultAccessPolicyChanged", body, topic=VAULT)):
         items = parse(json.dumps(raw))
         assert len(items) == 1 and isinstance(items[0], (VaultEvent, Rejected))
+
+
+def test_data_delivered_as_json_text_is_read_like_an_object() -> None:
+    [event] = parse(cloudevent(body=json.dumps(data())))
+    assert isinstance(event, VaultEvent)
+    assert event.vault is not None and event.vault.name == "kv-orders"
+    assert event.caller.object_id == CALLER
+
+
+def test_data_text_that_is_not_json_is_rejected_naming_data() -> None:
+    [rejected] = parse(eventgrid(body="{not json"))
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason.startswith("data:")
