@@ -135,8 +135,8 @@ class VaultAccessPolicyChangedData(_Lenient):
     object_type: str | None = Field(default=None, alias="ObjectType")
     object_name: str | None = Field(default=None, alias="ObjectName")
     version: str | None = Field(default=None, alias="Version")
-    nbf: float | None = Field(default=None, alias="NBF")
-    exp: float | None = Field(default=None, alias="EXP")
+    nbf: Any = Field(default=None, alias="NBF")  # string, number or empty: kvguard never reads them
+    exp: Any = Field(default=None, alias="EXP")
 
 
 # --- the normalised event ----------------------------------------------------------------------
@@ -192,10 +192,6 @@ class VaultEvent:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @property
-    def is_resource_event(self) -> bool:
-        return self.event_type.lower().startswith(RESOURCE_EVENT_PREFIX)
-
-    @property
     def is_access_policy_changed(self) -> bool:
         return self.event_type.lower() == ACCESS_POLICY_CHANGED
 
@@ -233,6 +229,8 @@ def parse(raw: Any) -> list[VaultEvent | Rejected]:
             return [Rejected(f"payload: not valid JSON ({error.msg} at position {error.pos})", _raw_text(raw))]
         except RecursionError:
             return [Rejected("payload: JSON nested too deeply", _raw_text(raw))]
+        except ValueError as error:  # e.g. an integer longer than the interpreter converts
+            return [Rejected(f"payload: not usable JSON ({error})", _raw_text(raw))]
     items = raw if isinstance(raw, list) else [raw]
     if not items:
         return [Rejected("payload: an empty batch holds no event", "[]")]
@@ -280,7 +278,10 @@ def _encodes(text: str) -> bool:
 
 def _parse_one(raw: Any) -> VaultEvent | Rejected:
     if not isinstance(raw, Mapping):
-        raw = _from_worker_object(raw)
+        try:
+            raw = _from_worker_object(raw)
+        except (AttributeError, TypeError, ValueError) as error:
+            return Rejected(f"event: unreadable {type(raw).__name__} ({error})", _raw_text(repr(raw)))
     if not isinstance(raw, Mapping):
         return Rejected(f"event: expected a JSON object, got {type(raw).__name__}", _raw_text(raw))
     try:
@@ -313,7 +314,7 @@ def _from_worker_object(obj: Any) -> Any:
             "specversion": obj.specversion,
             "subject": getattr(obj, "subject", None),
             "time": obj.time.isoformat() if getattr(obj, "time", None) else None,
-            "data": obj.data,
+            "data": obj.get_json() if hasattr(obj, "get_json") else getattr(obj, "data", None),
         }
     return obj
 

@@ -77,10 +77,3 @@ def subscription_of(resource_id: str) -> str | None:
     """The subscription id of any ARM resource id (lower case), or None."""
     match = re.match(r"^/?subscriptions/([^/]+)", resource_id.strip(), re.IGNORECASE)
     return match[1].lower() if match else None
-
-
-def same_id(a: str | None, b: str | None) -> bool:
-    """Whether two ids (resource ids, object ids, tenant ids) name the same thing."""
-    if a is None or b is None:
-        return False
-    return vault_key(a) == vault_key(b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvguard.ids import parse_vault_ref, same_id, subscription_of, vault_key
+from kvguard.ids import parse_vault_ref, subscription_of, vault_key
 
 SUB = "2b7e4c1a-93d0-4f6e-8a15-c0d9e8f7a6b5"
 VAULT = f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/vaults/kv-ledger"
@@ -101,11 +101,3 @@ def test_subscription_of_any_resource_id() -> None:
     assert subscription_of(VAULT.upper()) == SUB
     assert subscription_of(f"subscriptions/{SUB}/resourceGroups/x") == SUB
     assert subscription_of("/providers/Microsoft.Management/managementGroups/mg") is None
-
-
-def test_same_id_is_case_insensitive_and_none_is_never_equal() -> None:
-    assert same_id(VAULT, VAULT.replace("resourceGroups", "RESOURCEGROUPS") + "/")
-    assert same_id("ABCDEF01-0000-4000-8000-000000000001", "abcdef01-0000-4000-8000-000000000001")
-    assert not same_id(VAULT, VAULT + "-2")
-    assert not same_id(None, None)
-    assert not same_id(VAULT, None)
