@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import azure.functions as func
 
 from kvguard import runtime
+from kvguard.settings import Settings
 
 app = func.FunctionApp()
 log = logging.getLogger("kvguard")
@@ -26,8 +26,7 @@ def on_vault_event(event: func.EventGridEvent) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%KVGUARD_RECONCILE_SCHEDULE%", run_on_startup=False)
 def reconcile(timer: func.TimerRequest) -> None:
     """Seed missing baselines and catch changes whose events never arrived."""
-    subscriptions = [s for s in os.environ.get("KVGUARD_SUBSCRIPTION_IDS", "").split(",") if s.strip()]
-    for outcome in runtime.current().reconcile([s.strip() for s in subscriptions]):
+    for outcome in runtime.current().reconcile(Settings().subscription_ids):
         log.info("kvguard reconcile %s", json.dumps(outcome.to_json(), default=str))
 
 

@@ -10,7 +10,7 @@ so the next event or reconciliation sees the change again.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kvguard.ports import Alert, AlertSink, TransientError, VaultGateway
@@ -81,13 +81,13 @@ class ActionRunner:
             remaining = {c: p & entry.get(c) for c, p in op.target.permissions.items() if p & entry.get(c)}
             if not remaining:
                 return None
-            return _replace_target(op, AccessPolicy(op.target.principal, remaining))
+            return replace(op, target=AccessPolicy(op.target.principal, remaining))
         if op.kind == "patch" and isinstance(op.target, Mapping):
             if current is None:
                 return None
             props = current.raw.get("properties", {})
             needed = {k: v for k, v in op.target.items() if props.get(k) != v}
-            return _replace_target(op, needed) if needed else None
+            return replace(op, target=needed) if needed else None
         return op
 
     def _apply(self, op: Operation) -> Any:
@@ -104,12 +104,6 @@ class ActionRunner:
         if op.kind == "resolve" and isinstance(op.target, Alert):
             return self._sinks[op.handler].resolve(op.target.vault_id, op.target.rule)
         raise ValueError(f"operation {op.kind} of {op.handler} has no applier")
-
-
-def _replace_target(op: Operation, target: Any) -> Operation:
-    from dataclasses import replace
-
-    return replace(op, target=target)
 
 
 def _jsonable(value: Any) -> Any:

@@ -233,6 +233,10 @@ def _load_all(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
     finally:
         gc.enable()
     gc.freeze()
+    for scenario in loaded:
+        if scenario.ignored_keys:
+            sys.stderr.write(f"kvguard: {scenario.path}: ignored key(s) {', '.join(scenario.ignored_keys)} "
+                             "(not part of the scenario format)\n")
     return loaded
 
 

@@ -13,6 +13,11 @@ from kvguard.policy import Mode, Policy
 from kvguard.vault import VaultConfig
 
 MODE_TAG = "kvguard-mode"
+CRITICALITY_TAG = "criticality"
+# Tags that steer kvguard itself. They are read from the accepted baseline, never from the change
+# being judged: otherwise whoever can write a vault could tag it `kvguard-mode: observe` and open it
+# in the same write.
+STEERING_TAGS = (MODE_TAG, CRITICALITY_TAG)
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,8 @@ class Decision:
 
 
 def effective_mode(policy: Policy, vault: VaultConfig | None) -> Mode:
-    """The policy's mode, unless the vault's `kvguard-mode` tag names another valid one."""
+    """The policy's mode, unless the vault's `kvguard-mode` tag names another valid one. Pass the
+    baseline when there is one (see STEERING_TAGS)."""
     tagged = (vault.tag(MODE_TAG) or "").strip().lower() if vault is not None else ""
     if tagged in ("observe", "alert", "remediate"):
         return tagged  # type: ignore[return-value]
@@ -44,7 +50,31 @@ def is_excluded(policy: Policy, vault_id: str, vault_name: str) -> bool:
 
 
 def is_approved(policy: Policy, event: VaultEvent) -> bool:
-    return bool(set(policy.approved_callers) & event.caller.ids())
+    """A successful change by an approved caller. A failed one changed nothing: whatever differs
+    from the baseline then is someone else's change, and must not be accepted in their name."""
+    return event.succeeded and bool(set(policy.approved_callers) & event.caller.ids())
+
+
+def unattributed(policy: Policy, event: VaultEvent) -> str | None:
+    """Why the change in the vault cannot be pinned on this event's caller, or None.
+
+    A failed operation changed nothing. An event without a caller (Key Vault's own
+    VaultAccessPolicyChanged, a reconciliation) cannot tell an approved pipeline from an intruder
+    while approved callers are configured: the ARM event that names the caller decides.
+    """
+    if not event.succeeded:
+        return "the operation failed, so the change in the vault is not this caller's; its own event decides"
+    if policy.approved_callers and not event.caller.ids():
+        return "the event names no caller and approved callers are configured; the event naming the caller decides"
+    return None
+
+
+def may_retag(policy: Policy, event: VaultEvent, remediated: bool) -> bool:
+    """Whether this change may move the steering tags of the accepted baseline: an approved caller
+    may; anyone may when no approved callers are configured, unless the change was being undone."""
+    if is_approved(policy, event):
+        return True
+    return not policy.approved_callers and not remediated and unattributed(policy, event) is None
 
 
 def remediable(findings: Sequence[Finding], policy: Policy) -> list[Finding]:
@@ -71,6 +101,7 @@ def decide(
     risk: int,
     recent_remediations: int,
 ) -> Decision:
+    """`vault` is the accepted baseline when there is one: its tags steer (see STEERING_TAGS)."""
     mode = effective_mode(policy, vault)
     tripped = recent_remediations >= policy.circuit_breaker.max_remediations
     if not findings:
@@ -81,20 +112,28 @@ def decide(
         alert, alert_reason = True, f"risk {risk} >= alert_threshold {policy.alert_threshold}"
     else:
         alert, alert_reason = False, f"risk {risk} below alert_threshold {policy.alert_threshold}"
-    if mode != "remediate":
-        return Decision(mode, alert, alert_reason, False, f"{mode} mode does not remediate", policy.dry_run)
-    if risk < policy.remediate_threshold:
-        reason = f"risk {risk} below remediate_threshold {policy.remediate_threshold}"
+
+    def without_remediation(reason: str, alert: bool = alert, alert_reason: str = alert_reason) -> Decision:
         return Decision(mode, alert, alert_reason, False, reason, policy.dry_run)
+
+    if mode != "remediate":
+        return without_remediation(f"{mode} mode does not remediate")
+    if risk < policy.remediate_threshold:
+        return without_remediation(f"risk {risk} below remediate_threshold {policy.remediate_threshold}")
     if is_approved(policy, event):
-        return Decision(mode, alert, alert_reason, False, "approved caller: change accepted", policy.dry_run)
+        return without_remediation("approved caller: change accepted")
+    not_theirs = unattributed(policy, event)
+    if not_theirs:
+        return without_remediation(not_theirs)
     if is_excluded(policy, vault_id, vault_name):
-        return Decision(mode, alert, alert_reason, False, "vault excluded by policy", policy.dry_run)
+        return without_remediation("vault excluded by policy")
     if tripped:
-        reason = (
+        return without_remediation(
             f"circuit breaker: {recent_remediations} remediations of this vault within "
-            f"{policy.circuit_breaker.window}; something is fighting kvguard, alerting instead"
+            f"{policy.circuit_breaker.window}; something is fighting kvguard, alerting instead",
+            alert=True, alert_reason="circuit breaker open: alerting instead of remediating",
         )
-        return Decision(mode, True, alert_reason, False, reason, policy.dry_run)
-    return Decision(mode, alert, alert_reason, True,
+    if not alert:  # alerts always come first: a remediation is never silent
+        alert_reason = f"remediating (risk {risk} >= remediate_threshold {policy.remediate_threshold})"
+    return Decision(mode, True, alert_reason, True,
                     f"risk {risk} >= remediate_threshold {policy.remediate_threshold}", policy.dry_run)

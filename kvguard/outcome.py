@@ -23,6 +23,9 @@ class Outcome:
     findings: Sequence[Finding] = ()
     actions: Sequence[ActionResult] = ()
     explanation: Sequence[str] = field(default=(), compare=False)
+    # Findings closed by this event (alert sinks told: Defender Healthy). Kept out of `actions`, so
+    # counting actions never counts a resolution as an alert; they are in the audit record.
+    resolutions: Sequence[ActionResult] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,4 +43,5 @@ class Outcome:
         record = self.to_json()
         record["explanation"] = list(self.explanation)
         record["actions"] = [a.to_audit() for a in self.actions]
+        record["resolutions"] = [a.to_audit() for a in self.resolutions]
         return record

@@ -5,6 +5,7 @@ parse → filter → claim → read → compare → detect → score → decide 
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from typing import Any
 
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
-from kvguard.decision import Decision, decide, effective_mode, remediable
+from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.detection import RULES, Context, Finding, History, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import parse_vault_ref, vault_key
@@ -31,10 +32,11 @@ from kvguard.ports import (
     VaultGateway,
 )
 from kvguard.risk import Risk, assess
-from kvguard.vault import VaultConfig, diff
+from kvguard.vault import VaultConfig, VaultDiff, diff
 from remediation import HANDLERS, Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
 ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
 
@@ -102,18 +104,28 @@ class Pipeline:
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
-        pipeline on every vault whose current configuration differs from its baseline."""
+        pipeline on every vault whose configuration differs from its baseline (a vault whose
+        baseline says deleted has been recovered). One vault's failure does not stop the others."""
         outcomes = []
         for subscription_id in subscription_ids:
             for vault in self.gateway.list_vaults(subscription_id):
-                baseline = self.store.get_baseline(vault.id)
-                if baseline is None or baseline.deleted:
-                    etag = baseline.etag if baseline is not None else None
-                    self.store.put_baseline(vault.id, dict(vault.raw), etag, now=self.clock.now())
-                    outcomes.append(Outcome(None, "processed", "reconciliation: baseline seeded", vault.id))
-                elif not diff(VaultConfig.from_arm(baseline.config), vault).empty:
-                    outcomes.append(self.handle_event(_reconciliation_event(vault, baseline.etag)))
+                try:
+                    outcome = self._reconcile_vault(vault)
+                except Exception:  # logged with its traceback; the next run tries this vault again
+                    log.exception("reconciliation of %s failed", vault.id)
+                    continue
+                if outcome is not None:
+                    outcomes.append(outcome)
         return outcomes
+
+    def _reconcile_vault(self, vault: VaultConfig) -> Outcome | None:
+        baseline = self.store.get_baseline(vault.id)
+        if baseline is None:
+            self.store.put_baseline(vault.id, dict(vault.raw), None, now=self.clock.now())
+            return Outcome(None, "processed", "reconciliation: baseline seeded", vault.id)
+        if baseline.deleted or not diff(self._baseline_config(baseline), vault).empty:
+            return self.handle_event(_reconciliation_event(vault, baseline.etag))
+        return None
 
     def _filter(self, event: VaultEvent) -> Outcome | None:
         if event.vault is None:
@@ -124,10 +136,10 @@ class Pipeline:
             return Outcome(event.id, "ignored", f"{what} does not concern a Key Vault")
         if event.kind == "other":
             return Outcome(event.id, "ignored", f"operation {event.operation} is not a vault change kvguard handles",
-                           event.vault.id)
+                           self._known_id(event))
         own = event.caller.ids() & set(self.policy.own_principal_ids)
         if own:
-            return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", event.vault.id)
+            return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", self._known_id(event))
         return None
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
@@ -151,25 +163,25 @@ class Pipeline:
         )
         findings = detect_all(context)
         current = after or before
+        steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
-        risk = assess(findings, event, current, self.policy)
+        risk = assess(findings, event, steering, self.policy)
         decision = decide(
             policy=self.policy,
             event=event,
-            vault=current,
+            vault=steering,
             vault_id=display_id,
             vault_name=current.name if current is not None else event.vault.name,
             findings=findings,
             risk=risk.value,
-            recent_remediations=self._recent_remediations(display_id, current, findings, now),
+            recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
         actions = self._act(event, display_id, findings, risk, decision, before, after)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
-        for finding in findings:
-            self.store.open_finding(display_id, finding.rule, finding.to_json(), now)
-        actions += self._resolve(display_id, final, findings, actions, decision)
+        opened = self._open(display_id, findings, baseline, before, now)
+        resolutions = self._resolve(event, display_id, final, findings, actions, decision, opened, now)
         self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
                      context.history.caller_seen_before)
         outcome = Outcome(
@@ -182,9 +194,27 @@ class Pipeline:
             findings,
             actions,
             risk.explanation,
+            resolutions,
         )
         self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
         return outcome
+
+    def _open(
+        self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
+        now: datetime,
+    ) -> dict[str, Mapping[str, Any]]:
+        """Open (or refresh) a finding per rule that fired, and return every open finding of the
+        vault. A diff finding keeps the baseline it was found against (the first one, on refresh),
+        so it can be closed later when the vault is back to that state, remediated or not."""
+        open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
+        for finding in findings:
+            record = finding.to_json()
+            if RULES[finding.rule].kind == "diff" and baseline is not None and before is not None:
+                kept = open_now.get(finding.rule, {}).get("baseline")
+                record["baseline"] = kept or {"etag": baseline.etag, "config": dict(before.raw)}
+            self.store.open_finding(vault_id, finding.rule, record, now)
+            open_now[finding.rule] = record
+        return open_now
 
     def _known_id(self, event: VaultEvent) -> str:
         """The vault id to report, spelled as ARM spells it when kvguard has seen the vault (events
@@ -317,33 +347,30 @@ class Pipeline:
 
     def _resolve(
         self,
+        event: VaultEvent,
         vault_id: str,
         final: VaultConfig | None,
         findings: Sequence[Finding],
         actions: Sequence[ActionResult],
         decision: Decision,
+        open_now: Mapping[str, Mapping[str, Any]],
+        now: datetime,
     ) -> list[ActionResult]:
         """Close open findings that no longer hold, and have the alert sinks mark them resolved
-        (Defender: Healthy): a remediated finding; a posture condition gone from the final state;
-        an event rule that the latest change no longer fires (event rules judge the latest
-        change). Diff findings that were not remediated stay open until someone acts."""
+        (Defender: Healthy). Remediated findings close; a posture finding closes when its condition
+        is gone from the final state; a diff finding when the vault is back to the baseline it was
+        found against; an event finding when the latest change to a vault that still exists no
+        longer fires it (event rules judge the latest change)."""
         remediated_rules = {
             r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for r in a.rules
         }
-        firing = {f.rule for f in findings}
-        resolved = []
-        for open_finding in self.store.open_findings(vault_id):
-            rule = RULES.get(open_finding.rule)
-            if rule is None:
-                continue
-            if open_finding.rule in remediated_rules:
-                gone = True
-            elif "posture" in rule.kind:
-                gone = final is not None and not _still_holds(rule.id, final, self.policy)
-            else:  # an event rule judges the latest change to a vault that still exists
-                gone = rule.kind.startswith("event") and final is not None and open_finding.rule not in firing
-            if gone and self.store.close_finding(vault_id, open_finding.rule):
-                resolved.append(open_finding.rule)
+        firing = {f.rule for f in findings} - remediated_rules
+        resolved = [
+            rule_id for rule_id, record in open_now.items()
+            if rule_id in RULES and rule_id not in firing
+            and (rule_id in remediated_rules or self._no_longer_holds(RULES[rule_id], record, event, final, now))
+            and self.store.close_finding(vault_id, rule_id)
+        ]
         if not resolved or decision.mode == "observe":
             return []
         results = []
@@ -351,28 +378,46 @@ class Pipeline:
             if handler_id in self.sinks:
                 operations = [
                     Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
-                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), "", None, self.clock.now()),
-                              rules=(rule_id,))
+                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
                     for rule_id in resolved
                 ]
                 results.append(self.runner.run(handler_id, operations, dry_run=False, current=final))
         return results
+
+    def _no_longer_holds(
+        self, rule: Any, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
+    ) -> bool:
+        if final is None:
+            return False
+        if "posture" in rule.kind:
+            return not _fires(rule.id, event, None, final, self.policy, now)
+        if rule.kind == "diff":
+            stored = record.get("baseline")
+            if not isinstance(stored, Mapping) or "config" not in stored:
+                return False
+            then = self._baseline_config(
+                Baseline(vault_id=final.id, config=stored["config"], etag=str(stored.get("etag")))
+            )
+            return not _fires(rule.id, event, then, final, self.policy, now)
+        return bool(rule.kind.startswith("event"))
 
     def _record(
         self,
         event: VaultEvent,
         now: datetime,
         vault_id: str,
-        baseline: Any,
+        baseline: Baseline | None,
         before: VaultConfig | None,
         final: VaultConfig | None,
-        change: Any,
+        change: VaultDiff | None,
         remediated: bool,
         failed: bool,
         seen_before: bool,
     ) -> None:
-        """Marks for history rules and the new baseline (kept as it was when a remediation
-        failed, so the change is seen again)."""
+        """Marks for history rules, and the new baseline: the state after acting, except that a
+        failed remediation, a failed operation or a change nobody can be held to leaves the
+        baseline as it was (the change is seen again), and the steering tags move only with a
+        change that may move them (decision.may_retag)."""
         assert event.vault is not None
         caller = event.caller.id
         if caller is not None:
@@ -390,29 +435,48 @@ class Pipeline:
                 self.store.add_mark("grants", event.vault.key, mark, now)
         if remediated:
             self.store.add_mark("remediations", vault_key(vault_id), event.id, now)
-        if failed:
+        if failed or unattributed(self.policy, event):
+            return  # the change is seen again: by the next event, or by the one that names its caller
+        if final is None:
+            if event.kind == "delete" and before is not None:
+                self._store_baseline(vault_id, dict(before.raw), baseline, now, deleted=True)
             return
-        if not remediated and change is not None and change.empty:
-            return  # nothing the baseline is compared on has changed (tags, provisioning state…)
-        etag = baseline.etag if baseline is not None else None
+        document = dict(final.raw)
+        if before is not None and not may_retag(self.policy, event, remediated):
+            document["tags"] = _steering_tags_kept(final, before)
+        if (not remediated and before is not None and change is not None and change.empty
+                and _steering(document) == _steering(before.raw)):
+            return  # nothing the baseline is compared or steered by has changed
+        accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
+        self._remember(self._store_baseline(vault_id, document, baseline, now), accepted)
+
+    def _store_baseline(
+        self, vault_id: str, document: dict[str, Any], baseline: Baseline | None, now: datetime, deleted: bool = False
+    ) -> str:
         try:
-            if final is not None:
-                self._remember(self.store.put_baseline(vault_id, dict(final.raw), etag, now=now), final)
-            elif event.kind == "delete" and before is not None:
-                self.store.put_baseline(vault_id, dict(before.raw), etag, deleted=True, now=now)
+            return self.store.put_baseline(vault_id, document, baseline.etag if baseline else None, deleted=deleted,
+                                           now=now)
         except ConcurrencyError as error:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
 
 
-def _still_holds(rule_id: str, vault: VaultConfig, policy: Policy) -> bool:
-    """Whether a posture rule's condition holds in `vault` on its own (as on first sight)."""
-    probe = VaultEvent(
-        id="probe", event_type="Microsoft.Resources.ResourceWriteSuccess", schema="eventgrid", subject=vault.id,
-        time=None, vault=None, operation=None, kind="write", access_policy_action=None, status="Succeeded",
-        succeeded=True, caller=Caller(), correlation_id=None, tenant_id=None, raw={},
-    )
-    context = Context(event=probe, before=None, after=vault, diff=None, policy=policy, history=History(),
-                      now=EPOCH)
+def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in (document.get("tags") or {}).items() if k.lower() in STEERING_TAGS}
+
+
+def _steering_tags_kept(final: VaultConfig, before: VaultConfig) -> dict[str, Any]:
+    """The vault's tags as they are now, but with the steering tags as the baseline had them."""
+    tags = {k: v for k, v in (final.raw.get("tags") or {}).items() if k.lower() not in STEERING_TAGS}
+    tags.update({k: v for k, v in (before.raw.get("tags") or {}).items() if k.lower() in STEERING_TAGS})
+    return tags
+
+
+def _fires(
+    rule_id: str, event: VaultEvent, before: VaultConfig | None, after: VaultConfig, policy: Policy, now: datetime
+) -> bool:
+    """Whether one rule fires between two configurations (before None: as on first sight)."""
+    context = Context(event=event, before=before, after=after, diff=diff(before, after) if before else None,
+                      policy=policy, history=History(), now=now)
     return bool(list(RULES[rule_id].detect(context)))
 
 

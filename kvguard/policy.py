@@ -14,7 +14,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Mode = Literal["observe", "alert", "remediate"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -113,7 +113,6 @@ class Policy(_Strict):
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     rules: dict[str, RuleOverride] = Field(default_factory=dict)
     min_retention_days: int = Field(default=90, ge=7, le=90)
-    opt_in_handlers: list[str] = Field(default_factory=list)
 
     @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions")
     @classmethod
@@ -134,15 +133,6 @@ class Policy(_Strict):
         if unknown:
             raise ValueError(f"unknown rule id(s) {', '.join(unknown)}; see `kvguard rules`")
         return value
-
-    @model_validator(mode="after")
-    def _thresholds_ordered(self) -> Policy:
-        if self.remediate_threshold < self.alert_threshold:
-            raise ValueError(
-                f"remediate_threshold ({self.remediate_threshold}) is below alert_threshold "
-                f"({self.alert_threshold}): kvguard never acts without alerting first"
-            )
-        return self
 
     def rule(self, rule_id: str) -> RuleOverride:
         return self.rules.get(rule_id, NO_OVERRIDE)

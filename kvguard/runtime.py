@@ -110,8 +110,9 @@ PROBE_VAULT = (
 
 
 def health() -> dict[str, Any]:
-    """Whether the worker can do its job: state store and ARM answer. Settings are shown only in
-    their public view (no connection strings, keys or webhook URLs)."""
+    """Whether the worker can do its job: version, mode, and whether state and ARM answer. Nothing
+    of the configuration beyond the mode and the names of the alert sinks is shown: connection
+    strings, keys and webhook URLs stay out."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -62,7 +62,9 @@ class Step(BaseModel):
 
 
 class Scenario(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys beyond the format (an `expect:` block of a test suite, notes) are kept and reported as
+    # ignored: a scenario must stay readable by tools that annotate it.
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = "unnamed scenario"
     description: str | None = None
@@ -87,6 +89,7 @@ class LoadedScenario(BaseModel):
     scenario: Scenario
     policy: Policy
     steps: list[Step]
+    ignored_keys: list[str] = []
 
 
 def _read(path: Path) -> Any:
@@ -113,6 +116,7 @@ def load_scenario(path: str | Path, base_policy: Policy | None = None) -> Loaded
         where = ".".join(str(p) for p in item["loc"])
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         raise ScenarioError(f"{source}: {where}: {message}") from None
+    ignored = sorted(scenario.model_extra or {})
     try:
         policy = policy_from_data(scenario.policy, f"{source}: policy", base_policy or Policy())
     except PolicyError as error:
@@ -123,7 +127,7 @@ def load_scenario(path: str | Path, base_policy: Policy | None = None) -> Loaded
         except ValueError as error:
             raise ScenarioError(f"{source}: vaults[{index}]: {error}") from None
     return LoadedScenario(path=source, scenario=scenario, policy=policy,
-                          steps=[_step(source, i, s) for i, s in enumerate(scenario.steps)])
+                          steps=[_step(source, i, s) for i, s in enumerate(scenario.steps)], ignored_keys=ignored)
 
 
 def _step(source: str, index: int, raw: Any) -> Step:

@@ -38,14 +38,3 @@ class Settings(BaseSettings):
     reconcile_schedule: str = "0 0 * * * *"
 
     _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)
-
-    def public_view(self) -> dict[str, object]:
-        """What the health endpoint may show: no connection strings, keys or webhook URLs."""
-        return {
-            "mode": self.mode,
-            "state_backend": self.state_backend,
-            "defender": self.defender,
-            "eventgrid_topic": bool(self.eventgrid_topic_endpoint),
-            "webhook": bool(self.webhook_url),
-            "subscriptions": len(self.subscription_ids),
-        }

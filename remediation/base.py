@@ -8,7 +8,7 @@ permissions secrets:get,list for object X on vault V"), and also exactly what ge
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from kvguard.detection import Finding
@@ -52,7 +52,6 @@ class Handler:
     plan: Plan
     description: str
     irreversible: bool = False
-    rules: tuple[str, ...] = field(default=())
 
 
 HANDLERS: dict[str, Handler] = {}

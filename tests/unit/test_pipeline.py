@@ -306,11 +306,60 @@ def test_an_approved_caller_changes_the_baseline_without_remediation() -> None:
     assert OPERATOR in principals(env.baseline())
 
 
-def test_the_vault_tag_can_switch_a_vault_to_observe() -> None:
-    env = Env()
+def test_the_baseline_tag_can_switch_a_vault_to_observe() -> None:
+    env = Env(start=vault(tags={"KvGuard-Mode": "observe"}))
     outcome = env.change(vault(tags={"KvGuard-Mode": "observe"}, accessPolicies=[TEAM, ROGUE_GRANT]))
     assert {a.status for a in outcome.actions} == {"skipped"}
     assert INTRUDER in principals(env.current())
+
+
+def test_a_mode_tag_in_the_change_itself_does_not_switch_kvguard_off() -> None:
+    env = Env()
+    outcome = env.change(vault(tags={"kvguard-mode": "observe"}, accessPolicies=[TEAM, ROGUE_GRANT]))
+    assert statuses(outcome)["revert_access_policy"] == "applied"
+    assert INTRUDER not in principals(env.current())
+    # the tag stays on the vault, but the accepted baseline keeps steering by the old (absent) tag
+    assert env.current().tag("kvguard-mode") == "observe"
+    assert env.baseline().tag("kvguard-mode") is None
+    again = env.change(vault(tags={"kvguard-mode": "observe"}, accessPolicies=[TEAM, ROGUE_GRANT]))
+    assert statuses(again)["revert_access_policy"] == "applied"
+
+
+def test_an_approved_caller_may_change_the_mode_tag() -> None:
+    env = Env(approved_callers=[DEPLOYER])
+    env.change(vault(tags={"kvguard-mode": "alert"}), caller=DEPLOYER, operation=VAULT_WRITE, suffix="")
+    assert env.baseline().tag("kvguard-mode") == "alert"
+    outcome = env.change(vault(tags={"kvguard-mode": "alert"}, accessPolicies=[TEAM, ROGUE_GRANT]))
+    assert statuses(outcome)["revert_access_policy"] == "skipped"
+
+
+def test_a_failed_write_by_an_approved_caller_does_not_accept_someone_elses_change() -> None:
+    env = Env(approved_callers=[DEPLOYER])
+    env.world.put(vault(accessPolicies=[TEAM, ROGUE_GRANT]))  # the intruder's event is still on its way
+    failed = env.deliver(event(DEPLOYER, VAULT_WRITE, event_id="evt-failed",
+                               event_type="Microsoft.Resources.ResourceWriteFailure"))
+    assert statuses(failed).get("revert_access_policy") == "skipped"
+    assert INTRUDER not in principals(env.baseline())  # not accepted in the approved caller's name
+    late = env.deliver(event(ROGUE_CALLER, AP_WRITE, "/accessPolicies/add", "evt-intruder"))
+    assert statuses(late)["revert_access_policy"] == "applied"
+    assert INTRUDER not in principals(env.current())
+
+
+def test_a_callerless_event_leaves_the_decision_to_the_event_that_names_the_caller() -> None:
+    env = Env(approved_callers=[DEPLOYER])
+    cmk = grant(OPERATOR, keys=["get", "wrapKey", "unwrapKey"])
+    env.world.put(vault(accessPolicies=[TEAM, cmk]))
+    changed = {
+        "id": "vapc-1", "topic": VAULT_ID, "subject": "kv-payments",
+        "eventType": "Microsoft.KeyVault.VaultAccessPolicyChanged", "eventTime": "2026-06-01T09:00:00Z",
+        "dataVersion": "1", "data": {"Id": None, "VaultName": "kv-payments", "ObjectType": "Vault"},
+    }
+    first = env.deliver(changed)
+    assert statuses(first).get("revert_access_policy") == "skipped"
+    assert OPERATOR in principals(env.current())
+    approved = env.deliver(event(DEPLOYER, AP_WRITE, "/accessPolicies/add", "evt-deployer"))
+    assert statuses(approved).get("revert_access_policy") == "skipped"
+    assert OPERATOR in principals(env.baseline())  # accepted by the event that named the approved caller
 
 
 # --- open findings --------------------------------------------------------------------------------
@@ -319,12 +368,31 @@ def test_the_vault_tag_can_switch_a_vault_to_observe() -> None:
 def test_remediated_findings_are_closed_and_defender_turns_healthy() -> None:
     env = Env()
     outcome = env.change(vault(accessPolicies=[TEAM, ROGUE_GRANT]))
-    resolved = [a for a in outcome.actions if a.detail.startswith("resolved")]
+    assert not [a for a in outcome.actions if a.detail.startswith("resolved")]  # never counted as alerts
+    resolved = list(outcome.resolutions)
     assert {a.handler for a in resolved} == {"raise_defender_alert", "publish_detection"}
     assert "KV-AP-01" in resolved[0].rules
     assert env.assessment("KV-AP-01") == "Healthy"
     assert "KV-AP-01" not in {f.rule for f in env.store.open_findings(VAULT_ID)}
     assert any(p["type"] == "kvguard.detection.resolved" and p["subject"] == "KV-AP-01" for p in env.world.published)
+
+
+def test_an_alerted_diff_finding_closes_when_the_team_puts_the_vault_back() -> None:
+    env = Env(mode="alert")
+    off = env.change(vault(enableRbacAuthorization=False), caller=OPERATOR, operation=VAULT_WRITE, suffix="")
+    assert "KV-PROT-03" not in {f.rule for f in off.findings}  # the default vault has RBAC off already
+    env = Env(mode="alert", start=vault(enableRbacAuthorization=True))
+    switched = env.change(vault(enableRbacAuthorization=False), caller=OPERATOR, operation=VAULT_WRITE, suffix="")
+    assert "KV-PROT-03" in {f.rule for f in switched.findings}
+    env.world.clock.advance(timedelta(minutes=30))
+    unrelated = env.change(vault(enableRbacAuthorization=False, tags={"owner": "x"}), caller=OPERATOR,
+                           operation=VAULT_WRITE, suffix="")
+    assert "KV-PROT-03" in {f.rule for f in env.store.open_findings(VAULT_ID)}  # still switched off
+    assert not [r for r in unrelated.resolutions if "KV-PROT-03" in r.rules]
+    back = env.change(vault(enableRbacAuthorization=True), caller=OPERATOR, operation=VAULT_WRITE, suffix="")
+    assert "KV-PROT-03" not in {f.rule for f in env.store.open_findings(VAULT_ID)}
+    assert any("KV-PROT-03" in r.rules for r in back.resolutions)
+    assert env.assessment("KV-PROT-03") == "Healthy"
 
 
 def test_a_posture_finding_closes_when_someone_puts_the_condition_right() -> None:

@@ -158,11 +158,10 @@ def test_a_bad_day_is_refused() -> None:
         ChangeWindow(days=["someday"], start=time(8), end=time(9))  # type: ignore[list-item]
 
 
-def test_remediate_threshold_below_alert_threshold_is_refused() -> None:
-    with pytest.raises(PolicyError) as error:
-        policy_from_data({"alert_threshold": 60, "remediate_threshold": 50}, "p.yaml")
-    assert "remediate_threshold (50) is below alert_threshold (60)" in str(error.value)
-    assert Policy(alert_threshold=60, remediate_threshold=60).remediate_threshold == 60
+def test_remediate_threshold_may_be_below_alert_threshold() -> None:
+    # DESIGN.md allows it; the decision then alerts whenever it remediates (see test_risk_decision)
+    policy = policy_from_data({"alert_threshold": 60, "remediate_threshold": 50}, "p.yaml")
+    assert (policy.alert_threshold, policy.remediate_threshold) == (60, 50)
 
 
 @pytest.mark.parametrize(("key", "value"), [("alert_threshold", 101), ("remediate_threshold", -1),
@@ -218,7 +217,7 @@ def test_merged_lays_overrides_over_the_policy() -> None:
 
 def test_merged_validates_the_result() -> None:
     with pytest.raises(ValidationError):
-        Policy().merged({"remediate_threshold": 10})
+        Policy().merged({"remediate_threshold": 101})
     with pytest.raises(ValidationError):
         Policy().merged({"history": {"burst_threshold": 1}})
 

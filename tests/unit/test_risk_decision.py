@@ -244,3 +244,23 @@ def test_opt_in_rules_are_remediable_only_when_the_policy_says_so() -> None:
 
 def test_unknown_rules_are_never_remediable() -> None:
     assert remediable([finding("KV-XX-01")], Policy()) == []
+
+
+def test_a_remediation_below_the_alert_threshold_still_alerts_first() -> None:
+    decision = run(Policy(mode="remediate", alert_threshold=80, remediate_threshold=50), risk=60)
+    assert decision.remediate and decision.alert
+    assert decision.alert_reason.startswith("remediating")
+
+
+@pytest.mark.parametrize(("overrides", "why"), [
+    ({"succeeded": False}, "the operation failed"),
+    ({"caller": {"object_id": None, "upn": None, "ip": None, "tenant_id": None}}, "names no caller"),
+])
+def test_a_change_nobody_can_be_held_to_is_not_remediated_while_callers_are_approved(
+    overrides: dict[str, Any], why: str
+) -> None:
+    policy = Policy(mode="remediate", approved_callers=["a0a0a0a0-0000-4000-8000-000000000000"])
+    decision = decide(policy=policy, event=make_event(overrides), vault=vault(), vault_id=vault().id,
+                      vault_name=vault().name, findings=[finding()], risk=95, recent_remediations=0)
+    assert decision.alert and not decision.remediate
+    assert why in decision.remediate_reason
