@@ -52,6 +52,9 @@ param deployEventSubscription bool = false
 @description('Path of a policy file inside the deployed package, e.g. policy.yaml (empty: defaults).')
 param policyFile string = ''
 
+@description('NCRONTAB schedule (six fields, UTC) of the reconcile function: seeds missing baselines and catches changes whose events never arrived.')
+param reconcileSchedule string = '0 0 * * * *'
+
 @description('Storage replication for kvguard\'s state, package and dead letters.')
 @allowed([
   'Standard_LRS'
@@ -148,6 +151,7 @@ module app 'modules/functionapp.bicep' = {
     mode: mode
     subscriptionIds: subscriptionIds
     policyFile: policyFile
+    reconcileSchedule: reconcileSchedule
   }
 }
 

@@ -80,46 +80,75 @@ def _run_step(run: ReplayRun, step: Step) -> Iterator[Outcome]:
         yield from pipeline.handle(own_write)
 
 
+ActionCounts = dict[str, Counter[str]]
+
+
+@dataclass
+class _VaultCounts:
+    """What one scenario's events did to one vault."""
+
+    events: int = 0
+    findings: Counter[str] = field(default_factory=Counter)
+    actions: ActionCounts = field(default_factory=dict)
+
+    def add(self, outcome: Outcome) -> None:
+        self.events += 1
+        self.findings.update(f.rule for f in outcome.findings)
+        _count_actions(self.actions, outcome)
+
+
+def _count_actions(counts: ActionCounts, outcome: Outcome) -> None:
+    for action in outcome.actions:
+        counts.setdefault(action.handler, Counter())[action.status] += 1
+
+
+def _merge_actions(into: dict[str, dict[str, int]], more: ActionCounts) -> None:
+    for handler_id, statuses in more.items():
+        merged = into.setdefault(handler_id, {})
+        for status, count in statuses.items():
+            merged[status] = merged.get(status, 0) + count
+
+
 def summarize(runs: list[ReplayRun]) -> dict[str, Any]:
-    """DESIGN.md's summary object: counts over every delivered event, and each vault's end state."""
+    """DESIGN.md's summary object: counts over every delivered event, and each vault's end state.
+    Actions are counted by handler, then by status. A vault that several scenarios contain (its
+    resource id compared case-insensitively) is one entry: their events, findings and actions
+    added up, the scenarios' names listed in replay order, and its end state from the last one."""
     outcomes: Counter[str] = Counter()
     findings: Counter[str] = Counter()
-    actions: Counter[str] = Counter()
+    actions: ActionCounts = {}
     vaults: dict[str, dict[str, Any]] = {}
+    shown: dict[str, str] = {}  # vault key -> the resource id as first reported
     for run in runs:
-        per_vault: dict[str, dict[str, Any]] = defaultdict(
-            lambda: {"events": 0, "findings": Counter(), "actions": Counter()}
-        )
+        per_vault: dict[str, _VaultCounts] = defaultdict(_VaultCounts)
         display = {vault_key(doc["id"]): doc["id"] for doc in run.world.vaults.values()}
         for outcome in run.outcomes:
             outcomes[outcome.outcome] += 1
-            for finding in outcome.findings:
-                findings[finding.rule] += 1
-            for action in outcome.actions:
-                actions[action.status] += 1
+            findings.update(f.rule for f in outcome.findings)
+            _count_actions(actions, outcome)
             if outcome.vault:
-                entry = per_vault[display.setdefault(vault_key(outcome.vault), outcome.vault)]
-                entry["events"] += 1
-                entry["findings"].update(f.rule for f in outcome.findings)
-                entry["actions"].update(f"{a.handler}:{a.status}" for a in outcome.actions)
+                per_vault[display.setdefault(vault_key(outcome.vault), outcome.vault)].add(outcome)
         for vault_id in sorted({*per_vault, *display.values()}):
             current = run.pipeline.gateway.get(vault_id)
-            entry = per_vault.get(vault_id, {"events": 0, "findings": Counter(), "actions": Counter()})
-            vaults[vault_id] = {
-                "scenario": run.scenario.scenario.name,
-                "exists": current is not None,
-                "events": entry["events"],
-                "findings": dict(entry["findings"]),
-                "actions": dict(entry["actions"]),
-                "open_findings": sorted(f.rule for f in run.pipeline.store.open_findings(vault_id)),
-                "config": dict(current.raw) if current is not None else None,
-            }
+            counts = per_vault.get(vault_id) or _VaultCounts()
+            entry = vaults.setdefault(shown.setdefault(vault_key(vault_id), vault_id), {
+                "scenarios": [], "exists": False, "events": 0, "findings": {}, "actions": {},
+                "open_findings": [], "config": None,
+            })
+            if run.scenario.scenario.name not in entry["scenarios"]:
+                entry["scenarios"].append(run.scenario.scenario.name)
+            entry["events"] += counts.events
+            entry["findings"] = dict(Counter(entry["findings"]) + counts.findings)
+            _merge_actions(entry["actions"], counts.actions)
+            entry["exists"] = current is not None
+            entry["open_findings"] = sorted(f.rule for f in run.pipeline.store.open_findings(vault_id))
+            entry["config"] = dict(current.raw) if current is not None else None
     return {
         "summary": {
             "events": sum(outcomes.values()),
             "outcomes": dict(outcomes),
             "findings": dict(findings),
-            "actions": dict(actions),
+            "actions": {handler_id: dict(statuses) for handler_id, statuses in actions.items()},
         },
         "vaults": vaults,
     }

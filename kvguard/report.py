@@ -45,5 +45,13 @@ def print_report(runs: list[ReplayRun], summary: dict[str, Any], out: TextIO) ->
         f"[bold]{totals['events']} events[/]: "
         + ", ".join(f"{k} {v}" for k, v in sorted(totals["outcomes"].items()))
         + " | findings: " + (", ".join(f"{k} x{v}" for k, v in sorted(totals["findings"].items())) or "none")
-        + " | actions: " + (", ".join(f"{k} {v}" for k, v in sorted(totals["actions"].items())) or "none")
+        + " | actions: " + (_action_totals(totals["actions"]) or "none")
+    )
+
+
+def _action_totals(actions: dict[str, dict[str, int]]) -> str:
+    """`{handler: {status: count}}` as `handler applied 2 skipped 1; other_handler failed 1`."""
+    return "; ".join(
+        f"{handler_id} " + " ".join(f"{status} {count}" for status, count in sorted(statuses.items()))
+        for handler_id, statuses in sorted(actions.items())
     )

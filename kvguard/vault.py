@@ -8,6 +8,7 @@ created before RBAC mode existed has no `enableRbacAuthorization` at all).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,7 +196,7 @@ class VaultConfig:
         acls = _ci_get(props, "networkAcls") or {}
         acls = acls if isinstance(acls, Mapping) else {}
         ip_rules = frozenset(
-            _normalise_ip(_ci_get(r, "value")) for r in (_ci_get(acls, "ipRules") or []) if isinstance(r, Mapping)
+            normalise_cidr(_ci_get(r, "value")) for r in (_ci_get(acls, "ipRules") or []) if isinstance(r, Mapping)
         ) - {""}
         vnet_rules = frozenset(
             (_lower(_ci_get(r, "id")) or "") for r in (_ci_get(acls, "virtualNetworkRules") or [])
@@ -228,12 +229,18 @@ class VaultConfig:
         )
 
 
-def _normalise_ip(value: Any) -> str:
-    """An IP rule as a CIDR: ARM accepts `1.2.3.4` and returns it as `1.2.3.4` or `1.2.3.4/32`."""
+def normalise_cidr(value: Any) -> str:
+    """An IP rule as a CIDR, so that two spellings of one range compare equal: ARM accepts
+    `1.2.3.4` and returns it as `1.2.3.4` or `1.2.3.4/32`. A single address becomes a /32 (IPv4) or
+    a /128 (IPv6); host bits are cleared (`10.0.0.5/24` is `10.0.0.0/24`). Text that is no address
+    or range comes back stripped as it is (KV-NET-03 reports it); no text at all is ``""``."""
     if not isinstance(value, str) or not value.strip():
         return ""
     text = value.strip()
-    return text if "/" in text else f"{text}/32"
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,17 @@
-"""restore_network: close the firewall again, touching only what the change opened."""
+"""restore_network: close the firewall again, touching only what the change opened.
+
+It restores only values the baseline actually had. A baseline without `publicNetworkAccess` or
+without a firewall (`networkAcls` absent: every network allowed) was open by acceptance; inventing
+`Disabled` or `Deny` for it would lock out whoever relies on that access. Such a part is left
+alone, and when nothing is left to restore no operation is planned."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
-from kvguard.vault import VaultConfig, diff
+from kvguard.vault import VaultConfig, diff, normalise_cidr
 from remediation.base import Operation, PlanInput, handler
 
 NETWORK_RULES = ("KV-NET-01", "KV-NET-02", "KV-NET-03", "KV-NET-04", "KV-NET-05")
@@ -14,6 +20,12 @@ NETWORK_RULES = ("KV-NET-01", "KV-NET-02", "KV-NET-03", "KV-NET-04", "KV-NET-05"
 def _acls(config: VaultConfig) -> dict[str, Any]:
     acls = config.raw.get("properties", {}).get("networkAcls") or {}
     return copy.deepcopy(dict(acls))
+
+
+def _had(mapping: Mapping[str, Any], name: str) -> str | None:
+    """The baseline's own value of a setting, or None when it had none to restore."""
+    value = mapping.get(name)
+    return value if isinstance(value, str) and value.strip() else None
 
 
 @handler("restore_network", kind="remediation", permission="Microsoft.KeyVault/vaults/write")
@@ -26,22 +38,24 @@ def restore_network(data: PlanInput) -> list[Operation]:
     fired = {f.rule for f in data.findings}
     change = diff(data.before, data.after)
     patch: dict[str, Any] = {}
-    before_props = data.before.raw.get("properties", {})
-    if "KV-NET-01" in fired and "public_network_access" in change.settings:
-        patch["publicNetworkAccess"] = before_props.get("publicNetworkAccess", "Disabled")
+    public_access = _had(data.before.raw.get("properties") or {}, "publicNetworkAccess")
+    if "KV-NET-01" in fired and "public_network_access" in change.settings and public_access is not None:
+        patch["publicNetworkAccess"] = public_access
     acls = _acls(data.after)
     baseline_acls = _acls(data.before)
     touched = False
-    if "KV-NET-02" in fired and "default_action" in change.settings:
-        acls["defaultAction"] = baseline_acls.get("defaultAction", "Deny")
+    default_action = _had(baseline_acls, "defaultAction")
+    if "KV-NET-02" in fired and "default_action" in change.settings and default_action is not None:
+        acls["defaultAction"] = default_action
         touched = True
-    if "KV-NET-04" in fired and "bypass" in change.settings:
-        acls["bypass"] = baseline_acls.get("bypass", "None")
+    bypass = _had(baseline_acls, "bypass")
+    if "KV-NET-04" in fired and "bypass" in change.settings and bypass is not None:
+        acls["bypass"] = bypass
         touched = True
     if "KV-NET-03" in fired and change.ip_rules_added:
-        flagged = {str(f.evidence.get("ipRule", "")) for f in data.findings if f.rule == "KV-NET-03"} - {""}
-        drop = {r for r in change.ip_rules_added if not flagged or r in flagged or r.removesuffix("/32") in flagged}
-        acls["ipRules"] = [r for r in acls.get("ipRules", []) if _cidr(r.get("value")) not in drop]
+        flagged = {normalise_cidr(f.evidence.get("ipRule")) for f in data.findings if f.rule == "KV-NET-03"} - {""}
+        drop = {r for r in change.ip_rules_added if not flagged or r in flagged}
+        acls["ipRules"] = [r for r in acls.get("ipRules", []) if normalise_cidr(r.get("value")) not in drop]
         touched = True
     if "KV-NET-05" in fired and change.vnet_rules_added:
         flagged_subnets = {str(f.evidence.get("subnetId", "")).lower() for f in data.findings
@@ -66,8 +80,3 @@ def restore_network(data: PlanInput) -> list[Operation]:
             rules=tuple(sorted(fired & set(NETWORK_RULES))),
         )
     ]
-
-
-def _cidr(value: Any) -> str:
-    text = str(value or "").strip()
-    return text if "/" in text else f"{text}/32"

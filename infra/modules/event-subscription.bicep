@@ -35,7 +35,9 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
         'Microsoft.Resources.ResourceWriteSuccess'
         'Microsoft.Resources.ResourceWriteFailure'
         'Microsoft.Resources.ResourceDeleteSuccess'
+        'Microsoft.Resources.ResourceDeleteFailure'
         'Microsoft.Resources.ResourceActionSuccess'
+        'Microsoft.Resources.ResourceActionFailure'
       ]
       advancedFilters: [
         {

@@ -40,6 +40,9 @@ param subscriptionIds array
 @description('Path of a policy file inside the deployed package (empty: defaults and app settings only).')
 param policyFile string = ''
 
+@description('NCRONTAB schedule of the reconcile timer (read through %KVGUARD_RECONCILE_SCHEDULE%).')
+param reconcileSchedule string = '0 0 * * * *'
+
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
@@ -103,6 +106,10 @@ var baseSettings = [
   {
     name: 'KVGUARD_SUBSCRIPTION_IDS'
     value: join(subscriptionIds, ',')
+  }
+  {
+    name: 'KVGUARD_RECONCILE_SCHEDULE'
+    value: reconcileSchedule
   }
 ]
 

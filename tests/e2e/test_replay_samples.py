@@ -135,16 +135,27 @@ def test_json_output_has_exactly_the_documented_keys(path: Path) -> None:
     assert totals["events"] == len(events)
     assert sum(totals["outcomes"].values()) == len(events)
     assert totals["findings"] == _count(f["rule"] for e in events for f in e["findings"])
-    assert totals["actions"] == _count(a["status"] for e in events for a in e["actions"])
+    assert totals["actions"] == _count_actions(a for e in events for a in e["actions"])
     for vault_id, entry in summary["vaults"].items():
         assert vault_id.startswith("/subscriptions/")
         assert entry["exists"] == (entry["config"] is not None)
+        assert entry["scenarios"] == [load_scenario(path).scenario.name]
+        assert entry["actions"] == _count_actions(a for e in events if e["vault"] == vault_id for a in e["actions"])
 
 
 def _count(items: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in items:
         counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _count_actions(actions: Any) -> dict[str, dict[str, int]]:
+    """Actions counted as the summary counts them: by handler, then by status."""
+    counts: dict[str, dict[str, int]] = {}
+    for action in actions:
+        by_status = counts.setdefault(action["handler"], {})
+        by_status[action["status"]] = by_status.get(action["status"], 0) + 1
     return counts
 
 
@@ -166,8 +177,80 @@ def test_installed_command_replays_every_sample_as_json_lines() -> None:
     *events, summary = lines
     assert all(set(e) == EVENT_KEYS for e in events)
     assert summary["summary"]["events"] == len(events) == sum(len(replayed(p.name[:2])[0]) for p in SAMPLES)
-    scenarios = {entry["scenario"] for entry in summary["vaults"].values()}
+    scenarios = {name for entry in summary["vaults"].values() for name in entry["scenarios"]}
     assert scenarios == {load_scenario(p).scenario.name for p in SAMPLES}
+
+
+def test_summary_counts_actions_by_handler_then_status() -> None:
+    events, summary = replayed("01")
+    vault_id = original("01", "kv-payments-prod")["id"]
+    assert summary["summary"]["actions"]["revert_access_policy"] == {"applied": 1}
+    assert summary["vaults"][vault_id]["actions"]["revert_access_policy"] == {"applied": 1}
+    assert set(summary["summary"]["actions"]) == {a["handler"] for e in events for a in e["actions"]}
+
+
+def test_readable_summary_line_names_each_handler_with_its_statuses() -> None:
+    _, summary = replayed("01")
+    totals = summary["summary"]["actions"]
+    expected = "; ".join(
+        f"{handler} " + " ".join(f"{status} {count}" for status, count in sorted(totals[handler].items()))
+        for handler in sorted(totals)
+    )
+    assert "revert_access_policy applied 1" in expected
+    out = StringIO()
+    assert main(["replay", str(sample("01"))], out=out) == 0
+    text = " ".join(out.getvalue().split())
+    assert f"actions: {expected}" in text
+
+
+def _write_scenario(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_scenarios_sharing_a_vault_are_merged_in_the_summary(tmp_path: Path) -> None:
+    """Two runs of sample 01 (the second then deletes the vault) and a third file that only lists
+    the vault, its id spelled in lower case: one summary entry, counts added up, the last end state."""
+    base = source("01")
+    vault_id = original("01", "kv-payments-prod")["id"]
+    first = _write_scenario(tmp_path / "first.json", {**base, "name": "first run"})
+    second = _write_scenario(tmp_path / "second.json", {
+        **base, "name": "second run", "steps": [*base["steps"], {"delete": vault_id}],
+    })
+    quiet_vault = {**original("01", "kv-payments-prod"), "id": vault_id.lower()}
+    third = _write_scenario(tmp_path / "third.json", {"name": "only listed", "vaults": [quiet_vault], "steps": []})
+    out = StringIO()
+    assert main(["replay", str(first), str(second), "--json"], out=out) == 0
+    *events, summary = [json.loads(line) for line in out.getvalue().splitlines()]
+    one_events, one_summary = replayed("01")
+    assert len(events) == 2 * len(one_events)
+    [entry] = summary["vaults"].values()
+    single = one_summary["vaults"][vault_id]
+    assert list(summary["vaults"]) == [vault_id]
+    assert entry["scenarios"] == ["first run", "second run"]
+    assert "scenario" not in entry
+    assert entry["events"] == 2 * single["events"] == len(events)
+    assert entry["findings"] == {rule: 2 * count for rule, count in single["findings"].items()}
+    assert entry["actions"] == {
+        handler: {status: 2 * count for status, count in statuses.items()}
+        for handler, statuses in single["actions"].items()
+    }
+    assert entry["actions"]["revert_access_policy"] == {"applied": 2}
+    assert summary["summary"]["actions"] == entry["actions"]
+    # The end state is the second run's: the vault was deleted.
+    assert single["exists"] is True
+    assert (entry["exists"], entry["config"]) == (False, None)
+
+    out = StringIO()
+    assert main(["replay", str(first), str(second), str(third), "--json"], out=out) == 0
+    summary = json.loads(out.getvalue().splitlines()[-1])
+    [(reported_id, entry)] = summary["vaults"].items()
+    assert reported_id == vault_id
+    assert entry["scenarios"] == ["first run", "second run", "only listed"]
+    assert entry["events"] == len(events)
+    assert entry["exists"] is True
+    assert entry["config"]["id"] == vault_id.lower()
+    assert entry["open_findings"] == []
 
 
 # --- 01 rogue access policy ---------------------------------------------------------------------

@@ -11,11 +11,14 @@ OPERATIONS = {
     "Microsoft.KeyVault/vaults/delete",
     "Microsoft.KeyVault/locations/deletedVaults/purge/action",
 }
+# Failed attempts are signal too (a purge blocked by purge protection is a ResourceActionFailure).
 EVENT_TYPES = {
     "Microsoft.Resources.ResourceWriteSuccess",
     "Microsoft.Resources.ResourceWriteFailure",
     "Microsoft.Resources.ResourceDeleteSuccess",
+    "Microsoft.Resources.ResourceDeleteFailure",
     "Microsoft.Resources.ResourceActionSuccess",
+    "Microsoft.Resources.ResourceActionFailure",
 }
 
 
@@ -35,6 +38,8 @@ def test_included_event_types(trees: dict[str, Tree]) -> None:
     types = event_subscription(trees)["filter"]["includedEventTypes"]
     assert len(types) == len(EVENT_TYPES)
     assert set(types) == EVENT_TYPES
+    # A cancelled action is not a failure of the caller.
+    assert "Microsoft.Resources.ResourceActionCancel" not in types
 
 
 def test_only_key_vault_operations_pass(trees: dict[str, Tree]) -> None:

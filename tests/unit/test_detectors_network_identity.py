@@ -106,9 +106,16 @@ def test_allowed_ranges_must_contain_the_whole_rule(cidr: str, fires: bool) -> N
 
 def test_host_bits_are_judged_by_their_network() -> None:
     [hit] = hits("KV-NET-03", firewall("198.51.100.7/16"))
-    assert hit.evidence["ipRule"] == "198.51.100.7/16"
+    assert hit.evidence["ipRule"] == "198.51.0.0/16"
     assert hit.evidence["network"] == "198.51.0.0/16"
     assert hit.evidence["prefixLength"] == 16
+
+
+def test_a_single_ipv6_address_is_one_host_not_a_broad_range() -> None:
+    assert hits("KV-NET-03", firewall("2001:db8::7")) == []
+    [hit] = hits("KV-NET-03", with_policy(firewall("2001:db8::7"), allowed_ip_rules=["203.0.113.0/24"]))
+    assert hit.evidence["ipRule"] == "2001:db8::7/128"
+    assert hit.evidence["reasons"] == ["outside the allowed IP ranges"]
 
 
 def test_one_hit_per_rule_with_every_reason() -> None:
@@ -123,7 +130,7 @@ def test_one_hit_per_rule_with_every_reason() -> None:
 
 def test_an_ip_rule_that_does_not_parse_is_reported() -> None:
     [hit] = hits("KV-NET-03", firewall("not-an-ip"))
-    assert hit.evidence == {"ipRule": "not-an-ip/32", "reasons": ["not a valid IP address or range"]}
+    assert hit.evidence == {"ipRule": "not-an-ip", "reasons": ["not a valid IP address or range"]}
 
 
 def test_ip_rules_of_a_deleted_vault_do_not_crash() -> None:

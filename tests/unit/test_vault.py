@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kvguard.vault import AccessPolicy, Principal, VaultConfig, VaultDiff, diff
+from kvguard.vault import AccessPolicy, Principal, VaultConfig, VaultDiff, diff, normalise_cidr
 
 SUB = "0e9d8c7b-6a5f-4e4d-8c3b-2a1f0e9d8c7b"
 TENANT = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2f1e"
@@ -288,3 +288,55 @@ def test_diff_does_not_depend_on_the_raw_document() -> None:
     noisy["systemData"] = {"lastModifiedBy": "someone"}
     assert diff(VaultConfig.from_arm(doc), VaultConfig.from_arm(noisy)).empty
     assert VaultConfig.from_arm(doc) == VaultConfig.from_arm(noisy)
+
+
+# --- normalise_cidr -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1.2.3.4", "1.2.3.4/32"),
+        (" 203.0.113.7 ", "203.0.113.7/32"),
+        ("198.51.100.0/24", "198.51.100.0/24"),
+        ("2001:db8::7", "2001:db8::7/128"),
+        ("2001:DB8:0:0::7", "2001:db8::7/128"),
+        ("2001:db8::/48", "2001:db8::/48"),
+    ],
+    ids=["ipv4 address", "ipv4 address with spaces", "ipv4 range", "ipv6 address", "ipv6 other spelling",
+         "ipv6 range"],
+)
+def test_addresses_and_ranges_become_their_network(value: str, expected: str) -> None:
+    assert normalise_cidr(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("10.0.0.5/24", "10.0.0.0/24"), ("2001:db8::7/64", "2001:db8::/64")],
+    ids=["ipv4", "ipv6"],
+)
+def test_host_bits_are_cleared(value: str, expected: str) -> None:
+    assert normalise_cidr(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(" not-an-ip ", "not-an-ip"), ("300.1.2.3", "300.1.2.3"), ("10.0.0.0/33", "10.0.0.0/33"),
+     ("", ""), ("   ", ""), (None, ""), (42, "")],
+    ids=["word", "octet out of range", "prefix too long", "empty", "blank", "none", "not text"],
+)
+def test_what_does_not_parse_is_kept_as_written(value: Any, expected: str) -> None:
+    assert normalise_cidr(value) == expected
+
+
+def test_an_ipv6_address_is_one_host_not_a_range() -> None:
+    vault = config(acls={"ipRules": [{"value": "2001:db8::7"}, {"value": "2001:db8::7/128"}]})
+    assert vault.ip_rules == {"2001:db8::7/128"}
+    broad = config(acls={"ipRules": [{"value": "2001:db8::/32"}]})
+    assert diff(vault, broad).ip_rules_added == {"2001:db8::/32"}
+    assert diff(vault, broad).ip_rules_removed == {"2001:db8::7/128"}
+
+
+def test_an_unparseable_rule_still_reaches_the_diff() -> None:
+    change = diff(config(), config(acls={"ipRules": [{"value": " any "}]}))
+    assert change.ip_rules_added == {"any"}
