@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -161,6 +160,7 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
     """Deliver each scenario's `event`/`events` steps to a pipeline on the real vaults. The other
     steps describe a simulated world and are skipped with a note: here the world is Azure."""
     from kvguard import runtime
+    from kvguard.replay import totals
 
     settings = _live_settings()
     base = load_policy(args.policy) if args.policy else runtime.policy_from(settings)
@@ -180,15 +180,7 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
                         out.write(_dump(outcome.to_json()) + "\n")
     for note in notes:
         sys.stderr.write(f"kvguard: {note}\n")
-    summary = {
-        "summary": {
-            "events": len(outcomes),
-            "outcomes": dict(Counter(o.outcome for o in outcomes)),
-            "findings": dict(Counter(f.rule for o in outcomes for f in o.findings)),
-            "actions": dict(Counter(a.status for o in outcomes for a in o.actions)),
-        },
-        "mode": "apply" if args.apply else "dry run",
-    }
+    summary = {"summary": totals(outcomes), "mode": "apply" if args.apply else "dry run"}
     if args.json:
         out.write(_dump(summary) + "\n")
         return 0
@@ -199,6 +191,8 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
 def _print_live(outcomes: list[Outcome], summary: dict[str, Any], out: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from kvguard.report import summary_line
 
     console = Console(file=out, width=180, highlight=False)
     table = Table(title=f"live replay ({summary['mode']})", title_justify="left", show_lines=True, expand=True)
@@ -214,9 +208,7 @@ def _print_live(outcomes: list[Outcome], summary: dict[str, Any], out: TextIO) -
             "\n".join(f"{a.handler}: {a.status} {a.detail}" for a in outcome.actions) or "-",
         )
     console.print(table)
-    totals = summary["summary"]
-    console.print(f"{totals['events']} events: " + ", ".join(f"{k} {v}" for k, v in sorted(totals["outcomes"].items()))
-                  + " | actions: " + (", ".join(f"{k} {v}" for k, v in sorted(totals["actions"].items())) or "none"))
+    console.print(summary_line(summary["summary"]))
 
 
 def _load_all(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:

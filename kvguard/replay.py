@@ -7,7 +7,7 @@ a step are delivered right after that step, as Azure would deliver them.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,18 +114,12 @@ def summarize(runs: list[ReplayRun]) -> dict[str, Any]:
     Actions are counted by handler, then by status. A vault that several scenarios contain (its
     resource id compared case-insensitively) is one entry: their events, findings and actions
     added up, the scenarios' names listed in replay order, and its end state from the last one."""
-    outcomes: Counter[str] = Counter()
-    findings: Counter[str] = Counter()
-    actions: ActionCounts = {}
     vaults: dict[str, dict[str, Any]] = {}
     shown: dict[str, str] = {}  # vault key -> the resource id as first reported
     for run in runs:
         per_vault: dict[str, _VaultCounts] = defaultdict(_VaultCounts)
         display = {vault_key(doc["id"]): doc["id"] for doc in run.world.vaults.values()}
         for outcome in run.outcomes:
-            outcomes[outcome.outcome] += 1
-            findings.update(f.rule for f in outcome.findings)
-            _count_actions(actions, outcome)
             if outcome.vault:
                 per_vault[display.setdefault(vault_key(outcome.vault), outcome.vault)].add(outcome)
         for vault_id in sorted({*per_vault, *display.values()}):
@@ -143,12 +137,22 @@ def summarize(runs: list[ReplayRun]) -> dict[str, Any]:
             entry["exists"] = current is not None
             entry["open_findings"] = sorted(f.rule for f in run.pipeline.store.open_findings(vault_id))
             entry["config"] = dict(current.raw) if current is not None else None
+    return {"summary": totals(o for run in runs for o in run.outcomes), "vaults": vaults}
+
+
+def totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
+    """The counts of DESIGN.md's summary: events, outcomes by kind, findings by rule, and actions
+    by handler, then by status."""
+    kinds: Counter[str] = Counter()
+    findings: Counter[str] = Counter()
+    actions: ActionCounts = {}
+    for outcome in outcomes:
+        kinds[outcome.outcome] += 1
+        findings.update(f.rule for f in outcome.findings)
+        _count_actions(actions, outcome)
     return {
-        "summary": {
-            "events": sum(outcomes.values()),
-            "outcomes": dict(outcomes),
-            "findings": dict(findings),
-            "actions": {handler_id: dict(statuses) for handler_id, statuses in actions.items()},
-        },
-        "vaults": vaults,
+        "events": sum(kinds.values()),
+        "outcomes": dict(kinds),
+        "findings": dict(findings),
+        "actions": {handler_id: dict(statuses) for handler_id, statuses in actions.items()},
     }

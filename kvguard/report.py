@@ -28,6 +28,9 @@ def print_report(runs: list[ReplayRun], summary: dict[str, Any], out: TextIO) ->
         for number, outcome in enumerate(run.outcomes, 1):
             findings = "\n".join(f"[{STYLE[f.severity]}]{f.rule}[/] {f.title}" for f in outcome.findings)
             actions = "\n".join(f"{a.handler}: [bold]{a.status}[/] {a.detail}" for a in outcome.actions)
+            resolved = sorted({r for a in outcome.resolutions if a.status == "applied" for r in a.rules})
+            if resolved:
+                actions += f"\n[green]resolved {', '.join(resolved)}[/]"
             if not findings:
                 findings = f"[dim]{outcome.reason}[/]"
             table.add_row(
@@ -40,8 +43,12 @@ def print_report(runs: list[ReplayRun], summary: dict[str, Any], out: TextIO) ->
                 actions or "-",
             )
         console.print(table)
-    totals = summary["summary"]
-    console.print(
+    console.print(summary_line(summary["summary"]))
+
+
+def summary_line(totals: dict[str, Any]) -> str:
+    """The summary counts in one line, for a person."""
+    return (
         f"[bold]{totals['events']} events[/]: "
         + ", ".join(f"{k} {v}" for k, v in sorted(totals["outcomes"].items()))
         + " | findings: " + (", ".join(f"{k} x{v}" for k, v in sorted(totals["findings"].items())) or "none")
