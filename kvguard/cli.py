@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -273,6 +274,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credentia
     except TransientError as error:
         sys.stderr.write(f"kvguard: {error} (try again)\n")
         return EXIT_UNREACHABLE
+    except BrokenPipeError:  # the reader stopped early (`| head`): not a failure of the replay
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -364,7 +364,13 @@ class Pipeline:
         remediated_rules = {
             r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for r in a.rules
         }
-        firing = {f.rule for f in findings} - remediated_rules
+        firing = {
+            f.rule for f in findings
+            if f.rule not in remediated_rules
+            # a remediation may also have ended a posture condition that fired with the change
+            and not (remediated_rules and "posture" in RULES[f.rule].kind and final is not None
+                     and not _fires(f.rule, event, None, final, self.policy, now))
+        }
         resolved = [
             rule_id for rule_id, record in open_now.items()
             if rule_id in RULES and rule_id not in firing
