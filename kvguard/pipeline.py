@@ -181,7 +181,10 @@ class Pipeline:
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
         opened = self._open(display_id, findings, baseline, before, now)
-        resolutions = self._resolve(event, display_id, final, findings, actions, decision, opened, now)
+        # Posture and diff findings can only stop being true when the compared state moved.
+        moved = remediated or before is None or (change is not None and not change.empty)
+        resolutions = self._resolve(event, display_id, final if moved else None, findings, actions, decision,
+                                    opened, now)
         self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
                      context.history.caller_seen_before)
         outcome = Outcome(
@@ -393,6 +396,9 @@ class Pipeline:
     def _no_longer_holds(
         self, rule: Any, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
     ) -> bool:
+        """`final` is None when the vault is gone or its compared state did not move."""
+        if rule.kind.startswith("event"):
+            return event.kind not in ("delete", "purge")
         if final is None:
             return False
         if "posture" in rule.kind:
@@ -405,7 +411,7 @@ class Pipeline:
                 Baseline(vault_id=final.id, config=stored["config"], etag=str(stored.get("etag")))
             )
             return not _fires(rule.id, event, then, final, self.policy, now)
-        return bool(rule.kind.startswith("event"))
+        return False
 
     def _record(
         self,
