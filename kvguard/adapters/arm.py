@@ -12,47 +12,25 @@ throttling, 5xx and connection failures that outlive the SDK's own retries becom
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
 from kvguard.ids import VaultRef, parse_vault_ref
-from kvguard.ports import TransientError
 from kvguard.vault import AccessPolicy, VaultConfig
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.mgmt.keyvault import KeyVaultManagementClient
 
-ARM_ENDPOINT = "https://management.azure.com"
-
-# 408 timeout, 409 "another operation is in progress on this vault", 429 throttled, 5xx.
-TRANSIENT_STATUS = frozenset({408, 409, 429})
-
-
 class VaultNotFoundError(LookupError):
     """The vault a write was aimed at does not exist (any more)."""
 
 
-def is_transient_status(status: int | None) -> bool:
-    return status is not None and (status in TRANSIENT_STATUS or status >= 500)
+def _keyvault_client(*args: Any, **kwargs: Any) -> KeyVaultManagementClient:
+    from azure.mgmt.keyvault import KeyVaultManagementClient
 
-
-@contextmanager
-def azure_errors(what: str) -> Iterator[None]:
-    """Turn the Azure SDK's retryable failures into `TransientError`; let the others through."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    try:
-        yield
-    except (ServiceRequestError, ServiceResponseError) as exc:
-        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
-    except HttpResponseError as exc:
-        if is_transient_status(exc.status_code):
-            code = exc.error.code if exc.error is not None else exc.reason
-            raise TransientError(f"{what}: HTTP {exc.status_code} {code}") from exc
-        raise
+    return KeyVaultManagementClient(*args, **kwargs)
 
 
 def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
@@ -79,34 +57,18 @@ class ArmVaultGateway:
         (e.g. `connection_verify`, `credential_scopes` or `api_version` for a sovereign cloud).
         The retry settings bound how long a call may wait on throttling before it gives up with
         a TransientError."""
-        self._credential = credential
-        self._endpoint = endpoint.rstrip("/")
-        self._client_kwargs = {
-            "retry_total": retry_total,
-            "retry_backoff_factor": retry_backoff_factor,
-            "retry_backoff_max": retry_backoff_max,
-            **client_kwargs,
-        }
-        self._clients: dict[str, KeyVaultManagementClient] = {}
-        self._lock = threading.Lock()
+        self._clients: SubscriptionClients[KeyVaultManagementClient] = SubscriptionClients(
+            _keyvault_client, credential, endpoint, retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor, retry_backoff_max=retry_backoff_max, **client_kwargs,
+        )
         self.subscription_id_hint = subscription_id_hint
 
     def __repr__(self) -> str:
-        return f"ArmVaultGateway(endpoint={self._endpoint!r})"
+        return f"ArmVaultGateway(endpoint={self._clients.endpoint!r})"
 
     def client(self, subscription_id: str) -> KeyVaultManagementClient:
         """The cached client for a subscription (ids compared case-insensitively)."""
-        key = subscription_id.strip().lower()
-        with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                from azure.mgmt.keyvault import KeyVaultManagementClient
-
-                client = KeyVaultManagementClient(
-                    self._credential, key, base_url=self._endpoint, **self._client_kwargs
-                )
-                self._clients[key] = client
-            return client
+        return self._clients(subscription_id)
 
     def warm(self) -> None:
         """Import the SDK and build the hinted subscription's client now (no request is sent)."""
@@ -172,10 +134,7 @@ class ArmVaultGateway:
             return [VaultConfig.from_arm(vault.as_dict()) for vault in vaults.list_by_subscription()]
 
     def close(self) -> None:
-        with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+        self._clients.close()
 
 
 def _locate(vault_id: str) -> tuple[VaultRef, str]:

@@ -9,10 +9,9 @@ instead of adding another. Raising sets it Unhealthy; resolving sets it Healthy.
 from __future__ import annotations
 
 import json
-import threading
 from typing import TYPE_CHECKING, Any
 
-from kvguard.adapters.arm import ARM_ENDPOINT, azure_errors
+from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
 from kvguard.detection import assessment_name
 from kvguard.ids import subscription_of
 from kvguard.ports import Alert
@@ -39,19 +38,13 @@ class DefenderAlertSink:
         retry_backoff_max: float = 30.0,
         **client_kwargs: Any,
     ) -> None:
-        self._credential = credential
-        self._endpoint = endpoint.rstrip("/")
-        self._client_kwargs = {
-            "retry_total": retry_total,
-            "retry_backoff_factor": retry_backoff_factor,
-            "retry_backoff_max": retry_backoff_max,
-            **client_kwargs,
-        }
-        self._clients: dict[str, SecurityCenter] = {}
-        self._lock = threading.Lock()
+        self._clients: SubscriptionClients[SecurityCenter] = SubscriptionClients(
+            _security_client, credential, endpoint, retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor, retry_backoff_max=retry_backoff_max, **client_kwargs,
+        )
 
     def __repr__(self) -> str:
-        return f"DefenderAlertSink(endpoint={self._endpoint!r})"
+        return f"DefenderAlertSink(endpoint={self._clients.endpoint!r})"
 
     def raise_alert(self, alert: Alert) -> str:
         from azure.mgmt.security.v2021_06_01.models import AssessmentStatus
@@ -84,14 +77,13 @@ class DefenderAlertSink:
         subscription = subscription_of(resource_id)
         if subscription is None:
             raise ValueError(f"not an Azure resource id: {resource_id!r}")
-        with self._lock:
-            client = self._clients.get(subscription)
-            if client is None:
-                from azure.mgmt.security import SecurityCenter
+        return self._clients(subscription)
 
-                client = SecurityCenter(self._credential, subscription, base_url=self._endpoint, **self._client_kwargs)
-                self._clients[subscription] = client
-            return client
+
+def _security_client(*args: Any, **kwargs: Any) -> SecurityCenter:
+    from azure.mgmt.security import SecurityCenter
+
+    return SecurityCenter(*args, **kwargs)
 
 
 def additional_data(alert: Alert) -> dict[str, str]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4, uuid5
 
-from kvguard.adapters.arm import azure_errors
+from kvguard.adapters.azure_clients import azure_errors
 from kvguard.ids import vault_key
 from kvguard.ports import Alert
 

@@ -29,16 +29,16 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
-from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
+from kvguard.adapters.azure_clients import azure_errors
 from kvguard.ids import vault_key
 from kvguard.ports import (
     AuditRecord,
@@ -68,24 +68,15 @@ def _status(error: HttpResponseError) -> int | None:
     return error.status_code
 
 
-@contextmanager
-def _azure_errors(action: str) -> Iterator[None]:
-    """Azure errors that a retry can cure become TransientError; everything else is left as it is."""
-    try:
-        yield
-    except (ServiceRequestError, ServiceResponseError) as error:
-        raise TransientError(f"table storage unreachable ({action}): {error}") from error
-    except HttpResponseError as error:
-        status = _status(error)
-        if status is not None and (status >= 500 or status == 429):
-            raise TransientError(f"table storage answered {status} ({action}): {error.message}") from error
-        raise
+def _table_transient(status: int | None) -> bool:
+    """Throttling and server errors; a 409 here is an insert conflict, which callers decide on."""
+    return status is not None and (status >= 500 or status == 429)
 
 
 def _transient(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _azure_errors(method.__name__):
+        with azure_errors(f"table storage ({method.__name__})", _table_transient):
             return method(*args, **kwargs)
 
     return guarded
