@@ -95,11 +95,12 @@ class Pipeline:
         if claim == "in_progress":
             raise TransientError(f"event {event.id} is being processed by another instance")
         try:
-            outcome = self._process(event, now)
+            with self.store.batch():  # the event's records land together, the claim's completion last
+                outcome = self._process(event, now)
+                self.store.complete(event.id, self.clock.now())
         except BaseException:
             self.store.release(event.id)
             raise
-        self.store.complete(event.id, self.clock.now())
         return outcome
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:

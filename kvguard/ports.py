@@ -9,6 +9,7 @@ releases its claim and lets the event be redelivered.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -123,6 +124,11 @@ class AuditRecord:
 class StateStore(Protocol):
     """Shared state: every function instance sees the same, so correctness never depends on one
     process's memory. Keys that are resource ids are compared case-insensitively (`vault_key`)."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group the writes of one event. A store that can commit them together does (all or
+        none); one that cannot writes as it goes. Exceptions propagate."""
+        ...
 
     # Event claims: at-least-once delivery made exactly-once in effect.
     def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:

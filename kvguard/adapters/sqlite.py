@@ -151,8 +151,12 @@ class SQLiteStateStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken before the first read so check-then-write cannot race."""
+        """One write transaction, taken before the first read so check-then-write cannot race.
+        Inside a batch it is part of the batch's transaction."""
         with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -160,6 +164,13 @@ class SQLiteStateStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The writes of one event in one transaction: all of them or none (and one commit, not
+        one per write)."""
+        with self._transaction():
+            yield
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

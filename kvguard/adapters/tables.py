@@ -29,7 +29,8 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -224,6 +225,12 @@ class TablesStateStore:
                 table.delete_entity(ref, row["RowKey"])
         except AzureError as error:
             log.warning("could not remove the chunks of replaced document %s: %s", ref, error)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Table Storage has no transaction across tables: each write stands on its own, and the
+        pipeline's order of writes (the claim completed last) keeps a retried event safe."""
+        yield
 
     # Event claims
 

@@ -122,6 +122,26 @@ class StateStoreContract:
     def store(self) -> StateStore:
         raise NotImplementedError("a contract subclass provides a fresh `store` fixture")
 
+    # Batches
+
+    def test_writes_in_a_batch_are_read_back_inside_and_after_it(self, store: StateStore) -> None:
+        with store.batch():
+            store.claim("evt-1", T0, LEASE)
+            etag = store.put_baseline(VAULT, {"id": VAULT}, None, now=T0)
+            store.add_mark("grants", VAULT, "principal:a|", T0)
+            baseline = store.get_baseline(VAULT)
+            assert baseline is not None and baseline.etag == etag
+            store.complete("evt-1", T0)
+        assert store.claim("evt-1", T0, LEASE) == "duplicate"
+        assert [m for m, _ in store.marks_since("grants", VAULT, T0)] == ["principal:a|"]
+
+    def test_an_error_inside_a_batch_propagates_and_the_store_stays_usable(self, store: StateStore) -> None:
+        with pytest.raises(RuntimeError, match="midway"), store.batch():
+            store.claim("evt-1", T0, LEASE)
+            raise RuntimeError("midway")
+        store.release("evt-1")
+        assert store.claim("evt-1", T0, LEASE) == "claimed"
+
     # Event claims
 
     def test_first_claim_is_claimed(self, store: StateStore) -> None:

@@ -66,3 +66,13 @@ def test_a_file_database_uses_the_write_ahead_log(tmp_path: Path) -> None:
     SQLiteStateStore(tmp_path / "state.db").close()
     with closing(sqlite3.connect(tmp_path / "state.db")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_batch_that_fails_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = SQLiteStateStore(tmp_path / "state.db")
+    with pytest.raises(RuntimeError), store.batch():
+        store.claim("evt-1", T0, LEASE)
+        store.add_mark("grants", VAULT, "principal:a|", T0)
+        raise RuntimeError("the event failed half way")
+    assert store.claim("evt-1", T0, LEASE) == "claimed"  # the claim was rolled back too
+    assert store.marks_since("grants", VAULT, T0) == []
