@@ -89,18 +89,20 @@ class Pipeline:
         if passed is not None:
             return passed
         now = self.clock.now()
-        claim = self.store.claim(event.id, now, self.lease)
-        if claim == "duplicate":
-            return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
-        if claim == "in_progress":
-            raise TransientError(f"event {event.id} is being processed by another instance")
-        try:
-            with self.store.batch():  # the event's records land together, the claim's completion last
+        # The event's records land together, the claim's completion last. (A store that commits a
+        # batch at once makes the claim visible with it: it also holds other writers off till then.)
+        with self.store.batch():
+            claim = self.store.claim(event.id, now, self.lease)
+            if claim == "duplicate":
+                return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
+            if claim == "in_progress":
+                raise TransientError(f"event {event.id} is being processed by another instance")
+            try:
                 outcome = self._process(event, now)
                 self.store.complete(event.id, self.clock.now())
-        except BaseException:
-            self.store.release(event.id)
-            raise
+            except BaseException:
+                self.store.release(event.id)
+                raise
         return outcome
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:

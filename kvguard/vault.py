@@ -305,7 +305,7 @@ def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
     changes: list[PermissionChange] = []
     for key, new in after_policies.items():
         old = before_policies.get(key)
-        if old is None:
+        if old is None or old.permissions == new.permissions:
             continue
         for category in PERMISSION_CATEGORIES:
             added = new.get(category) - old.get(category)
