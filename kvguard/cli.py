@@ -1,9 +1,10 @@
-"""`kvguard replay | rules | baseline | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | validate`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
-the file, the step and the reason on stderr), 1 when Azure or the state store cannot be reached.
+the file, the step and the reason on stderr) or a dead-letter file that is not JSON, 1 when Azure
+or the state store cannot be reached.
 
-`baseline` and `replay --live` work on real vaults through ARM, with the settings of the
+`baseline`, `replay --live` and `redrive` work on real vaults through ARM, with the settings of the
 environment (the same `KVGUARD_*` names as the Functions app) and DefaultAzureCredential; `main`
 takes another credential for tests and embedding.
 """
@@ -14,7 +15,10 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kvguard.outcome import Outcome
@@ -135,20 +139,22 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _live_pipeline(args: argparse.Namespace, loaded: LoadedScenario, settings: Settings) -> Pipeline:
-    """The scenario's policy on real adapters. A dry run (no --apply) writes nowhere: no alert
-    sink is called, and it works on an in-memory copy of the configured store's baselines, so
-    that neither claims nor the planned-but-not-applied state reach the real store."""
+def _live_pipeline(args: argparse.Namespace, settings: Settings, policy: Policy | None = None) -> Pipeline:
+    """A pipeline on real adapters with `policy` (None: the environment's own), kvguard's own
+    identities from the environment always included. A dry run (no --apply) writes nowhere: no
+    alert sink is called, and it works on an in-memory copy of the configured store's baselines,
+    so that neither claims nor the planned-but-not-applied state reach the real store."""
     from kvguard import runtime
     from kvguard.adapters.sqlite import SQLiteStateStore
     from kvguard.pipeline import Pipeline
 
     built = runtime.build(settings, credential=args.credential)
-    own = sorted({*loaded.policy.own_principal_ids, *runtime.policy_from(settings).own_principal_ids})
+    policy = built.policy if policy is None else policy
+    own = sorted({*policy.own_principal_ids, *built.policy.own_principal_ids})
     update: dict[str, Any] = {"own_principal_ids": own}
     if not args.apply:
         update["dry_run"] = True
-    policy = loaded.policy.model_copy(update=update)
+    policy = policy.model_copy(update=update)
     if args.apply:
         return Pipeline(gateway=built.gateway, store=built.store, policy=policy, sinks=built.sinks)
     copy = SQLiteStateStore(":memory:")
@@ -169,7 +175,7 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
     outcomes: list[Outcome] = []
     notes: list[str] = []
     for scenario in loaded:
-        pipeline = _live_pipeline(args, scenario, settings)
+        pipeline = _live_pipeline(args, settings, scenario.policy)
         for number, step in enumerate(scenario.steps, 1):
             if step.kind not in LIVE_STEPS:
                 notes.append(f"{scenario.path}: step {number} ({step.kind}) ignored: --live reads the real vaults")
@@ -185,18 +191,20 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(_dump(summary) + "\n")
         return 0
-    _print_live(outcomes, summary, out)
+    _print_live(outcomes, summary, out, "live replay")
     return 0
 
 
-def _print_live(outcomes: list[Outcome], summary: dict[str, Any], out: TextIO) -> None:
+def _print_live(
+    outcomes: list[Outcome], summary: dict[str, Any], out: TextIO, title: str, notes: Sequence[str] = ()
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from kvguard.report import summary_line
 
     console = Console(file=out, width=180, highlight=False)
-    table = Table(title=f"live replay ({summary['mode']})", title_justify="left", show_lines=True, expand=True)
+    table = Table(title=f"{title} ({summary['mode']})", title_justify="left", show_lines=True, expand=True)
     for column in ("event", "outcome", "vault", "risk", "findings", "actions"):
         table.add_column(column)
     for outcome in outcomes:
@@ -210,6 +218,158 @@ def _print_live(outcomes: list[Outcome], summary: dict[str, Any], out: TextIO) -
         )
     console.print(table)
     console.print(summary_line(summary["summary"]))
+    for note in notes:
+        console.print(note, markup=False)
+
+
+# --- redrive: Event Grid's dead letters, delivered again -------------------------------------
+
+# What Event Grid adds to an event it dead-letters (CloudEvents spells them in lower case): the
+# event is redriven without them, as it was first delivered.
+DEAD_LETTER_FIELDS = frozenset(name.lower() for name in (
+    "deadLetterReason", "deliveryAttempts", "lastDeliveryOutcome", "lastHttpStatusCode", "publishTime",
+    "lastDeliveryAttemptTime",
+))
+
+
+class UnreadableFile(Exception):
+    """A file given to redrive that holds no JSON: reported with its name and skipped."""
+
+
+@dataclass
+class DeadLetters:
+    path: str
+    events: list[Any]
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+def cmd_redrive(args: argparse.Namespace, out: TextIO) -> int:
+    """Deliver again the events Event Grid dead-lettered, through the same live pipeline as
+    `replay --live` (a dry run unless --apply). Every file is read before any event is delivered;
+    one that is not JSON is reported and skipped, and the run ends with exit 2 after the others."""
+    from kvguard.replay import totals
+
+    files: list[DeadLetters] = []
+    report: dict[str, dict[str, Any]] = {}
+    for path in _expand(args.files):
+        try:
+            files.append(_read_dead_letters(path))
+        except UnreadableFile as error:
+            report[path] = {"error": str(error)}
+            sys.stderr.write(f"kvguard: {path}: {error}; skipped\n")
+            continue
+        report[path] = {}
+    outcomes: list[Outcome] = []
+    if files:
+        pipeline = _live_pipeline(args, _live_settings())
+        for dead in files:
+            delivered: list[Outcome] = []
+            for event in dead.events:
+                for outcome in pipeline.handle(event):
+                    delivered.append(outcome)
+                    if args.json:
+                        out.write(_dump({**outcome.to_json(), "file": dead.path}) + "\n")
+            outcomes.extend(delivered)
+            report[dead.path] = {
+                "events": len(dead.events),
+                "outcomes": dict(Counter(o.outcome for o in delivered)),
+                "dead_letter_reasons": dict(dead.reasons),
+            }
+    summary = {"summary": totals(outcomes), "mode": "apply" if args.apply else "dry run", "files": report}
+    if args.json:
+        out.write(_dump(summary) + "\n")
+    else:
+        _print_live(outcomes, summary, out, "redrive", [_file_line(path, counts) for path, counts in report.items()])
+    return EXIT_INVALID if any("error" in counts for counts in report.values()) else 0
+
+
+def _file_line(path: str, counts: dict[str, Any]) -> str:
+    if "error" in counts:
+        return f"{path}: skipped, {counts['error']}"
+    events = counts["events"]
+    line = f"{path}: {events} event{'' if events == 1 else 's'}"
+    if counts["outcomes"]:
+        line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(counts["outcomes"].items())) + ")"
+    if counts["dead_letter_reasons"]:
+        line += "; dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["dead_letter_reasons"].items()))
+    return line
+
+
+def _expand(patterns: Sequence[str]) -> list[str]:
+    """The files to redrive, each once, in the order given. A directory stands for every `*.json`
+    below it (the tree `az storage blob download-batch` writes); a pattern the shell left as it was
+    (`dl/**/*.json` without globstar) is expanded here. A name that matches nothing is kept, to be
+    reported as unreadable."""
+    import glob
+
+    paths: list[str] = []
+    for pattern in patterns:
+        if Path(pattern).is_dir():
+            paths.extend(str(p) for p in sorted(Path(pattern).rglob("*.json")) if p.is_file())
+        elif not Path(pattern).exists() and glob.has_magic(pattern):
+            paths.extend(sorted(glob.glob(pattern, recursive=True)) or [pattern])
+        else:
+            paths.append(pattern)
+    return list(dict.fromkeys(paths))
+
+
+def _read_dead_letters(path: str) -> DeadLetters:
+    """The events of one downloaded dead-letter blob: a JSON array (what Event Grid writes), a
+    single event object, or JSON Lines. Raises UnreadableFile with the reason."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UnreadableFile(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise UnreadableFile(error.strerror or type(error).__name__) from None
+    if not text.strip():
+        raise UnreadableFile("empty, not JSON")
+    try:
+        doc = _loads(text)
+    except json.JSONDecodeError as whole:
+        items = _json_lines(text, whole)
+    else:
+        items = doc if isinstance(doc, list) else [doc]
+    dead = DeadLetters(path, [])
+    for item in items:
+        if isinstance(item, dict):
+            reason = next((str(v) for k, v in item.items() if k.lower() == "deadletterreason"), None)
+            if reason:
+                dead.reasons[reason] += 1
+            item = {k: v for k, v in item.items() if k.lower() not in DEAD_LETTER_FIELDS}
+        dead.events.append(item)
+    return dead
+
+
+def _loads(text: str) -> Any:
+    """json.loads, with what it raises besides JSONDecodeError turned into UnreadableFile."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise UnreadableFile("JSON nested too deeply") from None
+    except ValueError as error:  # e.g. an integer longer than the interpreter converts
+        raise UnreadableFile(f"not usable JSON ({error})") from None
+
+
+def _json_lines(text: str, whole: json.JSONDecodeError) -> list[Any]:
+    """One JSON value per non-blank line (an array counts as its events). When even the first line
+    is no JSON, the file is not JSON Lines: the error of the whole document is the one to report."""
+    items: list[Any] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = _loads(line)
+        except json.JSONDecodeError as error:
+            if not items:
+                raise UnreadableFile(
+                    f"not valid JSON ({whole.msg} at line {whole.lineno} column {whole.colno})"
+                ) from None
+            raise UnreadableFile(f"line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        items.extend(value if isinstance(value, list) else [value])
+    return items
 
 
 def _load_all(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
@@ -250,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
                           help="a subscription id (repeat for several)")
     baseline.set_defaults(run=cmd_baseline)
+    redrive = commands.add_parser(
+        "redrive", help="deliver Event Grid's dead-lettered events again to a pipeline on the real vaults"
+    )
+    redrive.add_argument("files", nargs="+", metavar="FILE",
+                         help="downloaded dead-letter blobs (JSON array), single events or JSON Lines; "
+                              "a directory means every *.json below it")
+    redrive.add_argument("--json", action="store_true",
+                         help="JSON Lines: one object per event, then a summary with a count per file")
+    redrive.add_argument("--apply", action="store_true",
+                         help="act for real (alerts, remediation, state); without it, a dry run")
+    redrive.set_defaults(run=cmd_redrive)
     rules = commands.add_parser("rules", help="print the rule catalog")
     rules.add_argument("--json", action="store_true")
     rules.set_defaults(run=cmd_rules)
@@ -260,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credential: Any = None) -> int:
-    """`credential`: the Azure credential of `baseline` and `replay --live` (default:
+    """`credential`: the Azure credential of `baseline`, `replay --live` and `redrive` (default:
     DefaultAzureCredential)."""
     from kvguard.scenario import ScenarioError
 

@@ -1,0 +1,323 @@
+"""`kvguard redrive` against the local HTTPS ARM fake: Event Grid's dead-lettered events delivered
+again through the live pipeline, with the settings taken from the environment as in production and
+the state in SQLite."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.cli import main
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "samples" / "deadletter"
+SAMPLE = SAMPLES / "KVGUARD-PROD" / "2026" / "11" / "27" / "13" / "9b3e6f1a-4c7d-4e82-a5b0-2d8c1f6e9a47.json"
+
+SUB = "7d4e2a91-3c5b-4f08-9e61-b2a7c8d0f354"  # the sample's subscription, tenant and vault
+TENANT = "c3f1a8e2-5b7d-4e90-a216-8d4b3f6e1c07"
+VAULT = f"/subscriptions/{SUB}/resourceGroups/rg-payments/providers/Microsoft.KeyVault/vaults/kv-payments-prod"
+OWNER = "0a6f2d9b-3e71-4c58-9b04-e8d1c7a5f263"
+ROGUE = "b2c9e4f1-7a38-4d05-9e6b-3f1a8c2d7e94"
+INTRUDER = "5e0b7a3c-9d21-4f86-b4c8-2a6e1f9d03b7"
+GRANT_EVENT = "6d2f8b41-0c9e-4a73-b5d6-1e8f3a7c9b20"
+STORAGE_EVENT = "f07c3a9e-82d4-4b16-9a5e-c4b1d8e6f293"
+WRITES = ("PUT", "PATCH", "POST", "DELETE")
+ROGUE_GRANT = {"tenantId": TENANT, "objectId": ROGUE, "permissions": {"secrets": ["Get", "List"]}}
+
+
+def vault_doc(*extra_policies: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": VAULT,
+        "name": "kv-payments-prod",
+        "type": "Microsoft.KeyVault/vaults",
+        "location": "westeurope",
+        "properties": {
+            "tenantId": TENANT,
+            "sku": {"family": "A", "name": "premium"},
+            "accessPolicies": [
+                {"tenantId": TENANT, "objectId": OWNER, "permissions": {"keys": ["Get", "WrapKey", "UnwrapKey"]}},
+                *extra_policies,
+            ],
+            "enableRbacAuthorization": False,
+            "enableSoftDelete": True,
+            "softDeleteRetentionInDays": 90,
+            "enablePurgeProtection": True,
+            "publicNetworkAccess": "Disabled",
+            "networkAcls": {"defaultAction": "Deny", "bypass": "None", "ipRules": []},
+        },
+    }
+
+
+def dead_lettered(event: dict[str, Any], attempts: int = 30) -> dict[str, Any]:
+    """The event as Event Grid writes it to the dead-letter container."""
+    return {
+        **event,
+        "deadLetterReason": "MaxDeliveryAttemptsExceeded",
+        "deliveryAttempts": attempts,
+        "lastDeliveryOutcome": "Busy",
+        "lastHttpStatusCode": 503,
+        "publishTime": "2026-11-26T09:15:02.4418830Z",
+        "lastDeliveryAttemptTime": "2026-11-27T09:13:47.9016254Z",
+    }
+
+
+def grant_event(event_id: str = GRANT_EVENT) -> dict[str, Any]:
+    uri = f"/subscriptions/{SUB}/resourcegroups/rg-payments/providers/Microsoft.KeyVault/vaults/kv-payments-prod" \
+          "/accessPolicies/add"
+    return {
+        "id": event_id,
+        "topic": f"/subscriptions/{SUB}",
+        "subject": uri,
+        "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+        "eventTime": "2026-11-26T09:15:01.8830412Z",
+        "dataVersion": "2",
+        "metadataVersion": "1",
+        "data": {
+            "authorization": {"scope": uri, "action": "Microsoft.KeyVault/vaults/accessPolicies/write",
+                              "evidence": {"principalId": INTRUDER, "principalType": "User"}},
+            "claims": {"oid": INTRUDER, "ipaddr": "198.51.100.23"},
+            "resourceUri": uri,
+            "operationName": "Microsoft.KeyVault/vaults/accessPolicies/write",
+            "status": "Succeeded",
+            "subscriptionId": SUB,
+            "tenantId": TENANT,
+        },
+    }
+
+
+def storage_event() -> dict[str, Any]:
+    account = f"/subscriptions/{SUB}/resourceGroups/rg-payments/providers/Microsoft.Storage/storageAccounts/stpayexp"
+    return {
+        "id": STORAGE_EVENT,
+        "topic": account,
+        "subject": "/blobServices/default/containers/exports/blobs/2026-11-26/ledger.csv",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "eventTime": "2026-11-26T09:15:04.1203377Z",
+        "dataVersion": "",
+        "metadataVersion": "1",
+        "data": {"api": "PutBlob", "contentType": "text/csv", "contentLength": 48213, "blobType": "BlockBlob",
+                 "url": "https://stpayexp.blob.core.windows.net/exports/2026-11-26/ledger.csv"},
+    }
+
+
+@pytest.fixture
+def fake() -> Iterator[ArmFake]:
+    with arm_fake() as running:
+        running.add_vault(vault_doc())
+        yield running
+
+
+@pytest.fixture
+def state_db(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment of the app's settings, as an operator's shell has them: remediation on,
+    Defender findings on, the fake's CA trusted, state in SQLite."""
+    for name in list(os.environ):
+        if name.startswith("KVGUARD_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "state" / "kvguard.db"
+    monkeypatch.setenv("KVGUARD_STATE_BACKEND", "sqlite")
+    monkeypatch.setenv("KVGUARD_SQLITE_PATH", str(path))
+    monkeypatch.setenv("KVGUARD_ARM_ENDPOINT", fake.base_url)
+    monkeypatch.setenv("KVGUARD_MODE", "remediate")
+    monkeypatch.setenv("KVGUARD_DEFENDER", "true")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
+    return path
+
+
+@pytest.fixture
+def tampered(fake: ArmFake, state_db: Path) -> ArmFake:
+    """Baselines seeded by the CLI, then a rogue grant whose event never reached the app."""
+    assert run("baseline", "--subscription", SUB)[0] == 0
+    fake.add_vault(vault_doc(copy.deepcopy(ROGUE_GRANT)))
+    fake.requests.clear()
+    return fake
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> Path:
+    """One downloaded dead-letter blob: a JSON array of the dead-lettered events."""
+    path = tmp_path / "dl" / "KVGUARD-PROD" / "2026" / "11" / "27" / "9" / "5a7e0c13-d2b4-4f69-8e1a-0b3c6d9f2e87.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps([dead_lettered(grant_event()), dead_lettered(storage_event(), 1)], indent=2),
+                    encoding="utf-8")
+    return path
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(list(argv), out, credential=FakeCredential())
+    return status, out.getvalue()
+
+
+def lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def policies(fake: ArmFake) -> list[str]:
+    return [p["objectId"] for p in fake.vault(VAULT)["properties"]["accessPolicies"]]
+
+
+def removals(fake: ArmFake) -> list[list[str]]:
+    requests = fake.requests_to("PUT", r"/vaults/kv-payments-prod/accessPolicies/remove$")
+    return [[e["objectId"] for e in r.json["properties"]["accessPolicies"]] for r in requests]
+
+
+# ---- dry run and --apply -------------------------------------------------------------------------
+
+
+def test_redrive_without_apply_plans_the_revert_and_writes_nothing(
+    tampered: ArmFake, state_db: Path, blob: Path
+) -> None:
+    status, output = run("redrive", str(blob), "--json")
+
+    assert status == 0
+    (grant, storage, summary) = lines(output)
+    assert (grant["event_id"], grant["outcome"], grant["file"]) == (GRANT_EVENT, "processed", str(blob))
+    assert "KV-AP-01" in {f["rule"] for f in grant["findings"]}
+    (revert,) = [a for a in grant["actions"] if a["handler"] == "revert_access_policy"]
+    assert revert["status"] == "planned"
+    assert (storage["event_id"], storage["outcome"]) == (STORAGE_EVENT, "ignored")
+    assert summary["mode"] == "dry run"
+    assert summary["files"] == {str(blob): {
+        "events": 2, "outcomes": {"processed": 1, "ignored": 1},
+        "dead_letter_reasons": {"MaxDeliveryAttemptsExceeded": 2},
+    }}
+    # Nothing written: not to ARM, not to Defender, not to the state store.
+    assert [r.method for r in tampered.requests if r.method in WRITES] == []
+    assert ROGUE in policies(tampered)
+    store = SQLiteStateStore(str(state_db))
+    assert store.list_audit() == []
+    assert store.list_rejected() == []
+
+
+def test_redrive_with_apply_removes_the_grant_and_a_second_run_reports_duplicate(
+    tampered: ArmFake, state_db: Path, blob: Path
+) -> None:
+    status, output = run("redrive", str(blob), "--apply", "--json")
+
+    assert status == 0
+    (grant, storage, summary) = lines(output)
+    (revert,) = [a for a in grant["actions"] if a["handler"] == "revert_access_policy"]
+    assert revert["status"] == "applied"
+    assert storage["outcome"] == "ignored"
+    assert summary["mode"] == "apply"
+    assert removals(tampered) == [[ROGUE]]
+    assert policies(tampered) == [OWNER]
+    assert tampered.requests_to("PUT", r"/vaults/kv-payments-prod/providers/Microsoft\.Security/assessments/")
+    assert [r.event_id for r in SQLiteStateStore(str(state_db)).list_audit(VAULT)] == [GRANT_EVENT]
+
+    tampered.requests.clear()
+    status, output = run("redrive", str(blob), "--apply", "--json")
+
+    assert status == 0
+    (again, storage_again, summary) = lines(output)
+    assert (again["event_id"], again["outcome"]) == (GRANT_EVENT, "duplicate")
+    assert again["actions"] == []
+    assert storage_again["outcome"] == "ignored"
+    assert summary["files"][str(blob)]["outcomes"] == {"duplicate": 1, "ignored": 1}
+    assert [r.method for r in tampered.requests if r.method in WRITES] == []
+    assert [r.event_id for r in SQLiteStateStore(str(state_db)).list_audit(VAULT)] == [GRANT_EVENT]
+
+
+# ---- what the files may hold ---------------------------------------------------------------------
+
+
+def test_an_unreadable_file_is_named_skipped_and_exits_2_after_the_rest_is_redriven(
+    tampered: ArmFake, state_db: Path, blob: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "dl" / "truncated.json"
+    broken.write_text('[{"id": "0c4d8e2a-", "eventType": "Microsoft.Resources.Resou', encoding="utf-8")
+    binary = tmp_path / "dl" / "blob.json"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe gzip, not JSON")
+
+    status, output = run("redrive", str(broken), str(blob), str(binary), "--apply", "--json")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: not valid JSON (" in err and f"{binary}: not UTF-8 text" in err
+    assert str(blob) not in err
+    (grant, storage, summary) = lines(output)
+    (revert,) = [a for a in grant["actions"] if a["handler"] == "revert_access_policy"]
+    assert revert["status"] == "applied"
+    assert storage["outcome"] == "ignored"
+    assert policies(tampered) == [OWNER]
+    assert list(summary["files"]) == [str(broken), str(blob), str(binary)]
+    assert summary["files"][str(blob)]["events"] == 2
+    assert "not valid JSON" in summary["files"][str(broken)]["error"]
+
+
+def test_a_single_event_and_json_lines_are_redriven_without_the_dead_letter_fields(
+    tampered: ArmFake, state_db: Path, tmp_path: Path
+) -> None:
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(dead_lettered(grant_event())), encoding="utf-8")
+    malformed = {k: v for k, v in grant_event("9e1b5d73-4a28-4c0f-b6e9-2d7a3f8c1e54").items() if k != "eventTime"}
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text("\n".join(json.dumps(e) for e in (dead_lettered(storage_event()), dead_lettered(malformed)))
+                     + "\n\n", encoding="utf-8")
+
+    status, output = run("redrive", str(single), str(jsonl), "--apply", "--json")
+
+    assert status == 0
+    (grant, storage, rejected, summary) = lines(output)
+    assert (grant["outcome"], grant["file"]) == ("processed", str(single))
+    assert (storage["outcome"], storage["file"]) == ("ignored", str(jsonl))
+    assert (rejected["outcome"], rejected["file"]) == ("rejected", str(jsonl))
+    assert "eventTime" in rejected["reason"]
+    assert summary["files"][str(single)]["events"] == 1
+    assert summary["files"][str(jsonl)]["events"] == 2
+    assert removals(tampered) == [[ROGUE]]
+    # The payload kept for the rejected event is the event as first published, not the dead letter.
+    (kept,) = SQLiteStateStore(str(state_db)).list_rejected()
+    assert kept.event_id == "9e1b5d73-4a28-4c0f-b6e9-2d7a3f8c1e54"
+    assert '"operationName"' in kept.raw
+    assert "deadLetterReason" not in kept.raw and "deliveryAttempts" not in kept.raw
+
+
+def test_a_bad_line_in_json_lines_makes_the_file_unreadable(
+    tampered: ArmFake, state_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text(json.dumps(dead_lettered(grant_event())) + "\n{not json\n", encoding="utf-8")
+
+    status, output = run("redrive", str(jsonl), "--apply", "--json")
+
+    assert status == 2
+    assert f"{jsonl}: line 2: not valid JSON" in capsys.readouterr().err
+    (summary,) = lines(output)
+    assert summary["summary"]["events"] == 0
+    assert ROGUE in policies(tampered)  # nothing of the file was delivered
+
+
+# ---- the sample, as an operator runs it ------------------------------------------------------------
+
+
+def test_the_sample_dead_letter_blob_redriven_from_its_download_directory(
+    tampered: ArmFake, state_db: Path
+) -> None:
+    status, output = run("redrive", str(SAMPLES))
+
+    assert status == 0
+    assert "redrive (dry run)" in output
+    assert "revert_access_policy: planned" in output
+    assert f"{SAMPLE}: 2 events (processed 2); dead-lettered: MaxDeliveryAttemptsExceeded 2" in output
+    assert [r.method for r in tampered.requests if r.method in WRITES] == []
+
+    status, output = run("redrive", str(SAMPLE), "--apply")
+
+    assert status == 0
+    assert "redrive (apply)" in output
+    assert "revert_access_policy: applied" in output
+    assert removals(tampered) == [[ROGUE]]
+    assert policies(tampered) == [OWNER]
+    sample_ids = [event["id"] for event in json.loads(SAMPLE.read_text(encoding="utf-8"))]
+    assert [r.event_id for r in SQLiteStateStore(str(state_db)).list_audit(VAULT)] == sample_ids
