@@ -4,9 +4,9 @@ Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or po
 the file, the step and the reason on stderr) or a dead-letter file that is not JSON, 1 when Azure
 or the state store cannot be reached.
 
-`baseline`, `replay --live` and `redrive` work on real vaults through ARM, with the settings of the
-environment (the same `KVGUARD_*` names as the Functions app) and DefaultAzureCredential; `main`
-takes another credential for tests and embedding.
+`baseline`, `replay --live` and `redrive` work on real vaults through ARM: they live in
+`kvguard.live`, loaded only when one of them runs. `main` takes an Azure credential for them (tests,
+embedding); DefaultAzureCredential otherwise.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kvguard.outcome import Outcome
@@ -26,16 +23,13 @@ from kvguard.policy import Policy, PolicyError, load_policy
 from kvguard.ports import TransientError
 
 if TYPE_CHECKING:
-    from kvguard.pipeline import Pipeline
     from kvguard.scenario import LoadedScenario
-    from kvguard.settings import Settings
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 1
-LIVE_STEPS = ("event", "events")
 
 
-def _dump(obj: Any) -> str:
+def dump_json(obj: Any) -> str:
     return json.dumps(obj, default=str, separators=(", ", ": "))
 
 
@@ -69,12 +63,14 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     from kvguard.replay import ReplayRun, build_run, replay, summarize
 
     if args.live:
+        from kvguard.live import cmd_replay_live
+
         return cmd_replay_live(args, out)
     if args.apply:
         sys.stderr.write("kvguard: --apply only applies to --live (the simulated world is always written)\n")
 
     base = load_policy(args.policy) if args.policy else Policy()
-    loaded = _load_all(args.scenarios, base)
+    loaded = load_scenarios(args.scenarios, base)
     extra: dict[str, Any] = {}
     if args.alerts:
         from kvguard.adapters.jsonl import JsonLinesAlertSink
@@ -83,11 +79,11 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     runs: list[ReplayRun] = []
     if args.json:
         def emit(outcome: Outcome) -> None:
-            out.write(_dump(outcome.to_json()) + "\n")
+            out.write(dump_json(outcome.to_json()) + "\n")
 
         for scenario in loaded:
             runs.append(replay(build_run(scenario, extra), emit))
-        out.write(_dump(summarize(runs)) + "\n")
+        out.write(dump_json(summarize(runs)) + "\n")
         return 0
     from kvguard.report import print_report
 
@@ -97,282 +93,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-# --- live: real vaults through ARM ------------------------------------------------------------
-
-
-def _live_settings() -> Settings:
-    from kvguard.settings import Settings
-
-    return Settings()
-
-
-def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
-    """Record the current configuration of every vault that has no baseline yet; existing
-    baselines (also those of deleted vaults, which KV-LIFE-03 needs) are left as they are."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from kvguard import runtime
-    from kvguard.ports import ConcurrencyError
-
-    pipeline = runtime.build(_live_settings(), credential=args.credential)
-    console = Console(file=out, width=120, highlight=False)
-    seeded = present = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
-        for subscription_id in args.subscriptions:
-            task = progress.add_task(f"listing {subscription_id}", total=None)
-            vaults = pipeline.gateway.list_vaults(subscription_id)
-            progress.update(task, description=f"subscription {subscription_id}", total=len(vaults))
-            for vault in vaults:
-                if pipeline.store.get_baseline(vault.id) is None:
-                    try:
-                        pipeline.store.put_baseline(vault.id, dict(vault.raw), None, now=pipeline.clock.now())
-                        seeded += 1
-                    except ConcurrencyError:  # the app seeded it meanwhile: that one stands
-                        present += 1
-                else:
-                    present += 1
-                progress.advance(task)
-    vaults_word = "vault" if seeded + present == 1 else "vaults"
-    console.print(f"{seeded + present} {vaults_word} in {len(args.subscriptions)} subscription(s): "
-                  f"{seeded} baseline(s) seeded, {present} already present")
-    return 0
-
-
-def _live_pipeline(args: argparse.Namespace, settings: Settings, policy: Policy | None = None) -> Pipeline:
-    """A pipeline on real adapters with `policy` (None: the environment's own), kvguard's own
-    identities from the environment always included. A dry run (no --apply) writes nowhere: no
-    alert sink is called, and it works on an in-memory copy of the configured store's baselines,
-    so that neither claims nor the planned-but-not-applied state reach the real store."""
-    from kvguard import runtime
-    from kvguard.adapters.sqlite import SQLiteStateStore
-    from kvguard.pipeline import Pipeline
-
-    built = runtime.build(settings, credential=args.credential)
-    policy = built.policy if policy is None else policy
-    own = sorted({*policy.own_principal_ids, *built.policy.own_principal_ids})
-    update: dict[str, Any] = {"own_principal_ids": own}
-    if not args.apply:
-        update["dry_run"] = True
-    policy = policy.model_copy(update=update)
-    if args.apply:
-        return Pipeline(gateway=built.gateway, store=built.store, policy=policy, sinks=built.sinks)
-    copy = SQLiteStateStore(":memory:")
-    for baseline in built.store.list_baselines():
-        copy.put_baseline(baseline.vault_id, baseline.config, None, deleted=baseline.deleted, now=baseline.updated)
-    return Pipeline(gateway=built.gateway, store=copy, policy=policy)
-
-
-def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
-    """Deliver each scenario's `event`/`events` steps to a pipeline on the real vaults. The other
-    steps describe a simulated world and are skipped with a note: here the world is Azure."""
-    from kvguard import runtime
-    from kvguard.replay import totals
-
-    settings = _live_settings()
-    base = load_policy(args.policy) if args.policy else runtime.policy_from(settings)
-    loaded = _load_all(args.scenarios, base)
-    outcomes: list[Outcome] = []
-    notes: list[str] = []
-    for scenario in loaded:
-        pipeline = _live_pipeline(args, settings, scenario.policy)
-        for number, step in enumerate(scenario.steps, 1):
-            if step.kind not in LIVE_STEPS:
-                notes.append(f"{scenario.path}: step {number} ({step.kind}) ignored: --live reads the real vaults")
-                continue
-            for raw in step.value if step.kind == "events" else [step.value]:
-                for outcome in pipeline.handle(raw):
-                    outcomes.append(outcome)
-                    if args.json:
-                        out.write(_dump(outcome.to_json()) + "\n")
-    for note in notes:
-        sys.stderr.write(f"kvguard: {note}\n")
-    summary = {"summary": totals(outcomes), "mode": "apply" if args.apply else "dry run"}
-    if args.json:
-        out.write(_dump(summary) + "\n")
-        return 0
-    _print_live(outcomes, summary, out, "live replay")
-    return 0
-
-
-def _print_live(
-    outcomes: list[Outcome], summary: dict[str, Any], out: TextIO, title: str, notes: Sequence[str] = ()
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from kvguard.report import summary_line
-
-    console = Console(file=out, width=180, highlight=False)
-    table = Table(title=f"{title} ({summary['mode']})", title_justify="left", show_lines=True, expand=True)
-    for column in ("event", "outcome", "vault", "risk", "findings", "actions"):
-        table.add_column(column)
-    for outcome in outcomes:
-        table.add_row(
-            outcome.event_id or "-",
-            outcome.outcome,
-            (outcome.vault or "-").rsplit("/", 1)[-1],
-            f"{outcome.risk} {outcome.severity}",
-            "\n".join(f"{f.rule} {f.title}" for f in outcome.findings) or outcome.reason,
-            "\n".join(f"{a.handler}: {a.status} {a.detail}" for a in outcome.actions) or "-",
-        )
-    console.print(table)
-    console.print(summary_line(summary["summary"]))
-    for note in notes:
-        console.print(note, markup=False)
-
-
-# --- redrive: Event Grid's dead letters, delivered again -------------------------------------
-
-# What Event Grid adds to an event it dead-letters (CloudEvents spells them in lower case): the
-# event is redriven without them, as it was first delivered.
-DEAD_LETTER_FIELDS = frozenset(name.lower() for name in (
-    "deadLetterReason", "deliveryAttempts", "lastDeliveryOutcome", "lastHttpStatusCode", "publishTime",
-    "lastDeliveryAttemptTime",
-))
-
-
-class UnreadableFile(Exception):
-    """A file given to redrive that holds no JSON: reported with its name and skipped."""
-
-
-@dataclass
-class DeadLetters:
-    path: str
-    events: list[Any]
-    reasons: Counter[str] = field(default_factory=Counter)
-
-
-def cmd_redrive(args: argparse.Namespace, out: TextIO) -> int:
-    """Deliver again the events Event Grid dead-lettered, through the same live pipeline as
-    `replay --live` (a dry run unless --apply). Every file is read before any event is delivered;
-    one that is not JSON is reported and skipped, and the run ends with exit 2 after the others."""
-    from kvguard.replay import totals
-
-    files: list[DeadLetters] = []
-    report: dict[str, dict[str, Any]] = {}
-    for path in _expand(args.files):
-        try:
-            files.append(_read_dead_letters(path))
-        except UnreadableFile as error:
-            report[path] = {"error": str(error)}
-            sys.stderr.write(f"kvguard: {path}: {error}; skipped\n")
-            continue
-        report[path] = {}
-    outcomes: list[Outcome] = []
-    if files:
-        pipeline = _live_pipeline(args, _live_settings())
-        for dead in files:
-            delivered: list[Outcome] = []
-            for event in dead.events:
-                for outcome in pipeline.handle(event):
-                    delivered.append(outcome)
-                    if args.json:
-                        out.write(_dump({**outcome.to_json(), "file": dead.path}) + "\n")
-            outcomes.extend(delivered)
-            report[dead.path] = {
-                "events": len(dead.events),
-                "outcomes": dict(Counter(o.outcome for o in delivered)),
-                "dead_letter_reasons": dict(dead.reasons),
-            }
-    summary = {"summary": totals(outcomes), "mode": "apply" if args.apply else "dry run", "files": report}
-    if args.json:
-        out.write(_dump(summary) + "\n")
-    else:
-        _print_live(outcomes, summary, out, "redrive", [_file_line(path, counts) for path, counts in report.items()])
-    return EXIT_INVALID if any("error" in counts for counts in report.values()) else 0
-
-
-def _file_line(path: str, counts: dict[str, Any]) -> str:
-    if "error" in counts:
-        return f"{path}: skipped, {counts['error']}"
-    events = counts["events"]
-    line = f"{path}: {events} event{'' if events == 1 else 's'}"
-    if counts["outcomes"]:
-        line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(counts["outcomes"].items())) + ")"
-    if counts["dead_letter_reasons"]:
-        line += "; dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["dead_letter_reasons"].items()))
-    return line
-
-
-def _expand(patterns: Sequence[str]) -> list[str]:
-    """The files to redrive, each once, in the order given. A directory stands for every `*.json`
-    below it (the tree `az storage blob download-batch` writes); a pattern the shell left as it was
-    (`dl/**/*.json` without globstar) is expanded here. A name that matches nothing is kept, to be
-    reported as unreadable."""
-    import glob
-
-    paths: list[str] = []
-    for pattern in patterns:
-        if Path(pattern).is_dir():
-            paths.extend(str(p) for p in sorted(Path(pattern).rglob("*.json")) if p.is_file())
-        elif not Path(pattern).exists() and glob.has_magic(pattern):
-            paths.extend(sorted(glob.glob(pattern, recursive=True)) or [pattern])
-        else:
-            paths.append(pattern)
-    return list(dict.fromkeys(paths))
-
-
-def _read_dead_letters(path: str) -> DeadLetters:
-    """The events of one downloaded dead-letter blob: a JSON array (what Event Grid writes), a
-    single event object, or JSON Lines. Raises UnreadableFile with the reason."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UnreadableFile(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise UnreadableFile(error.strerror or type(error).__name__) from None
-    if not text.strip():
-        raise UnreadableFile("empty, not JSON")
-    try:
-        doc = _loads(text)
-    except json.JSONDecodeError as whole:
-        items = _json_lines(text, whole)
-    else:
-        items = doc if isinstance(doc, list) else [doc]
-    dead = DeadLetters(path, [])
-    for item in items:
-        if isinstance(item, dict):
-            reason = next((str(v) for k, v in item.items() if k.lower() == "deadletterreason"), None)
-            if reason:
-                dead.reasons[reason] += 1
-            item = {k: v for k, v in item.items() if k.lower() not in DEAD_LETTER_FIELDS}
-        dead.events.append(item)
-    return dead
-
-
-def _loads(text: str) -> Any:
-    """json.loads, with what it raises besides JSONDecodeError turned into UnreadableFile."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        raise UnreadableFile("JSON nested too deeply") from None
-    except ValueError as error:  # e.g. an integer longer than the interpreter converts
-        raise UnreadableFile(f"not usable JSON ({error})") from None
-
-
-def _json_lines(text: str, whole: json.JSONDecodeError) -> list[Any]:
-    """One JSON value per non-blank line (an array counts as its events). When even the first line
-    is no JSON, the file is not JSON Lines: the error of the whole document is the one to report."""
-    items: list[Any] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = _loads(line)
-        except json.JSONDecodeError as error:
-            if not items:
-                raise UnreadableFile(
-                    f"not valid JSON ({whole.msg} at line {whole.lineno} column {whole.colno})"
-                ) from None
-            raise UnreadableFile(f"line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
-        items.extend(value if isinstance(value, list) else [value])
-    return items
-
-
-def _load_all(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
+def load_scenarios(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
     """Every scenario, validated before any runs. A large scenario is millions of small objects
     that live until the end: the cyclic collector is paused while they are built and then told to
     leave them alone (gc.freeze), or its full passes would rescan them for every event replayed."""
@@ -393,6 +114,17 @@ def _load_all(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
     return loaded
 
 
+def _live(command: str) -> Callable[[argparse.Namespace, TextIO], int]:
+    """A command of `kvguard.live`, imported when it runs: the Azure SDKs are not loaded otherwise."""
+
+    def run(args: argparse.Namespace, out: TextIO) -> int:
+        from kvguard import live
+
+        return int(getattr(live, command)(args, out))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvguard", description="Detect and undo Azure Key Vault tampering.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -409,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = commands.add_parser("baseline", help="seed missing baselines from every vault of the subscriptions")
     baseline.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
                           help="a subscription id (repeat for several)")
-    baseline.set_defaults(run=cmd_baseline)
+    baseline.set_defaults(run=_live("cmd_baseline"))
     redrive = commands.add_parser(
         "redrive", help="deliver Event Grid's dead-lettered events again to a pipeline on the real vaults"
     )
@@ -420,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JSON Lines: one object per event, then a summary with a count per file")
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
-    redrive.set_defaults(run=cmd_redrive)
+    redrive.set_defaults(run=_live("cmd_redrive"))
     rules = commands.add_parser("rules", help="print the rule catalog")
     rules.add_argument("--json", action="store_true")
     rules.set_defaults(run=cmd_rules)
