@@ -130,7 +130,11 @@ def permissions_widened(ctx: Context) -> Iterator[Hit]:
 def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for entry in config.access_policies:
-        reasons = [f"{c}: {p}" for c in PERMISSION_CATEGORIES for p in ("all", DESTRUCTIVE) if p in entry.get(c)]
+        reasons = []
+        for category in PERMISSION_CATEGORIES:
+            names = entry.permissions.get(category)
+            if names:  # entries hold two or three of the four categories
+                reasons += [f"{category}: {p}" for p in ("all", DESTRUCTIVE) if p in names]
         if SECRET_HARVEST.issubset(entry.get("secrets")):
             reasons.append("secrets: get + list")
         if reasons:

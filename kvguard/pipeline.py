@@ -9,7 +9,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
@@ -39,6 +39,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
 ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
+
+
+class _Recall(NamedTuple):
+    """What the state store remembered for one event: the rules' History, and whether this
+    caller's change of this vault is already counted in the burst window."""
+
+    history: History
+    vault_marked: bool
 
 
 class SystemClock:
@@ -154,13 +162,14 @@ class Pipeline:
         baseline = self.store.get_baseline(vault_id)
         before = self._baseline_config(baseline) if baseline and not baseline.deleted else None
         change = diff(before, after) if before is not None and after is not None else None
+        recall = self._history(event, now)
         context = Context(
             event=event,
             before=before,
             after=after,
             diff=change,
             policy=self.policy,
-            history=self._history(event, now),
+            history=recall.history,
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
@@ -189,7 +198,7 @@ class Pipeline:
         resolutions = self._resolve(event, display_id, final if moved else None, findings, actions, decision,
                                     opened, now)
         self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
-                     context.history.caller_seen_before)
+                     recall)
         outcome = Outcome(
             event.id,
             "processed",
@@ -260,26 +269,28 @@ class Pipeline:
         since = now - self.policy.circuit_breaker.window
         return len(self.store.marks_since("remediations", vault_key(vault_id), since))
 
-    def _history(self, event: VaultEvent, now: datetime) -> History:
+    def _history(self, event: VaultEvent, now: datetime) -> _Recall:
         assert event.vault is not None
         window = self.policy.history
         caller = event.caller.id
         vault = event.vault.key
         grants = self.store.marks_since("grants", vault, now - window.grant_window)
         if caller is None:
-            return History(recent_grants=dict(grants))
+            return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
         vaults = {m for m, _ in self.store.marks_since("caller_vaults", caller, now - window.burst_window)}
+        marked = vault in vaults
         failures = len(self.store.marks_since("caller_failures", caller, now - window.burst_window))
         if event.succeeded:
             vaults.add(vault)
         else:
             failures += 1
-        return History(
+        history = History(
             caller_seen_before=bool(self.store.marks_since("caller_writes", f"{vault}|{caller}", EPOCH)),
             caller_vaults=len(vaults),
             caller_failures=failures,
             recent_grants=dict(grants),
         )
+        return _Recall(history, marked)
 
     def _alerts(self, event: VaultEvent, vault_id: str, findings: Sequence[Finding], risk: Risk) -> list[Alert]:
         return [
@@ -427,7 +438,7 @@ class Pipeline:
         change: VaultDiff | None,
         remediated: bool,
         failed: bool,
-        seen_before: bool,
+        recall: _Recall,
     ) -> None:
         """Marks for history rules, and the new baseline: the state after acting, except that a
         failed remediation, a failed operation or a change nobody can be held to leaves the
@@ -437,11 +448,11 @@ class Pipeline:
         caller = event.caller.id
         if caller is not None:
             if event.succeeded:
-                if not seen_before:  # one mark per vault and caller is all "first write" needs
+                # One mark per vault and caller is all "first write" needs, and one per caller and
+                # vault within the burst window all the count needs.
+                if not recall.history.caller_seen_before:
                     self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
-                # One mark per caller and vault within the burst window is all the count needs.
-                since = now - self.policy.history.burst_window
-                if all(m != event.vault.key for m, _ in self.store.marks_since("caller_vaults", caller, since)):
+                if not recall.vault_marked:
                     self.store.add_mark("caller_vaults", caller, event.vault.key, now)
             else:
                 self.store.add_mark("caller_failures", caller, event.id, now)

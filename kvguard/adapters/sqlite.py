@@ -74,6 +74,8 @@ CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
 
 
 def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is UTC:
+        return moment
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"naive datetime {moment.isoformat()}: the state store takes timezone-aware times only")
     return moment.astimezone(UTC)
