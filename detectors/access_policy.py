@@ -134,7 +134,10 @@ def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]
         for category in PERMISSION_CATEGORIES:
             names = entry.permissions.get(category)
             if names:  # entries hold two or three of the four categories
-                reasons += [f"{category}: {p}" for p in ("all", DESTRUCTIVE) if p in names]
+                if "all" in names:
+                    reasons.append(f"{category}: all")
+                if DESTRUCTIVE in names:
+                    reasons.append(f"{category}: {DESTRUCTIVE}")
         if SECRET_HARVEST.issubset(entry.get("secrets")):
             reasons.append("secrets: get + list")
         if reasons:

@@ -73,10 +73,14 @@ CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
 """
 
 
+_ZERO = timedelta(0)
+
+
 def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is UTC:
+    offset = moment.utcoffset()
+    if offset == _ZERO:  # already UTC (whichever tzinfo object says so)
         return moment
-    if moment.tzinfo is None or moment.utcoffset() is None:
+    if offset is None:
         raise ValueError(f"naive datetime {moment.isoformat()}: the state store takes timezone-aware times only")
     return moment.astimezone(UTC)
 
