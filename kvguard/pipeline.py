@@ -6,7 +6,7 @@ parse → filter → claim → read → compare → detect → score → decide 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -74,7 +74,7 @@ class Pipeline:
         self.clock = clock or SystemClock()
         self.lease = lease
         self.runner = ActionRunner(gateway, self.sinks)
-        self._parsed: dict[str, VaultConfig] = {}
+        self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class Pipeline:
 
     def _remember(self, etag: str, config: VaultConfig) -> None:
         if len(self._parsed) >= PARSED_BASELINES:
-            self._parsed.pop(next(iter(self._parsed)))
+            self._parsed.popitem(last=False)  # the oldest
         self._parsed[etag] = config
 
     def _recent_remediations(
