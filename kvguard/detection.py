@@ -23,7 +23,6 @@ RuleKind = Literal["diff", "posture", "diff/posture", "event", "event/diff", "ev
 # A finding's score by severity: the middle of DESIGN.md's risk bands, so that context points can
 # lift a finding into the next band but never two.
 SEVERITY_SCORE: dict[str, int] = {"low": 20, "medium": 50, "high": 75, "critical": 95}
-SEVERITY_ORDER: tuple[str, ...] = ("none", "low", "medium", "high", "critical")
 
 
 def severity_for_risk(risk: int) -> str:

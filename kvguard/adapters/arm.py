@@ -44,7 +44,6 @@ class ArmVaultGateway:
     def __init__(
         self,
         credential: TokenCredential,
-        subscription_id_hint: str | None = None,
         endpoint: str = ARM_ENDPOINT,
         *,
         retry_total: int = 4,
@@ -52,8 +51,7 @@ class ArmVaultGateway:
         retry_backoff_max: float = 30.0,
         **client_kwargs: Any,
     ) -> None:
-        """`subscription_id_hint` is the subscription most vaults live in: `warm()` builds its
-        client ahead of the first event. `client_kwargs` go to every KeyVaultManagementClient
+        """`client_kwargs` go to every KeyVaultManagementClient
         (e.g. `connection_verify`, `credential_scopes` or `api_version` for a sovereign cloud).
         The retry settings bound how long a call may wait on throttling before it gives up with
         a TransientError."""
@@ -61,7 +59,6 @@ class ArmVaultGateway:
             _keyvault_client, credential, endpoint, retry_total=retry_total,
             retry_backoff_factor=retry_backoff_factor, retry_backoff_max=retry_backoff_max, **client_kwargs,
         )
-        self.subscription_id_hint = subscription_id_hint
 
     def __repr__(self) -> str:
         return f"ArmVaultGateway(endpoint={self._clients.endpoint!r})"
@@ -69,11 +66,6 @@ class ArmVaultGateway:
     def client(self, subscription_id: str) -> KeyVaultManagementClient:
         """The cached client for a subscription (ids compared case-insensitively)."""
         return self._clients(subscription_id)
-
-    def warm(self) -> None:
-        """Import the SDK and build the hinted subscription's client now (no request is sent)."""
-        if self.subscription_id_hint:
-            self.client(self.subscription_id_hint)
 
     def get(self, vault_id: str) -> VaultConfig | None:
         from azure.core.exceptions import ResourceNotFoundError

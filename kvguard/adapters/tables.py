@@ -53,7 +53,6 @@ from kvguard.ports import (
 
 log = logging.getLogger(__name__)
 
-CONCERNS = ("claims", "baselines", "audit", "rejected", "findings", "marks", "chunks")
 CHUNK_BYTES = 60_000  # below the 64 KiB limit of one property
 INLINE_CHUNKS = 12  # 720,000 bytes: well inside the 1 MiB limit of one entity, with room for the rest
 DISPLAY_CHARS = 1_000  # readable copies of long texts; the full text is in the compressed document

@@ -360,10 +360,10 @@ def test_one_client_per_subscription(gateway: ArmVaultGateway) -> None:
     assert gateway.client(OTHER_SUB) is not gateway.client(SUB)
 
 
-def test_warm_builds_the_hinted_client_without_a_request(fake: ArmFake, ca_bundle: Path) -> None:
-    gw = ArmVaultGateway(FakeCredential(), SUB, endpoint=fake.base_url, connection_verify=str(ca_bundle))
+def test_clients_are_made_on_first_use_without_a_request(fake: ArmFake, ca_bundle: Path) -> None:
+    gw = ArmVaultGateway(FakeCredential(), endpoint=fake.base_url, connection_verify=str(ca_bundle))
 
-    gw.warm()
+    gw.client(SUB)
 
     assert SUB.upper() in gw._clients and OTHER_SUB not in gw._clients
     assert fake.requests == []
