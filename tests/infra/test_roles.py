@@ -115,3 +115,29 @@ def test_the_app_identity_gets_its_roles_in_every_protected_subscription(trees: 
     assert body(roles)["params"]["principalId"] == "identityPrincipalId"
     rbac = trees["main.bicep"]["modules"]["rbac"]
     assert accessor(body(rbac)["params"]["principalId"]) == "identity.outputs.principalId"
+
+
+# What each role grants, from Azure's built-in role definitions (actions and dataActions).
+GRANTS: dict[str, tuple[str, ...]] = {
+    KEY_VAULT_CONTRIBUTOR: ("Microsoft.KeyVault/*",),
+    SECURITY_ASSESSMENT_CONTRIBUTOR: ("Microsoft.Security/assessments/*",),
+    EVENTGRID_DATA_SENDER: ("Microsoft.EventGrid/topics/events/send/action",),
+    READER: ("*/read",),
+}
+
+
+def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: dict[str, Tree]) -> None:
+    from fnmatch import fnmatchcase
+
+    from remediation import HANDLERS
+
+    roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
+    patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]
+    ungranted = [
+        f"{handler.id}: {handler.permission}"
+        for handler in HANDLERS.values()
+        if not handler.permission.startswith("none")
+        and not any(fnmatchcase(handler.permission, pattern) for pattern in patterns)
+    ]
+    assert not ungranted, f"handlers whose Azure permission no assigned role grants: {ungranted}"
+    assert {"revert_access_policy", "restore_network", "raise_defender_alert", "publish_detection"} <= set(HANDLERS)
