@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import yaml
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+from tests.integration.conftest import cli_environment
 
 SUB = "4a3b2c1d-0e9f-4876-a5b4-c3d2e1f0a9b8"
 OTHER_SUB = "9f8e7d6c-5b4a-4392-8170-f6e5d4c3b2a1"
@@ -69,16 +69,7 @@ def fake() -> Iterator[ArmFake]:
 
 @pytest.fixture
 def state_db(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The environment of a shell that runs the CLI: the fake's CA trusted, state in SQLite."""
-    for name in list(os.environ):
-        if name.startswith("KVGUARD_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "state" / "kvguard.db"
-    monkeypatch.setenv("KVGUARD_STATE_BACKEND", "sqlite")
-    monkeypatch.setenv("KVGUARD_SQLITE_PATH", str(path))
-    monkeypatch.setenv("KVGUARD_ARM_ENDPOINT", fake.base_url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
-    return path
+    return cli_environment(fake, tmp_path, monkeypatch)
 
 
 def run(*argv: str) -> tuple[int, str]:

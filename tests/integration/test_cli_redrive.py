@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+from tests.integration.conftest import cli_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "deadletter"
@@ -118,19 +118,8 @@ def fake() -> Iterator[ArmFake]:
 
 @pytest.fixture
 def state_db(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The environment of the app's settings, as an operator's shell has them: remediation on,
-    Defender findings on, the fake's CA trusted, state in SQLite."""
-    for name in list(os.environ):
-        if name.startswith("KVGUARD_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "state" / "kvguard.db"
-    monkeypatch.setenv("KVGUARD_STATE_BACKEND", "sqlite")
-    monkeypatch.setenv("KVGUARD_SQLITE_PATH", str(path))
-    monkeypatch.setenv("KVGUARD_ARM_ENDPOINT", fake.base_url)
-    monkeypatch.setenv("KVGUARD_MODE", "remediate")
-    monkeypatch.setenv("KVGUARD_DEFENDER", "true")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
-    return path
+    """As an operator's shell has the app's settings: remediation on, Defender findings on."""
+    return cli_environment(fake, tmp_path, monkeypatch, mode="remediate", defender="true")
 
 
 @pytest.fixture
