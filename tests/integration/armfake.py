@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import ssl
 import threading
@@ -406,3 +407,19 @@ def arm_fake(*, page_size: int | None = None, eventgrid_key: str | None = None) 
         yield fake
     finally:
         fake.stop()
+
+def cli_environment(fake: ArmFake, tmp_path: Path, monkeypatch: Any, **settings: str) -> Path:
+    """The environment of an operator's shell that runs `kvguard` against the ARM fake: no other
+    KVGUARD_* setting leaks in, the fake's CA is trusted, state is a SQLite file (its path is
+    returned), and `settings` are set as KVGUARD_<NAME>."""
+    for name in list(os.environ):
+        if name.startswith("KVGUARD_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "state" / "kvguard.db"
+    monkeypatch.setenv("KVGUARD_STATE_BACKEND", "sqlite")
+    monkeypatch.setenv("KVGUARD_SQLITE_PATH", str(path))
+    monkeypatch.setenv("KVGUARD_ARM_ENDPOINT", fake.base_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
+    for name, value in settings.items():
+        monkeypatch.setenv(f"KVGUARD_{name.upper()}", value)
+    return path

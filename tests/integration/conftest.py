@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.armfake import ArmFake
 from tests.integration.azurite import Azurite, running_azurite
 
 # --- Azure Table Storage (Azurite) ------------------------------------------------------------
@@ -39,22 +37,3 @@ def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
     with running_azurite(tmp_path) as service:
         yield service
 
-
-# --- the command line on real adapters --------------------------------------------------------
-
-
-def cli_environment(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: str) -> Path:
-    """The environment of an operator's shell that runs `kvguard` against the ARM fake: no other
-    KVGUARD_* setting leaks in, the fake's CA is trusted, state is a SQLite file (its path is
-    returned), and `settings` are set as KVGUARD_<NAME>."""
-    for name in list(os.environ):
-        if name.startswith("KVGUARD_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "state" / "kvguard.db"
-    monkeypatch.setenv("KVGUARD_STATE_BACKEND", "sqlite")
-    monkeypatch.setenv("KVGUARD_SQLITE_PATH", str(path))
-    monkeypatch.setenv("KVGUARD_ARM_ENDPOINT", fake.base_url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
-    for name, value in settings.items():
-        monkeypatch.setenv(f"KVGUARD_{name.upper()}", value)
-    return path

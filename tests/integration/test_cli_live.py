@@ -15,8 +15,7 @@ import yaml
 
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
-from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
-from tests.integration.conftest import cli_environment
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
 
 SUB = "4a3b2c1d-0e9f-4876-a5b4-c3d2e1f0a9b8"
 OTHER_SUB = "9f8e7d6c-5b4a-4392-8170-f6e5d4c3b2a1"

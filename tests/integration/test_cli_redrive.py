@@ -15,8 +15,7 @@ import pytest
 
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
-from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
-from tests.integration.conftest import cli_environment
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "deadletter"
