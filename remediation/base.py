@@ -7,7 +7,7 @@ permissions secrets:get,list for object X on vault V"), and also exactly what ge
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +39,22 @@ class PlanInput:
     before: VaultConfig | None
     after: VaultConfig | None
     alerts: Sequence[Alert] = ()
+
+
+def patch_operation(
+    handler_id: str, vault: VaultConfig, patch: Mapping[str, Any], description: str, rules: Iterable[str]
+) -> Operation:
+    """A PATCH of top-level vault properties, with their current values kept as `before`."""
+    current = vault.raw.get("properties", {})
+    return Operation(
+        handler=handler_id,
+        kind="patch",
+        vault_id=vault.id,
+        description=description,
+        target=dict(patch),
+        before={name: current.get(name) for name in patch},
+        rules=tuple(sorted(rules)),
+    )
 
 
 Plan = Callable[[PlanInput], list[Operation]]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvguard.vault import VaultConfig, diff, normalise_cidr
-from remediation.base import Operation, PlanInput, handler
+from remediation.base import Operation, PlanInput, handler, patch_operation
 
 NETWORK_RULES = ("KV-NET-01", "KV-NET-02", "KV-NET-03", "KV-NET-04", "KV-NET-05")
 
@@ -68,15 +68,5 @@ def restore_network(data: PlanInput) -> list[Operation]:
         patch["networkAcls"] = acls
     if not patch:
         return []
-    after_props = data.after.raw.get("properties", {})
-    return [
-        Operation(
-            handler="restore_network",
-            kind="patch",
-            vault_id=data.after.id,
-            description=f"patch {', '.join(sorted(patch))} of {data.after.name} back to the baseline",
-            target=patch,
-            before={k: after_props.get(k) for k in patch},
-            rules=tuple(sorted(fired & set(NETWORK_RULES))),
-        )
-    ]
+    description = f"patch {', '.join(sorted(patch))} of {data.after.name} back to the baseline"
+    return [patch_operation("restore_network", data.after, patch, description, fired & set(NETWORK_RULES))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remediation.base import Operation, PlanInput, handler
+from remediation.base import Operation, PlanInput, handler, patch_operation
 
 # Rule -> the ARM properties it restores.
 RESTORED = {
@@ -27,7 +27,6 @@ def restore_settings(data: PlanInput) -> list[Operation]:
     if data.before is None or data.after is None:
         return []
     fired = {f.rule for f in data.findings}
-    after_props = data.after.raw.get("properties", {})
     patch: dict[str, Any] = {}
     for rule, names in RESTORED.items():
         if rule not in fired:
@@ -39,17 +38,8 @@ def restore_settings(data: PlanInput) -> list[Operation]:
     if not patch:
         return []
     settings = ", ".join(f"{k}={str(v).lower()}" for k, v in sorted(patch.items()))
-    return [
-        Operation(
-            handler="restore_settings",
-            kind="patch",
-            vault_id=data.after.id,
-            description=f"set {settings} on {data.after.name}",
-            target=patch,
-            before={k: after_props.get(k) for k in patch},
-            rules=tuple(sorted(fired & set(RESTORED))),
-        )
-    ]
+    return [patch_operation("restore_settings", data.after, patch, f"set {settings} on {data.after.name}",
+                            fired & set(RESTORED))]
 
 
 @handler(
@@ -60,14 +50,6 @@ def enable_purge_protection(data: PlanInput) -> list[Operation]:
     policy opts in (`rules: {KV-PROT-01: {remediate: true}}`)."""
     if data.after is None or data.after.enable_purge_protection is True:
         return []
-    return [
-        Operation(
-            handler="enable_purge_protection",
-            kind="patch",
-            vault_id=data.after.id,
-            description=f"set enablePurgeProtection=true on {data.after.name} (irreversible)",
-            target={"enablePurgeProtection": True},
-            before={"enablePurgeProtection": data.after.raw.get("properties", {}).get("enablePurgeProtection")},
-            rules=("KV-PROT-01",),
-        )
-    ]
+    description = f"set enablePurgeProtection=true on {data.after.name} (irreversible)"
+    return [patch_operation("enable_purge_protection", data.after, {"enablePurgeProtection": True}, description,
+                            ["KV-PROT-01"])]
