@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
-from kvguard.detection import RULES, Context, Finding, History, detect_all
+from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -408,7 +408,7 @@ class Pipeline:
         return results
 
     def _no_longer_holds(
-        self, rule: Any, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
+        self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
     ) -> bool:
         """`final` is None when the vault is gone or its compared state did not move."""
         if rule.kind.startswith("event"):

@@ -45,19 +45,14 @@ class ArmVaultGateway:
         self,
         credential: TokenCredential,
         endpoint: str = ARM_ENDPOINT,
-        *,
-        retry_total: int = 4,
-        retry_backoff_factor: float = 0.8,
-        retry_backoff_max: float = 30.0,
         **client_kwargs: Any,
     ) -> None:
-        """`client_kwargs` go to every KeyVaultManagementClient
-        (e.g. `connection_verify`, `credential_scopes` or `api_version` for a sovereign cloud).
-        The retry settings bound how long a call may wait on throttling before it gives up with
-        a TransientError."""
+        """`client_kwargs` go to every KeyVaultManagementClient (e.g. `connection_verify`,
+        `credential_scopes` or `api_version` for a sovereign cloud); the retry settings
+        (`retry_total`, `retry_backoff_factor`, `retry_backoff_max`, defaults in SubscriptionClients)
+        bound how long a call may wait on throttling before it gives up with a TransientError."""
         self._clients: SubscriptionClients[KeyVaultManagementClient] = SubscriptionClients(
-            _keyvault_client, credential, endpoint, retry_total=retry_total,
-            retry_backoff_factor=retry_backoff_factor, retry_backoff_max=retry_backoff_max, **client_kwargs,
+            _keyvault_client, credential, endpoint, **client_kwargs
         )
 
     def __repr__(self) -> str:

@@ -32,15 +32,10 @@ class DefenderAlertSink:
         self,
         credential: TokenCredential,
         endpoint: str = ARM_ENDPOINT,
-        *,
-        retry_total: int = 4,
-        retry_backoff_factor: float = 0.8,
-        retry_backoff_max: float = 30.0,
         **client_kwargs: Any,
     ) -> None:
         self._clients: SubscriptionClients[SecurityCenter] = SubscriptionClients(
-            _security_client, credential, endpoint, retry_total=retry_total,
-            retry_backoff_factor=retry_backoff_factor, retry_backoff_max=retry_backoff_max, **client_kwargs,
+            _security_client, credential, endpoint, **client_kwargs
         )
 
     def __repr__(self) -> str:
