@@ -149,6 +149,10 @@ def granted_marks(before: Mapping[str, Any], after: Mapping[str, Any], at: datet
 
 
 FOREIGN_SUBSCRIPTION = "c0ffee00-1234-4abc-9def-0123456789ab"
+# The default vault after its deletion, as a purge event names it.
+DELETED_VAULT_ID = (
+    f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.KeyVault/locations/westeurope/deletedVaults/kv-payments"
+)
 
 
 def subnet(subscription: str = SUBSCRIPTION, vnet: str = "vnet-payments", name: str = "snet-app") -> str:

@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 
 from kvguard.cli import main
+from tests.contract import catalog as contract
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICY = ROOT / "samples" / "policy.example.yaml"
 SAMPLE = ROOT / "samples" / "scenarios" / "01-rogue-access-policy.yaml"
 
-# DESIGN.md's detector table, in its order: docs, tests and infra refer to these ids.
-DESIGN_RULES = [
-    "KV-AP-01", "KV-AP-02", "KV-AP-03", "KV-AP-04", "KV-AP-05",
-    "KV-NET-01", "KV-NET-02", "KV-NET-03", "KV-NET-04", "KV-NET-05",
-    "KV-PROT-01", "KV-PROT-02", "KV-PROT-03", "KV-PROT-04", "KV-PROT-05",
-    "KV-ID-01", "KV-ID-02", "KV-ID-03", "KV-ID-04", "KV-ID-05", "KV-ID-06",
-    "KV-LIFE-01", "KV-LIFE-02", "KV-LIFE-03",
-]
 SUBSCRIPTION = "0d6c2e8a-4b1f-4c3d-9e7a-5f8b2c1d4e6a"
 VAULT_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-cli/providers/Microsoft.KeyVault/vaults/kv-cli"
 
@@ -45,7 +38,7 @@ def test_rules_json_lists_exactly_the_documented_rules() -> None:
     code, text = run("rules", "--json")
     assert code == 0
     catalog = json.loads(text)
-    assert [entry["id"] for entry in catalog] == DESIGN_RULES
+    assert [entry["id"] for entry in catalog] == list(contract.RULES)
     for entry in catalog:
         assert entry["severity"] in {"low", "medium", "high", "critical"}
         assert entry["mitre"] and all(t.startswith("T1") for t in entry["mitre"])
@@ -67,7 +60,7 @@ def test_rules_table_names_every_rule() -> None:
     code, text = run("rules")
     assert code == 0
     assert "kvguard rule catalog" in text
-    for rule_id in DESIGN_RULES:
+    for rule_id in contract.RULES:
         assert rule_id in text
 
 

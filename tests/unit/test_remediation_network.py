@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from detectors.cases import VAULT_ID, acls, make_context, vault
+from kvguard.catalog import RULES
 from kvguard.detection import Case, Finding, detect_all
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
@@ -19,7 +20,7 @@ OPEN = vault(publicNetworkAccess=None, networkAcls=None)
 
 def findings(before: dict[str, Any], after: dict[str, Any], **policy: Any) -> list[Finding]:
     ctx = make_context(Case(name="restore", fires=True, before=before, after=after, policy=policy))
-    return [f for f in detect_all(ctx) if f.remediation == "restore_network"]
+    return [f for f in detect_all(ctx, RULES) if f.remediation == "restore_network"]
 
 
 def plan(before: dict[str, Any], after: dict[str, Any], **policy: Any) -> tuple[list[str], list[Operation]]:
