@@ -156,7 +156,7 @@ class Case:
     """A named example of a rule's input: `fires` says whether the rule must fire on it.
 
     `before`/`after` are ARM GET bodies (None: no baseline / vault gone); `event` overrides fields
-    of the default event (see `detectors.cases.make_event`); `policy` and `history` likewise.
+    of the default event (see `make_event` in tests/cases.py); `policy` and `history` likewise.
     """
 
     name: str

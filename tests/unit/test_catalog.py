@@ -74,7 +74,7 @@ def test_scores_sit_in_their_severitys_risk_band() -> None:
 
 
 def test_escalated_severities_of_the_cases_are_valid() -> None:
-    from detectors.cases import make_context
+    from tests.cases import make_context
 
     offenders = []
     for rule in RULES.values():

@@ -7,20 +7,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from detectors.cases import (
-    APP_TEAM,
-    INTRUDER,
-    NOW,
-    OPERATOR,
-    OTHER_TENANT,
-    grant,
-    granted_marks,
-    make_context,
-    vault,
-    with_grants,
-)
+from detectors.cases import APP_TEAM, INTRUDER, NOW, OPERATOR, OTHER_TENANT, grant, granted_marks, vault, with_grants
 from kvguard.catalog import RULES
 from kvguard.detection import Case, Hit, detect_all
+from tests.cases import make_context
 
 BEFORE_GRANT = with_grants(grant(OPERATOR, secrets=["get"]))
 AFTER_GRANT = with_grants(grant(OPERATOR, secrets=["get", "list"]), grant(INTRUDER, secrets=["get"]))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.cases import VAULT_ID, acls, make_context, vault
+from detectors.cases import VAULT_ID, acls, vault
 from kvguard.catalog import RULES
 from kvguard.detection import Case, Finding, detect_all
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
 from remediation.network import restore_network
+from tests.cases import make_context
 from tests.unit.test_pipeline import VAULT_WRITE, Env, statuses
 
 # A vault whose accepted state is open: no firewall, public network access never set (ARM's

@@ -3,11 +3,12 @@ cover-up (KV-AP-05, diff + history) stays open once the vault is back."""
 
 from __future__ import annotations
 
-from detectors.cases import INTRUDER, NOW, grant, make_event, vault, with_grants
+from detectors.cases import INTRUDER, NOW, grant, vault, with_grants
 from kvguard.catalog import RULES
 from kvguard.detection import KINDS, Basis, Closing
 from kvguard.policy import Policy
 from kvguard.vault import VaultConfig
+from tests.cases import make_event
 from tests.unit.test_pipeline import VAULT_ID, VAULT_WRITE, Env
 
 CLOSING_BY_LABEL = {
