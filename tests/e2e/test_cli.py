@@ -1,6 +1,6 @@
 """The command line: the rule catalog, policy validation, and refusal of invalid scenario files.
 
-Exit status is part of the contract (DESIGN.md): 0 after a replay or a valid policy, 2 for an
+Exit status is part of the contract (README, "Command line"): 0 after a replay or a valid policy, 2 for an
 invalid scenario or policy file, with the file, the field or step, and the reason on stderr.
 """
 

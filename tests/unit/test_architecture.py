@@ -157,3 +157,11 @@ def test_a_cold_start_loads_the_rules_but_not_their_cases() -> None:
     # what the check looks for does appear once a rule's cases are built
     asked = _loaded_after("from kvguard.catalog import RULES\nRULES['KV-AP-05'].cases")
     assert "detectors.cases" in asked
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    """A setting nobody reads misleads whoever sets it (the timer's schedule is the host's, not ours)."""
+    from kvguard.settings import Settings
+
+    code = "\n".join(path.read_text(encoding="utf-8") for name, path in MODULES.items() if name != "kvguard.settings")
+    assert [field for field in Settings.model_fields if f".{field}" not in code] == []
