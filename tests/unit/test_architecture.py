@@ -144,6 +144,12 @@ def test_the_core_never_imports_adapters_entry_points_or_azure() -> None:
             if "azure" in _external(name)] == []
 
 
+def test_adapters_never_import_rules_handlers_or_entry_points() -> None:
+    offenders = {name: sorted(t for t in targets if t in ENTRY or t.split(".")[0] in ("detectors", "remediation"))
+                 for name, targets in GRAPH.items() if name.startswith("kvguard.adapters")}
+    assert {name: bad for name, bad in offenders.items() if bad} == {}
+
+
 def _loaded_after(code: str) -> list[str]:
     script = f"import json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
