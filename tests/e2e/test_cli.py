@@ -226,3 +226,17 @@ def test_keys_beyond_the_scenario_format_are_ignored_with_a_warning(
     assert code == 0
     assert json.loads(out.splitlines()[-1])["summary"]["events"] == 0
     assert f"kvguard: {path}: ignored key(s) expect" in err
+
+
+def test_alerts_file_is_a_sink_of_its_own_beside_the_detection_topic(tmp_path: Path) -> None:
+    alerts = tmp_path / "alerts.jsonl"
+    code, text = run("replay", str(SAMPLE), "--json", "--alerts", str(alerts))
+    assert code == 0
+    first = json.loads(text.splitlines()[0])
+    handlers = {a["handler"]: a for a in first["actions"]}
+    assert handlers["write_alerts_file"]["status"] == "applied"
+    # the simulated Event Grid topic still receives the detections: the file no longer replaces it
+    without = json.loads(run("replay", str(SAMPLE), "--json")[1].splitlines()[0])
+    assert [a for a in without["actions"] if a["handler"] == "publish_detection"] == [handlers["publish_detection"]]
+    written = [json.loads(line) for line in alerts.read_text(encoding="utf-8").splitlines()]
+    assert {line["rule"] for line in written} == {f["rule"] for f in first["findings"]}
