@@ -24,8 +24,6 @@ from kvguard.outcome import Outcome
 from kvguard.policy import Policy, PolicyError, load_policy
 from kvguard.ports import TransientError
 
-__all__ = ["EXIT_INVALID", "EXIT_UNREACHABLE", "build_parser", "dump_json", "load_scenarios", "main"]
-
 README_TABLE = ("<!-- rule table: generated from the catalog by `make docs`; edit the rules, not this -->",
                 "<!-- end of rule table -->")
 

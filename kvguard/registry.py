@@ -35,7 +35,12 @@ class Registry(Mapping[str, T]):
             with self._loading:
                 load, self._load = self._load, None
                 if load is not None:
-                    load(self)
+                    try:
+                        load(self)
+                    except BaseException:  # never leave a half-filled registry behind: the next read retries
+                        self._items.clear()
+                        self._load = load
+                        raise
         return self
 
     def _loaded(self) -> dict[str, T]:

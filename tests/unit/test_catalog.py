@@ -203,3 +203,12 @@ def test_a_registry_refuses_a_name_twice_and_loads_once() -> None:
     assert loads == [1]
     with pytest.raises(ValueError, match="number one registered twice"):
         numbers.add("one", 2)
+
+    def broken(registry: Registry[int]) -> None:
+        registry.add("two", 2)
+        registry.add("two", 2)
+
+    twice: Registry[int] = Registry("number", load=broken)
+    for _ in range(2):  # a failed load leaves nothing half-registered and is tried again
+        with pytest.raises(ValueError, match="number two registered twice"):
+            len(twice)
