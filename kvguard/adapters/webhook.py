@@ -10,18 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from kvguard.adapters.azure_clients import is_transient_status
 from kvguard.adapters.eventgrid import alert_data
 from kvguard.ids import parse_vault_ref
-from kvguard.ports import Alert, TransientError
+from kvguard.ports import Alert, PermanentError, TransientError
 
 if TYPE_CHECKING:
     import requests
 
-TRANSIENT_STATUS = frozenset({408, 429})
 
-
-class WebhookError(RuntimeError):
-    """The webhook refused the message for good (4xx other than throttling)."""
+class WebhookError(PermanentError):
+    """The webhook refused the message for good (a 4xx that the shared rule calls permanent)."""
 
 
 def alert_text(alert: Alert) -> str:
@@ -67,7 +66,7 @@ class WebhookAlertSink:
         except requests.RequestException as exc:
             # requests puts the URL in its messages: name the failure, never chain the message.
             raise TransientError(f"webhook {self._host}: {type(exc).__name__}") from None
-        if response.status_code in TRANSIENT_STATUS or response.status_code >= 500:
+        if is_transient_status(response.status_code):
             raise TransientError(f"webhook {self._host}: HTTP {response.status_code}")
         if response.status_code >= 400:
             raise WebhookError(f"webhook {self._host}: HTTP {response.status_code}")
