@@ -102,3 +102,71 @@ def running_azurite(workdir: Path) -> Iterator[Azurite]:
         yield azurite
     finally:
         azurite.stop()
+
+
+# --- Azurite's Blob service (dead-letter containers) -------------------------------------------
+
+AZURITE_BLOB = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+
+
+@dataclass
+class AzuriteBlob:
+    """A running azurite-blob process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={self.endpoint};"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def running_azurite_blob(workdir: Path) -> Iterator[AzuriteBlob]:
+    """azurite-blob on a free port, in memory, once it accepts connections; stopped on exit."""
+    if not AZURITE_BLOB.exists():
+        pytest.fail(f"{AZURITE_BLOB.relative_to(REPO_ROOT)} is missing: run `make test`, which installs Azurite",
+                    pytrace=False)
+    port = free_port()
+    log = workdir / f"azurite-blob-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent",
+            ],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        )
+    service = AzuriteBlob(process=process, port=port, log=log)
+    try:
+        deadline = time.monotonic() + STARTUP_LIMIT_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"azurite-blob exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"azurite-blob did not listen on port {port}:\n{log.read_text(errors='replace')}")
+                time.sleep(0.05)
+        yield service
+    finally:
+        service.stop()
