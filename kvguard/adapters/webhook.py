@@ -2,7 +2,8 @@
 
 The body has a `text` line that both render as the message, plus the structured alert for anything
 that parses it. The URL of an incoming webhook is itself the secret (whoever has it can post), so
-it never appears in a log line, an exception message or a repr: errors name only the host.
+it never appears in a log line (not even the HTTP client's DEBUG lines: `log_redaction`), an
+exception message or a repr: errors name only the host.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from kvguard.adapters.azure_clients import is_transient_status
 from kvguard.adapters.eventgrid import alert_data
+from kvguard.adapters.log_redaction import protect_url
 from kvguard.ids import parse_vault_ref
 from kvguard.ports import Alert, PermanentError, TransientError
 
@@ -34,6 +36,7 @@ class WebhookAlertSink:
     """AlertSink posting to an incoming webhook with `requests`."""
 
     def __init__(self, url: str, session: requests.Session | None = None, *, timeout: float = 10.0) -> None:
+        protect_url(url)  # the HTTP client logs its request lines: never with this URL's secret part
         self._url = url
         self._host = urlsplit(url).hostname or "webhook"
         self._session = session

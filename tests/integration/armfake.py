@@ -212,7 +212,7 @@ class ArmFake:
         path, method = request.path, request.method
         if path.lower() == "/api/events" and method == "POST":
             return self._publish(request)
-        if path.lower() == "/webhook" and method == "POST":
+        if path.lower().split("/")[1:2] == ["webhook"] and method == "POST":  # /webhook and below
             self.webhooks.append(request.json)
             return 200, None, {}
         if not request.headers.get("authorization", "").startswith("Bearer "):
