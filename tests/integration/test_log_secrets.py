@@ -14,7 +14,7 @@ import requests
 
 from kvguard import runtime
 from kvguard.adapters.eventgrid import EventGridAlertSink
-from kvguard.adapters.log_redaction import QUIET_LOGGERS
+from kvguard.adapters.log_redaction import HTTP_LOGGERS, QUIET_LOGGERS
 from kvguard.adapters.webhook import WebhookAlertSink
 from kvguard.ports import Alert, TransientError
 from kvguard.settings import Settings
@@ -53,7 +53,7 @@ def session(fake: ArmFake, tmp_path: Path) -> Iterator[requests.Session]:
 def everything_at_debug(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """DEBUG on the root and, explicitly, on every HTTP client logger: the worst an operator can set."""
     caplog.set_level(logging.DEBUG)
-    for name in ("urllib3", "azure", "requests"):
+    for name in ("urllib3", "azure", "requests", *QUIET_LOGGERS, *HTTP_LOGGERS):
         caplog.set_level(logging.DEBUG, logger=name)
     return caplog
 

@@ -128,9 +128,11 @@ def test_a_permanent_failure_is_recorded_on_table_storage_too(
     assert_recorded_and_acknowledged(pipeline, delivery, outcome, "HTTP 403 AuthorizationFailed")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "tables"])
 def test_a_vault_name_too_long_for_a_url_is_414_recorded(
-    gateway: ArmVaultGateway, fake: ArmFake, store: SQLiteStateStore
+    gateway: ArmVaultGateway, fake: ArmFake, request: pytest.FixtureRequest, backend: str
 ) -> None:
+    store: StateStore = request.getfixturevalue("store" if backend == "sqlite" else "tables_store")
     pipeline = pipeline_on(gateway, store)
     delivery = event(EVENT_ID, ROGUE_WRITE)
     long_id = VAULT_ID.replace("kv-orders-01", "k" * 100_000)
