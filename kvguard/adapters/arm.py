@@ -24,8 +24,10 @@ from kvguard.adapters.azure_clients import (
     azure_errors,
     is_not_found,
     require_object,
+    shorten,
 )
 from kvguard.ids import VaultRef, parse_vault_ref
+from kvguard.ports import PermanentError
 from kvguard.vault import AccessPolicy, VaultConfig
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ class ArmVaultGateway:
                 body = vaults.get(group, ref.name, cls=_raw_json)
         except ResourceNotFoundError:
             return None
-        return VaultConfig.from_arm(body)
+        return _vault(body)
 
     def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
         from azure.core.exceptions import ResourceNotFoundError
@@ -97,7 +99,7 @@ class ArmVaultGateway:
                 body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json)
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
-        return VaultConfig.from_arm(body)
+        return _vault(body)
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
@@ -134,6 +136,15 @@ class ArmVaultGateway:
 
     def close(self) -> None:
         self._clients.close()
+
+
+def _vault(body: Any) -> VaultConfig:
+    """ARM's answer parsed as a vault; an object that is no vault (no id, a field of the wrong
+    type) is a permanent failure naming the field: the same GET would answer the same."""
+    try:
+        return VaultConfig.from_arm(body)
+    except ValueError as error:
+        raise PermanentError(f"ARM's answer is not a vault: {shorten(str(error))}") from error
 
 
 def _locate(vault_id: str) -> tuple[VaultRef, str]:

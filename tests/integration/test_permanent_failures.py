@@ -52,6 +52,7 @@ PERMANENT = {
     "200-html": (200, b"<html><body>Sign in</body></html>", {"Content-Type": "text/html"}, "not JSON"),
     "200-array": (200, [1, 2], {}, "a JSON list, not an object"),
     "200-string": (200, "<html>", {}, "a JSON str, not an object"),
+    "200-no-vault": (200, {"error": None}, {}, "ARM's answer is not a vault: vault.id: missing or not a string"),
 }
 
 
