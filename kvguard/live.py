@@ -263,9 +263,11 @@ def _expand(patterns: Sequence[str]) -> list[tuple[str, Path | None]]:
     """The files to redrive, each once, in the order given, with the directory each must stay in.
     A directory stands for every `*.json` below it (the tree `az storage blob download-batch`
     writes), and a file found there must resolve inside it (no symlink out); a pattern the shell
-    left as it was (`dl/**/*.json` without globstar) is expanded here. A name that matches nothing
-    is kept, to be reported as unreadable."""
+    left as it was (`dl/**/*.json` without globstar) is expanded here, its matches confined to the
+    directory before the first wildcard. A name that matches nothing is kept, to be reported as
+    unreadable."""
     import glob
+    import itertools
 
     paths: dict[str, Path | None] = {}
     for pattern in patterns:
@@ -275,8 +277,10 @@ def _expand(patterns: Sequence[str]) -> list[tuple[str, Path | None]]:
                 if found.is_file() or found.is_symlink():
                     paths.setdefault(str(found), root)
         elif not Path(pattern).exists() and glob.has_magic(pattern):
+            base = Path(*[part for part in itertools.takewhile(lambda part: not glob.has_magic(part),
+                                                               Path(pattern).parts)] or ["."]).resolve()
             for match in sorted(glob.glob(pattern, recursive=True)) or [pattern]:
-                paths.setdefault(match, None)
+                paths.setdefault(match, base)
         else:
             paths.setdefault(pattern, None)
     return list(paths.items())

@@ -355,6 +355,14 @@ def test_a_symlink_out_of_the_directory_is_refused_and_the_rest_redriven(
     assert "refused" in summary["files"][str(escape)]["error"]
     assert str(secret) not in summary["files"]
 
+    # A pattern the shell left unexpanded is confined to the directory before its first wildcard.
+    status, output = run("redrive", f"{directory}/**/*.json", "--json")
+    assert status == 2
+    refusal = f"{escape}: a symlink to {secret.resolve()}, outside {directory.resolve()}: refused"
+    assert refusal in capsys.readouterr().err
+    *events, _ = lines(output)
+    assert {e["event_id"] for e in events} == {GRANT_EVENT, STORAGE_EVENT}
+
 
 def test_a_special_file_is_refused_without_being_read(
     tampered: ArmFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
