@@ -5,10 +5,12 @@ size limit) or straight from the dead-letter container in Blob Storage (Azurite 
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -494,3 +496,45 @@ def test_redrive_needs_something_to_read(capsys: pytest.CaptureFixture[str]) -> 
         run("redrive")
     assert exited.value.code == 2
     assert "--container" in capsys.readouterr().err
+
+
+def entra_token(audience: str = "https://storage.azure.com") -> str:
+    """An unsigned JWT shaped like an Entra ID access token for Storage (Azurite's basic OAuth
+    checks issuer, audience and lifetime, not the signature)."""
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    now = int(time.time())
+    claims = {"aud": audience, "iss": f"https://sts.windows.net/{TENANT}/", "iat": now - 60, "nbf": now - 60,
+              "exp": now + 3600, "oid": OWNER, "tid": TENANT}
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_redrive_reads_the_container_with_the_azure_identity(
+    tampered: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    cert = tampered.ca.issue_cert("127.0.0.1", "localhost")  # trusted through the REQUESTS_CA_BUNDLE already set
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "blob-cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "blob-key.pem"))
+    with running_azurite_blob(tmp_path, tls=(tmp_path / "blob-cert.pem", tmp_path / "blob-key.pem")) as service:
+        client = BlobServiceClient.from_connection_string(service.connection_string,
+                                                          connection_verify=os.environ["REQUESTS_CA_BUNDLE"])
+        client.create_container("deadletters").upload_blob(BLOB_NAME, json.dumps([dead_lettered(grant_event())]))
+        credential = FakeCredential(entra_token())
+
+        out = io.StringIO()
+        status = main(["redrive", "--container", f"{service.endpoint}/deadletters", "--apply", "--json"], out,
+                      credential=credential)
+
+        assert status == 0
+        grant, summary = lines(out.getvalue())
+        assert (grant["event_id"], grant["outcome"]) == (GRANT_EVENT, "processed")
+        assert summary["files"][f"{service.endpoint}/deadletters/{BLOB_NAME}"]["events"] == 1
+        assert ("https://storage.azure.com/.default",) in credential.scopes
+        assert removals(tampered) == [[ROGUE]]
+
+        # A token for another audience is refused by the service: a permanent failure, exit 1.
+        status = main(["redrive", "--container", f"{service.endpoint}/deadletters"], io.StringIO(),
+                      credential=FakeCredential(entra_token("https://vault.azure.net")))
+        assert status == 1
