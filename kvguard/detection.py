@@ -22,6 +22,7 @@ from kvguard.vault import VaultConfig, VaultDiff, diff
 if TYPE_CHECKING:
     from kvguard.events import VaultEvent
     from kvguard.policy import Policy, Severity
+    from kvguard.resources import ResourceState
 
 # The kinds as the catalog writes them (`kvguard rules`, the README, infra/rules.json).
 KindLabel = Literal[
@@ -110,7 +111,9 @@ class History:
 @dataclass(frozen=True)
 class Context:
     """Everything a rule may look at. `before` is the accepted baseline (None: first sight),
-    `after` the current configuration (None: the vault is gone)."""
+    `after` the current configuration (None: the vault is gone). For a change to another resource
+    (a role assignment, a lock, …) `before`/`after` are None and `resource` holds that resource's
+    baseline and current JSON and the vaults it covers."""
 
     event: VaultEvent
     before: VaultConfig | None
@@ -120,6 +123,7 @@ class Context:
     history: History
     now: datetime
     baseline_deleted: bool = False
+    resource: ResourceState | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ class Outcome:
     # Findings closed by this event (alert sinks told: Defender Healthy). Kept out of `actions`, so
     # counting actions never counts a resolution as an alert; they are in the audit record.
     resolutions: Sequence[ActionResult] = ()
+    # The changed resource when it is no vault (a role assignment, a lock, …); for a vault's own
+    # change the record's `resource` is the vault.
+    resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,6 +36,7 @@ class Outcome:
             "outcome": self.outcome,
             "reason": self.reason,
             "vault": self.vault,
+            "resource": self.resource if self.resource is not None else self.vault,
             "risk": self.risk,
             "severity": self.severity,
             "findings": [f.to_json() for f in self.findings],

@@ -10,6 +10,7 @@ import json
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -30,9 +31,18 @@ from kvguard.ports import (
     ConcurrencyError,
     PermanentError,
     RejectedPayload,
+    ResourceGateway,
     StateStore,
     TransientError,
     VaultGateway,
+)
+from kvguard.resources import (
+    RESOURCE_TYPES,
+    ResourceChange,
+    ResourceState,
+    covers,
+    is_vault_id,
+    resource_type_of,
 )
 from kvguard.risk import Risk, assess
 from kvguard.vault import VaultConfig, VaultDiff, diff
@@ -68,8 +78,12 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        resources: ResourceGateway | None = None,
     ) -> None:
+        """`resources` reads (and deletes) the resources beside the vaults; none: their changes
+        are ignored, with that reason."""
         self.gateway = gateway
+        self.resources = resources
         self.store = store
         self.policy = policy
         self.sinks = dict(sinks or {})
@@ -95,6 +109,8 @@ class Pipeline:
     # --- filter, claim ------------------------------------------------------------------------
 
     def handle_event(self, event: VaultEvent) -> Outcome:
+        if event.resource is not None:
+            return self._handle_resource(event, event.resource)
         passed = self._filter(event)
         if passed is not None:
             return passed
@@ -133,6 +149,7 @@ class Pipeline:
         pipeline on every vault whose configuration differs from its baseline (a vault whose
         baseline says deleted has been recovered). One vault's failure does not stop the others."""
         outcomes = []
+        established = {b.vault_id for b in self._known_vaults()}
         for subscription_id in subscription_ids:
             for vault in self.gateway.list_vaults(subscription_id):
                 try:
@@ -142,6 +159,7 @@ class Pipeline:
                     continue
                 if outcome is not None:
                     outcomes.append(outcome)
+        outcomes += self._reconcile_resources(established)
         return outcomes
 
     def _reconcile_vault(self, vault: VaultConfig) -> Outcome | None:
@@ -285,11 +303,12 @@ class Pipeline:
         since = now - self.policy.circuit_breaker.window
         return len(self.store.marks_since("remediations", vault_key(vault_id), since))
 
-    def _history(self, event: VaultEvent, now: datetime) -> _Recall:
-        assert event.vault is not None
+    def _history(self, event: VaultEvent, now: datetime, key: str | None = None) -> _Recall:
+        """`key` names what the change is counted under when it is not the event's vault."""
+        assert event.vault is not None or key is not None
         window = self.policy.history
         caller = event.caller.id
-        vault = event.vault.key
+        vault = key or event.vault.key  # type: ignore[union-attr]
         grants = self.store.marks_since("grants", vault, now - window.grant_window)
         if caller is None:
             return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
@@ -336,12 +355,15 @@ class Pipeline:
         decision: Decision,
         before: VaultConfig | None,
         after: VaultConfig | None,
+        alerts: Sequence[Alert] | None = None,
+        resource: ResourceState | None = None,
     ) -> list[ActionResult]:
-        """Alerts first; remediation only after every alert went out."""
+        """Alerts first; remediation only after every alert went out. `alerts` replaces the one
+        alert per finding on `vault_id` (a change to another resource alerts on each vault it covers)."""
         if not findings:
             return []
         results: list[ActionResult] = []
-        alerts = self._alerts(event, vault_id, findings, risk)
+        alerts = self._alerts(event, vault_id, findings, risk) if alerts is None else list(alerts)
         for handler_id in alert_handlers():
             if handler_id not in self.sinks:
                 continue
@@ -367,7 +389,7 @@ class Pipeline:
             if not mine:
                 results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
                 continue
-            operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
+            operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after, resource=resource))
             if not operations:
                 results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
                 continue
@@ -495,6 +517,205 @@ class Pipeline:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
 
 
+    # --- any other ARM resource: role assignments, diagnostic settings, locks, … -----------------
+    # The same steps as a vault's change, judged against the resource's own baseline (kept in the
+    # baseline table under the resource's id: one assignment at subscription scope is stored once),
+    # for the vaults its scope covers.
+
+    def _handle_resource(self, event: VaultEvent, change: ResourceChange) -> Outcome:
+        vault_id = self._known_id(event) if event.vault is not None else None
+        if self.resources is None:
+            return Outcome(event.id, "ignored", f"no reader of {change.type} is configured", vault_id,
+                           resource=change.id)
+        covered = self._covered_vaults(event, change)
+        if not covered:
+            return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
+                           resource=change.id)
+        own = event.caller.ids() & set(self.policy.own_principal_ids)
+        if own:
+            return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", vault_id,
+                           resource=change.id)
+        now = self.clock.now()
+        with self.store.batch():
+            claim = self.store.claim(event.id, now, self.lease)
+            if claim == "duplicate":
+                return Outcome(event.id, "duplicate", "event already processed", vault_id, resource=change.id)
+            if claim == "in_progress":
+                raise TransientError(f"event {event.id} is being processed by another instance")
+            try:
+                try:
+                    outcome = self._process_resource(event, change, covered, vault_id, now)
+                except PermanentError as error:
+                    reason = f"permanent failure: {error}"
+                    self.store.record_rejected(RejectedPayload(reason, json.dumps(event.raw, default=str),
+                                                               self.clock.now(), event.id))
+                    outcome = Outcome(event.id, "rejected", reason, vault_id, resource=change.id)
+                self.store.complete(event.id, self.clock.now())
+            except BaseException:
+                self.store.release(event.id)
+                raise
+        return outcome
+
+    def _known_vaults(self) -> list[Baseline]:
+        """The baselines of the vaults kvguard knows (not deleted), in the store's order."""
+        return [b for b in self.store.list_baselines() if not b.deleted and is_vault_id(b.vault_id)]
+
+    def _covered_vaults(self, event: VaultEvent, change: ResourceChange) -> list[Baseline]:
+        """The known vaults the change's scope covers; a resource inside one vault needs no listing."""
+        if event.vault is not None and event.vault.resource_group is not None:
+            baseline = self.store.get_baseline(event.vault.id)
+            return [baseline] if baseline is not None and not baseline.deleted else []
+        return [b for b in self._known_vaults() if covers(change.scope, b.vault_id)]
+
+    def _process_resource(
+        self, event: VaultEvent, change: ResourceChange, covered: list[Baseline], vault_id: str | None,
+        now: datetime,
+    ) -> Outcome:
+        assert self.resources is not None
+        after = self.resources.get(change.id)
+        baseline = self.store.get_baseline(change.id)
+        before = baseline.config if baseline is not None and not baseline.deleted else None
+        vaults = tuple(self._baseline_config(b) for b in covered)
+        state = ResourceState(change, before, after, vaults)
+        history_key = vault_key(vault_id) if vault_id else change.key
+        recall = self._history(event, now, history_key)
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy,
+                          history=recall.history, now=now, resource=state)
+        findings = detect_all(context, RULES)
+        if vault_id is None:  # a broader scope: the findings name the vaults it covers
+            findings = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in findings]
+        steering = vaults[0] if len(vaults) == 1 else None  # several vaults: the policy steers, not one's tags
+        judged_id = vault_id or change.id
+        risk = assess(findings, event, steering, self.policy)
+        decision = decide(
+            policy=self.policy, event=event, vault=steering, vault_id=judged_id,
+            vault_name=steering.name if steering is not None else change.id.rsplit("/", 1)[-1],
+            findings=findings, risk=risk.value,
+            recent_remediations=self._recent_remediations(judged_id, steering, findings, now),
+        )
+        alerts = [alert for vault in vaults for alert in self._alerts(event, vault.id, findings, risk)]
+        actions = self._act(event, judged_id, findings, risk, decision, None, None, alerts=alerts, resource=state)
+        remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+        failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+        final = self.resources.get(change.id) if remediated else after
+        resolutions = self._settle_resource_findings(event, change, state, findings, actions, decision, final, now)
+        self._record_resource(event, change, baseline, before, final, history_key, recall, remediated, failed, now)
+        outcome = Outcome(event.id, "processed", _resource_reason(change, before, after, findings, risk, decision),
+                          vault_id, risk.value, risk.severity, findings, actions, risk.explanation, resolutions,
+                          resource=change.id)
+        self.store.append_audit(AuditRecord(event.id, judged_id, now, outcome.to_audit()))
+        return outcome
+
+    def _settle_resource_findings(
+        self, event: VaultEvent, change: ResourceChange, state: ResourceState, findings: Sequence[Finding],
+        actions: Sequence[ActionResult], decision: Decision, final: Mapping[str, Any] | None, now: datetime,
+    ) -> list[ActionResult]:
+        """Open a finding per rule that fired, under the resource's id (with the vaults it covers and,
+        for a diff rule, the resource as the baseline had it), and close the ones that no longer
+        hold: remediated, an event rule's finding once a later change no longer fires it, a diff
+        rule's once the resource is back as the baseline had it. The alert sinks hear of each
+        closed finding once per covered vault."""
+        remediated = {r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation"
+                      for r in a.rules}
+        open_now = {f.rule: f.finding for f in self.store.open_findings(change.id)}
+        firing = {f.rule for f in findings} - remediated
+        for finding in findings:
+            if finding.rule in remediated:
+                continue
+            record: dict[str, Any] = {**finding.to_json(), "vaults": state.vault_ids}
+            if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE:
+                record["baseline"] = open_now.get(finding.rule, {}).get("baseline", {"config": state.before})
+            self.store.open_finding(change.id, finding.rule, record, now)
+            open_now[finding.rule] = record
+        closed = []
+        for rule_id, kept in open_now.items():
+            if rule_id not in RULES or rule_id in firing:
+                continue
+            closing = RULES[rule_id].kind.closing
+            gone = (rule_id in remediated
+                    or closing is Closing.LATEST_CHANGE
+                    or (closing is Closing.BACK_TO_BASELINE
+                        and _same_resource(final, (kept.get("baseline") or {}).get("config"))))
+            if gone and self.store.close_finding(change.id, rule_id):
+                closed.append((rule_id, kept.get("vaults") or state.vault_ids))
+        if not closed or decision.mode == "observe":
+            return []
+        results = []
+        for handler_id in alert_handlers():
+            if handler_id in self.sinks:
+                operations = [
+                    Operation(handler_id, "resolve", str(vault), f"resolved {rule_id}",
+                              Alert(str(vault), rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                    for rule_id, vaults in closed for vault in vaults
+                ]
+                results.append(self.runner.run(handler_id, operations, dry_run=False, current=None))
+        return results
+
+    def _record_resource(
+        self, event: VaultEvent, change: ResourceChange, baseline: Baseline | None,
+        before: Mapping[str, Any] | None, final: Mapping[str, Any] | None, history_key: str, recall: _Recall,
+        remediated: bool, failed: bool, now: datetime,
+    ) -> None:
+        """History marks as for a vault, and the resource's new baseline: the state after acting,
+        unless a remediation failed or the change cannot be pinned on this event's caller."""
+        caller = event.caller.id
+        if caller is not None:
+            if not event.succeeded:
+                self.store.add_mark("caller_failures", caller, event.id, now)
+            else:
+                if not recall.history.caller_seen_before:
+                    self.store.add_mark("caller_writes", f"{history_key}|{caller}", event.id, now)
+                if not recall.vault_marked:
+                    self.store.add_mark("caller_vaults", caller, history_key, now)
+        if remediated:
+            self.store.add_mark("remediations", history_key, event.id, now)
+        if failed or unattributed(self.policy, event):
+            return
+        if final is None:
+            if before is not None:
+                self._store_baseline(change.id, dict(before), baseline, now, deleted=True)
+            return
+        if before is None or not _same_resource(final, before):
+            self._store_baseline(change.id, dict(final), baseline, now)
+
+    def _reconcile_resources(self, established: set[str]) -> list[Outcome]:
+        """Catch the resource changes Event Grid dropped (and the management-group ones it never
+        delivers to a subscription topic): every resource listed at each known vault's scope, and
+        every resource with a baseline, compared with its baseline. A resource that covers only
+        vaults first seen by this reconciliation is seeded, not judged: that is first sight."""
+        if self.resources is None:
+            return []
+        outcomes = []
+        current: dict[str, Mapping[str, Any] | None] = {}
+        for vault in self._known_vaults():
+            for resource_type in RESOURCE_TYPES:
+                try:
+                    listed = self.resources.list_at_scope(vault.vault_id, resource_type)
+                except Exception:  # logged with its traceback; the next run lists again
+                    log.exception("listing %s at %s failed", resource_type, vault.vault_id)
+                    continue
+                for doc in listed:
+                    current.setdefault(vault_key(str(doc["id"])), doc)
+        stored = {vault_key(b.vault_id): b for b in self.store.list_baselines() if not is_vault_id(b.vault_id)}
+        for key, kept in stored.items():
+            if key not in current and not kept.deleted:
+                current[key] = self.resources.get(kept.vault_id)
+        for key, found in current.items():
+            baseline = stored.get(key)
+            resource_id = str(found["id"]) if found is not None else (baseline.vault_id if baseline else key)
+            change = _reconciled_change(resource_id, found, baseline)
+            if change is None:
+                continue
+            if baseline is None and found is not None and not any(
+                    covers(change.scope, v) for v in established):
+                self.store.put_baseline(resource_id, dict(found), None, now=self.clock.now())
+                continue
+            try:
+                outcomes.append(self.handle_event(_resource_reconciliation_event(change, baseline)))
+            except Exception:  # logged with its traceback; the next run tries this resource again
+                log.exception("reconciliation of %s failed", resource_id)
+        return outcomes
+
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in (document.get("tags") or {}).items() if k.lower() in STEERING_TAGS}
 
@@ -516,6 +737,57 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
         correlation_id=None, tenant_id=vault.tenant_id, raw={},
     )
 
+
+def _same_resource(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two ARM documents of a resource say the same, ignoring what ARM changes on every
+    write (`etag`, `systemData`)."""
+    if a is None or b is None:
+        return a is None and b is None
+    volatile = {"etag", "systemdata"}
+    return {k: v for k, v in a.items() if k.lower() not in volatile} == \
+        {k: v for k, v in b.items() if k.lower() not in volatile}
+
+
+def _reconciled_change(
+    resource_id: str, current: Mapping[str, Any] | None, baseline: Baseline | None
+) -> ResourceChange | None:
+    """The change a reconciliation found for a resource, or None when it is as its baseline says."""
+    known = None if baseline is None or baseline.deleted else baseline.config
+    if _same_resource(current, known):
+        return None
+    source = current if current is not None else known
+    resource_type = resource_type_of(source) if source is not None else ""
+    return ResourceChange(resource_id, resource_type, "write" if current is not None else "delete")
+
+
+def _resource_reconciliation_event(change: ResourceChange, baseline: Baseline | None) -> VaultEvent:
+    """A stand-in for the resource event that never arrived: one id per resource and baseline
+    version, so a reconciliation that is itself retried does not act twice."""
+    vault = parse_vault_ref(change.id)
+    return VaultEvent(
+        id=f"reconcile:{change.key}:{baseline.etag if baseline else 'new'}", event_type="kvguard.Reconciliation",
+        schema="eventgrid", subject=change.id, time=None,
+        vault=vault if vault is not None and vault.resource_group is not None else None,
+        operation=change.operation, kind="other", access_policy_action=None, status="Succeeded", succeeded=True,
+        caller=Caller(), correlation_id=None, tenant_id=None, raw={}, resource=change,
+    )
+
+
+def _resource_reason(
+    change: ResourceChange, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
+    findings: Sequence[Finding], risk: Risk, decision: Decision,
+) -> str:
+    if not findings:
+        if before is None and after is not None:
+            return f"first sight of the {change.type}: baseline recorded, no finding"
+        if after is None and before is None:
+            return f"{change.type} not found and never seen: nothing to compare"
+        return "no finding: the change is within policy"
+    parts = [f"{len(findings)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation)]
+    parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
+    parts.append(f"alert: {decision.alert_reason}")
+    parts.append(f"remediate: {decision.remediate_reason}")
+    return "; ".join(parts)
 
 def _reason(
     event: VaultEvent,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvguard.detection import Finding
 from kvguard.ports import Alert
 from kvguard.vault import AccessPolicy, VaultConfig
+
+if TYPE_CHECKING:
+    from kvguard.resources import ResourceState
 
 OperationKind = Literal["remove_access_policy", "patch", "alert", "resolve"]
 
@@ -33,12 +36,14 @@ class Operation:
 
 @dataclass(frozen=True)
 class PlanInput:
-    """What a handler plans from: its own findings, the baseline and the current configuration."""
+    """What a handler plans from: its own findings, the baseline and the current configuration
+    (of the vault; for a change to another resource, `resource` holds that resource's)."""
 
     findings: Sequence[Finding]
     before: VaultConfig | None
     after: VaultConfig | None
     alerts: Sequence[Alert] = ()
+    resource: ResourceState | None = None
 
 
 def patch_operation(

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "samples" / "scenarios"
 SAMPLES = sorted(SCENARIOS.glob("*.yaml"))
 
-EVENT_KEYS = {"event_id", "outcome", "reason", "vault", "risk", "severity", "findings", "actions"}
+EVENT_KEYS = {"event_id", "outcome", "reason", "vault", "resource", "risk", "severity", "findings", "actions"}
 FINDING_KEYS = {"rule", "severity", "score", "title", "evidence"}
 ACTION_KEYS = {"handler", "status", "detail"}
 OUTCOMES = {"processed", "duplicate", "ignored", "rejected", "self"}
@@ -129,7 +129,7 @@ def test_json_output_has_exactly_the_documented_keys(path: Path) -> None:
             assert action["status"] in STATUSES
         if event["outcome"] != "processed":
             assert event["findings"] == [] and event["actions"] == []
-    assert set(summary) == {"summary", "vaults"}
+    assert set(summary) == {"summary", "vaults", "resources"}
     assert set(summary["summary"]) == {"events", "outcomes", "findings", "actions"}
     totals = summary["summary"]
     assert totals["events"] == len(events)
