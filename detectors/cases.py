@@ -8,6 +8,7 @@ states only the one thing it changes. `tests/cases.py` turns a `Case` into the `
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -101,3 +102,51 @@ def subnet(subscription: str = SUBSCRIPTION, vnet: str = "vnet-payments", name: 
     """A subnet's resource id, as a virtual network rule of a vault firewall names it."""
     return (f"/subscriptions/{subscription}/resourceGroups/rg-network/providers/Microsoft.Network"
             f"/virtualNetworks/{vnet}/subnets/{name}")
+
+
+# --- role assignments and role definitions (KV-RBAC-*) ---------------------------------------------
+
+SUBSCRIPTION_ID = f"/subscriptions/{SUBSCRIPTION}"
+RESOURCE_GROUP_ID = f"{SUBSCRIPTION_ID}/resourceGroups/rg-payments"
+CUSTOM_ROLE_ID = (f"{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions"
+                  "/c0c0a000-1111-4222-8333-444455556666")
+ROLES = {
+    "kv-admin": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+    "secrets-user": "4633458b-17de-408a-b874-0445c86b69e6",
+    "crypto-user": "12338af0-0e69-4776-bea7-57ae8d297424",
+    "kv-reader": "21090545-7ca7-4776-b22c-e363652d74d2",
+    "data-access-admin": "8b54135c-b56d-4d72-a534-26097cfdc8d8",
+    "owner": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+    "contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
+    "rbac-admin": "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
+    "kv-contributor": "f25e0fa2-a7c8-4377-a976-54943a77a395",
+    "reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+}
+
+
+def assignment(role: str, scope: str = VAULT_ID, scope_suffix: str = "", principal: str = INTRUDER) -> dict[str, Any]:
+    """A role assignment's ARM GET body: `role` a key of ROLES, or "custom" for CUSTOM_ROLE_ID."""
+    at = scope + scope_suffix
+    definition = CUSTOM_ROLE_ID if role == "custom" else \
+        f"{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions/{ROLES[role]}"
+    name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{role}|{at}|{principal}"))
+    return {
+        "id": f"{at}/providers/Microsoft.Authorization/roleAssignments/{name}",
+        "name": name,
+        "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {"roleDefinitionId": definition, "principalId": principal, "principalType": "User",
+                       "scope": at},
+    }
+
+
+def custom_role(actions: list[str] | None = None, data_actions: list[str] | None = None) -> dict[str, Any]:
+    """A custom role definition's ARM GET body (CUSTOM_ROLE_ID)."""
+    return {
+        "id": CUSTOM_ROLE_ID,
+        "name": CUSTOM_ROLE_ID.rsplit("/", 1)[-1],
+        "type": "Microsoft.Authorization/roleDefinitions",
+        "properties": {"roleName": "payments operator", "type": "CustomRole",
+                       "permissions": [{"actions": actions or [], "notActions": [],
+                                        "dataActions": data_actions or [], "notDataActions": []}],
+                       "assignableScopes": [SUBSCRIPTION_ID]},
+    }

@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kvguard.ports import Alert, AlertSink, TransientError, VaultGateway
+from kvguard.ports import Alert, AlertSink, ResourceGateway, TransientError, VaultGateway
+from kvguard.resources import scope_of
 from kvguard.vault import AccessPolicy, VaultConfig
-from remediation.base import Operation
+from remediation.base import Operation, RoleAssignmentRef
 
 Status = Literal["applied", "planned", "skipped", "failed"]
 
@@ -42,9 +43,11 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 
 class ActionRunner:
-    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink]) -> None:
+    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink],
+                 resources: ResourceGateway | None = None) -> None:
         self._gateway = gateway
         self._sinks = sinks
+        self._resources = resources
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
             current: VaultConfig | None) -> ActionResult:
@@ -88,7 +91,21 @@ class ActionRunner:
             props = current.raw.get("properties", {})
             needed = {k: v for k, v in op.target.items() if props.get(k) != v}
             return replace(op, target=needed) if needed else None
+        if op.kind == "delete_role_assignment" and isinstance(op.target, RoleAssignmentRef):
+            return op if self._still_the_assignment(op.target) else None
         return op
+
+    def _still_the_assignment(self, target: RoleAssignmentRef) -> bool:
+        """Re-read the assignment: still there, with the principal, role and scope the finding saw."""
+        if self._resources is None:
+            raise ValueError("no resource gateway to delete role assignments with")
+        current = self._resources.get(target.id)
+        if current is None:
+            return False
+        properties = current.get("properties") or {}
+        return (str(properties.get("principalId") or "").lower() == target.principal_id
+                and str(properties.get("roleDefinitionId") or "").lower() == target.role_definition_id
+                and scope_of(str(current.get("id") or target.id)).lower() == target.scope)
 
     def _apply(self, op: Operation) -> Any:
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
@@ -99,6 +116,10 @@ class ActionRunner:
             result = self._gateway.update(op.vault_id, op.target)
             props = result.raw.get("properties", {})
             return {k: props.get(k) for k in op.target}
+        if op.kind == "delete_role_assignment" and isinstance(op.target, RoleAssignmentRef):
+            assert self._resources is not None  # checked when the delete was found still needed
+            existed = self._resources.delete(op.target.id)
+            return None if existed else "already gone"
         if op.kind == "alert" and isinstance(op.target, Alert):
             return self._sinks[op.handler].raise_alert(op.target)
         if op.kind == "resolve" and isinstance(op.target, Alert):

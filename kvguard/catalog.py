@@ -15,17 +15,17 @@ from remediation.base import Handler
 
 
 def _load_rules(registry: Registry[Rule]) -> None:
-    from detectors import access_policy, identity, lifecycle, network, protection
+    from detectors import access_policy, identity, lifecycle, network, protection, rbac
 
-    for family in (access_policy, network, protection, identity, lifecycle):
+    for family in (access_policy, network, protection, identity, lifecycle, rbac):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
 
 def _load_handlers(registry: Registry[Handler]) -> None:
-    from remediation import access_policy, alerts, network, settings
+    from remediation import access_policy, alerts, network, role_assignment, settings
 
-    for family in (access_policy, alerts, network, settings):
+    for family in (access_policy, alerts, network, settings, role_assignment):
         for handler in declared(family, Handler):
             registry.add(handler.id, handler)
 

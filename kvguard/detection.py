@@ -171,6 +171,9 @@ class Case:
     policy: Mapping[str, Any] = field(default_factory=dict)
     history: Mapping[str, Any] = field(default_factory=dict)
     baseline_deleted: bool = False
+    # A change to a resource beside the vaults (see `make_resource_state` in tests/cases.py): its
+    # id, type, action, before/after JSON, the covered vaults' JSON and a custom role's definition.
+    resource: Mapping[str, Any] | None = None
 
 
 Detect = Callable[[Context], Iterable[Hit]]

@@ -43,14 +43,18 @@ from kvguard.resources import (
     covers,
     is_vault_id,
     resource_type_of,
+    scope_of,
 )
 from kvguard.risk import Risk, assess
+from kvguard.roles import Role, builtin_role, role_from_arm, role_guid
 from kvguard.vault import VaultConfig, VaultDiff, diff
 from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
+ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
+ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
 
 
 class _Recall(NamedTuple):
@@ -89,7 +93,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
-        self.runner = ActionRunner(gateway, self.sinks)
+        self.runner = ActionRunner(gateway, self.sinks, resources)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -524,6 +528,9 @@ class Pipeline:
 
     def _handle_resource(self, event: VaultEvent, change: ResourceChange) -> Outcome:
         vault_id = self._known_id(event) if event.vault is not None else None
+        known = self.store.get_baseline(change.id)
+        if known is not None:  # spelled as ARM spells it (events write `resourcegroups`)
+            change = replace(change, id=known.vault_id)
         if self.resources is None:
             return Outcome(event.id, "ignored", f"no reader of {change.type} is configured", vault_id,
                            resource=change.id)
@@ -565,7 +572,38 @@ class Pipeline:
         if event.vault is not None and event.vault.resource_group is not None:
             baseline = self.store.get_baseline(event.vault.id)
             return [baseline] if baseline is not None and not baseline.deleted else []
+        if change.type.lower() == ROLE_DEFINITIONS:
+            return self._vaults_assigned(change.id)
         return [b for b in self._known_vaults() if covers(change.scope, b.vault_id)]
+
+    def _vaults_assigned(self, role_definition_id: str) -> list[Baseline]:
+        """The known vaults covered by a known assignment of the role: what a change of the role's
+        definition reaches."""
+        guid = role_guid(role_definition_id)
+        scopes = [scope_of(b.vault_id) for b in self.store.list_baselines()
+                  if not b.deleted and not is_vault_id(b.vault_id)
+                  and resource_type_of(b.config).lower() == ROLE_ASSIGNMENTS
+                  and role_guid(str((b.config.get("properties") or {}).get("roleDefinitionId") or "")) == guid]
+        return [b for b in self._known_vaults() if any(covers(scope, b.vault_id) for scope in scopes)]
+
+    def _role(self, change: ResourceChange, document: Mapping[str, Any] | None) -> Role | None:
+        """The role of an assignment: a built-in one from the table, a custom one read (GET of its
+        definition); None when it cannot be read (the rules then cannot weigh it)."""
+        if change.type.lower() != ROLE_ASSIGNMENTS or document is None or self.resources is None:
+            return None
+        definition_id = str((document.get("properties") or {}).get("roleDefinitionId") or "")
+        if not definition_id:
+            return None
+        known = builtin_role(definition_id)
+        if known is not None:
+            return known
+        definition = self.resources.get(definition_id)
+        if definition is None:
+            return None
+        try:
+            return role_from_arm(definition)
+        except ValueError as error:
+            raise PermanentError(f"role definition {definition_id}: {error}") from None
 
     def _process_resource(
         self, event: VaultEvent, change: ResourceChange, covered: list[Baseline], vault_id: str | None,
@@ -573,10 +611,12 @@ class Pipeline:
     ) -> Outcome:
         assert self.resources is not None
         after = self.resources.get(change.id)
+        if after is not None and isinstance(after.get("id"), str):
+            change = replace(change, id=after["id"])
         baseline = self.store.get_baseline(change.id)
         before = baseline.config if baseline is not None and not baseline.deleted else None
         vaults = tuple(self._baseline_config(b) for b in covered)
-        state = ResourceState(change, before, after, vaults)
+        state = ResourceState(change, before, after, vaults, self._role(change, after or before))
         history_key = vault_key(vault_id) if vault_id else change.key
         recall = self._history(event, now, history_key)
         context = Context(event=event, before=None, after=None, diff=None, policy=self.policy,
@@ -669,6 +709,8 @@ class Pipeline:
                     self.store.add_mark("caller_vaults", caller, history_key, now)
         if remediated:
             self.store.add_mark("remediations", history_key, event.id, now)
+        if before is None and final is not None and change.type.lower() == ROLE_ASSIGNMENTS:
+            self.store.add_mark("grants", history_key, change.key, now)  # for the cover-up rule
         if failed or unattributed(self.policy, event):
             return
         if final is None:

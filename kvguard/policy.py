@@ -113,6 +113,9 @@ class Policy(_Strict):
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     rules: dict[str, RuleOverride] = Field(default_factory=dict)
     min_retention_days: int = Field(default=90, ge=7, le=90)
+    # Role assignments (and locks) at resource group, subscription and management group scope count
+    # for the vaults under them; false: only those on a vault itself or inside it.
+    protect_inherited_scopes: bool = True
 
     @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions")
     @classmethod

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.roles import Role
 from kvguard.vault import VaultConfig
 
 # The watched operations on resources other than vaults, lower-cased: the resource type they change
@@ -113,13 +114,20 @@ def covered_vaults(scope: str, vault_ids: Iterable[str]) -> list[str]:
 @dataclass(frozen=True)
 class ResourceState:
     """What the rules see of a changed resource: the change, its accepted baseline (`before`, None:
-    not seen before), its current ARM JSON (`after`, None: gone), and the accepted configuration of
-    every vault its scope covers."""
+    not seen before), its current ARM JSON (`after`, None: gone), the accepted configuration of
+    every vault it covers (for a role definition: the vaults its known assignments cover), and for
+    a role assignment its role (None: the definition could not be read)."""
 
     change: ResourceChange
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
     vaults: tuple[VaultConfig, ...] = ()
+    role: Role | None = None
+
+    @property
+    def current(self) -> Mapping[str, Any] | None:
+        """The resource as it is, or as it was before it went."""
+        return self.after if self.after is not None else self.before
 
     @property
     def vault_ids(self) -> list[str]:

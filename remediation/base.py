@@ -18,7 +18,18 @@ from kvguard.vault import AccessPolicy, VaultConfig
 if TYPE_CHECKING:
     from kvguard.resources import ResourceState
 
-OperationKind = Literal["remove_access_policy", "patch", "alert", "resolve"]
+OperationKind = Literal["remove_access_policy", "patch", "alert", "resolve", "delete_role_assignment"]
+
+
+@dataclass(frozen=True)
+class RoleAssignmentRef:
+    """The role assignment a delete is for, as the finding saw it (ids lower case): the delete goes
+    ahead only while the assignment still has this principal, role and scope."""
+
+    id: str
+    principal_id: str
+    role_definition_id: str
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,7 @@ class Operation:
     kind: OperationKind
     vault_id: str
     description: str
-    target: AccessPolicy | Mapping[str, Any] | Alert
+    target: AccessPolicy | Mapping[str, Any] | Alert | RoleAssignmentRef
     before: Any = None
     rules: tuple[str, ...] = ()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from detectors.cases import NOW, OPERATOR, TENANT, VAULT_ID
@@ -10,6 +11,8 @@ from kvguard.detection import Case, Context, History
 from kvguard.events import Caller, VaultEvent
 from kvguard.ids import parse_vault_ref
 from kvguard.policy import Policy
+from kvguard.resources import ResourceChange, ResourceState
+from kvguard.roles import builtin_role, role_from_arm
 from kvguard.vault import VaultConfig, diff
 
 
@@ -51,8 +54,33 @@ def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
     )
 
 
+def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
+    """A resource case's state. Keys: `id`, `type` (default: a role assignment), `action` (default
+    write), `before`/`after` (ARM JSON or None), `vaults` (the covered vaults' ARM JSON; default
+    the default vault with RBAC authorization on) and `role` (a custom role's definition JSON;
+    default: the built-in role the assignment names)."""
+    from detectors.cases import vault
+
+    before, after = spec.get("before"), spec.get("after")
+    current = after if after is not None else before
+    resource_id = spec.get("id") or (current or {}).get("id") or f"{VAULT_ID}/providers/Microsoft.Authorization/x"
+    change = ResourceChange(resource_id, spec.get("type", "Microsoft.Authorization/roleAssignments"),
+                            spec.get("action", "write" if after is not None else "delete"))
+    definition = ((current or {}).get("properties") or {}).get("roleDefinitionId", "")
+    role = role_from_arm(spec["role"]) if spec.get("role") else builtin_role(definition) if definition else None
+    vaults = tuple(VaultConfig.from_arm(v) for v in spec.get("vaults", [vault(enableRbacAuthorization=True)]))
+    return ResourceState(change, before, after, vaults, role)
+
+
 def make_context(case: Case) -> Context:
     """The context a rule sees for a case: configurations parsed, diff computed, policy merged."""
+    if case.resource is not None:
+        state = make_resource_state(case.resource)
+        event = replace(make_event({"kind": "other", "operation": state.change.operation, **case.event}),
+                        resource=state.change)
+        return Context(event=event, before=None, after=None, diff=None,
+                       policy=Policy().merged(dict(case.policy)), history=History(**case.history),
+                       now=case.event.get("time") or NOW, resource=state)
     before = VaultConfig.from_arm(case.before) if case.before is not None else None
     after = VaultConfig.from_arm(case.after) if case.after is not None else None
     return Context(

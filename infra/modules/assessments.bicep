@@ -74,6 +74,18 @@ var families = {
     userImpact: 'High'
     implementationEffort: 'High'
   }
+  RBAC: {
+    categories: [
+      'IdentityAndAccess'
+    ]
+    threats: [
+      'elevationOfPrivilege'
+      'dataExfiltration'
+      'maliciousInsider'
+    ]
+    userImpact: 'Moderate'
+    implementationEffort: 'Low'
+  }
   other: {
     categories: [
       'Data'
@@ -92,6 +104,7 @@ var remediations = {
   restore_network: 'kvguard restores publicNetworkAccess and the network rules to the last accepted configuration (remediate mode). Otherwise: restore the vault firewall and review who opened it.'
   restore_settings: 'kvguard restores RBAC authorization and the enabledFor* settings to the last accepted configuration (remediate mode). Otherwise: restore the setting and review who changed it.'
   enable_purge_protection: 'Enable purge protection on the vault (irreversible; kvguard does it only when the policy opts in).'
+  remove_role_assignment: 'kvguard deletes the added role assignment, re-reading it first (remediate mode; privileged roles only when the rule opts in). Otherwise: confirm the assignment with the vault owner and remove it if it was not approved.'
   none: 'Review the change in the activity log with the vault owner; if it was not approved, revert it and investigate the caller.'
 }
 

@@ -48,6 +48,10 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.KeyVault/vaults/accessPolicies/write'
             'Microsoft.KeyVault/vaults/delete'
             'Microsoft.KeyVault/locations/deletedVaults/purge/action'
+            // Role assignments at any scope covering a vault, and custom role definitions (KV-RBAC-*).
+            'Microsoft.Authorization/roleAssignments/write'
+            'Microsoft.Authorization/roleAssignments/delete'
+            'Microsoft.Authorization/roleDefinitions/write'
           ]
         }
         {

@@ -27,3 +27,21 @@ resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
   }
 }]
+
+// Role Based Access Control Administrator, narrowed by an ABAC condition to one thing: deleting
+// assignments of the Key Vault data roles (remove_role_assignment). It writes no assignment and
+// deletes none of any other role; the data roles are named in keyvault-data-roles.json.
+var rbacAdministrator = 'f58310d9-a9f6-439a-9e8d-f62e7b41a168'
+var keyVaultDataRoleIds = join(loadJsonContent('keyvault-data-roles.json').ids, ', ')
+var deleteKeyVaultDataRolesOnly = '((!(ActionMatches{\'Microsoft.Authorization/roleAssignments/write\'}))) AND ((!(ActionMatches{\'Microsoft.Authorization/roleAssignments/delete\'})) OR (@Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${keyVaultDataRoleIds}}))'
+
+resource roleAssignmentRemover 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(subscription().id, principalId, rbacAdministrator)
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', rbacAdministrator)
+    condition: deleteKeyVaultDataRolesOnly
+    conditionVersion: '2.0'
+  }
+}

@@ -44,6 +44,11 @@ RULES: dict[str, Promised] = {
     "KV-LIFE-01": Promised("high", "event", ("T1485",), None),
     "KV-LIFE-02": Promised("critical", "event", ("T1485", "T1490"), None),
     "KV-LIFE-03": Promised("medium", "event/diff", ("T1098",), None),
+    "KV-RBAC-01": Promised("high", "diff", ("T1098", "T1555.006"), "remove_role_assignment"),
+    "KV-RBAC-02": Promised("high", "diff", ("T1098.003",), "remove_role_assignment"),
+    "KV-RBAC-03": Promised("high", "diff + history", ("T1098",), None),
+    "KV-RBAC-04": Promised("critical", "diff", ("T1562.001",), None),
+    "KV-RBAC-05": Promised("high", "diff", ("T1098",), None),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -53,6 +58,7 @@ HANDLERS: dict[str, str] = {
     "restore_network": "remediation",
     "restore_settings": "remediation",
     "enable_purge_protection": "remediation",
+    "remove_role_assignment": "remediation",
     "raise_defender_alert": "alert",
     "publish_detection": "alert",
     "notify_webhook": "alert",
@@ -60,4 +66,4 @@ HANDLERS: dict[str, str] = {
 }
 
 # The rule families in the order the catalog lists them.
-FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE")
+FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-RBAC")

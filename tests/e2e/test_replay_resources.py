@@ -81,7 +81,8 @@ def test_an_assignment_on_a_vault_is_judged_with_its_id_as_the_resource(tmp_path
     [record] = events
     assert list(record)[:5] == ["event_id", "outcome", "reason", "vault", "resource"]
     assert record["outcome"] == "processed" and record["vault"] == KV and record["resource"] == grant["id"]
-    assert [f["rule"] for f in record["findings"]] == ["KV-ID-01", "KV-ID-05"]  # unapproved, first write
+    # unapproved, first write, and Secrets User over the vault
+    assert [f["rule"] for f in record["findings"]] == ["KV-ID-01", "KV-ID-05", "KV-RBAC-01"]
     assert summary["resources"] == {grant["id"]: {"exists": True, "config": grant}}
     assert summary["vaults"][KV]["events"] == 1
 

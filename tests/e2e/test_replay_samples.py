@@ -99,7 +99,8 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 12)]
+    assert len(set(numbers)) == len(numbers)
+    assert {f"{n:02d}" for n in range(1, 12)} | {"14", "15", "16"} <= set(numbers)
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)

@@ -10,6 +10,9 @@ OPERATIONS = {
     "Microsoft.KeyVault/vaults/accessPolicies/write",
     "Microsoft.KeyVault/vaults/delete",
     "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+    "Microsoft.Authorization/roleAssignments/write",
+    "Microsoft.Authorization/roleAssignments/delete",
+    "Microsoft.Authorization/roleDefinitions/write",
 }
 # Failed attempts are signal too (a purge blocked by purge protection is a ResourceActionFailure).
 EVENT_TYPES = {

@@ -19,6 +19,7 @@ STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+RBAC_ADMINISTRATOR = "f58310d9-a9f6-439a-9e8d-f62e7b41a168"
 
 EXPECTED: dict[str, dict[str, str | None]] = {
     # kvguard's identity, on its own resources.
@@ -34,6 +35,7 @@ EXPECTED: dict[str, dict[str, str | None]] = {
         KEY_VAULT_CONTRIBUTOR: None,
         READER: None,
         SECURITY_ASSESSMENT_CONTRIBUTOR: None,
+        RBAC_ADMINISTRATOR: None,  # with a condition: delete Key Vault data-role assignments only
     },
     # The system topic's identity (and optionally the operator), for dead letters.
     "modules/deadletter-access.bicep": {
@@ -123,6 +125,8 @@ GRANTS: dict[str, tuple[str, ...]] = {
     SECURITY_ASSESSMENT_CONTRIBUTOR: ("Microsoft.Security/assessments/*",),
     EVENTGRID_DATA_SENDER: ("Microsoft.EventGrid/topics/events/send/action",),
     READER: ("*/read",),
+    # as narrowed by its ABAC condition (test_the_rbac_administrator_may_only_delete_key_vault_data_roles)
+    RBAC_ADMINISTRATOR: ("Microsoft.Authorization/roleAssignments/delete",),
 }
 
 
@@ -141,3 +145,25 @@ def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: 
     ]
     assert not ungranted, f"handlers whose Azure permission no assigned role grants: {ungranted}"
     assert {"revert_access_policy", "restore_network", "raise_defender_alert", "publish_detection"} <= set(HANDLERS)
+
+
+def test_the_rbac_administrator_may_only_delete_key_vault_data_roles(trees: dict[str, Tree]) -> None:
+    """A data-role id may appear inside the condition, never as a role kvguard is assigned: the
+    condition lets kvguard delete assignments of exactly the Key Vault data roles, and write none."""
+    import json
+
+    from kvguard.roles import BUILTIN_ROLES, KEY_VAULT_DATA_ROLES
+
+    tree = trees["modules/rbac-subscription.bicep"]
+    [(_, _, remover)] = [a for a in assigned(tree) if a[0] == RBAC_ADMINISTRATOR]
+    assert remover["properties"]["conditionVersion"] == "2.0"
+    condition = variable(tree, remover["properties"]["condition"])
+    assert condition.startswith("((!(ActionMatches{\\'Microsoft.Authorization/roleAssignments/write\\'}))) AND ")
+    assert "(!(ActionMatches{\\'Microsoft.Authorization/roleAssignments/delete\\'})) OR (@Resource[" in condition
+    assert condition.endswith("ForAnyOfAnyValues:GuidEquals {${keyVaultDataRoleIds}}))")
+    named = json.loads((INFRA / "modules" / "keyvault-data-roles.json").read_text())
+    assert named["ids"] == list(KEY_VAULT_DATA_ROLES)
+    assert named["names"] == [BUILTIN_ROLES[g].name for g in named["ids"]]
+    assert not any(BUILTIN_ROLES[g].grants_access for g in named["ids"])
+    assigned_anywhere = {role for t in trees.values() for role, _, _ in assigned(t)}
+    assert not assigned_anywhere & set(KEY_VAULT_DATA_ROLES)
