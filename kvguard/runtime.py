@@ -58,6 +58,7 @@ def _store(settings: Settings, credential: Any) -> StateStore:
 def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     """A ready pipeline on real adapters (settings from the environment when None)."""
     from kvguard.adapters.arm import ArmVaultGateway
+    from kvguard.adapters.authorization import AuthorizationGateway
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
 
     catalog.load()
@@ -69,6 +70,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
+        resources=AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
     )
 
 

@@ -42,6 +42,12 @@ _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
+_ROLE_ASSIGNMENT_RE = re.compile(
+    r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roleassignments/(?P<name>[^/]+)$", re.IGNORECASE)
+_ROLE_ASSIGNMENTS_RE = re.compile(r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roleassignments$",
+                                  re.IGNORECASE)
+_ROLE_DEFINITION_RE = re.compile(
+    r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roledefinitions/(?P<name>[^/]+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class ArmFake:
     def __init__(self, *, page_size: int | None = None, eventgrid_key: str | None = None) -> None:
         self.vaults: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
+        self.authorization: dict[str, dict[str, Any]] = {}  # role assignments and role definitions by id
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
         self.requests: list[Recorded] = []
@@ -143,6 +150,17 @@ class ArmFake:
     def vault(self, vault_id: str) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self.vaults[vault_key(vault_id)])
+
+    def add_authorization(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Add a role assignment or a role definition (its ARM GET body)."""
+        with self._lock:
+            self.authorization[vault_key(doc["id"])] = copy.deepcopy(doc)
+        return doc
+
+    def authorization_resource(self, resource_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            doc = self.authorization.get(vault_key(resource_id))
+            return copy.deepcopy(doc) if doc is not None else None
 
     def inject(
         self, method: str, path_pattern: str, *, status: int = 500, body: Any = None,
@@ -230,7 +248,53 @@ class ArmFake:
             return self._list_vaults(match["sub"], request)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
+        if match := _ROLE_ASSIGNMENT_RE.match(path):
+            return self._role_assignment(method, match, request.json or {})
+        if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET":
+            return self._list_role_assignments(match["scope"], request.param("$filter"))
+        if (match := _ROLE_DEFINITION_RE.match(path)) and method == "GET":
+            doc = self.authorization.get(vault_key("/" + path.lstrip("/")))
+            if doc is None:
+                return _arm_error(404, "RoleDefinitionDoesNotExist", "The specified role definition does not exist.")
+            return 200, doc, {}
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
+
+    def _role_assignment(
+        self, method: str, match: re.Match[str], body: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
+        """GET, PUT (create), DELETE (200 with the deleted assignment, 204 when there was none)."""
+        scope = "/" + match["scope"].lstrip("/")
+        key = vault_key(f"{scope}/providers/Microsoft.Authorization/roleAssignments/{match['name']}")
+        if method == "GET":
+            doc = self.authorization.get(key)
+            if doc is None:
+                return _arm_error(404, "RoleAssignmentNotFound", "The role assignment does not exist.")
+            return 200, doc, {}
+        if method == "DELETE":
+            doc = self.authorization.pop(key, None)
+            return (200, doc, {}) if doc is not None else (204, None, {})
+        if method == "PUT":
+            doc = {"id": f"{scope}/providers/Microsoft.Authorization/roleAssignments/{match['name']}",
+                   "name": match["name"], "type": "Microsoft.Authorization/roleAssignments",
+                   "properties": {**(body.get("properties") or {}), "scope": scope}}
+            created = key not in self.authorization
+            self.authorization[key] = doc
+            return (201 if created else 200), doc, {}
+        return _arm_error(405, "MethodNotAllowed", f"{method} is not allowed on a role assignment.")
+
+    def _list_role_assignments(self, scope: str, filter_: str | None) -> tuple[int, Any, dict[str, str]]:
+        """`$filter=atScope()`: the assignments at the scope and above it; no filter: at it and below."""
+        here = vault_key("/" + scope.lstrip("/"))
+        found = []
+        for key, doc in self.authorization.items():
+            if "/providers/microsoft.authorization/roleassignments/" not in key:
+                continue
+            at = key.split("/providers/microsoft.authorization/roleassignments/")[0]
+            above = here == at or here.startswith(at + "/") or at.startswith("/providers/microsoft.management/")
+            below = at == here or at.startswith(here + "/")
+            if ((filter_ or "").strip().lower() == "atscope()" and above) or (not filter_ and below):
+                found.append(doc)
+        return 200, {"value": found}, {}
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         doc = self.vaults.get(vault_key(path))

@@ -1,0 +1,123 @@
+"""The ResourceGateway for role assignments and role definitions, through azure-mgmt-authorization.
+
+Assignments and definitions are read as the raw ARM JSON (REST names), as the vault gateway reads
+vaults, so the rules judge exactly what ARM said. They are addressed by id at any scope (a vault, a
+secret in it, a resource group, a subscription, a management group); the SDK's client is made per
+subscription, and a management-group id uses the client of the first subscription kvguard saw
+(the `…ById` operations ignore the client's subscription). The SDK is imported on first use.
+
+Errors: any 404 of a GET is `None` (the assignment or definition does not exist), a 204 (or 404)
+of a DELETE is "already gone"; everything else follows `kvguard.adapters.azure_clients`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors, require_object
+from kvguard.ids import subscription_of
+from kvguard.ports import PermanentError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.core.exceptions import HttpResponseError
+    from azure.mgmt.authorization import AuthorizationManagementClient
+
+ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
+ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
+# Only for an id under no subscription (a management group) before any subscription was seen.
+_NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
+def _authorization_client(*args: Any, **kwargs: Any) -> AuthorizationManagementClient:
+    from azure.mgmt.authorization import AuthorizationManagementClient
+
+    return AuthorizationManagementClient(*args, **kwargs)
+
+
+def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
+    """The body exactly as ARM sent it (this SDK's legacy responses have `text()`, not `json()`)."""
+    response = pipeline_response.http_response
+    request = f"{response.request.method} {urlsplit(response.request.url).path}"
+    return require_object(json.loads(response.text()), f"ARM's answer to {request}")
+
+
+def _status(pipeline_response: Any, deserialized: Any, headers: Any) -> int:
+    return int(pipeline_response.http_response.status_code)
+
+
+def _missing(error: HttpResponseError) -> bool:
+    return error.status_code == 404
+
+
+def _kind(resource_id: str) -> str:
+    lowered = resource_id.lower()
+    for kind in (ROLE_ASSIGNMENTS, ROLE_DEFINITIONS):
+        if f"/providers/{kind}/" in lowered:
+            return kind
+    raise PermanentError(f"no reader for {resource_id}: only role assignments and role definitions are read here")
+
+
+class AuthorizationGateway:
+    """Role assignments (GET, DELETE, list `atScope()`) and role definitions (GET), by id."""
+
+    def __init__(self, credential: TokenCredential, endpoint: str = ARM_ENDPOINT, **client_kwargs: Any) -> None:
+        """`client_kwargs` go to every AuthorizationManagementClient (e.g. `connection_verify`)."""
+        self._clients: SubscriptionClients[AuthorizationManagementClient] = SubscriptionClients(
+            _authorization_client, credential, endpoint, **client_kwargs)
+        self._last_subscription = _NO_SUBSCRIPTION
+
+    def __repr__(self) -> str:
+        return f"AuthorizationGateway(endpoint={self._clients.endpoint!r})"
+
+    def _client(self, resource_id: str) -> AuthorizationManagementClient:
+        subscription = subscription_of(resource_id)
+        if subscription is not None:
+            self._last_subscription = subscription
+        return self._clients(subscription or self._last_subscription)
+
+    def get(self, resource_id: str) -> Mapping[str, Any] | None:
+        from azure.core.exceptions import HttpResponseError
+
+        client = self._client(resource_id)
+        try:
+            with azure_errors(f"get {resource_id.rsplit('/', 2)[-2]} {resource_id.rsplit('/', 1)[-1]}",
+                              answers=_missing):
+                if _kind(resource_id) == ROLE_ASSIGNMENTS:
+                    body: dict[str, Any] = client.role_assignments.get_by_id(resource_id, cls=_raw_json)
+                else:
+                    body = client.role_definitions.get_by_id(resource_id, cls=_raw_json)
+        except HttpResponseError:
+            return None
+        return body
+
+    def delete(self, resource_id: str) -> bool:
+        """DELETE a role assignment; False when it was already gone (204, or a 404)."""
+        from azure.core.exceptions import HttpResponseError
+
+        if _kind(resource_id) != ROLE_ASSIGNMENTS:
+            raise PermanentError(f"kvguard deletes role assignments only, not {resource_id}")
+        client = self._client(resource_id)
+        try:
+            with azure_errors(f"delete role assignment {resource_id.rsplit('/', 1)[-1]}", answers=_missing):
+                status = client.role_assignments.delete_by_id(resource_id, cls=_status)
+        except HttpResponseError:
+            return False
+        return status == 200
+
+    def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
+        """Role assignments at `scope` and inherited from above it (`$filter=atScope()`); no other
+        type is listed here (an empty list)."""
+        if resource_type.lower() != ROLE_ASSIGNMENTS:
+            return []
+        client = self._client(scope)
+        with azure_errors(f"list role assignments at {scope}"):
+            # serialize() gives the wire JSON back with ARM's own (REST) names.
+            return [a.serialize(keep_readonly=True)
+                    for a in client.role_assignments.list_for_scope(scope.lstrip("/"), filter="atScope()")]
+
+    def close(self) -> None:
+        self._clients.close()
