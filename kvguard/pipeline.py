@@ -678,6 +678,8 @@ class Pipeline:
                         and _same_resource(final, (kept.get("baseline") or {}).get("config"))))
             if gone and self.store.close_finding(change.id, rule_id):
                 closed.append((rule_id, kept.get("vaults") or state.vault_ids))
+        # A finding remediated by this event was never opened, but its alerts went out: resolve them.
+        closed += [(rule_id, state.vault_ids) for rule_id in sorted(remediated - set(open_now))]
         if not closed or decision.mode == "observe":
             return []
         results = []

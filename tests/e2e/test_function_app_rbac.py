@@ -95,7 +95,9 @@ def test_a_secrets_user_grant_on_an_rbac_vault_is_deleted(installed: Pipeline, f
     assert fake.authorization_resource(ASSIGNMENT_ID) is None
     # The Defender assessment on the vault, and a detection CloudEvent, before the delete.
     puts = fake.requests_to("PUT", rf"/providers/Microsoft\.Security/assessments/{assessment_name('KV-RBAC-01')}$")
-    assert puts and puts[0].json["properties"]["status"]["code"] == "Unhealthy"
+    # Raised Unhealthy before the delete, then Healthy once the delete resolved it.
+    assert [p.json["properties"]["status"]["code"] for p in puts] == ["Unhealthy", "Healthy"]
+    assert fake.requests.index(removal) < fake.requests.index(puts[1])
     assert puts[0].path.lower().lstrip("/").startswith(VAULT_ID.lower().lstrip("/"))
     assert fake.requests.index(puts[0]) < fake.requests.index(removal)
     detections = [e for e in fake.events if e["type"] == "kvguard.detection" and e["subject"] == "KV-RBAC-01"]
