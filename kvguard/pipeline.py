@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -73,7 +74,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
-        self.runner = ActionRunner(gateway, self.sinks)
+        self.runner = ActionRunner(gateway, self.sinks, lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class Pipeline:
                 self.store.record_rejected(RejectedPayload(item.reason, item.raw, self.clock.now(), item.event_id))
                 outcomes.append(Outcome(item.event_id, "rejected", item.reason))
             else:
-                outcomes.append(self.handle_event(item))
+                outcomes.append(replace(self.handle_event(item), event=item, finished=self.clock.now()))
         return outcomes
 
     # --- filter, claim ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """A local HTTPS fake of the Azure endpoints kvguard writes to: ARM (Key Vault and Defender
-assessments), an Event Grid topic and a webhook.
+assessments), an Event Grid topic, a webhook and the Logs Ingestion API.
 
 The real SDK clients talk to it over TLS (a trustme CA and a server certificate for `localhost` and
 `127.0.0.1`), so the tests exercise the same request building, retries, paging and error mapping
@@ -12,6 +12,7 @@ Retry-After, 500, ...) or actions (delete a vault) can be queued per method and 
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import os
 import re
@@ -42,6 +43,7 @@ _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
+_INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class ArmFake:
         self.assessments: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
+        self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.requests: list[Recorded] = []
         self.page_size = page_size
         self.eventgrid_key = eventgrid_key
@@ -230,6 +233,8 @@ class ArmFake:
             return self._list_vaults(match["sub"], request)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
+        if (match := _INGESTION_RE.match(path)) and method == "POST":
+            return self._ingest(match, request)
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
@@ -317,6 +322,18 @@ class ArmFake:
             return 400, {"error": {"code": "BadRequest", "message": "Expected a JSON array of CloudEvents."}}, {}
         self.events.extend(batch)
         return 200, None, {}
+
+    def _ingest(self, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """The Logs Ingestion API: a JSON array of rows (gzip-compressed when Content-Encoding says
+        so) for one data collection rule's stream; 204 on success."""
+        body = request.body
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        rows = json.loads(body) if body else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return _arm_error(400, "InvalidPayload", "The body must be a JSON array of objects.")
+        self.ingested.setdefault((match["rule"], match["stream"]), []).extend(rows)
+        return 204, None, {}
 
 
 def _apply_access_policy(policies: list[dict[str, Any]], kind: str, entry: dict[str, Any]) -> None:
