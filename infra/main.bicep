@@ -64,6 +64,9 @@ param reconcileSchedule string = '0 0 * * * *'
 ])
 param storageSku string = 'Standard_LRS'
 
+@description('Send every finding and action to the Log Analytics table KvguardFindings_CL (a data collection endpoint and rule, for Sentinel) and deploy the kvguard workbook.')
+param deployFindingsLog bool = false
+
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -152,6 +155,21 @@ module app 'modules/functionapp.bicep' = {
     subscriptionIds: subscriptionIds
     policyFile: policyFile
     reconcileSchedule: reconcileSchedule
+    findingsLogEndpoint: deployFindingsLog ? findingsLog.outputs.endpoint : ''
+    findingsLogRuleId: deployFindingsLog ? findingsLog.outputs.ruleId : ''
+  }
+}
+
+module findingsLog 'modules/findings-log.bicep' = if (deployFindingsLog) {
+  name: 'kvguard-findings-log'
+  scope: group
+  params: {
+    principalId: identity.outputs.principalId
+    workspaceName: monitoring.outputs.logAnalyticsName
+    dataCollectionEndpointName: 'dce-kvguard-${token}'
+    dataCollectionRuleName: 'dcr-kvguard-${token}'
+    location: location
+    tags: tags
   }
 }
 

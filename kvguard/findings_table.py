@@ -13,6 +13,7 @@ from typing import Any
 
 from kvguard.outcome import Outcome
 from kvguard.telemetry import caller_fields, outcome_fields
+from remediation import HANDLERS
 
 TABLE = "KvguardFindings_CL"
 STREAM = f"Custom-{TABLE}"
@@ -33,6 +34,7 @@ COLUMNS: Mapping[str, str] = {
     "Title": "string",
     "Mitre": "string",
     "Handler": "string",
+    "ActionKind": "string",
     "Status": "string",
     "Detail": "string",
     "CallerId": "string",
@@ -69,7 +71,8 @@ def rows(outcome: Outcome) -> list[dict[str, Any]]:
         for f in outcome.findings
     ]
     table += [
-        {**common, "RecordType": "action", "Rule": ",".join(a.rules), "Handler": a.handler, "Status": a.status,
+        {**common, "RecordType": "action", "Rule": ",".join(a.rules), "Handler": a.handler,
+         "ActionKind": HANDLERS[a.handler].kind if a.handler in HANDLERS else None, "Status": a.status,
          "Detail": a.detail}
         for a in outcome.actions
     ]

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
-from opentelemetry.trace import Span, Status, StatusCode, TracerProvider, get_tracer_provider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider, get_tracer_provider
 
 from kvguard.outcome import Outcome
 from kvguard.telemetry import circuit_breaker_open
@@ -68,7 +68,9 @@ class OtelInstruments:
 
     @contextmanager
     def delivery(self, name: str) -> Iterator[Span]:
-        with self.tracer.start_as_current_span(f"kvguard.{name}", record_exception=False,
+        # A consumer span (an Event Grid delivery consumed): Application Insights files it under
+        # AppRequests, where the workbook and README queries look for it.
+        with self.tracer.start_as_current_span(f"kvguard.{name}", kind=SpanKind.CONSUMER, record_exception=False,
                                                set_status_on_exception=False) as span:
             yield span
 

@@ -43,6 +43,12 @@ param policyFile string = ''
 @description('NCRONTAB schedule of the reconcile timer (read through %KVGUARD_RECONCILE_SCHEDULE%).')
 param reconcileSchedule string = '0 0 * * * *'
 
+@description('Logs Ingestion endpoint of the findings table\'s data collection endpoint (empty: no findings table).')
+param findingsLogEndpoint string = ''
+
+@description('Immutable id of the findings table\'s data collection rule.')
+param findingsLogRuleId string = ''
+
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
@@ -113,6 +119,18 @@ var baseSettings = [
   }
 ]
 
+// The findings table (Logs Ingestion API) only when main.bicep deploys it.
+var findingsLogSettings = empty(findingsLogEndpoint) ? [] : [
+  {
+    name: 'KVGUARD_INGESTION_ENDPOINT'
+    value: findingsLogEndpoint
+  }
+  {
+    name: 'KVGUARD_INGESTION_RULE_ID'
+    value: findingsLogRuleId
+  }
+]
+
 var policySettings = empty(policyFile) ? [] : [
   {
     name: 'KVGUARD_POLICY_FILE'
@@ -161,7 +179,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
-      appSettings: concat(baseSettings, policySettings)
+      appSettings: concat(baseSettings, policySettings, findingsLogSettings)
     }
     functionAppConfig: {
       deployment: {

@@ -35,6 +35,10 @@ EXPECTED: dict[str, dict[str, str | None]] = {
         READER: None,
         SECURITY_ASSESSMENT_CONTRIBUTOR: None,
     },
+    # kvguard's identity, on the findings table's data collection rule (Logs Ingestion API).
+    "modules/findings-log.bicep": {
+        MONITORING_METRICS_PUBLISHER: "rule",
+    },
     # The system topic's identity (and optionally the operator), for dead letters.
     "modules/deadletter-access.bicep": {
         STORAGE_BLOB_DATA_CONTRIBUTOR: "storage",

@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from kvguard.otel import OtelInstruments
 from kvguard.outcome import Outcome
@@ -82,6 +83,7 @@ def test_a_remediated_event_gives_one_span_with_the_outcome_and_counters() -> No
     [span] = telemetry.spans.get_finished_spans()
     attributes = dict(span.attributes or {})
     assert span.name == "kvguard.delivery"
+    assert span.kind == SpanKind.CONSUMER  # Application Insights files it under AppRequests
     assert attributes["kvguard.event_id"] == "evt-otel-1"
     assert attributes["kvguard.vault"] == outcome.vault
     assert attributes["kvguard.operation"] == "Microsoft.KeyVault/vaults/accessPolicies/write"
