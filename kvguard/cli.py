@@ -54,8 +54,15 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from kvguard.suppression import expired
+
     policy = load_policy(args.policy)
     out.write(f"{args.policy}: valid policy (mode {policy.mode}, {len(policy.rules)} rule override(s))\n")
+    for suppression in expired(policy, datetime.now(UTC)):
+        out.write(f"{args.policy}: suppression of {suppression.rule} for {suppression.vault} expired "
+                  f"{suppression.until.isoformat()} and is ignored ({suppression.reason})\n")
     return 0
 
 

@@ -33,6 +33,7 @@ from kvguard.ports import (
     VaultGateway,
 )
 from kvguard.risk import Risk, assess
+from kvguard.suppression import suppress, with_notes
 from kvguard.vault import VaultConfig, VaultDiff, diff
 from remediation import HANDLERS, Operation, PlanInput
 
@@ -174,7 +175,7 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings = detect_all(context)
+        findings, suppressed = suppress(detect_all(context), vault_id, event.vault.name, self.policy, now)
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -203,7 +204,7 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            _reason(event, before, after, findings, risk, decision),
+            with_notes(_reason(event, before, after, findings, risk, decision), suppressed),
             display_id,
             risk.value,
             risk.severity,
