@@ -1,4 +1,4 @@
-"""`kvguard replay | rules | baseline | redrive | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | undo | validate`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
 the file, the step and the reason on stderr) or a dead-letter file that is not JSON, 1 when Azure
@@ -135,6 +135,12 @@ def _live(command: str) -> Callable[[argparse.Namespace, TextIO], int]:
     return run
 
 
+def _undo(args: argparse.Namespace, out: TextIO) -> int:
+    from kvguard.undo import cmd_undo
+
+    return cmd_undo(args, out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvguard", description="Detect and undo Azure Key Vault tampering.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
     redrive.set_defaults(run=_live("cmd_redrive"))
+    undo = commands.add_parser(
+        "undo", help="put back what one recorded remediation took away (dry run unless --apply)"
+    )
+    undo.add_argument("audit_id", metavar="AUDIT_ID", help="the event id of the audit record")
+    undo.add_argument("--handler", help="which remediation, when the record has several")
+    undo.add_argument("--apply", action="store_true", help="write it back and make it the baseline")
+    undo.set_defaults(run=_undo)
     rules = commands.add_parser("rules", help="print the rule catalog")
     rules.add_argument("--json", action="store_true")
     rules.set_defaults(run=cmd_rules)
