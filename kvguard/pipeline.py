@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
@@ -68,6 +69,7 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        activity_log: ActivityLog | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -75,6 +77,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
+        self.activity_log = activity_log
         self.runner = ActionRunner(gateway, self.sinks, lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
@@ -176,6 +179,8 @@ class Pipeline:
             baseline_deleted=bool(baseline and baseline.deleted),
         )
         findings, suppressed = suppress(detect_all(context), vault_id, event.vault.name, self.policy, now)
+        if self.activity_log is not None:
+            findings = enrich(findings, vault_id, event.time or now, self.clock.now(), self.activity_log)
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)

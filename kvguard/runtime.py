@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import detectors  # noqa: F401  (the rule catalog registers on import; without it no rule runs)
+from kvguard.blast_radius import ActivityLog
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import AlertSink, StateStore
@@ -86,7 +87,17 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=_sinks(settings, credential),
+        activity_log=_activity_log(settings, credential),
     )
+
+
+def _activity_log(settings: Settings, credential: Any) -> ActivityLog | None:
+    """The vaults' audit log for the blast radius of grant findings, when a workspace is named."""
+    if not settings.audit_workspace_id:
+        return None
+    from kvguard.adapters.loganalytics import LogAnalyticsActivityLog
+
+    return LogAnalyticsActivityLog(settings.audit_workspace_id, credential, endpoint=settings.loganalytics_endpoint)
 
 
 def current() -> Pipeline:

@@ -43,5 +43,7 @@ class Settings(BaseSettings):
     )
     ingestion_endpoint: str | None = None
     ingestion_rule_id: str | None = None
+    audit_workspace_id: str | None = None
+    loganalytics_endpoint: str = "https://api.loganalytics.io"
 
     _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)
