@@ -1,5 +1,6 @@
 """A local HTTPS fake of the Azure endpoints kvguard writes to: ARM (Key Vault and Defender
-assessments), an Event Grid topic, a webhook, the Logs Ingestion API and Log Analytics queries.
+assessments), an Event Grid topic, a webhook, the Logs Ingestion API, Log Analytics queries and
+Application Insights' track endpoint.
 
 The real SDK clients talk to it over TLS (a trustme CA and a server certificate for `localhost` and
 `127.0.0.1`), so the tests exercise the same request building, retries, paging and error mapping
@@ -125,6 +126,7 @@ class ArmFake:
         self.webhooks: list[Any] = []
         self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.audit_events: dict[str, list[AuditEvent]] = {}
+        self.telemetry: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.page_size = page_size
         self.eventgrid_key = eventgrid_key
@@ -236,6 +238,8 @@ class ArmFake:
             return _arm_error(401, "AuthenticationFailed", "Authentication failed: no bearer token.")
         if (match := _LOG_QUERY_RE.match(path)) and method == "POST":
             return self._log_query(match["workspace"], request.json or {})
+        if path.lower() == "/v2.1/track" and method == "POST":
+            return self._track(request)
         if not request.param("api-version"):
             return _arm_error(400, "MissingApiVersionParameter", "The api-version query parameter is required.")
         if match := _VAULT_RE.match(path):
@@ -358,6 +362,17 @@ class ArmFake:
         columns = [{"name": "OperationName", "type": "string"}, {"name": "Object", "type": "string"},
                    {"name": "Count", "type": "long"}]
         return 200, {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}]}, {}
+
+    def _track(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """Application Insights' ingestion (`{IngestionEndpoint}/v2.1/track`): a JSON array of
+        telemetry envelopes (or JSON Lines), all accepted."""
+        body = request.body
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        text = body.decode()
+        items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x]
+        self.telemetry.extend(items)
+        return 200, {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}, {}
 
     def _ingest(self, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
         """The Logs Ingestion API: a JSON array of rows (gzip-compressed when Content-Encoding says
