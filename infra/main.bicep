@@ -67,6 +67,9 @@ param storageSku string = 'Standard_LRS'
 @description('Send every finding and action to the Log Analytics table KvguardFindings_CL (a data collection endpoint and rule, for Sentinel) and deploy the kvguard workbook.')
 param deployFindingsLog bool = false
 
+@description('Resource id of the Log Analytics workspace that holds the vaults\' AuditEvent logs (empty: none). kvguard gets Log Analytics Reader there and adds to each grant finding what the granted principal did in the vault (blast radius).')
+param auditWorkspaceResourceId string = ''
+
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -157,6 +160,16 @@ module app 'modules/functionapp.bicep' = {
     reconcileSchedule: reconcileSchedule
     findingsLogEndpoint: deployFindingsLog ? findingsLog.outputs.endpoint : ''
     findingsLogRuleId: deployFindingsLog ? findingsLog.outputs.ruleId : ''
+    auditWorkspaceId: empty(auditWorkspaceResourceId) ? '' : auditWorkspaceAccess.outputs.customerId
+  }
+}
+
+module auditWorkspaceAccess 'modules/audit-workspace-access.bicep' = if (!empty(auditWorkspaceResourceId)) {
+  name: 'kvguard-audit-workspace-access'
+  scope: resourceGroup(split(auditWorkspaceResourceId, '/')[2], split(auditWorkspaceResourceId, '/')[4])
+  params: {
+    principalId: identity.outputs.principalId
+    workspaceName: last(split(auditWorkspaceResourceId, '/'))
   }
 }
 

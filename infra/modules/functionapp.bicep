@@ -49,6 +49,9 @@ param findingsLogEndpoint string = ''
 @description('Immutable id of the findings table\'s data collection rule.')
 param findingsLogRuleId string = ''
 
+@description('Workspace (customer) id of the Log Analytics workspace with the vaults\' AuditEvent logs (empty: no blast radius).')
+param auditWorkspaceId string = ''
+
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
@@ -131,6 +134,14 @@ var findingsLogSettings = empty(findingsLogEndpoint) ? [] : [
   }
 ]
 
+// The blast radius of grant findings only when an audit workspace is given.
+var auditWorkspaceSettings = empty(auditWorkspaceId) ? [] : [
+  {
+    name: 'KVGUARD_AUDIT_WORKSPACE_ID'
+    value: auditWorkspaceId
+  }
+]
+
 var policySettings = empty(policyFile) ? [] : [
   {
     name: 'KVGUARD_POLICY_FILE'
@@ -179,7 +190,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
-      appSettings: concat(baseSettings, policySettings, findingsLogSettings)
+      appSettings: concat(baseSettings, policySettings, findingsLogSettings, auditWorkspaceSettings)
     }
     functionAppConfig: {
       deployment: {

@@ -153,3 +153,23 @@ def test_the_query_check_catches_an_unknown_column_table_and_metric() -> None:
         "AppMetrics: kvguard writes no metric, span or attribute 'kvguard.nope'"
     ]
     assert check_query(f"{TABLE}\n| summarize N = count() by Rule\n| order by N desc") == []
+
+
+def test_the_audit_workspace_for_the_blast_radius_is_optional_and_read_only(trees: dict[str, Tree]) -> None:
+    main = trees["main.bicep"]
+    assert main["parameters"]["auditWorkspaceResourceId"]["default"] == ""
+    module = main["modules"]["auditWorkspaceAccess"]
+    assert module["detail"]["path"] == "modules/audit-workspace-access.bicep"
+    negated = condition(module)["operator"]
+    assert negated["type"] == "not"
+    assert negated["operands"]["bool_value"]["function"]["parameters"]["item_to_test"] == "auditWorkspaceResourceId"
+    # deployed in the workspace's own subscription and resource group
+    scope = body(module)["scope"]["function"]
+    assert scope["type"] == "resource_group"
+    assert scope["parameters"]["resource_group_name"]["operator"]["operands"]["operand_2"] == 4
+    assert scope["parameters"]["subscription_id"]["operator"]["operands"]["operand_2"] == 2
+    operands = body(main["modules"]["app"])["params"]["auditWorkspaceId"]["operator"]["operands"]
+    assert accessor(operands["false_value"]) == "auditWorkspaceAccess.outputs.customerId"
+    assert settings(trees)["KVGUARD_AUDIT_WORKSPACE_ID"] == "auditWorkspaceId"
+    outputs = trees["modules/audit-workspace-access.bicep"]["outputs"]
+    assert accessor(outputs["customerId"]["value"]) == "workspace.properties.customerId"

@@ -40,9 +40,9 @@ def settings(trees: dict[str, Tree]) -> dict[str, Any]:
     assert combined["type"] == "concat"
     base, *optionals = (variable(tree, v) for v in combined["parameters"].values())
     # KVGUARD_POLICY_FILE only when a policy file is given, the findings table's settings only when
-    # it is deployed.
+    # it is deployed, the audit workspace only when one is named.
     extra: list[Any] = []
-    for optional, switch in zip(optionals, ("policyFile", "findingsLogEndpoint"), strict=True):
+    for optional, switch in zip(optionals, ("policyFile", "findingsLogEndpoint", "auditWorkspaceId"), strict=True):
         assert optional["operator"]["type"] == "conditional"
         operands = optional["operator"]["operands"]
         assert operands["condition"] == {"function": {"type": "empty", "parameters": {"item_to_test": switch}}}
