@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kvguard.catalog import HANDLERS
 from kvguard.outcome import Outcome
 from kvguard.telemetry import caller_fields, outcome_fields
-from remediation import HANDLERS
 
 TABLE = "KvguardFindings_CL"
 STREAM = f"Custom-{TABLE}"

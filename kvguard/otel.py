@@ -26,9 +26,9 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider, get_tracer_provider
 
+from kvguard.catalog import HANDLERS
 from kvguard.outcome import Outcome
 from kvguard.telemetry import circuit_breaker_open
-from remediation import HANDLERS
 
 SCOPE = "kvguard"
 

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
+from kvguard.catalog import HANDLERS
 from kvguard.outcome import Outcome
-from remediation import HANDLERS
 
 log = logging.getLogger("kvguard")
 CIRCUIT_BREAKER_PREFIX = "circuit breaker"

@@ -11,18 +11,15 @@ Enabling purge protection cannot be undone (Azure refuses), and alerts are resol
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TextIO
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
+from kvguard.catalog import HANDLERS
 from kvguard.ports import AuditRecord, StateStore, VaultGateway
 from kvguard.vault import AccessPolicy, VaultConfig
-from remediation import HANDLERS
-
-EXIT_NOTHING = 2
 
 
 class UndoError(Exception):
@@ -134,29 +131,3 @@ def apply_undo(gateway: UndoGateway, store: StateStore, record: AuditRecord, act
                      "before": action.get("after"), "after": action.get("before")}],
     }))
     return final
-
-
-def cmd_undo(args: argparse.Namespace, out: TextIO) -> int:
-    from kvguard import runtime
-    from kvguard.settings import Settings
-
-    pipeline = runtime.build(Settings(), credential=args.credential)
-    try:
-        record, action = recorded_action(pipeline.store.list_audit(), args.audit_id, args.handler)
-        vault_id = record.vault_id or ""
-        steps = plan_undo(vault_id, action, pipeline.gateway.get(vault_id))
-    except UndoError as error:
-        out.write(f"kvguard undo: {error}\n")
-        return EXIT_NOTHING
-    if not steps:
-        out.write(f"{vault_id}: already as before {action['handler']}: nothing to put back\n")
-        return 0
-    for step in steps:
-        out.write(f"{'put back' if args.apply else 'would put back'}: {step.description} on {vault_id}\n")
-    if not args.apply:
-        out.write("dry run: nothing changed (add --apply to put it back)\n")
-        return 0
-    gateway: Any = pipeline.gateway  # the ARM gateway: it can add access-policy entries
-    apply_undo(gateway, pipeline.store, record, action, steps, datetime.now(UTC))
-    out.write(f"done: the vault's baseline is now its restored state; audited as undo:{record.event_id}\n")
-    return 0
