@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -64,6 +65,19 @@ def caller_fields(outcome: Outcome) -> dict[str, Any]:
     return {"caller_id": caller.id, "caller_upn": caller.upn, "caller_ip": caller.ip}
 
 
+def without_caller(outcome: Outcome) -> str:
+    """The outcome's reason with the caller's ids, names and address replaced: a reason may name
+    the caller ("caller … is not an approved caller")."""
+    reason = outcome.reason
+    caller = outcome.event.caller if outcome.event is not None else None
+    if caller is None:
+        return reason
+    names = {caller.object_id, caller.app_id, caller.upn, caller.name, caller.ip, caller.evidence_principal_id}
+    for name in sorted((n for n in names if n), key=len, reverse=True):
+        reason = re.sub(re.escape(name), "<caller>", reason, flags=re.IGNORECASE)
+    return reason
+
+
 def outcome_fields(outcome: Outcome, *, with_caller: bool) -> dict[str, Any]:
     """The fields of one outcome that operators query: no evidence values, no secrets."""
     event = outcome.event
@@ -71,7 +85,7 @@ def outcome_fields(outcome: Outcome, *, with_caller: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "event_id": outcome.event_id,
         "outcome": outcome.outcome,
-        "reason": outcome.reason,
+        "reason": outcome.reason if with_caller else without_caller(outcome),
         "vault": outcome.vault,
         "operation": event.operation if event is not None else None,
         "event_time": event_time.isoformat() if event_time is not None else None,

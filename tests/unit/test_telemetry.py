@@ -24,7 +24,7 @@ from kvguard.otel import OtelInstruments
 from kvguard.outcome import Outcome
 from kvguard.ports import TransientError
 from kvguard.telemetry import Observer, outcome_fields
-from tests.unit.test_pipeline import OPERATOR_GRANT, ROGUE_CALLER, ROGUE_GRANT, START, TEAM, Env, event, vault
+from tests.unit.test_pipeline import DEPLOYER, OPERATOR_GRANT, ROGUE_CALLER, ROGUE_GRANT, START, TEAM, Env, event, vault
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("opentelemetry", "azure.monitor")
@@ -164,3 +164,15 @@ def test_without_a_connection_string_no_telemetry_package_is_loaded() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "True []"
+
+
+def test_a_reason_that_names_the_caller_is_redacted_unless_allowed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kvguard")
+    env = Env(start=vault(accessPolicies=[TEAM, OPERATOR_GRANT]), approved_callers=[DEPLOYER])
+    outcome = env.change(vault(accessPolicies=[TEAM, OPERATOR_GRANT, ROGUE_GRANT]))
+    assert ROGUE_CALLER in outcome.reason  # "caller … is not an approved caller"
+    with Observer().delivery("delivery") as delivery:
+        delivery.record(outcome)
+    [line] = log_lines(caplog)
+    assert ROGUE_CALLER not in line["reason"] and "caller <caller> is not an approved caller" in line["reason"]
+    assert outcome_fields(outcome, with_caller=True)["reason"] == outcome.reason
