@@ -176,3 +176,18 @@ def test_a_reason_that_names_the_caller_is_redacted_unless_allowed(caplog: pytes
     [line] = log_lines(caplog)
     assert ROGUE_CALLER not in line["reason"] and "caller <caller> is not an approved caller" in line["reason"]
     assert outcome_fields(outcome, with_caller=True)["reason"] == outcome.reason
+
+
+def test_a_remediation_held_back_by_the_circuit_breaker_is_counted() -> None:
+    telemetry = Telemetry()
+    observer = Observer(instruments=telemetry.instruments)
+    env = Env(circuit_breaker={"max_remediations": 1, "window": "PT1H"})
+    for _ in range(2):
+        with observer.delivery("delivery") as delivery:
+            delivery.record(env.change(vault(accessPolicies=[TEAM, ROGUE_GRANT])))
+        env.own_writes()
+        env.world.clock.advance(timedelta(minutes=5))
+    counts = telemetry.counts()
+    assert counts["kvguard.circuit_breaker_openings"] == {(): 1}
+    assert counts["kvguard.remediations"][(("handler", "revert_access_policy"), ("status", "applied"))] == 1
+    assert counts["kvguard.remediations"][(("handler", "revert_access_policy"), ("status", "skipped"))] == 1
