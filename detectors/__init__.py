@@ -2,9 +2,10 @@
 one decorated function in its family module. The catalog is ordered as DESIGN.md lists it."""
 
 from detectors import access_policy, identity, lifecycle, network, protection  # noqa: F401  (registration)
+from detectors import self as self_rules  # noqa: F401  (registration: KV-SELF-*)
 from kvguard.detection import RULES, Rule
 
-FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE")
+FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF")
 
 
 def _catalog_order(rule: Rule) -> tuple[int, str]:

@@ -26,9 +26,12 @@ class Outcome:
     # Findings closed by this event (alert sinks told: Defender Healthy). Kept out of `actions`, so
     # counting actions never counts a resolution as an alert; they are in the audit record.
     resolutions: Sequence[ActionResult] = ()
+    # The changed resource when it is no vault (kvguard's own deployment); vault events leave it
+    # None, and their records keep exactly the keys they always had.
+    resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record = {
             "event_id": self.event_id,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -38,6 +41,9 @@ class Outcome:
             "findings": [f.to_json() for f in self.findings],
             "actions": [a.to_json() for a in self.actions],
         }
+        if self.resource is not None:
+            record["resource"] = self.resource
+        return record
 
     def to_audit(self) -> dict[str, Any]:
         record = self.to_json()

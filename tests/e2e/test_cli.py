@@ -27,6 +27,7 @@ DESIGN_RULES = [
     "KV-PROT-01", "KV-PROT-02", "KV-PROT-03", "KV-PROT-04", "KV-PROT-05",
     "KV-ID-01", "KV-ID-02", "KV-ID-03", "KV-ID-04", "KV-ID-05", "KV-ID-06",
     "KV-LIFE-01", "KV-LIFE-02", "KV-LIFE-03",
+    "KV-SELF-01", "KV-SELF-02",
 ]
 SUBSCRIPTION = "0d6c2e8a-4b1f-4c3d-9e7a-5f8b2c1d4e6a"
 VAULT_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-cli/providers/Microsoft.KeyVault/vaults/kv-cli"

@@ -245,3 +245,36 @@ def test_health_is_503_when_arm_fails(installed: Pipeline, fake: ArmFake) -> Non
     assert report["ok"] is False
     assert report["state"] == "ok"
     assert report["arm"].startswith("unreachable")
+
+
+def test_an_unplanned_write_by_kvguards_identity_is_processed_and_raises_kv_self_01(
+    installed: Pipeline, fake: ArmFake
+) -> None:
+    """Someone else runs code as kvguard: the grant names kvguard's identity but matches no entry
+    of the ledger, so it is read, judged and reverted like anyone's, with a critical KV-SELF-01."""
+    event_id = "2f3e4d5c-6b7a-4890-9a8b-7c6d5e4f3a2b"
+
+    deliver(event_json(event_id, KVGUARD))
+
+    assert fake.requests_to("GET", r"/vaults/kv-billing-eu$"), "processed like anyone's: the vault is read"
+    (record,) = [r for r in installed.store.list_audit(VAULT_ID) if r.event_id == event_id]
+    assert record.outcome["outcome"] == "processed"
+    (self_01,) = [f for f in record.outcome["findings"] if f["rule"] == "KV-SELF-01"]
+    assert self_01["severity"] == "critical"
+    assert self_01["evidence"]["ownIdentity"] == KVGUARD.lower()
+    puts = fake.requests_to("PUT", rf"/providers/Microsoft\.Security/assessments/{assessment_name('KV-SELF-01')}$")
+    assert puts and puts[0].json["properties"]["status"]["code"] == "Unhealthy"
+    (remove,) = fake.requests_to("PUT", r"/accessPolicies/remove$")
+    assert [e["objectId"] for e in remove.json["properties"]["accessPolicies"]] == [ROGUE]
+
+    # The revert was noted before it was made: its own event matches the ledger and costs nothing.
+    before = len(fake.requests)
+    deliver(event_json("6d5c4b3a-2918-4f7e-8d6c-5b4a39281706", KVGUARD, action="remove"))
+    assert len(fake.requests) == before
+    # A third write by the identity, after the entry was consumed, is unplanned again.
+    later = "5c4b3a29-1807-4e6d-9c5b-4a3928170605"
+    unplanned = json.loads(event_json(later, KVGUARD))
+    unplanned["data"]["correlationId"] = "0f1e2d3c-4b5a-4697-8877-665544332211"
+    (outcome,) = installed.handle(json.dumps(unplanned))
+    assert outcome.outcome == "processed"
+    assert "KV-SELF-01" in {f.rule for f in outcome.findings}

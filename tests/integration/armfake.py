@@ -41,6 +41,10 @@ _LIST_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyv
 _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
+_EVENT_SUBSCRIPTION_RE = re.compile(
+    r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.eventgrid/systemtopics/[^/]+"
+    r"/eventsubscriptions/[^/]+$", re.IGNORECASE,
+)
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
 
 
@@ -106,6 +110,7 @@ class ArmFake:
     def __init__(self, *, page_size: int | None = None, eventgrid_key: str | None = None) -> None:
         self.vaults: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
+        self.event_subscriptions: dict[str, dict[str, Any]] = {}  # Event Grid system topic subscriptions, by id
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
         self.requests: list[Recorded] = []
@@ -230,6 +235,11 @@ class ArmFake:
             return self._list_vaults(match["sub"], request)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
+        if _EVENT_SUBSCRIPTION_RE.match(path) and method == "GET":
+            found = self.event_subscriptions.get(vault_key(path))
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The event subscription {path} was not found.")
+            return 200, found, {}
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:

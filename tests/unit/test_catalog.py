@@ -39,6 +39,8 @@ CONTRACT: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "KV-LIFE-01": ("high", "event", ("T1485",)),
     "KV-LIFE-02": ("critical", "event", ("T1485", "T1490")),
     "KV-LIFE-03": ("medium", "event/diff", ("T1098",)),
+    "KV-SELF-01": ("critical", "event", ("T1078.004",)),
+    "KV-SELF-02": ("critical", "diff", ("T1562.001",)),
 }
 
 # DESIGN.md's remediation handlers, and which rules each one puts right.
@@ -64,8 +66,8 @@ AZURE_ACTION = re.compile(r"^Microsoft\.[A-Za-z]+(/[A-Za-z]+)+$")
 def test_the_rule_ids_are_exactly_design_mds() -> None:
     expected = {f"KV-AP-0{i}" for i in range(1, 6)} | {f"KV-NET-0{i}" for i in range(1, 6)} \
         | {f"KV-PROT-0{i}" for i in range(1, 6)} | {f"KV-ID-0{i}" for i in range(1, 7)} \
-        | {f"KV-LIFE-0{i}" for i in range(1, 4)}
-    assert len(expected) == 24
+        | {f"KV-LIFE-0{i}" for i in range(1, 4)} | {"KV-SELF-01", "KV-SELF-02"}
+    assert len(expected) == 26
     assert set(CONTRACT) == expected
     assert {"missing": sorted(expected - set(RULES)), "unexpected": sorted(set(RULES) - expected)} == \
         {"missing": [], "unexpected": []}
