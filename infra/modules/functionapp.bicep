@@ -37,6 +37,9 @@ param mode string = 'alert'
 @description('Subscriptions whose vaults kvguard watches and reconciles.')
 param subscriptionIds array
 
+@description('Resource ids of kvguard\'s own event subscriptions, watched with the app itself (KV-SELF-02).')
+param ownEventSubscriptionIds array = []
+
 @description('Path of a policy file inside the deployed package (empty: defaults and app settings only).')
 param policyFile string = ''
 
@@ -110,6 +113,12 @@ var baseSettings = [
   {
     name: 'KVGUARD_RECONCILE_SCHEDULE'
     value: reconcileSchedule
+  }
+  {
+    name: 'KVGUARD_OWN_RESOURCE_IDS'
+    value: join(concat(ownEventSubscriptionIds, [
+      resourceId('Microsoft.Web/sites', name)
+    ]), ',')
   }
 ]
 
