@@ -13,7 +13,7 @@ param identityId string
 @description('Client id of that identity (DefaultAzureCredential picks it through AZURE_CLIENT_ID).')
 param identityClientId string
 
-@description('Principal (object) id of that identity: kvguard ignores its own writes.')
+@description('Principal (object) id of that identity: its writes are `self` when kvguard planned them (ledger).')
 param identityPrincipalId string
 
 param storageAccountName string
