@@ -132,7 +132,9 @@ class Pipeline:
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
         pipeline on every vault whose configuration differs from its baseline (a vault whose
-        baseline says deleted has been recovered). One vault's failure does not stop the others."""
+        baseline says deleted has been recovered). One vault's failure does not stop the others.
+        Ledger entries older than the own-write window can match no event any more: dropped."""
+        self.store.prune_own_writes(self.clock.now() - OWN_WRITE_WINDOW)
         outcomes = []
         for subscription_id in subscription_ids:
             for vault in self.gateway.list_vaults(subscription_id):
