@@ -48,7 +48,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
 ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
-OWN_WRITE_WINDOW = timedelta(hours=24)  # Event Grid's longest retry: an own write's event comes within it
+OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
+CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
 
 
 class _Recall(NamedTuple):
@@ -132,9 +133,7 @@ class Pipeline:
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
         pipeline on every vault whose configuration differs from its baseline (a vault whose
-        baseline says deleted has been recovered). One vault's failure does not stop the others.
-        Ledger entries older than the own-write window can match no event any more: dropped."""
-        self.store.prune_own_writes(self.clock.now() - OWN_WRITE_WINDOW)
+        baseline says deleted has been recovered). One vault's failure does not stop the others."""
         outcomes = []
         for subscription_id in subscription_ids:
             for vault in self.gateway.list_vaults(subscription_id):
@@ -174,12 +173,16 @@ class Pipeline:
 
     def _planned(self, event: VaultEvent) -> bool:
         """Whether the ledger holds the write behind this own-identity event: a state look-up,
-        never an ARM read, so a recognised own write costs no GET."""
+        never an ARM read, so a recognised own write costs no GET. The window is taken from the
+        event's time (when ARM made the write), not from its delivery, so a dead letter redriven
+        days later still finds its entry, and an event from before kvguard planned a write never
+        takes that write's entry."""
         assert event.vault is not None
         if event.operation is None:
             return False
-        since = self.clock.now() - OWN_WRITE_WINDOW
-        return self.store.match_own_write(event.vault.id, event.operation, event.id, event.correlation_id, since)
+        made = event.time or self.clock.now()
+        return self.store.match_own_write(event.vault.id, event.operation, event.id, event.correlation_id,
+                                          made - OWN_WRITE_WINDOW, made + CLOCK_SKEW)
 
     # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
 

@@ -200,10 +200,11 @@ class StateStore(Protocol):
         ...
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        until: datetime,
     ) -> bool:
         """Whether an own-identity event for `resource_id` and `operation` (both compared
-        case-insensitively) matches an entry made at or after `since`. The first event to match an
+        case-insensitively) matches an entry made from `since` to `until` (both included). The first event to match an
         open entry consumes it, keeping its event id and correlation id; a consumed entry matches
         again only a redelivery of that event or ARM's second event of the same write (same
         correlation id), so one planned write never covers a second, unplanned one."""

@@ -377,13 +377,14 @@ class SQLiteStateStore:
         )
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        until: datetime,
     ) -> bool:
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT seq, event_id, correlation_id FROM own_writes"
-                " WHERE resource_key = ? AND operation = ? AND at >= ? ORDER BY at, seq",
-                (vault_key(resource_id), operation.strip().lower(), _stamp(since)),
+                " WHERE resource_key = ? AND operation = ? AND at >= ? AND at <= ? ORDER BY at, seq",
+                (vault_key(resource_id), operation.strip().lower(), _stamp(since), _stamp(until)),
             ).fetchall()
             if any(event == event_id or (correlation_id and correlation == correlation_id)
                    for _, event, correlation in rows):

@@ -536,15 +536,17 @@ class TablesStateStore:
 
     @_transient
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        until: datetime,
     ) -> bool:
         table = self._table("ownwrites")
+        # RowKeys start with the entry's stamp: `until` + "~" sorts after every key of that instant.
+        window = {"pk": self._own_write_partition(resource_id, operation), "since": _stamp(since),
+                  "until": _stamp(until) + "~"}
         for _ in range(_ROUNDS):
             entries = sorted(
-                table.query_entities(
-                    "PartitionKey eq @pk and RowKey ge @since",
-                    parameters={"pk": self._own_write_partition(resource_id, operation), "since": _stamp(since)},
-                ),
+                table.query_entities("PartitionKey eq @pk and RowKey ge @since and RowKey lt @until",
+                                     parameters=window),
                 key=lambda entity: entity["RowKey"],
             )
             # Ids are kept as digests: compared whole, whatever their length.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ def event_json(event_id: str, caller: str, action: str = "add") -> str:
         "topic": f"/subscriptions/{SUB}",
         "subject": uri,
         "eventType": "Microsoft.Resources.ResourceWriteSuccess",
-        "eventTime": "2026-11-27T10:04:05.6789012Z",
+        # Now, as for a live write: an own write's event is matched to the ledger by its time.
+        "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "dataVersion": "2",
         "metadataVersion": "1",
         "data": {

@@ -142,14 +142,3 @@ def test_a_failing_read_is_logged_and_retried_next_time(pipeline: Pipeline, fake
     deploy(fake, as_deployed())
     assert pipeline.reconcile([]) == []
 
-
-def test_reconcile_drops_ledger_entries_past_the_own_write_window(pipeline: Pipeline, world: World) -> None:
-    vault = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"
-    write = "Microsoft.KeyVault/vaults/write"
-    pipeline.store.record_own_write(vault, write, world.clock.now())
-    pipeline.store.record_own_write(vault, write, world.clock.now() + timedelta(hours=2))
-    world.clock.advance(timedelta(hours=25))
-
-    pipeline.reconcile([])
-
-    assert pipeline.store.prune_own_writes(world.clock.now()) == 1, "only the younger entry was left"
