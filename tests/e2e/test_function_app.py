@@ -280,3 +280,30 @@ def test_an_unplanned_write_by_kvguards_identity_is_processed_and_raises_kv_self
     (outcome,) = installed.handle(json.dumps(unplanned))
     assert outcome.outcome == "processed"
     assert "KV-SELF-01" in {f.rule for f in outcome.findings}
+
+
+def test_the_reconcile_timer_checks_kvguards_own_event_subscription(
+    fake: ArmFake, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event subscription was deleted (its deletion may have been the last event it sent): the
+    timer reads it through ARM, finds it gone and raises KV-SELF-02 under its id, in Defender."""
+    subscription_id = (f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.EventGrid"
+                       "/systemTopics/evgst-kvguard/eventSubscriptions/kvguard-e2e")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
+    monkeypatch.delenv("KVGUARD_SUBSCRIPTION_IDS", raising=False)
+    settings = Settings(state_backend="tables", tables_connection=azurite.connection_string,
+                        arm_endpoint=fake.base_url, defender=True, own_resource_ids=[subscription_id])
+    pipeline = runtime.build(settings, credential=FakeCredential())
+    runtime.install(pipeline)
+    try:
+        functions["reconcile"].get_user_function()(None)
+    finally:
+        runtime.install(None)
+
+    assert fake.requests_to("GET", r"/eventSubscriptions/kvguard-e2e$")
+    (put,) = fake.requests_to("PUT", rf"/eventSubscriptions/kvguard-e2e/providers/Microsoft\.Security/assessments/"
+                                     rf"{assessment_name('KV-SELF-02')}$")
+    assert put.json["properties"]["status"]["code"] == "Unhealthy"
+    (record,) = pipeline.store.list_audit(subscription_id)
+    assert [f["rule"] for f in record.outcome["findings"]] == ["KV-SELF-02"]
+    assert record.outcome["resource"] == subscription_id
