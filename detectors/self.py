@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from detectors.cases import OPERATOR, SUBSCRIPTION
 from kvguard.deployment import (
     APP_CONFIG_WRITE,
     EVENT_SUBSCRIPTION_DELETE,
@@ -20,18 +19,6 @@ from kvguard.detection import Case, Context, Hit, rule
 from kvguard.events import Caller
 from kvguard.ids import owning_id
 
-KVGUARD_IDENTITY = "5ca1ab1e-0000-4000-8000-00000000c0de"
-EVENT_SUBSCRIPTION_ID = (
-    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-kvguard/providers/Microsoft.EventGrid"
-    "/systemTopics/evgst-kvguard/eventSubscriptions/kvguard-prod"
-)
-FUNCTION_APP_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-kvguard/providers/Microsoft.Web/sites/func-kvguard"
-APP_SETTINGS_ID = f"{FUNCTION_APP_ID}/config/appsettings"
-OWN_DEPLOYMENT = {"own_resource_ids": [EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID]}
-
-# The rules that judge an event about kvguard's own deployment (it concerns no vault).
-DEPLOYMENT_RULES = ("KV-SELF-02",)
-
 
 def _caller(caller: Caller) -> dict[str, Any]:
     fields = {"objectId": caller.object_id, "appId": caller.app_id, "principalId": caller.evidence_principal_id,
@@ -39,13 +26,10 @@ def _caller(caller: Caller) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value}
 
 
-@rule(
-    "KV-SELF-01",
-    title="Write by kvguard's identity that kvguard did not plan",
-    severity="critical",
-    mitre=("T1078.004",),
-    kind="event",
-    cases=[
+def _unplanned_own_write_cases() -> list[Case]:
+    from detectors.cases import KVGUARD_IDENTITY
+
+    return [
         Case("own identity, no planned write", fires=True, policy={"own_principal_ids": [KVGUARD_IDENTITY]},
              event={"kind": "access_policy", "caller": {"object_id": KVGUARD_IDENTITY, "upn": None}}),
         Case("own identity by application id, other case", fires=True,
@@ -56,7 +40,16 @@ def _caller(caller: Caller) -> dict[str, Any]:
         Case("someone else's write", fires=False, policy={"own_principal_ids": [KVGUARD_IDENTITY]}),
         Case("no own identity configured", fires=False,
              event={"caller": {"object_id": KVGUARD_IDENTITY, "upn": None}}),
-    ],
+    ]
+
+
+@rule(
+    "KV-SELF-01",
+    title="Write by kvguard's identity that kvguard did not plan",
+    severity="critical",
+    mitre=("T1078.004",),
+    kind="event",
+    cases=_unplanned_own_write_cases,
 )
 def unplanned_own_write(ctx: Context) -> Iterator[Hit]:
     """kvguard's identity may write every vault it guards, access policies included, so it could
@@ -78,26 +71,29 @@ def unplanned_own_write(ctx: Context) -> Iterator[Hit]:
     })
 
 
-@rule(
-    "KV-SELF-02",
-    title="kvguard's own deployment changed",
-    severity="critical",
-    mitre=("T1562.001",),
-    kind="diff",
-    cases=[
+def _own_deployment_changed_cases() -> list[Case]:
+    from detectors.cases import (
+        APP_CONFIG_WRITE_ID,
+        EVENT_SUBSCRIPTION_ID,
+        FUNCTION_APP_ID,
+        OPERATOR,
+        OWN_DEPLOYMENT,
+    )
+
+    return [
         Case("event subscription deleted", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": EVENT_SUBSCRIPTION_ID, "operation": EVENT_SUBSCRIPTION_DELETE, "kind": "other"}),
         Case("event subscription filter edited", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": EVENT_SUBSCRIPTION_ID.upper(), "operation": EVENT_SUBSCRIPTION_WRITE,
                     "kind": "other"}),
         Case("app settings changed", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
-             event={"vault_id": APP_SETTINGS_ID, "operation": APP_CONFIG_WRITE, "kind": "other"}),
+             event={"vault_id": APP_CONFIG_WRITE_ID, "operation": APP_CONFIG_WRITE, "kind": "other"}),
         Case("found missing by the reconcile check", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": EVENT_SUBSCRIPTION_ID, "operation": EVENT_SUBSCRIPTION_DELETE, "kind": "other",
                     "event_type": "kvguard.Reconciliation", "caller": {"object_id": None, "upn": None}}),
         Case("changed by an approved caller", fires=False, before=None, after=None,
              policy={**OWN_DEPLOYMENT, "approved_callers": [OPERATOR]},
-             event={"vault_id": APP_SETTINGS_ID, "operation": APP_CONFIG_WRITE, "kind": "other"}),
+             event={"vault_id": APP_CONFIG_WRITE_ID, "operation": APP_CONFIG_WRITE, "kind": "other"}),
         Case("another app's settings", fires=False, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": FUNCTION_APP_ID + "-other/config/appsettings", "operation": APP_CONFIG_WRITE,
                     "kind": "other"}),
@@ -106,7 +102,16 @@ def unplanned_own_write(ctx: Context) -> Iterator[Hit]:
                     "succeeded": False}),
         Case("no own deployment configured", fires=False, before=None, after=None,
              event={"vault_id": EVENT_SUBSCRIPTION_ID, "operation": EVENT_SUBSCRIPTION_DELETE, "kind": "other"}),
-    ],
+    ]
+
+
+@rule(
+    "KV-SELF-02",
+    title="kvguard's own deployment changed",
+    severity="critical",
+    mitre=("T1562.001",),
+    kind="diff",
+    cases=_own_deployment_changed_cases,
 )
 def own_deployment_changed(ctx: Context) -> Iterator[Hit]:
     """Deleting kvguard's event subscription or editing its filter makes kvguard blind, and an app

@@ -29,6 +29,8 @@ APP_CONFIG_WRITE = "Microsoft.Web/sites/config/write"
 # Changes to kvguard's own deployment (KV-SELF-02).
 DEPLOYMENT_OPERATIONS = (EVENT_SUBSCRIPTION_WRITE, EVENT_SUBSCRIPTION_DELETE, APP_CONFIG_WRITE)
 OPERATIONS = VAULT_OPERATIONS + DEPLOYMENT_OPERATIONS
+# The rules that judge a change to kvguard's own deployment (it concerns no vault).
+DEPLOYMENT_RULES = ("KV-SELF-02",)
 FUNCTION = "on_vault_event"
 
 

@@ -1,4 +1,5 @@
-"""handle(event) -> Outcome: the one place where the steps of DESIGN.md's flow are put in order.
+"""handle(event) -> Outcome: the one place where the steps of an event's flow are put in order
+(README, "How one event flows").
 
 parse → filter → claim → read → compare → detect → score → decide → act → record.
 """
@@ -11,18 +12,18 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
-from detectors.self import DEPLOYMENT_RULES
 from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.deployment import (
+    DEPLOYMENT_RULES,
     EVENT_SUBSCRIPTION_DELETE,
     EVENT_SUBSCRIPTION_WRITE,
     event_subscription_problems,
     is_deployment_operation,
     is_event_subscription,
 )
-from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
+from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import owning_id, parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -42,12 +43,11 @@ from kvguard.ports import (
 )
 from kvguard.risk import Risk, assess
 from kvguard.vault import VaultConfig, VaultDiff, diff
-from remediation import HANDLERS, Operation, PlanInput
+from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
-ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
 OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
 CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
 
@@ -180,9 +180,9 @@ class Pipeline:
         assert event.vault is not None
         if event.operation is None:
             return False
-        made = event.time or self.clock.now()
+        since, until = _ledger_window(event.time or self.clock.now())
         return self.store.match_own_write(event.vault.id, event.operation, event.id, event.correlation_id,
-                                          made - OWN_WRITE_WINDOW, made + CLOCK_SKEW)
+                                          since, until)
 
     # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
 
@@ -265,7 +265,7 @@ class Pipeline:
                                                    Alert(resource_id, "KV-SELF-02", "", "low", 0, 0, {}, (), "",
                                                          None, now), rules=("KV-SELF-02",))],
                             dry_run=False, current=None)
-            for handler_id in ALERT_HANDLERS if handler_id in self.sinks
+            for handler_id in alert_handlers() if handler_id in self.sinks
         ]
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
@@ -288,7 +288,7 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings = detect_all(context)
+        findings = detect_all(context, RULES)
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -339,7 +339,8 @@ class Pipeline:
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
-            if RULES[finding.rule].kind == "diff" and baseline is not None and before is not None:
+            if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE and baseline is not None \
+                    and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
                 record["baseline"] = kept or {"etag": baseline.etag, "config": dict(before.raw)}
             self.store.open_finding(vault_id, finding.rule, record, now)
@@ -441,7 +442,7 @@ class Pipeline:
             return []
         results: list[ActionResult] = []
         alerts = self._alerts(event, vault_id, findings, risk)
-        for handler_id in ALERT_HANDLERS:
+        for handler_id in alert_handlers():
             if handler_id not in self.sinks:
                 continue
             if not decision.alert:
@@ -500,8 +501,8 @@ class Pipeline:
             f.rule for f in findings
             if f.rule not in remediated_rules
             # a remediation may also have ended a posture condition that fired with the change
-            and not (remediated_rules and "posture" in RULES[f.rule].kind and final is not None
-                     and not _fires(f.rule, event, None, final, self.policy, now))
+            and not (remediated_rules and RULES[f.rule].kind.closing is Closing.CONDITION_GONE and final is not None
+                     and not RULES[f.rule].fires(event=event, before=None, after=final, policy=self.policy, now=now))
         }
         resolved = [
             rule_id for rule_id, record in open_now.items()
@@ -512,7 +513,7 @@ class Pipeline:
         if not resolved or decision.mode == "observe":
             return []
         results = []
-        for handler_id in ALERT_HANDLERS:
+        for handler_id in alert_handlers():
             if handler_id in self.sinks:
                 operations = [
                     Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
@@ -526,21 +527,14 @@ class Pipeline:
         self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
     ) -> bool:
         """`final` is None when the vault is gone or its compared state did not move."""
-        if rule.kind.startswith("event"):
-            return event.kind not in ("delete", "purge")
-        if final is None:
-            return False
-        if "posture" in rule.kind:
-            return not _fires(rule.id, event, None, final, self.policy, now)
-        if rule.kind == "diff":
-            stored = record.get("baseline")
-            if not isinstance(stored, Mapping) or "config" not in stored:
-                return False
-            then = self._baseline_config(
+        found_against = None
+        stored = record.get("baseline")
+        if rule.kind.closing is Closing.BACK_TO_BASELINE and final is not None and isinstance(stored, Mapping) \
+                and "config" in stored:
+            found_against = self._baseline_config(
                 Baseline(vault_id=final.id, config=stored["config"], etag=str(stored.get("etag")))
             )
-            return not _fires(rule.id, event, then, final, self.policy, now)
-        return False
+        return rule.closes(event=event, final=final, found_against=found_against, policy=self.policy, now=now)
 
     def _record(
         self,
@@ -612,15 +606,6 @@ def _steering_tags_kept(final: VaultConfig, before: VaultConfig) -> dict[str, An
     return tags
 
 
-def _fires(
-    rule_id: str, event: VaultEvent, before: VaultConfig | None, after: VaultConfig, policy: Policy, now: datetime
-) -> bool:
-    """Whether one rule fires between two configurations (before None: as on first sight)."""
-    context = Context(event=event, before=before, after=after, diff=diff(before, after) if before else None,
-                      policy=policy, history=History(), now=now)
-    return bool(list(RULES[rule_id].detect(context)))
-
-
 def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
     """A stand-in for the event that never arrived: one id per vault and baseline version, so a
     reconciliation that is itself retried does not act twice."""
@@ -630,6 +615,15 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
         kind="write", access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(),
         correlation_id=None, tenant_id=vault.tenant_id, raw={},
     )
+
+
+def _ledger_window(made: datetime) -> tuple[datetime, datetime]:
+    """The times a ledger entry for a write made at `made` may have; an event time at the edge of
+    what a datetime can hold (year 1, year 9999) is clamped there, never an overflow."""
+    earliest, latest = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    since = made - OWN_WRITE_WINDOW if made - earliest > OWN_WRITE_WINDOW else earliest
+    until = made + CLOCK_SKEW if latest - made > CLOCK_SKEW else latest
+    return since, until
 
 
 def _deployment_check_event(resource_id: str, problems: list[str], now: datetime) -> VaultEvent:

@@ -157,7 +157,7 @@ def remediator_actions(trees: dict[str, Tree]) -> list[str]:
 def declared_needs() -> set[str]:
     """Every Azure action kvguard's remediation handlers and its vault gateway declare."""
     from kvguard.adapters.arm import READ_PERMISSIONS
-    from remediation import HANDLERS
+    from kvguard.catalog import HANDLERS
 
     return {h.permission for h in HANDLERS.values() if h.kind == "remediation"} | set(READ_PERMISSIONS)
 
@@ -238,7 +238,7 @@ def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: 
     from fnmatch import fnmatchcase
 
     from kvguard.adapters import arm, deployment
-    from remediation import HANDLERS
+    from kvguard.catalog import HANDLERS
 
     roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
     grants = {**GRANTS, REMEDIATOR: tuple(remediator_actions(trees))}

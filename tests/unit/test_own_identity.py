@@ -7,8 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from detectors.cases import VAULT_ID, vault
-from detectors.self import EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID
+from detectors.cases import EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID, VAULT_ID, vault
 from kvguard.deployment import EVENT_SUBSCRIPTION_DELETE
 from kvguard.sim import SIM_IDENTITY, SimVaultGateway, World
 from kvguard.vault import VaultConfig
@@ -120,3 +119,14 @@ def test_a_change_to_kvguards_deployment_alerts_in_observe_mode_and_is_claimed_o
                   resource=EVENT_SUBSCRIPTION_ID.replace("kvguard-prod", "someone-elses"))
     assert env.deliver(other).outcome == "ignored"
     assert VAULT_ID not in {r.vault_id for r in env.store.list_audit()}
+
+
+def test_an_own_identity_event_dated_year_1_or_9999_is_judged_not_overflowed() -> None:
+    env = Env(start=vault(accessPolicies=[TEAM]))
+    reverted(env)
+    for moment in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        raw = own_event(f"evt-dated-{moment[:4]}")
+        raw["eventTime"] = moment
+        outcome = env.deliver(raw)
+        assert outcome.outcome == "processed"
+        assert "KV-SELF-01" in {f.rule for f in outcome.findings}
