@@ -183,3 +183,17 @@ def test_an_existing_system_topic_can_be_reused(trees: dict[str, Tree]) -> None:
     params = body(protect["modules"]["systemTopic"])["params"]
     assert params["create"] == {"operator": {"type": "not", "operands": {"bool_value": "reuseTopic"}}}
     assert params["name"] == "topicName"
+
+
+def test_the_app_setting_names_its_event_subscriptions_and_the_app_itself(trees: dict[str, Tree]) -> None:
+    from tests.infra.test_hardening import settings
+
+    joined = function(settings(trees)["KVGUARD_OWN_RESOURCE_IDS"])
+    assert joined is not None and joined["type"] == "join" and joined["parameters"]["delimiter"] == ","
+    parts = function(joined["parameters"]["input_array"])
+    assert parts is not None and parts["type"] == "concat"
+    assert parts["parameters"]["arg_1"] == "ownEventSubscriptionIds"
+    (app,) = parts["parameters"]["arg_2"]
+    assert function(app) == {"type": "resource_id", "parameters": {
+        "resource_type": "Microsoft.Web/sites", "resource_name_1": "name", "resource_name_2": None,
+        "resource_group_name": None, "subscription_id": None}}
