@@ -6,6 +6,7 @@ parse → filter → claim → read → compare → detect → score → decide 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from kvguard.ports import (
     Clock,
     ConcurrencyError,
     DeploymentReader,
+    PermanentError,
     RejectedPayload,
     StateStore,
     TransientError,
@@ -93,8 +95,8 @@ class Pipeline:
     # --- parse --------------------------------------------------------------------------------
 
     def handle(self, raw: Any) -> list[Outcome]:
-        """Every event of one delivery. Bad input is recorded and reported, never raised;
-        TransientError is raised (after releasing the claim) so the delivery is retried."""
+        """Every event of one delivery. Bad input and permanent failures are recorded and reported,
+        never raised; TransientError is raised (after releasing the claim) so the delivery is retried."""
         outcomes = []
         for item in parse(raw):
             if isinstance(item, Rejected):
@@ -123,12 +125,25 @@ class Pipeline:
             if claim == "in_progress":
                 raise TransientError(f"event {event.id} is being processed by another instance")
             try:
-                outcome = self._process(event, now)
+                outcome = self._process_or_reject(event, now)
                 self.store.complete(event.id, self.clock.now())
             except BaseException:
                 self.store.release(event.id)
                 raise
         return outcome
+
+    def _process_or_reject(self, event: VaultEvent, now: datetime) -> Outcome:
+        """`_process`, with a failure no redelivery can cure (see `kvguard.adapters.azure_clients`)
+        recorded like a rejected payload (the reason and the raw event) and reported `rejected`, so
+        the claim completes and Event Grid does not retry it for 24 hours only to dead-letter it
+        with nothing recorded."""
+        try:
+            return self._process(event, now)
+        except PermanentError as error:
+            reason = f"permanent failure: {error}"
+            raw = json.dumps(event.raw, default=str)
+            self.store.record_rejected(RejectedPayload(reason, raw, self.clock.now(), event.id))
+            return Outcome(event.id, "rejected", reason, self._known_id(event))
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the

@@ -63,8 +63,10 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     """A ready pipeline on real adapters (settings from the environment when None)."""
     from kvguard.adapters.arm import ArmVaultGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
+    from kvguard.adapters.log_redaction import quiet_sdk_loggers
 
     catalog.load()
+    quiet_sdk_loggers()
     settings = settings or Settings()
     credential = credential or _credential()
     return Pipeline(

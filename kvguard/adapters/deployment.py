@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
+from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors, is_not_found, require_object
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -55,11 +55,11 @@ class ArmDeploymentReader:
             raise ValueError(f"not a system topic event subscription id: {resource_id!r}")
         operations = self._clients(match["sub"]).system_topic_event_subscriptions
         try:
-            with azure_errors(f"get event subscription {match['name']}"):
+            with azure_errors(f"get event subscription {match['name']}", answers=is_not_found):
                 body = operations.get(match["rg"], match["topic"], match["name"], cls=_raw_json)
         except ResourceNotFoundError:
             return None
-        return cast(Mapping[str, Any], body)
+        return require_object(body, f"event subscription {match['name']}")
 
     def close(self) -> None:
         self._clients.close()
