@@ -14,11 +14,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kvguard.ports import Alert, AlertSink, TransientError, VaultGateway
+from kvguard.ports import Alert, AlertSink, Clock, StateStore, TransientError, VaultGateway
 from kvguard.vault import AccessPolicy, VaultConfig
 from remediation.base import Operation
 
 Status = Literal["applied", "planned", "skipped", "failed"]
+
+# The ARM operation each kind of vault write comes back as in its event: what the ledger notes.
+ARM_OPERATIONS: dict[str, str] = {
+    "remove_access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
+    "patch": "Microsoft.KeyVault/vaults/write",
+}
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,18 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 
 class ActionRunner:
-    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink],
-                 now: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], *,
+                 ledger: StateStore | None = None, clock: Clock | None = None) -> None:
+        """With a `ledger`, every vault write is noted there (at `clock`'s time) before it is
+        made, so that its event is recognised as kvguard's own and nothing else is. The clock also
+        stamps when each action started and finished (telemetry's latency)."""
+        if ledger is not None and clock is None:
+            raise ValueError("a ledger of own writes needs a clock")
         self._gateway = gateway
         self._sinks = sinks
-        self._now = now or (lambda: datetime.now(UTC))
+        self._ledger = ledger
+        self._clock = clock
+        self._now: Callable[[], datetime] = clock.now if clock is not None else (lambda: datetime.now(UTC))
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
             current: VaultConfig | None) -> ActionResult:
@@ -103,7 +116,15 @@ class ActionRunner:
             return replace(op, target=needed) if needed else None
         return op
 
+    def _note_own_write(self, op: Operation) -> None:
+        """Written ahead: a crash between the note and the write leaves only an entry that no
+        event consumes, never an own write that the ledger does not know."""
+        operation = ARM_OPERATIONS.get(op.kind)
+        if operation is not None and self._ledger is not None and self._clock is not None:
+            self._ledger.record_own_write(op.vault_id, operation, self._clock.now())
+
     def _apply(self, op: Operation) -> Any:
+        self._note_own_write(op)
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.remove_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)

@@ -18,9 +18,17 @@ from kvguard.actions import ActionResult, ActionRunner, skipped
 from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
+from kvguard.deployment import (
+    DEPLOYMENT_RULES,
+    EVENT_SUBSCRIPTION_DELETE,
+    EVENT_SUBSCRIPTION_WRITE,
+    event_subscription_problems,
+    is_deployment_operation,
+    is_event_subscription,
+)
 from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
-from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.ids import owning_id, parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy
 from kvguard.ports import (
@@ -30,6 +38,7 @@ from kvguard.ports import (
     Baseline,
     Clock,
     ConcurrencyError,
+    DeploymentReader,
     PermanentError,
     RejectedPayload,
     StateStore,
@@ -44,6 +53,8 @@ from remediation.base import Operation, PlanInput
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
+OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
+CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
 
 
 class _Recall(NamedTuple):
@@ -72,7 +83,9 @@ class Pipeline:
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
         activity_log: ActivityLog | None = None,
+        deployment: DeploymentReader | None = None,
     ) -> None:
+        """`deployment` reads kvguard's own event subscriptions for the reconcile check (none: no check)."""
         self.gateway = gateway
         self.store = store
         self.policy = policy
@@ -80,7 +93,8 @@ class Pipeline:
         self.clock = clock or SystemClock()
         self.lease = lease
         self.activity_log = activity_log
-        self.runner = ActionRunner(gateway, self.sinks, lambda: self.clock.now())
+        self.deployment = deployment
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, clock=self.clock)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -100,6 +114,9 @@ class Pipeline:
     # --- filter, claim ------------------------------------------------------------------------
 
     def handle_event(self, event: VaultEvent) -> Outcome:
+        own_resource = self._own_resource(event)
+        if own_resource is not None:
+            return self._handle_own_deployment(event, own_resource)
         passed = self._filter(event)
         if passed is not None:
             return passed
@@ -147,6 +164,7 @@ class Pipeline:
                     continue
                 if outcome is not None:
                     outcomes.append(outcome)
+        outcomes += self.check_own_deployment()
         return outcomes
 
     def _reconcile_vault(self, vault: VaultConfig) -> Outcome | None:
@@ -169,9 +187,106 @@ class Pipeline:
             return Outcome(event.id, "ignored", f"operation {event.operation} is not a vault change kvguard handles",
                            self._known_id(event))
         own = event.caller.ids() & set(self.policy.own_principal_ids)
-        if own:
+        if own and self._planned(event):
             return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", self._known_id(event))
-        return None
+        return None  # an own-identity write kvguard did not plan is processed like anyone's (KV-SELF-01)
+
+    def _planned(self, event: VaultEvent) -> bool:
+        """Whether the ledger holds the write behind this own-identity event: a state look-up,
+        never an ARM read, so a recognised own write costs no GET. The window is taken from the
+        event's time (when ARM made the write), not from its delivery, so a dead letter redriven
+        days later still finds its entry, and an event from before kvguard planned a write never
+        takes that write's entry."""
+        assert event.vault is not None
+        if event.operation is None:
+            return False
+        since, until = _ledger_window(event.time or self.clock.now())
+        return self.store.match_own_write(event.vault.id, event.operation, event.id, event.correlation_id,
+                                          since, until)
+
+    # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
+
+    def _own_resource(self, event: VaultEvent) -> str | None:
+        """The own resource (policy `own_resource_ids`) a deployment change concerns, or None."""
+        if event.vault is not None or not is_deployment_operation(event.operation):
+            return None
+        return owning_id(event.subject, self.policy.own_resource_ids)
+
+    def _handle_own_deployment(self, event: VaultEvent, resource_id: str) -> Outcome:
+        now = self.clock.now()
+        with self.store.batch():
+            claim = self.store.claim(event.id, now, self.lease)
+            if claim == "duplicate":
+                return Outcome(event.id, "duplicate", "event already processed", resource=resource_id)
+            if claim == "in_progress":
+                raise TransientError(f"event {event.id} is being processed by another instance")
+            try:
+                outcome = self._judge_own_deployment(event, resource_id, now)
+                self.store.complete(event.id, self.clock.now())
+            except BaseException:
+                self.store.release(event.id)
+                raise
+        return outcome
+
+    def _judge_own_deployment(self, event: VaultEvent, resource_id: str, now: datetime) -> Outcome:
+        """A change to kvguard's own deployment is alerted in every mode, at every threshold: the
+        mode (KVGUARD_MODE) may be the very setting that was changed. Nothing is remediated."""
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy, history=History(),
+                          now=now)
+        findings = detect_all(context, {rule_id: RULES[rule_id] for rule_id in DEPLOYMENT_RULES})
+        risk = assess(findings, event, None, self.policy)
+        always = "always, for a change to kvguard's own deployment"
+        decision = Decision(self.policy.mode, bool(findings), always if findings else "no finding", False,
+                            "kvguard's own deployment is never remediated", False)
+        actions = self._act(event, resource_id, findings, risk, decision, None, None)
+        for finding in findings:
+            self.store.open_finding(resource_id, finding.rule, finding.to_json(), now)
+        if findings:
+            reason = f"{len(findings)} finding(s); risk {risk.value}: {', '.join(risk.explanation)}; alert: {always}"
+        elif not event.succeeded:
+            reason = "no finding: the change to kvguard's own deployment failed"
+        else:
+            reason = "no finding: kvguard's own deployment changed by an approved caller"
+        outcome = Outcome(event.id, "processed", reason, None, risk.value, risk.severity, findings, actions,
+                          risk.explanation, resource=resource_id)
+        self.store.append_audit(AuditRecord(event.id, resource_id, now, outcome.to_audit()))
+        return outcome
+
+    def check_own_deployment(self) -> list[Outcome]:
+        """The reconcile timer's check that each of kvguard's event subscriptions exists and passes
+        everything kvguard needs: its deletion may be the last event it ever delivered. A problem is
+        raised once while it lasts (the open KV-SELF-02 finding says which); a subscription found
+        right again closes the finding."""
+        if self.deployment is None:
+            return []
+        outcomes = []
+        for resource_id in filter(is_event_subscription, self.policy.own_resource_ids):
+            try:
+                problems = event_subscription_problems(self.deployment.get_event_subscription(resource_id))
+            except Exception:  # logged with its traceback; the next run checks again
+                log.exception("check of event subscription %s failed", resource_id)
+                continue
+            open_now = {f.rule: f.finding for f in self.store.open_findings(resource_id)}
+            if not problems:
+                if "KV-SELF-02" in open_now and self.store.close_finding(resource_id, "KV-SELF-02"):
+                    resolved = self._resolve_own_deployment(resource_id)
+                    outcomes.append(Outcome(None, "processed", "reconciliation: event subscription as deployed again",
+                                            resolutions=resolved, resource=resource_id))
+                continue
+            if (open_now.get("KV-SELF-02") or {}).get("evidence", {}).get("found") == problems:
+                continue  # already raised, still the same
+            outcomes.append(self.handle_event(_deployment_check_event(resource_id, problems, self.clock.now())))
+        return outcomes
+
+    def _resolve_own_deployment(self, resource_id: str) -> list[ActionResult]:
+        now = self.clock.now()
+        return [
+            self.runner.run(handler_id, [Operation(handler_id, "resolve", resource_id, "resolved KV-SELF-02",
+                                                   Alert(resource_id, "KV-SELF-02", "", "low", 0, 0, {}, (), "",
+                                                         None, now), rules=("KV-SELF-02",))],
+                            dry_run=False, current=None)
+            for handler_id in alert_handlers() if handler_id in self.sinks
+        ]
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
 
@@ -521,6 +636,28 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
         subject=vault.id, time=None, vault=parse_vault_ref(vault.id), operation="Microsoft.KeyVault/vaults/write",
         kind="write", access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(),
         correlation_id=None, tenant_id=vault.tenant_id, raw={},
+    )
+
+
+def _ledger_window(made: datetime) -> tuple[datetime, datetime]:
+    """The times a ledger entry for a write made at `made` may have; an event time at the edge of
+    what a datetime can hold (year 1, year 9999) is clamped there, never an overflow."""
+    earliest, latest = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    since = made - OWN_WRITE_WINDOW if made - earliest > OWN_WRITE_WINDOW else earliest
+    until = made + CLOCK_SKEW if latest - made > CLOCK_SKEW else latest
+    return since, until
+
+
+def _deployment_check_event(resource_id: str, problems: list[str], now: datetime) -> VaultEvent:
+    """A stand-in for the change the reconcile check found: a deletion when the subscription is
+    gone, a write otherwise; what was found rides along for the finding's evidence."""
+    missing = problems == event_subscription_problems(None)
+    return VaultEvent(
+        id=f"reconcile:{vault_key(resource_id)}:{now.isoformat()}", event_type="kvguard.Reconciliation",
+        schema="eventgrid", subject=resource_id, time=now, vault=None,
+        operation=EVENT_SUBSCRIPTION_DELETE if missing else EVENT_SUBSCRIPTION_WRITE, kind="other",
+        access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(), correlation_id=None,
+        tenant_id=None, raw={"reconciliation": problems},
     )
 
 

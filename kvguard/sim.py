@@ -1,7 +1,8 @@
 """The simulated world for replay and tests: vaults in memory with ARM's update semantics, a
 Defender and an Event Grid topic that record what they receive, and a clock that moves only when
 told. kvguard's own writes emit the `ResourceWriteSuccess` event Azure would emit (caller =
-kvguard's identity), so every remediation also exercises the loop guard.
+kvguard's identity), so every remediation also exercises the loop guard: the ledger entry the
+write noted first must match that event.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class World:
                 "authorization": {
                     "scope": resource_uri,
                     "action": operation,
-                    "evidence": {"role": "Key Vault Contributor", "principalId": self.identity,
+                    "evidence": {"role": "kvguard remediator", "principalId": self.identity,
                                  "principalType": "ServicePrincipal"},
                 },
                 "claims": {"oid": self.identity, "appid": self.identity, "idtyp": "app"},

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.mgmt.keyvault import KeyVaultManagementClient
 
+# The reads this gateway makes (get, list_vaults, and the re-reads around a write); the infra grants
+# them with kvguard's remediation role. The writes are declared by the handlers that plan them.
+READ_PERMISSIONS = ("Microsoft.KeyVault/vaults/read",)
+
+
 class VaultNotFoundError(LookupError):
     """The vault a write was aimed at does not exist (any more)."""
 
