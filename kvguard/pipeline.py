@@ -94,7 +94,7 @@ class Pipeline:
         self.lease = lease
         self.activity_log = activity_log
         self.deployment = deployment
-        self.runner = ActionRunner(gateway, self.sinks, ledger=store, clock=self.clock)
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
