@@ -82,6 +82,15 @@ class ActionRunner:
             if not remaining:
                 return None
             return replace(op, target=AccessPolicy(op.target.principal, remaining))
+        if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
+            # Only ever re-grants what an entry that still exists had: never creates one.
+            entry = current.policy_for(op.target.principal.key) if current is not None else None
+            if entry is None:
+                return None
+            missing = {c: frozenset(n for n in names if n.lower() not in entry.get(c))
+                       for c, names in op.target.permissions.items()}
+            missing = {c: names for c, names in missing.items() if names}
+            return replace(op, target=AccessPolicy(op.target.principal, missing)) if missing else None
         if op.kind == "patch" and isinstance(op.target, Mapping):
             if current is None:
                 return None
@@ -93,6 +102,10 @@ class ActionRunner:
     def _apply(self, op: Operation) -> Any:
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.remove_access_policy(op.vault_id, op.target)
+            entry = result.policy_for(op.target.principal.key)
+            return entry.to_arm() if entry else None
+        if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
+            result = self._gateway.add_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)
             return entry.to_arm() if entry else None
         if op.kind == "patch" and isinstance(op.target, Mapping):

@@ -44,6 +44,11 @@ class VaultGateway(Protocol):
         """`accessPolicies/remove` of exactly `entry`'s permissions for its principal."""
         ...
 
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """`accessPolicies/add` of exactly `entry`'s permissions for its principal (merged with what
+        it holds). Used only to give back, explicitly, permissions a revert must not take away."""
+        ...
+
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         """Every vault of a subscription (for reconciliation and baseline seeding)."""
         ...

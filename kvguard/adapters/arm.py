@@ -90,6 +90,13 @@ class ArmVaultGateway:
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
         so that a concurrent legitimate change to other entries is never lost."""
+        return self._update_access_policy(vault_id, entry, "remove")
+
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """A targeted `accessPolicies/add`: ARM merges `entry`'s permissions into its principal's."""
+        return self._update_access_policy(vault_id, entry, "add")
+
+    def _update_access_policy(self, vault_id: str, entry: AccessPolicy, kind: str) -> VaultConfig:
         from azure.core.exceptions import ResourceNotFoundError
 
         ref, group = _locate(vault_id)
@@ -105,13 +112,13 @@ class ArmVaultGateway:
         parameters = {"properties": {"accessPolicies": [arm_entry]}}
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"remove access policy from vault {ref.name}"):
-                vaults.update_access_policy(group, ref.name, "remove", cast(Any, parameters))
+            with azure_errors(f"{kind} access policy on vault {ref.name}"):
+                vaults.update_access_policy(group, ref.name, kind, cast(Any, parameters))
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
         after = self.get(vault_id)
         if after is None:
-            raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy was removed")
+            raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy {kind}")
         return after
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
