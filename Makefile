@@ -6,7 +6,12 @@ STAMP := $(VENV)/.installed
 # checkov pins packages that clash with the test tools, so it lives in its own environment.
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: run test lint bench infra-tools infra-rules clean
+# The lowest azure-mgmt-keyvault that requirements.txt admits, installed beside .venv (which has the
+# highest): the ARM gateway tests run against both ends of the declared range.
+KEYVAULT_FLOOR := $(shell sed -n 's/^azure-mgmt-keyvault>=\([0-9.]*\),.*/\1/p' requirements.txt)
+SDK_FLOOR := .sdk-floor
+
+.PHONY: run test test-sdk-floor lint bench infra-tools infra-rules clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +24,11 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+$(SDK_FLOOR)/.installed: requirements.txt $(STAMP)
+	rm -rf $(SDK_FLOOR)
+	$(BIN)/pip install --quiet --no-deps --target $(SDK_FLOOR) azure-mgmt-keyvault==$(KEYVAULT_FLOOR)
 	touch $@
 
 node_modules/.bin/azurite: package.json package-lock.json
@@ -36,6 +46,11 @@ lint: $(STAMP)
 
 test: $(STAMP) node_modules/.bin/azurite $(CHECKOV_VENV)/.installed lint
 	$(BIN)/pytest
+	$(MAKE) test-sdk-floor
+
+test-sdk-floor: $(SDK_FLOOR)/.installed
+	PYTHONPATH=$(SDK_FLOOR) KVGUARD_KEYVAULT_SDK=$(KEYVAULT_FLOOR) $(BIN)/pytest -q -p no:cacheprovider \
+		tests/integration/test_arm_gateway.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
@@ -44,4 +59,4 @@ infra-rules: $(STAMP)
 	$(BIN)/kvguard rules --json > infra/rules.json
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(SDK_FLOOR) node_modules .mypy_cache .ruff_cache .pytest_cache

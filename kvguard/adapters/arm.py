@@ -124,11 +124,21 @@ class ArmVaultGateway:
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         vaults = self.client(subscription_id).vaults
         with azure_errors(f"list vaults of subscription {subscription_id}"):
-            # The SDK's models keep the wire JSON; as_dict() gives it back with ARM's own names.
-            return [VaultConfig.from_arm(vault.as_dict()) for vault in vaults.list_by_subscription()]
+            return [VaultConfig.from_arm(_wire_json(vault)) for vault in vaults.list_by_subscription()]
 
     def close(self) -> None:
         self._clients.close()
+
+
+def _wire_json(model: Any) -> dict[str, Any]:
+    """A listed vault as ARM sent it (a paged call has no `cls` hook that sees the body). The
+    models of azure-mgmt-keyvault 14 are mappings over the wire JSON, so `as_dict()` keeps ARM's
+    camelCase names and the fields the SDK does not know; the msrest models of 10.x–13.x returned
+    snake_case from the same call, which is why requirements.txt admits 14.x only."""
+    body = model.as_dict()
+    if not isinstance(body, dict) or "properties" not in body:
+        raise TypeError(f"listed vault is not in ARM's wire shape (keys {sorted(body)[:6]}): check the SDK version")
+    return body
 
 
 def _locate(vault_id: str) -> tuple[VaultRef, str]:
