@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 # checkov pins packages that clash with the test tools, so it lives in its own environment.
 CHECKOV_VENV := .venv-checkov
 
-# The lowest azure-mgmt-keyvault that requirements.txt admits, installed beside .venv (which has the
-# highest): the ARM gateway tests run against both ends of the declared range.
-KEYVAULT_FLOOR := $(shell sed -n 's/^azure-mgmt-keyvault>=\([0-9.]*\),.*/\1/p' requirements.txt)
+# The lowest version requirements.txt admits of each Azure SDK the adapters talk to, installed beside
+# .venv (which has the highest): the adapter tests run against both ends of every declared range.
+AZURE_SDKS := azure-mgmt-keyvault\|azure-mgmt-security\|azure-eventgrid\|azure-data-tables
+SDK_FLOORS := $(shell sed -n 's/^\($(AZURE_SDKS)\)>=\([0-9.]*\),.*/\1==\2/p' requirements.txt)
 SDK_FLOOR := .sdk-floor
 
 .PHONY: run test test-sdk-floor lint bench infra-tools infra-rules clean
@@ -26,9 +27,9 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $@
 
-$(SDK_FLOOR)/.installed: requirements.txt $(STAMP)
+$(SDK_FLOOR)/.installed: requirements.txt Makefile $(STAMP)
 	rm -rf $(SDK_FLOOR)
-	$(BIN)/pip install --quiet --no-deps --target $(SDK_FLOOR) azure-mgmt-keyvault==$(KEYVAULT_FLOOR)
+	$(BIN)/pip install --quiet --no-deps --target $(SDK_FLOOR) $(SDK_FLOORS)
 	touch $@
 
 node_modules/.bin/azurite: package.json package-lock.json
@@ -49,8 +50,9 @@ test: $(STAMP) node_modules/.bin/azurite $(CHECKOV_VENV)/.installed lint
 	$(MAKE) test-sdk-floor
 
 test-sdk-floor: $(SDK_FLOOR)/.installed
-	PYTHONPATH=$(SDK_FLOOR) KVGUARD_KEYVAULT_SDK=$(KEYVAULT_FLOOR) $(BIN)/pytest -q -p no:cacheprovider \
-		tests/integration/test_arm_gateway.py
+	PYTHONPATH=$(SDK_FLOOR) KVGUARD_SDK_FLOOR_RUN=1 $(BIN)/pytest -q -p no:cacheprovider \
+		tests/integration/test_sdk_range.py tests/integration/test_arm_gateway.py \
+		tests/integration/test_alert_sinks.py tests/integration/test_tables_store.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
