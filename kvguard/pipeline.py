@@ -191,7 +191,9 @@ class Pipeline:
             risk=risk.value,
             recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
-        actions = self._act(event, display_id, findings, risk, decision, before, after)
+        # Read before _open refreshes them: which findings repeat an open one (see _joined).
+        joined = self._joined(event, display_id, findings)
+        actions = self._act(event, display_id, findings, risk, decision, before, after, joined)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
@@ -205,11 +207,11 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            _reason(event, before, after, findings, risk, decision),
+            _reason(event, before, after, findings, risk, decision, joined),
             display_id,
             risk.value,
             risk.severity,
-            findings,
+            [f for f in findings if f not in joined],
             actions,
             risk.explanation,
             resolutions,
@@ -324,8 +326,9 @@ class Pipeline:
     def _joined(self, event: VaultEvent, vault_id: str, findings: Sequence[Finding]) -> list[Finding]:
         """Findings that repeat an open one (same rule, same evidence) where this event or the one
         that raised it named no caller: one change reported by Key Vault's VaultAccessPolicyChanged
-        (in either schema) and by the ARM event is one alert. The event naming the caller still
-        decides remediation and the baseline."""
+        (in either schema) and by the ARM event is one finding and one alert; the other reports join
+        it (not listed as findings of their own). The event naming the caller still decides
+        remediation and the baseline."""
         if not findings:
             return []
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
@@ -346,12 +349,13 @@ class Pipeline:
         decision: Decision,
         before: VaultConfig | None,
         after: VaultConfig | None,
+        joined: Sequence[Finding] = (),
     ) -> list[ActionResult]:
-        """Alerts first; remediation only after every alert went out."""
+        """Alerts first; remediation only after every alert went out. A joined finding (another
+        report of a change already alerted) raises no alert again, but is remediated as any."""
         if not findings:
             return []
         results: list[ActionResult] = []
-        joined = self._joined(event, vault_id, findings)
         fresh = [f for f in findings if f not in joined]
         alerts = self._alerts(event, vault_id, fresh, risk)
         for handler_id in ALERT_HANDLERS:
@@ -561,7 +565,15 @@ def _reason(
     findings: Sequence[Finding],
     risk: Risk,
     decision: Decision,
+    joined: Sequence[Finding] = (),
 ) -> str:
+    if joined:
+        rules = ", ".join(sorted({f.rule for f in joined}))
+        note = f"joins the open finding(s) {rules}, alert not repeated"
+        findings = [f for f in findings if f not in joined]
+        if not findings:
+            return f"another report of an alerted change: {note}; remediate: {decision.remediate_reason}"
+        return f"{_reason(event, before, after, findings, risk, decision)}; {note}"
     gone = ""
     if after is None and event.kind not in ("delete", "purge"):
         if before is None and not findings:

@@ -1,8 +1,9 @@
 """Vaults in the shapes of each Key Vault API version (2016-10-01, 2019-09-01, 2023-07-01,
 2026-02-01), replayed through `kvguard replay --json`. Each scenario's `expect` block names, per
 delivered event id, the rules that must fire (`fires`), must not fire (`not`) and the handlers'
-statuses (`actions`); `final` names permissions a principal must hold at the end (after expanding
-`all`) and network settings the vault must end with."""
+statuses (`actions`); `findings` counts a rule's findings over the whole replay; `final` names
+permissions a principal must hold at the end (after expanding `all`) and settings the vault must
+end with."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def test_every_api_version_has_a_shape() -> None:
 def test_real_shape(path: Path) -> None:
     expect = yaml.safe_load(path.read_text())["expect"]
     records, summary = replay(path)
+    for rule, count in expect.get("findings", {}).items():
+        assert summary["summary"]["findings"].get(rule, 0) == count, rule
     for event_id, wanted in expect.get("events", {}).items():
         assert event_id in records, f"{event_id} was not delivered"
         fired = {f["rule"] for f in records[event_id]["findings"]}
