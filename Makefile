@@ -12,7 +12,7 @@ AZURE_SDKS := azure-mgmt-keyvault\|azure-mgmt-security\|azure-eventgrid\|azure-d
 SDK_FLOORS := $(shell sed -n 's/^\($(AZURE_SDKS)\)>=\([0-9.]*\),.*/\1==\2/p' requirements.txt)
 SDK_FLOOR := .sdk-floor
 
-.PHONY: run test test-sdk-floor lint bench infra-tools infra-rules clean
+.PHONY: run test test-sdk-floor lint bench infra-tools infra-rules docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,12 @@ test-sdk-floor: $(SDK_FLOOR)/.installed
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-infra-rules: $(STAMP)
+# The README's rule table and infra/rules.json come from the rule definitions (a test fails when stale).
+docs: $(STAMP)
 	$(BIN)/kvguard rules --json > infra/rules.json
+	$(BIN)/kvguard rules --readme README.md
+
+infra-rules: docs
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(SDK_FLOOR) node_modules .mypy_cache .ruff_cache .pytest_cache

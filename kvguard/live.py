@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kvguard.cli import EXIT_INVALID, dump_json, load_scenarios
+from kvguard.cli_common import EXIT_INVALID, dump_json, load_scenarios
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy, load_policy
 

@@ -1,4 +1,5 @@
-"""handle(event) -> Outcome: the one place where the steps of DESIGN.md's flow are put in order.
+"""handle(event) -> Outcome: the one place where the steps of an event's flow are put in order
+(README, "How one event flows").
 
 parse → filter → claim → read → compare → detect → score → decide → act → record.
 """
@@ -12,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
-from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
+from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -34,12 +35,11 @@ from kvguard.ports import (
 )
 from kvguard.risk import Risk, assess
 from kvguard.vault import VaultConfig, VaultDiff, diff
-from remediation import HANDLERS, Operation, PlanInput
+from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
-ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
 
 
 class _Recall(NamedTuple):
@@ -176,7 +176,7 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings = detect_all(context)
+        findings = detect_all(context, RULES)
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -230,7 +230,8 @@ class Pipeline:
         for finding in findings:
             record = finding.to_json()
             record["callerNamed"] = bool(event.caller.ids()) or bool(open_now.get(finding.rule, {}).get("callerNamed"))
-            if RULES[finding.rule].kind == "diff" and baseline is not None and before is not None:
+            if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE and baseline is not None \
+                    and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
                 record["baseline"] = kept or {"etag": baseline.etag, "config": dict(before.raw)}
             self.store.open_finding(vault_id, finding.rule, record, now)
@@ -358,7 +359,7 @@ class Pipeline:
         results: list[ActionResult] = []
         fresh = [f for f in findings if f not in joined]
         alerts = self._alerts(event, vault_id, fresh, risk)
-        for handler_id in ALERT_HANDLERS:
+        for handler_id in alert_handlers():
             if handler_id not in self.sinks:
                 continue
             if not decision.alert:
@@ -421,8 +422,8 @@ class Pipeline:
             f.rule for f in findings
             if f.rule not in remediated_rules
             # a remediation may also have ended a posture condition that fired with the change
-            and not (remediated_rules and "posture" in RULES[f.rule].kind and final is not None
-                     and not _fires(f.rule, event, None, final, self.policy, now))
+            and not (remediated_rules and RULES[f.rule].kind.closing is Closing.CONDITION_GONE and final is not None
+                     and not RULES[f.rule].fires(event=event, before=None, after=final, policy=self.policy, now=now))
         }
         resolved = [
             rule_id for rule_id, record in open_now.items()
@@ -433,7 +434,7 @@ class Pipeline:
         if not resolved or decision.mode == "observe":
             return []
         results = []
-        for handler_id in ALERT_HANDLERS:
+        for handler_id in alert_handlers():
             if handler_id in self.sinks:
                 operations = [
                     Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
@@ -447,21 +448,14 @@ class Pipeline:
         self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
     ) -> bool:
         """`final` is None when the vault is gone or its compared state did not move."""
-        if rule.kind.startswith("event"):
-            return event.kind not in ("delete", "purge")
-        if final is None:
-            return False
-        if "posture" in rule.kind:
-            return not _fires(rule.id, event, None, final, self.policy, now)
-        if rule.kind == "diff":
-            stored = record.get("baseline")
-            if not isinstance(stored, Mapping) or "config" not in stored:
-                return False
-            then = self._baseline_config(
+        found_against = None
+        stored = record.get("baseline")
+        if rule.kind.closing is Closing.BACK_TO_BASELINE and final is not None and isinstance(stored, Mapping) \
+                and "config" in stored:
+            found_against = self._baseline_config(
                 Baseline(vault_id=final.id, config=stored["config"], etag=str(stored.get("etag")))
             )
-            return not _fires(rule.id, event, then, final, self.policy, now)
-        return False
+        return rule.closes(event=event, final=final, found_against=found_against, policy=self.policy, now=now)
 
     def _record(
         self,
@@ -536,15 +530,6 @@ def _steering_tags_kept(final: VaultConfig, before: VaultConfig) -> dict[str, An
     tags = {k: v for k, v in (final.raw.get("tags") or {}).items() if k.lower() not in STEERING_TAGS}
     tags.update({k: v for k, v in (before.raw.get("tags") or {}).items() if k.lower() in STEERING_TAGS})
     return tags
-
-
-def _fires(
-    rule_id: str, event: VaultEvent, before: VaultConfig | None, after: VaultConfig, policy: Policy, now: datetime
-) -> bool:
-    """Whether one rule fires between two configurations (before None: as on first sight)."""
-    context = Context(event=event, before=before, after=after, diff=diff(before, after) if before else None,
-                      policy=policy, history=History(), now=now)
-    return bool(list(RULES[rule_id].detect(context)))
 
 
 def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
