@@ -17,25 +17,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.cases import (
-    APP_TEAM,
-    FOREIGN_SUBSCRIPTION,
-    INTRUDER,
-    OPERATOR,
-    TENANT,
-    Case,
-    make_context,
-    subnet,
-    vault,
-)
+from detectors.cases import APP_TEAM, FOREIGN_SUBSCRIPTION, INTRUDER, OPERATOR, TENANT, subnet, vault
 from kvguard.actions import ActionRunner
 from kvguard.adapters.arm import ArmVaultGateway
-from kvguard.detection import Finding, detect_all
+from kvguard.catalog import HANDLERS, RULES
+from kvguard.detection import Case, Finding, detect_all
 from kvguard.ports import VaultGateway
 from kvguard.sim import SimVaultGateway, World
 from kvguard.vault import PERMISSION_CATEGORIES, SETTINGS, VaultConfig, normalise_cidr
 from kvguard.vault_spec import PERMISSIONS
-from remediation import HANDLERS, PlanInput
+from remediation.base import PlanInput
+from tests.cases import make_context
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
 
 REMEDIATIONS = ("revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection")
@@ -172,7 +164,7 @@ def _apply_and_check(gateway: VaultGateway, put: Callable[[dict[str, Any]], None
                      before_doc: dict[str, Any], after_doc: dict[str, Any]) -> None:
     ctx = make_context(Case("invariant", True, before=before_doc, after=after_doc))
     assert ctx.before is not None and ctx.after is not None
-    all_findings = detect_all(ctx)
+    all_findings = detect_all(ctx, RULES)
     for handler_id in REMEDIATIONS:
         put(copy.deepcopy(after_doc))
         current = gateway.get(ctx.after.id)
