@@ -1,8 +1,8 @@
-"""`kvguard replay | rules | baseline | redrive | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | undo | validate`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
-the file, the step and the reason on stderr) or a dead-letter file that is not JSON, 1 when Azure
-or the state store cannot be reached.
+the file, the step and the reason on stderr) or a dead-letter file that is not JSON (or refused), 1
+when Azure or the state store cannot be reached or refuses the request.
 
 `baseline`, `replay --live` and `redrive` work on real vaults through ARM: they live in
 `kvguard.live`, loaded only when one of them runs. `main` takes an Azure credential for them (tests,
@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from kvguard.cli_common import EXIT_INVALID, EXIT_UNREACHABLE, dump_json, load_scenarios
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy, PolicyError, load_policy
-from kvguard.ports import TransientError
+from kvguard.ports import PermanentError, TransientError
 
 README_TABLE = ("<!-- rule table: generated from the catalog by `make docs`; edit the rules, not this -->",
                 "<!-- end of rule table -->")
@@ -81,8 +81,15 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from kvguard.suppression import expired
+
     policy = load_policy(args.policy)
     out.write(f"{args.policy}: valid policy (mode {policy.mode}, {len(policy.rules)} rule override(s))\n")
+    for suppression in expired(policy, datetime.now(UTC)):
+        out.write(f"{args.policy}: suppression of {suppression.rule} for {suppression.vault} expired "
+                  f"{suppression.until.isoformat()} and is ignored ({suppression.reason})\n")
     return 0
 
 
@@ -151,14 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     redrive = commands.add_parser(
         "redrive", help="deliver Event Grid's dead-lettered events again to a pipeline on the real vaults"
     )
-    redrive.add_argument("files", nargs="+", metavar="FILE",
+    redrive.add_argument("files", nargs="*", metavar="FILE",
                          help="downloaded dead-letter blobs (JSON array), single events or JSON Lines; "
-                              "a directory means every *.json below it")
+                              "a directory means every *.json below it (symlinks out of it are refused)")
+    redrive.add_argument("--container", metavar="URL",
+                         help="also read every *.json blob of this dead-letter container, e.g. "
+                              "https://ACCOUNT.blob.core.windows.net/deadletters (Azure identity; a SAS in the "
+                              "URL or AZURE_STORAGE_CONNECTION_STRING when set)")
     redrive.add_argument("--json", action="store_true",
                          help="JSON Lines: one object per event, then a summary with a count per file")
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
     redrive.set_defaults(run=_live("cmd_redrive"))
+    undo = commands.add_parser(
+        "undo", help="put back what one recorded remediation took away (dry run unless --apply)"
+    )
+    undo.add_argument("audit_id", metavar="AUDIT_ID", help="the event id of the audit record")
+    undo.add_argument("--handler", help="which remediation, when the record has several")
+    undo.add_argument("--apply", action="store_true", help="write it back and make it the baseline")
+    undo.set_defaults(run=_live("cmd_undo"))
     rules = commands.add_parser("rules", help="print the rule catalog")
     shape = rules.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="the catalog as JSON (infra/rules.json is this)")
@@ -176,7 +194,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credentia
     DefaultAzureCredential)."""
     from kvguard.scenario import ScenarioError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "redrive" and not (args.files or args.container):
+        parser.error("redrive: give dead-letter files, a directory, or --container URL")
     args.credential = credential
     try:
         return int(args.run(args, out or sys.stdout))
@@ -185,6 +206,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credentia
         return EXIT_INVALID
     except TransientError as error:
         sys.stderr.write(f"kvguard: {error} (try again)\n")
+        return EXIT_UNREACHABLE
+    except PermanentError as error:  # refused by Azure (e.g. no role on the dead-letter container)
+        sys.stderr.write(f"kvguard: {error}\n")
         return EXIT_UNREACHABLE
     except BrokenPipeError:  # the reader stopped early (`| head`): not a failure of the replay
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit

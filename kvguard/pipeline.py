@@ -10,10 +10,12 @@ import json
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
@@ -28,12 +30,14 @@ from kvguard.ports import (
     Baseline,
     Clock,
     ConcurrencyError,
+    PermanentError,
     RejectedPayload,
     StateStore,
     TransientError,
     VaultGateway,
 )
 from kvguard.risk import Risk, assess
+from kvguard.suppression import suppress, with_notes
 from kvguard.vault import VaultConfig, VaultDiff, diff
 from remediation.base import Operation, PlanInput
 
@@ -67,6 +71,7 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        activity_log: ActivityLog | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -74,21 +79,22 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
-        self.runner = ActionRunner(gateway, self.sinks)
+        self.activity_log = activity_log
+        self.runner = ActionRunner(gateway, self.sinks, lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
 
     def handle(self, raw: Any) -> list[Outcome]:
-        """Every event of one delivery. Bad input is recorded and reported, never raised;
-        TransientError is raised (after releasing the claim) so the delivery is retried."""
+        """Every event of one delivery. Bad input and permanent failures are recorded and reported,
+        never raised; TransientError is raised (after releasing the claim) so the delivery is retried."""
         outcomes = []
         for item in parse(raw):
             if isinstance(item, Rejected):
                 self.store.record_rejected(RejectedPayload(item.reason, item.raw, self.clock.now(), item.event_id))
                 outcomes.append(Outcome(item.event_id, "rejected", item.reason))
             else:
-                outcomes.append(self.handle_event(item))
+                outcomes.append(replace(self.handle_event(item), event=item, finished=self.clock.now()))
         return outcomes
 
     # --- filter, claim ------------------------------------------------------------------------
@@ -107,12 +113,25 @@ class Pipeline:
             if claim == "in_progress":
                 raise TransientError(f"event {event.id} is being processed by another instance")
             try:
-                outcome = self._process(event, now)
+                outcome = self._process_or_reject(event, now)
                 self.store.complete(event.id, self.clock.now())
             except BaseException:
                 self.store.release(event.id)
                 raise
         return outcome
+
+    def _process_or_reject(self, event: VaultEvent, now: datetime) -> Outcome:
+        """`_process`, with a failure no redelivery can cure (see `kvguard.adapters.azure_clients`)
+        recorded like a rejected payload (the reason and the raw event) and reported `rejected`, so
+        the claim completes and Event Grid does not retry it for 24 hours only to dead-letter it
+        with nothing recorded."""
+        try:
+            return self._process(event, now)
+        except PermanentError as error:
+            reason = f"permanent failure: {error}"
+            raw = json.dumps(event.raw, default=str)
+            self.store.record_rejected(RejectedPayload(reason, raw, self.clock.now(), event.id))
+            return Outcome(event.id, "rejected", reason, self._known_id(event))
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
@@ -176,7 +195,9 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings = detect_all(context, RULES)
+        findings, suppressed = suppress(detect_all(context, RULES), vault_id, event.vault.name, self.policy, now)
+        if self.activity_log is not None:
+            findings = enrich(findings, vault_id, event.time or now, self.clock.now(), self.activity_log)
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -207,7 +228,7 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            _reason(event, before, after, findings, risk, decision, joined),
+            with_notes(_reason(event, before, after, findings, risk, decision, joined), suppressed),
             display_id,
             risk.value,
             risk.severity,

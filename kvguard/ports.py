@@ -3,7 +3,9 @@
 The pipeline knows only these. Azure (ARM, Table Storage, Defender, Event Grid) is behind the
 adapters in `kvguard.adapters`; the simulated world (`kvguard.sim`) and SQLite implement the same
 ports for replay and tests. Errors that a retry can cure are `TransientError`: the pipeline
-releases its claim and lets the event be redelivered.
+releases its claim and lets the event be redelivered. Errors that no retry can cure are
+`PermanentError`: the pipeline records the event with the reason and acknowledges it. Which is which
+is decided in one place, `kvguard.adapters.azure_clients`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from kvguard.vault import AccessPolicy, VaultConfig
 
 class TransientError(Exception):
     """A failure that may succeed on retry (throttling, 5xx, storage unreachable)."""
+
+
+class PermanentError(Exception):
+    """A failure that no retry of the same event can cure (the request itself is refused, or the
+    answer cannot be read): redelivering it would only fail again, for up to 24 hours."""
 
 
 class ConcurrencyError(Exception):
@@ -46,7 +53,8 @@ class VaultGateway(Protocol):
 
     def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """`accessPolicies/add` of exactly `entry`'s permissions for its principal (merged with what
-        it holds). Used only to give back, explicitly, permissions a revert must not take away."""
+        it holds). Only ever gives back: a revert names the baseline's permissions explicitly before
+        it removes `all`, and `kvguard undo` restores what a remediation took away."""
         ...
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:

@@ -5,18 +5,29 @@ and parsed by `VaultConfig.from_arm`, never through the SDK's models, so what kv
 exactly what ARM said. The SDK is imported when a client is first needed, not when this module is
 imported: a Functions cold start should not pay for it before the first event.
 
-Errors: a vault that does not exist is `None` for `get` and `VaultNotFoundError` for writes;
-throttling, 5xx and connection failures that outlive the SDK's own retries become
-`TransientError`, so the event is redelivered; anything else (403, 400) propagates unchanged.
+Errors: a vault that does not exist (404 `ResourceNotFound` or `ResourceGroupNotFound`) is `None`
+for `get` and `VaultNotFoundError` for writes; every other failure is a `TransientError` or a
+`PermanentError` by the rule in `kvguard.adapters.azure_clients` (throttling, 5xx and connection
+failures that outlive the SDK's own retries are transient; 400, 403, 414, other 404s and an answer
+that is not a JSON object are permanent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
-from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
+from kvguard.adapters.azure_clients import (
+    ARM_ENDPOINT,
+    SubscriptionClients,
+    azure_errors,
+    is_not_found,
+    require_object,
+    shorten,
+)
 from kvguard.ids import VaultRef, parse_vault_ref
+from kvguard.ports import PermanentError
 from kvguard.vault import AccessPolicy, VaultConfig
 
 if TYPE_CHECKING:
@@ -34,8 +45,11 @@ def _keyvault_client(*args: Any, **kwargs: Any) -> KeyVaultManagementClient:
 
 
 def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """The `cls` hook of an SDK call: the response body exactly as ARM sent it."""
-    return pipeline_response.http_response.json()
+    """The `cls` hook of an SDK call: the response body exactly as ARM sent it (an object, or a
+    PermanentError)."""
+    response = pipeline_response.http_response
+    request = f"{response.request.method} {urlsplit(response.request.url).path}"
+    return require_object(response.json(), f"ARM's answer to {request}")
 
 
 class ArmVaultGateway:
@@ -68,11 +82,11 @@ class ArmVaultGateway:
         ref, group = _locate(vault_id)
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"get vault {ref.name}"):
+            with azure_errors(f"get vault {ref.name}", answers=is_not_found):
                 body = vaults.get(group, ref.name, cls=_raw_json)
         except ResourceNotFoundError:
             return None
-        return VaultConfig.from_arm(body)
+        return _vault(body)
 
     def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
         from azure.core.exceptions import ResourceNotFoundError
@@ -81,11 +95,11 @@ class ArmVaultGateway:
         patch = {"properties": dict(properties)}
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"update vault {ref.name}"):
+            with azure_errors(f"update vault {ref.name}", answers=is_not_found):
                 body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json)
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
-        return VaultConfig.from_arm(body)
+        return _vault(body)
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
@@ -93,7 +107,9 @@ class ArmVaultGateway:
         return self._update_access_policy(vault_id, entry, "remove")
 
     def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
-        """A targeted `accessPolicies/add`: ARM merges `entry`'s permissions into its principal's."""
+        """A targeted `accessPolicies/add` (a revert giving back what the baseline had explicitly,
+        `kvguard undo`): ARM merges `entry`'s permissions into its principal's entry and leaves
+        every other entry alone."""
         return self._update_access_policy(vault_id, entry, "add")
 
     def _update_access_policy(self, vault_id: str, entry: AccessPolicy, kind: str) -> VaultConfig:
@@ -102,7 +118,7 @@ class ArmVaultGateway:
         ref, group = _locate(vault_id)
         arm_entry = entry.to_arm()
         if not arm_entry["permissions"] or not arm_entry["tenantId"]:
-            # Nothing to remove, or ARM needs the tenant of the entry: read the vault first.
+            # Nothing to write, or ARM needs the tenant of the entry: read the vault first.
             current = self.get(vault_id)
             if current is None:
                 raise VaultNotFoundError(f"vault {ref.id} not found")
@@ -112,7 +128,7 @@ class ArmVaultGateway:
         parameters = {"properties": {"accessPolicies": [arm_entry]}}
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"{kind} access policy on vault {ref.name}"):
+            with azure_errors(f"{kind} access policy on vault {ref.name}", answers=is_not_found):
                 vaults.update_access_policy(group, ref.name, kind, cast(Any, parameters))
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
@@ -124,7 +140,7 @@ class ArmVaultGateway:
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         vaults = self.client(subscription_id).vaults
         with azure_errors(f"list vaults of subscription {subscription_id}"):
-            return [VaultConfig.from_arm(_wire_json(vault)) for vault in vaults.list_by_subscription()]
+            return [_vault(_wire_json(vault)) for vault in vaults.list_by_subscription()]
 
     def close(self) -> None:
         self._clients.close()
@@ -139,6 +155,15 @@ def _wire_json(model: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or "properties" not in body:
         raise TypeError(f"listed vault is not in ARM's wire shape (keys {sorted(body)[:6]}): check the SDK version")
     return body
+
+
+def _vault(body: Any) -> VaultConfig:
+    """ARM's answer parsed as a vault; an object that is no vault (no id, a field of the wrong
+    type) is a permanent failure naming the field: the same GET would answer the same."""
+    try:
+        return VaultConfig.from_arm(body)
+    except ValueError as error:
+        raise PermanentError(f"ARM's answer is not a vault: {shorten(str(error))}") from error
 
 
 def _locate(vault_id: str) -> tuple[VaultRef, str]:
