@@ -22,6 +22,7 @@ Status = Literal["applied", "planned", "skipped", "failed"]
 
 # The ARM operation each kind of vault write comes back as in its event: what the ledger notes.
 ARM_OPERATIONS: dict[str, str] = {
+    "add_access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
     "remove_access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
     "patch": "Microsoft.KeyVault/vaults/write",
 }
@@ -108,6 +109,15 @@ class ActionRunner:
             if not remaining:
                 return None
             return replace(op, target=AccessPolicy(op.target.principal, remaining))
+        if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
+            # Only ever re-grants what an entry that still exists had: never creates one.
+            entry = current.policy_for(op.target.principal.key) if current is not None else None
+            if entry is None:
+                return None
+            missing = {c: frozenset(n for n in names if n.lower() not in entry.get(c))
+                       for c, names in op.target.permissions.items()}
+            missing = {c: names for c, names in missing.items() if names}
+            return replace(op, target=AccessPolicy(op.target.principal, missing)) if missing else None
         if op.kind == "patch" and isinstance(op.target, Mapping):
             if current is None:
                 return None
@@ -127,6 +137,10 @@ class ActionRunner:
         self._note_own_write(op)
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.remove_access_policy(op.vault_id, op.target)
+            entry = result.policy_for(op.target.principal.key)
+            return entry.to_arm() if entry else None
+        if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
+            result = self._gateway.add_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)
             return entry.to_arm() if entry else None
         if op.kind == "patch" and isinstance(op.target, Mapping):
