@@ -18,7 +18,8 @@ from kvguard.vault import AccessPolicy, VaultConfig
 if TYPE_CHECKING:
     from kvguard.resources import ResourceState
 
-OperationKind = Literal["remove_access_policy", "patch", "alert", "resolve", "delete_role_assignment"]
+OperationKind = Literal[
+    "add_access_policy", "remove_access_policy", "patch", "alert", "resolve", "delete_role_assignment"]
 
 
 @dataclass(frozen=True)

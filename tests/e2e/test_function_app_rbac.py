@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ def role_event(event_id: str, caller: str, operation: str, event_type: str) -> s
     uri = ASSIGNMENT_ID.replace("resourceGroups", "resourcegroups")
     return json.dumps({
         "id": event_id, "topic": f"/subscriptions/{SUB}", "subject": uri, "eventType": event_type,
-        "eventTime": "2026-11-27T10:04:05.6789012Z", "dataVersion": "2", "metadataVersion": "1",
+        "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "dataVersion": "2",
+        "metadataVersion": "1",
         "data": {
             "authorization": {"scope": uri, "action": operation,
                               "evidence": {"role": "Owner", "principalId": caller, "principalType": "User"}},
@@ -106,7 +108,7 @@ def test_a_secrets_user_grant_on_an_rbac_vault_is_deleted(installed: Pipeline, f
     (action,) = [a for a in record.outcome["actions"] if a["handler"] == "remove_role_assignment"]
     assert action["status"] == "applied" and action["before"][0]["properties"]["principalId"] == GRANTEE
 
-    # kvguard's own delete comes back: "self", nothing read or written.
+    # kvguard's own delete comes back: "self" (the ledger noted it first), nothing read or written.
     before = len(fake.requests)
     own = installed.handle(role_event("7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d", KVGUARD, delete,
                                       "Microsoft.Resources.ResourceDeleteSuccess"))

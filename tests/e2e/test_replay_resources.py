@@ -79,7 +79,7 @@ def test_an_assignment_on_a_vault_is_judged_with_its_id_as_the_resource(tmp_path
         "steps": [{"write": grant}, {"event": event("e1", grant["id"], WRITE)}],
     })
     [record] = events
-    assert list(record)[:5] == ["event_id", "outcome", "reason", "vault", "resource"]
+    assert list(record)[-1] == "resource"  # last, as for every record
     assert record["outcome"] == "processed" and record["vault"] == KV and record["resource"] == grant["id"]
     # unapproved, first write, and Secrets User over the vault
     assert [f["rule"] for f in record["findings"]] == ["KV-ID-01", "KV-ID-05", "KV-RBAC-01"]
@@ -136,12 +136,13 @@ def test_a_delete_updates_the_baseline_and_the_summary_and_a_redelivery_is_a_dup
     assert summary["resources"] == {grant["id"]: {"exists": False, "config": None}}
 
 
-def test_own_delete_of_a_resource_comes_back_as_self(tmp_path: Path) -> None:
+def test_own_delete_of_a_resource_comes_back_as_self_when_the_ledger_planned_it(tmp_path: Path) -> None:
     grant = assignment(KV, "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d")
     path = tmp_path / "scenario.json"
     path.write_text(json.dumps({"vaults": [vault(KV)], "resources": [grant]}), encoding="utf-8")
     run = build_run(load_scenario(path))
     assert run.pipeline.resources is not None
+    run.pipeline.store.record_own_write(grant["id"], DELETE, run.world.clock.now())
     assert run.pipeline.resources.delete(grant["id"]) is True
     assert run.pipeline.resources.delete(grant["id"]) is False  # already gone: nothing emitted
     [emitted] = run.world.take_emitted()
@@ -187,3 +188,14 @@ def test_an_unchanged_world_reconciles_to_nothing(tmp_path: Path) -> None:
     grant = assignment(f"/subscriptions/{SUB}", "0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c")
     events, _ = replayed(tmp_path, {"vaults": [vault(KV)], "resources": [grant], "steps": [{"reconcile": {}}]})
     assert events == []
+
+
+def test_an_own_identity_delete_nobody_planned_raises_kv_self_01(tmp_path: Path) -> None:
+    grant = assignment(KV, "6a7b8c9d-0e1f-4a2b-8c3d-4e5f6a7b8c9d")
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps({"vaults": [vault(KV)], "resources": [grant]}), encoding="utf-8")
+    run = build_run(load_scenario(path))
+    assert run.pipeline.resources is not None
+    run.pipeline.resources.delete(grant["id"])  # with kvguard's identity, but no ledger entry
+    [outcome] = run.pipeline.handle(run.world.take_emitted()[0])
+    assert outcome.outcome == "processed" and "KV-SELF-01" in {f.rule for f in outcome.findings}
