@@ -48,12 +48,14 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     pipeline = runtime.build(_live_settings(), credential=args.credential)
     console = Console(file=out, width=120, highlight=False)
     seeded = present = 0
+    listed: list[str] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
         for subscription_id in args.subscriptions:
             task = progress.add_task(f"listing {subscription_id}", total=None)
             vaults = pipeline.gateway.list_vaults(subscription_id)
             progress.update(task, description=f"subscription {subscription_id}", total=len(vaults))
             for vault in vaults:
+                listed.append(vault.id)
                 if pipeline.store.get_baseline(vault.id) is None:
                     try:
                         pipeline.store.put_baseline(vault.id, dict(vault.raw), None, now=pipeline.clock.now())
@@ -66,6 +68,8 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     vaults_word = "vault" if seeded + present == 1 else "vaults"
     console.print(f"{seeded + present} {vaults_word} in {len(args.subscriptions)} subscription(s): "
                   f"{seeded} baseline(s) seeded, {present} already present")
+    console.print(f"{pipeline.seed_resources(listed)} role assignment baseline(s) seeded (at the vaults' scopes, "
+                  "inherited ones included)")
     return 0
 
 

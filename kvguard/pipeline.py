@@ -881,6 +881,26 @@ class Pipeline:
         if before is None or not _same_resource(final, before):
             self._store_baseline(change.id, dict(final), baseline, now)
 
+    def seed_resources(self, vault_ids: Sequence[str]) -> int:
+        """Record the baseline of every resource listed at the vaults' scopes (their role
+        assignments, inherited ones included) that has none yet; returns how many were seeded.
+        `kvguard baseline` runs it after seeding the vaults."""
+        if self.resources is None:
+            return 0
+        seeded: set[str] = set()
+        for vault_id in vault_ids:
+            for resource_type in RESOURCE_TYPES:
+                for doc in self.resources.list_at_scope(vault_id, resource_type):
+                    key = vault_key(str(doc["id"]))
+                    if key in seeded or self.store.get_baseline(str(doc["id"])) is not None:
+                        continue
+                    try:
+                        self.store.put_baseline(str(doc["id"]), dict(doc), None, now=self.clock.now())
+                    except ConcurrencyError:  # the app seeded it meanwhile: that one stands
+                        continue
+                    seeded.add(key)
+        return len(seeded)
+
     def _reconcile_resources(self, established: set[str]) -> list[Outcome]:
         """Catch the resource changes Event Grid dropped (and the management-group ones it never
         delivers to a subscription topic): every resource listed at each known vault's scope, and

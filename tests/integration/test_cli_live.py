@@ -218,3 +218,27 @@ def test_replay_live_readable_report(tampered: ArmFake, state_db: Path, tmp_path
     assert "live replay (dry run)" in output
     assert "revert_access_policy: planned" in output
     assert [r.method for r in tampered.requests if r.method in WRITES] == []
+
+
+def test_baseline_seeds_the_role_assignments_covering_the_vaults_once(fake: ArmFake, state_db: Path) -> None:
+    role = (f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/"
+            "4633458b-17de-408a-b874-0445c86b69e6")
+    on_vault = (f"{vault_id(NAMES[0])}/providers/Microsoft.Authorization/roleAssignments/"
+                "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
+    on_subscription = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/" \
+                      "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e"
+    for assignment_id in (on_vault, on_subscription):
+        fake.add_authorization({"id": assignment_id, "name": assignment_id.rsplit("/", 1)[-1],
+                                "type": "Microsoft.Authorization/roleAssignments",
+                                "properties": {"roleDefinitionId": role, "principalId": "p",
+                                               "scope": assignment_id.split("/providers/Microsoft.Authorization")[0]}})
+
+    status, output = run("baseline", "--subscription", SUB)
+
+    assert status == 0
+    assert "2 role assignment baseline(s) seeded" in output  # the subscription's one once, for all vaults
+    store = SQLiteStateStore(str(state_db))
+    seeded = store.get_baseline(on_subscription)
+    assert seeded is not None and seeded.config["properties"]["principalId"] == "p"
+    assert store.get_baseline(on_vault) is not None
+    assert [r.method for r in fake.requests if r.method in WRITES] == []
