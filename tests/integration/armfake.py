@@ -134,6 +134,7 @@ class ArmFake:
         self.telemetry: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.page_size = page_size
+        self.onboarding = Onboarding()  # the Activity Log, pricings, role assignments, diagnostic settings
         self.eventgrid_key = eventgrid_key
         self.ca = trustme.CA()
         self._cert = self.ca.issue_cert("localhost", "127.0.0.1")
@@ -265,7 +266,13 @@ class ArmFake:
             if found is None:
                 return _arm_error(404, "ResourceNotFound", f"The event subscription {path} was not found.")
             return 200, found, {}
+        onboarding = self._route_onboarding(request)
+        if onboarding is not None:
+            return onboarding
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
+
+    def _route_onboarding(self, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+        return _onboarding_route(self, request)
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         doc = self.vaults.get(vault_key(path))
@@ -438,6 +445,88 @@ def _vault_not_found(match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         404, "ResourceNotFound",
         f"The Resource 'Microsoft.KeyVault/vaults/{match['name']}' under resource group '{match['rg']}' was not found.",
     )
+
+
+# ---- onboarding: the Activity Log, Defender plans, role assignments, diagnostic settings ----------
+
+_ACTIVITY_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.insights/eventtypes/management/values$",
+                          re.IGNORECASE)
+_ACTIVITY_FILTER_RE = re.compile(
+    r"^eventTimestamp ge '(?P<start>[^']+)' and eventTimestamp le '(?P<end>[^']+)'"
+    r"(?: and resourceProvider eq '(?P<provider>[^']+)')?$"
+)
+_PRICING_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.security/pricings/(?P<name>[^/]+)$",
+                         re.IGNORECASE)
+_ROLE_ASSIGNMENTS_RE = re.compile(r"^(?P<scope>/.*?)/providers/microsoft\.authorization/roleassignments$",
+                                  re.IGNORECASE)
+_ROLE_DEFINITION_RE = re.compile(r"^/.*/providers/microsoft\.authorization/roledefinitions/[^/]+$", re.IGNORECASE)
+_DIAGNOSTIC_SETTINGS_RE = re.compile(r"^(?P<resource>/.+?)/providers/microsoft\.insights/diagnosticsettings$",
+                                     re.IGNORECASE)
+
+
+@dataclass
+class Onboarding:
+    """What the onboarding commands read: Activity Log records per subscription (served
+    `activity_page_size` per page with `nextLink`, filtered as the API filters), `KeyVaults`
+    pricings per subscription, role assignments and definitions by id, diagnostic settings per
+    resource (lists of ARM JSON)."""
+
+    activity: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    activity_page_size: int = 100
+    pricings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    role_assignments: list[dict[str, Any]] = field(default_factory=list)
+    role_definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    diagnostic_settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _activity_page(fake: ArmFake, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
+    query = request.param("$filter") or ""
+    parsed = _ACTIVITY_FILTER_RE.match(query)
+    if parsed is None:
+        return _arm_error(400, "BadRequest", f"The $filter '{query}' is not one of the supported shapes.")
+    start, end = (datetime.fromisoformat(parsed[k].replace("Z", "+00:00")) for k in ("start", "end"))
+    provider = (parsed["provider"] or "").lower()
+    found = [
+        r for r in fake.onboarding.activity.get(match["sub"].lower(), [])
+        if start <= datetime.fromisoformat(r["eventTimestamp"].replace("Z", "+00:00")) <= end
+        and (not provider or str((r.get("resourceProviderName") or {}).get("value", "")).lower() == provider)
+    ]
+    begin = int(request.param("$skiptoken") or 0)
+    size = fake.onboarding.activity_page_size
+    page: dict[str, Any] = {"value": found[begin : begin + size]}
+    if begin + size < len(found):
+        next_query = urlencode({"api-version": request.param("api-version"), "$filter": query,
+                                "$skiptoken": str(begin + size)})
+        page["nextLink"] = f"{fake.base_url}{request.path}?{next_query}"
+    return 200, page, {}
+
+
+def _onboarding_route(fake: ArmFake, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+    path, method, state = request.path, request.method, fake.onboarding
+    if (match := _ACTIVITY_RE.match(path)) and method == "GET":
+        return _activity_page(fake, match, request)
+    if match := _PRICING_RE.match(path):
+        key = f"{match['sub'].lower()}/{match['name'].lower()}"
+        if method == "PUT":
+            body = request.json or {}
+            state.pricings[key] = {"id": path, "name": match["name"], "type": "Microsoft.Security/pricings",
+                                   "properties": copy.deepcopy(body.get("properties") or {})}
+        if method in ("GET", "PUT"):
+            found = state.pricings.get(key)
+            return (200, found, {}) if found else _arm_error(404, "NotFound", f"No pricing {match['name']}.")
+    if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET":
+        principal = re.search(r"assignedTo\('([^']+)'\)", request.param("$filter") or "")
+        scope = match["scope"].lower()
+        value = [a for a in state.role_assignments
+                 if scope.startswith(a["properties"]["scope"].lower().rstrip("/"))
+                 and (principal is None or a["properties"]["principalId"].lower() == principal[1].lower())]
+        return 200, {"value": value}, {}
+    if _ROLE_DEFINITION_RE.match(path) and method == "GET":
+        found = state.role_definitions.get(path.rsplit("/", 1)[-1].lower())
+        return (200, found, {}) if found else _arm_error(404, "RoleDefinitionDoesNotExist", "No such role.")
+    if (match := _DIAGNOSTIC_SETTINGS_RE.match(path)) and method == "GET":
+        return 200, {"value": state.diagnostic_settings.get(vault_key(match["resource"]), [])}, {}
+    return None
 
 
 class _Server(ThreadingHTTPServer):

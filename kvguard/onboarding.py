@@ -1,0 +1,173 @@
+"""The onboarding commands: `kvguard backfill` (what happened before kvguard was here) and
+`kvguard doctor` (is this subscription protected). Both work on the real Azure with the settings
+of the environment, like the other live commands (`kvguard.live`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from kvguard.activity import WATCHED_PROVIDERS, Collapsed, provider_filter, role_assignment_request, window
+from kvguard.cli_common import EXIT_INVALID, dump_json
+from kvguard.events import Rejected, VaultEvent
+from kvguard.outcome import Outcome
+from kvguard.pipeline import Pipeline
+from kvguard.ports import RejectedPayload
+
+
+def credential_of(args: argparse.Namespace) -> Any:
+    """The credential `main` was given, else DefaultAzureCredential."""
+    if args.credential is not None:
+        return args.credential
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+# --- backfill ----------------------------------------------------------------------------------
+
+
+def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
+    """Read each subscription's Activity Log over the range, provider by provider, and deliver the
+    final record of every watched operation, oldest first, through the live pipeline. A dry run
+    (the default) works on an in-memory copy of the state and calls no alert sink; `--apply`
+    records findings and raises alerts, but only plans remediation: a past event is never
+    remediated (the live pipeline and the reconcile timer act on the current state)."""
+    from kvguard.activity import events
+    from kvguard.adapters.activity_log import ArmActivityLog
+    from kvguard.live import _live_pipeline, _live_settings
+
+    try:
+        start, end = window(args.since, args.until, datetime.now(UTC))
+    except ValueError as error:
+        sys.stderr.write(f"kvguard backfill: {error}\n")
+        return EXIT_INVALID
+    settings = _live_settings()
+    pipeline = _live_pipeline(args, settings)
+    if args.apply:
+        pipeline.policy = pipeline.policy.model_copy(update={"dry_run": True})
+    reader = ArmActivityLog(credential_of(args), endpoint=settings.arm_endpoint)
+    progress = _progress(out) if out.isatty() and not args.json else None
+    with progress or _Quiet():
+        read = _read(reader, args.subscriptions, start, end, progress)
+        items, collapsed = events(read)
+        outcomes = list(_deliver(pipeline, items, progress))
+    summary = {
+        "summary": _totals(outcomes),
+        "vaults": per_vault(outcomes),
+        "mode": "apply (remediation planned only)" if args.apply else "dry run",
+        "window": {"since": start.isoformat(), "until": end.isoformat()},
+        "records": _record_counts(len(read), len(items), collapsed),
+    }
+    if args.json:
+        for outcome in outcomes:
+            out.write(dump_json(backfill_json(outcome)) + "\n")
+        out.write(dump_json(summary) + "\n")
+        return 0
+    _print_backfill(summary, out)
+    return 0
+
+
+class _Quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(out: TextIO) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=Console(file=out), transient=True)
+
+
+def _read(reader: Any, subscriptions: Sequence[str], start: datetime, end: datetime, progress: Any) -> list[Any]:
+    records: list[Any] = []
+    for subscription_id in subscriptions:
+        task = progress.add_task(f"reading {subscription_id}", total=len(WATCHED_PROVIDERS)) if progress else None
+        for provider in WATCHED_PROVIDERS:
+            records.extend(reader.records(subscription_id, provider_filter(provider, start, end)))
+            if progress:
+                progress.update(task, advance=1, description=f"{subscription_id}: {len(records)} records")
+    return records
+
+
+def _deliver(pipeline: Pipeline, items: Sequence[VaultEvent | Rejected], progress: Any) -> Iterator[Outcome]:
+    """Each item through the pipeline, as `Pipeline.handle` delivers a parsed event."""
+    task = progress.add_task("judging", total=len(items)) if progress else None
+    for item in items:
+        if isinstance(item, Rejected):
+            pipeline.store.record_rejected(RejectedPayload(item.reason, item.raw, pipeline.clock.now(), item.event_id))
+            yield Outcome(item.event_id, "rejected", item.reason)
+        else:
+            yield replace(pipeline.handle_event(item), event=item, finished=pipeline.clock.now())
+        if progress:
+            progress.advance(task)
+
+
+def backfill_json(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as replay prints it, with the event's time (backfill's events are past ones)
+    and, for a role assignment, what its request body asked for."""
+    record = outcome.to_json()
+    if outcome.event is not None:
+        record["time"] = outcome.event.time.isoformat() if outcome.event.time else None
+        requested = role_assignment_request(outcome.event)
+        if requested is not None:
+            record["request"] = requested
+    return record
+
+
+def _totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
+    from kvguard.replay import totals
+
+    return totals(outcomes)
+
+
+def per_vault(outcomes: Iterable[Outcome]) -> dict[str, dict[str, Any]]:
+    """What would have been found, per vault and rule: events, findings by rule, highest risk."""
+    vaults: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        if not outcome.vault:
+            continue
+        entry = vaults.setdefault(outcome.vault, {"events": 0, "findings": Counter(), "max_risk": 0})
+        entry["events"] += 1
+        entry["findings"].update(f.rule for f in outcome.findings)
+        entry["max_risk"] = max(entry["max_risk"], outcome.risk)
+    return {vid: {**entry, "findings": dict(entry["findings"])} for vid, entry in sorted(vaults.items())}
+
+
+def _record_counts(read: int, delivered: int, collapsed: Collapsed) -> dict[str, int]:
+    return {"read": read, "delivered": delivered, "unfinished": collapsed.unfinished,
+            "unwatched": collapsed.unwatched, "repeated": collapsed.repeated}
+
+
+def _print_backfill(summary: dict[str, Any], out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kvguard.report import summary_line
+
+    console = Console(file=out, width=160, highlight=False)
+    window_text = f"{summary['window']['since']} .. {summary['window']['until']}"
+    table = Table(title=f"backfill {window_text} ({summary['mode']})", title_justify="left")
+    for column in ("vault", "rule", "findings", "max risk"):
+        table.add_column(column)
+    for vault_id, entry in summary["vaults"].items():
+        for rule_id, count in sorted(entry["findings"].items()):
+            table.add_row(vault_id, rule_id, str(count), str(entry["max_risk"]))
+    console.print(table)
+    console.print(summary_line(summary["summary"]))
+    counts = summary["records"]
+    console.print(f"Activity Log: {counts['read']} records read, {counts['delivered']} operations judged, "
+                  f"{counts['unfinished']} unfinished, {counts['unwatched']} not watched", markup=False)
+    if summary["mode"] == "dry run":
+        console.print("dry run: nothing recorded, no alert raised (add --apply)", markup=False)
