@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kvguard.deployment import OPERATIONS as DEPLOYMENT_WATCHED
 from kvguard.events import Caller, Rejected, VaultEvent, parse
+from kvguard.outcome import Outcome
+from kvguard.pipeline import Pipeline
 from kvguard.policy import parse_duration
+from kvguard.ports import RejectedPayload
 
 # The providers whose records kvguard reads: the API filters by one provider at a time.
 WATCHED_PROVIDERS = (
@@ -251,6 +254,17 @@ def role_assignment_request(event: VaultEvent) -> dict[str, Any] | None:
     if not found:
         return None
     return {"assignment": event.subject, **found, "source": "Activity Log request body"}
+
+
+def deliver(pipeline: Pipeline, items: Iterable[VaultEvent | Rejected]) -> Iterator[Outcome]:
+    """Each item through the pipeline, as `Pipeline.handle` delivers a parsed event: a rejected
+    record is stored with its reason and raw payload, never raised."""
+    for item in items:
+        if isinstance(item, Rejected):
+            pipeline.store.record_rejected(RejectedPayload(item.reason, item.raw, pipeline.clock.now(), item.event_id))
+            yield Outcome(item.event_id, "rejected", item.reason)
+        else:
+            yield replace(pipeline.handle_event(item), event=item, finished=pipeline.clock.now())
 
 
 def events(records: Iterable[Any]) -> tuple[list[VaultEvent | Rejected], Collapsed]:

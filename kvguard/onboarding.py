@@ -9,16 +9,21 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from kvguard.activity import WATCHED_PROVIDERS, Collapsed, provider_filter, role_assignment_request, window
+from kvguard.activity import (
+    WATCHED_PROVIDERS,
+    Collapsed,
+    deliver,
+    provider_filter,
+    role_assignment_request,
+    window,
+)
 from kvguard.cli_common import EXIT_INVALID, dump_json
 from kvguard.events import Rejected, VaultEvent
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
-from kvguard.ports import RejectedPayload
 
 
 def credential_of(args: argparse.Namespace) -> Any:
@@ -102,14 +107,9 @@ def _read(reader: Any, subscriptions: Sequence[str], start: datetime, end: datet
 
 
 def _deliver(pipeline: Pipeline, items: Sequence[VaultEvent | Rejected], progress: Any) -> Iterator[Outcome]:
-    """Each item through the pipeline, as `Pipeline.handle` delivers a parsed event."""
     task = progress.add_task("judging", total=len(items)) if progress else None
-    for item in items:
-        if isinstance(item, Rejected):
-            pipeline.store.record_rejected(RejectedPayload(item.reason, item.raw, pipeline.clock.now(), item.event_id))
-            yield Outcome(item.event_id, "rejected", item.reason)
-        else:
-            yield replace(pipeline.handle_event(item), event=item, finished=pipeline.clock.now())
+    for outcome in deliver(pipeline, items):
+        yield outcome
         if progress:
             progress.advance(task)
 

@@ -19,7 +19,7 @@ from kvguard.ids import VaultRef, parse_vault_ref, vault_key
 from kvguard.policy import Policy, PolicyError, parse_duration, policy_from_data
 from kvguard.vault import VaultConfig
 
-STEP_KINDS = ("write", "delete", "event", "events", "advance")
+STEP_KINDS = ("write", "delete", "event", "events", "activity", "advance")
 
 try:  # the C loader reads large scenarios an order of magnitude faster
     _BaseLoader: Any = yaml.CSafeLoader
@@ -147,6 +147,8 @@ def _step(source: str, index: int, raw: Any) -> Step:
         raise ScenarioError(f"{where} (delete): expected a vault's resource id, got {value!r}")
     elif kind == "events" and not isinstance(value, list):
         raise ScenarioError(f"{where} (events): expected a list of envelopes")
+    elif kind == "activity" and not isinstance(value, list):
+        raise ScenarioError(f"{where} (activity): expected a list of Activity Log records")
     elif kind == "advance":
         try:
             value = parse_duration(value)
