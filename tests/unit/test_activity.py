@@ -106,7 +106,7 @@ def test_unwatched_operations_categories_and_repeats_are_counted() -> None:
 
 
 def test_the_role_assignment_request_body_rides_on_the_final_record_as_evidence() -> None:
-    [item], collapsed = events(role_assignment_records("2026-11-20T10:00:00Z"))
+    [item], _ = events(role_assignment_records("2026-11-20T10:00:00Z"))
     event = event_of(item)
 
     assert event.id == "ra-succeeded"
@@ -130,7 +130,7 @@ def test_the_window_goes_back_from_until_and_stops_at_the_retention() -> None:
     assert (start.day, end.day) == (1, 15)
     with pytest.raises(ValueError, match="--until"):
         window("P1D", "soon", NOW)
-    with pytest.raises(ValueError, match="--since.*not before"):
+    with pytest.raises(ValueError, match=r"--since.*not before"):
         window("2026-11-20T00:00:00Z", "2026-11-10T00:00:00Z", NOW)
 
 
