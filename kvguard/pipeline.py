@@ -94,7 +94,7 @@ class Pipeline:
         self.lease = lease
         self.activity_log = activity_log
         self.deployment = deployment
-        self.runner = ActionRunner(gateway, self.sinks, ledger=store, clock=self.clock)
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -295,7 +295,9 @@ class Pipeline:
         vault_id = event.vault.id
         after = self.gateway.get(vault_id) if event.kind != "purge" else None
         baseline = self.store.get_baseline(vault_id)
-        before = self._baseline_config(baseline) if baseline and not baseline.deleted else None
+        # A deleted vault's baseline is what a recovery brings back: compared against, so that an
+        # unchanged recovered vault raises no posture finding again.
+        before = self._baseline_config(baseline) if baseline else None
         change = diff(before, after) if before is not None and after is not None else None
         recall = self._history(event, now)
         context = Context(
@@ -325,11 +327,13 @@ class Pipeline:
             risk=risk.value,
             recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
-        actions = self._act(event, display_id, findings, risk, decision, before, after)
+        # Read before _open refreshes them: which findings repeat an open one (see _joined).
+        joined = self._joined(event, display_id, findings)
+        actions = self._act(event, display_id, findings, risk, decision, before, after, joined)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
-        opened = self._open(display_id, findings, baseline, before, now)
+        opened = self._open(display_id, findings, baseline, before, now, event)
         # Posture and diff findings can only stop being true when the compared state moved.
         moved = remediated or before is None or (change is not None and not change.empty)
         resolutions = self._resolve(event, display_id, final if moved else None, findings, actions, decision,
@@ -339,11 +343,11 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            with_notes(_reason(event, before, after, findings, risk, decision), suppressed),
+            with_notes(_reason(event, before, after, findings, risk, decision, joined), suppressed),
             display_id,
             risk.value,
             risk.severity,
-            findings,
+            [f for f in findings if f not in joined],
             actions,
             risk.explanation,
             resolutions,
@@ -353,7 +357,7 @@ class Pipeline:
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
-        now: datetime,
+        now: datetime, event: VaultEvent,
     ) -> dict[str, Mapping[str, Any]]:
         """Open (or refresh) a finding per rule that fired, and return every open finding of the
         vault. A diff finding keeps the baseline it was found against (the first one, on refresh),
@@ -361,6 +365,7 @@ class Pipeline:
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
+            record["callerNamed"] = bool(event.caller.ids()) or bool(open_now.get(finding.rule, {}).get("callerNamed"))
             if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE and baseline is not None \
                     and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
@@ -385,6 +390,13 @@ class Pipeline:
         known = self.store.get_baseline(event.vault.id)
         return known.vault_id if known is not None else event.vault.id
 
+    def _history_key(self, event: VaultEvent) -> str:
+        """The vault that history marks are kept under. A purge names the deleted vault's
+        `locations/…/deletedVaults/{name}` id: its marks belong to the vault it was, so that the
+        caller who deleted it is no first-time caller when they purge it."""
+        assert event.vault is not None
+        return vault_key(self._known_id(event)) if event.kind == "purge" else event.vault.key
+
     def _baseline_config(self, baseline: Baseline) -> VaultConfig:
         """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""
         cached = self._parsed.get(baseline.etag)
@@ -408,10 +420,9 @@ class Pipeline:
         return len(self.store.marks_since("remediations", vault_key(vault_id), since))
 
     def _history(self, event: VaultEvent, now: datetime) -> _Recall:
-        assert event.vault is not None
         window = self.policy.history
         caller = event.caller.id
-        vault = event.vault.key
+        vault = self._history_key(event)
         grants = self.store.marks_since("grants", vault, now - window.grant_window)
         if caller is None:
             return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
@@ -449,6 +460,23 @@ class Pipeline:
             for f in findings
         ]
 
+    def _joined(self, event: VaultEvent, vault_id: str, findings: Sequence[Finding]) -> list[Finding]:
+        """Findings that repeat an open one (same rule, same evidence) where this event or the one
+        that raised it named no caller: one change reported by Key Vault's VaultAccessPolicyChanged
+        (in either schema) and by the ARM event is one finding and one alert; the other reports join
+        it (not listed as findings of their own). The event naming the caller still decides
+        remediation and the baseline."""
+        if not findings:
+            return []
+        open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
+        caller_named = bool(event.caller.ids())
+        return [
+            f for f in findings
+            if (record := open_now.get(f.rule)) is not None
+            and record.get("evidence") == _jsonable(f.evidence)
+            and not (caller_named and record.get("callerNamed", True))
+        ]
+
     def _act(
         self,
         event: VaultEvent,
@@ -458,19 +486,26 @@ class Pipeline:
         decision: Decision,
         before: VaultConfig | None,
         after: VaultConfig | None,
+        joined: Sequence[Finding] = (),
     ) -> list[ActionResult]:
-        """Alerts first; remediation only after every alert went out."""
+        """Alerts first; remediation only after every alert went out. A joined finding (another
+        report of a change already alerted) raises no alert again, but is remediated as any."""
         if not findings:
             return []
         results: list[ActionResult] = []
-        alerts = self._alerts(event, vault_id, findings, risk)
+        fresh = [f for f in findings if f not in joined]
+        alerts = self._alerts(event, vault_id, fresh, risk)
         for handler_id in alert_handlers():
             if handler_id not in self.sinks:
                 continue
             if not decision.alert:
                 results.append(skipped(handler_id, decision.alert_reason))
                 continue
-            operations = HANDLERS[handler_id].plan(PlanInput(findings, before, after, alerts))
+            if not fresh:
+                results.append(skipped(handler_id, "already raised: the change joins its open finding",
+                                       sorted({f.rule for f in joined})))
+                continue
+            operations = HANDLERS[handler_id].plan(PlanInput(fresh, before, after, alerts))
             result = self.runner.run(handler_id, operations, dry_run=False, current=after)
             if result.transient:
                 raise TransientError(f"{handler_id}: {result.detail}")
@@ -575,34 +610,34 @@ class Pipeline:
         failed remediation, a failed operation or a change nobody can be held to leaves the
         baseline as it was (the change is seen again), and the steering tags move only with a
         change that may move them (decision.may_retag)."""
-        assert event.vault is not None
         caller = event.caller.id
+        vault = self._history_key(event)
         if caller is not None:
             if event.succeeded:
                 # One mark per vault and caller is all "first write" needs, and one per caller and
                 # vault within the burst window all the count needs.
                 if not recall.history.caller_seen_before:
-                    self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
+                    self.store.add_mark("caller_writes", f"{vault}|{caller}", event.id, now)
                 if not recall.vault_marked:
-                    self.store.add_mark("caller_vaults", caller, event.vault.key, now)
+                    self.store.add_mark("caller_vaults", caller, vault, now)
             else:
                 self.store.add_mark("caller_failures", caller, event.id, now)
         if change is not None:
             for mark in change.grant_marks():
-                self.store.add_mark("grants", event.vault.key, mark, now)
+                self.store.add_mark("grants", vault, mark, now)
         if remediated:
             self.store.add_mark("remediations", vault_key(vault_id), event.id, now)
         if failed or unattributed(self.policy, event):
             return  # the change is seen again: by the next event, or by the one that names its caller
         if final is None:
-            if event.kind == "delete" and before is not None:
+            if event.kind == "delete" and before is not None and not (baseline and baseline.deleted):
                 self._store_baseline(vault_id, dict(before.raw), baseline, now, deleted=True)
             return
         document = dict(final.raw)
         if before is not None and not may_retag(self.policy, event, remediated):
             document["tags"] = _steering_tags_kept(final, before)
         if (not remediated and before is not None and change is not None and change.empty
-                and _steering(document) == _steering(before.raw)):
+                and _steering(document) == _steering(before.raw) and not (baseline and baseline.deleted)):
             return  # nothing the baseline is compared or steered by has changed
         accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
         self._remember(self._store_baseline(vault_id, document, baseline, now), accepted)
@@ -615,6 +650,11 @@ class Pipeline:
                                            now=now)
         except ConcurrencyError as error:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
+
+
+def _jsonable(evidence: Mapping[str, Any]) -> Any:
+    """Evidence as the state store gives it back (JSON: tuples become lists)."""
+    return json.loads(json.dumps(dict(evidence), default=str))
 
 
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -668,7 +708,15 @@ def _reason(
     findings: Sequence[Finding],
     risk: Risk,
     decision: Decision,
+    joined: Sequence[Finding] = (),
 ) -> str:
+    if joined:
+        rules = ", ".join(sorted({f.rule for f in joined}))
+        note = f"joins the open finding(s) {rules}, alert not repeated"
+        findings = [f for f in findings if f not in joined]
+        if not findings:
+            return f"another report of an alerted change: {note}; remediate: {decision.remediate_reason}"
+        return f"{_reason(event, before, after, findings, risk, decision)}; {note}"
     gone = ""
     if after is None and event.kind not in ("delete", "purge"):
         if before is None and not findings:

@@ -51,6 +51,12 @@ class VaultGateway(Protocol):
         """`accessPolicies/remove` of exactly `entry`'s permissions for its principal."""
         ...
 
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """`accessPolicies/add` of exactly `entry`'s permissions for its principal (merged with what
+        it holds). Only ever gives back: a revert names the baseline's permissions explicitly before
+        it removes `all`, and `kvguard undo` restores what a remediation took away."""
+        ...
+
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         """Every vault of a subscription (for reconciliation and baseline seeding)."""
         ...

@@ -63,8 +63,9 @@ def vault_doc(*extra_policies: dict[str, Any]) -> dict[str, Any]:
 ROGUE_GRANT = {"tenantId": TENANT, "objectId": ROGUE, "permissions": {"secrets": ["Get", "List"]}}
 
 
-def event_json(event_id: str, caller: str, action: str = "add") -> str:
-    """A ResourceWriteSuccess for `az keyvault set-policy`, as Event Grid delivers one element."""
+def event_json(event_id: str, caller: str, action: str = "add", time: datetime | None = None) -> str:
+    """A ResourceWriteSuccess for `az keyvault set-policy`, as Event Grid delivers one element;
+    sent now unless `time` says when."""
     uri = f"{VAULT_ID.replace('resourceGroups', 'resourcegroups')}/accessPolicies/{action}"
     return json.dumps({
         "id": event_id,
@@ -72,7 +73,7 @@ def event_json(event_id: str, caller: str, action: str = "add") -> str:
         "subject": uri,
         "eventType": "Microsoft.Resources.ResourceWriteSuccess",
         # Now, as for a live write: an own write's event is matched to the ledger by its time.
-        "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "eventTime": (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
         "dataVersion": "2",
         "metadataVersion": "1",
         "data": {
