@@ -171,3 +171,98 @@ def _print_backfill(summary: dict[str, Any], out: TextIO) -> None:
                   f"{counts['unfinished']} unfinished, {counts['unwatched']} not watched", markup=False)
     if summary["mode"] == "dry run":
         console.print("dry run: nothing recorded, no alert raised (add --apply)", markup=False)
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    """Every check for every protected subscription; exit 0 when all pass, 1 otherwise. With
+    `--enable-defender`, a subscription whose Defender plan is not Standard is set to Standard
+    after a confirmation (or `--yes`), then checked again."""
+    from kvguard import doctor, runtime
+    from kvguard.adapters.onboarding import ArmOnboardingReader
+    from kvguard.catalog import HANDLERS
+    from kvguard.live import _live_settings
+
+    settings = _live_settings()
+    subscriptions = list(args.subscriptions or settings.subscription_ids)
+    if not subscriptions:
+        sys.stderr.write("kvguard doctor: give --subscription ID or set KVGUARD_SUBSCRIPTION_IDS\n")
+        return EXIT_INVALID
+    credential = credential_of(args)
+    pipeline = runtime.build(settings, credential=credential)
+    reader = ArmOnboardingReader(credential, endpoint=settings.arm_endpoint)
+    needed = doctor.needed_actions((h.permission for h in HANDLERS.values() if h.kind == "remediation"),
+                                   defender="raise_defender_alert" in pipeline.sinks)
+    checks: list[doctor.Check] = [doctor.state_check(_probe_state(pipeline), settings.state_backend)]
+    for subscription in subscriptions:
+        pricing_check = doctor.defender_check(subscription, reader.get_pricing(subscription))
+        if not pricing_check.ok and args.enable_defender and _confirmed(args, subscription, out):
+            reader.enable_defender(subscription)
+            pricing_check = doctor.defender_check(subscription, reader.get_pricing(subscription))
+        checks.append(pricing_check)
+        checks.extend(_event_subscription_checks(pipeline, subscription))
+        principals = list(pipeline.policy.own_principal_ids)
+        definitions = [d for p in principals for d in reader.role_definitions(subscription, p)]
+        checks.append(doctor.role_check(subscription, principals, definitions, needed))
+        vaults = {v.id: reader.diagnostic_settings(v.id) for v in pipeline.gateway.list_vaults(subscription)}
+        checks.extend(doctor.audit_log_checks(subscription, vaults))
+    well = doctor.all_well(checks)
+    if args.json:
+        out.write(dump_json({"ok": well, "checks": [c.to_json() for c in checks]}) + "\n")
+    else:
+        _print_doctor(checks, well, out)
+    return 0 if well else 1
+
+
+def _probe_state(pipeline: Pipeline) -> str | None:
+    from kvguard.runtime import PROBE_VAULT
+
+    try:
+        pipeline.store.get_baseline(PROBE_VAULT)
+    except Exception as error:  # reported as the check's finding, not raised: the doctor exists to tell
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Any]:
+    from kvguard import doctor
+
+    own = doctor.own_event_subscriptions(subscription, pipeline.policy.own_resource_ids)
+    if not own or pipeline.deployment is None:
+        return [doctor.event_subscription_check(subscription, None, None)]
+    return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r))
+            for r in own]
+
+
+def _confirmed(args: argparse.Namespace, subscription: str, out: TextIO) -> bool:
+    question = (f"Set Defender for Key Vault (KeyVaults pricing) to Standard on subscription {subscription}? "
+                "It is billed per vault and needs the Security Admin role. [y/N] ")
+    if args.yes:
+        out.write(f"setting Defender for Key Vault to Standard on {subscription} (--yes; needs Security Admin)\n")
+        return True
+    if not sys.stdin.isatty():
+        out.write(f"not changing {subscription}: no terminal to confirm on; add --yes\n")
+        return False
+    out.write(question)
+    out.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _print_doctor(checks: Sequence[Any], well: bool, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out, width=200, highlight=False)
+    table = Table(title="kvguard doctor", title_justify="left", show_lines=True, expand=True)
+    for column in ("subscription", "check", "", "what was found", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        detail = f"{check.rule}: {check.detail}" if check.rule else check.detail
+        cells = (check.subscription, check.check, "ok" if check.ok else "FAIL", detail, check.fix or "")
+        table.add_row(*(Text(cell) for cell in cells))  # commands hold brackets: never read as markup
+    console.print(table)
+    failed = sum(not c.ok for c in checks)
+    console.print("all checks passed" if well else f"{failed} check(s) failed", markup=False)
