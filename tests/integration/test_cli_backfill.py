@@ -33,6 +33,11 @@ ROGUE = {"tenantId": TENANT, "objectId": INTRUDER, "permissions": {"secrets": ["
 WRITES = ("PUT", "PATCH", "POST", "DELETE")
 
 
+def arm_writes(fake: ArmFake) -> list[str]:
+    """Every write to ARM (the webhook's POSTs are alerts, not writes to Azure)."""
+    return [f"{r.method} {r.path}" for r in fake.requests if r.method in WRITES and not r.path.startswith("/webhook")]
+
+
 def vault_doc(vault_id: str, *extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": vault_id, "name": vault_id.rsplit("/", 1)[-1], "type": "Microsoft.KeyVault/vaults",
@@ -77,7 +82,7 @@ def fake() -> Iterator[ArmFake]:
 
 @pytest.fixture
 def state_db(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = cli_environment(fake, tmp_path, monkeypatch, mode="remediate")
+    path = cli_environment(fake, tmp_path, monkeypatch, mode="remediate", webhook_url=f"{fake.base_url}/webhook")
     path.parent.mkdir(parents=True, exist_ok=True)
     store = SQLiteStateStore(str(path))  # `kvguard baseline` ran before the grant: the grant is not in it
     for vault_id in (VAULT, OTHER):
@@ -117,7 +122,8 @@ def test_a_dry_run_writes_nothing(fake: ArmFake, state_db: Path) -> None:
     store = SQLiteStateStore(str(state_db))
     assert store.list_audit() == []
     assert store.open_findings(VAULT) == []
-    assert [r.method for r in fake.requests if r.method in WRITES] == []
+    assert arm_writes(fake) == []
+    assert fake.webhooks == []  # no alert raised
 
 
 def test_apply_records_and_alerts_but_never_remediates_a_past_event(fake: ArmFake, state_db: Path) -> None:
@@ -127,7 +133,8 @@ def test_apply_records_and_alerts_but_never_remediates_a_past_event(fake: ArmFak
     grant = lines[-2]
     revert = [a for a in grant["actions"] if a["handler"] == "revert_access_policy"]
     assert revert and revert[0]["status"] == "planned"
-    assert [r.method for r in fake.requests if r.method in WRITES] == []  # no PUT accessPolicies/remove
+    assert arm_writes(fake) == []  # no PUT accessPolicies/remove
+    assert any("KV-AP-01" in json.dumps(alert) for alert in fake.webhooks)  # the alert went out
     store = SQLiteStateStore(str(state_db))
     assert "KV-AP-01" in {f.rule for f in store.open_findings(VAULT)}
     assert "grant-succeeded" in {a.event_id for a in store.list_audit()}
