@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credential: Any = None) -> int:
-    """`credential`: the Azure credential of `baseline`, `replay --live` and `redrive` (default:
-    DefaultAzureCredential)."""
+    """`credential`: the Azure credential of `baseline`, `replay --live`, `redrive`, `backfill` and
+    `doctor` (default: DefaultAzureCredential)."""
     from kvguard.scenario import ScenarioError
 
     parser = build_parser()

@@ -157,5 +157,15 @@ def state_check(error: str | None, backend: str) -> Check:
     return Check("*", "state store", False, f"{backend} state store unreachable: {error}", fix)
 
 
+def unreadable_check(subscription: str, check: str, error: str) -> Check:
+    """A check whose reads were refused or went unanswered: failed, naming the role that reads."""
+    role = "Security Reader" if check == "defender" else "Reader"
+    extra = " (Security Admin to --enable-defender)" if check == "defender" else ""
+    return Check(subscription, check, False, f"could not be checked: {error}",
+                 f"run the doctor as someone with {role}{extra} on the subscription: az role assignment create "
+                 f"--assignee <your object id> --role \"{role}\" --scope /subscriptions/{subscription}; "
+                 "or try again when ARM answers")
+
+
 def all_well(checks: Iterable[Check]) -> bool:
     return all(check.ok for check in checks)

@@ -21,9 +21,11 @@ from kvguard.activity import (
     window,
 )
 from kvguard.cli_common import EXIT_INVALID, dump_json
+from kvguard.doctor import Check
 from kvguard.events import Rejected, VaultEvent
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
+from kvguard.ports import PermanentError, TransientError
 
 
 def credential_of(args: argparse.Namespace) -> Any:
@@ -196,18 +198,34 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     needed = doctor.needed_actions((h.permission for h in HANDLERS.values() if h.kind == "remediation"),
                                    defender="raise_defender_alert" in pipeline.sinks)
     checks: list[doctor.Check] = [doctor.state_check(_probe_state(pipeline), settings.state_backend)]
-    for subscription in subscriptions:
-        pricing_check = doctor.defender_check(subscription, reader.get_pricing(subscription))
-        if not pricing_check.ok and args.enable_defender and _confirmed(args, subscription, out):
+    principals = list(pipeline.policy.own_principal_ids)
+
+    def defender(subscription: str) -> list[doctor.Check]:
+        found = doctor.defender_check(subscription, reader.get_pricing(subscription))
+        if not found.ok and args.enable_defender and _confirmed(args, subscription, out):
             reader.enable_defender(subscription)
-            pricing_check = doctor.defender_check(subscription, reader.get_pricing(subscription))
-        checks.append(pricing_check)
-        checks.extend(_event_subscription_checks(pipeline, subscription))
-        principals = list(pipeline.policy.own_principal_ids)
+            found = doctor.defender_check(subscription, reader.get_pricing(subscription))
+        return [found]
+
+    def roles(subscription: str) -> list[doctor.Check]:
         definitions = [d for p in principals for d in reader.role_definitions(subscription, p)]
-        checks.append(doctor.role_check(subscription, principals, definitions, needed))
+        return [doctor.role_check(subscription, principals, definitions, needed)]
+
+    def audit_logs(subscription: str) -> list[doctor.Check]:
         vaults = {v.id: reader.diagnostic_settings(v.id) for v in pipeline.gateway.list_vaults(subscription)}
-        checks.extend(doctor.audit_log_checks(subscription, vaults))
+        return doctor.audit_log_checks(subscription, vaults)
+
+    def event_subscriptions(subscription: str) -> list[doctor.Check]:
+        return _event_subscription_checks(pipeline, subscription)
+
+    steps = (("defender", defender), ("event subscription", event_subscriptions), ("role assignments", roles),
+             ("audit logs", audit_logs))
+    for subscription in subscriptions:
+        for name, step in steps:
+            try:
+                checks.extend(step(subscription))
+            except (PermanentError, TransientError) as error:  # refused or unreachable: the check failed
+                checks.append(doctor.unreadable_check(subscription, name, str(error)))
     well = doctor.all_well(checks)
     if args.json:
         out.write(dump_json({"ok": well, "checks": [c.to_json() for c in checks]}) + "\n")
@@ -226,7 +244,7 @@ def _probe_state(pipeline: Pipeline) -> str | None:
     return None
 
 
-def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Any]:
+def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Check]:
     from kvguard import doctor
 
     own = doctor.own_event_subscriptions(subscription, pipeline.policy.own_resource_ids)

@@ -214,3 +214,28 @@ def test_the_help_documents_every_flag() -> None:
     for flag in ("--subscription", "--json", "--enable-defender", "--yes"):
         assert flag in out.getvalue()
     assert "Security Admin" in out.getvalue()
+
+
+def test_a_refused_read_fails_its_check_and_the_others_still_run(fake: ArmFake) -> None:
+    fake.inject("GET", r"/pricings/KeyVaults$", status=403, times=5,
+                body={"error": {"code": "AuthorizationFailed", "message": "no Microsoft.Security/pricings/read"}})
+
+    status, report = doctor()
+
+    assert status == 1
+    problem = failed(report)["defender"]
+    assert "HTTP 403 AuthorizationFailed" in problem["detail"]
+    assert '--role "Security Reader"' in problem["fix"]
+    assert set(failed(report)) == {"defender"}  # the other checks ran and passed
+
+
+def test_enable_defender_refused_for_lack_of_security_admin_is_a_failed_check(fake: ArmFake) -> None:
+    fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"] = {"pricingTier": "Free"}
+    fake.inject("PUT", r"/pricings/KeyVaults$", status=403,
+                body={"error": {"code": "AuthorizationFailed", "message": "no Microsoft.Security/pricings/write"}})
+
+    status, report = doctor("--enable-defender", "--yes")
+
+    assert status == 1
+    problem = failed(report)["defender"]
+    assert "HTTP 403" in problem["detail"] and "Security Admin" in problem["fix"]
