@@ -174,3 +174,16 @@ def test_the_help_documents_every_flag() -> None:
     for flag in ("--subscription", "--since", "--until", "--apply", "--json"):
         assert flag in text
     assert "P30D" in text and "90 days" in text
+
+
+def test_the_report_lists_findings_per_vault_and_rule(fake: ArmFake, state_db: Path) -> None:
+    out = io.StringIO()
+
+    status = main(["backfill", "--subscription", SUB], out, credential=FakeCredential())
+
+    assert status == 0
+    text = out.getvalue()
+    row = next(line for line in text.splitlines() if "KV-AP-01" in line)
+    assert "kv-web-01" in row
+    assert "6 records read, 5 operations judged" in text
+    assert "dry run: nothing recorded" in text
