@@ -6,6 +6,7 @@ of the environment, like the other live commands (`kvguard.live`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,6 +17,7 @@ from kvguard.activity import (
     WATCHED_PROVIDERS,
     Collapsed,
     deliver,
+    events,
     provider_filter,
     role_assignment_request,
     window,
@@ -26,6 +28,7 @@ from kvguard.events import Rejected, VaultEvent
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
 from kvguard.ports import PermanentError, TransientError
+from kvguard.replay import totals
 
 
 def credential_of(args: argparse.Namespace) -> Any:
@@ -46,7 +49,6 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
     (the default) works on an in-memory copy of the state and calls no alert sink; `--apply`
     records findings and raises alerts, but only plans remediation: a past event is never
     remediated (the live pipeline and the reconcile timer act on the current state)."""
-    from kvguard.activity import events
     from kvguard.adapters.activity_log import ArmActivityLog
     from kvguard.live import _live_pipeline, _live_settings
 
@@ -61,32 +63,26 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
         pipeline.policy = pipeline.policy.model_copy(update={"dry_run": True})
     reader = ArmActivityLog(credential_of(args), endpoint=settings.arm_endpoint)
     progress = _progress(out) if out.isatty() and not args.json else None
-    with progress or _Quiet():
+    outcomes: list[Outcome] = []
+    with progress or contextlib.nullcontext():
         read = _read(reader, args.subscriptions, start, end, progress)
         items, collapsed = events(read)
-        outcomes = list(_deliver(pipeline, items, progress))
+        for outcome in _deliver(pipeline, items, progress):
+            outcomes.append(outcome)
+            if args.json:  # each line as it is judged: a long backfill shows its progress
+                out.write(dump_json(backfill_json(outcome)) + "\n")
     summary = {
-        "summary": _totals(outcomes),
+        "summary": totals(outcomes),
         "vaults": per_vault(outcomes),
         "mode": "apply (remediation planned only)" if args.apply else "dry run",
         "window": {"since": start.isoformat(), "until": end.isoformat()},
         "records": _record_counts(len(read), len(items), collapsed),
     }
     if args.json:
-        for outcome in outcomes:
-            out.write(dump_json(backfill_json(outcome)) + "\n")
         out.write(dump_json(summary) + "\n")
         return 0
     _print_backfill(summary, out)
     return 0
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _progress(out: TextIO) -> Any:
@@ -126,12 +122,6 @@ def backfill_json(outcome: Outcome) -> dict[str, Any]:
         if requested is not None:
             record["request"] = requested
     return record
-
-
-def _totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
-    from kvguard.replay import totals
-
-    return totals(outcomes)
 
 
 def per_vault(outcomes: Iterable[Outcome]) -> dict[str, dict[str, Any]]:
