@@ -25,9 +25,12 @@ def on_vault_event(event: func.EventGridEvent) -> None:
 @app.function_name("reconcile")
 @app.timer_trigger(arg_name="timer", schedule="%KVGUARD_RECONCILE_SCHEDULE%", run_on_startup=False)
 def reconcile(timer: func.TimerRequest) -> None:
-    """Seed missing baselines and catch changes whose events never arrived."""
-    for outcome in runtime.current().reconcile(Settings().subscription_ids):
+    """Seed missing baselines, catch changes whose events never arrived, retry the outbox and
+    forget records past the retention period."""
+    pipeline = runtime.current()
+    for outcome in pipeline.reconcile(Settings().subscription_ids):
         log.info("kvguard reconcile %s", json.dumps(outcome.to_json(), default=str))
+    log.info("kvguard outbox: %d delivered; retention: %d records pruned", pipeline.flush_outbox(), pipeline.prune())
 
 
 @app.function_name("health")

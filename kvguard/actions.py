@@ -70,6 +70,19 @@ class ActionRunner:
         return ActionResult(handler, "applied", "; ".join(details), rules,
                             before=[_jsonable(op.before) for op in pending], after=afters)
 
+    def confirm(
+        self, handler: str, operations: Sequence[Operation], current: VaultConfig | None
+    ) -> ActionResult | None:
+        """The result an earlier attempt could not record: `applied` when the current state shows
+        every one of its operations done, None when it does not (the change is judged afresh)."""
+        if not operations or current is None or any(self._still_needed(op, current) for op in operations):
+            return None
+        rules = tuple(sorted({r for op in operations for r in op.rules}))
+        details = "; ".join(op.description for op in operations)
+        return ActionResult(handler, "applied", f"{details}; confirmed on retry", rules,
+                            before=[_jsonable(op.before) for op in operations],
+                            after=[_observed(op, current) for op in operations])
+
     def _still_needed(self, op: Operation, current: VaultConfig | None) -> Operation | None:
         """The part of an operation that the current state still needs (idempotency)."""
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
@@ -104,6 +117,15 @@ class ActionRunner:
         if op.kind == "resolve" and isinstance(op.target, Alert):
             return self._sinks[op.handler].resolve(op.target.vault_id, op.target.rule)
         raise ValueError(f"operation {op.kind} of {op.handler} has no applier")
+
+
+def _observed(op: Operation, current: VaultConfig) -> Any:
+    """What `current` holds where the operation wrote, in the shape `_apply` returns."""
+    if isinstance(op.target, AccessPolicy):
+        entry = current.policy_for(op.target.principal.key)
+        return entry.to_arm() if entry else None
+    props = current.raw.get("properties", {})
+    return {k: props.get(k) for k in op.target} if isinstance(op.target, Mapping) else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -6,12 +6,15 @@ parse → filter → claim → read → compare → detect → score → decide 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
+from kvguard import writeahead
 from kvguard.actions import ActionResult, ActionRunner, skipped
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
@@ -39,6 +42,18 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
 ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
+# Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
+SECONDARY_SINKS = frozenset({"notify_webhook"})
+RETENTION = timedelta(days=90)
+
+
+class _Earlier(NamedTuple):
+    """What an earlier attempt of the same event wrote ahead (see `Pipeline._earlier_attempt`)."""
+
+    intended: tuple[str, ...]
+    answered: dict[str, ActionResult]
+    findings: list[Finding]
+    alerts: list[ActionResult]
 
 
 class _Recall(NamedTuple):
@@ -66,6 +81,7 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        retention: timedelta = RETENTION,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -73,6 +89,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
+        self.retention = retention
         self.runner = ActionRunner(gateway, self.sinks)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
@@ -93,25 +110,23 @@ class Pipeline:
     # --- filter, claim ------------------------------------------------------------------------
 
     def handle_event(self, event: VaultEvent) -> Outcome:
+        """Claim, then read, decide and act with no state-store transaction open (other workers
+        go on meanwhile), then record in one short batch guarded by the claim (`_commit`)."""
         passed = self._filter(event)
         if passed is not None:
             return passed
         now = self.clock.now()
-        # The event's records land together, the claim's completion last. (A store that commits a
-        # batch at once makes the claim visible with it: it also holds other writers off till then.)
-        with self.store.batch():
-            claim = self.store.claim(event.id, now, self.lease)
-            if claim == "duplicate":
-                return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
-            if claim == "in_progress":
-                raise TransientError(f"event {event.id} is being processed by another instance")
-            try:
-                outcome = self._process(event, now)
-                self.store.complete(event.id, self.clock.now())
-            except BaseException:
-                self.store.release(event.id)
-                raise
-        return outcome
+        owner = uuid.uuid4().hex  # fences this attempt's claim: a takeover makes its writes fail
+        claim = self.store.claim(event.id, now, self.lease, owner)
+        if claim == "duplicate":
+            return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
+        if claim == "in_progress":
+            raise TransientError(f"event {event.id} is being processed by another instance")
+        try:
+            return self._process(event, now, owner)
+        except BaseException:
+            self.store.release(event.id, owner)
+            raise
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
@@ -155,7 +170,7 @@ class Pipeline:
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
 
-    def _process(self, event: VaultEvent, now: datetime) -> Outcome:
+    def _process(self, event: VaultEvent, now: datetime, owner: str) -> Outcome:
         assert event.vault is not None
         vault_id = event.vault.id
         after = self.gateway.get(vault_id) if event.kind != "purge" else None
@@ -173,7 +188,9 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings = detect_all(context)
+        earlier = self._earlier_attempt(event, after)
+        detected = detect_all(context)
+        findings = detected + [f for f in earlier.findings if f.rule not in {d.rule for d in detected}]
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -188,17 +205,15 @@ class Pipeline:
             risk=risk.value,
             recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
-        actions = self._act(event, display_id, findings, risk, decision, before, after)
+        actions = self._act(event, owner, display_id, findings, risk, decision, before, after, earlier)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
-        opened = self._open(display_id, findings, baseline, before, now)
+        opened = self._open(display_id, findings, baseline, before)
         # Posture and diff findings can only stop being true when the compared state moved.
         moved = remediated or before is None or (change is not None and not change.empty)
-        resolutions = self._resolve(event, display_id, final if moved else None, findings, actions, decision,
-                                    opened, now)
-        self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
-                     recall)
+        resolved, resolutions = self._resolve(event, display_id, final if moved else None, findings, actions,
+                                              decision, opened, now)
         outcome = Outcome(
             event.id,
             "processed",
@@ -211,23 +226,60 @@ class Pipeline:
             risk.explanation,
             resolutions,
         )
-        self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+        with self.store.batch():
+            self._hold(event, owner)
+            for finding in findings:
+                if finding.rule not in resolved:
+                    self.store.open_finding(display_id, finding.rule, opened[finding.rule], now)
+            for rule_id in resolved:
+                self.store.close_finding(display_id, rule_id)
+            self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
+                         recall)
+            self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+            ran = {a.handler for a in actions
+                   if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
+            for handler_id in sorted(ran | set(earlier.intended)):
+                self.store.finish_action(event.id, handler_id)
+            if not self.store.complete(event.id, self.clock.now(), owner):
+                raise TransientError(f"event {event.id}: the claim was taken over by another instance")
         return outcome
+
+    def _hold(self, event: VaultEvent, owner: str) -> None:
+        """Renew this attempt's claim, or stop: an attempt whose lease another instance took over
+        must not act or record (that instance does, and a raise makes Event Grid check again)."""
+        if not self.store.renew(event.id, owner, self.clock.now(), self.lease):
+            raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+
+    def _earlier_attempt(self, event: VaultEvent, after: VaultConfig | None) -> _Earlier:
+        """What an earlier attempt of this event wrote ahead and could not record: remediations
+        whose planned state the vault is already in are `applied` ("confirmed on retry") and bring
+        back the findings they answered (the vault no longer shows them); the alerts that attempt
+        sent are not sent again."""
+        answered: dict[str, ActionResult] = {}
+        findings: list[Finding] = []
+        sent: list[ActionResult] = []
+        intended = []
+        for action in self.store.pending_actions(event.id):
+            intended.append(action.handler)
+            sent = sent or writeahead.alert_results_of(action.intent)
+            result = self.runner.confirm(action.handler, writeahead.operations_of(action.intent), after)
+            if result is not None:
+                answered[action.handler] = result
+                findings.extend(writeahead.findings_of(action.intent))
+        return _Earlier(tuple(intended), answered, findings, sent)
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
-        now: datetime,
     ) -> dict[str, Mapping[str, Any]]:
-        """Open (or refresh) a finding per rule that fired, and return every open finding of the
-        vault. A diff finding keeps the baseline it was found against (the first one, on refresh),
-        so it can be closed later when the vault is back to that state, remediated or not."""
+        """Every open finding of the vault once this event's are opened (or refreshed), as records
+        to write. A diff finding keeps the baseline it was found against (the first one, on
+        refresh), so it can be closed later when the vault is back to that state, remediated or not."""
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
             if RULES[finding.rule].kind == "diff" and baseline is not None and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
                 record["baseline"] = kept or {"etag": baseline.etag, "config": dict(before.raw)}
-            self.store.open_finding(vault_id, finding.rule, record, now)
             open_now[finding.rule] = record
         return open_now
 
@@ -314,29 +366,33 @@ class Pipeline:
     def _act(
         self,
         event: VaultEvent,
+        owner: str,
         vault_id: str,
         findings: Sequence[Finding],
         risk: Risk,
         decision: Decision,
         before: VaultConfig | None,
         after: VaultConfig | None,
+        earlier: _Earlier,
     ) -> list[ActionResult]:
-        """Alerts first; remediation only after every alert went out."""
+        """Alerts first; remediation only after every alert went out, each one written ahead
+        (its intent) before it is applied. A secondary sink that fails does not hold it back."""
         if not findings:
             return []
         results: list[ActionResult] = []
         alerts = self._alerts(event, vault_id, findings, risk)
-        for handler_id in ALERT_HANDLERS:
-            if handler_id not in self.sinks:
-                continue
-            if not decision.alert:
-                results.append(skipped(handler_id, decision.alert_reason))
-                continue
-            operations = HANDLERS[handler_id].plan(PlanInput(findings, before, after, alerts))
-            result = self.runner.run(handler_id, operations, dry_run=False, current=after)
-            if result.transient:
-                raise TransientError(f"{handler_id}: {result.detail}")
-            results.append(result)
+        if earlier.alerts and decision.alert:
+            results.extend(earlier.alerts)  # an earlier attempt sent them: not again
+        else:
+            for handler_id in ALERT_HANDLERS:
+                if handler_id not in self.sinks:
+                    continue
+                if not decision.alert:
+                    results.append(skipped(handler_id, decision.alert_reason))
+                    continue
+                operations = HANDLERS[handler_id].plan(PlanInput(findings, before, after, alerts))
+                results.append(self._deliver(handler_id, operations, after))
+        alerted = list(results)
         allowed = remediable(findings, self.policy)
         by_handler: dict[str, list[Finding]] = defaultdict(list)
         for finding in findings:
@@ -345,6 +401,9 @@ class Pipeline:
         for handler_id, handler_findings in by_handler.items():
             rules = sorted({f.rule for f in handler_findings})
             mine = [f for f in handler_findings if f in allowed]
+            if handler_id in earlier.answered:
+                results.append(earlier.answered[handler_id])
+                continue
             if not decision.remediate:
                 results.append(skipped(handler_id, decision.remediate_reason, rules))
                 continue
@@ -355,12 +414,59 @@ class Pipeline:
             if not operations:
                 results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
                 continue
+            if not decision.dry_run:
+                self._hold(event, owner)
+                self.store.begin_action(event.id, handler_id, writeahead.intent(findings, operations, alerted),
+                                        self.clock.now())
             result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
             if result.transient:
-                # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
+                # The intent stays: a redelivery confirms the write if it landed, or makes it again.
                 raise TransientError(f"{handler_id}: {result.detail}")
             results.append(result)
         return results
+
+    def _deliver(self, handler_id: str, operations: Sequence[Operation], current: VaultConfig | None) -> ActionResult:
+        """Run an alert handler's operations. A transient failure of Defender or the topic raises
+        (nothing is recorded yet, so a redelivery starts over); one of a secondary sink goes to the
+        outbox, retried by `flush_outbox`, and is reported failed."""
+        result = self.runner.run(handler_id, operations, dry_run=False, current=current)
+        if not result.transient:
+            return result
+        if handler_id not in SECONDARY_SINKS:
+            raise TransientError(f"{handler_id}: {result.detail}")
+        delivered = len(result.after or ())
+        for op in operations[delivered:]:
+            assert isinstance(op.target, Alert)
+            key = "|".join((handler_id, op.kind, vault_key(op.vault_id), op.target.rule, op.target.event_id))
+            self.store.put_outbox(key, {"handler": handler_id, "kind": op.kind,
+                                        "alert": writeahead.alert_json(op.target)}, self.clock.now())
+        return replace(result, detail=f"{result.detail}; queued in the outbox for retry", transient=False)
+
+    def flush_outbox(self) -> int:
+        """Deliver what secondary sinks could not take earlier; the number delivered. What fails
+        again stays for the next run (retention drops it in the end)."""
+        delivered = 0
+        for queued in self.store.list_outbox():
+            sink = self.sinks.get(str(queued.item["handler"]))
+            if sink is None:
+                self.store.drop_outbox(queued.key)  # the sink is no longer configured
+                continue
+            alert = writeahead.alert_of(queued.item["alert"])
+            try:
+                if queued.item["kind"] == "resolve":
+                    sink.resolve(alert.vault_id, alert.rule)
+                else:
+                    sink.raise_alert(alert)
+            except Exception:  # logged with its traceback; it stays queued
+                log.exception("outbox delivery %s failed", queued.key)
+                continue
+            self.store.drop_outbox(queued.key)
+            delivered += 1
+        return delivered
+
+    def prune(self) -> int:
+        """Forget records older than the retention period (run by the reconcile timer)."""
+        return self.store.prune(self.clock.now() - self.retention)
 
     def _resolve(
         self,
@@ -372,9 +478,10 @@ class Pipeline:
         decision: Decision,
         open_now: Mapping[str, Mapping[str, Any]],
         now: datetime,
-    ) -> list[ActionResult]:
-        """Close open findings that no longer hold, and have the alert sinks mark them resolved
-        (Defender: Healthy). Remediated findings close; a posture finding closes when its condition
+    ) -> tuple[list[str], list[ActionResult]]:
+        """The open findings that no longer hold, and the alert sinks told they are resolved
+        (Defender: Healthy); closing them in the store is the caller's, with the event's other
+        records. Remediated findings close; a posture finding closes when its condition
         is gone from the final state; a diff finding when the vault is back to the baseline it was
         found against; an event finding when the latest change to a vault that still exists no
         longer fires it (event rules judge the latest change)."""
@@ -392,20 +499,20 @@ class Pipeline:
             rule_id for rule_id, record in open_now.items()
             if rule_id in RULES and rule_id not in firing
             and (rule_id in remediated_rules or self._no_longer_holds(RULES[rule_id], record, event, final, now))
-            and self.store.close_finding(vault_id, rule_id)
         ]
         if not resolved or decision.mode == "observe":
-            return []
+            return resolved, []
         results = []
         for handler_id in ALERT_HANDLERS:
             if handler_id in self.sinks:
                 operations = [
                     Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
-                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), event.id, None, now),
+                              rules=(rule_id,))
                     for rule_id in resolved
                 ]
-                results.append(self.runner.run(handler_id, operations, dry_run=False, current=final))
-        return results
+                results.append(self._deliver(handler_id, operations, final))
+        return resolved, results
 
     def _no_longer_holds(
         self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime

@@ -8,6 +8,7 @@ SDK modules are imported here lazily, so a cold start pays only for what the eve
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 import detectors  # noqa: F401  (the rule catalog registers on import; without it no rule runs)
@@ -84,6 +85,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=_sinks(settings, credential),
+        retention=timedelta(days=settings.retention_days),
     )
 
 

@@ -36,5 +36,6 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     reconcile_schedule: str = "0 0 * * * *"
+    retention_days: int = Field(default=90, ge=1)
 
     _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)
