@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -123,10 +124,24 @@ class Pipeline:
         if claim == "in_progress":
             raise TransientError(f"event {event.id} is being processed by another instance")
         try:
-            return self._process(event, now, owner)
+            with self._vault_held(event, now, owner):
+                return self._process(event, now, owner)
         except BaseException:
             self.store.release(event.id, owner)
             raise
+
+    @contextmanager
+    def _vault_held(self, event: VaultEvent, now: datetime, owner: str) -> Iterator[None]:
+        """One event per vault at a time across every instance: two events of one vault processed
+        side by side would both read the change and both revert it. The vault is leased like an
+        event (same store, same fence) and let go at the end whatever happened."""
+        lock = _vault_lock(event)
+        if self.store.claim(lock, now, self.lease, owner) != "claimed":
+            raise TransientError(f"vault of event {event.id} is being processed by another instance")
+        try:
+            yield
+        finally:
+            self.store.release(lock, owner)
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
@@ -247,7 +262,9 @@ class Pipeline:
     def _hold(self, event: VaultEvent, owner: str) -> None:
         """Renew this attempt's claim, or stop: an attempt whose lease another instance took over
         must not act or record (that instance does, and a raise makes Event Grid check again)."""
-        if not self.store.renew(event.id, owner, self.clock.now(), self.lease):
+        now = self.clock.now()
+        if not (self.store.renew(event.id, owner, now, self.lease)
+                and self.store.renew(_vault_lock(event), owner, now, self.lease)):
             raise TransientError(f"event {event.id}: the claim was taken over by another instance")
 
     def _earlier_attempt(self, event: VaultEvent, after: VaultConfig | None) -> _Earlier:
@@ -591,6 +608,11 @@ class Pipeline:
                                            now=now)
         except ConcurrencyError as error:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
+
+
+def _vault_lock(event: VaultEvent) -> str:
+    assert event.vault is not None
+    return f"vault-lease:{event.vault.key}"
 
 
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:

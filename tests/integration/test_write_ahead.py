@@ -264,3 +264,33 @@ def test_a_worker_whose_lease_was_taken_over_mid_revert_records_nothing(
     assert_accounted_for(store, fake)
     assert store.pending_actions(EVENT_ID) == []
     assert worker_a.handle(event(EVENT_ID))[0].outcome == "duplicate"
+
+
+def test_a_second_event_of_a_vault_waits_for_the_first_so_a_change_is_reverted_once(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """ARM often sends two events for one write. Processed side by side by two workers, both
+    would read the rogue grant and both revert it; the second one is sent back to be redelivered."""
+    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
+                        sinks={"raise_defender_alert": defender})
+    second = "b0000000-0000-4000-8000-000000000002"
+    meanwhile: list[BaseException] = []
+
+    def deliver_the_twin() -> None:
+        try:
+            worker_b.handle(event(second))
+        except TransientError as error:
+            meanwhile.append(error)
+
+    fake.before("PUT", REMOVE, deliver_the_twin)
+
+    (first,) = worker_a.handle(event(EVENT_ID))
+
+    assert first.outcome == "processed"
+    assert len(meanwhile) == 1 and "being processed by another instance" in str(meanwhile[0])
+    (redelivered,) = worker_b.handle(event(second))
+    assert redelivered.outcome == "processed"
+    assert not [a for a in redelivered.actions if a.handler == "revert_access_policy" and a.status == "applied"]
+    assert len(fake.requests_to("PUT", REMOVE)) == 1
+    assert_accounted_for(worker_b.store, fake)
