@@ -73,15 +73,18 @@ class ActionRunner:
     def confirm(
         self, handler: str, operations: Sequence[Operation], current: VaultConfig | None
     ) -> ActionResult | None:
-        """The result an earlier attempt could not record: `applied` when the current state shows
-        every one of its operations done, None when it does not (the change is judged afresh)."""
-        if not operations or current is None or any(self._still_needed(op, current) for op in operations):
+        """The result an earlier attempt could not record: its operations that the current state
+        shows done, as `applied` ("confirmed on retry"); None when none is (judged afresh)."""
+        if current is None:
             return None
-        rules = tuple(sorted({r for op in operations for r in op.rules}))
-        details = "; ".join(op.description for op in operations)
+        done = [op for op in operations if self._still_needed(op, current) is None]
+        if not done:
+            return None
+        rules = tuple(sorted({r for op in done for r in op.rules}))
+        details = "; ".join(op.description for op in done)
         return ActionResult(handler, "applied", f"{details}; confirmed on retry", rules,
-                            before=[_jsonable(op.before) for op in operations],
-                            after=[_observed(op, current) for op in operations])
+                            before=[_jsonable(op.before) for op in done],
+                            after=[_observed(op, current) for op in done])
 
     def _still_needed(self, op: Operation, current: VaultConfig | None) -> Operation | None:
         """The part of an operation that the current state still needs (idempotency)."""
@@ -117,6 +120,18 @@ class ActionRunner:
         if op.kind == "resolve" and isinstance(op.target, Alert):
             return self._sinks[op.handler].resolve(op.target.vault_id, op.target.rule)
         raise ValueError(f"operation {op.kind} of {op.handler} has no applier")
+
+
+def merged(confirmed: ActionResult, result: ActionResult) -> ActionResult:
+    """What an earlier attempt did (confirmed) and what this one did on top, as one result."""
+    if result.status == "skipped":
+        return confirmed
+    return ActionResult(
+        confirmed.handler, result.status, f"{confirmed.detail}; {result.detail}",
+        tuple(sorted({*confirmed.rules, *result.rules})),
+        before=[*(confirmed.before or []), *(result.before or [])],
+        after=[*(confirmed.after or []), *(result.after or [])], transient=result.transient,
+    )
 
 
 def _observed(op: Operation, current: VaultConfig) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard import writeahead
-from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.actions import ActionResult, ActionRunner, merged, skipped
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
@@ -49,12 +49,14 @@ RETENTION = timedelta(days=90)
 
 
 class _Earlier(NamedTuple):
-    """What an earlier attempt of the same event wrote ahead (see `Pipeline._earlier_attempt`)."""
+    """What an earlier attempt on this vault wrote ahead (see `Pipeline._earlier_attempt`)."""
 
     intended: tuple[str, ...]
     answered: dict[str, ActionResult]
     findings: list[Finding]
     alerts: list[ActionResult]
+    operations: dict[str, list[Operation]]
+    this_event: bool  # some of it was written by an earlier attempt of this same event
 
 
 class _Recall(NamedTuple):
@@ -224,6 +226,9 @@ class Pipeline:
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
+        # A grant made while kvguard was reverting shows in `final` but was never judged: the
+        # baseline stays, so the grant's own event (or the next one) sees it as the change it is.
+        failed = failed or (remediated and _granted_meanwhile(after, final))
         opened = self._open(display_id, findings, baseline, before)
         # Posture and diff findings can only stop being true when the compared state moved.
         moved = remediated or before is None or (change is not None and not change.empty)
@@ -250,11 +255,12 @@ class Pipeline:
                 self.store.close_finding(display_id, rule_id)
             self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
                          recall)
-            self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+            if not (earlier.this_event and self.store.audited(event.id, display_id)):
+                self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
             ran = {a.handler for a in actions
                    if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
             for handler_id in sorted(ran | set(earlier.intended)):
-                self.store.finish_action(event.id, handler_id)
+                self.store.finish_action(_scope(event), handler_id)
             if not self.store.complete(event.id, self.clock.now(), owner):
                 raise TransientError(f"event {event.id}: the claim was taken over by another instance")
         return outcome
@@ -268,22 +274,26 @@ class Pipeline:
             raise TransientError(f"event {event.id}: the claim was taken over by another instance")
 
     def _earlier_attempt(self, event: VaultEvent, after: VaultConfig | None) -> _Earlier:
-        """What an earlier attempt of this event wrote ahead and could not record: remediations
+        """What an earlier attempt on this vault wrote ahead and could not record (kvguard writes a
+        vault only under its lease, so nobody else of kvguard's made those writes): operations
         whose planned state the vault is already in are `applied` ("confirmed on retry") and bring
-        back the findings they answered (the vault no longer shows them); the alerts that attempt
-        sent are not sent again."""
+        back the findings they answered (the vault no longer shows them); when it was this same
+        event, the alerts that attempt sent are not sent again."""
         answered: dict[str, ActionResult] = {}
         findings: list[Finding] = []
         sent: list[ActionResult] = []
-        intended = []
-        for action in self.store.pending_actions(event.id):
-            intended.append(action.handler)
+        operations: dict[str, list[Operation]] = {}
+        events: set[str] = set()
+        for action in self.store.pending_actions(_scope(event)):
+            events.add(str(action.intent.get("event_id")))
             sent = sent or writeahead.alert_results_of(action.intent)
-            result = self.runner.confirm(action.handler, writeahead.operations_of(action.intent), after)
+            operations[action.handler] = writeahead.operations_of(action.intent)
+            result = self.runner.confirm(action.handler, operations[action.handler], after)
             if result is not None:
                 answered[action.handler] = result
                 findings.extend(writeahead.findings_of(action.intent))
-        return _Earlier(tuple(intended), answered, findings, sent)
+        return _Earlier(tuple(operations), answered, findings, sent if event.id in events else [], operations,
+                       event.id in events)
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
@@ -418,29 +428,35 @@ class Pipeline:
         for handler_id, handler_findings in by_handler.items():
             rules = sorted({f.rule for f in handler_findings})
             mine = [f for f in handler_findings if f in allowed]
-            if handler_id in earlier.answered:
-                results.append(earlier.answered[handler_id])
-                continue
-            if not decision.remediate:
-                results.append(skipped(handler_id, decision.remediate_reason, rules))
-                continue
-            if not mine:
-                results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
-                continue
-            operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
-            if not operations:
-                results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
-                continue
-            if not decision.dry_run:
-                self._hold(event, owner)
-                self.store.begin_action(event.id, handler_id, writeahead.intent(findings, operations, alerted),
-                                        self.clock.now())
-            result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
-            if result.transient:
-                # The intent stays: a redelivery confirms the write if it landed, or makes it again.
-                raise TransientError(f"{handler_id}: {result.detail}")
-            results.append(result)
+            result = self._remediate(event, owner, handler_id, rules, mine, findings, decision, before, after,
+                                     alerted, earlier.operations.get(handler_id, []))
+            confirmed = earlier.answered.get(handler_id)
+            results.append(merged(confirmed, result) if confirmed is not None else result)
         return results
+
+    def _remediate(
+        self, event: VaultEvent, owner: str, handler_id: str, rules: Sequence[str], mine: Sequence[Finding],
+        findings: Sequence[Finding], decision: Decision, before: VaultConfig | None, after: VaultConfig | None,
+        alerted: Sequence[ActionResult], intended: Sequence[Operation],
+    ) -> ActionResult:
+        """Plan, write ahead, apply. The intent keeps what an earlier attempt intended too, so a
+        retry after this one still accounts for all of it."""
+        if not decision.remediate:
+            return skipped(handler_id, decision.remediate_reason, rules)
+        if not mine:
+            return skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules)
+        operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
+        if not operations:
+            return skipped(handler_id, "nothing to restore: no baseline value to go back to", rules)
+        if not decision.dry_run:
+            self._hold(event, owner)
+            recorded = writeahead.intent(event.id, findings, [*intended, *operations], alerted)
+            self.store.begin_action(_scope(event), handler_id, recorded, self.clock.now())
+        result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
+        if result.transient:
+            # The intent stays: a redelivery confirms what landed and makes the rest.
+            raise TransientError(f"{handler_id}: {result.detail}")
+        return result
 
     def _deliver(self, handler_id: str, operations: Sequence[Operation], current: VaultConfig | None) -> ActionResult:
         """Run an alert handler's operations. A transient failure of Defender or the topic raises
@@ -610,9 +626,22 @@ class Pipeline:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
 
 
+def _granted_meanwhile(after: VaultConfig | None, final: VaultConfig | None) -> bool:
+    if after is None or final is None:
+        return False
+    change = diff(after, final)
+    return bool(change.added_policies or change.widened)
+
+
 def _vault_lock(event: VaultEvent) -> str:
+    return f"vault-lease:{_scope(event)}"
+
+
+def _scope(event: VaultEvent) -> str:
+    """Where the event's remediations write: its vault. Intents are kept per vault, so whichever
+    attempt next holds the vault's lease, of this event or another, accounts for them."""
     assert event.vault is not None
-    return f"vault-lease:{event.vault.key}"
+    return event.vault.key
 
 
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:

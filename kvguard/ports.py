@@ -115,7 +115,7 @@ class RejectedPayload:
 class PendingAction:
     """A remediation recorded as intended and not finished: its plan and the findings it answers."""
 
-    event_id: str
+    scope: str
     handler: str
     intent: Mapping[str, Any]
     at: datetime
@@ -170,17 +170,18 @@ class StateStore(Protocol):
         that owner's claim; True when a claim was dropped."""
         ...
 
-    # Write-ahead actions: a remediation is recorded as intended before it is applied, so a retry
-    # that finds the vault already in the planned state can account for it.
-    def begin_action(self, event_id: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
-        """Record (or replace) the intended action of `handler` for `event_id`."""
+    # Write-ahead actions: a remediation is recorded as intended before it is applied, so the next
+    # attempt that finds the vault already in the planned state can account for it. `scope` names
+    # what the action writes (the pipeline uses the vault, whose writes it serialises).
+    def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+        """Record (or replace) the intended action of `handler` in `scope`."""
         ...
 
-    def pending_actions(self, event_id: str) -> list[PendingAction]:
-        """Intended actions of `event_id` not finished yet, by handler."""
+    def pending_actions(self, scope: str) -> list[PendingAction]:
+        """Intended actions in `scope` not finished yet, by handler."""
         ...
 
-    def finish_action(self, event_id: str, handler: str) -> None:
+    def finish_action(self, scope: str, handler: str) -> None:
         """The action's result is recorded (in the audit): drop its intent. Idempotent."""
         ...
 
@@ -219,6 +220,11 @@ class StateStore(Protocol):
     def append_audit(self, record: AuditRecord) -> None: ...
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]: ...
+
+    def audited(self, event_id: str, vault_id: str | None) -> bool:
+        """Whether an audit record of `event_id` for `vault_id` exists (a retry whose earlier
+        attempt got as far as its audit record does not write a second one)."""
+        ...
 
     def record_rejected(self, rejected: RejectedPayload) -> None: ...
 

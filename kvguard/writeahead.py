@@ -18,9 +18,10 @@ from kvguard.vault import AccessPolicy
 from remediation.base import Operation
 
 
-def intent(findings: Sequence[Finding], operations: Sequence[Operation],
+def intent(event_id: str, findings: Sequence[Finding], operations: Sequence[Operation],
            alerts: Sequence[ActionResult]) -> dict[str, Any]:
     return {
+        "event_id": event_id,
         "findings": [_finding_json(f) for f in findings],
         "operations": [_operation_json(op) for op in operations],
         "alerts": [a.to_audit() for a in alerts],

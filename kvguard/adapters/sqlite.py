@@ -84,11 +84,11 @@ CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
 CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
 CREATE TABLE IF NOT EXISTS intents (
-    event_id TEXT NOT NULL,
-    handler  TEXT NOT NULL,
-    intent   TEXT NOT NULL,
-    at       TEXT NOT NULL,
-    PRIMARY KEY (event_id, handler)
+    scope   TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    intent  TEXT NOT NULL,
+    at      TEXT NOT NULL,
+    PRIMARY KEY (scope, handler)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     key  TEXT PRIMARY KEY,
@@ -344,6 +344,10 @@ class SQLiteStateStore:
             for event_id, vault, at, outcome in rows
         ]
 
+    def audited(self, event_id: str, vault_id: str | None) -> bool:
+        key = vault_key(vault_id) if vault_id is not None else None
+        return bool(self._query("SELECT 1 FROM audit WHERE vault_key IS ? AND event_id = ? LIMIT 1", (key, event_id)))
+
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(
             "INSERT INTO rejected (reason, raw, at, event_id) VALUES (?, ?, ?, ?)",
@@ -408,21 +412,21 @@ class SQLiteStateStore:
 
     # Write-ahead actions
 
-    def begin_action(self, event_id: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+    def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
         self._write(
-            "INSERT INTO intents (event_id, handler, intent, at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (event_id, handler) DO UPDATE SET intent = excluded.intent, at = excluded.at",
-            (event_id, handler, _to_json(intent), _stamp(now)),
+            "INSERT INTO intents (scope, handler, intent, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (scope, handler) DO UPDATE SET intent = excluded.intent, at = excluded.at",
+            (scope, handler, _to_json(intent), _stamp(now)),
         )
 
-    def pending_actions(self, event_id: str) -> list[PendingAction]:
+    def pending_actions(self, scope: str) -> list[PendingAction]:
         rows = self._query(
-            "SELECT handler, intent, at FROM intents WHERE event_id = ? ORDER BY handler", (event_id,)
+            "SELECT handler, intent, at FROM intents WHERE scope = ? ORDER BY handler", (scope,)
         )
-        return [PendingAction(event_id, handler, json.loads(intent), _unstamp(at)) for handler, intent, at in rows]
+        return [PendingAction(scope, handler, json.loads(intent), _unstamp(at)) for handler, intent, at in rows]
 
-    def finish_action(self, event_id: str, handler: str) -> None:
-        self._write("DELETE FROM intents WHERE event_id = ? AND handler = ?", (event_id, handler))
+    def finish_action(self, scope: str, handler: str) -> None:
+        self._write("DELETE FROM intents WHERE scope = ? AND handler = ?", (scope, handler))
 
     # Outbox
 

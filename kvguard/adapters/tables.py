@@ -428,6 +428,15 @@ class TablesStateStore:
         return records
 
     @_transient
+    def audited(self, event_id: str, vault_id: str | None) -> bool:
+        partition = _vault_partition(vault_id) if vault_id is not None else "no-vault"
+        entities = self._table("audit").query_entities(
+            "PartitionKey eq @pk and event_id eq @event",
+            parameters={"pk": partition, "event": event_id[:DISPLAY_CHARS]}, select=["event_id"], results_per_page=1,
+        )
+        return next(iter(entities), None) is not None
+
+    @_transient
     def record_rejected(self, rejected: RejectedPayload) -> None:
         at = _stamp(rejected.at)
         entity: dict[str, Any] = {
@@ -558,30 +567,30 @@ class TablesStateStore:
     # Write-ahead actions
 
     @_transient
-    def begin_action(self, event_id: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
-        partition, row = _digest(event_id), _digest(handler)
+    def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+        partition, row = _digest(scope), _digest(handler)
         previous = self._get("intents", partition, row)
         self._table("intents").upsert_entity(
-            {"PartitionKey": partition, "RowKey": row, "event_id": event_id[:DISPLAY_CHARS], "handler": handler,
+            {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
              "at": _stamp(now), **self._pack(intent)},
             mode=UpdateMode.REPLACE,
         )
         self._discard(previous)
 
     @_transient
-    def pending_actions(self, event_id: str) -> list[PendingAction]:
+    def pending_actions(self, scope: str) -> list[PendingAction]:
         entities = self._table("intents").query_entities(
-            "PartitionKey eq @pk", parameters={"pk": _digest(event_id)}
+            "PartitionKey eq @pk", parameters={"pk": _digest(scope)}
         )
         actions = [
-            PendingAction(event_id, entity["handler"], self._unpack(entity), _unstamp(entity["at"]))
+            PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"]))
             for entity in entities
         ]
         return sorted(actions, key=lambda action: action.handler)
 
     @_transient
-    def finish_action(self, event_id: str, handler: str) -> None:
-        self._delete("intents", _digest(event_id), _digest(handler))
+    def finish_action(self, scope: str, handler: str) -> None:
+        self._delete("intents", _digest(scope), _digest(handler))
 
     def _delete(self, concern: str, partition: str, row: str) -> None:
         current = self._get(concern, partition, row)

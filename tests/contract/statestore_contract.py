@@ -266,7 +266,7 @@ class StateStoreContract:
         store.begin_action("evt-1", "revert_access_policy", intent, T0)
         store.begin_action("evt-2", "restore_network", {"operations": []}, T0)
         [pending] = store.pending_actions("evt-1")
-        assert (pending.event_id, pending.handler, pending.intent, pending.at) == (
+        assert (pending.scope, pending.handler, pending.intent, pending.at) == (
             "evt-1", "revert_access_policy", intent, T0,
         )
         store.begin_action("evt-1", "revert_access_policy", {"operations": [], "attempt": 2}, T0 + LEASE)
@@ -494,6 +494,15 @@ class StateStoreContract:
         store.append_audit(AuditRecord("evt-1", VAULT, T0, {"attempt": 1}))
         store.append_audit(AuditRecord("evt-1", VAULT, T0 + timedelta(seconds=1), {"attempt": 2}))
         assert [record.outcome["attempt"] for record in store.list_audit(VAULT)] == [1, 2]
+
+    def test_audited_says_whether_an_event_has_a_record_for_the_vault(self, store: StateStore) -> None:
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, {}))
+        store.append_audit(AuditRecord("evt-2", None, T0, {}))
+        assert store.audited("evt-1", VAULT_OTHER_CASE) is True
+        assert store.audited("evt-1", OTHER_VAULT) is False
+        assert store.audited("evt-3", VAULT) is False
+        assert store.audited("evt-2", None) is True
+        assert store.audited("evt-1", None) is False
 
     # Rejected payloads
 

@@ -18,6 +18,7 @@ from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.adapters.tables import TablesStateStore
 from kvguard.adapters.webhook import WebhookAlertSink
 from kvguard.detection import assessment_name
+from kvguard.ids import vault_key
 from kvguard.pipeline import Pipeline, SystemClock
 from kvguard.policy import Policy
 from kvguard.ports import AlertSink, StateStore, TransientError
@@ -196,7 +197,7 @@ def test_a_revert_that_did_not_land_is_made_on_retry(
     (revert,) = [a for a in outcome.actions if a.handler == "revert_access_policy"]
     assert revert.status == "applied" and "confirmed on retry" not in revert.detail
     assert_accounted_for(store, fake)
-    assert store.pending_actions(EVENT_ID) == []
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
 
 
 def test_a_failing_webhook_does_not_hold_back_the_revert_and_is_retried_from_the_outbox(
@@ -262,7 +263,7 @@ def test_a_worker_whose_lease_was_taken_over_mid_revert_records_nothing(
     [record] = store.list_audit(VAULT_ID)  # B's; A's never landed
     assert record.outcome["outcome"] == "processed"
     assert_accounted_for(store, fake)
-    assert store.pending_actions(EVENT_ID) == []
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
     assert worker_a.handle(event(EVENT_ID))[0].outcome == "duplicate"
 
 
