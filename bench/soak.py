@@ -479,12 +479,15 @@ def main() -> int:
     parser.add_argument("--vaults", type=int, default=200)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--arm-fault-rate", type=float, default=0.22, help="share of ARM calls that fail")
+    parser.add_argument("--storage-fault-rate", type=float, default=0.01, help="share of state writes that fail")
     args = parser.parse_args()
     from tests.integration.azurite import running_azurite
 
     with tempfile.TemporaryDirectory() as scratch, running_azurite(Path(scratch)) as azurite:
         figures = run(deliveries=args.deliveries, vaults=args.vaults, workers=args.workers, seed=args.seed,
-                      tables=azurite.connection_string, prefix="soak")
+                      tables=azurite.connection_string, prefix="soak", arm_fault_rate=args.arm_fault_rate,
+                      storage_fault_rate=args.storage_fault_rate)
     for name, value in figures.items():
         print(f"{name:>46}: {value}")
     return 1 if figures["failed checks"] else 0
