@@ -56,7 +56,6 @@ class _Earlier(NamedTuple):
     findings: list[Finding]
     alerts: list[ActionResult]
     operations: dict[str, list[Operation]]
-    this_event: bool  # some of it was written by an earlier attempt of this same event
 
 
 class _Recall(NamedTuple):
@@ -255,8 +254,7 @@ class Pipeline:
                 self.store.close_finding(display_id, rule_id)
             self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
                          recall)
-            if not (earlier.this_event and self.store.audited(event.id, display_id)):
-                self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+            self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
             ran = {a.handler for a in actions
                    if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
             for handler_id in sorted(ran | set(earlier.intended)):
@@ -284,16 +282,20 @@ class Pipeline:
         sent: list[ActionResult] = []
         operations: dict[str, list[Operation]] = {}
         events: set[str] = set()
+        stale: list[str] = []
         for action in self.store.pending_actions(_scope(event)):
-            events.add(str(action.intent.get("event_id")))
+            written_by = str(action.intent.get("event_id"))
+            if self.store.audited(written_by, event.vault.id if event.vault else None):
+                stale.append(action.handler)  # recorded already; only its intent was left behind
+                continue
+            events.add(written_by)
             sent = sent or writeahead.alert_results_of(action.intent)
             operations[action.handler] = writeahead.operations_of(action.intent)
             result = self.runner.confirm(action.handler, operations[action.handler], after)
             if result is not None:
                 answered[action.handler] = result
                 findings.extend(writeahead.findings_of(action.intent))
-        return _Earlier(tuple(operations), answered, findings, sent if event.id in events else [], operations,
-                       event.id in events)
+        return _Earlier((*operations, *stale), answered, findings, sent if event.id in events else [], operations)
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
