@@ -5,6 +5,7 @@ for — one revert in the audit with before/after, and Defender Healthy for ever
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -295,3 +296,31 @@ def test_a_second_event_of_a_vault_waits_for_the_first_so_a_change_is_reverted_o
     assert not [a for a in redelivered.actions if a.handler == "revert_access_policy" and a.status == "applied"]
     assert len(fake.requests_to("PUT", REMOVE)) == 1
     assert_accounted_for(worker_b.store, fake)
+
+
+def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
+    fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink, tmp_path: Path
+) -> None:
+    """Another process on the same SQLite file writes at once while this one reads the vault,
+    alerts and reverts (on today's store it waited for the whole event, or failed after 30 s)."""
+    pipeline = remediating(gateway, SQLiteStateStore(tmp_path / "state.db"), {"raise_defender_alert": defender})
+    other = sqlite3.connect(tmp_path / "state.db", timeout=0.2, isolation_level=None, check_same_thread=False)
+    written: list[str] = []
+
+    def write_from_elsewhere(what: str) -> Callable[[], None]:
+        def write() -> None:
+            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" after 0.2 s if held
+            other.execute("INSERT INTO marks (series, key, member, at) VALUES ('probe', ?, 'x', 'now')", (what,))
+            other.execute("COMMIT")
+            written.append(what)
+        return write
+
+    fake.before("GET", r"/vaults/kv-orders-01$", write_from_elsewhere("arm read"))
+    fake.before("PUT", ASSESSMENTS, write_from_elsewhere("alert"))
+    fake.before("PUT", REMOVE, write_from_elsewhere("revert"))
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert outcome.outcome == "processed"
+    assert written == ["arm read", "alert", "revert"]
+    other.close()
