@@ -1,18 +1,1 @@
-"""The rule catalog. Each family module registers its rules on import; adding a rule is adding
-one decorated function in its family module. The catalog is ordered as DESIGN.md lists it."""
-
-from detectors import access_policy, identity, lifecycle, network, protection  # noqa: F401  (registration)
-from kvguard.detection import RULES, Rule
-
-FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE")
-
-
-def _catalog_order(rule: Rule) -> tuple[int, str]:
-    return FAMILY_ORDER.index(rule.id.rsplit("-", 1)[0]), rule.id
-
-
-_ordered = sorted(RULES.values(), key=_catalog_order)
-RULES.clear()
-RULES.update((rule.id, rule) for rule in _ordered)
-
-__all__ = ["RULES", "Rule"]
+"""The rules, one module per family; `kvguard.catalog` registers them in the catalog's order."""

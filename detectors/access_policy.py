@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from detectors.cases import (
-    APP_TEAM,
-    INTRUDER,
-    NOW,
-    OPERATOR,
-    OTHER_TENANT,
-    TENANT,
-    grant,
-    granted_marks,
-    vault,
-    with_grants,
-)
 from kvguard.detection import Case, Context, Hit, newly_true, rule
-from kvguard.policy import Policy
 from kvguard.vault import PERMISSION_CATEGORIES, PermissionChange, VaultConfig, VaultDiff
+
+if TYPE_CHECKING:
+    from kvguard.policy import Policy
 
 # Permissions that hand over secret material, or destroy it beyond recovery.
 DATA_EXFILTRATION = {"secrets": {"get", "list", "all"}, "keys": {"decrypt", "unwrapkey", "all"}}
@@ -37,14 +27,10 @@ def _is_sensitive(permissions: dict[str, frozenset[str]]) -> bool:
     return any(permissions.get(category, frozenset()) & names for category, names in DATA_EXFILTRATION.items())
 
 
-@rule(
-    "KV-AP-01",
-    title="Access policy added for a new principal",
-    severity="high",
-    mitre=("T1098", "T1555.006"),
-    kind="diff",
-    remediation="revert_access_policy",
-    cases=[
+def _new_principal_cases() -> list[Case]:
+    from detectors.cases import APP_TEAM, INTRUDER, grant, vault, with_grants
+
+    return [
         Case("grant to an unknown principal", fires=True,
              before=vault(), after=with_grants(grant(INTRUDER, certificates=["list"]))),
         Case("secrets get to an unknown principal is critical", fires=True,
@@ -55,7 +41,17 @@ def _is_sensitive(permissions: dict[str, frozenset[str]]) -> bool:
              after=vault(accessPolicies=[grant(APP_TEAM, secrets=["Get"])])),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=with_grants(grant(INTRUDER, secrets=["get"]))),
-    ],
+    ]
+
+
+@rule(
+    "KV-AP-01",
+    title="Access policy added for a new principal",
+    severity="high",
+    mitre=("T1098", "T1555.006"),
+    kind="diff",
+    remediation="revert_access_policy",
+    cases=_new_principal_cases,
 )
 def new_principal(ctx: Context) -> Iterator[Hit]:
     """A principal the baseline did not know can now use the vault's data plane: the classic
@@ -82,14 +78,10 @@ def _permissions(config: VaultConfig | None, principal_key: str, category: str) 
     return sorted(entry.get(category)) if entry is not None else []
 
 
-@rule(
-    "KV-AP-02",
-    title="Permissions widened for an existing principal",
-    severity="high",
-    mitre=("T1098",),
-    kind="diff",
-    remediation="revert_access_policy",
-    cases=[
+def _permissions_widened_cases() -> list[Case]:
+    from detectors.cases import APP_TEAM, INTRUDER, grant, vault, with_grants
+
+    return [
         Case("app team gains secrets list", fires=True,
              before=vault(), after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get", "list"], keys=CMK_KEYS)])),
         Case("app team gains certificate rights it never had", fires=True,
@@ -104,7 +96,17 @@ def _permissions(config: VaultConfig | None, principal_key: str, category: str) 
              before=vault(), after=with_grants(grant(INTRUDER, secrets=["get", "list"]))),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(accessPolicies=[grant(APP_TEAM, secrets=["all"])])),
-    ],
+    ]
+
+
+@rule(
+    "KV-AP-02",
+    title="Permissions widened for an existing principal",
+    severity="high",
+    mitre=("T1098",),
+    kind="diff",
+    remediation="revert_access_policy",
+    cases=_permissions_widened_cases,
 )
 def permissions_widened(ctx: Context) -> Iterator[Hit]:
     """A principal the team already trusted for one thing can now do more: quieter than a new
@@ -150,13 +152,10 @@ def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]
     return found
 
 
-@rule(
-    "KV-AP-03",
-    title="Over-broad access policy",
-    severity="medium",
-    mitre=("T1555.006",),
-    kind="posture",
-    cases=[
+def _over_broad_grant_cases() -> list[Case]:
+    from detectors.cases import APP_TEAM, OPERATOR, grant, vault, with_grants
+
+    return [
         Case("secrets get and list together", fires=True,
              before=vault(), after=with_grants(grant(OPERATOR, secrets=["Get", "List"]))),
         Case("keys all on a new vault", fires=True, before=None, after=with_grants(grant(OPERATOR, keys=["All"]))),
@@ -169,7 +168,16 @@ def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]
         Case("over-broad grant already in the baseline", fires=False,
              before=with_grants(grant(OPERATOR, secrets=["all"])),
              after=with_grants(grant(OPERATOR.upper(), secrets=["All"]))),
-    ],
+    ]
+
+
+@rule(
+    "KV-AP-03",
+    title="Over-broad access policy",
+    severity="medium",
+    mitre=("T1555.006",),
+    kind="posture",
+    cases=_over_broad_grant_cases,
 )
 def over_broad_grant(ctx: Context) -> Iterable[Hit]:
     """Some grants are too wide whoever holds them: `all` in a category, `purge` (destroys material
@@ -198,13 +206,10 @@ def _foreign(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
     return found
 
 
-@rule(
-    "KV-AP-04",
-    title="Access granted to a foreign tenant or compound identity",
-    severity="high",
-    mitre=("T1098.001",),
-    kind="posture",
-    cases=[
+def _foreign_principal_cases() -> list[Case]:
+    from detectors.cases import INTRUDER, OPERATOR, OTHER_TENANT, TENANT, grant, vault, with_grants
+
+    return [
         Case("principal of another tenant", fires=True,
              before=vault(), after=with_grants(grant(INTRUDER, tenant=OTHER_TENANT, secrets=["get"]))),
         Case("compound identity (user via application)", fires=True,
@@ -218,21 +223,22 @@ def _foreign(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
              after=with_grants(grant(INTRUDER, tenant=OTHER_TENANT, secrets=["get", "list"]))),
         Case("compound identity removed", fires=False,
              before=with_grants(grant(OPERATOR, application_id=INTRUDER, secrets=["get"])), after=vault()),
-    ],
+    ]
+
+
+@rule(
+    "KV-AP-04",
+    title="Access granted to a foreign tenant or compound identity",
+    severity="high",
+    mitre=("T1098.001",),
+    kind="posture",
+    cases=_foreign_principal_cases,
 )
 def foreign_principal(ctx: Context) -> Iterable[Hit]:
     """A principal homed in another tenant answers to another organisation's admins, and a compound
     identity (user + application) is a rarely used form that hides who really holds access: both
     are classic ways to keep a foothold that the vault's own tenant cannot revoke or review."""
     return newly_true(ctx, _foreign)
-
-
-# The cover-up cases: INTRUDER was granted secrets get at _GRANT_TIME (4 minutes before NOW), and
-# OPERATOR's existing grant was widened to secrets list at the same time.
-_GRANT_TIME = NOW - timedelta(minutes=4)
-_COVERED = with_grants(grant(OPERATOR, secrets=["get"]))
-_INTRUDED = with_grants(grant(OPERATOR, secrets=["get", "list"]), grant(INTRUDER, secrets=["get"]))
-_RECENT_GRANTS = granted_marks(_COVERED, _INTRUDED, _GRANT_TIME)
 
 
 def _revoked(change: VaultDiff) -> list[str]:
@@ -245,13 +251,17 @@ def _revoked(change: VaultDiff) -> list[str]:
     return list(dict.fromkeys([*change.revoke_marks(), *dropped.revoke_marks()]))
 
 
-@rule(
-    "KV-AP-05",
-    title="Grant added and removed again (cover-up)",
-    severity="high",
-    mitre=("T1098", "T1555"),
-    kind="diff + history",
-    cases=[
+def _cover_up_cases() -> list[Case]:
+    from detectors.cases import INTRUDER, NOW, OPERATOR, grant, granted_marks, vault, with_grants
+
+    # The cover-up cases: INTRUDER was granted secrets get at _GRANT_TIME (4 minutes before NOW), and
+    # OPERATOR's existing grant was widened to secrets list at the same time.
+    _GRANT_TIME = NOW - timedelta(minutes=4)
+    _COVERED = with_grants(grant(OPERATOR, secrets=["get"]))
+    _INTRUDED = with_grants(grant(OPERATOR, secrets=["get", "list"]), grant(INTRUDER, secrets=["get"]))
+    _RECENT_GRANTS = granted_marks(_COVERED, _INTRUDED, _GRANT_TIME)
+
+    return [
         Case("principal removed 4 minutes after it was added", fires=True,
              before=_INTRUDED, after=with_grants(grant(OPERATOR, secrets=["get", "list"])),
              history={"recent_grants": _RECENT_GRANTS}),
@@ -271,7 +281,16 @@ def _revoked(change: VaultDiff) -> list[str]:
              before=_INTRUDED, after=_INTRUDED, history={"recent_grants": _RECENT_GRANTS}),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(), history={"recent_grants": _RECENT_GRANTS}),
-    ],
+    ]
+
+
+@rule(
+    "KV-AP-05",
+    title="Grant added and removed again (cover-up)",
+    severity="high",
+    mitre=("T1098", "T1555"),
+    kind="diff + history",
+    cases=_cover_up_cases,
 )
 def cover_up(ctx: Context) -> Iterator[Hit]:
     """Access granted and taken away again within minutes is rarely a mistake being fixed: it is how

@@ -1,8 +1,8 @@
-"""The vocabulary rule cases are written in: a well-configured vault, grants, callers, and the
-function that turns a `Case` into the `Context` a rule sees.
+"""The vocabulary rule cases are written in: a well-configured vault, grants, callers, subnets.
 
-The default vault is deliberately hardened (firewall closed, soft delete and purge protection on),
-so each case states only the one thing it changes.
+Only the rules' case functions and the tests import it, never the event path. The default vault
+is deliberately hardened (firewall closed, soft delete and purge protection on), so each case
+states only the one thing it changes. `tests/cases.py` turns a `Case` into the `Context` a rule sees.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kvguard.detection import Case, Context, History
-from kvguard.events import Caller, VaultEvent
-from kvguard.ids import parse_vault_ref
-from kvguard.policy import Policy
 from kvguard.vault import VaultConfig, diff
 
 TENANT = "4d2c9a1e-6b7f-4c3d-9e8a-1f2b3c4d5e6f"
@@ -88,60 +84,6 @@ def acls(default_action: str = "Deny", bypass: str = "None", ip_rules: tuple[str
     }
 
 
-def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
-    """A normalised event: a successful vaults/write by OPERATOR unless `overrides` say otherwise.
-
-    Keys: kind, operation, event_type, status, succeeded, time, vault_id, and caller (a dict of
-    `Caller` fields, merged over the default caller).
-    """
-    caller = {"object_id": OPERATOR, "upn": "ops@contoso.example", "tenant_id": TENANT, "ip": "10.20.30.40"}
-    caller.update(overrides.get("caller", {}))
-    kind = overrides.get("kind", "write")
-    operation = overrides.get("operation", {
-        "write": "Microsoft.KeyVault/vaults/write",
-        "access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
-        "delete": "Microsoft.KeyVault/vaults/delete",
-        "purge": "Microsoft.KeyVault/locations/deletedVaults/purge/action",
-    }.get(kind, "Microsoft.KeyVault/vaults/write"))
-    succeeded = overrides.get("succeeded", True)
-    return VaultEvent(
-        id=overrides.get("id", "evt-case"),
-        event_type=overrides.get(
-            "event_type",
-            "Microsoft.Resources.ResourceWriteSuccess" if succeeded else "Microsoft.Resources.ResourceWriteFailure",
-        ),
-        schema="eventgrid",
-        subject=overrides.get("vault_id", VAULT_ID),
-        time=overrides.get("time", NOW),
-        vault=parse_vault_ref(overrides.get("vault_id", VAULT_ID)),
-        operation=operation,
-        kind=kind,
-        access_policy_action=overrides.get("access_policy_action"),
-        status="Succeeded" if succeeded else "Failed",
-        succeeded=succeeded,
-        caller=Caller(**caller),
-        correlation_id="corr-case",
-        tenant_id=TENANT,
-        raw={},
-    )
-
-
-def make_context(case: Case) -> Context:
-    """The context a rule sees for a case: configurations parsed, diff computed, policy merged."""
-    before = VaultConfig.from_arm(case.before) if case.before is not None else None
-    after = VaultConfig.from_arm(case.after) if case.after is not None else None
-    return Context(
-        event=make_event(case.event),
-        before=before,
-        after=after,
-        diff=diff(before, after) if before is not None and after is not None else None,
-        policy=Policy().merged(dict(case.policy)),
-        history=History(**case.history),
-        now=case.event.get("time") or NOW,
-        baseline_deleted=case.baseline_deleted,
-    )
-
-
 def granted_marks(before: Mapping[str, Any], after: Mapping[str, Any], at: datetime) -> dict[str, datetime]:
     """The `recent_grants` the pipeline would remember after the change `before` -> `after` at `at`:
     built from the real diff, so history cases speak the same marks the rules compare."""
@@ -149,6 +91,10 @@ def granted_marks(before: Mapping[str, Any], after: Mapping[str, Any], at: datet
 
 
 FOREIGN_SUBSCRIPTION = "c0ffee00-1234-4abc-9def-0123456789ab"
+# The default vault after its deletion, as a purge event names it.
+DELETED_VAULT_ID = (
+    f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.KeyVault/locations/westeurope/deletedVaults/kv-payments"
+)
 
 
 def subnet(subscription: str = SUBSCRIPTION, vnet: str = "vnet-payments", name: str = "snet-app") -> str:

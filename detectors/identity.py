@@ -6,13 +6,14 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from detectors.cases import INTRUDER, OPERATOR, OTHER_TENANT, TENANT
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.events import Caller
-from kvguard.policy import ChangeWindow
+
+if TYPE_CHECKING:
+    from kvguard.policy import ChangeWindow
 
 DAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 PIPELINE_APP = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"  # a deployment pipeline's application id
@@ -42,14 +43,10 @@ def _event(ctx: Context) -> dict[str, Any]:
     return {"operation": ctx.event.operation, "succeeded": ctx.event.succeeded}
 
 
-@rule(
-    "KV-ID-01",
-    title="Change by a caller not on the approved list",
-    severity="medium",
-    mitre=("T1078.004",),
-    kind="event",
-    remediation=None,
-    cases=[
+def _unapproved_caller_cases() -> list[Case]:
+    from detectors.cases import INTRUDER, OPERATOR
+
+    return [
         Case("unknown caller", fires=True, policy={"approved_callers": [OPERATOR]},
              event={"caller": {"object_id": INTRUDER, "upn": "mallory@contoso.example"}}),
         Case("failed attempt on a deleted vault", fires=True, policy={"approved_callers": [OPERATOR]},
@@ -59,7 +56,17 @@ def _event(ctx: Context) -> dict[str, Any]:
         Case("approved by application id", fires=False, policy={"approved_callers": [PIPELINE_APP]},
              event={"caller": {"object_id": INTRUDER, "app_id": PIPELINE_APP}}),
         Case("no approved list configured", fires=False, event={"caller": {"object_id": INTRUDER}}),
-    ],
+    ]
+
+
+@rule(
+    "KV-ID-01",
+    title="Change by a caller not on the approved list",
+    severity="medium",
+    mitre=("T1078.004",),
+    kind="event",
+    remediation=None,
+    cases=_unapproved_caller_cases,
 )
 def unapproved_caller(ctx: Context) -> Iterator[Hit]:
     """When the organisation names the identities that may change vaults (its deployment
@@ -92,14 +99,10 @@ def _foreign_idp(idp: str, home_tenant: str) -> bool:
     return tenants != {home_tenant}
 
 
-@rule(
-    "KV-ID-02",
-    title="Change by an identity of another tenant or a guest",
-    severity="high",
-    mitre=("T1078.004",),
-    kind="event",
-    remediation=None,
-    cases=[
+def _foreign_identity_cases() -> list[Case]:
+    from detectors.cases import OTHER_TENANT, TENANT
+
+    return [
         Case("caller of another tenant", fires=True, event={"caller": {"tenant_id": OTHER_TENANT}}),
         Case("guest account", fires=True, event={"caller": {"upn": "mallory_fabrikam.example#EXT#@contoso.example"}}),
         Case("personal Microsoft account", fires=True, event={"caller": {"idp": "live.com"}}),
@@ -110,7 +113,17 @@ def _foreign_idp(idp: str, home_tenant: str) -> bool:
              event={"caller": {"idp": f"https://sts.windows.net/{TENANT.upper()}/"}}),
         Case("'ext' in a member's UPN", fires=False, event={"caller": {"upn": "ext.ops#team@contoso.example"}}),
         Case("no tenant claim", fires=False, event={"caller": {"tenant_id": None}}),
-    ],
+    ]
+
+
+@rule(
+    "KV-ID-02",
+    title="Change by an identity of another tenant or a guest",
+    severity="high",
+    mitre=("T1078.004",),
+    kind="event",
+    remediation=None,
+    cases=_foreign_identity_cases,
 )
 def foreign_identity(ctx: Context) -> Iterator[Hit]:
     """Vault administrators belong to the vault's own tenant. A token of another tenant, a guest
@@ -152,14 +165,8 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-@rule(
-    "KV-ID-03",
-    title="Change from outside the allowed networks",
-    severity="medium",
-    mitre=("T1078.004",),
-    kind="event",
-    remediation=None,
-    cases=[
+def _outside_networks_cases() -> list[Case]:
+    return [
         Case("public address", fires=True, policy={"allowed_networks": ["10.0.0.0/8"]},
              event={"caller": {"ip": "203.0.113.9"}}),
         Case("IPv6 caller, IPv4 networks only", fires=True, policy={"allowed_networks": ["10.0.0.0/8"]},
@@ -170,7 +177,17 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         Case("caller without an address", fires=False, policy={"allowed_networks": ["10.0.0.0/8"]},
              event={"caller": {"ip": None}}),
         Case("no allowed networks configured", fires=False, event={"caller": {"ip": "203.0.113.9"}}),
-    ],
+    ]
+
+
+@rule(
+    "KV-ID-03",
+    title="Change from outside the allowed networks",
+    severity="medium",
+    mitre=("T1078.004",),
+    kind="event",
+    remediation=None,
+    cases=_outside_networks_cases,
 )
 def outside_networks(ctx: Context) -> Iterator[Hit]:
     """Administrators change vaults from the organisation's networks (offices, VPN, build agents).
@@ -206,14 +223,8 @@ def in_window(moment: datetime, window: ChangeWindow) -> bool:
     return (day in window.days and clock >= window.start) or (opened_yesterday in window.days and clock < window.end)
 
 
-@rule(
-    "KV-ID-04",
-    title="Change outside the change windows",
-    severity="low",
-    mitre=("T1078.004",),
-    kind="event",
-    remediation=None,
-    cases=[
+def _outside_change_window_cases() -> list[Case]:
+    return [
         Case("saturday", fires=True,
              policy={"change_windows": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "08:00", "end": "18:00",
                                          "timezone": "Europe/Berlin"}]},
@@ -229,7 +240,17 @@ def in_window(moment: datetime, window: ChangeWindow) -> bool:
              policy={"change_windows": [{"days": ["fri"], "start": "22:00", "end": "06:00", "timezone": "UTC"}]},
              event={"time": datetime(2026, 11, 28, 3, 0, tzinfo=UTC)}),
         Case("no change windows configured", fires=False, event={"time": datetime(2026, 11, 28, 3, 0, tzinfo=UTC)}),
-    ],
+    ]
+
+
+@rule(
+    "KV-ID-04",
+    title="Change outside the change windows",
+    severity="low",
+    mitre=("T1078.004",),
+    kind="event",
+    remediation=None,
+    cases=_outside_change_window_cases,
 )
 def outside_change_window(ctx: Context) -> Iterator[Hit]:
     """Where changes are only made in agreed windows, a change outside all of them is either an
@@ -260,14 +281,10 @@ def outside_change_window(ctx: Context) -> Iterator[Hit]:
     })
 
 
-@rule(
-    "KV-ID-05",
-    title="First change to this vault by this caller",
-    severity="low",
-    mitre=("T1078.004",),
-    kind="event + history",
-    remediation=None,
-    cases=[
+def _first_change_by_caller_cases() -> list[Case]:
+    from detectors.cases import INTRUDER
+
+    return [
         Case("caller never seen on this vault", fires=True, history={"caller_seen_before": False},
              event={"caller": {"object_id": INTRUDER}}),
         Case("failed first attempt by an application", fires=True, history={"caller_seen_before": False},
@@ -275,7 +292,17 @@ def outside_change_window(ctx: Context) -> Iterator[Hit]:
         Case("caller seen before", fires=False, history={"caller_seen_before": True}),
         Case("event names no caller", fires=False, history={"caller_seen_before": False},
              event={"caller": {"object_id": None, "upn": None, "tenant_id": None, "ip": None}}),
-    ],
+    ]
+
+
+@rule(
+    "KV-ID-05",
+    title="First change to this vault by this caller",
+    severity="low",
+    mitre=("T1078.004",),
+    kind="event + history",
+    remediation=None,
+    cases=_first_change_by_caller_cases,
 )
 def first_change_by_caller(ctx: Context) -> Iterator[Hit]:
     """Most vaults are changed by the same few identities. A new one is worth a look: a new team
@@ -286,14 +313,8 @@ def first_change_by_caller(ctx: Context) -> Iterator[Hit]:
     yield Hit(evidence={"callerId": caller.id, "caller": _caller(caller), **_event(ctx)}, detail=caller.describe())
 
 
-@rule(
-    "KV-ID-06",
-    title="One caller changing many vaults, or failing repeatedly",
-    severity="high",
-    mitre=("T1098", "T1526"),
-    kind="event + history",
-    remediation=None,
-    cases=[
+def _burst_cases() -> list[Case]:
+    return [
         Case("five vaults in the window", fires=True, history={"caller_vaults": 5}),
         Case("five failures in the window", fires=True, history={"caller_failures": 5},
              event={"succeeded": False}),
@@ -302,7 +323,17 @@ def first_change_by_caller(ctx: Context) -> Iterator[Hit]:
         Case("four vaults", fires=False, history={"caller_vaults": 4, "caller_failures": 4}),
         Case("failures below a higher failure threshold", fires=False,
              policy={"history": {"failure_threshold": 10}}, history={"caller_failures": 6}),
-    ],
+    ]
+
+
+@rule(
+    "KV-ID-06",
+    title="One caller changing many vaults, or failing repeatedly",
+    severity="high",
+    mitre=("T1098", "T1526"),
+    kind="event + history",
+    remediation=None,
+    cases=_burst_cases,
 )
 def burst(ctx: Context) -> Iterator[Hit]:
     """One identity touching many vaults within minutes is enumeration or a scripted takeover

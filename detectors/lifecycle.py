@@ -5,12 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from detectors.cases import INTRUDER, SUBSCRIPTION, grant, vault, with_grants
 from kvguard.detection import Case, Context, Hit, rule
-
-DELETED_VAULT_ID = (
-    f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.KeyVault/locations/westeurope/deletedVaults/kv-payments"
-)
 
 
 def _event_evidence(ctx: Context) -> dict[str, Any]:
@@ -27,13 +22,10 @@ def _event_evidence(ctx: Context) -> dict[str, Any]:
     }
 
 
-@rule(
-    "KV-LIFE-01",
-    title="Vault deleted",
-    severity="high",
-    mitre=("T1485",),
-    kind="event",
-    cases=[
+def _vault_deleted_cases() -> list[Case]:
+    from detectors.cases import DELETED_VAULT_ID, vault
+
+    return [
         Case("vault deleted", fires=True, before=vault(), after=None, event={"kind": "delete"}),
         Case("unprotected vault deleted", fires=True,
              before=vault(enablePurgeProtection=None), after=None, event={"kind": "delete"}),
@@ -41,7 +33,16 @@ def _event_evidence(ctx: Context) -> dict[str, Any]:
         Case("an ordinary write", fires=False, before=vault(), after=vault(), event={"kind": "write"}),
         Case("a purge is KV-LIFE-02's", fires=False, before=None, after=None,
              event={"kind": "purge", "vault_id": DELETED_VAULT_ID}),
-    ],
+    ]
+
+
+@rule(
+    "KV-LIFE-01",
+    title="Vault deleted",
+    severity="high",
+    mitre=("T1485",),
+    kind="event",
+    cases=_vault_deleted_cases,
 )
 def vault_deleted(ctx: Context) -> Iterator[Hit]:
     """Deleting a vault stops every application that depends on it and is the first half of
@@ -55,20 +56,26 @@ def vault_deleted(ctx: Context) -> Iterator[Hit]:
         })
 
 
-@rule(
-    "KV-LIFE-02",
-    title="Deleted vault purged",
-    severity="critical",
-    mitre=("T1485", "T1490"),
-    kind="event",
-    cases=[
+def _vault_purged_cases() -> list[Case]:
+    from detectors.cases import DELETED_VAULT_ID, vault
+
+    return [
         Case("deleted vault purged", fires=True, before=None, after=None,
              event={"kind": "purge", "vault_id": DELETED_VAULT_ID}),
         Case("purge named by the vault id", fires=True, before=vault(), after=None, event={"kind": "purge"}),
         Case("failed purge (purge protection held)", fires=False, before=None, after=None,
              event={"kind": "purge", "vault_id": DELETED_VAULT_ID, "succeeded": False}),
         Case("a delete is only KV-LIFE-01's", fires=False, before=vault(), after=None, event={"kind": "delete"}),
-    ],
+    ]
+
+
+@rule(
+    "KV-LIFE-02",
+    title="Deleted vault purged",
+    severity="critical",
+    mitre=("T1485", "T1490"),
+    kind="event",
+    cases=_vault_purged_cases,
 )
 def vault_purged(ctx: Context) -> Iterator[Hit]:
     """A purge destroys a soft-deleted vault with every key, secret and certificate version in it,
@@ -77,13 +84,10 @@ def vault_purged(ctx: Context) -> Iterator[Hit]:
         yield Hit(evidence=_event_evidence(ctx))
 
 
-@rule(
-    "KV-LIFE-03",
-    title="Deleted vault recovered",
-    severity="medium",
-    mitre=("T1098",),
-    kind="event/diff",
-    cases=[
+def _vault_recovered_cases() -> list[Case]:
+    from detectors.cases import INTRUDER, grant, vault, with_grants
+
+    return [
         Case("vault seen again after kvguard saw it deleted", fires=True,
              before=with_grants(grant(INTRUDER, secrets=["get"])), after=with_grants(grant(INTRUDER, secrets=["get"])),
              baseline_deleted=True),
@@ -95,7 +99,16 @@ def vault_purged(ctx: Context) -> Iterator[Hit]:
              before=vault(createMode="recover"), after=vault(createMode="recover", enabledForDeployment=True)),
         Case("still deleted: purge after delete", fires=False, before=vault(), after=None,
              baseline_deleted=True, event={"kind": "purge"}),
-    ],
+    ]
+
+
+@rule(
+    "KV-LIFE-03",
+    title="Deleted vault recovered",
+    severity="medium",
+    mitre=("T1098",),
+    kind="event/diff",
+    cases=_vault_recovered_cases,
 )
 def vault_recovered(ctx: Context) -> Iterator[Hit]:
     """Recovering a soft-deleted vault brings back its old access policies as they were at deletion,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from detectors.cases import FOREIGN_SUBSCRIPTION, SUBSCRIPTION, acls, subnet, vault
 from kvguard.detection import Case, Context, Hit, newly_true, rule
 from kvguard.ids import subscription_of
-from kvguard.policy import Policy
 from kvguard.vault import VaultConfig
+
+if TYPE_CHECKING:
+    from kvguard.policy import Policy
 
 # IPv6 ranges shorter than this are broad whatever min_ip_prefix says (that setting counts IPv4
 # bits): a /48 is one site's allocation, anything shorter spans organisations.
@@ -33,14 +34,10 @@ def _became(ctx: Context, attribute: str, setting: str, value: str) -> Iterator[
         })
 
 
-@rule(
-    "KV-NET-01",
-    title="Public network access enabled",
-    severity="high",
-    mitre=("T1562.007",),
-    kind="diff/posture",
-    remediation="restore_network",
-    cases=[
+def _public_access_enabled_cases() -> list[Case]:
+    from detectors.cases import vault
+
+    return [
         Case("disabled to enabled", fires=True,
              before=vault(), after=vault(publicNetworkAccess="Enabled")),
         Case("new vault open to public networks", fires=True,
@@ -52,7 +49,17 @@ def _became(ctx: Context, attribute: str, setting: str, value: str) -> Iterator[
         Case("setting absent is not enabled", fires=False,
              before=None, after=vault(publicNetworkAccess=None)),
         Case("vault gone", fires=False, before=vault(publicNetworkAccess="Enabled"), after=None),
-    ],
+    ]
+
+
+@rule(
+    "KV-NET-01",
+    title="Public network access enabled",
+    severity="high",
+    mitre=("T1562.007",),
+    kind="diff/posture",
+    remediation="restore_network",
+    cases=_public_access_enabled_cases,
 )
 def public_access_enabled(ctx: Context) -> Iterator[Hit]:
     """`publicNetworkAccess: Enabled` exposes the data plane to the internet again (limited only by
@@ -61,14 +68,10 @@ def public_access_enabled(ctx: Context) -> Iterator[Hit]:
     yield from _became(ctx, "public_network_access", "publicNetworkAccess", "enabled")
 
 
-@rule(
-    "KV-NET-02",
-    title="Firewall default action set to Allow",
-    severity="high",
-    mitre=("T1562.007",),
-    kind="diff/posture",
-    remediation="restore_network",
-    cases=[
+def _default_action_allow_cases() -> list[Case]:
+    from detectors.cases import acls, vault
+
+    return [
         Case("deny to allow", fires=True,
              before=vault(), after=vault(networkAcls=acls(default_action="Allow"))),
         Case("new vault with an open firewall", fires=True,
@@ -79,7 +82,17 @@ def public_access_enabled(ctx: Context) -> Iterator[Hit]:
         Case("allow to deny", fires=False,
              before=vault(networkAcls=acls(default_action="Allow")), after=vault()),
         Case("no firewall configured", fires=False, before=None, after=vault(networkAcls=None)),
-    ],
+    ]
+
+
+@rule(
+    "KV-NET-02",
+    title="Firewall default action set to Allow",
+    severity="high",
+    mitre=("T1562.007",),
+    kind="diff/posture",
+    remediation="restore_network",
+    cases=_default_action_allow_cases,
 )
 def default_action_allow(ctx: Context) -> Iterator[Hit]:
     """With `defaultAction: Allow` the IP and virtual-network rules no longer restrict anything:
@@ -115,14 +128,10 @@ def _ip_rule_problems(cidr: str, policy: Policy) -> dict[str, Any] | None:
     return evidence
 
 
-@rule(
-    "KV-NET-03",
-    title="Broad or unapproved IP range allowed through the firewall",
-    severity="high",
-    mitre=("T1562.007",),
-    kind="diff",
-    remediation="restore_network",
-    cases=[
+def _broad_ip_rule_cases() -> list[Case]:
+    from detectors.cases import acls, vault
+
+    return [
         Case("the whole internet", fires=True,
              before=vault(), after=vault(networkAcls=acls(ip_rules=("0.0.0.0/0",)))),
         Case("a /16 is broader than the default /24", fires=True,
@@ -144,7 +153,17 @@ def _ip_rule_problems(cidr: str, policy: Policy) -> dict[str, Any] | None:
              before=None, after=vault(networkAcls=acls(ip_rules=("0.0.0.0/0",)))),
         Case("broad rule removed", fires=False,
              before=vault(networkAcls=acls(ip_rules=("0.0.0.0/0",))), after=vault()),
-    ],
+    ]
+
+
+@rule(
+    "KV-NET-03",
+    title="Broad or unapproved IP range allowed through the firewall",
+    severity="high",
+    mitre=("T1562.007",),
+    kind="diff",
+    remediation="restore_network",
+    cases=_broad_ip_rule_cases,
 )
 def broad_ip_rule(ctx: Context) -> Iterator[Hit]:
     """An IP rule opens the firewall to an address range. A range broader than the policy's
@@ -159,14 +178,10 @@ def broad_ip_rule(ctx: Context) -> Iterator[Hit]:
             yield Hit(evidence=evidence, detail=cidr)
 
 
-@rule(
-    "KV-NET-04",
-    title="Firewall bypass opened to Azure services",
-    severity="medium",
-    mitre=("T1562.007",),
-    kind="diff",
-    remediation="restore_network",
-    cases=[
+def _bypass_azure_services_cases() -> list[Case]:
+    from detectors.cases import acls, vault
+
+    return [
         Case("none to AzureServices", fires=True,
              before=vault(), after=vault(networkAcls=acls(bypass="AzureServices"))),
         Case("none to AzureServices, other spelling", fires=True,
@@ -180,7 +195,17 @@ def broad_ip_rule(ctx: Context) -> Iterator[Hit]:
              before=None, after=vault(networkAcls=acls(bypass="AzureServices"))),
         Case("firewall configured for the first time", fires=False,
              before=vault(networkAcls=None), after=vault(networkAcls=acls(bypass="AzureServices"))),
-    ],
+    ]
+
+
+@rule(
+    "KV-NET-04",
+    title="Firewall bypass opened to Azure services",
+    severity="medium",
+    mitre=("T1562.007",),
+    kind="diff",
+    remediation="restore_network",
+    cases=_bypass_azure_services_cases,
 )
 def bypass_azure_services(ctx: Context) -> Iterator[Hit]:
     """`bypass: AzureServices` lets every trusted Azure service through the firewall, including
@@ -205,14 +230,10 @@ def _vault_subscription(ctx: Context) -> str | None:
     return ctx.event.vault.subscription_id.lower() if ctx.event.vault is not None else None
 
 
-@rule(
-    "KV-NET-05",
-    title="Virtual network rule for a subnet of another subscription",
-    severity="medium",
-    mitre=("T1562.007",),
-    kind="diff",
-    remediation="restore_network",
-    cases=[
+def _foreign_subnet_cases() -> list[Case]:
+    from detectors.cases import FOREIGN_SUBSCRIPTION, SUBSCRIPTION, acls, subnet, vault
+
+    return [
         Case("subnet of a foreign subscription", fires=True,
              before=vault(), after=vault(networkAcls=acls(subnets=(subnet(FOREIGN_SUBSCRIPTION),)))),
         Case("own subscription not on a configured list", fires=True,
@@ -228,7 +249,17 @@ def _vault_subscription(ctx: Context) -> str | None:
              after=vault(networkAcls=acls(subnets=(subnet(FOREIGN_SUBSCRIPTION),)))),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(networkAcls=acls(subnets=(subnet(FOREIGN_SUBSCRIPTION),)))),
-    ],
+    ]
+
+
+@rule(
+    "KV-NET-05",
+    title="Virtual network rule for a subnet of another subscription",
+    severity="medium",
+    mitre=("T1562.007",),
+    kind="diff",
+    remediation="restore_network",
+    cases=_foreign_subnet_cases,
 )
 def foreign_subnet(ctx: Context) -> Iterator[Hit]:
     """A virtual network rule lets a subnet reach the vault privately. A subnet of a subscription

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from detectors.cases import OTHER_TENANT, TENANT, vault
 from kvguard.detection import Case, Context, Hit, newly_true, rule
-from kvguard.policy import Policy
 from kvguard.vault import VaultConfig
+
+if TYPE_CHECKING:
+    from kvguard.policy import Policy
 
 # The `enabledFor*` switches: VaultConfig attribute -> ARM property, and who they let in.
 PLATFORM_ACCESS: dict[str, str] = {
@@ -24,15 +25,10 @@ def _without_purge_protection(config: VaultConfig, policy: Policy) -> dict[str, 
     return {"enablePurgeProtection": {"enablePurgeProtection": config.enable_purge_protection}}
 
 
-@rule(
-    "KV-PROT-01",
-    title="Purge protection not enabled",
-    severity="medium",
-    mitre=("T1490",),
-    kind="posture",
-    remediation="enable_purge_protection",
-    remediate_by_default=False,
-    cases=[
+def _purge_protection_off_cases() -> list[Case]:
+    from detectors.cases import vault
+
+    return [
         Case("new vault without purge protection", fires=True,
              before=None, after=vault(enablePurgeProtection=None)),
         Case("new vault with purge protection explicitly off", fires=True,
@@ -44,7 +40,18 @@ def _without_purge_protection(config: VaultConfig, policy: Policy) -> dict[str, 
              after=vault(enablePurgeProtection=None, enabledForDeployment=True)),
         Case("purge protection switched on", fires=False,
              before=vault(enablePurgeProtection=None), after=vault()),
-    ],
+    ]
+
+
+@rule(
+    "KV-PROT-01",
+    title="Purge protection not enabled",
+    severity="medium",
+    mitre=("T1490",),
+    kind="posture",
+    remediation="enable_purge_protection",
+    remediate_by_default=False,
+    cases=_purge_protection_off_cases,
 )
 def purge_protection_off(ctx: Context) -> Iterable[Hit]:
     """Without purge protection, whoever can delete the vault can also purge it, and every key,
@@ -65,13 +72,10 @@ def _retention_below_minimum(config: VaultConfig, policy: Policy) -> dict[str, d
     return {"retention": {"softDeleteRetentionInDays": days, "minimum": policy.min_retention_days}}
 
 
-@rule(
-    "KV-PROT-02",
-    title="Soft delete weakened",
-    severity="medium",
-    mitre=("T1490",),
-    kind="diff/posture",
-    cases=[
+def _soft_delete_weakened_cases() -> list[Case]:
+    from detectors.cases import vault
+
+    return [
         Case("soft delete switched off", fires=True, before=vault(), after=vault(enableSoftDelete=False)),
         Case("retention cut to 7 days", fires=True, before=vault(), after=vault(softDeleteRetentionInDays=7)),
         Case("retention reduced while still above a lower minimum", fires=True,
@@ -86,7 +90,16 @@ def _retention_below_minimum(config: VaultConfig, policy: Policy) -> dict[str, d
              before=None, after=vault(softDeleteRetentionInDays=30), policy={"min_retention_days": 30}),
         Case("short retention already in the baseline", fires=False,
              before=vault(softDeleteRetentionInDays=14), after=vault(softDeleteRetentionInDays="14")),
-    ],
+    ]
+
+
+@rule(
+    "KV-PROT-02",
+    title="Soft delete weakened",
+    severity="medium",
+    mitre=("T1490",),
+    kind="diff/posture",
+    cases=_soft_delete_weakened_cases,
 )
 def soft_delete_weakened(ctx: Context) -> Iterator[Hit]:
     """Soft delete and its retention are the window in which a deleted vault or secret can still be
@@ -109,14 +122,10 @@ def soft_delete_weakened(ctx: Context) -> Iterator[Hit]:
         )
 
 
-@rule(
-    "KV-PROT-03",
-    title="RBAC authorization switched off",
-    severity="critical",
-    mitre=("T1098", "T1548"),
-    kind="diff",
-    remediation="restore_settings",
-    cases=[
+def _rbac_switched_off_cases() -> list[Case]:
+    from detectors.cases import vault
+
+    return [
         Case("RBAC mode turned off", fires=True,
              before=vault(enableRbacAuthorization=True), after=vault(enableRbacAuthorization=False)),
         Case("RBAC mode turned off, values as strings", fires=True,
@@ -127,7 +136,17 @@ def soft_delete_weakened(ctx: Context) -> Iterator[Hit]:
              before=vault(enableRbacAuthorization=False), after=vault(enableRbacAuthorization=True)),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(enableRbacAuthorization=False)),
-    ],
+    ]
+
+
+@rule(
+    "KV-PROT-03",
+    title="RBAC authorization switched off",
+    severity="critical",
+    mitre=("T1098", "T1548"),
+    kind="diff",
+    remediation="restore_settings",
+    cases=_rbac_switched_off_cases,
 )
 def rbac_switched_off(ctx: Context) -> Iterator[Hit]:
     """With RBAC authorization off, the vault's access policies decide data access again, and
@@ -138,14 +157,10 @@ def rbac_switched_off(ctx: Context) -> Iterator[Hit]:
         yield Hit(evidence={"property": "enableRbacAuthorization", "before": True, "after": False})
 
 
-@rule(
-    "KV-PROT-04",
-    title="Azure platform access to secrets enabled",
-    severity="medium",
-    mitre=("T1555.006",),
-    kind="diff",
-    remediation="restore_settings",
-    cases=[
+def _platform_access_enabled_cases() -> list[Case]:
+    from detectors.cases import vault
+
+    return [
         Case("VM deployment may read secrets", fires=True, before=vault(), after=vault(enabledForDeployment=True)),
         Case("template and disk encryption, from absent", fires=True,
              before=vault(enabledForTemplateDeployment=None, enabledForDiskEncryption=None),
@@ -156,7 +171,17 @@ def rbac_switched_off(ctx: Context) -> Iterator[Hit]:
              before=vault(enabledForDiskEncryption=True), after=vault(enabledForDiskEncryption="True")),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(enabledForTemplateDeployment=True)),
-    ],
+    ]
+
+
+@rule(
+    "KV-PROT-04",
+    title="Azure platform access to secrets enabled",
+    severity="medium",
+    mitre=("T1555.006",),
+    kind="diff",
+    remediation="restore_settings",
+    cases=_platform_access_enabled_cases,
 )
 def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
     """The `enabledFor*` switches let Azure itself fetch secrets on a deployer's behalf: VMs
@@ -170,13 +195,10 @@ def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
             yield Hit(evidence={"property": arm_name, "before": change[0], "after": True}, detail=arm_name)
 
 
-@rule(
-    "KV-PROT-05",
-    title="Vault tenant changed or SKU downgraded",
-    severity="high",
-    mitre=("T1537",),
-    kind="diff",
-    cases=[
+def _tenant_or_sku_changed_cases() -> list[Case]:
+    from detectors.cases import OTHER_TENANT, TENANT, vault
+
+    return [
         Case("moved to another tenant", fires=True, before=vault(), after=vault(tenantId=OTHER_TENANT)),
         Case("premium downgraded to standard", fires=True,
              before=vault(sku={"family": "A", "name": "Premium"}),
@@ -187,7 +209,16 @@ def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
              before=vault(), after=vault(sku={"family": "A", "name": "premium"})),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(tenantId=OTHER_TENANT)),
-    ],
+    ]
+
+
+@rule(
+    "KV-PROT-05",
+    title="Vault tenant changed or SKU downgraded",
+    severity="high",
+    mitre=("T1537",),
+    kind="diff",
+    cases=_tenant_or_sku_changed_cases,
 )
 def tenant_or_sku_changed(ctx: Context) -> Iterator[Hit]:
     """Moving a vault to another tenant hands it to another directory's admins (and drops every

@@ -1,8 +1,8 @@
 """`kvguard replay | rules | baseline | redrive | validate`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
-the file, the step and the reason on stderr) or a dead-letter file that is not JSON, 1 when Azure
-or the state store cannot be reached.
+the file, the step and the reason on stderr) or a dead-letter file that is not JSON (or refused), 1
+when Azure or the state store cannot be reached or refuses the request.
 
 `baseline`, `replay --live` and `redrive` work on real vaults through ARM: they live in
 `kvguard.live`, loaded only when one of them runs. `main` takes an Azure credential for them (tests,
@@ -16,29 +16,56 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
+from kvguard.cli_common import EXIT_INVALID, EXIT_UNREACHABLE, dump_json, load_scenarios
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy, PolicyError, load_policy
-from kvguard.ports import TransientError
+from kvguard.ports import PermanentError, TransientError
 
-if TYPE_CHECKING:
-    from kvguard.scenario import LoadedScenario
-
-EXIT_INVALID = 2
-EXIT_UNREACHABLE = 1
+README_TABLE = ("<!-- rule table: generated from the catalog by `make docs`; edit the rules, not this -->",
+                "<!-- end of rule table -->")
 
 
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, default=str, separators=(", ", ": "))
+def rules_markdown() -> str:
+    """The README's rule table, from the catalog `kvguard rules --json` prints."""
+    from kvguard.catalog import RULES
+
+    lines = ["| rule | title | kind | severity | MITRE | remediation |", "|---|---|---|---|---|---|"]
+    for rule in RULES.values():
+        entry = rule.catalog_entry()
+        remediation = entry["remediation"] or "—"
+        if entry["remediation"] and not rule.remediate_by_default:
+            remediation += " (opt-in)"
+        lines.append(f"| {entry['id']} | {entry['title']} | {entry['kind']} | {entry['severity']} | "
+                     f"{', '.join(entry['mitre'])} | {remediation} |")
+    return "\n".join(lines) + "\n"
+
+
+def with_rules_table(text: str) -> str:
+    """`text` (the README) with the generated rule table between its markers."""
+    start, end = README_TABLE
+    if start not in text or end not in text:
+        raise ValueError(f"the rule table markers are missing: {start} ... {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{rules_markdown()}{end}{tail}"
 
 
 def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
-    from detectors import RULES
+    from kvguard.catalog import RULES
 
     catalog = [rule.catalog_entry() for rule in RULES.values()]
     if args.json:
         out.write(json.dumps(catalog, indent=2) + "\n")
+        return 0
+    if args.markdown:
+        out.write(rules_markdown())
+        return 0
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(with_rules_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -73,9 +100,9 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     loaded = load_scenarios(args.scenarios, base)
     extra: dict[str, Any] = {}
     if args.alerts:
-        from kvguard.adapters.jsonl import JsonLinesAlertSink
+        from kvguard.sinks import alerts_file
 
-        extra["publish_detection"] = JsonLinesAlertSink(args.alerts)
+        extra.update(alerts_file(args.alerts))
     runs: list[ReplayRun] = []
     if args.json:
         def emit(outcome: Outcome) -> None:
@@ -91,30 +118,6 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         runs.append(replay(build_run(scenario, extra)))
     print_report(runs, summarize(runs), out)
     return 0
-
-
-def load_scenarios(paths: Sequence[str], base: Policy) -> list[LoadedScenario]:
-    """Every scenario, validated before any runs. A large scenario is millions of small objects
-    that live until the end: the cyclic collector is paused while they are built and then told to
-    leave them alone (gc.freeze), or its full passes would rescan them for every event replayed."""
-    import gc
-
-    from kvguard.scenario import load_scenario
-
-    gc.disable()
-    try:
-        loaded = [load_scenario(path, base) for path in paths]
-    finally:
-        gc.enable()
-    gc.freeze()
-    # A replay then makes many short-lived objects per event: collecting the youngest generation
-    # every 700 allocations (the default) costs it about 8 %; a run is short and bounded.
-    gc.set_threshold(50_000, 20, 100)
-    for scenario in loaded:
-        if scenario.ignored_keys:
-            sys.stderr.write(f"kvguard: {scenario.path}: ignored key(s) {', '.join(scenario.ignored_keys)} "
-                             "(not part of the scenario format)\n")
-    return loaded
 
 
 def _live(command: str) -> Callable[[argparse.Namespace, TextIO], int]:
@@ -148,16 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     redrive = commands.add_parser(
         "redrive", help="deliver Event Grid's dead-lettered events again to a pipeline on the real vaults"
     )
-    redrive.add_argument("files", nargs="+", metavar="FILE",
+    redrive.add_argument("files", nargs="*", metavar="FILE",
                          help="downloaded dead-letter blobs (JSON array), single events or JSON Lines; "
-                              "a directory means every *.json below it")
+                              "a directory means every *.json below it (symlinks out of it are refused)")
+    redrive.add_argument("--container", metavar="URL",
+                         help="also read every *.json blob of this dead-letter container, e.g. "
+                              "https://ACCOUNT.blob.core.windows.net/deadletters (Azure identity; a SAS in the "
+                              "URL or AZURE_STORAGE_CONNECTION_STRING when set)")
     redrive.add_argument("--json", action="store_true",
                          help="JSON Lines: one object per event, then a summary with a count per file")
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
     redrive.set_defaults(run=_live("cmd_redrive"))
     rules = commands.add_parser("rules", help="print the rule catalog")
-    rules.add_argument("--json", action="store_true")
+    shape = rules.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the catalog as JSON (infra/rules.json is this)")
+    shape.add_argument("--markdown", action="store_true", help="the README's rule table")
+    shape.add_argument("--readme", metavar="FILE", help="write the rule table into FILE between its markers")
     rules.set_defaults(run=cmd_rules)
     validate = commands.add_parser("validate", help="check a policy file")
     validate.add_argument("policy", metavar="POLICY")
@@ -170,7 +180,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credentia
     DefaultAzureCredential)."""
     from kvguard.scenario import ScenarioError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "redrive" and not (args.files or args.container):
+        parser.error("redrive: give dead-letter files, a directory, or --container URL")
     args.credential = credential
     try:
         return int(args.run(args, out or sys.stdout))
@@ -179,6 +192,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credentia
         return EXIT_INVALID
     except TransientError as error:
         sys.stderr.write(f"kvguard: {error} (try again)\n")
+        return EXIT_UNREACHABLE
+    except PermanentError as error:  # refused by Azure (e.g. no role on the dead-letter container)
+        sys.stderr.write(f"kvguard: {error}\n")
         return EXIT_UNREACHABLE
     except BrokenPipeError:  # the reader stopped early (`| head`): not a failure of the replay
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit

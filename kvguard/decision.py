@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
 
-from kvguard.detection import RULES, Finding
+from kvguard.catalog import RULES
+from kvguard.detection import Finding
 from kvguard.events import VaultEvent
 from kvguard.ids import vault_key
 from kvguard.policy import Mode, Policy

@@ -116,15 +116,25 @@ class ResourceEventData(_Lenient):
         if value is None or value == []:
             return {}
         if isinstance(value, str):
-            return json.loads(value) if value.strip() else {}
+            return _json_text(value) if value.strip() else {}
         return value
 
     @field_validator("http_request", mode="before")
     @classmethod
     def _http_request_may_be_text(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return json.loads(value) if value.strip() else None
+            return _json_text(value) if value.strip() else None
         return value
+
+
+def _json_text(text: str) -> Any:
+    """A field that holds JSON as text, decoded; ValueError (which Pydantic reports against the
+    field) for text that is not JSON, or nested too deeply for the decoder: a RecursionError would
+    escape Pydantic and the "never raises on bad input" promise with it."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON text nested too deeply") from None
 
 
 class VaultAccessPolicyChangedData(_Lenient):

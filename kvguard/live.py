@@ -7,15 +7,19 @@ given; without `--apply` they are dry runs that change nothing anywhere.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
+import stat
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kvguard.cli import EXIT_INVALID, dump_json, load_scenarios
+from kvguard.adapters.deadletter_blobs import over_limit
+from kvguard.cli_common import EXIT_INVALID, dump_json, load_scenarios
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy, load_policy
 
@@ -158,8 +162,14 @@ DEAD_LETTER_FIELDS = frozenset(name.lower() for name in (
 ))
 
 
+# A dead-letter file is read whole into memory: Event Grid's events are at most 1 MB each, so this
+# leaves room for a blob of dozens of the largest ones while bounding what one file may cost.
+MAX_DEAD_LETTER_BYTES = 64 * 1024 * 1024
+
+
 class UnreadableFile(Exception):
-    """A file given to redrive that holds no JSON: reported with its name and skipped."""
+    """A file given to redrive that holds no JSON, or that is refused: reported with its name and
+    skipped."""
 
 
 @dataclass
@@ -171,15 +181,17 @@ class DeadLetters:
 
 def cmd_redrive(args: argparse.Namespace, out: TextIO) -> int:
     """Deliver again the events Event Grid dead-lettered, through the same live pipeline as
-    `replay --live` (a dry run unless --apply). Every file is read before any event is delivered;
-    one that is not JSON is reported and skipped, and the run ends with exit 2 after the others."""
+    `replay --live` (a dry run unless --apply). Every file (or blob of `--container`) is read before
+    any event is delivered; one that is not JSON, or refused (a symlink out of its directory, not a
+    regular file, over the size limit), is reported and skipped, and the run ends with exit 2 after
+    the others."""
     from kvguard.replay import totals
 
     files: list[DeadLetters] = []
     report: dict[str, dict[str, Any]] = {}
-    for path in _expand(args.files):
+    for path, read in _sources(args):
         try:
-            files.append(_read_dead_letters(path))
+            files.append(read())
         except UnreadableFile as error:
             report[path] = {"error": str(error)}
             sys.stderr.write(f"kvguard: {path}: {error}; skipped\n")
@@ -221,33 +233,90 @@ def _file_line(path: str, counts: dict[str, Any]) -> str:
     return line
 
 
-def _expand(patterns: Sequence[str]) -> list[str]:
-    """The files to redrive, each once, in the order given. A directory stands for every `*.json`
-    below it (the tree `az storage blob download-batch` writes); a pattern the shell left as it was
-    (`dl/**/*.json` without globstar) is expanded here. A name that matches nothing is kept, to be
-    reported as unreadable."""
-    import glob
+def _sources(args: argparse.Namespace) -> list[tuple[str, Callable[[], DeadLetters]]]:
+    """What to redrive, each as (name, read): the local files, then the blobs of `--container`."""
+    sources: list[tuple[str, Callable[[], DeadLetters]]] = [
+        (path, functools.partial(_read_dead_letters, path, within)) for path, within in _expand(args.files)
+    ]
+    if args.container:
+        sources.extend(_container_sources(args.container, args.credential))
+    return sources
 
-    paths: list[str] = []
+
+def _container_sources(url: str, credential: Any) -> list[tuple[str, Callable[[], DeadLetters]]]:
+    from kvguard.adapters.deadletter_blobs import DeadLetterBlob, container_client, read_dead_letters
+
+    def reader(blob: DeadLetterBlob) -> Callable[[], DeadLetters]:
+        def read() -> DeadLetters:
+            if blob.data is None:
+                raise UnreadableFile(blob.refused or "refused")
+            return _dead_letters(blob.name, blob.data)
+
+        return read
+
+    client = container_client(url, credential, os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
+    with client:
+        return [(blob.name, reader(blob)) for blob in read_dead_letters(client, MAX_DEAD_LETTER_BYTES)]
+
+
+def _expand(patterns: Sequence[str]) -> list[tuple[str, Path | None]]:
+    """The files to redrive, each once, in the order given, with the directory each must stay in.
+    A directory stands for every `*.json` below it (the tree `az storage blob download-batch`
+    writes), and a file found there must resolve inside it (no symlink out); a pattern the shell
+    left as it was (`dl/**/*.json` without globstar) is expanded here, its matches confined to the
+    directory before the first wildcard. A name that matches nothing is kept, to be reported as
+    unreadable."""
+    import glob
+    import itertools
+
+    paths: dict[str, Path | None] = {}
     for pattern in patterns:
         if Path(pattern).is_dir():
-            paths.extend(str(p) for p in sorted(Path(pattern).rglob("*.json")) if p.is_file())
+            root = Path(pattern).resolve()
+            for found in sorted(Path(pattern).rglob("*.json")):
+                if found.is_file() or found.is_symlink():
+                    paths.setdefault(str(found), root)
         elif not Path(pattern).exists() and glob.has_magic(pattern):
-            paths.extend(sorted(glob.glob(pattern, recursive=True)) or [pattern])
+            base = Path(*[part for part in itertools.takewhile(lambda part: not glob.has_magic(part),
+                                                               Path(pattern).parts)] or ["."]).resolve()
+            for match in sorted(glob.glob(pattern, recursive=True)) or [pattern]:
+                paths.setdefault(match, base)
         else:
-            paths.append(pattern)
-    return list(dict.fromkeys(paths))
+            paths.setdefault(pattern, None)
+    return list(paths.items())
 
 
-def _read_dead_letters(path: str) -> DeadLetters:
-    """The events of one downloaded dead-letter blob: a JSON array (what Event Grid writes), a
-    single event object, or JSON Lines. Raises UnreadableFile with the reason."""
+def _read_dead_letters(path: str, within: Path | None = None) -> DeadLetters:
+    """The events of one downloaded dead-letter blob. Raises UnreadableFile with the reason, also
+    for a file that is refused: one that resolves outside `within` (a symlink out of the directory
+    given), one that is not a regular file (`/dev/zero`, a FIFO: either would never end), or one
+    over MAX_DEAD_LETTER_BYTES (it is read whole into memory)."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UnreadableFile(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+        if within is not None:
+            target = Path(path).resolve()
+            if not target.is_relative_to(within):
+                raise UnreadableFile(f"a symlink to {target}, outside {within}: refused")
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile("not a regular file (a device, FIFO or socket): refused")
+        if info.st_size > MAX_DEAD_LETTER_BYTES:
+            raise UnreadableFile(over_limit(info.st_size, MAX_DEAD_LETTER_BYTES))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DEAD_LETTER_BYTES + 1)
     except OSError as error:
         raise UnreadableFile(error.strerror or type(error).__name__) from None
+    if len(data) > MAX_DEAD_LETTER_BYTES:  # it grew since it was looked at
+        raise UnreadableFile(over_limit(len(data), MAX_DEAD_LETTER_BYTES))
+    return _dead_letters(path, data)
+
+
+def _dead_letters(name: str, data: bytes) -> DeadLetters:
+    """The events of one dead-letter blob's content: a JSON array (what Event Grid writes), a
+    single event object, or JSON Lines. Raises UnreadableFile with the reason."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UnreadableFile(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not text.strip():
         raise UnreadableFile("empty, not JSON")
     try:
@@ -256,7 +325,7 @@ def _read_dead_letters(path: str) -> DeadLetters:
         items = _json_lines(text, whole)
     else:
         items = doc if isinstance(doc, list) else [doc]
-    dead = DeadLetters(path, [])
+    dead = DeadLetters(name, [])
     for item in items:
         if isinstance(item, dict):
             reason = next((str(v) for k, v in item.items() if k.lower() == "deadletterreason"), None)

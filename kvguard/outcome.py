@@ -1,4 +1,4 @@
-"""What happened to one delivered event, in DESIGN.md's `--json` shape (other tools read it)."""
+"""What happened to one delivered event, in the `--json` shape the README documents (other tools read it)."""
 
 from __future__ import annotations
 

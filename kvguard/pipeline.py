@@ -1,10 +1,12 @@
-"""handle(event) -> Outcome: the one place where the steps of DESIGN.md's flow are put in order.
+"""handle(event) -> Outcome: the one place where the steps of an event's flow are put in order
+(README, "How one event flows").
 
 parse → filter → claim → read → compare → detect → score → decide → act → record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import OrderedDict, defaultdict
@@ -14,11 +16,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import detectors  # noqa: F401  (the rule catalog registers on import; the pipeline needs all of it)
 from kvguard import writeahead
 from kvguard.actions import ActionResult, ActionRunner, merged, skipped
+from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
-from kvguard.detection import RULES, Context, Finding, History, Rule, detect_all
+from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -30,6 +32,7 @@ from kvguard.ports import (
     Baseline,
     Clock,
     ConcurrencyError,
+    PermanentError,
     RejectedPayload,
     StateStore,
     TransientError,
@@ -37,12 +40,11 @@ from kvguard.ports import (
 )
 from kvguard.risk import Risk, assess
 from kvguard.vault import VaultConfig, VaultDiff, diff
-from remediation import HANDLERS, Operation, PlanInput
+from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
-ALERT_HANDLERS = tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
 SECONDARY_SINKS = frozenset({"notify_webhook"})
 RETENTION = timedelta(days=90)
@@ -98,8 +100,8 @@ class Pipeline:
     # --- parse --------------------------------------------------------------------------------
 
     def handle(self, raw: Any) -> list[Outcome]:
-        """Every event of one delivery. Bad input is recorded and reported, never raised;
-        TransientError is raised (after releasing the claim) so the delivery is retried."""
+        """Every event of one delivery. Bad input and permanent failures are recorded and reported,
+        never raised; TransientError is raised (after releasing the claim) so the delivery is retried."""
         outcomes = []
         for item in parse(raw):
             if isinstance(item, Rejected):
@@ -126,7 +128,7 @@ class Pipeline:
             raise TransientError(f"event {event.id} is being processed by another instance")
         try:
             with self._vault_held(event, now, owner):
-                return self._process(event, now, owner)
+                return self._process_or_reject(event, now, owner)
         except BaseException:
             self.store.release(event.id, owner)
             raise
@@ -143,6 +145,23 @@ class Pipeline:
             yield
         finally:
             self.store.release(lock, owner)
+
+    def _process_or_reject(self, event: VaultEvent, now: datetime, owner: str) -> Outcome:
+        """`_process`, with a failure no redelivery can cure (see `kvguard.adapters.azure_clients`)
+        recorded like a rejected payload (the reason and the raw event) and reported `rejected`, so
+        the claim completes and Event Grid does not retry it for 24 hours only to dead-letter it
+        with nothing recorded."""
+        try:
+            return self._process(event, now, owner)
+        except PermanentError as error:
+            reason = f"permanent failure: {error}"
+            raw = json.dumps(event.raw, default=str)
+            with self.store.batch():
+                self._hold(event, owner)
+                self.store.record_rejected(RejectedPayload(reason, raw, self.clock.now(), event.id))
+                if not self.store.complete(event.id, self.clock.now(), owner):
+                    raise TransientError(f"event {event.id}: the claim was taken over by another instance") from None
+            return Outcome(event.id, "rejected", reason, self._known_id(event))
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
         """Catch what Event Grid dropped: seed the baseline of every vault never seen, and run the
@@ -205,7 +224,7 @@ class Pipeline:
             baseline_deleted=bool(baseline and baseline.deleted),
         )
         earlier = self._earlier_attempt(event, after)
-        detected = detect_all(context)
+        detected = detect_all(context, RULES)
         findings = detected + [f for f in earlier.findings if f.rule not in {d.rule for d in detected}]
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
@@ -306,7 +325,8 @@ class Pipeline:
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
-            if RULES[finding.rule].kind == "diff" and baseline is not None and before is not None:
+            if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE and baseline is not None \
+                    and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
                 record["baseline"] = kept or {"etag": baseline.etag, "config": dict(before.raw)}
             open_now[finding.rule] = record
@@ -413,7 +433,7 @@ class Pipeline:
         if earlier.alerts and decision.alert:
             results.extend(earlier.alerts)  # an earlier attempt sent them: not again
         else:
-            for handler_id in ALERT_HANDLERS:
+            for handler_id in alert_handlers():
                 if handler_id not in self.sinks:
                     continue
                 if not decision.alert:
@@ -527,8 +547,8 @@ class Pipeline:
             f.rule for f in findings
             if f.rule not in remediated_rules
             # a remediation may also have ended a posture condition that fired with the change
-            and not (remediated_rules and "posture" in RULES[f.rule].kind and final is not None
-                     and not _fires(f.rule, event, None, final, self.policy, now))
+            and not (remediated_rules and RULES[f.rule].kind.closing is Closing.CONDITION_GONE and final is not None
+                     and not RULES[f.rule].fires(event=event, before=None, after=final, policy=self.policy, now=now))
         }
         resolved = [
             rule_id for rule_id, record in open_now.items()
@@ -538,7 +558,7 @@ class Pipeline:
         if not resolved or decision.mode == "observe":
             return resolved, []
         results = []
-        for handler_id in ALERT_HANDLERS:
+        for handler_id in alert_handlers():
             if handler_id in self.sinks:
                 operations = [
                     Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
@@ -553,21 +573,14 @@ class Pipeline:
         self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
     ) -> bool:
         """`final` is None when the vault is gone or its compared state did not move."""
-        if rule.kind.startswith("event"):
-            return event.kind not in ("delete", "purge")
-        if final is None:
-            return False
-        if "posture" in rule.kind:
-            return not _fires(rule.id, event, None, final, self.policy, now)
-        if rule.kind == "diff":
-            stored = record.get("baseline")
-            if not isinstance(stored, Mapping) or "config" not in stored:
-                return False
-            then = self._baseline_config(
+        found_against = None
+        stored = record.get("baseline")
+        if rule.kind.closing is Closing.BACK_TO_BASELINE and final is not None and isinstance(stored, Mapping) \
+                and "config" in stored:
+            found_against = self._baseline_config(
                 Baseline(vault_id=final.id, config=stored["config"], etag=str(stored.get("etag")))
             )
-            return not _fires(rule.id, event, then, final, self.policy, now)
-        return False
+        return rule.closes(event=event, final=final, found_against=found_against, policy=self.policy, now=now)
 
     def _record(
         self,
@@ -655,15 +668,6 @@ def _steering_tags_kept(final: VaultConfig, before: VaultConfig) -> dict[str, An
     tags = {k: v for k, v in (final.raw.get("tags") or {}).items() if k.lower() not in STEERING_TAGS}
     tags.update({k: v for k, v in (before.raw.get("tags") or {}).items() if k.lower() in STEERING_TAGS})
     return tags
-
-
-def _fires(
-    rule_id: str, event: VaultEvent, before: VaultConfig | None, after: VaultConfig, policy: Policy, now: datetime
-) -> bool:
-    """Whether one rule fires between two configurations (before None: as on first sight)."""
-    context = Context(event=event, before=before, after=after, diff=diff(before, after) if before else None,
-                      policy=policy, history=History(), now=now)
-    return bool(list(RULES[rule_id].detect(context)))
 
 
 def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:

@@ -1,4 +1,4 @@
-"""The policy file (YAML or JSON), validated by Pydantic, with the defaults DESIGN.md documents.
+"""The policy file (YAML or JSON), validated by Pydantic, with the defaults the README documents.
 
 A policy that does not validate is never half-applied: `load_policy` raises `PolicyError` naming
 the file, the field and the problem, and the CLI exits 2.
@@ -127,7 +127,7 @@ class Policy(_Strict):
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, value: dict[str, RuleOverride]) -> dict[str, RuleOverride]:
-        from detectors import RULES  # the catalog is the one list of rule ids
+        from kvguard.catalog import RULES  # the catalog is the one list of rule ids
 
         unknown = sorted(set(value) - set(RULES))
         if unknown:

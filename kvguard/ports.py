@@ -3,7 +3,9 @@
 The pipeline knows only these. Azure (ARM, Table Storage, Defender, Event Grid) is behind the
 adapters in `kvguard.adapters`; the simulated world (`kvguard.sim`) and SQLite implement the same
 ports for replay and tests. Errors that a retry can cure are `TransientError`: the pipeline
-releases its claim and lets the event be redelivered.
+releases its claim and lets the event be redelivered. Errors that no retry can cure are
+`PermanentError`: the pipeline records the event with the reason and acknowledges it. Which is which
+is decided in one place, `kvguard.adapters.azure_clients`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from kvguard.vault import AccessPolicy, VaultConfig
 
 class TransientError(Exception):
     """A failure that may succeed on retry (throttling, 5xx, storage unreachable)."""
+
+
+class PermanentError(Exception):
+    """A failure that no retry of the same event can cure (the request itself is refused, or the
+    answer cannot be read): redelivering it would only fail again, for up to 24 hours."""
 
 
 class ConcurrencyError(Exception):

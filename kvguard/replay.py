@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import detectors  # noqa: F401  (the rule catalog registers on import; without it no rule runs)
+from kvguard import catalog
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.ids import vault_key
 from kvguard.outcome import Outcome
@@ -32,6 +32,7 @@ class ReplayRun:
 
 
 def build_run(loaded: LoadedScenario, extra_sinks: dict[str, AlertSink] | None = None) -> ReplayRun:
+    catalog.load()
     world = World(clock=SimClock(loaded.scenario.clock))
     own = sorted({*loaded.policy.own_principal_ids, world.identity})
     policy = loaded.policy.model_copy(update={"own_principal_ids": own})
@@ -110,10 +111,11 @@ def _merge_actions(into: dict[str, dict[str, int]], more: ActionCounts) -> None:
 
 
 def summarize(runs: list[ReplayRun]) -> dict[str, Any]:
-    """DESIGN.md's summary object: counts over every delivered event, and each vault's end state.
-    Actions are counted by handler, then by status. A vault that several scenarios contain (its
-    resource id compared case-insensitively) is one entry: their events, findings and actions
-    added up, the scenarios' names listed in replay order, and its end state from the last one."""
+    """The summary object of `--json` (README, "Scenarios and `kvguard replay`"): counts over every
+    delivered event, and each vault's end state. Actions are counted by handler, then by status. A
+    vault that several scenarios contain (its resource id compared case-insensitively) is one
+    entry: their events, findings and actions added up, the scenarios' names listed in replay
+    order, and its end state from the last one."""
     vaults: dict[str, dict[str, Any]] = {}
     shown: dict[str, str] = {}  # vault key -> the resource id as first reported
     for run in runs:
@@ -141,7 +143,7 @@ def summarize(runs: list[ReplayRun]) -> dict[str, Any]:
 
 
 def totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
-    """The counts of DESIGN.md's summary: events, outcomes by kind, findings by rule, and actions
+    """The counts of the replay summary: events, outcomes by kind, findings by rule, and actions
     by handler, then by status."""
     kinds: Counter[str] = Counter()
     findings: Counter[str] = Counter()

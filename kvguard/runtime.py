@@ -11,11 +11,12 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-import detectors  # noqa: F401  (the rule catalog registers on import; without it no rule runs)
+from kvguard import catalog
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
-from kvguard.ports import AlertSink, StateStore
+from kvguard.ports import StateStore
 from kvguard.settings import Settings
+from kvguard.sinks import build_sinks
 
 _lock = threading.Lock()
 _current: Pipeline | None = None
@@ -55,36 +56,20 @@ def _store(settings: Settings, credential: Any) -> StateStore:
     return TablesStateStore(settings.tables_service_uri, credential)
 
 
-def _sinks(settings: Settings, credential: Any) -> dict[str, AlertSink]:
-    sinks: dict[str, AlertSink] = {}
-    if settings.defender:
-        from kvguard.adapters.defender import DefenderAlertSink
-
-        sinks["raise_defender_alert"] = DefenderAlertSink(credential, settings.arm_endpoint)
-    if settings.eventgrid_topic_endpoint:
-        from kvguard.adapters.eventgrid import EventGridAlertSink
-
-        sinks["publish_detection"] = EventGridAlertSink(
-            settings.eventgrid_topic_endpoint, settings.eventgrid_topic_key or credential
-        )
-    if settings.webhook_url:
-        from kvguard.adapters.webhook import WebhookAlertSink
-
-        sinks["notify_webhook"] = WebhookAlertSink(settings.webhook_url)
-    return sinks
-
-
 def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     """A ready pipeline on real adapters (settings from the environment when None)."""
     from kvguard.adapters.arm import ArmVaultGateway
+    from kvguard.adapters.log_redaction import quiet_sdk_loggers
 
+    catalog.load()
+    quiet_sdk_loggers()
     settings = settings or Settings()
     credential = credential or _credential()
     return Pipeline(
         gateway=ArmVaultGateway(credential, endpoint=settings.arm_endpoint),
         store=_store(settings, credential),
         policy=policy_from(settings),
-        sinks=_sinks(settings, credential),
+        sinks=build_sinks(settings, credential),
         retention=timedelta(days=settings.retention_days),
     )
 

@@ -1,4 +1,5 @@
-"""Scenario files for `kvguard replay` (DESIGN.md's format), validated before anything runs.
+"""Scenario files for `kvguard replay`, validated before anything runs (the format: README,
+"Scenarios and `kvguard replay`").
 
 An invalid scenario is refused whole, with the file, the step and the reason: a replay that ran
 half a scenario would report results for a world nobody described.

@@ -1,6 +1,8 @@
 """Settings from app settings / the environment, validated with pydantic-settings.
 
 The names are a contract (the Bicep template and other tools set them): see the README's table.
+`KVGUARD_RECONCILE_SCHEDULE` is not among the fields: the Functions host reads it for the timer
+binding (`%KVGUARD_RECONCILE_SCHEDULE%`), kvguard never does.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ class Settings(BaseSettings):
     eventgrid_topic_key: str | None = None
     webhook_url: str | None = None
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    reconcile_schedule: str = "0 0 * * * *"
     retention_days: int = Field(default=90, ge=1)
 
     _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)

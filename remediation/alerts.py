@@ -36,3 +36,9 @@ def publish_detection(data: PlanInput) -> list[Operation]:
 def notify_webhook(data: PlanInput) -> list[Operation]:
     """A JSON message per finding to a Teams/Slack-style webhook."""
     return _alert_operations("notify_webhook", data)
+
+
+@handler("write_alerts_file", kind="alert", permission="none (appends to a local JSON Lines file)")
+def write_alerts_file(data: PlanInput) -> list[Operation]:
+    """A JSON line per finding in the file `kvguard replay --alerts FILE` names, beside the other sinks."""
+    return _alert_operations("write_alerts_file", data)

@@ -67,28 +67,28 @@ class Handler:
     permission: str
     plan: Plan
     description: str
+    module: str
     irreversible: bool = False
 
-
-HANDLERS: dict[str, Handler] = {}
+    def __call__(self, data: PlanInput) -> list[Operation]:
+        return self.plan(data)
 
 
 def handler(
     id: str, *, kind: Literal["alert", "remediation"], permission: str, irreversible: bool = False
-) -> Callable[[Plan], Plan]:
-    """Register a handler. `permission` is the Azure action it needs, which the infra must grant."""
+) -> Callable[[Plan], Handler]:
+    """Declare a handler (the catalog registers it). `permission` is the Azure action it needs,
+    which the infra must grant."""
 
-    def register(fn: Plan) -> Plan:
-        if id in HANDLERS:
-            raise ValueError(f"handler {id} registered twice")
-        HANDLERS[id] = Handler(
+    def declare(fn: Plan) -> Handler:
+        return Handler(
             id=id,
             kind=kind,
             permission=permission,
             plan=fn,
             description=" ".join((fn.__doc__ or "").split()),
+            module=fn.__module__,
             irreversible=irreversible,
         )
-        return fn
 
-    return register
+    return declare

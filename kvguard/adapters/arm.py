@@ -5,18 +5,29 @@ and parsed by `VaultConfig.from_arm`, never through the SDK's models, so what kv
 exactly what ARM said. The SDK is imported when a client is first needed, not when this module is
 imported: a Functions cold start should not pay for it before the first event.
 
-Errors: a vault that does not exist is `None` for `get` and `VaultNotFoundError` for writes;
-throttling, 5xx and connection failures that outlive the SDK's own retries become
-`TransientError`, so the event is redelivered; anything else (403, 400) propagates unchanged.
+Errors: a vault that does not exist (404 `ResourceNotFound` or `ResourceGroupNotFound`) is `None`
+for `get` and `VaultNotFoundError` for writes; every other failure is a `TransientError` or a
+`PermanentError` by the rule in `kvguard.adapters.azure_clients` (throttling, 5xx and connection
+failures that outlive the SDK's own retries are transient; 400, 403, 414, other 404s and an answer
+that is not a JSON object are permanent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
-from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
+from kvguard.adapters.azure_clients import (
+    ARM_ENDPOINT,
+    SubscriptionClients,
+    azure_errors,
+    is_not_found,
+    require_object,
+    shorten,
+)
 from kvguard.ids import VaultRef, parse_vault_ref
+from kvguard.ports import PermanentError
 from kvguard.vault import AccessPolicy, VaultConfig
 
 if TYPE_CHECKING:
@@ -34,8 +45,11 @@ def _keyvault_client(*args: Any, **kwargs: Any) -> KeyVaultManagementClient:
 
 
 def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """The `cls` hook of an SDK call: the response body exactly as ARM sent it."""
-    return pipeline_response.http_response.json()
+    """The `cls` hook of an SDK call: the response body exactly as ARM sent it (an object, or a
+    PermanentError)."""
+    response = pipeline_response.http_response
+    request = f"{response.request.method} {urlsplit(response.request.url).path}"
+    return require_object(response.json(), f"ARM's answer to {request}")
 
 
 class ArmVaultGateway:
@@ -68,11 +82,11 @@ class ArmVaultGateway:
         ref, group = _locate(vault_id)
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"get vault {ref.name}"):
+            with azure_errors(f"get vault {ref.name}", answers=is_not_found):
                 body = vaults.get(group, ref.name, cls=_raw_json)
         except ResourceNotFoundError:
             return None
-        return VaultConfig.from_arm(body)
+        return _vault(body)
 
     def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
         from azure.core.exceptions import ResourceNotFoundError
@@ -81,11 +95,11 @@ class ArmVaultGateway:
         patch = {"properties": dict(properties)}
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"update vault {ref.name}"):
+            with azure_errors(f"update vault {ref.name}", answers=is_not_found):
                 body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json)
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
-        return VaultConfig.from_arm(body)
+        return _vault(body)
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
@@ -105,7 +119,7 @@ class ArmVaultGateway:
         parameters = {"properties": {"accessPolicies": [arm_entry]}}
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"remove access policy from vault {ref.name}"):
+            with azure_errors(f"remove access policy from vault {ref.name}", answers=is_not_found):
                 vaults.update_access_policy(group, ref.name, "remove", cast(Any, parameters))
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
@@ -122,6 +136,15 @@ class ArmVaultGateway:
 
     def close(self) -> None:
         self._clients.close()
+
+
+def _vault(body: Any) -> VaultConfig:
+    """ARM's answer parsed as a vault; an object that is no vault (no id, a field of the wrong
+    type) is a permanent failure naming the field: the same GET would answer the same."""
+    try:
+        return VaultConfig.from_arm(body)
+    except ValueError as error:
+        raise PermanentError(f"ARM's answer is not a vault: {shorten(str(error))}") from error
 
 
 def _locate(vault_id: str) -> tuple[VaultRef, str]:

@@ -1,40 +1,117 @@
 """What the ARM-based adapters share: one SDK client per subscription, the retry settings that
-bound how long a call may wait, and which failures a retry can cure (TransientError)."""
+bound how long a call may wait, and the one rule for which failures a retry can cure.
+
+The rule (every adapter raises by it; the pipeline acts on the two kinds):
+
+- **Transient** (`TransientError`: raised, the claim released, Event Grid redelivers): no answer at
+  all (connection refused or reset, DNS, TLS, timeouts, a token the identity endpoint did not hand
+  out), 408, 429, every 5xx, and 409 (on ARM "another operation is in progress on this resource").
+  These are what the SDK's own retries were for; a later delivery meets a service that recovered.
+- **Permanent** (`PermanentError`: recorded with the event's raw payload and acknowledged): every
+  other 4xx, because the same request will be refused the same way. 400 and 414 (a malformed
+  request, a URL too long: a 100,000-character vault name), 404 that is not "this resource does not
+  exist" (`SubscriptionNotFound`, no such route or resource type), 405, 413, 422 and the like; 409
+  `ScopeLocked` (a lock refuses the write until a person removes it); and an answer that cannot be
+  read (a 200 whose body is not a JSON object).
+- **401 and 403 are permanent too**, deliberately. A role assignment does take minutes to
+  propagate, but Event Grid would keep a refused event for 24 hours and then dead-letter it with
+  nothing recorded, once per event while the role is missing. Recorded, the event keeps its raw
+  payload and a reason that names the missing right, and the reconcile timer re-reads every vault
+  hourly, so a change refused while the role propagated is judged once the role works.
+- **A 404 that says the resource (or its resource group) does not exist is an answer**, not a
+  failure: the caller decides (a vault read as gone, a write aimed at a vault that went).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from kvguard.ports import TransientError
+from kvguard.ports import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from azure.core.exceptions import HttpResponseError
 
 ARM_ENDPOINT = "https://management.azure.com"
 # 408 timeout, 409 "another operation is in progress on this resource", 429 throttled, 5xx.
 TRANSIENT_STATUS = frozenset({408, 409, 429})
+# Error codes that make an otherwise transient status permanent (lower case).
+PERMANENT_CODES = frozenset({"scopelocked"})
+# A 404 with one of these codes says the resource is not there: an answer the caller handles.
+NOT_FOUND_CODES = frozenset({"resourcenotfound", "resourcegroupnotfound"})
+# How much of a service's message (or of the call's description) a reason keeps: an answer to a
+# 100,000-character URL may quote it whole.
+REASON_LIMIT = 300
 
 Client = TypeVar("Client")
 
 
 def is_transient_status(status: int | None) -> bool:
-    return status is not None and (status in TRANSIENT_STATUS or status >= 500)
+    """The status part of the rule: None (no HTTP answer), 408, 409, 429 and 5xx."""
+    return status is None or status in TRANSIENT_STATUS or status >= 500
+
+
+def error_code(error: HttpResponseError) -> str | None:
+    """ARM's `error.code` of a failed answer, when it had one."""
+    code = error.error.code if error.error is not None else None
+    return str(code) if code else None
+
+
+def is_not_found(error: HttpResponseError) -> bool:
+    """A 404 saying the resource or its resource group does not exist (not any other 404)."""
+    return error.status_code == 404 and (error_code(error) or "").lower() in NOT_FOUND_CODES
+
+
+def shorten(text: str, limit: int = REASON_LIMIT) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @contextmanager
-def azure_errors(what: str, transient: Callable[[int | None], bool] = is_transient_status) -> Iterator[None]:
-    """Turn the Azure SDK's retryable failures into `TransientError`; let the others through."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+def azure_errors(
+    what: str,
+    transient: Callable[[int | None], bool] = is_transient_status,
+    *,
+    answers: Callable[[HttpResponseError], bool] = lambda error: False,
+) -> Iterator[None]:
+    """Turn the Azure SDK's failures into `TransientError` or `PermanentError` by the module's
+    rule. Errors for which `answers(error)` holds are let through unchanged for the caller (e.g.
+    `is_not_found`); `transient` replaces the status rule where a service differs (Table Storage's
+    409 is an insert conflict its callers decide on)."""
+    from azure.core.exceptions import (
+        DeserializationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
 
     try:
         yield
     except (ServiceRequestError, ServiceResponseError) as exc:
-        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise TransientError(f"{shorten(what)}: {type(exc).__name__}: {shorten(str(exc))}") from exc
     except HttpResponseError as exc:
-        if transient(exc.status_code):
-            code = exc.error.code if exc.error is not None else exc.reason
-            raise TransientError(f"{what}: HTTP {exc.status_code} {code}") from exc
-        raise
+        if answers(exc):
+            raise
+        code = error_code(exc)
+        label = f"{shorten(what)}: HTTP {exc.status_code} {code or exc.reason or ''}".rstrip()
+        if transient(exc.status_code) and (code or "").lower() not in PERMANENT_CODES:
+            raise TransientError(label) from exc
+        message = exc.error.message if exc.error is not None and exc.error.message else None
+        raise PermanentError(f"{label}: {shorten(message)}" if message else label) from exc
+    except (json.JSONDecodeError, DeserializationError) as exc:
+        # The SDK reads every answer as JSON before anything else sees it: "<html>" with a 200.
+        raise PermanentError(f"{shorten(what)}: the answer is not JSON ({shorten(str(exc))})") from exc
+
+
+def require_object(body: Any, what: str) -> dict[str, Any]:
+    """An answer's body that must be a JSON object (ARM's resources are): anything else is a
+    permanent failure naming what came instead."""
+    if not isinstance(body, dict):
+        raise PermanentError(f"{shorten(what)}: the answer is a JSON {type(body).__name__}, not an object")
+    return body
 
 
 class SubscriptionClients(Generic[Client]):

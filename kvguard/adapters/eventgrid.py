@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4, uuid5
 
 from kvguard.adapters.azure_clients import azure_errors
+from kvguard.adapters.log_redaction import protect
 from kvguard.ids import vault_key
 from kvguard.ports import Alert
 
@@ -57,6 +58,8 @@ class EventGridAlertSink:
     TokenCredential (the identity needs the EventGrid Data Sender role on the topic)."""
 
     def __init__(self, endpoint: str, credential_or_key: str | AzureKeyCredential | TokenCredential) -> None:
+        if isinstance(credential_or_key, str):
+            protect(credential_or_key)  # sent as a header; never in a log line, whatever logs headers
         self._endpoint = endpoint
         self._credential = credential_or_key
         self._publisher: EventGridPublisherClient | None = None

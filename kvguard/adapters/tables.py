@@ -17,7 +17,8 @@ One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `f
   sit in the entity itself; anything larger goes to the `chunks` table under a fresh reference
   written *before* the entity that points at it, so a conditional write stays one atomic request.
 - Errors: unreachable storage, 5xx and 429 (after the SDK's own retries) raise
-  `kvguard.ports.TransientError`, chained to the Azure error.
+  `kvguard.ports.TransientError`, chained to the Azure error; a refusal (403, 400) raises
+  `kvguard.ports.PermanentError` (the rule is in `azure_clients`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The body has a `text` line that both render as the message, plus the structured alert for anything
 that parses it. The URL of an incoming webhook is itself the secret (whoever has it can post), so
-it never appears in a log line, an exception message or a repr: errors name only the host.
+it never appears in a log line (not even the HTTP client's DEBUG lines: `log_redaction`), an
+exception message or a repr: errors name only the host.
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from kvguard.adapters.azure_clients import is_transient_status
 from kvguard.adapters.eventgrid import alert_data
+from kvguard.adapters.log_redaction import protect_url
 from kvguard.ids import parse_vault_ref
-from kvguard.ports import Alert, TransientError
+from kvguard.ports import Alert, PermanentError, TransientError
 
 if TYPE_CHECKING:
     import requests
 
-TRANSIENT_STATUS = frozenset({408, 429})
 
-
-class WebhookError(RuntimeError):
-    """The webhook refused the message for good (4xx other than throttling)."""
+class WebhookError(PermanentError):
+    """The webhook refused the message for good (a 4xx that the shared rule calls permanent)."""
 
 
 def alert_text(alert: Alert) -> str:
@@ -35,6 +36,7 @@ class WebhookAlertSink:
     """AlertSink posting to an incoming webhook with `requests`."""
 
     def __init__(self, url: str, session: requests.Session | None = None, *, timeout: float = 10.0) -> None:
+        protect_url(url)  # the HTTP client logs its request lines: never with this URL's secret part
         self._url = url
         self._host = urlsplit(url).hostname or "webhook"
         self._session = session
@@ -67,7 +69,7 @@ class WebhookAlertSink:
         except requests.RequestException as exc:
             # requests puts the URL in its messages: name the failure, never chain the message.
             raise TransientError(f"webhook {self._host}: {type(exc).__name__}") from None
-        if response.status_code in TRANSIENT_STATUS or response.status_code >= 500:
+        if is_transient_status(response.status_code):
             raise TransientError(f"webhook {self._host}: HTTP {response.status_code}")
         if response.status_code >= 400:
             raise WebhookError(f"webhook {self._host}: HTTP {response.status_code}")

@@ -1,6 +1,6 @@
 """The command line: the rule catalog, policy validation, and refusal of invalid scenario files.
 
-Exit status is part of the contract (DESIGN.md): 0 after a replay or a valid policy, 2 for an
+Exit status is part of the contract (README, "Command line"): 0 after a replay or a valid policy, 2 for an
 invalid scenario or policy file, with the file, the field or step, and the reason on stderr.
 """
 
@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 
 from kvguard.cli import main
+from tests.contract import catalog as contract
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICY = ROOT / "samples" / "policy.example.yaml"
 SAMPLE = ROOT / "samples" / "scenarios" / "01-rogue-access-policy.yaml"
 
-# DESIGN.md's detector table, in its order: docs, tests and infra refer to these ids.
-DESIGN_RULES = [
-    "KV-AP-01", "KV-AP-02", "KV-AP-03", "KV-AP-04", "KV-AP-05",
-    "KV-NET-01", "KV-NET-02", "KV-NET-03", "KV-NET-04", "KV-NET-05",
-    "KV-PROT-01", "KV-PROT-02", "KV-PROT-03", "KV-PROT-04", "KV-PROT-05",
-    "KV-ID-01", "KV-ID-02", "KV-ID-03", "KV-ID-04", "KV-ID-05", "KV-ID-06",
-    "KV-LIFE-01", "KV-LIFE-02", "KV-LIFE-03",
-]
 SUBSCRIPTION = "0d6c2e8a-4b1f-4c3d-9e7a-5f8b2c1d4e6a"
 VAULT_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-cli/providers/Microsoft.KeyVault/vaults/kv-cli"
 
@@ -45,7 +38,7 @@ def test_rules_json_lists_exactly_the_documented_rules() -> None:
     code, text = run("rules", "--json")
     assert code == 0
     catalog = json.loads(text)
-    assert [entry["id"] for entry in catalog] == DESIGN_RULES
+    assert [entry["id"] for entry in catalog] == list(contract.RULES)
     for entry in catalog:
         assert entry["severity"] in {"low", "medium", "high", "critical"}
         assert entry["mitre"] and all(t.startswith("T1") for t in entry["mitre"])
@@ -67,7 +60,7 @@ def test_rules_table_names_every_rule() -> None:
     code, text = run("rules")
     assert code == 0
     assert "kvguard rule catalog" in text
-    for rule_id in DESIGN_RULES:
+    for rule_id in contract.RULES:
         assert rule_id in text
 
 
@@ -233,3 +226,17 @@ def test_keys_beyond_the_scenario_format_are_ignored_with_a_warning(
     assert code == 0
     assert json.loads(out.splitlines()[-1])["summary"]["events"] == 0
     assert f"kvguard: {path}: ignored key(s) expect" in err
+
+
+def test_alerts_file_is_a_sink_of_its_own_beside_the_detection_topic(tmp_path: Path) -> None:
+    alerts = tmp_path / "alerts.jsonl"
+    code, text = run("replay", str(SAMPLE), "--json", "--alerts", str(alerts))
+    assert code == 0
+    first = json.loads(text.splitlines()[0])
+    handlers = {a["handler"]: a for a in first["actions"]}
+    assert handlers["write_alerts_file"]["status"] == "applied"
+    # the simulated Event Grid topic still receives the detections: the file no longer replaces it
+    without = json.loads(run("replay", str(SAMPLE), "--json")[1].splitlines()[0])
+    assert [a for a in without["actions"] if a["handler"] == "publish_detection"] == [handlers["publish_detection"]]
+    written = [json.loads(line) for line in alerts.read_text(encoding="utf-8").splitlines()]
+    assert {line["rule"] for line in written} == {f["rule"] for f in first["findings"]}

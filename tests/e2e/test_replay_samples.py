@@ -1,7 +1,7 @@
 """Every sample scenario, replayed through the CLI, does what its description promises.
 
 The samples are the project's demo and documentation, so these tests pin their behaviour and the
-`--json` output format (DESIGN.md, "Scenario files") that other tools read.
+`--json` output format (README, "Scenarios and `kvguard replay`") that other tools read.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
 def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: dict[str, Tree]) -> None:
     from fnmatch import fnmatchcase
 
-    from remediation import HANDLERS
+    from kvguard.catalog import HANDLERS
 
     roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
     patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]

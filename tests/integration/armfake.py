@@ -229,7 +229,7 @@ class ArmFake:
         path, method = request.path, request.method
         if path.lower() == "/api/events" and method == "POST":
             return self._publish(request)
-        if path.lower() == "/webhook" and method == "POST":
+        if path.lower().split("/")[1:2] == ["webhook"] and method == "POST":  # /webhook and below
             self.webhooks.append(request.json)
             return 200, None, {}
         if not request.headers.get("authorization", "").startswith("Bearer "):
@@ -400,11 +400,12 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
         )
         status, payload, headers = self.server.fake.handle(request)
-        data = b"" if payload is None else json.dumps(payload).encode()
+        raw = isinstance(payload, bytes)  # a body that is not JSON, sent as it is (e.g. b"<html>")
+        data = payload if raw else b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        if payload is not None:
+        if payload is not None and not raw:
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -102,3 +102,75 @@ def running_azurite(workdir: Path) -> Iterator[Azurite]:
         yield azurite
     finally:
         azurite.stop()
+
+
+# --- Azurite's Blob service (dead-letter containers) -------------------------------------------
+
+AZURITE_BLOB = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+
+
+@dataclass
+class AzuriteBlob:
+    """A running azurite-blob process (HTTPS with Entra ID tokens when started with a certificate)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    scheme: str = "http"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={self.endpoint};"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def running_azurite_blob(workdir: Path, tls: tuple[Path, Path] | None = None) -> Iterator[AzuriteBlob]:
+    """azurite-blob on a free port, in memory, once it accepts connections; stopped on exit. With
+    `tls` (certificate and key PEM files) it serves HTTPS and accepts bearer tokens (`--oauth
+    basic`: a token's issuer, audience and lifetime are checked, not its signature)."""
+    if not AZURITE_BLOB.exists():
+        pytest.fail(f"{AZURITE_BLOB.relative_to(REPO_ROOT)} is missing: run `make test`, which installs Azurite",
+                    pytrace=False)
+    port = free_port()
+    log = workdir / f"azurite-blob-{port}.log"
+    options = ["--oauth", "basic", "--cert", str(tls[0]), "--key", str(tls[1])] if tls else []
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent", *options,
+            ],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        )
+    service = AzuriteBlob(process=process, port=port, log=log, scheme="https" if tls else "http")
+    try:
+        deadline = time.monotonic() + STARTUP_LIMIT_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"azurite-blob exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"azurite-blob did not listen on port {port}:\n{log.read_text(errors='replace')}")
+                time.sleep(0.05)
+        yield service
+    finally:
+        service.stop()

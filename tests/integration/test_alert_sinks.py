@@ -17,7 +17,7 @@ from kvguard.adapters.defender import EVIDENCE_LIMIT, DefenderAlertSink
 from kvguard.adapters.eventgrid import DETECTION_TYPE, RESOLVED_TYPE, EventGridAlertSink, detection_event_id
 from kvguard.adapters.webhook import WebhookAlertSink, WebhookError
 from kvguard.detection import assessment_name
-from kvguard.ports import Alert, TransientError
+from kvguard.ports import Alert, PermanentError, TransientError
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
 
 SUB = "2c9d8e7f-6a5b-4c3d-9e2f-1a0b9c8d7e6f"
@@ -245,11 +245,12 @@ def test_resolution_event(fake: ArmFake) -> None:
 
 
 @pytest.mark.usefixtures("trust_fake")
-def test_wrong_topic_key_is_not_transient(fake: ArmFake) -> None:
+def test_wrong_topic_key_is_permanent(fake: ArmFake) -> None:
     sink = EventGridAlertSink(f"{fake.base_url}/api/events", "not-the-key")
 
-    with pytest.raises(ClientAuthenticationError):
+    with pytest.raises(PermanentError, match="HTTP 401") as caught:
         sink.raise_alert(make_alert())
+    assert isinstance(caught.value.__cause__, ClientAuthenticationError)
     assert fake.events == []
 
 

@@ -13,7 +13,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 from kvguard.adapters.arm import ArmVaultGateway, VaultNotFoundError
-from kvguard.ports import TransientError
+from kvguard.ports import PermanentError, TransientError
 from kvguard.vault import AccessPolicy, Principal
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
 
@@ -312,14 +312,14 @@ def test_failed_patch_becomes_a_transient_error(gateway: ArmVaultGateway, fake: 
     assert fake.vault(VAULT_ID)["properties"]["publicNetworkAccess"] == "Enabled"
 
 
-def test_forbidden_is_not_transient(gateway: ArmVaultGateway, fake: ArmFake) -> None:
+def test_forbidden_is_permanent(gateway: ArmVaultGateway, fake: ArmFake) -> None:
     fake.inject("PUT", r"/accessPolicies/remove$", status=403,
                 body={"error": {"code": "AuthorizationFailed", "message": "no vaults/accessPolicies/write"}})
 
-    with pytest.raises(HttpResponseError) as caught:
+    with pytest.raises(PermanentError, match="HTTP 403 AuthorizationFailed") as caught:
         gateway.remove_access_policy(VAULT_ID, _rogue_entry(keys={"all"}))
-    assert not isinstance(caught.value, TransientError)
-    assert caught.value.status_code == 403
+    assert isinstance(caught.value.__cause__, HttpResponseError)
+    assert caught.value.__cause__.status_code == 403
     assert fake.vault(VAULT_ID)["properties"]["accessPolicies"][1]["objectId"] == ROGUE
 
 

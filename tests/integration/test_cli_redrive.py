@@ -1,21 +1,29 @@
 """`kvguard redrive` against the local HTTPS ARM fake: Event Grid's dead-lettered events delivered
 again through the live pipeline, with the settings taken from the environment as in production and
-the state in SQLite."""
+the state in SQLite; read from local files (inside the directory given, regular files under the
+size limit) or straight from the dead-letter container in Blob Storage (Azurite Blob)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
+import os
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
+from kvguard.live import MAX_DEAD_LETTER_BYTES
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
+from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteBlob, running_azurite_blob
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "deadletter"
@@ -309,3 +317,224 @@ def test_the_sample_dead_letter_blob_redriven_from_its_download_directory(
     assert policies(tampered) == [OWNER]
     sample_ids = [event["id"] for event in json.loads(SAMPLE.read_text(encoding="utf-8"))]
     assert [r.event_id for r in SQLiteStateStore(str(state_db)).list_audit(VAULT)] == sample_ids
+
+
+# ---- where redrive may read from: inside the directory, regular files under the limit, the container
+
+BLOB_NAME = "KVGUARD-PROD/2026/11/27/9/5a7e0c13-d2b4-4f69-8e1a-0b3c6d9f2e87.json"
+
+
+def write_blob_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([dead_lettered(grant_event()), dead_lettered(storage_event(), 1)]), encoding="utf-8")
+    return path
+
+
+# ---- local files ---------------------------------------------------------------------------------
+
+
+def test_a_symlink_out_of_the_directory_is_refused_and_the_rest_redriven(
+    tampered: ArmFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "dl"
+    inside = write_blob_file(directory / "KVGUARD-PROD" / "2026" / "11" / "27" / "9" / "inside.json")
+    secret = tmp_path / "elsewhere" / "secrets.json"
+    secret.parent.mkdir()
+    secret.write_text('[{"not": "a dead letter"}]', encoding="utf-8")
+    escape = directory / "escape.json"
+    escape.symlink_to(secret)
+    kept = directory / "alias.json"
+    kept.symlink_to(inside)  # a symlink that stays inside is as good as the file
+
+    status, output = run("redrive", str(directory), "--json")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"{escape}: a symlink to {secret.resolve()}, outside {directory.resolve()}: refused; skipped" in err
+    *events, summary = lines(output)
+    assert sorted(e["file"] for e in events) == sorted([str(kept)] * 2 + [str(inside)] * 2)
+    assert {e["event_id"] for e in events} == {GRANT_EVENT, STORAGE_EVENT}  # nothing of the outside file
+    assert "refused" in summary["files"][str(escape)]["error"]
+    assert str(secret) not in summary["files"]
+
+    # A pattern the shell left unexpanded is confined to the directory before its first wildcard.
+    status, output = run("redrive", f"{directory}/**/*.json", "--json")
+    assert status == 2
+    refusal = f"{escape}: a symlink to {secret.resolve()}, outside {directory.resolve()}: refused"
+    assert refusal in capsys.readouterr().err
+    *events, _ = lines(output)
+    assert {e["event_id"] for e in events} == {GRANT_EVENT, STORAGE_EVENT}
+
+
+def test_a_special_file_is_refused_without_being_read(
+    tampered: ArmFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+
+    status, output = run("redrive", "/dev/zero", str(fifo), "--json")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "/dev/zero: not a regular file (a device, FIFO or socket): refused; skipped" in err
+    assert f"{fifo}: not a regular file (a device, FIFO or socket): refused; skipped" in err
+    (summary,) = lines(output)
+    assert summary["summary"]["events"] == 0
+
+
+def test_a_file_over_the_size_limit_is_refused_with_its_size(
+    tampered: ArmFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as handle:  # sparse: costs no disk
+        handle.truncate(MAX_DEAD_LETTER_BYTES + 1)
+    good = write_blob_file(tmp_path / "good.json")
+
+    status, output = run("redrive", str(huge), str(good), "--apply", "--json")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert (f"{huge}: {MAX_DEAD_LETTER_BYTES + 1:,} bytes, over the {MAX_DEAD_LETTER_BYTES:,}-byte limit "
+            "of a dead-letter file: refused; skipped") in err
+    grant, storage, _ = lines(output)
+    assert (grant["event_id"], grant["outcome"]) == (GRANT_EVENT, "processed")
+    assert storage["outcome"] == "ignored"
+    assert removals(tampered) == [[ROGUE]]
+
+
+# ---- the dead-letter container in Blob Storage ---------------------------------------------------
+
+
+@pytest.fixture
+def azurite_blob(tmp_path: Path) -> Iterator[AzuriteBlob]:
+    with running_azurite_blob(tmp_path) as service:
+        yield service
+
+
+@pytest.fixture
+def container(azurite_blob: AzuriteBlob) -> str:
+    """The dead-letter container as Event Grid fills it: one blob of events, and one that is no JSON."""
+    service = BlobServiceClient.from_connection_string(azurite_blob.connection_string)
+    client = service.create_container("deadletters")
+    client.upload_blob(BLOB_NAME, json.dumps([dead_lettered(grant_event()), dead_lettered(storage_event(), 1)]))
+    client.upload_blob("KVGUARD-PROD/2026/11/27/10/broken.json", b'[{"id": "x", "eventType": "Micro')
+    client.upload_blob("README.txt", b"not a dead letter")
+    return f"{azurite_blob.endpoint}/deadletters"
+
+
+def test_redrive_reads_the_container_with_a_connection_string(
+    tampered: ArmFake, container: str, azurite_blob: AzuriteBlob, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_blob.connection_string)
+
+    status, output = run("redrive", "--container", container, "--apply", "--json")
+
+    assert status == 2  # the broken blob is named and skipped, the rest redriven
+    assert f"{container}/KVGUARD-PROD/2026/11/27/10/broken.json: not valid JSON (" in capsys.readouterr().err
+    grant, storage, summary = lines(output)
+    assert (grant["event_id"], grant["outcome"]) == (GRANT_EVENT, "processed")
+    assert grant["file"] == f"{container}/{BLOB_NAME}"
+    assert (storage["event_id"], storage["outcome"]) == (STORAGE_EVENT, "ignored")
+    assert summary["files"][f"{container}/{BLOB_NAME}"] == {
+        "events": 2, "outcomes": {"processed": 1, "ignored": 1},
+        "dead_letter_reasons": {"MaxDeliveryAttemptsExceeded": 2},
+    }
+    assert f"{container}/README.txt" not in summary["files"]
+    assert removals(tampered) == [[ROGUE]] and policies(tampered) == [OWNER]
+    # Read, never changed: the blobs are still there for the operator to delete.
+    names = {b.name for b in BlobServiceClient.from_connection_string(azurite_blob.connection_string)
+             .get_container_client("deadletters").list_blobs()}
+    assert BLOB_NAME in names
+
+    status, output = run("redrive", "--container", container, "--apply", "--json")
+    again, _, _ = lines(output)
+    assert again["outcome"] == "duplicate"
+
+
+def test_redrive_reads_the_container_with_a_sas_url_and_never_prints_the_token(
+    tampered: ArmFake, container: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    sas = generate_container_sas(ACCOUNT_NAME, "deadletters", account_key=ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+
+    status, output = run("redrive", "--container", f"{container}?{sas}", "--json")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    grant, storage, summary = lines(output)
+    assert (grant["outcome"], grant["file"]) == ("processed", f"{container}/{BLOB_NAME}")
+    assert storage["outcome"] == "ignored"
+    assert list(summary["files"]) == [f"{container}/KVGUARD-PROD/2026/11/27/10/broken.json", f"{container}/{BLOB_NAME}"]
+    (revert,) = [a for a in grant["actions"] if a["handler"] == "revert_access_policy"]
+    assert revert["status"] == "planned"  # a dry run without --apply
+    assert [r.method for r in tampered.requests if r.method in WRITES] == []
+    signature = sas.split("sig=")[1].split("&")[0]
+    assert signature not in output and signature not in err
+
+
+def test_a_blob_over_the_size_limit_is_refused_unread(
+    tampered: ArmFake, container: str, azurite_blob: AzuriteBlob, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_blob.connection_string)
+    monkeypatch.setattr("kvguard.live.MAX_DEAD_LETTER_BYTES", 100)
+
+    status, output = run("redrive", "--container", container, "--json")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"{container}/{BLOB_NAME}: " in err and "over the 100-byte limit of a dead-letter file: refused" in err
+    (summary,) = lines(output)
+    assert summary["summary"]["events"] == 0
+
+
+def test_redrive_needs_something_to_read(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run("redrive")
+    assert exited.value.code == 2
+    assert "--container" in capsys.readouterr().err
+
+
+def entra_token(audience: str = "https://storage.azure.com") -> str:
+    """An unsigned JWT shaped like an Entra ID access token for Storage (Azurite's basic OAuth
+    checks issuer, audience and lifetime, not the signature)."""
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    now = int(time.time())
+    claims = {"aud": audience, "iss": f"https://sts.windows.net/{TENANT}/", "iat": now - 60, "nbf": now - 60,
+              "exp": now + 3600, "oid": OWNER, "tid": TENANT}
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_redrive_reads_the_container_with_the_azure_identity(
+    tampered: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    cert = tampered.ca.issue_cert("127.0.0.1", "localhost")  # trusted through the REQUESTS_CA_BUNDLE already set
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "blob-cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "blob-key.pem"))
+    with running_azurite_blob(tmp_path, tls=(tmp_path / "blob-cert.pem", tmp_path / "blob-key.pem")) as service:
+        client = BlobServiceClient.from_connection_string(service.connection_string,
+                                                          connection_verify=os.environ["REQUESTS_CA_BUNDLE"])
+        client.create_container("deadletters").upload_blob(BLOB_NAME, json.dumps([dead_lettered(grant_event())]))
+        credential = FakeCredential(entra_token())
+
+        out = io.StringIO()
+        status = main(["redrive", "--container", f"{service.endpoint}/deadletters", "--apply", "--json"], out,
+                      credential=credential)
+
+        assert status == 0
+        grant, summary = lines(out.getvalue())
+        assert (grant["event_id"], grant["outcome"]) == (GRANT_EVENT, "processed")
+        assert summary["files"][f"{service.endpoint}/deadletters/{BLOB_NAME}"]["events"] == 1
+        assert ("https://storage.azure.com/.default",) in credential.scopes
+        assert removals(tampered) == [[ROGUE]]
+
+        # A token for another audience is refused by the service: a permanent failure, exit 1.
+        status = main(["redrive", "--container", f"{service.endpoint}/deadletters"], io.StringIO(),
+                      credential=FakeCredential(entra_token("https://vault.azure.net")))
+        assert status == 1

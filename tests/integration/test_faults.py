@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from azure.core.exceptions import AzureError
 
-import detectors  # noqa: F401  (the rule catalog registers on import)
 from kvguard.adapters.arm import ArmVaultGateway
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.adapters.tables import TablesStateStore

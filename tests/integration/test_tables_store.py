@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableServiceClient
 
 from kvguard.adapters.tables import TablesStateStore
-from kvguard.ports import AuditRecord, RejectedPayload, TransientError
+from kvguard.ports import AuditRecord, PermanentError, RejectedPayload, TransientError
 from tests.contract.statestore_contract import LEASE, T0, VAULT, StateStoreContract, vault_config
 from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
 
@@ -214,12 +214,12 @@ def test_server_errors_and_throttling_raise_transient_error(answering: str, tabl
 
 
 @pytest.mark.parametrize("answering", [403], indirect=True)
-def test_a_refusal_is_not_transient(answering: str, table_prefix: str) -> None:
+def test_a_refusal_is_permanent(answering: str, table_prefix: str) -> None:
     store = TablesStateStore(
         answering, AzureNamedKeyCredential(ACCOUNT_NAME, ACCOUNT_KEY), table_prefix=table_prefix, **QUICK
     )
-    with pytest.raises(HttpResponseError) as caught:
+    with pytest.raises(PermanentError, match="HTTP 403") as caught:
         store.marks_since("s", "k", T0 - timedelta(minutes=5))
-    assert caught.value.status_code == 403
-    assert not isinstance(caught.value, TransientError)
+    assert isinstance(caught.value.__cause__, HttpResponseError)
+    assert caught.value.__cause__.status_code == 403
     store.close()

@@ -13,7 +13,7 @@ from kvguard.actions import ActionRunner
 from kvguard.ports import Alert, TransientError
 from kvguard.sim import SimClock, SimDefender, SimVaultGateway, World
 from kvguard.vault import AccessPolicy, Principal, VaultConfig
-from remediation import Operation
+from remediation.base import Operation
 
 SUB = "3e2d1c0b-9a8f-4e7d-8c6b-5a4f3e2d1c0b"
 TENANT = "77665544-3322-4110-8ffe-ddccbbaa9988"

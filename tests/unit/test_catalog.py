@@ -1,90 +1,66 @@
 """Invariants over the whole catalog at once. Each test lists every offender in one failure.
 
-The expected table is DESIGN.md's contract (rule ids, default severity, kind, MITRE techniques),
-written out here because docs, infra and dashboards refer to these ids and values.
+What the catalog promises to the outside (ids, default severity, kind, MITRE, handler) is checked
+against `tests/contract/catalog.py`, the one copy of that contract; everything else here holds for
+every rule, however many there are.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from pathlib import Path
 
-from detectors import RULES
+from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.detection import SEVERITY_SCORE, assessment_name, severity_for_risk
-from remediation import HANDLERS
+from kvguard.sinks import SINKS
+from tests.contract import catalog as contract
 
-# rule id: (default severity, kind, MITRE technique ids)
-CONTRACT: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "KV-AP-01": ("high", "diff", ("T1098", "T1555.006")),
-    "KV-AP-02": ("high", "diff", ("T1098",)),
-    "KV-AP-03": ("medium", "posture", ("T1555.006",)),
-    "KV-AP-04": ("high", "posture", ("T1098.001",)),
-    "KV-AP-05": ("high", "diff + history", ("T1098", "T1555")),
-    "KV-NET-01": ("high", "diff/posture", ("T1562.007",)),
-    "KV-NET-02": ("high", "diff/posture", ("T1562.007",)),
-    "KV-NET-03": ("high", "diff", ("T1562.007",)),
-    "KV-NET-04": ("medium", "diff", ("T1562.007",)),
-    "KV-NET-05": ("medium", "diff", ("T1562.007",)),
-    "KV-PROT-01": ("medium", "posture", ("T1490",)),
-    "KV-PROT-02": ("medium", "diff/posture", ("T1490",)),
-    "KV-PROT-03": ("critical", "diff", ("T1098", "T1548")),
-    "KV-PROT-04": ("medium", "diff", ("T1555.006",)),
-    "KV-PROT-05": ("high", "diff", ("T1537",)),
-    "KV-ID-01": ("medium", "event", ("T1078.004",)),
-    "KV-ID-02": ("high", "event", ("T1078.004",)),
-    "KV-ID-03": ("medium", "event", ("T1078.004",)),
-    "KV-ID-04": ("low", "event", ("T1078.004",)),
-    "KV-ID-05": ("low", "event + history", ("T1078.004",)),
-    "KV-ID-06": ("high", "event + history", ("T1098", "T1526")),
-    "KV-LIFE-01": ("high", "event", ("T1485",)),
-    "KV-LIFE-02": ("critical", "event", ("T1485", "T1490")),
-    "KV-LIFE-03": ("medium", "event/diff", ("T1098",)),
-}
-
-# DESIGN.md's remediation handlers, and which rules each one puts right.
-HANDLER_IDS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection",
-               "raise_defender_alert", "publish_detection", "notify_webhook"}
-REMEDIATED_BY = {
-    "KV-AP-01": "revert_access_policy",
-    "KV-AP-02": "revert_access_policy",
-    "KV-NET-01": "restore_network",
-    "KV-NET-02": "restore_network",
-    "KV-NET-03": "restore_network",
-    "KV-NET-04": "restore_network",
-    "KV-NET-05": "restore_network",
-    "KV-PROT-01": "enable_purge_protection",
-    "KV-PROT-03": "restore_settings",
-    "KV-PROT-04": "restore_settings",
-}
-
-MITRE = re.compile(r"^T\d{4}(\.\d{3})?$")
+RULE_ID = re.compile(r"^KV-[A-Z]+-\d{2}$")
 AZURE_ACTION = re.compile(r"^Microsoft\.[A-Za-z]+(/[A-Za-z]+)+$")
+# ATT&CK Enterprise 18.1, pinned: see "source" in the file for where it came from.
+ATTACK = json.loads((Path(__file__).parents[1] / "data" / "attack-enterprise-18.1-techniques.json").read_text())
 
 
-def test_the_rule_ids_are_exactly_design_mds() -> None:
-    expected = {f"KV-AP-0{i}" for i in range(1, 6)} | {f"KV-NET-0{i}" for i in range(1, 6)} \
-        | {f"KV-PROT-0{i}" for i in range(1, 6)} | {f"KV-ID-0{i}" for i in range(1, 7)} \
-        | {f"KV-LIFE-0{i}" for i in range(1, 4)}
-    assert len(expected) == 24
-    assert set(CONTRACT) == expected
-    assert {"missing": sorted(expected - set(RULES)), "unexpected": sorted(set(RULES) - expected)} == \
-        {"missing": [], "unexpected": []}
-    assert all(rule_id == rule.id for rule_id, rule in RULES.items())
+def test_rule_ids_are_well_formed_and_unique() -> None:
+    assert [rule_id for rule_id in RULES if not RULE_ID.match(rule_id)] == []
+    assert [rule_id for rule_id, rule in RULES.items() if rule.id != rule_id] == []
+    assert len(set(RULES)) == len(list(RULES))
 
 
-def test_mitre_ids_are_well_formed() -> None:
-    offenders = {r.id: [m for m in r.mitre if not MITRE.match(m)] for r in RULES.values()}
+def test_the_catalog_keeps_its_contract() -> None:
+    actual = {rule.id: contract.Promised(rule.severity, rule.kind.label, rule.mitre, rule.remediation)
+              for rule in RULES.values()}
+    assert {"missing": sorted(contract.RULES.keys() - actual.keys()),
+            "not in the contract": sorted(actual.keys() - contract.RULES.keys())} == \
+        {"missing": [], "not in the contract": []}
+    changed = {rule_id: {"actual": actual[rule_id], "promised": promised}
+               for rule_id, promised in contract.RULES.items() if actual.get(rule_id, promised) != promised}
+    assert changed == {}
+
+
+def test_the_catalog_is_in_family_order() -> None:
+    def position(rule_id: str) -> tuple[int, str]:
+        family = rule_id.rsplit("-", 1)[0]
+        return (contract.FAMILY_ORDER.index(family) if family in contract.FAMILY_ORDER else 99, rule_id)
+
+    assert list(RULES) == sorted(RULES, key=position)
+
+
+def test_mitre_ids_are_live_attack_techniques() -> None:
+    techniques = ATTACK["techniques"]
+    offenders = {r.id: [m for m in r.mitre if m not in techniques] for r in RULES.values()}
     assert {k: v for k, v in offenders.items() if v} == {}
     assert [r.id for r in RULES.values() if not r.mitre] == []
+    # a sub-technique never stands without its technique being live too
+    assert [m for m in techniques if "." in m and m.split(".")[0] not in techniques] == []
 
 
-def test_mitre_ids_severities_and_kinds_match_the_contract() -> None:
-    offenders = {
-        rule.id: {"actual": (rule.severity, rule.kind, rule.mitre), "expected": CONTRACT[rule.id]}
-        for rule in RULES.values()
-        if rule.id in CONTRACT and (rule.severity, rule.kind, rule.mitre) != CONTRACT[rule.id]
-    }
-    assert offenders == {}
+def test_the_pinned_attack_list_is_the_whole_enterprise_matrix() -> None:
+    assert ATTACK["attack_version"] == "18.1" and ATTACK["domain"] == "enterprise-attack"
+    assert len(ATTACK["techniques"]) > 600  # the whole matrix, not a list restating the catalog's ids
+    assert ATTACK["techniques"]["T1555.006"] == "Cloud Secrets Management Stores"
 
 
 def test_scores_sit_in_their_severitys_risk_band() -> None:
@@ -98,7 +74,7 @@ def test_scores_sit_in_their_severitys_risk_band() -> None:
 
 
 def test_escalated_severities_of_the_cases_are_valid() -> None:
-    from detectors.cases import make_context
+    from tests.cases import make_context
 
     offenders = []
     for rule in RULES.values():
@@ -135,11 +111,6 @@ def test_every_remediation_names_a_registered_remediation_handler() -> None:
     assert offenders == {}
 
 
-def test_rules_are_remediated_by_the_handlers_design_md_names() -> None:
-    actual = {r.id: r.remediation for r in RULES.values() if r.remediation is not None}
-    assert actual == REMEDIATED_BY
-
-
 def test_irreversible_handlers_are_opt_in_only() -> None:
     offenders = [r.id for r in RULES.values()
                  if r.remediation in HANDLERS and HANDLERS[r.remediation].irreversible and r.remediate_by_default]
@@ -147,9 +118,14 @@ def test_irreversible_handlers_are_opt_in_only() -> None:
     assert [h.id for h in HANDLERS.values() if h.irreversible] == ["enable_purge_protection"]
 
 
-def test_the_handlers_are_design_mds() -> None:
-    assert set(HANDLERS) == HANDLER_IDS
+def test_the_handlers_keep_their_contract() -> None:
+    assert {h.id: h.kind for h in HANDLERS.values()} == contract.HANDLERS
     assert all(handler_id == h.id for handler_id, h in HANDLERS.items())
+
+
+def test_every_alert_handler_has_exactly_one_sink_in_the_table() -> None:
+    assert list(SINKS) == list(alert_handlers())
+    assert [entry.handler for entry in SINKS.values() if not entry.setting.strip()] == []
 
 
 def test_every_handler_declares_the_permission_it_needs() -> None:
@@ -189,3 +165,50 @@ def test_assessment_names_are_unique_guids_stable_per_rule() -> None:
     # The names the infra's assessment metadata is created under: they must never move.
     assert (names["KV-AP-01"], names["KV-LIFE-02"]) == ("9a66aa77-9d1d-5b56-b6e1-4b21a472b39c",
                                                         "807cc78a-c549-54df-a811-05e330e822ad")
+
+
+def test_every_declared_rule_and_handler_is_in_the_catalog() -> None:
+    """A family module the catalog does not load would declare rules that never run."""
+    import importlib
+    import pkgutil
+
+    import detectors
+    import remediation
+    from kvguard.detection import Rule
+    from kvguard.registry import declared
+    from remediation.base import Handler
+
+    def everything(package: object, kind: type) -> list[str]:
+        modules = [importlib.import_module(f"{package.__name__}.{m.name}")  # type: ignore[attr-defined]
+                   for m in pkgutil.iter_modules(package.__path__)]  # type: ignore[attr-defined]
+        return sorted(item.id for module in modules for item in declared(module, kind))
+
+    assert everything(detectors, Rule) == sorted(RULES)
+    assert everything(remediation, Handler) == sorted(HANDLERS)
+
+
+def test_a_registry_refuses_a_name_twice_and_loads_once() -> None:
+    import pytest
+
+    from kvguard.registry import Registry
+
+    loads: list[int] = []
+
+    def load(registry: Registry[int]) -> None:
+        loads.append(1)
+        registry.add("one", 1)
+
+    numbers: Registry[int] = Registry("number", load=load)
+    assert list(numbers) == ["one"] and numbers["one"] == 1 and len(numbers) == 1
+    assert loads == [1]
+    with pytest.raises(ValueError, match="number one registered twice"):
+        numbers.add("one", 2)
+
+    def broken(registry: Registry[int]) -> None:
+        registry.add("two", 2)
+        registry.add("two", 2)
+
+    twice: Registry[int] = Registry("number", load=broken)
+    for _ in range(2):  # a failed load leaves nothing half-registered and is tried again
+        with pytest.raises(ValueError, match="number two registered twice"):
+            len(twice)

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from detectors import RULES
-from detectors.cases import FOREIGN_SUBSCRIPTION, INTRUDER, NOW, OTHER_TENANT, TENANT, acls, make_context, subnet, vault
+from detectors.cases import FOREIGN_SUBSCRIPTION, INTRUDER, NOW, OTHER_TENANT, TENANT, acls, subnet, vault
 from detectors.identity import in_window
+from kvguard.catalog import RULES
 from kvguard.detection import Case, Context, Hit
 from kvguard.policy import ChangeWindow
+from tests.cases import make_context
 
 FAMILIES = ("KV-NET-", "KV-ID-")
 

@@ -7,20 +7,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from detectors import RULES
-from detectors.cases import (
-    APP_TEAM,
-    INTRUDER,
-    NOW,
-    OPERATOR,
-    OTHER_TENANT,
-    grant,
-    granted_marks,
-    make_context,
-    vault,
-    with_grants,
-)
+from detectors.cases import APP_TEAM, INTRUDER, NOW, OPERATOR, OTHER_TENANT, grant, granted_marks, vault, with_grants
+from kvguard.catalog import RULES
 from kvguard.detection import Case, Hit, detect_all
+from tests.cases import make_context
 
 BEFORE_GRANT = with_grants(grant(OPERATOR, secrets=["get"]))
 AFTER_GRANT = with_grants(grant(OPERATOR, secrets=["get", "list"]), grant(INTRUDER, secrets=["get"]))
@@ -126,7 +116,7 @@ def test_recovered_vault_lists_the_access_policies_that_came_back() -> None:
 def test_delete_finding_carries_the_caller_and_purge_protection_state() -> None:
     [finding] = [
         f for f in detect_all(make_context(Case("delete", fires=True, before=vault(enablePurgeProtection=None),
-                                                 event={"kind": "delete", "caller": {"object_id": INTRUDER}})))
+                                                 event={"kind": "delete", "caller": {"object_id": INTRUDER}})), RULES)
         if f.rule == "KV-LIFE-01"
     ]
     assert finding.severity == "high"

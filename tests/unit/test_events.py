@@ -235,6 +235,21 @@ def test_http_request_and_claims_as_json_strings() -> None:
     assert (caller.object_id, caller.tenant_id) == (CALLER, TENANT)
 
 
+@pytest.mark.parametrize("field", ["claims", "httpRequest"])
+@pytest.mark.parametrize("envelope", ENVELOPES, ids=["eventgrid", "cloudevents"])
+@pytest.mark.parametrize("as_text", [True, False], ids=["delivery text", "decoded delivery"])
+def test_json_text_nested_too_deeply_in_a_field_is_rejected_naming_it(envelope: Any, field: str, as_text: bool) -> None:
+    body = data()
+    body[field] = "[" * 100_000 + "]" * 100_000
+    raw = envelope(body=body)
+
+    item = rejected(json.dumps(raw) if as_text else raw)
+
+    assert item.reason == f"data.{field}: value error, json text nested too deeply"
+    assert item.event_id == raw["id"]
+    assert json.loads(item.raw)["data"][field] == body[field]
+
+
 def test_unknown_extra_fields_are_accepted() -> None:
     body = data(newField={"nested": [1, 2]}, entity="x")
     body["authorization"]["extra"] = True

@@ -1,4 +1,4 @@
-"""The policy file: DESIGN.md's defaults, strict validation whose errors name the file and field."""
+"""The policy file: the README's defaults, strict validation whose errors name the file and field."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_a_bad_day_is_refused() -> None:
 
 
 def test_remediate_threshold_may_be_below_alert_threshold() -> None:
-    # DESIGN.md allows it; the decision then alerts whenever it remediates (see test_risk_decision)
+    # the README allows it; the decision then alerts whenever it remediates (see test_risk_decision)
     policy = policy_from_data({"alert_threshold": 60, "remediate_threshold": 50}, "p.yaml")
     assert (policy.alert_threshold, policy.remediate_threshold) == (60, 50)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.cases import VAULT_ID, acls, make_context, vault
+from detectors.cases import VAULT_ID, acls, vault
+from kvguard.catalog import RULES
 from kvguard.detection import Case, Finding, detect_all
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
 from remediation.network import restore_network
+from tests.cases import make_context
 from tests.unit.test_pipeline import VAULT_WRITE, Env, statuses
 
 # A vault whose accepted state is open: no firewall, public network access never set (ARM's
@@ -19,7 +21,7 @@ OPEN = vault(publicNetworkAccess=None, networkAcls=None)
 
 def findings(before: dict[str, Any], after: dict[str, Any], **policy: Any) -> list[Finding]:
     ctx = make_context(Case(name="restore", fires=True, before=before, after=after, policy=policy))
-    return [f for f in detect_all(ctx) if f.remediation == "restore_network"]
+    return [f for f in detect_all(ctx, RULES) if f.remediation == "restore_network"]
 
 
 def plan(before: dict[str, Any], after: dict[str, Any], **policy: Any) -> tuple[list[str], list[Operation]]:

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from detectors.cases import make_event
 from kvguard.decision import Decision, decide, effective_mode, is_excluded, remediable
 from kvguard.detection import SEVERITY_SCORE, Finding, severity_for_risk
 from kvguard.events import VaultEvent
 from kvguard.policy import Policy, Severity
 from kvguard.risk import MAX_CONTEXT, assess
 from kvguard.vault import VaultConfig
+from tests.cases import make_event
 
 SUB = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 TENANT = "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f"

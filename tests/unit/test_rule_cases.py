@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from detectors import RULES
-from detectors.cases import make_context
+from kvguard.catalog import RULES
 from kvguard.detection import Case, Rule
+from tests.cases import make_context
 
 CASES = [(r, c) for r in RULES.values() for c in r.cases]
 

@@ -1,0 +1,45 @@
+"""The catalog: every rule and every handler kvguard has, registered in one fixed order.
+
+Rules and handlers are declared beside their code (`@rule` in `detectors/`, `@handler` in
+`remediation/`); the two functions below name the modules, in the order the catalog lists them,
+and register what each declares. The composition roots (`kvguard.runtime`, `kvguard.replay`, the
+CLI) call `load()`; a registry also loads itself on its first read, so a pipeline built by hand
+sees the same catalog.
+"""
+
+from __future__ import annotations
+
+from kvguard.detection import Rule
+from kvguard.registry import Registry, declared
+from remediation.base import Handler
+
+
+def _load_rules(registry: Registry[Rule]) -> None:
+    from detectors import access_policy, identity, lifecycle, network, protection
+
+    for family in (access_policy, network, protection, identity, lifecycle):
+        for rule in declared(family, Rule):
+            registry.add(rule.id, rule)
+
+
+def _load_handlers(registry: Registry[Handler]) -> None:
+    from remediation import access_policy, alerts, network, settings
+
+    for family in (access_policy, alerts, network, settings):
+        for handler in declared(family, Handler):
+            registry.add(handler.id, handler)
+
+
+RULES: Registry[Rule] = Registry("rule", load=_load_rules)
+HANDLERS: Registry[Handler] = Registry("handler", load=_load_handlers)
+
+
+def load() -> None:
+    """Register every rule and handler now (the composition root's first step)."""
+    RULES.load()
+    HANDLERS.load()
+
+
+def alert_handlers() -> tuple[str, ...]:
+    """The alerting handlers, in catalog order: alerts go out in this order, before any remediation."""
+    return tuple(h.id for h in HANDLERS.values() if h.kind == "alert")

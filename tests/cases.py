@@ -1,0 +1,67 @@
+"""Turning a rule's `Case` into what the rule sees: the normalised event and the `Context`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from detectors.cases import NOW, OPERATOR, TENANT, VAULT_ID
+from kvguard.detection import Case, Context, History
+from kvguard.events import Caller, VaultEvent
+from kvguard.ids import parse_vault_ref
+from kvguard.policy import Policy
+from kvguard.vault import VaultConfig, diff
+
+
+def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
+    """A normalised event: a successful vaults/write by OPERATOR unless `overrides` say otherwise.
+
+    Keys: kind, operation, event_type, status, succeeded, time, vault_id, and caller (a dict of
+    `Caller` fields, merged over the default caller).
+    """
+    caller = {"object_id": OPERATOR, "upn": "ops@contoso.example", "tenant_id": TENANT, "ip": "10.20.30.40"}
+    caller.update(overrides.get("caller", {}))
+    kind = overrides.get("kind", "write")
+    operation = overrides.get("operation", {
+        "write": "Microsoft.KeyVault/vaults/write",
+        "access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
+        "delete": "Microsoft.KeyVault/vaults/delete",
+        "purge": "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+    }.get(kind, "Microsoft.KeyVault/vaults/write"))
+    succeeded = overrides.get("succeeded", True)
+    return VaultEvent(
+        id=overrides.get("id", "evt-case"),
+        event_type=overrides.get(
+            "event_type",
+            "Microsoft.Resources.ResourceWriteSuccess" if succeeded else "Microsoft.Resources.ResourceWriteFailure",
+        ),
+        schema="eventgrid",
+        subject=overrides.get("vault_id", VAULT_ID),
+        time=overrides.get("time", NOW),
+        vault=parse_vault_ref(overrides.get("vault_id", VAULT_ID)),
+        operation=operation,
+        kind=kind,
+        access_policy_action=overrides.get("access_policy_action"),
+        status="Succeeded" if succeeded else "Failed",
+        succeeded=succeeded,
+        caller=Caller(**caller),
+        correlation_id="corr-case",
+        tenant_id=TENANT,
+        raw={},
+    )
+
+
+def make_context(case: Case) -> Context:
+    """The context a rule sees for a case: configurations parsed, diff computed, policy merged."""
+    before = VaultConfig.from_arm(case.before) if case.before is not None else None
+    after = VaultConfig.from_arm(case.after) if case.after is not None else None
+    return Context(
+        event=make_event(case.event),
+        before=before,
+        after=after,
+        diff=diff(before, after) if before is not None and after is not None else None,
+        policy=Policy().merged(dict(case.policy)),
+        history=History(**case.history),
+        now=case.event.get("time") or NOW,
+        baseline_deleted=case.baseline_deleted,
+    )

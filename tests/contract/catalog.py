@@ -1,0 +1,63 @@
+"""The rule catalog's contract with the world outside this repository, in one place.
+
+Docs, dashboards, infra and other tools refer to these rule ids and to their default severity,
+kind, MITRE techniques and remediation handler: the design's rule and handler tables, written out
+as data because the design document is not part of the repository. The code's catalog
+(`kvguard.catalog`) is the source of everything else; this table is only what it must keep.
+Changing a line here is changing the contract.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Promised(NamedTuple):
+    severity: str
+    kind: str
+    mitre: tuple[str, ...]
+    remediation: str | None
+
+
+RULES: dict[str, Promised] = {
+    "KV-AP-01": Promised("high", "diff", ("T1098", "T1555.006"), "revert_access_policy"),
+    "KV-AP-02": Promised("high", "diff", ("T1098",), "revert_access_policy"),
+    "KV-AP-03": Promised("medium", "posture", ("T1555.006",), None),
+    "KV-AP-04": Promised("high", "posture", ("T1098.001",), None),
+    "KV-AP-05": Promised("high", "diff + history", ("T1098", "T1555"), None),
+    "KV-NET-01": Promised("high", "diff/posture", ("T1562.007",), "restore_network"),
+    "KV-NET-02": Promised("high", "diff/posture", ("T1562.007",), "restore_network"),
+    "KV-NET-03": Promised("high", "diff", ("T1562.007",), "restore_network"),
+    "KV-NET-04": Promised("medium", "diff", ("T1562.007",), "restore_network"),
+    "KV-NET-05": Promised("medium", "diff", ("T1562.007",), "restore_network"),
+    "KV-PROT-01": Promised("medium", "posture", ("T1490",), "enable_purge_protection"),
+    "KV-PROT-02": Promised("medium", "diff/posture", ("T1490",), None),
+    "KV-PROT-03": Promised("critical", "diff", ("T1098", "T1548"), "restore_settings"),
+    "KV-PROT-04": Promised("medium", "diff", ("T1555.006",), "restore_settings"),
+    "KV-PROT-05": Promised("high", "diff", ("T1537",), None),
+    "KV-ID-01": Promised("medium", "event", ("T1078.004",), None),
+    "KV-ID-02": Promised("high", "event", ("T1078.004",), None),
+    "KV-ID-03": Promised("medium", "event", ("T1078.004",), None),
+    "KV-ID-04": Promised("low", "event", ("T1078.004",), None),
+    "KV-ID-05": Promised("low", "event + history", ("T1078.004",), None),
+    "KV-ID-06": Promised("high", "event + history", ("T1098", "T1526"), None),
+    "KV-LIFE-01": Promised("high", "event", ("T1485",), None),
+    "KV-LIFE-02": Promised("critical", "event", ("T1485", "T1490"), None),
+    "KV-LIFE-03": Promised("medium", "event/diff", ("T1098",), None),
+}
+
+# The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
+# `kvguard replay --alerts`); the design does not list it.
+HANDLERS: dict[str, str] = {
+    "revert_access_policy": "remediation",
+    "restore_network": "remediation",
+    "restore_settings": "remediation",
+    "enable_purge_protection": "remediation",
+    "raise_defender_alert": "alert",
+    "publish_detection": "alert",
+    "notify_webhook": "alert",
+    "write_alerts_file": "alert",
+}
+
+# The rule families in the order the catalog lists them.
+FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE")
