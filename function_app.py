@@ -18,8 +18,8 @@ log = logging.getLogger("kvguard")
 @app.event_grid_trigger(arg_name="event")
 def on_vault_event(event: func.EventGridEvent) -> None:
     """Handle one delivered event; bad input is recorded, transient failures raise for redelivery."""
-    for outcome in runtime.current().handle(event):
-        log.info("kvguard %s", json.dumps(outcome.to_json(), default=str))
+    with runtime.observer().delivery("delivery") as delivery:
+        delivery.record_all(runtime.current().handle(event))
 
 
 @app.function_name("reconcile")
@@ -28,8 +28,8 @@ def reconcile(timer: func.TimerRequest) -> None:
     """Seed missing baselines, catch changes whose events never arrived, retry the outbox and
     forget records past the retention period."""
     pipeline = runtime.current()
-    for outcome in pipeline.reconcile(Settings().subscription_ids):
-        log.info("kvguard reconcile %s", json.dumps(outcome.to_json(), default=str))
+    with runtime.observer().delivery("reconcile") as run:
+        run.record_all(pipeline.reconcile(Settings().subscription_ids), "reconcile")
     log.info("kvguard outbox: %d delivered; retention: %d records pruned", pipeline.flush_outbox(), pipeline.prune())
 
 

@@ -64,6 +64,12 @@ param reconcileSchedule string = '0 0 * * * *'
 ])
 param storageSku string = 'Standard_LRS'
 
+@description('Send every finding and action to the Log Analytics table KvguardFindings_CL (a data collection endpoint and rule, for Sentinel) and deploy the kvguard workbook.')
+param deployFindingsLog bool = false
+
+@description('Resource id of the Log Analytics workspace that holds the vaults\' AuditEvent logs (empty: none). kvguard gets Log Analytics Reader there and adds to each grant finding what the granted principal did in the vault (blast radius).')
+param auditWorkspaceResourceId string = ''
+
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -152,6 +158,31 @@ module app 'modules/functionapp.bicep' = {
     subscriptionIds: subscriptionIds
     policyFile: policyFile
     reconcileSchedule: reconcileSchedule
+    findingsLogEndpoint: deployFindingsLog ? findingsLog.outputs.endpoint : ''
+    findingsLogRuleId: deployFindingsLog ? findingsLog.outputs.ruleId : ''
+    auditWorkspaceId: empty(auditWorkspaceResourceId) ? '' : auditWorkspaceAccess.outputs.customerId
+  }
+}
+
+module auditWorkspaceAccess 'modules/audit-workspace-access.bicep' = if (!empty(auditWorkspaceResourceId)) {
+  name: 'kvguard-audit-workspace-access'
+  scope: resourceGroup(split(auditWorkspaceResourceId, '/')[2], split(auditWorkspaceResourceId, '/')[4])
+  params: {
+    principalId: identity.outputs.principalId
+    workspaceName: last(split(auditWorkspaceResourceId, '/'))
+  }
+}
+
+module findingsLog 'modules/findings-log.bicep' = if (deployFindingsLog) {
+  name: 'kvguard-findings-log'
+  scope: group
+  params: {
+    principalId: identity.outputs.principalId
+    workspaceName: monitoring.outputs.logAnalyticsName
+    dataCollectionEndpointName: 'dce-kvguard-${token}'
+    dataCollectionRuleName: 'dcr-kvguard-${token}'
+    location: location
+    tags: tags
   }
 }
 

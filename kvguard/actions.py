@@ -9,8 +9,9 @@ so the next event or reconciliation sees the change again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kvguard.ports import Alert, AlertSink, TransientError, VaultGateway
@@ -29,6 +30,9 @@ class ActionResult:
     before: Any = None
     after: Any = None
     transient: bool = field(default=False, compare=False)
+    # When the runner started and finished this handler's operations (latency telemetry).
+    started: datetime | None = field(default=None, compare=False)
+    finished: datetime | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"handler": self.handler, "status": self.status, "detail": self.detail}
@@ -42,13 +46,22 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 
 class ActionRunner:
-    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink]) -> None:
+    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink],
+                 now: Callable[[], datetime] | None = None) -> None:
         self._gateway = gateway
         self._sinks = sinks
+        self._now = now or (lambda: datetime.now(UTC))
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
             current: VaultConfig | None) -> ActionResult:
-        """Apply (or, in dry-run, only plan) one handler's operations; one result for the handler."""
+        """Apply (or, in dry-run, only plan) one handler's operations; one result for the handler,
+        stamped with when it started and finished."""
+        started = self._now()
+        result = self._run(handler, operations, dry_run=dry_run, current=current)
+        return replace(result, started=started, finished=self._now())
+
+    def _run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
+             current: VaultConfig | None) -> ActionResult:
         rules = tuple(sorted({r for op in operations for r in op.rules}))
         pending = [op for op in (self._still_needed(op, current) for op in operations) if op is not None]
         if not pending:

@@ -1,4 +1,4 @@
-"""`kvguard replay | rules | baseline | redrive | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | undo | validate`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
 the file, the step and the reason on stderr) or a dead-letter file that is not JSON (or refused), 1
@@ -81,8 +81,15 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from kvguard.suppression import expired
+
     policy = load_policy(args.policy)
     out.write(f"{args.policy}: valid policy (mode {policy.mode}, {len(policy.rules)} rule override(s))\n")
+    for suppression in expired(policy, datetime.now(UTC)):
+        out.write(f"{args.policy}: suppression of {suppression.rule} for {suppression.vault} expired "
+                  f"{suppression.until.isoformat()} and is ignored ({suppression.reason})\n")
     return 0
 
 
@@ -163,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
     redrive.set_defaults(run=_live("cmd_redrive"))
+    undo = commands.add_parser(
+        "undo", help="put back what one recorded remediation took away (dry run unless --apply)"
+    )
+    undo.add_argument("audit_id", metavar="AUDIT_ID", help="the event id of the audit record")
+    undo.add_argument("--handler", help="which remediation, when the record has several")
+    undo.add_argument("--apply", action="store_true", help="write it back and make it the baseline")
+    undo.set_defaults(run=_live("cmd_undo"))
     rules = commands.add_parser("rules", help="print the rule catalog")
     shape = rules.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="the catalog as JSON (infra/rules.json is this)")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from kvguard.actions import ActionResult
 from kvguard.detection import Finding
+from kvguard.events import VaultEvent
 
 OutcomeKind = Literal["processed", "duplicate", "ignored", "rejected", "self"]
 
@@ -26,6 +28,10 @@ class Outcome:
     # Findings closed by this event (alert sinks told: Defender Healthy). Kept out of `actions`, so
     # counting actions never counts a resolution as an alert; they are in the audit record.
     resolutions: Sequence[ActionResult] = ()
+    # The event it answers and when the pipeline was done with it: for telemetry and the findings
+    # table (operation, caller, latency), never part of the `--json` shape.
+    event: VaultEvent | None = field(default=None, compare=False)
+    finished: datetime | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from kvguard import writeahead
 from kvguard.actions import ActionResult, ActionRunner, merged, skipped
+from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
 from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
@@ -39,6 +40,7 @@ from kvguard.ports import (
     VaultGateway,
 )
 from kvguard.risk import Risk, assess
+from kvguard.suppression import suppress, with_notes
 from kvguard.vault import VaultConfig, VaultDiff, diff
 from remediation.base import Operation, PlanInput
 
@@ -86,6 +88,7 @@ class Pipeline:
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
         retention: timedelta = RETENTION,
+        activity_log: ActivityLog | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -94,7 +97,8 @@ class Pipeline:
         self.clock = clock or SystemClock()
         self.lease = lease
         self.retention = retention
-        self.runner = ActionRunner(gateway, self.sinks)
+        self.activity_log = activity_log
+        self.runner = ActionRunner(gateway, self.sinks, lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ class Pipeline:
                 self.store.record_rejected(RejectedPayload(item.reason, item.raw, self.clock.now(), item.event_id))
                 outcomes.append(Outcome(item.event_id, "rejected", item.reason))
             else:
-                outcomes.append(self.handle_event(item))
+                outcomes.append(replace(self.handle_event(item), event=item, finished=self.clock.now()))
         return outcomes
 
     # --- filter, claim ------------------------------------------------------------------------
@@ -224,7 +228,9 @@ class Pipeline:
             baseline_deleted=bool(baseline and baseline.deleted),
         )
         earlier = self._earlier_attempt(event, after)
-        detected = detect_all(context, RULES)
+        detected, suppressed = suppress(detect_all(context, RULES), vault_id, event.vault.name, self.policy, now)
+        if self.activity_log is not None:
+            detected = enrich(detected, vault_id, event.time or now, self.clock.now(), self.activity_log)
         findings = detected + [f for f in earlier.findings if f.rule not in {d.rule for d in detected}]
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
@@ -255,7 +261,7 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            _reason(event, before, after, findings, risk, decision),
+            with_notes(_reason(event, before, after, findings, risk, decision), suppressed),
             display_id,
             risk.value,
             risk.severity,

@@ -12,14 +12,17 @@ from datetime import timedelta
 from typing import Any
 
 from kvguard import catalog
+from kvguard.blast_radius import ActivityLog
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import StateStore
 from kvguard.settings import Settings
 from kvguard.sinks import build_sinks
+from kvguard.telemetry import FindingsLog, Instruments, Observer
 
 _lock = threading.Lock()
 _current: Pipeline | None = None
+_observer: Observer | None = None
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -71,7 +74,17 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
         retention=timedelta(days=settings.retention_days),
+        activity_log=_activity_log(settings, credential),
     )
+
+
+def _activity_log(settings: Settings, credential: Any) -> ActivityLog | None:
+    """The vaults' audit log for the blast radius of grant findings, when a workspace is named."""
+    if not settings.audit_workspace_id:
+        return None
+    from kvguard.adapters.loganalytics import LogAnalyticsActivityLog
+
+    return LogAnalyticsActivityLog(settings.audit_workspace_id, credential, endpoint=settings.loganalytics_endpoint)
 
 
 def current() -> Pipeline:
@@ -88,6 +101,45 @@ def install(pipeline: Pipeline | None) -> None:
     global _current
     with _lock:
         _current = pipeline
+
+
+def build_observer(settings: Settings | None = None, credential: Any = None) -> Observer:
+    """The log line always; OpenTelemetry only with a connection string, the findings table only
+    with its endpoint and rule. Their packages are imported here, not before: without them a cold
+    start loads nothing of either."""
+    settings = settings or Settings()
+    instruments: Instruments | None = None
+    if settings.appinsights_connection_string:
+        from kvguard.adapters.appinsights import configure
+        from kvguard.otel import OtelInstruments
+
+        configure(settings.appinsights_connection_string, credential or _credential())
+        instruments = OtelInstruments()
+    findings_log: FindingsLog | None = None
+    if settings.ingestion_endpoint or settings.ingestion_rule_id:
+        if not (settings.ingestion_endpoint and settings.ingestion_rule_id):
+            raise ValueError("the findings table needs both KVGUARD_INGESTION_ENDPOINT and KVGUARD_INGESTION_RULE_ID")
+        from kvguard.adapters.ingestion import LogsIngestionFindingsLog
+
+        findings_log = LogsIngestionFindingsLog(settings.ingestion_endpoint, settings.ingestion_rule_id,
+                                                credential or _credential())
+    return Observer(with_caller=settings.log_caller, instruments=instruments, findings_log=findings_log)
+
+
+def observer() -> Observer:
+    """The worker's observer (logs, telemetry, findings table), built once on first use."""
+    global _observer
+    with _lock:
+        if _observer is None:
+            _observer = build_observer()
+        return _observer
+
+
+def install_observer(observer: Observer | None) -> None:
+    """Replace the worker's observer (None: build again from the environment on next use)."""
+    global _observer
+    with _lock:
+        _observer = observer
 
 
 PROBE_VAULT = (

@@ -38,5 +38,14 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     retention_days: int = Field(default=90, ge=1)
+    # Operating kvguard: telemetry, the structured log line, the findings table.
+    log_caller: bool = False
+    appinsights_connection_string: str | None = Field(
+        default=None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
+    ingestion_endpoint: str | None = None
+    ingestion_rule_id: str | None = None
+    audit_workspace_id: str | None = None
+    loganalytics_endpoint: str = "https://api.loganalytics.io"
 
     _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)

@@ -43,6 +43,15 @@ param policyFile string = ''
 @description('NCRONTAB schedule of the reconcile timer (read through %KVGUARD_RECONCILE_SCHEDULE%).')
 param reconcileSchedule string = '0 0 * * * *'
 
+@description('Logs Ingestion endpoint of the findings table\'s data collection endpoint (empty: no findings table).')
+param findingsLogEndpoint string = ''
+
+@description('Immutable id of the findings table\'s data collection rule.')
+param findingsLogRuleId string = ''
+
+@description('Workspace (customer) id of the Log Analytics workspace with the vaults\' AuditEvent logs (empty: no blast radius).')
+param auditWorkspaceId string = ''
+
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
@@ -113,6 +122,26 @@ var baseSettings = [
   }
 ]
 
+// The findings table (Logs Ingestion API) only when main.bicep deploys it.
+var findingsLogSettings = empty(findingsLogEndpoint) ? [] : [
+  {
+    name: 'KVGUARD_INGESTION_ENDPOINT'
+    value: findingsLogEndpoint
+  }
+  {
+    name: 'KVGUARD_INGESTION_RULE_ID'
+    value: findingsLogRuleId
+  }
+]
+
+// The blast radius of grant findings only when an audit workspace is given.
+var auditWorkspaceSettings = empty(auditWorkspaceId) ? [] : [
+  {
+    name: 'KVGUARD_AUDIT_WORKSPACE_ID'
+    value: auditWorkspaceId
+  }
+]
+
 var policySettings = empty(policyFile) ? [] : [
   {
     name: 'KVGUARD_POLICY_FILE'
@@ -161,7 +190,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
-      appSettings: concat(baseSettings, policySettings)
+      appSettings: concat(baseSettings, policySettings, findingsLogSettings, auditWorkspaceSettings)
     }
     functionAppConfig: {
       deployment: {

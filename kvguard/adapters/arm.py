@@ -128,6 +128,30 @@ class ArmVaultGateway:
             raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy was removed")
         return after
 
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """A targeted `accessPolicies/add` of `entry`'s permissions for its principal (for `kvguard
+        undo`): ARM merges them into the principal's entry and leaves every other entry alone."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ref, group = _locate(vault_id)
+        arm_entry = entry.to_arm()
+        if not arm_entry["tenantId"]:
+            current = self.get(vault_id)
+            if current is None:
+                raise VaultNotFoundError(f"vault {ref.id} not found")
+            arm_entry["tenantId"] = current.tenant_id
+        vaults = self.client(ref.subscription_id).vaults
+        try:
+            with azure_errors(f"add access policy to vault {ref.name}"):
+                vaults.update_access_policy(group, ref.name, "add", cast(Any, {"properties": {"accessPolicies": [
+                    arm_entry]}}))
+        except ResourceNotFoundError as exc:
+            raise VaultNotFoundError(f"vault {ref.id} not found") from exc
+        after = self.get(vault_id)
+        if after is None:
+            raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy was added")
+        return after
+
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         vaults = self.client(subscription_id).vaults
         with azure_errors(f"list vaults of subscription {subscription_id}"):

@@ -245,3 +245,35 @@ def test_health_is_503_when_arm_fails(installed: Pipeline, fake: ArmFake) -> Non
     assert report["ok"] is False
     assert report["state"] == "ok"
     assert report["arm"].startswith("unreachable")
+
+
+def test_the_function_logs_traces_and_fills_the_findings_table(
+    installed: Pipeline, fake: ArmFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What operators see of one delivery through the registered function: one JSON log line, one
+    span with its counters, and the findings table's rows on the Logs Ingestion endpoint."""
+    from kvguard.adapters.ingestion import LogsIngestionFindingsLog
+    from kvguard.findings_table import STREAM
+    from kvguard.telemetry import Observer
+    from tests.unit.test_telemetry import Telemetry
+
+    telemetry = Telemetry()
+    findings_log = LogsIngestionFindingsLog(fake.base_url, "dcr-e2e", FakeCredential(),
+                                            connection_verify=str(fake.write_ca_bundle(tmp_path / "ca-e2e.pem")))
+    runtime.install_observer(Observer(instruments=telemetry.instruments, findings_log=findings_log))
+    caplog.set_level("INFO", logger="kvguard")
+    try:
+        deliver(event_json("5b4a3928-1706-4f5e-8d4c-3b2a19087f6e", INTRUDER))
+    finally:
+        runtime.install_observer(None)
+
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kvguard outcome ")]
+    fields = json.loads(line.removeprefix("kvguard outcome "))
+    assert fields["event_id"] == "5b4a3928-1706-4f5e-8d4c-3b2a19087f6e" and fields["outcome"] == "processed"
+    assert {"handler": "revert_access_policy", "status": "applied"} in fields["actions"]
+    assert INTRUDER not in line and "198.51.100.23" not in line
+    [span] = telemetry.spans.get_finished_spans()
+    assert (span.attributes or {})["kvguard.event_id"] == fields["event_id"]
+    rows = fake.ingested[("dcr-e2e", STREAM)]
+    assert {r["EventId"] for r in rows} == {fields["event_id"]}
+    assert ("revert_access_policy", "applied") in {(r["Handler"], r["Status"]) for r in rows}

@@ -18,6 +18,7 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+LOG_ANALYTICS_READER = "73c42c96-874c-492b-b04d-ab87d138a893"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
 EXPECTED: dict[str, dict[str, str | None]] = {
@@ -34,6 +35,14 @@ EXPECTED: dict[str, dict[str, str | None]] = {
         KEY_VAULT_CONTRIBUTOR: None,
         READER: None,
         SECURITY_ASSESSMENT_CONTRIBUTOR: None,
+    },
+    # kvguard's identity, on the findings table's data collection rule (Logs Ingestion API).
+    "modules/findings-log.bicep": {
+        MONITORING_METRICS_PUBLISHER: "rule",
+    },
+    # kvguard's identity, on the workspace with the vaults' AuditEvent logs (blast radius, optional).
+    "modules/audit-workspace-access.bicep": {
+        LOG_ANALYTICS_READER: "workspace",
     },
     # The system topic's identity (and optionally the operator), for dead letters.
     "modules/deadletter-access.bicep": {

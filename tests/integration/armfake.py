@@ -1,5 +1,6 @@
 """A local HTTPS fake of the Azure endpoints kvguard writes to: ARM (Key Vault and Defender
-assessments), an Event Grid topic and a webhook.
+assessments), an Event Grid topic, a webhook, the Logs Ingestion API, Log Analytics queries and
+Application Insights' track endpoint.
 
 The real SDK clients talk to it over TLS (a trustme CA and a server certificate for `localhost` and
 `127.0.0.1`), so the tests exercise the same request building, retries, paging and error mapping
@@ -12,6 +13,7 @@ Retry-After, 500, ...) or actions (delete a vault) can be queued per method and 
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,8 @@ _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
+_LOG_QUERY_RE = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query$", re.IGNORECASE)
+_INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,17 @@ class Recorded:
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[0] if values else None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One Key Vault data-plane operation as its AuditEvent diagnostic log records it."""
+
+    time: datetime
+    vault: str
+    principal: str
+    operation: str
+    object: str = ""
 
 
 @dataclass
@@ -109,6 +125,9 @@ class ArmFake:
         self.assessments: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
+        self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.audit_events: dict[str, list[AuditEvent]] = {}
+        self.telemetry: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.page_size = page_size
         self.eventgrid_key = eventgrid_key
@@ -234,6 +253,10 @@ class ArmFake:
             return 200, None, {}
         if not request.headers.get("authorization", "").startswith("Bearer "):
             return _arm_error(401, "AuthenticationFailed", "Authentication failed: no bearer token.")
+        if (match := _LOG_QUERY_RE.match(path)) and method == "POST":
+            return self._log_query(match["workspace"], request.json or {})
+        if path.lower() == "/v2.1/track" and method == "POST":
+            return self._track(request)
         if not request.param("api-version"):
             return _arm_error(400, "MissingApiVersionParameter", "The api-version query parameter is required.")
         if match := _VAULT_RE.match(path):
@@ -247,6 +270,8 @@ class ArmFake:
             return self._list_vaults(match["sub"], request)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
+        if (match := _INGESTION_RE.match(path)) and method == "POST":
+            return self._ingest(match, request)
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
@@ -334,6 +359,49 @@ class ArmFake:
             return 400, {"error": {"code": "BadRequest", "message": "Expected a JSON array of CloudEvents."}}, {}
         self.events.extend(batch)
         return 200, None, {}
+
+    def _log_query(self, workspace: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """Log Analytics' query API for the one query kvguard sends (a principal's operations in
+        a vault): the vault and object id are read from its `=~` filters, the window from
+        `timespan`, and the workspace's audit events are counted by operation and object."""
+        query, timespan = str(body.get("query") or ""), str(body.get("timespan") or "")
+        vault = re.search(r"ResourceId =~ '([^']+)'", query)
+        principal = re.search(r"identity_claim_oid_g =~ '([^']+)'", query)
+        if not query.startswith("AzureDiagnostics") or vault is None or principal is None or "/" not in timespan:
+            return 400, {"error": {"code": "BadArgumentError", "message": "The fake answers kvguard's query only."}}, {}
+        start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in timespan.split("/"))
+        counts: dict[tuple[str, str], int] = {}
+        for event in self.audit_events.get(workspace, []):
+            if (event.vault.lower() == vault[1].lower() and event.principal.lower() == principal[1].lower()
+                    and start <= event.time <= end):
+                counts[(event.operation, event.object)] = counts.get((event.operation, event.object), 0) + 1
+        rows = [[op, obj, n] for (op, obj), n in sorted(counts.items(), key=lambda item: -item[1])]
+        columns = [{"name": "OperationName", "type": "string"}, {"name": "Object", "type": "string"},
+                   {"name": "Count", "type": "long"}]
+        return 200, {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}]}, {}
+
+    def _track(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """Application Insights' ingestion (`{IngestionEndpoint}/v2.1/track`): a JSON array of
+        telemetry envelopes (or JSON Lines), all accepted."""
+        body = request.body
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        text = body.decode()
+        items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x]
+        self.telemetry.extend(items)
+        return 200, {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}, {}
+
+    def _ingest(self, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """The Logs Ingestion API: a JSON array of rows (gzip-compressed when Content-Encoding says
+        so) for one data collection rule's stream; 204 on success."""
+        body = request.body
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        rows = json.loads(body) if body else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return _arm_error(400, "InvalidPayload", "The body must be a JSON array of objects.")
+        self.ingested.setdefault((match["rule"], match["stream"]), []).extend(rows)
+        return 204, None, {}
 
 
 def _apply_access_policy(policies: list[dict[str, Any]], kind: str, entry: dict[str, Any]) -> None:
