@@ -8,7 +8,7 @@ from bench.soak import run
 
 
 def test_a_small_soak_keeps_every_promise(azurite_connection_string: str, table_prefix: str) -> None:
-    figures = run(deliveries=200, vaults=12, workers=2, seed=11, tables=azurite_connection_string,
+    figures = run(deliveries=200, vaults=20, workers=2, seed=11, tables=azurite_connection_string,
                   prefix=table_prefix, quiet=True)
 
     assert figures["failed checks"] == [], figures
