@@ -119,7 +119,7 @@ class Pipeline:
 
     def handle_event(self, event: VaultEvent) -> Outcome:
         """Claim, then read, decide and act with no state-store transaction open (other workers
-        go on meanwhile), then record in one short batch guarded by the claim (`_commit`)."""
+        go on meanwhile), then record in one short batch guarded by the claim (the end of `_process`)."""
         passed = self._filter(event)
         if passed is not None:
             return passed
