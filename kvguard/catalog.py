@@ -16,8 +16,9 @@ from remediation.base import Handler
 
 def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import access_policy, identity, lifecycle, network, protection
+    from detectors import self as own_identity
 
-    for family in (access_policy, network, protection, identity, lifecycle):
+    for family in (access_policy, network, protection, identity, lifecycle, own_identity):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 

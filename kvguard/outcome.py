@@ -32,9 +32,12 @@ class Outcome:
     # table (operation, caller, latency), never part of the `--json` shape.
     event: VaultEvent | None = field(default=None, compare=False)
     finished: datetime | None = field(default=None, compare=False)
+    # The changed resource when it is no vault (kvguard's own deployment); vault events leave it
+    # None, and their records keep exactly the keys they always had.
+    resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record = {
             "event_id": self.event_id,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -44,6 +47,9 @@ class Outcome:
             "findings": [f.to_json() for f in self.findings],
             "actions": [a.to_json() for a in self.actions],
         }
+        if self.resource is not None:
+            record["resource"] = self.resource
+        return record
 
     def to_audit(self) -> dict[str, Any]:
         record = self.to_json()

@@ -21,9 +21,17 @@ from kvguard.actions import ActionResult, ActionRunner, merged, skipped
 from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
+from kvguard.deployment import (
+    DEPLOYMENT_RULES,
+    EVENT_SUBSCRIPTION_DELETE,
+    EVENT_SUBSCRIPTION_WRITE,
+    event_subscription_problems,
+    is_deployment_operation,
+    is_event_subscription,
+)
 from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
-from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.ids import owning_id, parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy
 from kvguard.ports import (
@@ -33,6 +41,7 @@ from kvguard.ports import (
     Baseline,
     Clock,
     ConcurrencyError,
+    DeploymentReader,
     PermanentError,
     RejectedPayload,
     StateStore,
@@ -60,6 +69,11 @@ class _Earlier(NamedTuple):
     findings: list[Finding]
     alerts: list[ActionResult]
     operations: dict[str, list[Operation]]
+OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
+CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
+
+
+NOTHING_EARLIER = _Earlier((), {}, [], [], {})
 
 
 class _Recall(NamedTuple):
@@ -89,7 +103,9 @@ class Pipeline:
         lease: timedelta = timedelta(minutes=5),
         retention: timedelta = RETENTION,
         activity_log: ActivityLog | None = None,
+        deployment: DeploymentReader | None = None,
     ) -> None:
+        """`deployment` reads kvguard's own event subscriptions for the reconcile check (none: no check)."""
         self.gateway = gateway
         self.store = store
         self.policy = policy
@@ -98,7 +114,8 @@ class Pipeline:
         self.lease = lease
         self.retention = retention
         self.activity_log = activity_log
-        self.runner = ActionRunner(gateway, self.sinks, lambda: self.clock.now())
+        self.deployment = deployment
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now())
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -120,6 +137,9 @@ class Pipeline:
     def handle_event(self, event: VaultEvent) -> Outcome:
         """Claim, then read, decide and act with no state-store transaction open (other workers
         go on meanwhile), then record in one short batch guarded by the claim (the end of `_process`)."""
+        own_resource = self._own_resource(event)
+        if own_resource is not None:
+            return self._handle_own_deployment(event, own_resource)
         passed = self._filter(event)
         if passed is not None:
             return passed
@@ -181,6 +201,7 @@ class Pipeline:
                     continue
                 if outcome is not None:
                     outcomes.append(outcome)
+        outcomes += self.check_own_deployment()
         return outcomes
 
     def _reconcile_vault(self, vault: VaultConfig) -> Outcome | None:
@@ -203,9 +224,108 @@ class Pipeline:
             return Outcome(event.id, "ignored", f"operation {event.operation} is not a vault change kvguard handles",
                            self._known_id(event))
         own = event.caller.ids() & set(self.policy.own_principal_ids)
-        if own:
+        if own and self._planned(event):
             return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", self._known_id(event))
-        return None
+        return None  # an own-identity write kvguard did not plan is processed like anyone's (KV-SELF-01)
+
+    def _planned(self, event: VaultEvent) -> bool:
+        """Whether the ledger holds the write behind this own-identity event: a state look-up,
+        never an ARM read, so a recognised own write costs no GET. The window is taken from the
+        event's time (when ARM made the write), not from its delivery, so a dead letter redriven
+        days later still finds its entry, and an event from before kvguard planned a write never
+        takes that write's entry."""
+        assert event.vault is not None
+        if event.operation is None:
+            return False
+        since, until = _ledger_window(event.time or self.clock.now())
+        return self.store.match_own_write(event.vault.id, event.operation, event.id, event.correlation_id,
+                                          since, until)
+
+    # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
+
+    def _own_resource(self, event: VaultEvent) -> str | None:
+        """The own resource (policy `own_resource_ids`) a deployment change concerns, or None."""
+        if event.vault is not None or not is_deployment_operation(event.operation):
+            return None
+        return owning_id(event.subject, self.policy.own_resource_ids)
+
+    def _handle_own_deployment(self, event: VaultEvent, resource_id: str) -> Outcome:
+        """Claimed like a vault event (fenced by an owner token, no transaction held while alerting)."""
+        now = self.clock.now()
+        owner = uuid.uuid4().hex
+        claim = self.store.claim(event.id, now, self.lease, owner)
+        if claim == "duplicate":
+            return Outcome(event.id, "duplicate", "event already processed", resource=resource_id)
+        if claim == "in_progress":
+            raise TransientError(f"event {event.id} is being processed by another instance")
+        try:
+            outcome = self._judge_own_deployment(event, resource_id, now)
+            if not self.store.complete(event.id, self.clock.now(), owner):
+                raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+        except BaseException:
+            self.store.release(event.id, owner)
+            raise
+        return outcome
+
+    def _judge_own_deployment(self, event: VaultEvent, resource_id: str, now: datetime) -> Outcome:
+        """A change to kvguard's own deployment is alerted in every mode, at every threshold: the
+        mode (KVGUARD_MODE) may be the very setting that was changed. Nothing is remediated."""
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy, history=History(),
+                          now=now)
+        findings = detect_all(context, {rule_id: RULES[rule_id] for rule_id in DEPLOYMENT_RULES})
+        risk = assess(findings, event, None, self.policy)
+        always = "always, for a change to kvguard's own deployment"
+        decision = Decision(self.policy.mode, bool(findings), always if findings else "no finding", False,
+                            "kvguard's own deployment is never remediated", False)
+        actions = self._act(event, "", resource_id, findings, risk, decision, None, None, NOTHING_EARLIER)
+        for finding in findings:
+            self.store.open_finding(resource_id, finding.rule, finding.to_json(), now)
+        if findings:
+            reason = f"{len(findings)} finding(s); risk {risk.value}: {', '.join(risk.explanation)}; alert: {always}"
+        elif not event.succeeded:
+            reason = "no finding: the change to kvguard's own deployment failed"
+        else:
+            reason = "no finding: kvguard's own deployment changed by an approved caller"
+        outcome = Outcome(event.id, "processed", reason, None, risk.value, risk.severity, findings, actions,
+                          risk.explanation, resource=resource_id)
+        self.store.append_audit(AuditRecord(event.id, resource_id, now, outcome.to_audit()))
+        return outcome
+
+    def check_own_deployment(self) -> list[Outcome]:
+        """The reconcile timer's check that each of kvguard's event subscriptions exists and passes
+        everything kvguard needs: its deletion may be the last event it ever delivered. A problem is
+        raised once while it lasts (the open KV-SELF-02 finding says which); a subscription found
+        right again closes the finding."""
+        if self.deployment is None:
+            return []
+        outcomes = []
+        for resource_id in filter(is_event_subscription, self.policy.own_resource_ids):
+            try:
+                problems = event_subscription_problems(self.deployment.get_event_subscription(resource_id))
+            except Exception:  # logged with its traceback; the next run checks again
+                log.exception("check of event subscription %s failed", resource_id)
+                continue
+            open_now = {f.rule: f.finding for f in self.store.open_findings(resource_id)}
+            if not problems:
+                if "KV-SELF-02" in open_now and self.store.close_finding(resource_id, "KV-SELF-02"):
+                    resolved = self._resolve_own_deployment(resource_id)
+                    outcomes.append(Outcome(None, "processed", "reconciliation: event subscription as deployed again",
+                                            resolutions=resolved, resource=resource_id))
+                continue
+            if (open_now.get("KV-SELF-02") or {}).get("evidence", {}).get("found") == problems:
+                continue  # already raised, still the same
+            outcomes.append(self.handle_event(_deployment_check_event(resource_id, problems, self.clock.now())))
+        return outcomes
+
+    def _resolve_own_deployment(self, resource_id: str) -> list[ActionResult]:
+        now = self.clock.now()
+        return [
+            self.runner.run(handler_id, [Operation(handler_id, "resolve", resource_id, "resolved KV-SELF-02",
+                                                   Alert(resource_id, "KV-SELF-02", "", "low", 0, 0, {}, (), "",
+                                                         None, now), rules=("KV-SELF-02",))],
+                            dry_run=False, current=None)
+            for handler_id in alert_handlers() if handler_id in self.sinks
+        ]
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
 
@@ -214,7 +334,9 @@ class Pipeline:
         vault_id = event.vault.id
         after = self.gateway.get(vault_id) if event.kind != "purge" else None
         baseline = self.store.get_baseline(vault_id)
-        before = self._baseline_config(baseline) if baseline and not baseline.deleted else None
+        # A deleted vault's baseline is what a recovery brings back: compared against, so that an
+        # unchanged recovered vault raises no posture finding again.
+        before = self._baseline_config(baseline) if baseline else None
         change = diff(before, after) if before is not None and after is not None else None
         recall = self._history(event, now)
         context = Context(
@@ -246,14 +368,16 @@ class Pipeline:
             risk=risk.value,
             recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
-        actions = self._act(event, owner, display_id, findings, risk, decision, before, after, earlier)
+        # Read before the findings are refreshed: which findings repeat an open one (see _joined).
+        joined = self._joined(event, display_id, findings)
+        actions = self._act(event, owner, display_id, findings, risk, decision, before, after, earlier, joined)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
         # A grant made while kvguard was reverting shows in `final` but was never judged: the
         # baseline stays, so the grant's own event (or the next one) sees it as the change it is.
         failed = failed or (remediated and _granted_meanwhile(after, final))
-        opened = self._open(display_id, findings, baseline, before)
+        opened = self._open(display_id, findings, baseline, before, event)
         # Posture and diff findings can only stop being true when the compared state moved.
         moved = remediated or before is None or (change is not None and not change.empty)
         resolved, resolutions = self._resolve(event, display_id, final if moved else None, findings, actions,
@@ -261,11 +385,11 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            with_notes(_reason(event, before, after, findings, risk, decision), suppressed),
+            with_notes(_reason(event, before, after, findings, risk, decision, joined), suppressed),
             display_id,
             risk.value,
             risk.severity,
-            findings,
+            [f for f in findings if f not in joined],
             actions,
             risk.explanation,
             resolutions,
@@ -324,6 +448,7 @@ class Pipeline:
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
+        event: VaultEvent,
     ) -> dict[str, Mapping[str, Any]]:
         """Every open finding of the vault once this event's are opened (or refreshed), as records
         to write. A diff finding keeps the baseline it was found against (the first one, on
@@ -331,6 +456,7 @@ class Pipeline:
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
+            record["callerNamed"] = bool(event.caller.ids()) or bool(open_now.get(finding.rule, {}).get("callerNamed"))
             if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE and baseline is not None \
                     and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
@@ -353,6 +479,13 @@ class Pipeline:
             return event.vault.id
         known = self.store.get_baseline(event.vault.id)
         return known.vault_id if known is not None else event.vault.id
+
+    def _history_key(self, event: VaultEvent) -> str:
+        """The vault that history marks are kept under. A purge names the deleted vault's
+        `locations/…/deletedVaults/{name}` id: its marks belong to the vault it was, so that the
+        caller who deleted it is no first-time caller when they purge it."""
+        assert event.vault is not None
+        return vault_key(self._known_id(event)) if event.kind == "purge" else event.vault.key
 
     def _baseline_config(self, baseline: Baseline) -> VaultConfig:
         """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""
@@ -377,10 +510,9 @@ class Pipeline:
         return len(self.store.marks_since("remediations", vault_key(vault_id), since))
 
     def _history(self, event: VaultEvent, now: datetime) -> _Recall:
-        assert event.vault is not None
         window = self.policy.history
         caller = event.caller.id
-        vault = event.vault.key
+        vault = self._history_key(event)
         grants = self.store.marks_since("grants", vault, now - window.grant_window)
         if caller is None:
             return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
@@ -418,6 +550,23 @@ class Pipeline:
             for f in findings
         ]
 
+    def _joined(self, event: VaultEvent, vault_id: str, findings: Sequence[Finding]) -> list[Finding]:
+        """Findings that repeat an open one (same rule, same evidence) where this event or the one
+        that raised it named no caller: one change reported by Key Vault's VaultAccessPolicyChanged
+        (in either schema) and by the ARM event is one finding and one alert; the other reports join
+        it (not listed as findings of their own). The event naming the caller still decides
+        remediation and the baseline."""
+        if not findings:
+            return []
+        open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
+        caller_named = bool(event.caller.ids())
+        return [
+            f for f in findings
+            if (record := open_now.get(f.rule)) is not None
+            and record.get("evidence") == _jsonable(f.evidence)
+            and not (caller_named and record.get("callerNamed", True))
+        ]
+
     def _act(
         self,
         event: VaultEvent,
@@ -429,13 +578,17 @@ class Pipeline:
         before: VaultConfig | None,
         after: VaultConfig | None,
         earlier: _Earlier,
+        joined: Sequence[Finding] = (),
     ) -> list[ActionResult]:
         """Alerts first; remediation only after every alert went out, each one written ahead
-        (its intent) before it is applied. A secondary sink that fails does not hold it back."""
+        (its intent) before it is applied. A secondary sink that fails does not hold it back. A
+        joined finding (another report of a change already alerted) raises no alert again, but is
+        remediated as any."""
         if not findings:
             return []
         results: list[ActionResult] = []
-        alerts = self._alerts(event, vault_id, findings, risk)
+        fresh = [f for f in findings if f not in joined]
+        alerts = self._alerts(event, vault_id, fresh, risk)
         if earlier.alerts and decision.alert:
             results.extend(earlier.alerts)  # an earlier attempt sent them: not again
         else:
@@ -445,7 +598,11 @@ class Pipeline:
                 if not decision.alert:
                     results.append(skipped(handler_id, decision.alert_reason))
                     continue
-                operations = HANDLERS[handler_id].plan(PlanInput(findings, before, after, alerts))
+                if not fresh:
+                    results.append(skipped(handler_id, "already raised: the change joins its open finding",
+                                           sorted({f.rule for f in joined})))
+                    continue
+                operations = HANDLERS[handler_id].plan(PlanInput(fresh, before, after, alerts))
                 results.append(self._deliver(handler_id, operations, after))
         alerted = list(results)
         allowed = remediable(findings, self.policy)
@@ -526,8 +683,10 @@ class Pipeline:
         return delivered
 
     def prune(self) -> int:
-        """Forget records older than the retention period (run by the reconcile timer)."""
-        return self.store.prune(self.clock.now() - self.retention)
+        """Forget records older than the retention period (run by the reconcile timer), the ledger
+        of own writes included (a dead letter redriven within the period still finds its entry)."""
+        cutoff = self.clock.now() - self.retention
+        return self.store.prune(cutoff) + self.store.prune_own_writes(cutoff)
 
     def _resolve(
         self,
@@ -605,34 +764,34 @@ class Pipeline:
         failed remediation, a failed operation or a change nobody can be held to leaves the
         baseline as it was (the change is seen again), and the steering tags move only with a
         change that may move them (decision.may_retag)."""
-        assert event.vault is not None
         caller = event.caller.id
+        vault = self._history_key(event)
         if caller is not None:
             if event.succeeded:
                 # One mark per vault and caller is all "first write" needs, and one per caller and
                 # vault within the burst window all the count needs.
                 if not recall.history.caller_seen_before:
-                    self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
+                    self.store.add_mark("caller_writes", f"{vault}|{caller}", event.id, now)
                 if not recall.vault_marked:
-                    self.store.add_mark("caller_vaults", caller, event.vault.key, now)
+                    self.store.add_mark("caller_vaults", caller, vault, now)
             else:
                 self.store.add_mark("caller_failures", caller, event.id, now)
         if change is not None:
             for mark in change.grant_marks():
-                self.store.add_mark("grants", event.vault.key, mark, now)
+                self.store.add_mark("grants", vault, mark, now)
         if remediated:
             self.store.add_mark("remediations", vault_key(vault_id), event.id, now)
         if failed or unattributed(self.policy, event):
             return  # the change is seen again: by the next event, or by the one that names its caller
         if final is None:
-            if event.kind == "delete" and before is not None:
+            if event.kind == "delete" and before is not None and not (baseline and baseline.deleted):
                 self._store_baseline(vault_id, dict(before.raw), baseline, now, deleted=True)
             return
         document = dict(final.raw)
         if before is not None and not may_retag(self.policy, event, remediated):
             document["tags"] = _steering_tags_kept(final, before)
         if (not remediated and before is not None and change is not None and change.empty
-                and _steering(document) == _steering(before.raw)):
+                and _steering(document) == _steering(before.raw) and not (baseline and baseline.deleted)):
             return  # nothing the baseline is compared or steered by has changed
         accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
         self._remember(self._store_baseline(vault_id, document, baseline, now), accepted)
@@ -665,6 +824,11 @@ def _scope(event: VaultEvent) -> str:
     return event.vault.key
 
 
+def _jsonable(evidence: Mapping[str, Any]) -> Any:
+    """Evidence as the state store gives it back (JSON: tuples become lists)."""
+    return json.loads(json.dumps(dict(evidence), default=str))
+
+
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in (document.get("tags") or {}).items() if k.lower() in STEERING_TAGS}
 
@@ -687,6 +851,28 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
     )
 
 
+def _ledger_window(made: datetime) -> tuple[datetime, datetime]:
+    """The times a ledger entry for a write made at `made` may have; an event time at the edge of
+    what a datetime can hold (year 1, year 9999) is clamped there, never an overflow."""
+    earliest, latest = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    since = made - OWN_WRITE_WINDOW if made - earliest > OWN_WRITE_WINDOW else earliest
+    until = made + CLOCK_SKEW if latest - made > CLOCK_SKEW else latest
+    return since, until
+
+
+def _deployment_check_event(resource_id: str, problems: list[str], now: datetime) -> VaultEvent:
+    """A stand-in for the change the reconcile check found: a deletion when the subscription is
+    gone, a write otherwise; what was found rides along for the finding's evidence."""
+    missing = problems == event_subscription_problems(None)
+    return VaultEvent(
+        id=f"reconcile:{vault_key(resource_id)}:{now.isoformat()}", event_type="kvguard.Reconciliation",
+        schema="eventgrid", subject=resource_id, time=now, vault=None,
+        operation=EVENT_SUBSCRIPTION_DELETE if missing else EVENT_SUBSCRIPTION_WRITE, kind="other",
+        access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(), correlation_id=None,
+        tenant_id=None, raw={"reconciliation": problems},
+    )
+
+
 def _reason(
     event: VaultEvent,
     before: VaultConfig | None,
@@ -694,7 +880,15 @@ def _reason(
     findings: Sequence[Finding],
     risk: Risk,
     decision: Decision,
+    joined: Sequence[Finding] = (),
 ) -> str:
+    if joined:
+        rules = ", ".join(sorted({f.rule for f in joined}))
+        note = f"joins the open finding(s) {rules}, alert not repeated"
+        findings = [f for f in findings if f not in joined]
+        if not findings:
+            return f"another report of an alerted change: {note}; remediate: {decision.remediate_reason}"
+        return f"{_reason(event, before, after, findings, risk, decision)}; {note}"
     gone = ""
     if after is None and event.kind not in ("delete", "purge"):
         if before is None and not findings:

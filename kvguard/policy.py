@@ -143,11 +143,22 @@ class Policy(_Strict):
     rules: dict[str, RuleOverride] = Field(default_factory=dict)
     min_retention_days: int = Field(default=90, ge=7, le=90)
     suppressions: list[Suppression] = Field(default_factory=list)
+    # kvguard's own deployment: its event subscription(s) and function app (KV-SELF-02 watches them).
+    own_resource_ids: list[str] = Field(default_factory=list)
 
     @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions")
     @classmethod
     def _lower_ids(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value if v.strip()]
+
+    @field_validator("own_resource_ids")
+    @classmethod
+    def _resource_ids(cls, value: list[str]) -> list[str]:
+        ids = [v.strip().rstrip("/") for v in value if v.strip()]
+        not_ids = [v for v in ids if not v.lower().startswith("/subscriptions/")]
+        if not_ids:
+            raise ValueError(f"not ARM resource ids (/subscriptions/…): {', '.join(not_ids)}")
+        return ids
 
     @field_validator("allowed_networks", "allowed_ip_rules")
     @classmethod

@@ -40,7 +40,7 @@ def print_report(runs: list[ReplayRun], summary: dict[str, Any], out: TextIO) ->
                 str(number),
                 outcome.event_id or "-",
                 f"[{OUTCOME_STYLE[outcome.outcome]}]{outcome.outcome}[/]",
-                (outcome.vault or "-").rsplit("/", 1)[-1],
+                (outcome.vault or outcome.resource or "-").rsplit("/", 1)[-1],
                 f"[{STYLE[outcome.severity]}]{outcome.risk} {outcome.severity}[/]" if outcome.findings else "-",
                 findings,
                 actions or "-",

@@ -26,10 +26,14 @@ _observer: Observer | None = None
 
 
 def policy_from(settings: Settings) -> Policy:
-    """The policy file (or the defaults), with the mode and own identities from the settings."""
+    """The policy file (or the defaults), with the mode, own identities and own resources from the
+    settings."""
     policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
     own = sorted({*policy.own_principal_ids, *(i.lower() for i in settings.own_principal_ids)})
     update: dict[str, Any] = {"own_principal_ids": own}
+    if settings.own_resource_ids:
+        merged = policy.merged({"own_resource_ids": [*policy.own_resource_ids, *settings.own_resource_ids]})
+        update["own_resource_ids"] = merged.own_resource_ids
     if settings.mode:
         update["mode"] = settings.mode
     return policy.model_copy(update=update)
@@ -62,6 +66,7 @@ def _store(settings: Settings, credential: Any) -> StateStore:
 def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     """A ready pipeline on real adapters (settings from the environment when None)."""
     from kvguard.adapters.arm import ArmVaultGateway
+    from kvguard.adapters.deployment import ArmDeploymentReader
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
 
     catalog.load()
@@ -75,6 +80,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         sinks=build_sinks(settings, credential),
         retention=timedelta(days=settings.retention_days),
         activity_log=_activity_log(settings, credential),
+        deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
     )
 
 

@@ -15,7 +15,7 @@ from kvguard.detection import Finding
 from kvguard.ports import Alert
 from kvguard.vault import AccessPolicy, VaultConfig
 
-OperationKind = Literal["remove_access_policy", "patch", "alert", "resolve"]
+OperationKind = Literal["add_access_policy", "remove_access_policy", "patch", "alert", "resolve"]
 
 
 @dataclass(frozen=True)

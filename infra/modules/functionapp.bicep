@@ -13,7 +13,7 @@ param identityId string
 @description('Client id of that identity (DefaultAzureCredential picks it through AZURE_CLIENT_ID).')
 param identityClientId string
 
-@description('Principal (object) id of that identity: kvguard ignores its own writes.')
+@description('Principal (object) id of that identity: its writes are `self` when kvguard planned them (ledger).')
 param identityPrincipalId string
 
 param storageAccountName string
@@ -36,6 +36,9 @@ param mode string = 'alert'
 
 @description('Subscriptions whose vaults kvguard watches and reconciles.')
 param subscriptionIds array
+
+@description('Resource ids of kvguard\'s own event subscriptions, watched with the app itself (KV-SELF-02).')
+param ownEventSubscriptionIds array = []
 
 @description('Path of a policy file inside the deployed package (empty: defaults and app settings only).')
 param policyFile string = ''
@@ -119,6 +122,12 @@ var baseSettings = [
   {
     name: 'KVGUARD_RECONCILE_SCHEDULE'
     value: reconcileSchedule
+  }
+  {
+    name: 'KVGUARD_OWN_RESOURCE_IDS'
+    value: join(concat(ownEventSubscriptionIds, [
+      resourceId('Microsoft.Web/sites', name)
+    ]), ',')
   }
 ]
 

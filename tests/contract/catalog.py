@@ -44,6 +44,8 @@ RULES: dict[str, Promised] = {
     "KV-LIFE-01": Promised("high", "event", ("T1485",), None),
     "KV-LIFE-02": Promised("critical", "event", ("T1485", "T1490"), None),
     "KV-LIFE-03": Promised("medium", "event/diff", ("T1098",), None),
+    "KV-SELF-01": Promised("critical", "event", ("T1078.004",), None),
+    "KV-SELF-02": Promised("critical", "diff", ("T1562.001",), None),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -60,4 +62,4 @@ HANDLERS: dict[str, str] = {
 }
 
 # The rule families in the order the catalog lists them.
-FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE")
+FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF")

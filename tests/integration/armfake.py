@@ -44,6 +44,10 @@ _LIST_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyv
 _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
+_EVENT_SUBSCRIPTION_RE = re.compile(
+    r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.eventgrid/systemtopics/[^/]+"
+    r"/eventsubscriptions/[^/]+$", re.IGNORECASE,
+)
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
 _LOG_QUERY_RE = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query$", re.IGNORECASE)
 _INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
@@ -123,6 +127,7 @@ class ArmFake:
     def __init__(self, *, page_size: int | None = None, eventgrid_key: str | None = None) -> None:
         self.vaults: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
+        self.event_subscriptions: dict[str, dict[str, Any]] = {}  # Event Grid system topic subscriptions, by id
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
         self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -272,6 +277,11 @@ class ArmFake:
             return self._put_assessment(match, request.json or {})
         if (match := _INGESTION_RE.match(path)) and method == "POST":
             return self._ingest(match, request)
+        if _EVENT_SUBSCRIPTION_RE.match(path) and method == "GET":
+            found = self.event_subscriptions.get(vault_key(path))
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The event subscription {path} was not found.")
+            return 200, found, {}
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:

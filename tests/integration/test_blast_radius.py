@@ -69,7 +69,8 @@ def pipeline(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def rogue_grant(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Outcome:
-    [outcome] = pipeline(fake, tmp_path, monkeypatch).handle(event_json("evt-radius-1", INTRUDER))
+    sent = GRANTED_AT.replace(microsecond=678901)
+    [outcome] = pipeline(fake, tmp_path, monkeypatch).handle(event_json("evt-radius-1", INTRUDER, time=sent))
     return outcome
 
 
