@@ -99,7 +99,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 17)]
+    assert numbers == [f"{n:02d}" for n in range(1, 18)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -561,3 +561,18 @@ def test_13_changes_to_kvguards_own_deployment_raise_kv_self_02_under_the_resour
     assert settings["findings"][0]["evidence"]["operation"] == "Microsoft.Web/sites/config/write"
     assert redeploy["findings"] == [] and "approved caller" in redeploy["reason"]
     assert summary["vaults"] == {}
+
+
+def test_14_an_activity_log_grant_is_judged_once_from_its_final_record() -> None:
+    events, summary = replayed("14")
+    records = source("14")["steps"][1]["activity"]
+    finals = [r["eventDataId"] for r in records if r["status"]["value"] == "Succeeded"]
+    assert [e["event_id"] for e in events] == finals  # Started records collapse into the Succeeded ones
+    grant, assignment = events
+    assert {"KV-AP-01", "KV-ID-02"} <= rules(grant)
+    assert grant["severity"] == "critical"
+    # The role assignment is judged under its own id; the simulated world holds no such assignment
+    # (the scenario writes none), so only the caller's rules can fire.
+    assert assignment["outcome"] == "processed" and "/roleAssignments/" in assignment["resource"]
+    assert rules(assignment) <= {"KV-ID-01", "KV-ID-02", "KV-ID-03", "KV-ID-04", "KV-ID-05", "KV-ID-06"}
+    assert summary["summary"]["findings"]["KV-AP-01"] == 1

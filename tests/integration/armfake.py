@@ -51,10 +51,6 @@ _EVENT_SUBSCRIPTION_RE = re.compile(
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
 _ROLE_ASSIGNMENT_RE = re.compile(
     r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roleassignments/(?P<name>[^/]+)$", re.IGNORECASE)
-_ROLE_ASSIGNMENTS_RE = re.compile(r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roleassignments$",
-                                  re.IGNORECASE)
-_ROLE_DEFINITION_RE = re.compile(
-    r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roledefinitions/(?P<name>[^/]+)$", re.IGNORECASE)
 _LOG_QUERY_RE = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query$", re.IGNORECASE)
 _INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
 
@@ -97,6 +93,7 @@ class Canned:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     action: Callable[[], None] | None = None
+    applied: bool = False  # handle the request as usual first, then answer with this response
 
 
 @dataclass
@@ -141,6 +138,7 @@ class ArmFake:
         self.telemetry: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.page_size = page_size
+        self.onboarding = Onboarding()  # the Activity Log, pricings, role assignments, diagnostic settings
         self.eventgrid_key = eventgrid_key
         self.ca = trustme.CA()
         self._cert = self.ca.issue_cert("localhost", "127.0.0.1")
@@ -194,9 +192,21 @@ class ArmFake:
         canned = Canned(status=status, body=body, headers=dict(headers or {}))
         self._add_fault(method, path_pattern, canned, times)
 
+    def apply_then_fail(
+        self, method: str, path_pattern: str, *, status: int = 500, body: Any = None, times: int = 1
+    ) -> None:
+        """Carry out the next `times` matching requests, but answer each with this error (the write
+        landed; the caller cannot know)."""
+        self._add_fault(method, path_pattern, Canned(status=status, body=body, applied=True), times)
+
     def before(self, method: str, path_pattern: str, action: Callable[[], None], *, times: int = 1) -> None:
         """Run `action` before handling the next `times` matching requests (e.g. delete a vault)."""
         self._add_fault(method, path_pattern, Canned(action=action), times)
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault: the service is healthy again."""
+        with self._lock:
+            self._faults.clear()
 
     def requests_to(self, method: str, path_pattern: str) -> list[Recorded]:
         pattern = re.compile(path_pattern, re.IGNORECASE)
@@ -243,6 +253,10 @@ class ArmFake:
         with self._lock:
             self.requests.append(request)
         canned = self._take_fault(request.method, request.path)
+        if canned is not None and canned.applied:
+            with self._lock:
+                self._route(request)
+            return canned.status, canned.body, canned.headers
         if canned is not None:
             if canned.action is None:
                 return canned.status, canned.body, canned.headers
@@ -278,13 +292,14 @@ class ArmFake:
             return self._put_assessment(match, request.json or {})
         if match := _ROLE_ASSIGNMENT_RE.match(path):
             return self._role_assignment(method, match, request.json or {})
-        if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET":
+        # `atScope()` listings and the definitions in `authorization` are answered here; an
+        # `assignedTo()` listing and the onboarding state's definitions by the onboarding routes.
+        listing = (request.param("$filter") or "").strip().lower() == "atscope()"
+        if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET" and listing:
             return self._list_role_assignments(match["scope"], request.param("$filter"))
-        if (match := _ROLE_DEFINITION_RE.match(path)) and method == "GET":
-            doc = self.authorization.get(vault_key("/" + path.lstrip("/")))
-            if doc is None:
-                return _arm_error(404, "RoleDefinitionDoesNotExist", "The specified role definition does not exist.")
-            return 200, doc, {}
+        definition = self.authorization.get(vault_key("/" + path.lstrip("/")))
+        if _ROLE_DEFINITION_RE.match(path) and method == "GET" and definition is not None:
+            return 200, definition, {}
         if (match := _INGESTION_RE.match(path)) and method == "POST":
             return self._ingest(match, request)
         if _EVENT_SUBSCRIPTION_RE.match(path) and method == "GET":
@@ -292,6 +307,9 @@ class ArmFake:
             if found is None:
                 return _arm_error(404, "ResourceNotFound", f"The event subscription {path} was not found.")
             return 200, found, {}
+        onboarding = self._route_onboarding(request)
+        if onboarding is not None:
+            return onboarding
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
     def _role_assignment(
@@ -330,6 +348,8 @@ class ArmFake:
             if ((filter_ or "").strip().lower() == "atscope()" and above) or (not filter_ and below):
                 found.append(doc)
         return 200, {"value": found}, {}
+    def _route_onboarding(self, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+        return _onboarding_route(self, request)
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         doc = self.vaults.get(vault_key(path))
@@ -502,6 +522,88 @@ def _vault_not_found(match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         404, "ResourceNotFound",
         f"The Resource 'Microsoft.KeyVault/vaults/{match['name']}' under resource group '{match['rg']}' was not found.",
     )
+
+
+# ---- onboarding: the Activity Log, Defender plans, role assignments, diagnostic settings ----------
+
+_ACTIVITY_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.insights/eventtypes/management/values$",
+                          re.IGNORECASE)
+_ACTIVITY_FILTER_RE = re.compile(
+    r"^eventTimestamp ge '(?P<start>[^']+)' and eventTimestamp le '(?P<end>[^']+)'"
+    r"(?: and resourceProvider eq '(?P<provider>[^']+)')?$"
+)
+_PRICING_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.security/pricings/(?P<name>[^/]+)$",
+                         re.IGNORECASE)
+_ROLE_ASSIGNMENTS_RE = re.compile(r"^(?P<scope>/.*?)/providers/microsoft\.authorization/roleassignments$",
+                                  re.IGNORECASE)
+_ROLE_DEFINITION_RE = re.compile(r"^/.*/providers/microsoft\.authorization/roledefinitions/[^/]+$", re.IGNORECASE)
+_DIAGNOSTIC_SETTINGS_RE = re.compile(r"^(?P<resource>/.+?)/providers/microsoft\.insights/diagnosticsettings$",
+                                     re.IGNORECASE)
+
+
+@dataclass
+class Onboarding:
+    """What the onboarding commands read: Activity Log records per subscription (served
+    `activity_page_size` per page with `nextLink`, filtered as the API filters), `KeyVaults`
+    pricings per subscription, role assignments and definitions by id, diagnostic settings per
+    resource (lists of ARM JSON)."""
+
+    activity: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    activity_page_size: int = 100
+    pricings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    role_assignments: list[dict[str, Any]] = field(default_factory=list)
+    role_definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    diagnostic_settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _activity_page(fake: ArmFake, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
+    query = request.param("$filter") or ""
+    parsed = _ACTIVITY_FILTER_RE.match(query)
+    if parsed is None:
+        return _arm_error(400, "BadRequest", f"The $filter '{query}' is not one of the supported shapes.")
+    start, end = (datetime.fromisoformat(parsed[k].replace("Z", "+00:00")) for k in ("start", "end"))
+    provider = (parsed["provider"] or "").lower()
+    found = [
+        r for r in fake.onboarding.activity.get(match["sub"].lower(), [])
+        if start <= datetime.fromisoformat(r["eventTimestamp"].replace("Z", "+00:00")) <= end
+        and (not provider or str((r.get("resourceProviderName") or {}).get("value", "")).lower() == provider)
+    ]
+    begin = int(request.param("$skiptoken") or 0)
+    size = fake.onboarding.activity_page_size
+    page: dict[str, Any] = {"value": found[begin : begin + size]}
+    if begin + size < len(found):
+        next_query = urlencode({"api-version": request.param("api-version"), "$filter": query,
+                                "$skiptoken": str(begin + size)})
+        page["nextLink"] = f"{fake.base_url}{request.path}?{next_query}"
+    return 200, page, {}
+
+
+def _onboarding_route(fake: ArmFake, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+    path, method, state = request.path, request.method, fake.onboarding
+    if (match := _ACTIVITY_RE.match(path)) and method == "GET":
+        return _activity_page(fake, match, request)
+    if match := _PRICING_RE.match(path):
+        key = f"{match['sub'].lower()}/{match['name'].lower()}"
+        if method == "PUT":
+            body = request.json or {}
+            state.pricings[key] = {"id": path, "name": match["name"], "type": "Microsoft.Security/pricings",
+                                   "properties": copy.deepcopy(body.get("properties") or {})}
+        if method in ("GET", "PUT"):
+            found = state.pricings.get(key)
+            return (200, found, {}) if found else _arm_error(404, "NotFound", f"No pricing {match['name']}.")
+    if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET":
+        principal = re.search(r"assignedTo\('([^']+)'\)", request.param("$filter") or "")
+        scope = match["scope"].lower()
+        value = [a for a in state.role_assignments
+                 if scope.startswith(a["properties"]["scope"].lower().rstrip("/"))
+                 and (principal is None or a["properties"]["principalId"].lower() == principal[1].lower())]
+        return 200, {"value": value}, {}
+    if _ROLE_DEFINITION_RE.match(path) and method == "GET":
+        found = state.role_definitions.get(path.rsplit("/", 1)[-1].lower())
+        return (200, found, {}) if found else _arm_error(404, "RoleDefinitionDoesNotExist", "No such role.")
+    if (match := _DIAGNOSTIC_SETTINGS_RE.match(path)) and method == "GET":
+        return 200, {"value": state.diagnostic_settings.get(vault_key(match["resource"]), [])}, {}
+    return None
 
 
 class _Server(ThreadingHTTPServer):
