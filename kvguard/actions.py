@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kvguard.ports import Alert, AlertSink, TransientError, VaultGateway
+from kvguard.ports import Alert, AlertSink, ResourceGateway, TransientError, VaultGateway
 from kvguard.vault import AccessPolicy, VaultConfig
 from remediation.base import Operation
 
@@ -42,9 +42,13 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 
 class ActionRunner:
-    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink]) -> None:
+    def __init__(
+        self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], resources: ResourceGateway | None = None
+    ) -> None:
+        """`resources` writes the resources beside the vaults (none: their PUTs fail, recorded)."""
         self._gateway = gateway
         self._sinks = sinks
+        self._resources = resources
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
             current: VaultConfig | None) -> ActionResult:
@@ -88,6 +92,10 @@ class ActionRunner:
             props = current.raw.get("properties", {})
             needed = {k: v for k, v in op.target.items() if props.get(k) != v}
             return replace(op, target=needed) if needed else None
+        if op.kind == "put_resource" and isinstance(op.target, Mapping) and self._resources is not None:
+            # re-read: the resource may have been put right (or changed again) since it was planned
+            now = self._resources.get(op.vault_id)
+            return None if now is not None and contains(now, op.target) else replace(op, before=now)
         return op
 
     def _apply(self, op: Operation) -> Any:
@@ -99,11 +107,26 @@ class ActionRunner:
             result = self._gateway.update(op.vault_id, op.target)
             props = result.raw.get("properties", {})
             return {k: props.get(k) for k in op.target}
+        if op.kind == "put_resource" and isinstance(op.target, Mapping):
+            if self._resources is None:
+                raise LookupError(f"no writer of the resource {op.vault_id} is configured")
+            return self._resources.put(op.vault_id, op.target)
         if op.kind == "alert" and isinstance(op.target, Alert):
             return self._sinks[op.handler].raise_alert(op.target)
         if op.kind == "resolve" and isinstance(op.target, Alert):
             return self._sinks[op.handler].resolve(op.target.vault_id, op.target.rule)
         raise ValueError(f"operation {op.kind} of {op.handler} has no applier")
+
+
+def contains(document: Any, wanted: Any) -> bool:
+    """Whether `document` already says everything `wanted` says: objects key by key (keys
+    case-insensitive, as ARM treats them), anything else by equality."""
+    if isinstance(wanted, Mapping):
+        if not isinstance(document, Mapping):
+            return False
+        present = {str(k).lower(): v for k, v in document.items()}
+        return all(str(k).lower() in present and contains(present[str(k).lower()], v) for k, v in wanted.items())
+    return bool(document == wanted)
 
 
 def _jsonable(value: Any) -> Any:

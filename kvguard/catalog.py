@@ -15,17 +15,29 @@ from remediation.base import Handler
 
 
 def _load_rules(registry: Registry[Rule]) -> None:
-    from detectors import access_policy, identity, lifecycle, network, protection
+    from detectors import (
+        access_policy,
+        audit_logs,
+        defender_plan,
+        identity,
+        lifecycle,
+        locks,
+        network,
+        private_endpoints,
+        protection,
+        steering,
+    )
 
-    for family in (access_policy, network, protection, identity, lifecycle):
+    for family in (access_policy, network, protection, identity, lifecycle, audit_logs, locks, private_endpoints,
+                   defender_plan, steering):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
 
 def _load_handlers(registry: Registry[Handler]) -> None:
-    from remediation import access_policy, alerts, network, settings
+    from remediation import access_policy, alerts, network, resources, settings
 
-    for family in (access_policy, alerts, network, settings):
+    for family in (access_policy, alerts, network, settings, resources):
         for handler in declared(family, Handler):
             registry.add(handler.id, handler)
 

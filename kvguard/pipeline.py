@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from kvguard.actions import ActionResult, ActionRunner, skipped
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
-from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
+from kvguard.detection import Basis, Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -38,8 +38,10 @@ from kvguard.ports import (
 )
 from kvguard.resources import (
     RESOURCE_TYPES,
+    SWEEP_TYPES,
     ResourceChange,
     ResourceState,
+    Sweep,
     covers,
     is_vault_id,
     resource_type_of,
@@ -89,7 +91,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
-        self.runner = ActionRunner(gateway, self.sinks)
+        self.runner = ActionRunner(gateway, self.sinks, resources)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ class Pipeline:
                 if outcome is not None:
                     outcomes.append(outcome)
         outcomes += self._reconcile_resources(established)
+        outcomes += self.sweep()
         return outcomes
 
     def _reconcile_vault(self, vault: VaultConfig) -> Outcome | None:
@@ -715,6 +718,96 @@ class Pipeline:
             except Exception:  # logged with its traceback; the next run tries this resource again
                 log.exception("reconciliation of %s failed", resource_id)
         return outcomes
+
+    # --- sweeps: rules that read beyond the changed resource (KV-LOG-02, KV-DEF-01) -------------
+    # Judged per known vault by the reconcile timer, `kvguard baseline` and replay's `reconcile: {}`,
+    # never per event. A finding is kept open under the vault's sweep key (apart from the vault's
+    # own findings, which a vault event settles), reported when it opens and resolved when a later
+    # sweep no longer finds it.
+
+    def sweep(self) -> list[Outcome]:
+        """One record for each known vault whose sweep findings opened or closed; one vault's
+        failure does not stop the others."""
+        if self.resources is None:
+            return []
+        rules = {rule_id: r for rule_id, r in RULES.items() if r.kind.basis is Basis.SWEEP}
+        outcomes = []
+        for baseline in self._known_vaults():
+            try:
+                outcome = self._sweep_vault(self._baseline_config(baseline), rules)
+            except Exception:  # logged with its traceback; the next sweep judges this vault again
+                log.exception("sweep of %s failed", baseline.vault_id)
+                continue
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _sweep_vault(self, vault: VaultConfig, rules: Mapping[str, Rule]) -> Outcome | None:
+        assert self.resources is not None
+        now = self.clock.now()
+        read = tuple(doc for t in SWEEP_TYPES for doc in self.resources.list_at_scope(vault.id, t))
+        event = _sweep_event(vault, now)
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy, history=History(),
+                          now=now, sweep=Sweep(vault, read))
+        findings = detect_all(context, rules)
+        key = sweep_key(vault.id)
+        was_open = {f.rule for f in self.store.open_findings(key)}
+        for finding in findings:
+            self.store.open_finding(key, finding.rule, finding.to_json(), now)
+        opened = [f for f in findings if f.rule not in was_open]
+        closed = sorted(r for r in was_open - {f.rule for f in findings} if self.store.close_finding(key, r))
+        if not opened and not closed:
+            return None
+        risk = assess(opened, event, vault, self.policy)
+        decision = decide(policy=self.policy, event=event, vault=vault, vault_id=vault.id, vault_name=vault.name,
+                          findings=opened, risk=risk.value, recent_remediations=0)
+        actions = self._act(event, vault.id, opened, risk, decision, vault, vault)
+        resolutions = self._resolve_sweep(vault, closed, now)
+        reason = _sweep_reason(opened, closed, risk, decision)
+        outcome = Outcome(event.id, "processed", reason, vault.id, risk.value, risk.severity, opened, actions,
+                          risk.explanation, resolutions, resource=vault.id)
+        self.store.append_audit(AuditRecord(event.id, vault.id, now, outcome.to_audit()))
+        return outcome
+
+    def _resolve_sweep(self, vault: VaultConfig, closed: Sequence[str], now: datetime) -> list[ActionResult]:
+        """The alert sinks hear of each sweep finding that closed (Defender: Healthy)."""
+        if not closed or effective_mode(self.policy, vault) == "observe":
+            return []
+        return [
+            self.runner.run(handler_id, [
+                Operation(handler_id, "resolve", vault.id, f"resolved {rule_id}",
+                          Alert(vault.id, rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                for rule_id in closed
+            ], dry_run=False, current=vault)
+            for handler_id in alert_handlers() if handler_id in self.sinks
+        ]
+
+
+def sweep_key(vault_id: str) -> str:
+    """Where a vault's sweep findings are kept open: beside the vault's own, never mixed with them."""
+    return f"{vault_id}|sweep"
+
+
+def _sweep_event(vault: VaultConfig, now: datetime) -> VaultEvent:
+    """The stand-in event a sweep judges under: no caller, one id per vault and sweep time."""
+    return VaultEvent(
+        id=f"sweep:{vault.key}:{now.isoformat()}", event_type="kvguard.Sweep", schema="eventgrid",
+        subject=vault.id, time=now, vault=parse_vault_ref(vault.id), operation="kvguard/sweep", kind="other",
+        access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(), correlation_id=None,
+        tenant_id=vault.tenant_id, raw={},
+    )
+
+
+def _sweep_reason(opened: Sequence[Finding], closed: Sequence[str], risk: Risk, decision: Decision) -> str:
+    parts = []
+    if opened:
+        parts.append(f"sweep: {len(opened)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation))
+        parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
+        parts.append(f"alert: {decision.alert_reason}")
+    if closed:
+        parts.append("sweep: resolved " + ", ".join(closed))
+    return "; ".join(parts)
+
 
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in (document.get("tags") or {}).items() if k.lower() in STEERING_TAGS}

@@ -107,6 +107,10 @@ class Policy(_Strict):
     allowed_ip_rules: list[str] = Field(default_factory=list)
     min_ip_prefix: int = Field(default=24, ge=0, le=32)
     allowed_subnet_subscriptions: list[str] = Field(default_factory=list)
+    # Subscriptions whose private endpoints may connect to a vault (KV-PE-01); the vault's own always may.
+    allowed_private_endpoint_subscriptions: list[str] = Field(default_factory=list)
+    # Workspace, storage account or event hub ids audit logs may go to (KV-LOG-01); empty: any.
+    allowed_log_destinations: list[str] = Field(default_factory=list)
     change_windows: list[ChangeWindow] = Field(default_factory=list)
     excluded_vaults: list[str] = Field(default_factory=list)
     history: History = Field(default_factory=History)
@@ -114,7 +118,8 @@ class Policy(_Strict):
     rules: dict[str, RuleOverride] = Field(default_factory=dict)
     min_retention_days: int = Field(default=90, ge=7, le=90)
 
-    @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions")
+    @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions",
+                     "allowed_private_endpoint_subscriptions", "allowed_log_destinations")
     @classmethod
     def _lower_ids(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value if v.strip()]
