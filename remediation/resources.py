@@ -55,9 +55,9 @@ def restore_defender_plan(data: PlanInput) -> list[Operation]:
     if state is None or state.before is None or "KV-DEF-02" not in {f.rule for f in data.findings}:
         return []
     properties = state.before.get("properties") or {}
-    document = {"type": state.change.type,
-                "properties": {k: properties[k] for k in ("pricingTier", "subPlan") if properties.get(k) is not None}}
-    description = f"set the KeyVaults pricing back to {document['properties'].get('pricingTier')}" + (
+    plan = {k: properties[k] for k in ("pricingTier", "subPlan") if properties.get(k) is not None}
+    document = {"type": state.change.type, "properties": plan}
+    description = f"set the KeyVaults pricing back to {plan.get('pricingTier')}" + (
         f" ({properties['subPlan']})" if properties.get("subPlan") else "")
     return [put_resource_operation("restore_defender_plan", state.change.id, document, state.after, description,
                                    ["KV-DEF-02"])]
