@@ -59,6 +59,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     """A ready pipeline on real adapters (settings from the environment when None)."""
     from kvguard.adapters.arm import ArmVaultGateway
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
+    from kvguard.adapters.resources import ArmResourceGateway
 
     catalog.load()
     quiet_sdk_loggers()
@@ -69,6 +70,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
+        resources=ArmResourceGateway(credential, endpoint=settings.arm_endpoint),
     )
 
 

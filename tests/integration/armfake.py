@@ -42,6 +42,19 @@ _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
+# Resources beside a vault (diagnostic settings, locks, private endpoint connections, the Defender
+# plan): one by id, or the list at a scope (`{scope}/providers/…/locks`, `{vault}/privateEndpointConnections`).
+_BESIDE_RE = re.compile(
+    r"^(?P<scope>.+?)(?P<kind>/providers/microsoft\.insights/diagnosticsettings|/providers/microsoft\.authorization/locks"
+    r"|/providers/microsoft\.security/pricings|/privateendpointconnections)(?:/(?P<name>[^/]+))?$",
+    re.IGNORECASE,
+)
+_BESIDE_TYPES = {
+    "/providers/microsoft.insights/diagnosticsettings": "Microsoft.Insights/diagnosticSettings",
+    "/providers/microsoft.authorization/locks": "Microsoft.Authorization/locks",
+    "/providers/microsoft.security/pricings": "Microsoft.Security/pricings",
+    "/privateendpointconnections": "Microsoft.KeyVault/vaults/privateEndpointConnections",
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class ArmFake:
 
     def __init__(self, *, page_size: int | None = None, eventgrid_key: str | None = None) -> None:
         self.vaults: dict[str, dict[str, Any]] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
@@ -230,7 +244,52 @@ class ArmFake:
             return self._list_vaults(match["sub"], request)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
+        if match := _BESIDE_RE.match(path):
+            return self._beside(request, match)
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
+
+    # ---- resources beside a vault ------------------------------------------------------------
+
+    def add_resource(self, doc: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.resources[vault_key(doc["id"])] = copy.deepcopy(doc)
+        return doc
+
+    def resource(self, resource_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self.resources.get(vault_key(resource_id))
+            return copy.deepcopy(found) if found is not None else None
+
+    def _beside(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        """GET, PUT (the body's properties replace the resource's) and DELETE by id; GET of the
+        collection lists what lies at the scope (and, with `atScope()`, above it)."""
+        key, method = vault_key(request.path), request.method
+        if match["name"] is None:
+            if method != "GET":
+                return _arm_error(405, "MethodNotAllowed", f"{method} of a collection.")
+            kind = match["kind"].lower()
+            at_scope = "atscope()" in (request.param("$filter") or "").lower()
+            scope = vault_key(match["scope"])
+            value = [copy.deepcopy(doc) for k, doc in self.resources.items()
+                     if kind in k and (vault_key(k.split(kind)[0]) == scope
+                                       or (at_scope and scope.startswith(vault_key(k.split(kind)[0]) + "/")))]
+            return 200, {"value": value}, {}
+        if method == "GET":
+            found = self.resources.get(key)
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The resource {request.path} was not found.")
+            return 200, copy.deepcopy(found), {}
+        if method == "PUT":
+            body = request.json or {}
+            existing = self.resources.get(key) or {}
+            stored = {**existing, "id": existing.get("id", request.path), "name": match["name"],
+                      "type": existing.get("type", _BESIDE_TYPES[match["kind"].lower()]),
+                      "properties": copy.deepcopy(body.get("properties") or {})}
+            self.resources[key] = stored
+            return (200 if existing else 201), copy.deepcopy(stored), {}
+        if method == "DELETE":
+            return (200, None, {}) if self.resources.pop(key, None) is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         doc = self.vaults.get(vault_key(path))
