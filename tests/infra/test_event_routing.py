@@ -10,6 +10,13 @@ OPERATIONS = {
     "Microsoft.KeyVault/vaults/accessPolicies/write",
     "Microsoft.KeyVault/vaults/delete",
     "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+    "Microsoft.Insights/diagnosticSettings/write",
+    "Microsoft.Insights/diagnosticSettings/delete",
+    "Microsoft.Authorization/locks/write",
+    "Microsoft.Authorization/locks/delete",
+    "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
+    "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
+    "Microsoft.Security/pricings/write",
 }
 # Failed attempts are signal too (a purge blocked by purge protection is a ResourceActionFailure).
 EVENT_TYPES = {
@@ -170,3 +177,12 @@ def test_an_existing_system_topic_can_be_reused(trees: dict[str, Tree]) -> None:
     params = body(protect["modules"]["systemTopic"])["params"]
     assert params["create"] == {"operator": {"type": "not", "operands": {"bool_value": "reuseTopic"}}}
     assert params["name"] == "topicName"
+
+
+def test_every_watched_resource_operation_of_these_families_passes(trees: dict[str, Tree]) -> None:
+    """The filter passes each operation kvguard judges beside the vault (kvguard.resources)."""
+    from kvguard.resources import RESOURCE_OPERATIONS
+
+    passed = {v.lower() for v in advanced_filters(trees)["StringIn"]["values"]}
+    beside = {op for op in RESOURCE_OPERATIONS if not op.startswith("microsoft.authorization/role")}
+    assert beside <= passed, sorted(beside - passed)

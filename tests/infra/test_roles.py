@@ -19,6 +19,7 @@ STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+MONITORING_CONTRIBUTOR = "749f88d5-cbae-40b8-bcfc-e573ddc772fa"
 
 EXPECTED: dict[str, dict[str, str | None]] = {
     # kvguard's identity, on its own resources.
@@ -34,6 +35,7 @@ EXPECTED: dict[str, dict[str, str | None]] = {
         KEY_VAULT_CONTRIBUTOR: None,
         READER: None,
         SECURITY_ASSESSMENT_CONTRIBUTOR: None,
+        MONITORING_CONTRIBUTOR: None,
     },
     # The system topic's identity (and optionally the operator), for dead letters.
     "modules/deadletter-access.bicep": {
@@ -123,7 +125,17 @@ GRANTS: dict[str, tuple[str, ...]] = {
     SECURITY_ASSESSMENT_CONTRIBUTOR: ("Microsoft.Security/assessments/*",),
     EVENTGRID_DATA_SENDER: ("Microsoft.EventGrid/topics/events/send/action",),
     READER: ("*/read",),
+    MONITORING_CONTRIBUTOR: ("Microsoft.Insights/diagnosticSettings/*",),
 }
+
+
+def opt_in_handlers() -> set[str]:
+    """Handlers that only rules opting in use (`remediate: true` in the policy): the operator
+    grants their rights, the deployment does not."""
+    from kvguard.catalog import HANDLERS, RULES
+
+    return {h for h in HANDLERS if h in {r.remediation for r in RULES.values()}
+            and all(not r.remediate_by_default for r in RULES.values() if r.remediation == h)}
 
 
 def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: dict[str, Tree]) -> None:
@@ -136,8 +148,23 @@ def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: 
     ungranted = [
         f"{handler.id}: {handler.permission}"
         for handler in HANDLERS.values()
-        if not handler.permission.startswith("none")
+        if not handler.permission.startswith("none") and handler.id not in opt_in_handlers()
         and not any(fnmatchcase(handler.permission, pattern) for pattern in patterns)
     ]
     assert not ungranted, f"handlers whose Azure permission no assigned role grants: {ungranted}"
     assert {"revert_access_policy", "restore_network", "raise_defender_alert", "publish_detection"} <= set(HANDLERS)
+
+
+def test_opt_in_rights_are_documented_and_not_granted(trees: dict[str, Tree]) -> None:
+    from fnmatch import fnmatchcase
+
+    from kvguard.catalog import HANDLERS
+
+    roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
+    patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]
+    assert {"restore_lock", "restore_defender_plan"} <= opt_in_handlers()
+    readme = (INFRA.parent / "README.md").read_text(encoding="utf-8")
+    for handler_id in ("restore_lock", "restore_defender_plan"):
+        permission = HANDLERS[handler_id].permission
+        assert not any(fnmatchcase(permission, p) for p in patterns), f"{handler_id} is granted by default"
+        assert permission in readme, f"{handler_id}'s right {permission} is not documented in the README"
