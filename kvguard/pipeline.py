@@ -725,6 +725,29 @@ class Pipeline:
     # own findings, which a vault event settles), reported when it opens and resolved when a later
     # sweep no longer finds it.
 
+    def seed_resources(self) -> int:
+        """Record a baseline for every resource beside a known vault that has none yet (what
+        `kvguard baseline` does after seeding the vaults), so a later delete is a diff against what
+        was there. A type the gateway cannot list is skipped with a log line; returns how many."""
+        if self.resources is None:
+            return 0
+        seeded = 0
+        for vault in self._known_vaults():
+            for resource_type in RESOURCE_TYPES:
+                try:
+                    listed = self.resources.list_at_scope(vault.vault_id, resource_type)
+                except PermanentError as error:
+                    log.warning("not seeding %s at %s: %s", resource_type, vault.vault_id, error)
+                    continue
+                for doc in listed:
+                    if self.store.get_baseline(str(doc["id"])) is None:
+                        try:
+                            self.store.put_baseline(str(doc["id"]), dict(doc), None, now=self.clock.now())
+                            seeded += 1
+                        except ConcurrencyError:  # seeded meanwhile (a vault's lock is listed twice): it stands
+                            continue
+        return seeded
+
     def sweep(self) -> list[Outcome]:
         """One record for each known vault whose sweep findings opened or closed; one vault's
         failure does not stop the others."""
