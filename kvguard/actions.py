@@ -43,7 +43,7 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 class ActionRunner:
     def __init__(
-        self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], resources: ResourceGateway | None = None
+        self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], *, resources: ResourceGateway | None = None
     ) -> None:
         """`resources` writes the resources beside the vaults (none: their PUTs fail, recorded)."""
         self._gateway = gateway

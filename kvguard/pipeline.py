@@ -91,7 +91,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
-        self.runner = ActionRunner(gateway, self.sinks, resources)
+        self.runner = ActionRunner(gateway, self.sinks, resources=resources)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------

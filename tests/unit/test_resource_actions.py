@@ -11,7 +11,7 @@ from remediation.base import put_resource_operation
 
 def test_a_put_is_applied_once_then_skipped_as_already_in_the_desired_state() -> None:
     world = World()
-    runner = ActionRunner(SimVaultGateway(world), {}, SimResourceGateway(world))
+    runner = ActionRunner(SimVaultGateway(world), {}, resources=SimResourceGateway(world))
     setting = diagnostic_setting()
     body = {"type": setting["type"], "properties": setting["properties"]}
     operation = put_resource_operation("restore_diagnostic_setting", setting["id"], body, None, "put it back",
@@ -30,7 +30,7 @@ def test_the_before_of_a_put_is_the_resource_as_re_read_when_applying() -> None:
     world = World()
     changed = diagnostic_setting(logs=({"categoryGroup": "audit", "enabled": False},))
     world.put_resource(changed)
-    runner = ActionRunner(SimVaultGateway(world), {}, SimResourceGateway(world))
+    runner = ActionRunner(SimVaultGateway(world), {}, resources=SimResourceGateway(world))
     wanted = diagnostic_setting()
     operation = put_resource_operation("restore_diagnostic_setting", wanted["id"],
                                        {"type": wanted["type"], "properties": wanted["properties"]}, None, "put back",
