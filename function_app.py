@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import azure.functions as func
 
@@ -11,23 +10,22 @@ from kvguard import runtime
 from kvguard.settings import Settings
 
 app = func.FunctionApp()
-log = logging.getLogger("kvguard")
 
 
 @app.function_name("on_vault_event")
 @app.event_grid_trigger(arg_name="event")
 def on_vault_event(event: func.EventGridEvent) -> None:
     """Handle one delivered event; bad input is recorded, transient failures raise for redelivery."""
-    for outcome in runtime.current().handle(event):
-        log.info("kvguard %s", json.dumps(outcome.to_json(), default=str))
+    with runtime.observer().delivery("delivery") as delivery:
+        delivery.record_all(runtime.current().handle(event))
 
 
 @app.function_name("reconcile")
 @app.timer_trigger(arg_name="timer", schedule="%KVGUARD_RECONCILE_SCHEDULE%", run_on_startup=False)
 def reconcile(timer: func.TimerRequest) -> None:
     """Seed missing baselines and catch changes whose events never arrived."""
-    for outcome in runtime.current().reconcile(Settings().subscription_ids):
-        log.info("kvguard reconcile %s", json.dumps(outcome.to_json(), default=str))
+    with runtime.observer().delivery("reconcile") as run:
+        run.record_all(runtime.current().reconcile(Settings().subscription_ids), "reconcile")
 
 
 @app.function_name("health")

@@ -103,3 +103,28 @@ def scenario(events: int, vaults: int = 50, seed: int = 7, every: str = "PT2S") 
         delivered += 1
     return {"name": f"benchmark: {events} events over {vaults} vaults", "clock": "2026-11-27T10:00:00Z",
             "policy": {"mode": "alert"}, "vaults": docs, "steps": steps}
+
+
+def activity_log(operations: int, vaults: int = 50, seed: int = 7) -> list[dict[str, Any]]:
+    """Activity Log records of `operations` vault writes and access-policy writes, three records
+    each (Started, Accepted, Succeeded), shuffled as pages from several providers arrive."""
+    rng = random.Random(seed)
+    records = []
+    for number in range(operations):
+        vault_id = vault_doc(number % vaults)["id"]
+        operation = "Microsoft.KeyVault/vaults/" + ("write" if number % 3 else "accessPolicies/write")
+        caller = f"{number % 20:08x}-0000-4000-8000-{number % 20:012x}"
+        for offset, status in enumerate(("Started", "Accepted", "Succeeded")):
+            records.append({
+                "eventDataId": f"rec-{number}-{offset}", "correlationId": f"corr-{number}",
+                "operationName": {"value": operation}, "status": {"value": status},
+                "category": {"value": "Administrative"}, "resourceProviderName": {"value": "Microsoft.KeyVault"},
+                "eventTimestamp": f"2026-11-{1 + number * 30 // max(operations, 1):02d}T10:00:{offset:02d}Z",
+                "resourceId": vault_id, "subscriptionId": vault_id.split("/")[2], "caller": caller,
+                "claims": {"oid": caller, "tid": "1a2b3c4d-5e6f-4a7b-8c9d-e0f1a2b3c4d5"},
+                "httpRequest": {"clientIpAddress": f"10.0.{number % 250}.{number % 7}"},
+                "authorization": {"action": operation, "scope": vault_id},
+                "properties": {"requestbody": "{}"} if status == "Started" else {},
+            })
+    rng.shuffle(records)
+    return records

@@ -7,13 +7,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kvguard.detection import Case, Context, Hit, newly_true, rule
-from kvguard.vault import PERMISSION_CATEGORIES, PermissionChange, VaultConfig, VaultDiff
+from kvguard.vault import PERMISSION_CATEGORIES, AccessPolicy, PermissionChange, VaultConfig, VaultDiff
+from kvguard.vault_spec import FULL_SETS, PERMISSIONS
 
 if TYPE_CHECKING:
     from kvguard.policy import Policy
 
-# Permissions that hand over secret material, or destroy it beyond recovery.
-DATA_EXFILTRATION = {"secrets": {"get", "list", "all"}, "keys": {"decrypt", "unwrapkey", "all"}}
+# Permissions that hand over secret material, or destroy it beyond recovery (judged after `all`
+# is expanded to its category's full set).
+DATA_EXFILTRATION = {"secrets": {"get", "list"}, "keys": {"decrypt", "unwrapkey"}}
 DESTRUCTIVE = "purge"
 # Secrets get + list: enumerate every secret, then read each one.
 SECRET_HARVEST = frozenset({"get", "list"})
@@ -21,10 +23,10 @@ SECRET_HARVEST = frozenset({"get", "list"})
 CMK_KEYS = ["get", "wrapKey", "unwrapKey"]
 
 
-def _is_sensitive(permissions: dict[str, frozenset[str]]) -> bool:
-    if any(DESTRUCTIVE in perms for perms in permissions.values()):
+def _is_sensitive(entry: AccessPolicy) -> bool:
+    if any(DESTRUCTIVE in entry.effective(category) for category in PERMISSION_CATEGORIES):
         return True
-    return any(permissions.get(category, frozenset()) & names for category, names in DATA_EXFILTRATION.items())
+    return any(entry.effective(category) & names for category, names in DATA_EXFILTRATION.items())
 
 
 def _new_principal_cases() -> list[Case]:
@@ -68,7 +70,7 @@ def new_principal(ctx: Context) -> Iterator[Hit]:
                 "tenantId": entry.principal.tenant_id,
                 "permissions": {c: sorted(p) for c, p in permissions.items()},
             },
-            severity="critical" if _is_sensitive(permissions) else None,
+            severity="critical" if _is_sensitive(entry) else None,
             detail=entry.principal.describe(),
         )
 
@@ -96,6 +98,14 @@ def _permissions_widened_cases() -> list[Case]:
              before=vault(), after=with_grants(grant(INTRUDER, secrets=["get", "list"]))),
         Case("first sight has no baseline to compare", fires=False,
              before=None, after=vault(accessPolicies=[grant(APP_TEAM, secrets=["all"])])),
+        Case("subset widened to all", fires=True,
+             before=vault(), after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get"], keys=["All"])])),
+        Case("all narrowed to the customer-managed-key set", fires=False,
+             before=vault(accessPolicies=[grant(APP_TEAM, secrets=["all"], keys=["all"])]), after=vault()),
+        Case("all replaced by the explicit full list", fires=False,
+             before=vault(accessPolicies=[grant(APP_TEAM, keys=["all"], storage=["all"])]),
+             after=vault(accessPolicies=[grant(APP_TEAM, keys=[p.upper() for p in PERMISSIONS["keys"]],
+                                               storage=list(PERMISSIONS["storage"]))])),
     ]
 
 
@@ -133,14 +143,17 @@ def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]
     found: dict[str, dict[str, Any]] = {}
     for entry in config.access_policies:
         reasons = []
+        full: set[str] = set()
         for category in PERMISSION_CATEGORIES:
             names = entry.permissions.get(category)
             if names:  # entries hold two or three of the four categories
-                if "all" in names:
+                granted = entry.effective(category)
+                if granted >= FULL_SETS[category]:  # `all`, or every permission spelled out
+                    full.add(category)
                     reasons.append(f"{category}: all")
-                if DESTRUCTIVE in names:
+                elif DESTRUCTIVE in granted:
                     reasons.append(f"{category}: {DESTRUCTIVE}")
-        if SECRET_HARVEST.issubset(entry.get("secrets")):
+        if "secrets" not in full and SECRET_HARVEST.issubset(entry.effective("secrets")):
             reasons.append("secrets: get + list")
         if reasons:
             found[entry.principal.key] = {
@@ -168,6 +181,11 @@ def _over_broad_grant_cases() -> list[Case]:
         Case("over-broad grant already in the baseline", fires=False,
              before=with_grants(grant(OPERATOR, secrets=["all"])),
              after=with_grants(grant(OPERATOR.upper(), secrets=["All"]))),
+        Case("every certificate permission spelled out is all", fires=True,
+             before=None, after=with_grants(grant(OPERATOR, certificates=list(PERMISSIONS["certificates"])))),
+        Case("all in the baseline spelled out in full", fires=False,
+             before=with_grants(grant(OPERATOR, keys=["all"])),
+             after=with_grants(grant(OPERATOR, keys=list(PERMISSIONS["keys"])))),
     ]
 
 
@@ -271,6 +289,15 @@ def _cover_up_cases() -> list[Case]:
         Case("added permission taken back", fires=True,
              before=_INTRUDED, after=with_grants(grant(OPERATOR, secrets=["Get"]), grant(INTRUDER, secrets=["get"])),
              history={"recent_grants": _RECENT_GRANTS}),
+        Case("widened to all, then narrowed back", fires=True,
+             before=with_grants(grant(OPERATOR, keys=["all"])), after=with_grants(grant(OPERATOR, keys=["get"])),
+             history={"recent_grants": granted_marks(with_grants(grant(OPERATOR, keys=["get"])),
+                                                     with_grants(grant(OPERATOR, keys=["All"])), _GRANT_TIME)}),
+        Case("all spelled out in full is no removal", fires=False,
+             before=with_grants(grant(OPERATOR, keys=["all"])),
+             after=with_grants(grant(OPERATOR, keys=list(PERMISSIONS["keys"]))),
+             history={"recent_grants": granted_marks(with_grants(grant(OPERATOR, keys=["get"])),
+                                                     with_grants(grant(OPERATOR, keys=["All"])), _GRANT_TIME)}),
         Case("grant older than the window", fires=False,
              before=_INTRUDED, after=_COVERED, history={"recent_grants": _RECENT_GRANTS},
              policy={"history": {"grant_window": "PT3M"}}),

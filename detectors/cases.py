@@ -102,6 +102,15 @@ def subnet(subscription: str = SUBSCRIPTION, vnet: str = "vnet-payments", name: 
     return (f"/subscriptions/{subscription}/resourceGroups/rg-network/providers/Microsoft.Network"
             f"/virtualNetworks/{vnet}/subnets/{name}")
 
+# kvguard's own identity and deployment (KV-SELF-*).
+KVGUARD_IDENTITY = "5ca1ab1e-0000-4000-8000-00000000c0de"
+EVENT_SUBSCRIPTION_ID = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-kvguard/providers/Microsoft.EventGrid"
+    "/systemTopics/evgst-kvguard/eventSubscriptions/kvguard-prod"
+)
+FUNCTION_APP_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-kvguard/providers/Microsoft.Web/sites/func-kvguard"
+APP_CONFIG_WRITE_ID = f"{FUNCTION_APP_ID}/config/appsettings"
+OWN_DEPLOYMENT = {"own_resource_ids": [EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID]}
 
 # --- resources beside the vault: diagnostic settings, locks, private endpoints, the Defender plan
 WORKSPACE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-soc/providers/"

@@ -46,8 +46,12 @@ def _public_access_enabled_cases() -> list[Case]:
              before=vault(publicNetworkAccess="ENABLED"), after=vault(publicNetworkAccess="Enabled")),
         Case("enabled to disabled", fires=False,
              before=vault(publicNetworkAccess="Enabled"), after=vault()),
-        Case("setting absent is not enabled", fires=False,
+        Case("new vault without the setting is open (ARM's default is Enabled)", fires=True,
              before=None, after=vault(publicNetworkAccess=None)),
+        Case("disabled to absent", fires=True,
+             before=vault(publicNetworkAccess="Disabled"), after=vault(publicNetworkAccess=None)),
+        Case("absent to enabled is no change", fires=False,
+             before=vault(publicNetworkAccess=None), after=vault(publicNetworkAccess="Enabled")),
         Case("vault gone", fires=False, before=vault(publicNetworkAccess="Enabled"), after=None),
     ]
 
@@ -81,7 +85,11 @@ def _default_action_allow_cases() -> list[Case]:
              after=vault(networkAcls=acls(default_action="allow"))),
         Case("allow to deny", fires=False,
              before=vault(networkAcls=acls(default_action="Allow")), after=vault()),
-        Case("no firewall configured", fires=False, before=None, after=vault(networkAcls=None)),
+        Case("new vault without a firewall admits every network", fires=True,
+             before=None, after=vault(networkAcls=None)),
+        Case("firewall removed altogether", fires=True, before=vault(), after=vault(networkAcls=None)),
+        Case("no firewall to an explicit allow is no change", fires=False,
+             before=vault(networkAcls=None), after=vault(networkAcls=acls(default_action="Allow"))),
     ]
 
 
@@ -210,16 +218,15 @@ def _bypass_azure_services_cases() -> list[Case]:
 def bypass_azure_services(ctx: Context) -> Iterator[Hit]:
     """`bypass: AzureServices` lets every trusted Azure service through the firewall, including
     services an attacker controls in their own subscription. Not when the baseline had no firewall
-    at all (`networkAcls` absent means every network was allowed): configuring a firewall with the
-    usual bypass closes the vault, and restoring the baseline would open it again."""
+    at all: absent `networkAcls` already means bypass AzureServices (ARM's default), so configuring
+    a firewall with the usual bypass is no change."""
     if ctx.diff is None or ctx.before is None:
         return
     change = ctx.diff.changed("bypass")
     if change is None:
         return
     before, after = change
-    had_firewall = ctx.before.bypass is not None or ctx.before.default_action is not None
-    if after == "azureservices" and before != "azureservices" and had_firewall:
+    if after == "azureservices" and before != "azureservices":
         yield Hit(evidence={"setting": "networkAcls.bypass", "before": before, "after": after})
 
 

@@ -49,6 +49,9 @@ param existingSystemTopics object = {}
 @description('Create the event subscriptions to the function on_vault_event (second phase, once the code is deployed).')
 param deployEventSubscription bool = false
 
+@description('Resource groups to confine kvguard\'s remediation rights to, per protected subscription: {"<subscription id>": ["rg-a", "rg-b"]}; a subscription not named gets them at subscription scope.')
+param remediationResourceGroups object = {}
+
 @description('Path of a policy file inside the deployed package, e.g. policy.yaml (empty: defaults).')
 param policyFile string = ''
 
@@ -64,6 +67,12 @@ param reconcileSchedule string = '0 0 * * * *'
 ])
 param storageSku string = 'Standard_LRS'
 
+@description('Send every finding and action to the Log Analytics table KvguardFindings_CL (a data collection endpoint and rule, for Sentinel) and deploy the kvguard workbook.')
+param deployFindingsLog bool = false
+
+@description('Resource id of the Log Analytics workspace that holds the vaults\' AuditEvent logs (empty: none). kvguard gets Log Analytics Reader there and adds to each grant finding what the granted principal did in the vault (blast radius).')
+param auditWorkspaceResourceId string = ''
+
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -74,6 +83,8 @@ var subscriptionIds = empty(protectedSubscriptionIds) ? [
 ] : protectedSubscriptionIds
 var groupName = empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
 var deploymentContainerName = 'app-package'
+// kvguard's own event subscription in each protected subscription (as protect.bicep names it).
+var ownEventSubscriptionIds = [for subscriptionId in subscriptionIds: '/subscriptions/${subscriptionId}/resourceGroups/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].resourceGroup : groupName}/providers/Microsoft.EventGrid/systemTopics/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].name : 'evgst-kvguard-${token}'}/eventSubscriptions/kvguard-${environmentName}']
 var deadLetterContainerName = 'deadletters'
 
 resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -150,8 +161,34 @@ module app 'modules/functionapp.bicep' = {
     topicEndpoint: topic.outputs.endpoint
     mode: mode
     subscriptionIds: subscriptionIds
+    ownEventSubscriptionIds: deployEventSubscription ? ownEventSubscriptionIds : []
     policyFile: policyFile
     reconcileSchedule: reconcileSchedule
+    findingsLogEndpoint: deployFindingsLog ? findingsLog.outputs.endpoint : ''
+    findingsLogRuleId: deployFindingsLog ? findingsLog.outputs.ruleId : ''
+    auditWorkspaceId: empty(auditWorkspaceResourceId) ? '' : auditWorkspaceAccess.outputs.customerId
+  }
+}
+
+module auditWorkspaceAccess 'modules/audit-workspace-access.bicep' = if (!empty(auditWorkspaceResourceId)) {
+  name: 'kvguard-audit-workspace-access'
+  scope: resourceGroup(split(auditWorkspaceResourceId, '/')[2], split(auditWorkspaceResourceId, '/')[4])
+  params: {
+    principalId: identity.outputs.principalId
+    workspaceName: last(split(auditWorkspaceResourceId, '/'))
+  }
+}
+
+module findingsLog 'modules/findings-log.bicep' = if (deployFindingsLog) {
+  name: 'kvguard-findings-log'
+  scope: group
+  params: {
+    principalId: identity.outputs.principalId
+    workspaceName: monitoring.outputs.logAnalyticsName
+    dataCollectionEndpointName: 'dce-kvguard-${token}'
+    dataCollectionRuleName: 'dcr-kvguard-${token}'
+    location: location
+    tags: tags
   }
 }
 
@@ -176,6 +213,14 @@ module operatorAccess 'modules/deadletter-access.bicep' = if (!empty(principalId
   }
 }
 
+module remediatorRole 'modules/role-definition.bicep' = {
+  name: 'kvguard-remediator-role'
+  params: {
+    environmentName: environmentName
+    subscriptionIds: subscriptionIds
+  }
+}
+
 module protect 'modules/protect.bicep' = [for subscriptionId in subscriptionIds: {
   name: 'kvguard-protect-${subscriptionId}'
   scope: subscription(subscriptionId)
@@ -188,6 +233,8 @@ module protect 'modules/protect.bicep' = [for subscriptionId in subscriptionIds:
     eventSubscriptionName: 'kvguard-${environmentName}'
     existingSystemTopic: contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId] : {}
     identityPrincipalId: identity.outputs.principalId
+    remediatorRoleId: remediatorRole.outputs.roleId
+    remediationResourceGroups: contains(remediationResourceGroups, subscriptionId) ? remediationResourceGroups[subscriptionId] : []
     functionAppId: app.outputs.id
     centralSubscriptionId: subscription().subscriptionId
     centralResourceGroupName: group.name

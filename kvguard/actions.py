@@ -9,15 +9,23 @@ so the next event or reconciliation sees the change again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kvguard.ports import Alert, AlertSink, ResourceGateway, TransientError, VaultGateway
+from kvguard.ports import Alert, AlertSink, ResourceGateway, StateStore, TransientError, VaultGateway
 from kvguard.vault import AccessPolicy, VaultConfig
 from remediation.base import Operation
 
 Status = Literal["applied", "planned", "skipped", "failed"]
+
+# The ARM operation each kind of vault write comes back as in its event: what the ledger notes.
+ARM_OPERATIONS: dict[str, str] = {
+    "add_access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
+    "remove_access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
+    "patch": "Microsoft.KeyVault/vaults/write",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,9 @@ class ActionResult:
     before: Any = None
     after: Any = None
     transient: bool = field(default=False, compare=False)
+    # When the runner started and finished this handler's operations (latency telemetry).
+    started: datetime | None = field(default=None, compare=False)
+    finished: datetime | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"handler": self.handler, "status": self.status, "detail": self.detail}
@@ -42,17 +53,32 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 
 class ActionRunner:
-    def __init__(
-        self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], *, resources: ResourceGateway | None = None
-    ) -> None:
-        """`resources` writes the resources beside the vaults (none: their PUTs fail, recorded)."""
+    def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], *,
+                 ledger: StateStore | None = None, now: Callable[[], datetime] | None = None,
+                 resources: ResourceGateway | None = None) -> None:
+        """With a `ledger`, every vault write is noted there before it is made, so that its event
+        is recognised as kvguard's own and nothing else is. `now` stamps those notes and when each
+        action started and finished (telemetry's latency); it is asked at each use, so a pipeline
+        whose clock is replaced is followed. `resources` writes the resources beside the vaults
+        (none: their PUTs fail, recorded); their writes are noted in the ledger the same way."""
+        if ledger is not None and now is None:
+            raise ValueError("a ledger of own writes needs a clock")
         self._gateway = gateway
         self._sinks = sinks
+        self._ledger = ledger
+        self._now: Callable[[], datetime] = now or (lambda: datetime.now(UTC))
         self._resources = resources
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
             current: VaultConfig | None) -> ActionResult:
-        """Apply (or, in dry-run, only plan) one handler's operations; one result for the handler."""
+        """Apply (or, in dry-run, only plan) one handler's operations; one result for the handler,
+        stamped with when it started and finished."""
+        started = self._now()
+        result = self._run(handler, operations, dry_run=dry_run, current=current)
+        return replace(result, started=started, finished=self._now())
+
+    def _run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
+             current: VaultConfig | None) -> ActionResult:
         rules = tuple(sorted({r for op in operations for r in op.rules}))
         pending = [op for op in (self._still_needed(op, current) for op in operations) if op is not None]
         if not pending:
@@ -86,6 +112,15 @@ class ActionRunner:
             if not remaining:
                 return None
             return replace(op, target=AccessPolicy(op.target.principal, remaining))
+        if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
+            # Only ever re-grants what an entry that still exists had: never creates one.
+            entry = current.policy_for(op.target.principal.key) if current is not None else None
+            if entry is None:
+                return None
+            missing = {c: frozenset(n for n in names if n.lower() not in entry.get(c))
+                       for c, names in op.target.permissions.items()}
+            missing = {c: names for c, names in missing.items() if names}
+            return replace(op, target=AccessPolicy(op.target.principal, missing)) if missing else None
         if op.kind == "patch" and isinstance(op.target, Mapping):
             if current is None:
                 return None
@@ -98,9 +133,23 @@ class ActionRunner:
             return None if now is not None and contains(now, op.target) else replace(op, before=now)
         return op
 
+    def _note_own_write(self, op: Operation) -> None:
+        """Written ahead: a crash between the note and the write leaves only an entry that no
+        event consumes, never an own write that the ledger does not know."""
+        operation = ARM_OPERATIONS.get(op.kind)
+        if op.kind == "put_resource" and isinstance(op.target, Mapping):
+            operation = f"{op.target.get('type')}/write"  # a resource beside the vault: its own type's write
+        if operation is not None and self._ledger is not None:
+            self._ledger.record_own_write(op.vault_id, operation, self._now())
+
     def _apply(self, op: Operation) -> Any:
+        self._note_own_write(op)
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.remove_access_policy(op.vault_id, op.target)
+            entry = result.policy_for(op.target.principal.key)
+            return entry.to_arm() if entry else None
+        if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
+            result = self._gateway.add_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)
             return entry.to_arm() if entry else None
         if op.kind == "patch" and isinstance(op.target, Mapping):

@@ -1,4 +1,4 @@
-"""`kvguard replay | rules | baseline | redrive | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | undo | backfill | doctor | validate`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
 the file, the step and the reason on stderr) or a dead-letter file that is not JSON (or refused), 1
@@ -81,8 +81,15 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from datetime import UTC, datetime
+
+    from kvguard.suppression import expired
+
     policy = load_policy(args.policy)
     out.write(f"{args.policy}: valid policy (mode {policy.mode}, {len(policy.rules)} rule override(s))\n")
+    for suppression in expired(policy, datetime.now(UTC)):
+        out.write(f"{args.policy}: suppression of {suppression.rule} for {suppression.vault} expired "
+                  f"{suppression.until.isoformat()} and is ignored ({suppression.reason})\n")
     return 0
 
 
@@ -131,6 +138,52 @@ def _live(command: str) -> Callable[[argparse.Namespace, TextIO], int]:
     return run
 
 
+def _onboarding(command: str) -> Callable[[argparse.Namespace, TextIO], int]:
+    """A command of `kvguard.onboarding` (backfill, doctor), imported when it runs."""
+
+    def run(args: argparse.Namespace, out: TextIO) -> int:
+        from kvguard import onboarding
+
+        return int(getattr(onboarding, command)(args, out))
+
+    return run
+
+
+def _add_onboarding(commands: Any) -> None:
+    backfill = commands.add_parser(
+        "backfill", help="judge the Activity Log's past changes with the pipeline (dry run unless --apply)",
+        description="Read each subscription's Activity Log (administrative records of the operations kvguard "
+                    "watches), keep the final record of each operation, and deliver them oldest first through "
+                    "the pipeline. A past event is never remediated.",
+    )
+    backfill.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
+                          help="a subscription id (repeat for several)")
+    backfill.add_argument("--since", default="P30D", metavar="WHEN",
+                          help="start: an ISO 8601 duration back from --until (P30D, the default) or a timestamp; "
+                               "the Activity Log keeps 90 days")
+    backfill.add_argument("--until", metavar="WHEN", help="end: a timestamp (default: now)")
+    backfill.add_argument("--apply", action="store_true",
+                          help="record findings and raise alerts (remediation is only planned); without it, a dry "
+                               "run that writes nothing")
+    backfill.add_argument("--json", action="store_true",
+                          help="JSON Lines in the replay output format: one object per event, then a summary")
+    backfill.set_defaults(run=_onboarding("cmd_backfill"))
+    doctor = commands.add_parser(
+        "doctor", help="check that each protected subscription is protected (exit 1 when not)",
+        description="Check the Defender for Key Vault plan, kvguard's event subscription, kvguard's role "
+                    "assignments, every vault's audit logs and the state store; each failed check names the "
+                    "command that fixes it.",
+    )
+    doctor.add_argument("--subscription", dest="subscriptions", action="append", metavar="ID",
+                        help="a subscription id (repeat for several; default: KVGUARD_SUBSCRIPTION_IDS)")
+    doctor.add_argument("--json", action="store_true", help="the checks as one JSON object")
+    doctor.add_argument("--enable-defender", action="store_true",
+                        help="set the KeyVaults pricing to Standard where it is not (asks first; needs the "
+                             "Security Admin role)")
+    doctor.add_argument("--yes", action="store_true", help="with --enable-defender: do not ask")
+    doctor.set_defaults(run=_onboarding("cmd_doctor"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvguard", description="Detect and undo Azure Key Vault tampering.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
     redrive.set_defaults(run=_live("cmd_redrive"))
+    undo = commands.add_parser(
+        "undo", help="put back what one recorded remediation took away (dry run unless --apply)"
+    )
+    undo.add_argument("audit_id", metavar="AUDIT_ID", help="the event id of the audit record")
+    undo.add_argument("--handler", help="which remediation, when the record has several")
+    undo.add_argument("--apply", action="store_true", help="write it back and make it the baseline")
+    undo.set_defaults(run=_live("cmd_undo"))
+    _add_onboarding(commands)
     rules = commands.add_parser("rules", help="print the rule catalog")
     shape = rules.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="the catalog as JSON (infra/rules.json is this)")
@@ -176,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credential: Any = None) -> int:
-    """`credential`: the Azure credential of `baseline`, `replay --live` and `redrive` (default:
-    DefaultAzureCredential)."""
+    """`credential`: the Azure credential of `baseline`, `replay --live`, `redrive`, `backfill` and
+    `doctor` (default: DefaultAzureCredential)."""
     from kvguard.scenario import ScenarioError
 
     parser = build_parser()

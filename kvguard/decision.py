@@ -38,12 +38,13 @@ def effective_mode(policy: Policy, vault: VaultConfig | None) -> Mode:
 
 def is_excluded(policy: Policy, vault_id: str, vault_name: str) -> bool:
     """Excluded by resource id (case-insensitive) or by a glob on the vault name or id."""
-    key, name = vault_key(vault_id), vault_name.lower()
-    for pattern in policy.excluded_vaults:
-        lowered = vault_key(pattern)
-        if lowered == key or fnmatch(name, lowered) or fnmatch(key, lowered):
-            return True
-    return False
+    return any(vault_matches(pattern, vault_id, vault_name) for pattern in policy.excluded_vaults)
+
+
+def vault_matches(pattern: str, vault_id: str, vault_name: str) -> bool:
+    """A policy's vault pattern: a resource id (case-insensitive) or a glob on the vault name or id."""
+    key, name, lowered = vault_key(vault_id), vault_name.lower(), vault_key(pattern)
+    return lowered == key or fnmatch(name, lowered) or fnmatch(key, lowered)
 
 
 def is_approved(policy: Policy, event: VaultEvent) -> bool:

@@ -204,6 +204,9 @@ class VaultEvent:
     tenant_id: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     resource: ResourceChange | None = None
+    # What the Activity Log adds and Event Grid lacks: the request's body (a role assignment's
+    # principal, role and scope), decoded; None for an Event Grid delivery.
+    request: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_access_policy_changed(self) -> bool:

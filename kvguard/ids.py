@@ -77,3 +77,16 @@ def subscription_of(resource_id: str) -> str | None:
     """The subscription id of any ARM resource id (lower case), or None."""
     match = re.match(r"^/?subscriptions/([^/]+)", resource_id.strip(), re.IGNORECASE)
     return match[1].lower() if match else None
+
+
+def owning_id(resource_id: str | None, candidates: list[str]) -> str | None:
+    """The first of `candidates` that `resource_id` is, or lies under segment-wise
+    (`…/sites/app/config/appsettings` lies under `…/sites/app`), compared case-insensitively."""
+    if not resource_id:
+        return None
+    key = vault_key(resource_id if resource_id.startswith("/") else "/" + resource_id)
+    for candidate in candidates:
+        own = vault_key(candidate)
+        if key == own or key.startswith(own + "/"):
+            return candidate
+    return None

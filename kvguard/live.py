@@ -1,5 +1,5 @@
-"""The commands that work on the real Azure: `kvguard baseline`, `kvguard replay --live` and
-`kvguard redrive`. They read real vaults through ARM with the settings of the environment (the same
+"""The commands that work on the real Azure: `kvguard baseline`, `kvguard replay --live`,
+`kvguard redrive` and `kvguard undo`. They read real vaults through ARM with the settings of the environment (the same
 `KVGUARD_*` names as the Functions app) and DefaultAzureCredential, or the credential `main` was
 given; without `--apply` they are dry runs that change nothing anywhere.
 """
@@ -372,3 +372,30 @@ def _json_lines(text: str, whole: json.JSONDecodeError) -> list[Any]:
     return items
 
 
+def cmd_undo(args: argparse.Namespace, out: TextIO) -> int:
+    """`kvguard undo`: put back what one recorded remediation took away (kvguard.undo plans it)."""
+    from datetime import UTC, datetime
+
+    from kvguard import runtime
+    from kvguard.undo import UndoError, apply_undo, plan_undo, recorded_action
+
+    pipeline = runtime.build(_live_settings(), credential=args.credential)
+    try:
+        record, action = recorded_action(pipeline.store.list_audit(), args.audit_id, args.handler)
+        vault_id = record.vault_id or ""
+        steps = plan_undo(vault_id, action, pipeline.gateway.get(vault_id))
+    except UndoError as error:
+        out.write(f"kvguard undo: {error}\n")
+        return EXIT_INVALID
+    if not steps:
+        out.write(f"{vault_id}: already as before {action['handler']}: nothing to put back\n")
+        return 0
+    for step in steps:
+        out.write(f"{'put back' if args.apply else 'would put back'}: {step.description} on {vault_id}\n")
+    if not args.apply:
+        out.write("dry run: nothing changed (add --apply to put it back)\n")
+        return 0
+    gateway: Any = pipeline.gateway  # the ARM gateway: it can add access-policy entries
+    apply_undo(gateway, pipeline.store, record, action, steps, datetime.now(UTC))
+    out.write(f"done: the vault's baseline is now its restored state; audited as undo:{record.event_id}\n")
+    return 0

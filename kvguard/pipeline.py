@@ -15,11 +15,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
+from kvguard.deployment import (
+    DEPLOYMENT_RULES,
+    EVENT_SUBSCRIPTION_DELETE,
+    EVENT_SUBSCRIPTION_WRITE,
+    event_subscription_problems,
+    is_deployment_operation,
+    is_event_subscription,
+)
 from kvguard.detection import Basis, Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
-from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.ids import owning_id, parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy
 from kvguard.ports import (
@@ -29,6 +38,7 @@ from kvguard.ports import (
     Baseline,
     Clock,
     ConcurrencyError,
+    DeploymentReader,
     PermanentError,
     RejectedPayload,
     ResourceGateway,
@@ -47,12 +57,15 @@ from kvguard.resources import (
     resource_type_of,
 )
 from kvguard.risk import Risk, assess
+from kvguard.suppression import suppress, with_notes
 from kvguard.vault import VaultConfig, VaultDiff, diff
 from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
+OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
+CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
 
 
 class _Recall(NamedTuple):
@@ -81,9 +94,12 @@ class Pipeline:
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
         resources: ResourceGateway | None = None,
+        activity_log: ActivityLog | None = None,
+        deployment: DeploymentReader | None = None,
     ) -> None:
-        """`resources` reads (and deletes) the resources beside the vaults; none: their changes
-        are ignored, with that reason."""
+        """`resources` reads and writes the resources beside the vaults (none: their changes are
+        ignored, with that reason); `deployment` reads kvguard's own event subscriptions for the
+        reconcile check (none: no check)."""
         self.gateway = gateway
         self.resources = resources
         self.store = store
@@ -91,7 +107,10 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
-        self.runner = ActionRunner(gateway, self.sinks, resources=resources)
+        self.activity_log = activity_log
+        self.deployment = deployment
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now(),
+                                   resources=resources)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
 
     # --- parse --------------------------------------------------------------------------------
@@ -105,12 +124,15 @@ class Pipeline:
                 self.store.record_rejected(RejectedPayload(item.reason, item.raw, self.clock.now(), item.event_id))
                 outcomes.append(Outcome(item.event_id, "rejected", item.reason))
             else:
-                outcomes.append(self.handle_event(item))
+                outcomes.append(replace(self.handle_event(item), event=item, finished=self.clock.now()))
         return outcomes
 
     # --- filter, claim ------------------------------------------------------------------------
 
     def handle_event(self, event: VaultEvent) -> Outcome:
+        own_resource = self._own_resource(event)
+        if own_resource is not None:
+            return self._handle_own_deployment(event, own_resource)
         if event.resource is not None:
             return self._handle_resource(event, event.resource)
         passed = self._filter(event)
@@ -163,6 +185,7 @@ class Pipeline:
                     outcomes.append(outcome)
         outcomes += self._reconcile_resources(established)
         outcomes += self.sweep()
+        outcomes += self.check_own_deployment()
         return outcomes
 
     def _reconcile_vault(self, vault: VaultConfig) -> Outcome | None:
@@ -185,9 +208,105 @@ class Pipeline:
             return Outcome(event.id, "ignored", f"operation {event.operation} is not a vault change kvguard handles",
                            self._known_id(event))
         own = event.caller.ids() & set(self.policy.own_principal_ids)
-        if own:
+        if own and self._planned(event):
             return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", self._known_id(event))
-        return None
+        return None  # an own-identity write kvguard did not plan is processed like anyone's (KV-SELF-01)
+
+    def _planned(self, event: VaultEvent) -> bool:
+        """Whether the ledger holds the write behind this own-identity event: a state look-up,
+        never an ARM read, so a recognised own write costs no GET. The window is taken from the
+        event's time (when ARM made the write), not from its delivery, so a dead letter redriven
+        days later still finds its entry, and an event from before kvguard planned a write never
+        takes that write's entry. A resource beside a vault is noted under its own id."""
+        written = event.resource.id if event.resource is not None else event.vault.id if event.vault else None
+        if event.operation is None or written is None:
+            return False
+        since, until = _ledger_window(event.time or self.clock.now())
+        return self.store.match_own_write(written, event.operation, event.id, event.correlation_id, since, until)
+
+    # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
+
+    def _own_resource(self, event: VaultEvent) -> str | None:
+        """The own resource (policy `own_resource_ids`) a deployment change concerns, or None."""
+        if event.vault is not None or not is_deployment_operation(event.operation):
+            return None
+        return owning_id(event.subject, self.policy.own_resource_ids)
+
+    def _handle_own_deployment(self, event: VaultEvent, resource_id: str) -> Outcome:
+        now = self.clock.now()
+        with self.store.batch():
+            claim = self.store.claim(event.id, now, self.lease)
+            if claim == "duplicate":
+                return Outcome(event.id, "duplicate", "event already processed", resource=resource_id)
+            if claim == "in_progress":
+                raise TransientError(f"event {event.id} is being processed by another instance")
+            try:
+                outcome = self._judge_own_deployment(event, resource_id, now)
+                self.store.complete(event.id, self.clock.now())
+            except BaseException:
+                self.store.release(event.id)
+                raise
+        return outcome
+
+    def _judge_own_deployment(self, event: VaultEvent, resource_id: str, now: datetime) -> Outcome:
+        """A change to kvguard's own deployment is alerted in every mode, at every threshold: the
+        mode (KVGUARD_MODE) may be the very setting that was changed. Nothing is remediated."""
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy, history=History(),
+                          now=now)
+        findings = detect_all(context, {rule_id: RULES[rule_id] for rule_id in DEPLOYMENT_RULES})
+        risk = assess(findings, event, None, self.policy)
+        always = "always, for a change to kvguard's own deployment"
+        decision = Decision(self.policy.mode, bool(findings), always if findings else "no finding", False,
+                            "kvguard's own deployment is never remediated", False)
+        actions = self._act(event, resource_id, findings, risk, decision, None, None)
+        for finding in findings:
+            self.store.open_finding(resource_id, finding.rule, finding.to_json(), now)
+        if findings:
+            reason = f"{len(findings)} finding(s); risk {risk.value}: {', '.join(risk.explanation)}; alert: {always}"
+        elif not event.succeeded:
+            reason = "no finding: the change to kvguard's own deployment failed"
+        else:
+            reason = "no finding: kvguard's own deployment changed by an approved caller"
+        outcome = Outcome(event.id, "processed", reason, None, risk.value, risk.severity, findings, actions,
+                          risk.explanation, resource=resource_id)
+        self.store.append_audit(AuditRecord(event.id, resource_id, now, outcome.to_audit()))
+        return outcome
+
+    def check_own_deployment(self) -> list[Outcome]:
+        """The reconcile timer's check that each of kvguard's event subscriptions exists and passes
+        everything kvguard needs: its deletion may be the last event it ever delivered. A problem is
+        raised once while it lasts (the open KV-SELF-02 finding says which); a subscription found
+        right again closes the finding."""
+        if self.deployment is None:
+            return []
+        outcomes = []
+        for resource_id in filter(is_event_subscription, self.policy.own_resource_ids):
+            try:
+                problems = event_subscription_problems(self.deployment.get_event_subscription(resource_id))
+            except Exception:  # logged with its traceback; the next run checks again
+                log.exception("check of event subscription %s failed", resource_id)
+                continue
+            open_now = {f.rule: f.finding for f in self.store.open_findings(resource_id)}
+            if not problems:
+                if "KV-SELF-02" in open_now and self.store.close_finding(resource_id, "KV-SELF-02"):
+                    resolved = self._resolve_own_deployment(resource_id)
+                    outcomes.append(Outcome(None, "processed", "reconciliation: event subscription as deployed again",
+                                            resolutions=resolved, resource=resource_id))
+                continue
+            if (open_now.get("KV-SELF-02") or {}).get("evidence", {}).get("found") == problems:
+                continue  # already raised, still the same
+            outcomes.append(self.handle_event(_deployment_check_event(resource_id, problems, self.clock.now())))
+        return outcomes
+
+    def _resolve_own_deployment(self, resource_id: str) -> list[ActionResult]:
+        now = self.clock.now()
+        return [
+            self.runner.run(handler_id, [Operation(handler_id, "resolve", resource_id, "resolved KV-SELF-02",
+                                                   Alert(resource_id, "KV-SELF-02", "", "low", 0, 0, {}, (), "",
+                                                         None, now), rules=("KV-SELF-02",))],
+                            dry_run=False, current=None)
+            for handler_id in alert_handlers() if handler_id in self.sinks
+        ]
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
 
@@ -196,7 +315,9 @@ class Pipeline:
         vault_id = event.vault.id
         after = self.gateway.get(vault_id) if event.kind != "purge" else None
         baseline = self.store.get_baseline(vault_id)
-        before = self._baseline_config(baseline) if baseline and not baseline.deleted else None
+        # A deleted vault's baseline is what a recovery brings back: compared against, so that an
+        # unchanged recovered vault raises no posture finding again.
+        before = self._baseline_config(baseline) if baseline else None
         change = diff(before, after) if before is not None and after is not None else None
         recall = self._history(event, now)
         context = Context(
@@ -209,7 +330,9 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings = detect_all(context, RULES)
+        findings, suppressed = suppress(detect_all(context, RULES), vault_id, event.vault.name, self.policy, now)
+        if self.activity_log is not None:
+            findings = enrich(findings, vault_id, event.time or now, self.clock.now(), self.activity_log)
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -224,11 +347,13 @@ class Pipeline:
             risk=risk.value,
             recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
-        actions = self._act(event, display_id, findings, risk, decision, before, after)
+        # Read before _open refreshes them: which findings repeat an open one (see _joined).
+        joined = self._joined(event, display_id, findings)
+        actions = self._act(event, display_id, findings, risk, decision, before, after, joined)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
-        opened = self._open(display_id, findings, baseline, before, now)
+        opened = self._open(display_id, findings, baseline, before, now, event)
         # Posture and diff findings can only stop being true when the compared state moved.
         moved = remediated or before is None or (change is not None and not change.empty)
         resolutions = self._resolve(event, display_id, final if moved else None, findings, actions, decision,
@@ -238,11 +363,11 @@ class Pipeline:
         outcome = Outcome(
             event.id,
             "processed",
-            _reason(event, before, after, findings, risk, decision),
+            with_notes(_reason(event, before, after, findings, risk, decision, joined), suppressed),
             display_id,
             risk.value,
             risk.severity,
-            findings,
+            [f for f in findings if f not in joined],
             actions,
             risk.explanation,
             resolutions,
@@ -252,7 +377,7 @@ class Pipeline:
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
-        now: datetime,
+        now: datetime, event: VaultEvent,
     ) -> dict[str, Mapping[str, Any]]:
         """Open (or refresh) a finding per rule that fired, and return every open finding of the
         vault. A diff finding keeps the baseline it was found against (the first one, on refresh),
@@ -260,6 +385,7 @@ class Pipeline:
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
+            record["callerNamed"] = bool(event.caller.ids()) or bool(open_now.get(finding.rule, {}).get("callerNamed"))
             if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE and baseline is not None \
                     and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
@@ -283,6 +409,13 @@ class Pipeline:
             return event.vault.id
         known = self.store.get_baseline(event.vault.id)
         return known.vault_id if known is not None else event.vault.id
+
+    def _history_key(self, event: VaultEvent) -> str:
+        """The vault that history marks are kept under. A purge names the deleted vault's
+        `locations/…/deletedVaults/{name}` id: its marks belong to the vault it was, so that the
+        caller who deleted it is no first-time caller when they purge it."""
+        assert event.vault is not None
+        return vault_key(self._known_id(event)) if event.kind == "purge" else event.vault.key
 
     def _baseline_config(self, baseline: Baseline) -> VaultConfig:
         """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""
@@ -308,10 +441,9 @@ class Pipeline:
 
     def _history(self, event: VaultEvent, now: datetime, key: str | None = None) -> _Recall:
         """`key` names what the change is counted under when it is not the event's vault."""
-        assert event.vault is not None or key is not None
         window = self.policy.history
         caller = event.caller.id
-        vault = key or event.vault.key  # type: ignore[union-attr]
+        vault = key or self._history_key(event)
         grants = self.store.marks_since("grants", vault, now - window.grant_window)
         if caller is None:
             return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
@@ -349,6 +481,23 @@ class Pipeline:
             for f in findings
         ]
 
+    def _joined(self, event: VaultEvent, vault_id: str, findings: Sequence[Finding]) -> list[Finding]:
+        """Findings that repeat an open one (same rule, same evidence) where this event or the one
+        that raised it named no caller: one change reported by Key Vault's VaultAccessPolicyChanged
+        (in either schema) and by the ARM event is one finding and one alert; the other reports join
+        it (not listed as findings of their own). The event naming the caller still decides
+        remediation and the baseline."""
+        if not findings:
+            return []
+        open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
+        caller_named = bool(event.caller.ids())
+        return [
+            f for f in findings
+            if (record := open_now.get(f.rule)) is not None
+            and record.get("evidence") == _jsonable(f.evidence)
+            and not (caller_named and record.get("callerNamed", True))
+        ]
+
     def _act(
         self,
         event: VaultEvent,
@@ -358,22 +507,30 @@ class Pipeline:
         decision: Decision,
         before: VaultConfig | None,
         after: VaultConfig | None,
+        joined: Sequence[Finding] = (),
         alerts: Sequence[Alert] | None = None,
         resource: ResourceState | None = None,
     ) -> list[ActionResult]:
-        """Alerts first; remediation only after every alert went out. `alerts` replaces the one
-        alert per finding on `vault_id` (a change to another resource alerts on each vault it covers)."""
+        """Alerts first; remediation only after every alert went out. A joined finding (another
+        report of a change already alerted) raises no alert again, but is remediated as any.
+        `alerts` replaces the one alert per finding on `vault_id` (a change to another resource
+        alerts on each vault it covers)."""
         if not findings:
             return []
         results: list[ActionResult] = []
-        alerts = self._alerts(event, vault_id, findings, risk) if alerts is None else list(alerts)
+        fresh = [f for f in findings if f not in joined]
+        alerts = self._alerts(event, vault_id, fresh, risk) if alerts is None else list(alerts)
         for handler_id in alert_handlers():
             if handler_id not in self.sinks:
                 continue
             if not decision.alert:
                 results.append(skipped(handler_id, decision.alert_reason))
                 continue
-            operations = HANDLERS[handler_id].plan(PlanInput(findings, before, after, alerts))
+            if not fresh:
+                results.append(skipped(handler_id, "already raised: the change joins its open finding",
+                                       sorted({f.rule for f in joined})))
+                continue
+            operations = HANDLERS[handler_id].plan(PlanInput(fresh, before, after, alerts))
             result = self.runner.run(handler_id, operations, dry_run=False, current=after)
             if result.transient:
                 raise TransientError(f"{handler_id}: {result.detail}")
@@ -478,34 +635,34 @@ class Pipeline:
         failed remediation, a failed operation or a change nobody can be held to leaves the
         baseline as it was (the change is seen again), and the steering tags move only with a
         change that may move them (decision.may_retag)."""
-        assert event.vault is not None
         caller = event.caller.id
+        vault = self._history_key(event)
         if caller is not None:
             if event.succeeded:
                 # One mark per vault and caller is all "first write" needs, and one per caller and
                 # vault within the burst window all the count needs.
                 if not recall.history.caller_seen_before:
-                    self.store.add_mark("caller_writes", f"{event.vault.key}|{caller}", event.id, now)
+                    self.store.add_mark("caller_writes", f"{vault}|{caller}", event.id, now)
                 if not recall.vault_marked:
-                    self.store.add_mark("caller_vaults", caller, event.vault.key, now)
+                    self.store.add_mark("caller_vaults", caller, vault, now)
             else:
                 self.store.add_mark("caller_failures", caller, event.id, now)
         if change is not None:
             for mark in change.grant_marks():
-                self.store.add_mark("grants", event.vault.key, mark, now)
+                self.store.add_mark("grants", vault, mark, now)
         if remediated:
             self.store.add_mark("remediations", vault_key(vault_id), event.id, now)
         if failed or unattributed(self.policy, event):
             return  # the change is seen again: by the next event, or by the one that names its caller
         if final is None:
-            if event.kind == "delete" and before is not None:
+            if event.kind == "delete" and before is not None and not (baseline and baseline.deleted):
                 self._store_baseline(vault_id, dict(before.raw), baseline, now, deleted=True)
             return
         document = dict(final.raw)
         if before is not None and not may_retag(self.policy, event, remediated):
             document["tags"] = _steering_tags_kept(final, before)
         if (not remediated and before is not None and change is not None and change.empty
-                and _steering(document) == _steering(before.raw)):
+                and _steering(document) == _steering(before.raw) and not (baseline and baseline.deleted)):
             return  # nothing the baseline is compared or steered by has changed
         accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
         self._remember(self._store_baseline(vault_id, document, baseline, now), accepted)
@@ -535,7 +692,7 @@ class Pipeline:
             return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
                            resource=change.id)
         own = event.caller.ids() & set(self.policy.own_principal_ids)
-        if own:
+        if own and self._planned(event):
             return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", vault_id,
                            resource=change.id)
         now = self.clock.now()
@@ -831,6 +988,10 @@ def _sweep_reason(opened: Sequence[Finding], closed: Sequence[str], risk: Risk, 
         parts.append("sweep: resolved " + ", ".join(closed))
     return "; ".join(parts)
 
+def _jsonable(evidence: Mapping[str, Any]) -> Any:
+    """Evidence as the state store gives it back (JSON: tuples become lists)."""
+    return json.loads(json.dumps(dict(evidence), default=str))
+
 
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in (document.get("tags") or {}).items() if k.lower() in STEERING_TAGS}
@@ -905,6 +1066,28 @@ def _resource_reason(
     parts.append(f"remediate: {decision.remediate_reason}")
     return "; ".join(parts)
 
+def _ledger_window(made: datetime) -> tuple[datetime, datetime]:
+    """The times a ledger entry for a write made at `made` may have; an event time at the edge of
+    what a datetime can hold (year 1, year 9999) is clamped there, never an overflow."""
+    earliest, latest = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    since = made - OWN_WRITE_WINDOW if made - earliest > OWN_WRITE_WINDOW else earliest
+    until = made + CLOCK_SKEW if latest - made > CLOCK_SKEW else latest
+    return since, until
+
+
+def _deployment_check_event(resource_id: str, problems: list[str], now: datetime) -> VaultEvent:
+    """A stand-in for the change the reconcile check found: a deletion when the subscription is
+    gone, a write otherwise; what was found rides along for the finding's evidence."""
+    missing = problems == event_subscription_problems(None)
+    return VaultEvent(
+        id=f"reconcile:{vault_key(resource_id)}:{now.isoformat()}", event_type="kvguard.Reconciliation",
+        schema="eventgrid", subject=resource_id, time=now, vault=None,
+        operation=EVENT_SUBSCRIPTION_DELETE if missing else EVENT_SUBSCRIPTION_WRITE, kind="other",
+        access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(), correlation_id=None,
+        tenant_id=None, raw={"reconciliation": problems},
+    )
+
+
 def _reason(
     event: VaultEvent,
     before: VaultConfig | None,
@@ -912,7 +1095,15 @@ def _reason(
     findings: Sequence[Finding],
     risk: Risk,
     decision: Decision,
+    joined: Sequence[Finding] = (),
 ) -> str:
+    if joined:
+        rules = ", ".join(sorted({f.rule for f in joined}))
+        note = f"joins the open finding(s) {rules}, alert not repeated"
+        findings = [f for f in findings if f not in joined]
+        if not findings:
+            return f"another report of an alerted change: {note}; remediate: {decision.remediate_reason}"
+        return f"{_reason(event, before, after, findings, risk, decision)}; {note}"
     gone = ""
     if after is None and event.kind not in ("delete", "purge"):
         if before is None and not findings:

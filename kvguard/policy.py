@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import time, timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Mode = Literal["observe", "alert", "remediate"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -89,6 +89,35 @@ class RuleOverride(_Strict):
     remediate: bool | None = None
 
 
+class Suppression(_Strict):
+    """A rule held back on some vaults until a date, for a stated reason (a known exception that is
+    being fixed). Expiry is required: a suppression nobody renews stops suppressing."""
+
+    rule: str
+    vault: str = Field(min_length=1, description="resource id or name glob, as in excluded_vaults")
+    until: AwareDatetime
+    reason: str = Field(min_length=1)
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        from kvguard.catalog import RULES  # the catalog is the one list of rule ids
+
+        if value not in RULES:
+            raise ValueError(f"unknown rule id {value!r}; see `kvguard rules`")
+        return value
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a suppression needs a reason")
+        return value.strip()
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.until
+
+
 def _cidr(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value.strip(), strict=False))
@@ -117,12 +146,24 @@ class Policy(_Strict):
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     rules: dict[str, RuleOverride] = Field(default_factory=dict)
     min_retention_days: int = Field(default=90, ge=7, le=90)
+    suppressions: list[Suppression] = Field(default_factory=list)
+    # kvguard's own deployment: its event subscription(s) and function app (KV-SELF-02 watches them).
+    own_resource_ids: list[str] = Field(default_factory=list)
 
     @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions",
                      "allowed_private_endpoint_subscriptions", "allowed_log_destinations")
     @classmethod
     def _lower_ids(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value if v.strip()]
+
+    @field_validator("own_resource_ids")
+    @classmethod
+    def _resource_ids(cls, value: list[str]) -> list[str]:
+        ids = [v.strip().rstrip("/") for v in value if v.strip()]
+        not_ids = [v for v in ids if not v.lower().startswith("/subscriptions/")]
+        if not_ids:
+            raise ValueError(f"not ARM resource ids (/subscriptions/…): {', '.join(not_ids)}")
+        return ids
 
     @field_validator("allowed_networks", "allowed_ip_rules")
     @classmethod

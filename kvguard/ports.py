@@ -51,6 +51,12 @@ class VaultGateway(Protocol):
         """`accessPolicies/remove` of exactly `entry`'s permissions for its principal."""
         ...
 
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """`accessPolicies/add` of exactly `entry`'s permissions for its principal (merged with what
+        it holds). Only ever gives back: a revert names the baseline's permissions explicitly before
+        it removes `all`, and `kvguard undo` restores what a remediation took away."""
+        ...
+
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         """Every vault of a subscription (for reconciliation and baseline seeding)."""
         ...
@@ -95,6 +101,14 @@ class Alert:
     caller: str | None
     time: datetime
     explanation: tuple[str, ...] = ()
+
+
+class DeploymentReader(Protocol):
+    """Reads of kvguard's own deployment, for the reconcile timer's check of it (KV-SELF-02)."""
+
+    def get_event_subscription(self, resource_id: str) -> Mapping[str, Any] | None:
+        """The event subscription's ARM GET JSON (REST names); None when it does not exist."""
+        ...
 
 
 class AlertSink(Protocol):
@@ -212,4 +226,26 @@ class StateStore(Protocol):
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         """(member, at) of every mark of `series`/`key` at or after `since`, oldest first."""
+        ...
+
+    # The ledger of own writes: what kvguard wrote with its identity, noted before writing, so that
+    # an event of that identity which kvguard did not plan stands out (KV-SELF-01).
+    def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
+        """Note that kvguard is about to apply `operation` (an ARM operation name) to `resource_id`.
+        Every call is an entry of its own: two writes need two entries."""
+        ...
+
+    def match_own_write(
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        until: datetime,
+    ) -> bool:
+        """Whether an own-identity event for `resource_id` and `operation` (both compared
+        case-insensitively) matches an entry made from `since` to `until` (both included). The first event to match an
+        open entry consumes it, keeping its event id and correlation id; a consumed entry matches
+        again only a redelivery of that event or ARM's second event of the same write (same
+        correlation id), so one planned write never covers a second, unplanned one."""
+        ...
+
+    def prune_own_writes(self, older_than: datetime) -> int:
+        """Drop the ledger entries made before `older_than`; returns how many were dropped."""
         ...

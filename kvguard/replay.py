@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvguard import catalog
+from kvguard.activity import deliver, events
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.ids import subscription_of, vault_key
 from kvguard.outcome import Outcome
@@ -89,6 +90,8 @@ def _run_step(run: ReplayRun, step: Step) -> Iterator[Outcome]:
     elif kind == "events":
         for raw in value:
             yield from pipeline.handle(raw)
+    elif kind == "activity":
+        yield from deliver(pipeline, events(value)[0])
     for own_write in world.take_emitted():
         yield from pipeline.handle(own_write)
 

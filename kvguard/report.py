@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from kvguard.blast_radius import summary as blast_radius_summary
+from kvguard.detection import Finding
 from kvguard.replay import ReplayRun
 
 STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "none": "dim"}
@@ -26,7 +29,7 @@ def print_report(runs: list[ReplayRun], summary: dict[str, Any], out: TextIO) ->
         table.add_column("findings", ratio=2)
         table.add_column("actions", ratio=3)
         for number, outcome in enumerate(run.outcomes, 1):
-            findings = "\n".join(f"[{STYLE[f.severity]}]{f.rule}[/] {f.title}" for f in outcome.findings)
+            findings = "\n".join(_finding(f) for f in outcome.findings)
             actions = "\n".join(f"{a.handler}: [bold]{a.status}[/] {a.detail}" for a in outcome.actions)
             resolved = sorted({r for a in outcome.resolutions if a.status == "applied" for r in a.rules})
             if resolved:
@@ -44,6 +47,12 @@ def print_report(runs: list[ReplayRun], summary: dict[str, Any], out: TextIO) ->
             )
         console.print(table)
     console.print(summary_line(summary["summary"]))
+
+
+def _finding(finding: Finding) -> str:
+    line = f"[{STYLE[finding.severity]}]{finding.rule}[/] {finding.title}"
+    radius = blast_radius_summary(finding.evidence.get("blast_radius"))
+    return f"{line}\n  [dim]blast radius:[/] {escape(radius)}" if radius else line
 
 
 def summary_line(totals: dict[str, Any]) -> str:

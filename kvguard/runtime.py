@@ -11,21 +11,28 @@ import threading
 from typing import Any
 
 from kvguard import catalog
+from kvguard.blast_radius import ActivityLog
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import StateStore
 from kvguard.settings import Settings
 from kvguard.sinks import build_sinks
+from kvguard.telemetry import FindingsLog, Instruments, Observer
 
 _lock = threading.Lock()
 _current: Pipeline | None = None
+_observer: Observer | None = None
 
 
 def policy_from(settings: Settings) -> Policy:
-    """The policy file (or the defaults), with the mode and own identities from the settings."""
+    """The policy file (or the defaults), with the mode, own identities and own resources from the
+    settings."""
     policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
     own = sorted({*policy.own_principal_ids, *(i.lower() for i in settings.own_principal_ids)})
     update: dict[str, Any] = {"own_principal_ids": own}
+    if settings.own_resource_ids:
+        merged = policy.merged({"own_resource_ids": [*policy.own_resource_ids, *settings.own_resource_ids]})
+        update["own_resource_ids"] = merged.own_resource_ids
     if settings.mode:
         update["mode"] = settings.mode
     return policy.model_copy(update=update)
@@ -58,6 +65,7 @@ def _store(settings: Settings, credential: Any) -> StateStore:
 def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     """A ready pipeline on real adapters (settings from the environment when None)."""
     from kvguard.adapters.arm import ArmVaultGateway
+    from kvguard.adapters.deployment import ArmDeploymentReader
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
     from kvguard.adapters.resources import ArmResourceGateway
 
@@ -70,8 +78,19 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
+        activity_log=_activity_log(settings, credential),
+        deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
         resources=ArmResourceGateway(credential, endpoint=settings.arm_endpoint),
     )
+
+
+def _activity_log(settings: Settings, credential: Any) -> ActivityLog | None:
+    """The vaults' audit log for the blast radius of grant findings, when a workspace is named."""
+    if not settings.audit_workspace_id:
+        return None
+    from kvguard.adapters.loganalytics import LogAnalyticsActivityLog
+
+    return LogAnalyticsActivityLog(settings.audit_workspace_id, credential, endpoint=settings.loganalytics_endpoint)
 
 
 def current() -> Pipeline:
@@ -88,6 +107,45 @@ def install(pipeline: Pipeline | None) -> None:
     global _current
     with _lock:
         _current = pipeline
+
+
+def build_observer(settings: Settings | None = None, credential: Any = None) -> Observer:
+    """The log line always; OpenTelemetry only with a connection string, the findings table only
+    with its endpoint and rule. Their packages are imported here, not before: without them a cold
+    start loads nothing of either."""
+    settings = settings or Settings()
+    instruments: Instruments | None = None
+    if settings.appinsights_connection_string:
+        from kvguard.adapters.appinsights import configure
+        from kvguard.otel import OtelInstruments
+
+        configure(settings.appinsights_connection_string, credential or _credential())
+        instruments = OtelInstruments()
+    findings_log: FindingsLog | None = None
+    if settings.ingestion_endpoint or settings.ingestion_rule_id:
+        if not (settings.ingestion_endpoint and settings.ingestion_rule_id):
+            raise ValueError("the findings table needs both KVGUARD_INGESTION_ENDPOINT and KVGUARD_INGESTION_RULE_ID")
+        from kvguard.adapters.ingestion import LogsIngestionFindingsLog
+
+        findings_log = LogsIngestionFindingsLog(settings.ingestion_endpoint, settings.ingestion_rule_id,
+                                                credential or _credential())
+    return Observer(with_caller=settings.log_caller, instruments=instruments, findings_log=findings_log)
+
+
+def observer() -> Observer:
+    """The worker's observer (logs, telemetry, findings table), built once on first use."""
+    global _observer
+    with _lock:
+        if _observer is None:
+            _observer = build_observer()
+        return _observer
+
+
+def install_observer(observer: Observer | None) -> None:
+    """Replace the worker's observer (None: build again from the environment on next use)."""
+    global _observer
+    with _lock:
+        _observer = observer
 
 
 PROBE_VAULT = (

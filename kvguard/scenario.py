@@ -21,7 +21,7 @@ from kvguard.policy import Policy, PolicyError, parse_duration, policy_from_data
 from kvguard.resources import VAULT_TYPE, resource_type_of
 from kvguard.vault import VaultConfig
 
-STEP_KINDS = ("write", "delete", "event", "events", "advance", "reconcile")
+STEP_KINDS = ("write", "delete", "event", "events", "activity", "advance", "reconcile")
 
 try:  # the C loader reads large scenarios an order of magnitude faster
     _BaseLoader: Any = yaml.CSafeLoader
@@ -160,6 +160,8 @@ def _step(source: str, index: int, raw: Any) -> Step:
         raise ScenarioError(f"{where} (reconcile): takes no options, write `reconcile: {{}}`")
     elif kind == "events" and not isinstance(value, list):
         raise ScenarioError(f"{where} (events): expected a list of envelopes")
+    elif kind == "activity" and not isinstance(value, list):
+        raise ScenarioError(f"{where} (activity): expected a list of Activity Log records")
     elif kind == "advance":
         try:
             value = parse_duration(value)

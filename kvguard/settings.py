@@ -32,10 +32,20 @@ class Settings(BaseSettings):
     sqlite_path: str = ".kvguard/state.db"
     arm_endpoint: str = "https://management.azure.com"
     own_principal_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    own_resource_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     defender: bool = False
     eventgrid_topic_endpoint: str | None = None
     eventgrid_topic_key: str | None = None
     webhook_url: str | None = None
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Operating kvguard: telemetry, the structured log line, the findings table.
+    log_caller: bool = False
+    appinsights_connection_string: str | None = Field(
+        default=None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
+    ingestion_endpoint: str | None = None
+    ingestion_rule_id: str | None = None
+    audit_workspace_id: str | None = None
+    loganalytics_endpoint: str = "https://api.loganalytics.io"
 
-    _lists = field_validator("own_principal_ids", "subscription_ids", mode="before")(_split)
+    _lists = field_validator("own_principal_ids", "own_resource_ids", "subscription_ids", mode="before")(_split)

@@ -1,8 +1,9 @@
 """The simulated world for replay and tests: vaults in memory with ARM's update semantics, a
 Defender and an Event Grid topic that record what they receive, and a clock that moves only when
 told. kvguard's own writes emit the `ResourceWriteSuccess` event Azure would emit (caller =
-kvguard's identity), so every remediation also exercises the loop guard. Beside the vaults the
-world holds any other ARM resource (role assignments, diagnostic settings, …) as its ARM JSON.
+kvguard's identity), so every remediation also exercises the loop guard: the ledger entry the
+write noted first must match that event. Beside the vaults the world holds any other ARM resource
+(role assignments, diagnostic settings, …) as its ARM JSON.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class World:
                 "authorization": {
                     "scope": resource_uri,
                     "action": operation,
-                    "evidence": {"role": "Key Vault Contributor", "principalId": self.identity,
+                    "evidence": {"role": "kvguard remediator", "principalId": self.identity,
                                  "principalType": "ServicePrincipal"},
                 },
                 "claims": {"oid": self.identity, "appid": self.identity, "idtyp": "app"},
@@ -125,25 +126,42 @@ class SimVaultGateway:
         return self.world.parsed[vault_key(doc["id"])]
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        return self._update_access_policy(vault_id, entry, "remove")
+
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        return self._update_access_policy(vault_id, entry, "add")
+
+    def _update_access_policy(self, vault_id: str, entry: AccessPolicy, kind: str) -> VaultConfig:
+        """ARM's `accessPolicies/{add|remove}` of one entry: names matched literally and
+        case-insensitively (`all` is a name like any other here), for the entry's principal only;
+        an entry left without permissions goes."""
         doc = self._doc(vault_id)
         kept = []
+        found = False
         for raw in doc.get("properties", {}).get("accessPolicies", []):
             current = AccessPolicy.from_arm(raw)
             if current.principal.key != entry.principal.key:
                 kept.append(raw)
                 continue
+            found = True
             remaining = {}
             for category in PERMISSION_CATEGORIES:
-                names = [p for p in (raw.get("permissions", {}).get(category) or [])
-                         if p.lower() not in entry.get(category)]
+                names = list(raw.get("permissions", {}).get(category) or [])
+                given = {p.lower() for p in entry.get(category)}
+                if kind == "remove":
+                    names = [p for p in names if p.lower() not in given]
+                else:
+                    names += sorted(p for p in entry.get(category) if p.lower() not in current.get(category))
                 if names:
                     remaining[category] = names
             if remaining:
                 kept.append({**raw, "permissions": remaining})
+        if kind == "add" and not found:
+            kept.append(entry.to_arm())
         doc = {**doc, "properties": {**doc["properties"], "accessPolicies": kept}}
         self.world.put(doc)
         self.world.emitted.append(self.world.own_write_event(
-            f"{doc['id']}/accessPolicies/remove", "Microsoft.KeyVault/vaults/accessPolicies/write"))
+            f"{doc['id']}/accessPolicies/{kind}", "Microsoft.KeyVault/vaults/accessPolicies/write"))
         return self.world.parsed[vault_key(doc["id"])]
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:

@@ -2,8 +2,11 @@
 
 ARM is inconsistent about case (`"Get"` and `"get"`, `"Standard"` and `"standard"`,
 `resourcegroups`), so every value that is compared is normalised here, once. A setting that ARM
-did not return is `None`, never `False`: "absent" and "switched off" are different facts (a vault
-created before RBAC mode existed has no `enableRbacAuthorization` at all).
+did not return means what the API specification defines for it (`kvguard.vault_spec`: no
+`networkAcls` admits every network, no `publicNetworkAccess` is enabled); where the spec defines no
+default the setting is `None`, never `False`: "absent" and "switched off" are different facts (a
+vault created before RBAC mode existed has no `enableRbacAuthorization` at all). Permissions are
+compared after expanding `all` to its category's full set.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvguard import vault_spec
 from kvguard.ids import vault_key
 
 MODE_TAG = "kvguard-mode"
@@ -45,22 +49,22 @@ def _lower(value: Any) -> str | None:
     return value.strip().lower() if isinstance(value, str) and value.strip() else None
 
 
-def _bool(value: Any) -> bool | None:
+def _bool(value: Any, default: bool | None = None) -> bool | None:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    return None
+    return default
 
 
-def _int(value: Any) -> int | None:
+def _int(value: Any, default: int | None = None) -> int | None:
     if isinstance(value, bool):
-        return None
+        return default
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
-    return None
+    return default
 
 
 def _ci_get(mapping: Mapping[str, Any], name: str) -> Any:
@@ -100,7 +104,12 @@ class AccessPolicy:
     permissions: Mapping[str, frozenset[str]]
 
     def get(self, category: str) -> frozenset[str]:
+        """The names as written (lower-cased), `all` included: what an ARM remove must name."""
         return self.permissions.get(category, frozenset())
+
+    def effective(self, category: str) -> frozenset[str]:
+        """What the entry grants in a category, `all` expanded: what every comparison uses."""
+        return vault_spec.expand(category, self.get(category))
 
     def to_arm(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -200,8 +209,8 @@ class VaultConfig:
         policies_raw = _ci_get(props, "accessPolicies") or []
         if not isinstance(policies_raw, list):
             raise ValueError("vault.properties.accessPolicies: expected a list")
-        acls = _ci_get(props, "networkAcls") or {}
-        acls = acls if isinstance(acls, Mapping) else {}
+        acls_raw = _ci_get(props, "networkAcls")
+        acls = acls_raw if isinstance(acls_raw, Mapping) else {}
         ip_rules = frozenset(
             normalise_cidr(_ci_get(r, "value")) for r in (_ci_get(acls, "ipRules") or []) if isinstance(r, Mapping)
         ) - {""}
@@ -211,6 +220,7 @@ class VaultConfig:
         ) - {""}
         sku = _ci_get(props, "sku") or {}
         tags = _ci_get(doc, "tags") or {}
+        modern = vault_spec.since_2019_09_01(props)  # the API version's defaults for soft delete
         return cls(
             id=resource_id.strip().rstrip("/"),
             name=str(_ci_get(doc, "name") or resource_id.rstrip("/").rsplit("/", 1)[-1]),
@@ -220,15 +230,17 @@ class VaultConfig:
             sku_name=_lower(_ci_get(sku, "name")) if isinstance(sku, Mapping) else None,
             access_policies=tuple(AccessPolicy.from_arm(p) for p in policies_raw if isinstance(p, Mapping)),
             enable_rbac_authorization=_bool(_ci_get(props, "enableRbacAuthorization")),
-            enable_soft_delete=_bool(_ci_get(props, "enableSoftDelete")),
-            soft_delete_retention_days=_int(_ci_get(props, "softDeleteRetentionInDays")),
+            enable_soft_delete=_bool(_ci_get(props, "enableSoftDelete"), modern),
+            soft_delete_retention_days=_int(_ci_get(props, "softDeleteRetentionInDays"),
+                                            vault_spec.DEFAULT_SOFT_DELETE_RETENTION_DAYS if modern else None),
             enable_purge_protection=_bool(_ci_get(props, "enablePurgeProtection")),
             enabled_for_deployment=_bool(_ci_get(props, "enabledForDeployment")),
             enabled_for_template_deployment=_bool(_ci_get(props, "enabledForTemplateDeployment")),
             enabled_for_disk_encryption=_bool(_ci_get(props, "enabledForDiskEncryption")),
-            public_network_access=_lower(_ci_get(props, "publicNetworkAccess")),
-            default_action=_lower(_ci_get(acls, "defaultAction")),
-            bypass=_lower(_ci_get(acls, "bypass")),
+            public_network_access=_lower(_ci_get(props, "publicNetworkAccess"))
+            or vault_spec.DEFAULT_PUBLIC_NETWORK_ACCESS,
+            default_action=_lower(_ci_get(acls, "defaultAction")) or vault_spec.DEFAULT_ACTION_WITHOUT_ACLS,
+            bypass=_lower(_ci_get(acls, "bypass")) or vault_spec.DEFAULT_BYPASS,
             ip_rules=ip_rules,
             virtual_network_rules=vnet_rules,
             create_mode=_lower(_ci_get(props, "createMode")),
@@ -315,8 +327,8 @@ def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
         if old is None or old.permissions == new.permissions:
             continue
         for category in PERMISSION_CATEGORIES:
-            added = new.get(category) - old.get(category)
-            removed = old.get(category) - new.get(category)
+            added = new.effective(category) - old.effective(category)
+            removed = old.effective(category) - new.effective(category)
             if added or removed:
                 changes.append(PermissionChange(new.principal, category, added, removed))
     settings = {

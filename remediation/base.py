@@ -18,7 +18,7 @@ from kvguard.vault import AccessPolicy, VaultConfig
 if TYPE_CHECKING:
     from kvguard.resources import ResourceState
 
-OperationKind = Literal["remove_access_policy", "patch", "put_resource", "alert", "resolve"]
+OperationKind = Literal["add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve"]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 It restores only values the baseline actually had. A baseline without `publicNetworkAccess` or
 without a firewall (`networkAcls` absent: every network allowed) was open by acceptance; inventing
 `Disabled` or `Deny` for it would lock out whoever relies on that access. Such a part is left
-alone, and when nothing is left to restore no operation is planned."""
+alone, and when nothing is left to restore no operation is planned. A change that dropped
+`networkAcls` altogether (ARM then admits every network) gets the baseline's rule set back as it
+was, explicit values and rules included: there is nothing of the change's own in it to keep."""
 
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ def restore_network(data: PlanInput) -> list[Operation]:
     public_access = _had(data.before.raw.get("properties") or {}, "publicNetworkAccess")
     if "KV-NET-01" in fired and "public_network_access" in change.settings and public_access is not None:
         patch["publicNetworkAccess"] = public_access
-    acls = _acls(data.after)
     baseline_acls = _acls(data.before)
+    dropped = not data.after.raw.get("properties", {}).get("networkAcls")
+    acls = copy.deepcopy(baseline_acls) if dropped else _acls(data.after)
     touched = False
     default_action = _had(baseline_acls, "defaultAction")
     if "KV-NET-02" in fired and "default_action" in change.settings and default_action is not None:

@@ -74,6 +74,18 @@ var families = {
     userImpact: 'High'
     implementationEffort: 'High'
   }
+  SELF: {
+    categories: [
+      'IdentityAndAccess'
+    ]
+    threats: [
+      'accountBreach'
+      'elevationOfPrivilege'
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Moderate'
+  }
   LOG: {
     categories: [
       'Data'

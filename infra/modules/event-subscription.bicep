@@ -7,9 +7,6 @@ param name string
 @description('Resource id of the kvguard function app (may live in another subscription).')
 param functionAppId string
 
-@description('Principal id of kvguard\'s own identity: its reverts are filtered out (loop guard).')
-param ownPrincipalId string
-
 param deadLetterStorageAccountId string
 param deadLetterContainerName string
 
@@ -56,16 +53,14 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
             'Microsoft.KeyVault/vaults/privateEndpointConnections/delete'
             'Microsoft.Security/pricings/write'
+            // kvguard's own deployment (KV-SELF-02): its event subscription and its app settings.
+            'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'
+            'Microsoft.EventGrid/systemTopics/eventSubscriptions/delete'
+            'Microsoft.Web/sites/config/write'
           ]
         }
-        {
-          // Defence in depth: the app also recognises its own writes (outcome "self").
-          operatorType: 'StringNotIn'
-          key: 'data.authorization.evidence.principalId'
-          values: [
-            ownPrincipalId
-          ]
-        }
+        // No filter on the caller: kvguard's own writes come back too, so that a write made with its
+        // identity that kvguard did not plan (no ledger entry) is seen (KV-SELF-01).
       ]
     }
     retryPolicy: {

@@ -13,7 +13,7 @@ param identityId string
 @description('Client id of that identity (DefaultAzureCredential picks it through AZURE_CLIENT_ID).')
 param identityClientId string
 
-@description('Principal (object) id of that identity: kvguard ignores its own writes.')
+@description('Principal (object) id of that identity: its writes are `self` when kvguard planned them (ledger).')
 param identityPrincipalId string
 
 param storageAccountName string
@@ -37,11 +37,23 @@ param mode string = 'alert'
 @description('Subscriptions whose vaults kvguard watches and reconciles.')
 param subscriptionIds array
 
+@description('Resource ids of kvguard\'s own event subscriptions, watched with the app itself (KV-SELF-02).')
+param ownEventSubscriptionIds array = []
+
 @description('Path of a policy file inside the deployed package (empty: defaults and app settings only).')
 param policyFile string = ''
 
 @description('NCRONTAB schedule of the reconcile timer (read through %KVGUARD_RECONCILE_SCHEDULE%).')
 param reconcileSchedule string = '0 0 * * * *'
+
+@description('Logs Ingestion endpoint of the findings table\'s data collection endpoint (empty: no findings table).')
+param findingsLogEndpoint string = ''
+
+@description('Immutable id of the findings table\'s data collection rule.')
+param findingsLogRuleId string = ''
+
+@description('Workspace (customer) id of the Log Analytics workspace with the vaults\' AuditEvent logs (empty: no blast radius).')
+param auditWorkspaceId string = ''
 
 @minValue(1)
 @maxValue(1000)
@@ -111,6 +123,32 @@ var baseSettings = [
     name: 'KVGUARD_RECONCILE_SCHEDULE'
     value: reconcileSchedule
   }
+  {
+    name: 'KVGUARD_OWN_RESOURCE_IDS'
+    value: join(concat(ownEventSubscriptionIds, [
+      resourceId('Microsoft.Web/sites', name)
+    ]), ',')
+  }
+]
+
+// The findings table (Logs Ingestion API) only when main.bicep deploys it.
+var findingsLogSettings = empty(findingsLogEndpoint) ? [] : [
+  {
+    name: 'KVGUARD_INGESTION_ENDPOINT'
+    value: findingsLogEndpoint
+  }
+  {
+    name: 'KVGUARD_INGESTION_RULE_ID'
+    value: findingsLogRuleId
+  }
+]
+
+// The blast radius of grant findings only when an audit workspace is given.
+var auditWorkspaceSettings = empty(auditWorkspaceId) ? [] : [
+  {
+    name: 'KVGUARD_AUDIT_WORKSPACE_ID'
+    value: auditWorkspaceId
+  }
 ]
 
 var policySettings = empty(policyFile) ? [] : [
@@ -161,7 +199,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
-      appSettings: concat(baseSettings, policySettings)
+      appSettings: concat(baseSettings, policySettings, findingsLogSettings, auditWorkspaceSettings)
     }
     functionAppConfig: {
       deployment: {

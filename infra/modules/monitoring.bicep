@@ -42,3 +42,4 @@ output applicationInsightsId string = appInsights.id
 output applicationInsightsName string = appInsights.name
 output connectionString string = appInsights.properties.ConnectionString
 output logAnalyticsId string = workspace.id
+output logAnalyticsName string = workspace.name

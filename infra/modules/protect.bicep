@@ -21,8 +21,14 @@ param eventSubscriptionName string
 @description('An existing system topic of this subscription to reuse: { resourceGroup: \'...\', name: \'...\' }; {} creates one.')
 param existingSystemTopic object = {}
 
-@description('Principal id of kvguard\'s identity (roles here, loop guard in the event filter).')
+@description('Principal id of kvguard\'s identity (its roles here).')
 param identityPrincipalId string
+
+@description('GUID of kvguard\'s custom remediation role (defined once, in role-definition.bicep).')
+param remediatorRoleId string
+
+@description('Resource groups of this subscription to confine remediation rights to; empty: the whole subscription.')
+param remediationResourceGroups array = []
 
 param functionAppId string
 
@@ -49,6 +55,8 @@ module roles 'rbac-subscription.bicep' = {
   name: 'kvguard-roles'
   params: {
     principalId: identityPrincipalId
+    remediatorRoleId: remediatorRoleId
+    resourceGroupNames: remediationResourceGroups
   }
 }
 
@@ -88,7 +96,6 @@ module eventSubscription 'event-subscription.bicep' = if (deployEventSubscriptio
     systemTopicName: systemTopic.outputs.name
     name: eventSubscriptionName
     functionAppId: functionAppId
-    ownPrincipalId: identityPrincipalId
     deadLetterStorageAccountId: resourceId(centralSubscriptionId, centralResourceGroupName, 'Microsoft.Storage/storageAccounts', storageAccountName)
     deadLetterContainerName: deadLetterContainerName
   }

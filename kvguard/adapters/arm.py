@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.mgmt.keyvault import KeyVaultManagementClient
 
+# The reads this gateway makes (get, list_vaults, and the re-reads around a write); the infra grants
+# them with kvguard's remediation role. The writes are declared by the handlers that plan them.
+READ_PERMISSIONS = ("Microsoft.KeyVault/vaults/read",)
+
+
 class VaultNotFoundError(LookupError):
     """The vault a write was aimed at does not exist (any more)."""
 
@@ -104,12 +109,21 @@ class ArmVaultGateway:
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
         so that a concurrent legitimate change to other entries is never lost."""
+        return self._update_access_policy(vault_id, entry, "remove")
+
+    def add_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
+        """A targeted `accessPolicies/add` (a revert giving back what the baseline had explicitly,
+        `kvguard undo`): ARM merges `entry`'s permissions into its principal's entry and leaves
+        every other entry alone."""
+        return self._update_access_policy(vault_id, entry, "add")
+
+    def _update_access_policy(self, vault_id: str, entry: AccessPolicy, kind: str) -> VaultConfig:
         from azure.core.exceptions import ResourceNotFoundError
 
         ref, group = _locate(vault_id)
         arm_entry = entry.to_arm()
         if not arm_entry["permissions"] or not arm_entry["tenantId"]:
-            # Nothing to remove, or ARM needs the tenant of the entry: read the vault first.
+            # Nothing to write, or ARM needs the tenant of the entry: read the vault first.
             current = self.get(vault_id)
             if current is None:
                 raise VaultNotFoundError(f"vault {ref.id} not found")
@@ -119,23 +133,33 @@ class ArmVaultGateway:
         parameters = {"properties": {"accessPolicies": [arm_entry]}}
         vaults = self.client(ref.subscription_id).vaults
         try:
-            with azure_errors(f"remove access policy from vault {ref.name}", answers=is_not_found):
-                vaults.update_access_policy(group, ref.name, "remove", cast(Any, parameters))
+            with azure_errors(f"{kind} access policy on vault {ref.name}", answers=is_not_found):
+                vaults.update_access_policy(group, ref.name, kind, cast(Any, parameters))
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
         after = self.get(vault_id)
         if after is None:
-            raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy was removed")
+            raise VaultNotFoundError(f"vault {ref.id} disappeared after the access policy {kind}")
         return after
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         vaults = self.client(subscription_id).vaults
         with azure_errors(f"list vaults of subscription {subscription_id}"):
-            # The SDK's models keep the wire JSON; as_dict() gives it back with ARM's own names.
-            return [VaultConfig.from_arm(vault.as_dict()) for vault in vaults.list_by_subscription()]
+            return [_vault(_wire_json(vault)) for vault in vaults.list_by_subscription()]
 
     def close(self) -> None:
         self._clients.close()
+
+
+def _wire_json(model: Any) -> dict[str, Any]:
+    """A listed vault as ARM sent it (a paged call has no `cls` hook that sees the body). The
+    models of azure-mgmt-keyvault 14 are mappings over the wire JSON, so `as_dict()` keeps ARM's
+    camelCase names and the fields the SDK does not know; the msrest models of 10.x–13.x returned
+    snake_case from the same call, which is why requirements.txt admits 14.x only."""
+    body = model.as_dict()
+    if not isinstance(body, dict) or "properties" not in body:
+        raise TypeError(f"listed vault is not in ARM's wire shape (keys {sorted(body)[:6]}): check the SDK version")
+    return body
 
 
 def _vault(body: Any) -> VaultConfig:

@@ -12,6 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
+from kvguard.blast_radius import summary
 from kvguard.detection import assessment_name
 from kvguard.ids import subscription_of
 from kvguard.ports import Alert
@@ -100,4 +101,7 @@ def additional_data(alert: Alert) -> dict[str, str]:
     }
     if alert.explanation:
         data["explanation"] = "; ".join(alert.explanation)
+    radius = summary(alert.evidence.get("blast_radius"))
+    if radius:
+        data["blastRadius"] = radius  # what the granted principal did in the vault meanwhile
     return data

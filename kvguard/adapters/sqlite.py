@@ -70,6 +70,17 @@ CREATE TABLE IF NOT EXISTS marks (
     PRIMARY KEY (series, key, member, at)
 );
 CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
+CREATE TABLE IF NOT EXISTS own_writes (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    resource_key   TEXT NOT NULL,
+    resource_id    TEXT NOT NULL,
+    operation      TEXT NOT NULL,
+    at             TEXT NOT NULL,
+    event_id       TEXT,
+    correlation_id TEXT
+);
+CREATE INDEX IF NOT EXISTS own_writes_by_resource ON own_writes (resource_key, operation, at);
+CREATE INDEX IF NOT EXISTS own_writes_by_time ON own_writes (at);
 """
 
 
@@ -356,3 +367,34 @@ class SQLiteStateStore:
             (series, vault_key(key), _stamp(since)),
         )
         return [(member, _unstamp(at)) for member, at in rows]
+
+    # The ledger of own writes
+
+    def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
+        self._write(
+            "INSERT INTO own_writes (resource_key, resource_id, operation, at) VALUES (?, ?, ?, ?)",
+            (vault_key(resource_id), resource_id, operation.strip().lower(), _stamp(at)),
+        )
+
+    def match_own_write(
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        until: datetime,
+    ) -> bool:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT seq, event_id, correlation_id FROM own_writes"
+                " WHERE resource_key = ? AND operation = ? AND at >= ? AND at <= ? ORDER BY at, seq",
+                (vault_key(resource_id), operation.strip().lower(), _stamp(since), _stamp(until)),
+            ).fetchall()
+            if any(event == event_id or (correlation_id and correlation == correlation_id)
+                   for _, event, correlation in rows):
+                return True
+            open_entry = next((seq for seq, event, _ in rows if event is None), None)
+            if open_entry is None:
+                return False
+            db.execute("UPDATE own_writes SET event_id = ?, correlation_id = ? WHERE seq = ?",
+                       (event_id, correlation_id, open_entry))
+            return True
+
+    def prune_own_writes(self, older_than: datetime) -> int:
+        return self._write("DELETE FROM own_writes WHERE at < ?", (_stamp(older_than),))

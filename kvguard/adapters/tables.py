@@ -1,7 +1,8 @@
 """The StateStore on Azure Table Storage (Azurite locally and in tests).
 
 One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`, `marks`,
-and `chunks` for values too large to sit inline — each created on first use.
+`ownwrites` (the ledger of own writes), and `chunks` for values too large to sit inline — each
+created on first use.
 
 - Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
   event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
@@ -515,3 +516,71 @@ class TablesStateStore:
         )
         marks = [(entity["member"], _unstamp(entity["at"])) for entity in entities]
         return sorted(marks, key=lambda mark: (mark[1], mark[0]))
+
+    # The ledger of own writes: one partition per resource and operation, rows in time order.
+
+    @staticmethod
+    def _own_write_partition(resource_id: str, operation: str) -> str:
+        return _digest(f"{vault_key(resource_id)}\n{operation.strip().lower()}")
+
+    @_transient
+    def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
+        self._table("ownwrites").create_entity(
+            {
+                "PartitionKey": self._own_write_partition(resource_id, operation),
+                "RowKey": _sequence(at),
+                "resource_id": resource_id[:DISPLAY_CHARS],
+                "operation": operation.strip().lower(),
+                "at": _stamp(at),
+            }
+        )
+
+    @_transient
+    def match_own_write(
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        until: datetime,
+    ) -> bool:
+        table = self._table("ownwrites")
+        # RowKeys start with the entry's stamp: `until` + "~" sorts after every key of that instant.
+        window = {"pk": self._own_write_partition(resource_id, operation), "since": _stamp(since),
+                  "until": _stamp(until) + "~"}
+        for _ in range(_ROUNDS):
+            entries = sorted(
+                table.query_entities("PartitionKey eq @pk and RowKey ge @since and RowKey lt @until",
+                                     parameters=window),
+                key=lambda entity: entity["RowKey"],
+            )
+            # Ids are kept as digests: compared whole, whatever their length.
+            event, correlation = _digest(event_id), _digest(correlation_id) if correlation_id else None
+            if any(entry.get("event") == event or (correlation and entry.get("correlation") == correlation)
+                   for entry in entries):
+                return True
+            open_entry = next((entry for entry in entries if not entry.get("event")), None)
+            if open_entry is None:
+                return False
+            consumed = {"PartitionKey": open_entry["PartitionKey"], "RowKey": open_entry["RowKey"],
+                        "event": event, "correlation": correlation or ""}
+            try:
+                table.update_entity(consumed, mode=UpdateMode.MERGE, etag=open_entry.metadata["etag"],
+                                    match_condition=MatchConditions.IfNotModified)
+                return True
+            except HttpResponseError as error:
+                if not _is(error, 404, 412):  # consumed or pruned meanwhile: look again
+                    raise
+        raise TransientError(f"the own-write ledger of {resource_id} kept changing under {_ROUNDS} attempts")
+
+    @_transient
+    def prune_own_writes(self, older_than: datetime) -> int:
+        table = self._table("ownwrites")
+        stale = table.query_entities("at lt @cutoff", parameters={"cutoff": _stamp(older_than)},
+                                     select=["PartitionKey", "RowKey"])
+        dropped = 0
+        for entity in stale:
+            try:
+                table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            except HttpResponseError as error:
+                if not _is(error, 404):
+                    raise
+                continue
+            dropped += 1
+        return dropped

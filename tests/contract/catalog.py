@@ -44,6 +44,8 @@ RULES: dict[str, Promised] = {
     "KV-LIFE-01": Promised("high", "event", ("T1485",), None),
     "KV-LIFE-02": Promised("critical", "event", ("T1485", "T1490"), None),
     "KV-LIFE-03": Promised("medium", "event/diff", ("T1098",), None),
+    "KV-SELF-01": Promised("critical", "event", ("T1078.004",), None),
+    "KV-SELF-02": Promised("critical", "diff", ("T1562.001",), None),
     "KV-LOG-01": Promised("high", "diff", ("T1562.008",), "restore_diagnostic_setting"),
     "KV-LOG-02": Promised("medium", "sweep", ("T1562.008",), None),
     "KV-LOCK-01": Promised("medium", "diff", ("T1485",), "restore_lock"),
@@ -71,4 +73,5 @@ HANDLERS: dict[str, str] = {
 }
 
 # The rule families in the order the catalog lists them.
-FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-LOG", "KV-LOCK", "KV-PE", "KV-DEF", "KV-TAG")
+FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF", "KV-LOG", "KV-LOCK", "KV-PE", "KV-DEF",
+                "KV-TAG")

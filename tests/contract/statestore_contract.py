@@ -30,6 +30,9 @@ VAULT = (
 )
 VAULT_OTHER_CASE = VAULT.lower() + "/"
 OTHER_VAULT = VAULT.replace("kv-prod", "kv-dev")
+ACCESS_POLICY_WRITE = "Microsoft.KeyVault/vaults/accessPolicies/write"
+VAULT_WRITE = "Microsoft.KeyVault/vaults/write"
+LATER = T0 + timedelta(days=2)  # the end of a ledger window that every entry of the tests lies within
 
 KEY_PERMISSIONS = [
     "get", "list", "update", "create", "import", "delete", "recover", "backup", "restore", "decrypt",
@@ -534,3 +537,71 @@ class StateStoreContract:
             store.append_audit(AuditRecord("evt-1", VAULT, naive, {}))
         assert store.claim("evt-1", T0, LEASE) == "claimed"
         assert store.list_audit() == []
+
+    # The ledger of own writes
+
+    def test_an_own_write_matches_its_entry_case_insensitively(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
+        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), "evt-1", "corr-1", T0, LATER)
+
+    def test_an_event_without_an_entry_does_not_match(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
+        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", "corr-2", T0, LATER)
+
+    def test_an_entry_made_after_the_window_does_not_match(self, store: StateStore) -> None:
+        """An event from before kvguard planned its write cannot be that write's."""
+        store.record_own_write(VAULT, VAULT_WRITE, T0)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1),
+                                         T0 - timedelta(microseconds=1))
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1), T0)
+
+    def test_an_entry_older_than_the_window_does_not_match(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, VAULT_WRITE, T0)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 + timedelta(microseconds=1), LATER)
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0, LATER)
+
+    def test_one_entry_covers_one_write_its_redelivery_and_arms_second_event(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER), "redelivery"
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1b", "corr-1", T0, LATER), "second event"
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", T0, LATER), "another write"
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", None, T0, LATER)
+
+    def test_two_entries_cover_two_writes(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
+        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", T0, LATER)
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", "corr-3", T0, LATER)
+
+    def test_an_event_without_a_correlation_id_never_matches_by_it(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, VAULT_WRITE, T0)
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0, LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", None, T0, LATER)
+
+    def test_concurrent_events_consume_an_entry_once(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, VAULT_WRITE, T0)
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def deliver(n: int) -> None:
+            matched = store.match_own_write(VAULT, VAULT_WRITE, f"evt-{n}", f"corr-{n}", T0, LATER)
+            with lock:
+                results.append(matched)
+
+        threads = [threading.Thread(target=deliver, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(results) == [False, False, False, True]
+
+    def test_prune_drops_only_entries_older_than_the_cutoff(self, store: StateStore) -> None:
+        store.record_own_write(VAULT, VAULT_WRITE, T0)
+        store.record_own_write(OTHER_VAULT, VAULT_WRITE, T0 + timedelta(hours=1))
+        assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 1
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1), LATER)
+        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, "evt-2", None, T0 - timedelta(days=1), LATER)
+        assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 0

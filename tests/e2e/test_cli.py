@@ -79,7 +79,7 @@ def test_example_policy_documents_every_policy_key() -> None:
                 "approved_callers", "allowed_networks", "allowed_ip_rules", "min_ip_prefix",
                 "allowed_subnet_subscriptions", "change_windows", "excluded_vaults", "history",
                 "grant_window", "burst_window", "burst_threshold", "circuit_breaker", "max_remediations",
-                "window", "rules"):
+                "window", "rules", "suppressions"):
         assert f"\n{key}:" in text or f"\n  {key}:" in text, key
 
 

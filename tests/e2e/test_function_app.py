@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,17 @@ def vault_doc(*extra_policies: dict[str, Any]) -> dict[str, Any]:
 ROGUE_GRANT = {"tenantId": TENANT, "objectId": ROGUE, "permissions": {"secrets": ["Get", "List"]}}
 
 
-def event_json(event_id: str, caller: str, action: str = "add") -> str:
-    """A ResourceWriteSuccess for `az keyvault set-policy`, as Event Grid delivers one element."""
+def event_json(event_id: str, caller: str, action: str = "add", time: datetime | None = None) -> str:
+    """A ResourceWriteSuccess for `az keyvault set-policy`, as Event Grid delivers one element;
+    sent now unless `time` says when."""
     uri = f"{VAULT_ID.replace('resourceGroups', 'resourcegroups')}/accessPolicies/{action}"
     return json.dumps({
         "id": event_id,
         "topic": f"/subscriptions/{SUB}",
         "subject": uri,
         "eventType": "Microsoft.Resources.ResourceWriteSuccess",
-        "eventTime": "2026-11-27T10:04:05.6789012Z",
+        # Now, as for a live write: an own write's event is matched to the ledger by its time.
+        "eventTime": (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
         "dataVersion": "2",
         "metadataVersion": "1",
         "data": {
@@ -245,3 +248,95 @@ def test_health_is_503_when_arm_fails(installed: Pipeline, fake: ArmFake) -> Non
     assert report["ok"] is False
     assert report["state"] == "ok"
     assert report["arm"].startswith("unreachable")
+
+
+def test_the_function_logs_traces_and_fills_the_findings_table(
+    installed: Pipeline, fake: ArmFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What operators see of one delivery through the registered function: one JSON log line, one
+    span with its counters, and the findings table's rows on the Logs Ingestion endpoint."""
+    from kvguard.adapters.ingestion import LogsIngestionFindingsLog
+    from kvguard.findings_table import STREAM
+    from kvguard.telemetry import Observer
+    from tests.unit.test_telemetry import Telemetry
+
+    telemetry = Telemetry()
+    findings_log = LogsIngestionFindingsLog(fake.base_url, "dcr-e2e", FakeCredential(),
+                                            connection_verify=str(fake.write_ca_bundle(tmp_path / "ca-e2e.pem")))
+    runtime.install_observer(Observer(instruments=telemetry.instruments, findings_log=findings_log))
+    caplog.set_level("INFO", logger="kvguard")
+    try:
+        deliver(event_json("5b4a3928-1706-4f5e-8d4c-3b2a19087f6e", INTRUDER))
+    finally:
+        runtime.install_observer(None)
+
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kvguard outcome ")]
+    fields = json.loads(line.removeprefix("kvguard outcome "))
+    assert fields["event_id"] == "5b4a3928-1706-4f5e-8d4c-3b2a19087f6e" and fields["outcome"] == "processed"
+    assert {"handler": "revert_access_policy", "status": "applied"} in fields["actions"]
+    assert INTRUDER not in line and "198.51.100.23" not in line
+    [span] = telemetry.spans.get_finished_spans()
+    assert (span.attributes or {})["kvguard.event_id"] == fields["event_id"]
+    rows = fake.ingested[("dcr-e2e", STREAM)]
+    assert {r["EventId"] for r in rows} == {fields["event_id"]}
+    assert ("revert_access_policy", "applied") in {(r["Handler"], r["Status"]) for r in rows}
+
+
+def test_an_unplanned_write_by_kvguards_identity_is_processed_and_raises_kv_self_01(
+    installed: Pipeline, fake: ArmFake
+) -> None:
+    """Someone else runs code as kvguard: the grant names kvguard's identity but matches no entry
+    of the ledger, so it is read, judged and reverted like anyone's, with a critical KV-SELF-01."""
+    event_id = "2f3e4d5c-6b7a-4890-9a8b-7c6d5e4f3a2b"
+
+    deliver(event_json(event_id, KVGUARD))
+
+    assert fake.requests_to("GET", r"/vaults/kv-billing-eu$"), "processed like anyone's: the vault is read"
+    (record,) = [r for r in installed.store.list_audit(VAULT_ID) if r.event_id == event_id]
+    assert record.outcome["outcome"] == "processed"
+    (self_01,) = [f for f in record.outcome["findings"] if f["rule"] == "KV-SELF-01"]
+    assert self_01["severity"] == "critical"
+    assert self_01["evidence"]["ownIdentity"] == KVGUARD.lower()
+    puts = fake.requests_to("PUT", rf"/providers/Microsoft\.Security/assessments/{assessment_name('KV-SELF-01')}$")
+    assert puts and puts[0].json["properties"]["status"]["code"] == "Unhealthy"
+    (remove,) = fake.requests_to("PUT", r"/accessPolicies/remove$")
+    assert [e["objectId"] for e in remove.json["properties"]["accessPolicies"]] == [ROGUE]
+
+    # The revert was noted before it was made: its own event matches the ledger and costs nothing.
+    before = len(fake.requests)
+    deliver(event_json("6d5c4b3a-2918-4f7e-8d6c-5b4a39281706", KVGUARD, action="remove"))
+    assert len(fake.requests) == before
+    # A third write by the identity, after the entry was consumed, is unplanned again.
+    later = "5c4b3a29-1807-4e6d-9c5b-4a3928170605"
+    unplanned = json.loads(event_json(later, KVGUARD))
+    unplanned["data"]["correlationId"] = "0f1e2d3c-4b5a-4697-8877-665544332211"
+    (outcome,) = installed.handle(json.dumps(unplanned))
+    assert outcome.outcome == "processed"
+    assert "KV-SELF-01" in {f.rule for f in outcome.findings}
+
+
+def test_the_reconcile_timer_checks_kvguards_own_event_subscription(
+    fake: ArmFake, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event subscription was deleted (its deletion may have been the last event it sent): the
+    timer reads it through ARM, finds it gone and raises KV-SELF-02 under its id, in Defender."""
+    subscription_id = (f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.EventGrid"
+                       "/systemTopics/evgst-kvguard/eventSubscriptions/kvguard-e2e")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
+    monkeypatch.delenv("KVGUARD_SUBSCRIPTION_IDS", raising=False)
+    settings = Settings(state_backend="tables", tables_connection=azurite.connection_string,
+                        arm_endpoint=fake.base_url, defender=True, own_resource_ids=[subscription_id])
+    pipeline = runtime.build(settings, credential=FakeCredential())
+    runtime.install(pipeline)
+    try:
+        functions["reconcile"].get_user_function()(None)
+    finally:
+        runtime.install(None)
+
+    assert fake.requests_to("GET", r"/eventSubscriptions/kvguard-e2e$")
+    (put,) = fake.requests_to("PUT", rf"/eventSubscriptions/kvguard-e2e/providers/Microsoft\.Security/assessments/"
+                                     rf"{assessment_name('KV-SELF-02')}$")
+    assert put.json["properties"]["status"]["code"] == "Unhealthy"
+    (record,) = pipeline.store.list_audit(subscription_id)
+    assert [f["rule"] for f in record.outcome["findings"]] == ["KV-SELF-02"]
+    assert record.outcome["resource"] == subscription_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,11 @@ PLAN = {"id": PRICING_ID, "name": "KeyVaults", "type": "Microsoft.Security/prici
 
 def resource_event(event_id: str, resource_id: str, operation: str, caller: str,
                    event_type: str = "Microsoft.Resources.ResourceWriteSuccess") -> str:
+    """Sent now: an own write's event is matched with the ledger entry kvguard noted when writing."""
     uri = resource_id.replace("resourceGroups", "resourcegroups")
     return json.dumps({
         "id": event_id, "topic": f"/subscriptions/{SUB}", "subject": uri, "eventType": event_type,
-        "eventTime": "2026-11-27T10:04:05.6789012Z", "dataVersion": "2", "metadataVersion": "1",
+        "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "dataVersion": "2", "metadataVersion": "1",
         "data": {
             "authorization": {"scope": uri, "action": operation,
                               "evidence": {"role": "Owner", "principalId": caller, "principalType": "User"}},

@@ -1,5 +1,5 @@
 """Replay of tampering beside the vault (DESIGN.md, "Beyond the vault resource"): the samples
-12-16 pinned through `kvguard replay --json`, and the sweep (`reconcile: {}`) in scenarios of
+15-19 pinned through `kvguard replay --json`, and the sweep (`reconcile: {}`) in scenarios of
 their own."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def resource_event(event_id: str, resource_id: str, operation: str, caller: str 
 
 
 def test_deleted_diagnostic_setting_is_put_back_and_comes_back_as_self() -> None:
-    events, summary = sample("12")
+    events, summary = sample("15")
     deleted, own, metrics_only = events
     assert "KV-LOG-01" in rules(deleted) and statuses(deleted)["restore_diagnostic_setting"] == "applied"
     [finding] = [f for f in deleted["findings"] if f["rule"] == "KV-LOG-01"]
@@ -81,7 +81,7 @@ def test_deleted_diagnostic_setting_is_put_back_and_comes_back_as_self() -> None
 
 
 def test_removed_lock_is_restored_only_because_the_policy_opts_in() -> None:
-    events, summary = sample("13")
+    events, summary = sample("16")
     removed, own, strengthened = events
     assert removed["vault"] is None and "KV-LOCK-01" in rules(removed)
     [finding] = [f for f in removed["findings"] if f["rule"] == "KV-LOCK-01"]
@@ -94,7 +94,7 @@ def test_removed_lock_is_restored_only_because_the_policy_opts_in() -> None:
 
 
 def test_foreign_private_endpoint_is_rejected_and_pending_or_own_ones_are_quiet() -> None:
-    events, summary = sample("14")
+    events, summary = sample("17")
     approved, own, pending, own_subscription = events
     assert "KV-PE-01" in rules(approved) and statuses(approved)["reject_private_endpoint"] == "applied"
     assert own["outcome"] == "self"
@@ -106,7 +106,7 @@ def test_foreign_private_endpoint_is_rejected_and_pending_or_own_ones_are_quiet(
 
 
 def test_defender_plan_switched_off_is_critical_and_the_sweep_finds_it_off() -> None:
-    events, summary = sample("15")
+    events, summary = sample("18")
     switched, swept = events
     [finding] = [f for f in switched["findings"] if f["rule"] == "KV-DEF-02"]
     assert finding["severity"] == "critical" and switched["severity"] == "critical"
@@ -118,13 +118,13 @@ def test_defender_plan_switched_off_is_critical_and_the_sweep_finds_it_off() -> 
 
 
 def test_steering_tag_moved_by_an_unapproved_caller_is_reported_and_not_accepted() -> None:
-    events, _ = sample("16")
+    events, _ = sample("19")
     attempt, approved = events
     assert {"KV-TAG-01", "KV-ID-01"} <= rules(attempt)
     [finding] = [f for f in attempt["findings"] if f["rule"] == "KV-TAG-01"]
     assert finding["evidence"]["tags"] == {"kvguard-mode": {"before": None, "after": "observe"}}
     assert "KV-TAG-01" not in rules(approved)
-    [path] = SAMPLES.glob("16-*.yaml")
+    [path] = SAMPLES.glob("19-*.yaml")
     run = replay(build_run(load_scenario(path)))
     [baseline] = run.pipeline.store.list_baselines()
     assert baseline.config["tags"] == {"owner": "treasury", "criticality": "high"}  # observe never accepted

@@ -144,6 +144,8 @@ def test_own_delete_of_a_resource_comes_back_as_self(tmp_path: Path) -> None:
     path.write_text(json.dumps({"vaults": [vault(KV)], "resources": [grant]}), encoding="utf-8")
     run = build_run(load_scenario(path))
     assert run.pipeline.resources is not None
+    # noted ahead, as the runner notes each write it makes (the ledger of own writes)
+    run.pipeline.store.record_own_write(grant["id"], DELETE, run.pipeline.clock.now())
     assert run.pipeline.resources.delete(grant["id"]) is True
     assert run.pipeline.resources.delete(grant["id"]) is False  # already gone: nothing emitted
     [emitted] = run.world.take_emitted()

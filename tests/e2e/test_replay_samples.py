@@ -101,7 +101,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 17)]
+    assert numbers == [f"{n:02d}" for n in range(1, 20)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -116,7 +116,10 @@ def test_json_output_has_exactly_the_documented_keys(path: Path) -> None:
     events, summary = replayed(path.name.split("-", 1)[0])
     assert events, "a sample delivers at least one event"
     for event in events:
+        # Every record names the changed resource right after the vault (the vault itself for a
+        # vault's change; kvguard's own deployment or a resource beside a vault otherwise).
         assert set(event) == EVENT_KEYS
+        assert list(event)[list(event).index("vault") + 1] == "resource"
         assert event["outcome"] in OUTCOMES
         assert event["severity"] in SEVERITIES
         assert isinstance(event["reason"], str) and event["reason"]
@@ -180,7 +183,7 @@ def test_installed_command_replays_every_sample_as_json_lines() -> None:
     assert all(set(e) == EVENT_KEYS for e in events)
     assert summary["summary"]["events"] == len(events) == sum(len(replayed(p.name[:2])[0]) for p in SAMPLES)
     scenarios = {name for entry in summary["vaults"].values() for name in entry["scenarios"]}
-    assert scenarios == {load_scenario(p).scenario.name for p in SAMPLES}
+    assert scenarios == {load_scenario(p).scenario.name for p in SAMPLES if load_scenario(p).scenario.vaults}
 
 
 def test_summary_counts_actions_by_handler_then_status() -> None:
@@ -527,3 +530,50 @@ def test_11_circuit_breaker_alerts_instead_of_a_fourth_revert() -> None:
     vault_id = original("11", "kv-reports-prod")["id"]
     policies = final_config(summary, vault_id)["properties"]["accessPolicies"]  # type: ignore[index]
     assert "4f6b8d0f-2b4d-4f6b-9d0f-2b4d6f8b0d16" in {p["objectId"] for p in policies}
+
+
+def test_12_an_unplanned_write_by_kvguards_identity_is_processed_and_raises_kv_self_01() -> None:
+    events, summary = replayed("12")
+    intruding, follow_up = events
+    assert intruding["outcome"] == "processed"
+    assert {"KV-SELF-01", "KV-AP-01"} <= rules(intruding)
+    (self_01,) = [f for f in intruding["findings"] if f["rule"] == "KV-SELF-01"]
+    assert self_01["severity"] == "critical"
+    assert self_01["evidence"]["ownIdentity"] == "5ca1ab1e-0000-4000-8000-00000000c0de"
+    assert [a["status"] for a in actions(intruding, "revert_access_policy")] == ["applied"]
+    # The revert was noted in the ledger before it was made: its own event is "self".
+    assert follow_up["outcome"] == "self" and follow_up["findings"] == []
+    vault_id = original("12", "kv-hr-prod")["id"]
+    config = final_config(summary, vault_id)
+    assert config is not None
+    assert [p["objectId"] for p in config["properties"]["accessPolicies"]] == ["3a5c7e9b-2d4f-4a6c-8e0b-1d3f5a7c9e2b"]
+
+
+def test_13_changes_to_kvguards_own_deployment_raise_kv_self_02_under_the_resource() -> None:
+    events, summary = replayed("13")
+    settings, filter_edit, redeploy = events
+    own = source("13")["policy"]["own_resource_ids"]
+    assert [e["resource"] for e in events] == [own[1], own[0], own[0]]
+    assert [e["vault"] for e in events] == [None, None, None]
+    for changed in (settings, filter_edit):
+        assert rules(changed) == {"KV-SELF-02"}
+        assert changed["severity"] == "critical"
+        # Alerted whatever the mode and threshold; never remediated.
+        assert {a["handler"]: a["status"] for a in changed["actions"]} == {
+            "raise_defender_alert": "applied", "publish_detection": "applied"}
+    assert settings["findings"][0]["evidence"]["operation"] == "Microsoft.Web/sites/config/write"
+    assert redeploy["findings"] == [] and "approved caller" in redeploy["reason"]
+    assert summary["vaults"] == {}
+
+
+def test_14_an_activity_log_grant_is_judged_once_from_its_final_record() -> None:
+    events, summary = replayed("14")
+    records = source("14")["steps"][1]["activity"]
+    finals = [r["eventDataId"] for r in records if r["status"]["value"] == "Succeeded"]
+    assert [e["event_id"] for e in events] == finals  # Started records collapse into the Succeeded ones
+    grant, assignment = events
+    assert {"KV-AP-01", "KV-ID-02"} <= rules(grant)
+    assert grant["severity"] == "critical"
+    # a role assignment is a resource beside the vault: judged against its own baseline (first sight here)
+    assert assignment["outcome"] == "processed" and "/roleAssignments/" in assignment["resource"]
+    assert summary["summary"]["findings"]["KV-AP-01"] == 1

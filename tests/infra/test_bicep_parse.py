@@ -14,6 +14,7 @@ EXPECTED_SCOPES = {
     "modules/protect.bicep": "subscription",
     "modules/rbac-subscription.bicep": "subscription",
     "modules/assessments.bicep": "subscription",
+    "modules/role-definition.bicep": "subscription",
 }
 
 

@@ -1,32 +1,16 @@
 """The event path: the system topic of each protected subscription, the event subscription to
-on_vault_event with its filters (including the loop guard), retries and dead letters."""
+on_vault_event with its filters (kvguard's own writes pass: the ledger needs them), retries and
+dead letters."""
 
 from __future__ import annotations
 
-from tests.infra.bicep_tree import Tree, accessor, body, condition, function, loop, only_resource
+from kvguard import deployment
+from tests.infra.bicep_tree import INFRA, Tree, accessor, body, condition, function, loop, only_resource
 
-OPERATIONS = {
-    "Microsoft.KeyVault/vaults/write",
-    "Microsoft.KeyVault/vaults/accessPolicies/write",
-    "Microsoft.KeyVault/vaults/delete",
-    "Microsoft.KeyVault/locations/deletedVaults/purge/action",
-    "Microsoft.Insights/diagnosticSettings/write",
-    "Microsoft.Insights/diagnosticSettings/delete",
-    "Microsoft.Authorization/locks/write",
-    "Microsoft.Authorization/locks/delete",
-    "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
-    "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
-    "Microsoft.Security/pricings/write",
-}
+# What the app's reconcile check demands of the subscription is what the Bicep deploys.
+OPERATIONS = set(deployment.OPERATIONS)
 # Failed attempts are signal too (a purge blocked by purge protection is a ResourceActionFailure).
-EVENT_TYPES = {
-    "Microsoft.Resources.ResourceWriteSuccess",
-    "Microsoft.Resources.ResourceWriteFailure",
-    "Microsoft.Resources.ResourceDeleteSuccess",
-    "Microsoft.Resources.ResourceDeleteFailure",
-    "Microsoft.Resources.ResourceActionSuccess",
-    "Microsoft.Resources.ResourceActionFailure",
-}
+EVENT_TYPES = set(deployment.EVENT_TYPES)
 
 
 def event_subscription(trees: dict[str, Tree]) -> dict:
@@ -37,7 +21,7 @@ def event_subscription(trees: dict[str, Tree]) -> dict:
 def advanced_filters(trees: dict[str, Tree]) -> dict[str, dict]:
     filters = event_subscription(trees)["filter"]["advancedFilters"]
     by_operator = {f["operatorType"]: f for f in filters}
-    assert len(by_operator) == len(filters) == 2, filters
+    assert len(by_operator) == len(filters) == 1, filters
     return by_operator
 
 
@@ -56,22 +40,51 @@ def test_only_key_vault_operations_pass(trees: dict[str, Tree]) -> None:
     assert set(string_in["values"]) == OPERATIONS
 
 
-def test_own_writes_are_filtered_out(trees: dict[str, Tree]) -> None:
-    """StringNotIn on the caller's principal id, traced back to the identity the app runs as."""
-    not_in = advanced_filters(trees)["StringNotIn"]
-    assert not_in["key"] == "data.authorization.evidence.principalId"
-    assert not_in["values"] == ["ownPrincipalId"]
-    assert "ownPrincipalId" in trees["modules/event-subscription.bicep"]["parameters"]
+def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
+    assert {o for o in OPERATIONS if o.startswith("Microsoft.KeyVault/")} == {
+        "Microsoft.KeyVault/vaults/write",
+        "Microsoft.KeyVault/vaults/accessPolicies/write",
+        "Microsoft.KeyVault/vaults/delete",
+        "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+        "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
+        "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
+    }
+    assert OPERATIONS - {o for o in OPERATIONS if o.startswith("Microsoft.KeyVault/")} == {
+        "Microsoft.Insights/diagnosticSettings/write",
+        "Microsoft.Insights/diagnosticSettings/delete",
+        "Microsoft.Authorization/locks/write",
+        "Microsoft.Authorization/locks/delete",
+        "Microsoft.Security/pricings/write",
+        "Microsoft.EventGrid/systemTopics/eventSubscriptions/write",
+        "Microsoft.EventGrid/systemTopics/eventSubscriptions/delete",
+        "Microsoft.Web/sites/config/write",
+    }
 
-    protect = trees["modules/protect.bicep"]
-    assert body(protect["modules"]["eventSubscription"])["params"]["ownPrincipalId"] == "identityPrincipalId"
-    assert "identityPrincipalId" in protect["parameters"]
 
-    main = trees["main.bicep"]
-    assert accessor(body(main["modules"]["protect"])["params"]["identityPrincipalId"]) == "identity.outputs.principalId"
-    assert main["modules"]["identity"]["detail"]["path"] == "modules/identity.bicep"
-    outputs = trees["modules/identity.bicep"]["outputs"]
-    assert accessor(outputs["principalId"]["value"]) == "identity.properties.principalId"
+def test_own_writes_are_not_filtered_out(trees: dict[str, Tree]) -> None:
+    """No filter on the caller: a write made with kvguard's identity must reach the app, whose
+    ledger tells a planned one (self) from an unplanned one (KV-SELF-01)."""
+    filters = event_subscription(trees)["filter"]["advancedFilters"]
+    assert all(f["key"] == "data.operationName" for f in filters), filters
+    source = "\n".join(t for t in (INFRA / "modules/event-subscription.bicep").read_text().splitlines()
+                       if not t.strip().startswith("//"))
+    assert "principalId" not in source
+    assert "ownPrincipalId" not in trees["modules/event-subscription.bicep"]["parameters"]
+    assert "ownPrincipalId" not in body(trees["modules/protect.bicep"]["modules"]["eventSubscription"])["params"]
+
+
+def test_the_app_knows_its_own_event_subscriptions_and_itself(trees: dict[str, Tree]) -> None:
+    app = body(trees["main.bicep"]["modules"]["app"])["params"]["ownEventSubscriptionIds"]["operator"]
+    assert app["type"] == "conditional"
+    assert app["operands"]["condition"] == "deployEventSubscription"
+    assert app["operands"]["true_value"] == "ownEventSubscriptionIds"
+    text = (INFRA / "main.bicep").read_text()
+    (line,) = [t for t in text.splitlines() if t.startswith("var ownEventSubscriptionIds = ")]
+    assert "/providers/Microsoft.EventGrid/systemTopics/" in line
+    assert line.endswith("/eventSubscriptions/kvguard-${environmentName}']")
+    protect = body(trees["main.bicep"]["modules"]["protect"])["params"]
+    assert protect["eventSubscriptionName"] == "kvguard-${environmentName}"
+    assert protect["systemTopicName"] == "evgst-kvguard-${token}"
 
 
 def test_destination_is_on_vault_event_one_event_at_a_time(trees: dict[str, Tree]) -> None:
@@ -177,6 +190,20 @@ def test_an_existing_system_topic_can_be_reused(trees: dict[str, Tree]) -> None:
     params = body(protect["modules"]["systemTopic"])["params"]
     assert params["create"] == {"operator": {"type": "not", "operands": {"bool_value": "reuseTopic"}}}
     assert params["name"] == "topicName"
+
+
+def test_the_app_setting_names_its_event_subscriptions_and_the_app_itself(trees: dict[str, Tree]) -> None:
+    from tests.infra.test_hardening import settings
+
+    joined = function(settings(trees)["KVGUARD_OWN_RESOURCE_IDS"])
+    assert joined is not None and joined["type"] == "join" and joined["parameters"]["delimiter"] == ","
+    parts = function(joined["parameters"]["input_array"])
+    assert parts is not None and parts["type"] == "concat"
+    assert parts["parameters"]["arg_1"] == "ownEventSubscriptionIds"
+    (app,) = parts["parameters"]["arg_2"]
+    assert function(app) == {"type": "resource_id", "parameters": {
+        "resource_type": "Microsoft.Web/sites", "resource_name_1": "name", "resource_name_2": None,
+        "resource_group_name": None, "subscription_id": None}}
 
 
 def test_every_watched_resource_operation_of_these_families_passes(trees: dict[str, Tree]) -> None:

@@ -38,13 +38,16 @@ def settings(trees: dict[str, Tree]) -> dict[str, Any]:
     tree = trees["modules/functionapp.bicep"]
     combined = function_app(trees)["properties"]["siteConfig"]["appSettings"]["function"]
     assert combined["type"] == "concat"
-    base, optional = (variable(tree, v) for v in combined["parameters"].values())
-    # KVGUARD_POLICY_FILE only when a policy file is given.
-    assert optional["operator"]["type"] == "conditional"
-    operands = optional["operator"]["operands"]
-    assert operands["condition"] == {"function": {"type": "empty", "parameters": {"item_to_test": "policyFile"}}}
-    assert operands["true_value"] == []
-    extra = operands["false_value"]
+    base, *optionals = (variable(tree, v) for v in combined["parameters"].values())
+    # KVGUARD_POLICY_FILE only when a policy file is given, the findings table's settings only when
+    # it is deployed, the audit workspace only when one is named.
+    extra: list[Any] = []
+    for optional, switch in zip(optionals, ("policyFile", "findingsLogEndpoint", "auditWorkspaceId"), strict=True):
+        assert optional["operator"]["type"] == "conditional"
+        operands = optional["operator"]["operands"]
+        assert operands["condition"] == {"function": {"type": "empty", "parameters": {"item_to_test": switch}}}
+        assert operands["true_value"] == []
+        extra += operands["false_value"]
     named = {s["name"]: s["value"] for s in base + extra}
     assert len(named) == len(base) + len(extra), "an app setting is declared twice"
     return named

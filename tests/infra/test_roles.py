@@ -1,5 +1,7 @@
-"""Least privilege: exactly these roles, by their built-in role definition GUIDs, each assignment
-named by guid() (idempotent), each GUID a commented variable, and no broad role anywhere."""
+"""Least privilege: exactly these roles, by their built-in role definition GUIDs (and kvguard's one
+custom role, holding only what its handlers and reads declare), each assignment named by guid()
+(idempotent), each GUID a commented variable, no broad role anywhere, and nobody granted the right
+to attach kvguard's identity to anything."""
 
 from __future__ import annotations
 
@@ -8,9 +10,24 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from tests.infra.bicep_tree import INFRA, Tree, accessor, body, function, loop, resources, variable
+from tests.infra.bicep_tree import (
+    INFRA,
+    Tree,
+    accessor,
+    body,
+    condition,
+    function,
+    loop,
+    only_resource,
+    resources,
+    variable,
+)
 
 KEY_VAULT_CONTRIBUTOR = "f25e0fa2-a7c8-4377-a976-54943a77a395"
+MANAGED_IDENTITY_OPERATOR = "f1a07417-d97a-45cb-824c-7a7467783830"
+MANAGED_IDENTITY_CONTRIBUTOR = "e40ec5ca-96e0-45a2-b4ff-59039f2c2b59"
+# kvguard's custom remediation role, assigned by its GUID (a parameter: defined in role-definition.bicep).
+REMEDIATOR = "remediatorRoleId"
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
 SECURITY_ASSESSMENT_CONTRIBUTOR = "612c2aa1-cb24-443b-ac28-3ab7272de6f5"
 EVENTGRID_DATA_SENDER = "d5a91429-5739-47e2-a06b-3470a27159e7"
@@ -18,8 +35,8 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+LOG_ANALYTICS_READER = "73c42c96-874c-492b-b04d-ab87d138a893"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-MONITORING_CONTRIBUTOR = "749f88d5-cbae-40b8-bcfc-e573ddc772fa"
 
 EXPECTED: dict[str, dict[str, str | None]] = {
     # kvguard's identity, on its own resources.
@@ -32,10 +49,21 @@ EXPECTED: dict[str, dict[str, str | None]] = {
     },
     # kvguard's identity, in every protected subscription (subscription scope).
     "modules/rbac-subscription.bicep": {
-        KEY_VAULT_CONTRIBUTOR: None,
+        REMEDIATOR: None,
         READER: None,
         SECURITY_ASSESSMENT_CONTRIBUTOR: None,
-        MONITORING_CONTRIBUTOR: None,
+    },
+    # kvguard's identity, on the findings table's data collection rule (Logs Ingestion API).
+    "modules/findings-log.bicep": {
+        MONITORING_METRICS_PUBLISHER: "rule",
+    },
+    # kvguard's identity, on the workspace with the vaults' AuditEvent logs (blast radius, optional).
+    "modules/audit-workspace-access.bicep": {
+        LOG_ANALYTICS_READER: "workspace",
+    },
+    # kvguard's identity, on each resource group remediation is confined to (instead of the subscription).
+    "modules/rbac-group.bicep": {
+        REMEDIATOR: None,
     },
     # The system topic's identity (and optionally the operator), for dead letters.
     "modules/deadletter-access.bicep": {
@@ -44,6 +72,9 @@ EXPECTED: dict[str, dict[str, str | None]] = {
 }
 
 BROAD = {
+    KEY_VAULT_CONTRIBUTOR,  # Microsoft.KeyVault/*: replaced by the remediation role
+    MANAGED_IDENTITY_OPERATOR,  # may attach kvguard's identity to a resource and act as kvguard
+    MANAGED_IDENTITY_CONTRIBUTOR,
     "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
     "b24988ac-6180-42a0-ab88-20f7382dd24c",  # Contributor
     "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",  # User Access Administrator
@@ -103,7 +134,7 @@ def test_role_guids_are_commented_variables(trees: dict[str, Tree]) -> None:
     for name in EXPECTED:
         lines = (INFRA / name).read_text().splitlines()
         guid_vars = [i for i, line in enumerate(lines) if re.match(r"^var \w+ = '[0-9a-f-]{36}'$", line)]
-        assert len(guid_vars) == len(EXPECTED[name]), name
+        assert len(guid_vars) == len([r for r in EXPECTED[name] if GUID.match(r)]), name
         for i in guid_vars:
             assert lines[i - 1].startswith("// "), f"{name}: no comment above {lines[i]}"
             value = lines[i].split("'")[1]
@@ -115,17 +146,102 @@ def test_the_app_identity_gets_its_roles_in_every_protected_subscription(trees: 
     roles = protect["modules"]["roles"]
     assert roles["detail"]["path"] == "rbac-subscription.bicep"
     assert body(roles)["params"]["principalId"] == "identityPrincipalId"
+    assert body(roles)["params"]["remediatorRoleId"] == "remediatorRoleId"
+    main = body(trees["main.bicep"]["modules"]["protect"])["params"]
+    assert accessor(main["remediatorRoleId"]) == "remediatorRole.outputs.roleId"
     rbac = trees["main.bicep"]["modules"]["rbac"]
     assert accessor(body(rbac)["params"]["principalId"]) == "identity.outputs.principalId"
 
 
+def remediator_actions(trees: dict[str, Tree]) -> list[str]:
+    """The actions of kvguard's custom role, as role-definition.bicep defines them."""
+    tree = trees["modules/role-definition.bicep"]
+    definition = body(only_resource(tree, "Microsoft.Authorization/roleDefinitions"))["properties"]
+    (permissions,) = definition["permissions"]
+    assert permissions["dataActions"] == [] and permissions["notDataActions"] == [] and permissions["notActions"] == []
+    actions: list[str] = variable(tree, permissions["actions"])
+    return actions
+
+
+def declared_needs() -> set[str]:
+    """Every Azure action kvguard's remediation handlers and its vault gateway declare, but for
+    the opt-in handlers' rights, which the operator grants (README, "Opt-in rights")."""
+    from kvguard.adapters.arm import READ_PERMISSIONS
+    from kvguard.catalog import HANDLERS
+
+    return {h.permission for h in HANDLERS.values()
+            if h.kind == "remediation" and h.id not in opt_in_handlers()} | set(READ_PERMISSIONS)
+
+
+def test_the_remediation_role_holds_exactly_the_declared_needs(trees: dict[str, Tree]) -> None:
+    from fnmatch import fnmatchcase
+
+    actions = remediator_actions(trees)
+    assert len(actions) == len(set(actions))
+    assert not [a for a in actions if "*" in a], "no wildcards: each action is one that something declares"
+    undeclared = sorted(set(actions) - declared_needs())
+    assert not undeclared, f"actions of the remediation role that no handler or read declares: {undeclared}"
+    assert set(actions) == declared_needs()
+    assert not [a for a in actions if fnmatchcase(a, "*/roleAssignments/*") or fnmatchcase(a, "*/assign/action")]
+
+
+def test_the_remediation_role_is_defined_once_for_every_protected_subscription(trees: dict[str, Tree]) -> None:
+    definitions = {name: resources(tree, "Microsoft.Authorization/roleDefinitions") for name, tree in trees.items()}
+    assert {name for name, found in definitions.items() if found} == {"modules/role-definition.bicep"}
+    main = trees["main.bicep"]
+    role = main["modules"]["remediatorRole"]
+    assert role["detail"]["path"] == "modules/role-definition.bicep"
+    assert loop(role) is None and "scope" not in body(role), "defined once, in the deployment's subscription"
+    assert body(role)["params"]["subscriptionIds"] == "subscriptionIds"
+    tree = trees["modules/role-definition.bicep"]
+    definition = body(only_resource(tree, "Microsoft.Authorization/roleDefinitions"))
+    scopes = function(definition["properties"]["assignableScopes"])
+    assert scopes is not None and scopes["type"] == "union"
+    assert "protectedScopes" in scopes["parameters"].values()
+    assert "for id in subscriptionIds: '/subscriptions/${id}'" in (INFRA / "modules/role-definition.bicep").read_text()
+    assert function(definition["name"])["type"] == "guid"  # type: ignore[index]
+    assert "${environmentName}" in definition["properties"]["roleName"], "role names are unique per tenant"
+
+
+def test_remediation_rights_can_be_confined_to_resource_groups(trees: dict[str, Tree]) -> None:
+    tree = trees["modules/rbac-subscription.bicep"]
+    assert tree["parameters"]["resourceGroupNames"]["default"] == []
+    at_subscription = tree["resources"]["remediator"]
+    only_without_groups = {"type": "empty", "parameters": {"item_to_test": "resourceGroupNames"}}
+    assert function(condition(at_subscription)) == only_without_groups
+    in_groups = tree["modules"]["remediatorInGroups"]
+    assert in_groups["detail"]["path"] == "rbac-group.bicep"
+    assert loop(in_groups)["detail"] == {"item_name": "group", "array_name": "resourceGroupNames"}  # type: ignore[index]
+    main = trees["main.bicep"]
+    assert main["parameters"]["remediationResourceGroups"]["default"] == {}
+    passed = body(trees["modules/protect.bicep"]["modules"]["roles"])["params"]["resourceGroupNames"]
+    assert passed == "remediationResourceGroups"
+
+
+def test_nobody_may_attach_kvguards_identity(trees: dict[str, Tree]) -> None:
+    """Managed Identity Operator (or any role with userAssignedIdentities/*/assign/action) would let
+    its holder attach kvguard's identity to a resource of theirs and act as kvguard."""
+    from fnmatch import fnmatchcase
+
+    assignments = [(name, role, scope) for name, tree in trees.items() for role, scope, _ in assigned(tree)]
+    assert not [a for a in assignments if a[1] in (MANAGED_IDENTITY_OPERATOR, MANAGED_IDENTITY_CONTRIBUTOR)]
+    assign = "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"
+    for name, tree in trees.items():
+        for definition in resources(tree, "Microsoft.Authorization/roleDefinitions").values():
+            for permissions in body(definition)["properties"]["permissions"]:
+                actions = variable(tree, permissions["actions"])
+                assert not [a for a in actions if fnmatchcase(assign, a) or "managedidentity" in a.lower()], name
+    # No assignment of any role on the identity itself.
+    identity_scopes = [a for a in assignments if a[2] in ("identity", "userAssignedIdentity")]
+    assert identity_scopes == []
+    assert not resources(trees["modules/identity.bicep"], "Microsoft.Authorization/roleAssignments")
+
+
 # What each role grants, from Azure's built-in role definitions (actions and dataActions).
 GRANTS: dict[str, tuple[str, ...]] = {
-    KEY_VAULT_CONTRIBUTOR: ("Microsoft.KeyVault/*",),
     SECURITY_ASSESSMENT_CONTRIBUTOR: ("Microsoft.Security/assessments/*",),
     EVENTGRID_DATA_SENDER: ("Microsoft.EventGrid/topics/events/send/action",),
     READER: ("*/read",),
-    MONITORING_CONTRIBUTOR: ("Microsoft.Insights/diagnosticSettings/*",),
 }
 
 
@@ -141,10 +257,12 @@ def opt_in_handlers() -> set[str]:
 def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: dict[str, Tree]) -> None:
     from fnmatch import fnmatchcase
 
+    from kvguard.adapters import arm, deployment
     from kvguard.catalog import HANDLERS
 
     roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
-    patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]
+    grants = {**GRANTS, REMEDIATOR: tuple(remediator_actions(trees))}
+    patterns = [pattern for role in roles for pattern in grants.get(role, ())]
     ungranted = [
         f"{handler.id}: {handler.permission}"
         for handler in HANDLERS.values()
@@ -152,6 +270,8 @@ def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: 
         and not any(fnmatchcase(handler.permission, pattern) for pattern in patterns)
     ]
     assert not ungranted, f"handlers whose Azure permission no assigned role grants: {ungranted}"
+    reads = [*arm.READ_PERMISSIONS, deployment.READ_PERMISSION]
+    assert not [r for r in reads if not any(fnmatchcase(r, pattern) for pattern in patterns)]
     assert {"revert_access_policy", "restore_network", "raise_defender_alert", "publish_detection"} <= set(HANDLERS)
 
 

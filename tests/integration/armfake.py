@@ -1,5 +1,6 @@
 """A local HTTPS fake of the Azure endpoints kvguard writes to: ARM (Key Vault and Defender
-assessments), an Event Grid topic and a webhook.
+assessments), an Event Grid topic, a webhook, the Logs Ingestion API, Log Analytics queries and
+Application Insights' track endpoint.
 
 The real SDK clients talk to it over TLS (a trustme CA and a server certificate for `localhost` and
 `127.0.0.1`), so the tests exercise the same request building, retries, paging and error mapping
@@ -12,6 +13,7 @@ Retry-After, 500, ...) or actions (delete a vault) can be queued per method and 
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,13 @@ _LIST_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyv
 _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
+_EVENT_SUBSCRIPTION_RE = re.compile(
+    r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.eventgrid/systemtopics/[^/]+"
+    r"/eventsubscriptions/[^/]+$", re.IGNORECASE,
+)
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
+_LOG_QUERY_RE = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query$", re.IGNORECASE)
+_INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
 # Resources beside a vault (diagnostic settings, locks, private endpoint connections, the Defender
 # plan): one by id, or the list at a scope (`{scope}/providers/…/locks`, `{vault}/privateEndpointConnections`).
 _BESIDE_RE = re.compile(
@@ -74,6 +83,17 @@ class Recorded:
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[0] if values else None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One Key Vault data-plane operation as its AuditEvent diagnostic log records it."""
+
+    time: datetime
+    vault: str
+    principal: str
+    operation: str
+    object: str = ""
 
 
 @dataclass
@@ -120,10 +140,15 @@ class ArmFake:
         self.vaults: dict[str, dict[str, Any]] = {}
         self.resources: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
+        self.event_subscriptions: dict[str, dict[str, Any]] = {}  # Event Grid system topic subscriptions, by id
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
+        self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.audit_events: dict[str, list[AuditEvent]] = {}
+        self.telemetry: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.page_size = page_size
+        self.onboarding = Onboarding()  # the Activity Log, pricings, role assignments, diagnostic settings
         self.eventgrid_key = eventgrid_key
         self.ca = trustme.CA()
         self._cert = self.ca.issue_cert("localhost", "127.0.0.1")
@@ -231,6 +256,10 @@ class ArmFake:
             return 200, None, {}
         if not request.headers.get("authorization", "").startswith("Bearer "):
             return _arm_error(401, "AuthenticationFailed", "Authentication failed: no bearer token.")
+        if (match := _LOG_QUERY_RE.match(path)) and method == "POST":
+            return self._log_query(match["workspace"], request.json or {})
+        if path.lower() == "/v2.1/track" and method == "POST":
+            return self._track(request)
         if not request.param("api-version"):
             return _arm_error(400, "MissingApiVersionParameter", "The api-version query parameter is required.")
         if match := _VAULT_RE.match(path):
@@ -244,21 +273,52 @@ class ArmFake:
             return self._list_vaults(match["sub"], request)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
+        if (match := _INGESTION_RE.match(path)) and method == "POST":
+            return self._ingest(match, request)
+        if _EVENT_SUBSCRIPTION_RE.match(path) and method == "GET":
+            found = self.event_subscriptions.get(vault_key(path))
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The event subscription {path} was not found.")
+            return 200, found, {}
+        onboarding = self._route_onboarding(request)
+        if onboarding is not None:
+            return onboarding
         if match := _BESIDE_RE.match(path):
             return self._beside(request, match)
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
+    def _route_onboarding(self, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+        return _onboarding_route(self, request)
+
     # ---- resources beside a vault ------------------------------------------------------------
+
+    # The Defender plans and the lists of diagnostic settings are the onboarding state's (the
+    # routes of `kvguard doctor` answer them): a plan is kept there, a setting in both.
 
     def add_resource(self, doc: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            self.resources[vault_key(doc["id"])] = copy.deepcopy(doc)
+            if _is_pricing(doc["id"]):
+                self.onboarding.pricings[_pricing_key(doc["id"])] = copy.deepcopy(doc)
+            else:
+                self.resources[vault_key(doc["id"])] = copy.deepcopy(doc)
+                self._sync_settings()
         return doc
 
     def resource(self, resource_id: str) -> dict[str, Any] | None:
         with self._lock:
-            found = self.resources.get(vault_key(resource_id))
+            if _is_pricing(resource_id):
+                found = self.onboarding.pricings.get(_pricing_key(resource_id))
+            else:
+                found = self.resources.get(vault_key(resource_id))
             return copy.deepcopy(found) if found is not None else None
+
+    def _sync_settings(self) -> None:
+        marker = "/providers/microsoft.insights/diagnosticsettings/"
+        lists: dict[str, list[dict[str, Any]]] = {}
+        for key, doc in self.resources.items():
+            if marker in key:
+                lists.setdefault(key.split(marker)[0], []).append(copy.deepcopy(doc))
+        self.onboarding.diagnostic_settings = lists
 
     def _beside(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         """GET, PUT (the body's properties replace the resource's) and DELETE by id; GET of the
@@ -286,9 +346,12 @@ class ArmFake:
                       "type": existing.get("type", _BESIDE_TYPES[match["kind"].lower()]),
                       "properties": copy.deepcopy(body.get("properties") or {})}
             self.resources[key] = stored
+            self._sync_settings()
             return (200 if existing else 201), copy.deepcopy(stored), {}
         if method == "DELETE":
-            return (200, None, {}) if self.resources.pop(key, None) is not None else (204, None, {})
+            gone = self.resources.pop(key, None)
+            self._sync_settings()
+            return (200, None, {}) if gone is not None else (204, None, {})
         return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
@@ -377,6 +440,49 @@ class ArmFake:
         self.events.extend(batch)
         return 200, None, {}
 
+    def _log_query(self, workspace: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """Log Analytics' query API for the one query kvguard sends (a principal's operations in
+        a vault): the vault and object id are read from its `=~` filters, the window from
+        `timespan`, and the workspace's audit events are counted by operation and object."""
+        query, timespan = str(body.get("query") or ""), str(body.get("timespan") or "")
+        vault = re.search(r"ResourceId =~ '([^']+)'", query)
+        principal = re.search(r"identity_claim_oid_g =~ '([^']+)'", query)
+        if not query.startswith("AzureDiagnostics") or vault is None or principal is None or "/" not in timespan:
+            return 400, {"error": {"code": "BadArgumentError", "message": "The fake answers kvguard's query only."}}, {}
+        start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in timespan.split("/"))
+        counts: dict[tuple[str, str], int] = {}
+        for event in self.audit_events.get(workspace, []):
+            if (event.vault.lower() == vault[1].lower() and event.principal.lower() == principal[1].lower()
+                    and start <= event.time <= end):
+                counts[(event.operation, event.object)] = counts.get((event.operation, event.object), 0) + 1
+        rows = [[op, obj, n] for (op, obj), n in sorted(counts.items(), key=lambda item: -item[1])]
+        columns = [{"name": "OperationName", "type": "string"}, {"name": "Object", "type": "string"},
+                   {"name": "Count", "type": "long"}]
+        return 200, {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}]}, {}
+
+    def _track(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """Application Insights' ingestion (`{IngestionEndpoint}/v2.1/track`): a JSON array of
+        telemetry envelopes (or JSON Lines), all accepted."""
+        body = request.body
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        text = body.decode()
+        items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x]
+        self.telemetry.extend(items)
+        return 200, {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}, {}
+
+    def _ingest(self, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """The Logs Ingestion API: a JSON array of rows (gzip-compressed when Content-Encoding says
+        so) for one data collection rule's stream; 204 on success."""
+        body = request.body
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        rows = json.loads(body) if body else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return _arm_error(400, "InvalidPayload", "The body must be a JSON array of objects.")
+        self.ingested.setdefault((match["rule"], match["stream"]), []).extend(rows)
+        return 204, None, {}
+
 
 def _apply_access_policy(policies: list[dict[str, Any]], kind: str, entry: dict[str, Any]) -> None:
     """ARM's merge of one entry: by object id + application id, permissions compared case-insensitively."""
@@ -419,6 +525,98 @@ def _vault_not_found(match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         404, "ResourceNotFound",
         f"The Resource 'Microsoft.KeyVault/vaults/{match['name']}' under resource group '{match['rg']}' was not found.",
     )
+
+
+# ---- onboarding: the Activity Log, Defender plans, role assignments, diagnostic settings ----------
+
+_ACTIVITY_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.insights/eventtypes/management/values$",
+                          re.IGNORECASE)
+_ACTIVITY_FILTER_RE = re.compile(
+    r"^eventTimestamp ge '(?P<start>[^']+)' and eventTimestamp le '(?P<end>[^']+)'"
+    r"(?: and resourceProvider eq '(?P<provider>[^']+)')?$"
+)
+_PRICING_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.security/pricings/(?P<name>[^/]+)$",
+                         re.IGNORECASE)
+_ROLE_ASSIGNMENTS_RE = re.compile(r"^(?P<scope>/.*?)/providers/microsoft\.authorization/roleassignments$",
+                                  re.IGNORECASE)
+_ROLE_DEFINITION_RE = re.compile(r"^/.*/providers/microsoft\.authorization/roledefinitions/[^/]+$", re.IGNORECASE)
+_DIAGNOSTIC_SETTINGS_RE = re.compile(r"^(?P<resource>/.+?)/providers/microsoft\.insights/diagnosticsettings$",
+                                     re.IGNORECASE)
+
+
+@dataclass
+class Onboarding:
+    """What the onboarding commands read: Activity Log records per subscription (served
+    `activity_page_size` per page with `nextLink`, filtered as the API filters), `KeyVaults`
+    pricings per subscription, role assignments and definitions by id, diagnostic settings per
+    resource (lists of ARM JSON)."""
+
+    activity: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    activity_page_size: int = 100
+    pricings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    role_assignments: list[dict[str, Any]] = field(default_factory=list)
+    role_definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    diagnostic_settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _activity_page(fake: ArmFake, match: re.Match[str], request: Recorded) -> tuple[int, Any, dict[str, str]]:
+    query = request.param("$filter") or ""
+    parsed = _ACTIVITY_FILTER_RE.match(query)
+    if parsed is None:
+        return _arm_error(400, "BadRequest", f"The $filter '{query}' is not one of the supported shapes.")
+    start, end = (datetime.fromisoformat(parsed[k].replace("Z", "+00:00")) for k in ("start", "end"))
+    provider = (parsed["provider"] or "").lower()
+    found = [
+        r for r in fake.onboarding.activity.get(match["sub"].lower(), [])
+        if start <= datetime.fromisoformat(r["eventTimestamp"].replace("Z", "+00:00")) <= end
+        and (not provider or str((r.get("resourceProviderName") or {}).get("value", "")).lower() == provider)
+    ]
+    begin = int(request.param("$skiptoken") or 0)
+    size = fake.onboarding.activity_page_size
+    page: dict[str, Any] = {"value": found[begin : begin + size]}
+    if begin + size < len(found):
+        next_query = urlencode({"api-version": request.param("api-version"), "$filter": query,
+                                "$skiptoken": str(begin + size)})
+        page["nextLink"] = f"{fake.base_url}{request.path}?{next_query}"
+    return 200, page, {}
+
+
+def _is_pricing(resource_id: str) -> bool:
+    return "/providers/microsoft.security/pricings/" in resource_id.lower()
+
+
+def _pricing_key(resource_id: str) -> str:
+    """The onboarding state's key of a plan: `{subscription}/{name}`."""
+    parts = resource_id.strip("/").split("/")
+    return f"{parts[1].lower()}/{parts[-1].lower()}"
+
+
+def _onboarding_route(fake: ArmFake, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+    path, method, state = request.path, request.method, fake.onboarding
+    if (match := _ACTIVITY_RE.match(path)) and method == "GET":
+        return _activity_page(fake, match, request)
+    if match := _PRICING_RE.match(path):
+        key = f"{match['sub'].lower()}/{match['name'].lower()}"
+        if method == "PUT":
+            body = request.json or {}
+            state.pricings[key] = {"id": path, "name": match["name"], "type": "Microsoft.Security/pricings",
+                                   "properties": copy.deepcopy(body.get("properties") or {})}
+        if method in ("GET", "PUT"):
+            found = state.pricings.get(key)
+            return (200, found, {}) if found else _arm_error(404, "NotFound", f"No pricing {match['name']}.")
+    if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET":
+        principal = re.search(r"assignedTo\('([^']+)'\)", request.param("$filter") or "")
+        scope = match["scope"].lower()
+        value = [a for a in state.role_assignments
+                 if scope.startswith(a["properties"]["scope"].lower().rstrip("/"))
+                 and (principal is None or a["properties"]["principalId"].lower() == principal[1].lower())]
+        return 200, {"value": value}, {}
+    if _ROLE_DEFINITION_RE.match(path) and method == "GET":
+        found = state.role_definitions.get(path.rsplit("/", 1)[-1].lower())
+        return (200, found, {}) if found else _arm_error(404, "RoleDefinitionDoesNotExist", "No such role.")
+    if (match := _DIAGNOSTIC_SETTINGS_RE.match(path)) and method == "GET":
+        return 200, {"value": state.diagnostic_settings.get(vault_key(match["resource"]), [])}, {}
+    return None
 
 
 class _Server(ThreadingHTTPServer):

@@ -273,6 +273,11 @@ def test_list_vaults_follows_next_links(gateway: ArmVaultGateway, fake: ArmFake)
     # What the SDK's models hand back keeps ARM's names and unknown fields.
     assert configs[0].raw["properties"]["hsmPoolResourceId"] == "not-known-to-kvguard"
     assert configs[0].access_policies == gateway.get(VAULT_ID).access_policies  # type: ignore[union-attr]
+    # ... exactly as ARM sent them: the REST (camelCase) document, not the SDK's attribute names.
+    assert configs[0].raw == fake.vault(VAULT_ID)
+    assert configs[0].tenant_id == TENANT.lower() and len(configs[0].access_policies) == 2
+
+
 
 
 def test_list_vaults_of_an_empty_subscription(gateway: ArmVaultGateway) -> None:

@@ -60,10 +60,9 @@ def test_public_access_evidence_holds_before_and_after() -> None:
                             "firstSight": False}
 
 
-def test_public_access_from_absent_to_enabled_fires() -> None:
-    [hit] = hits("KV-NET-01", Case("x", True, before=vault(publicNetworkAccess=None),
-                                   after=vault(publicNetworkAccess="Enabled")))
-    assert hit.evidence["before"] is None
+def test_public_access_from_disabled_to_absent_fires_as_enabled() -> None:
+    [hit] = hits("KV-NET-01", Case("x", True, before=vault(), after=vault(publicNetworkAccess=None)))
+    assert (hit.evidence["before"], hit.evidence["after"]) == ("disabled", "enabled")
 
 
 def test_default_action_on_first_sight_says_so() -> None:

@@ -41,14 +41,15 @@ def ip_values(target: dict[str, Any]) -> list[str]:
 
 
 def test_an_open_baseline_gets_no_invented_default_action() -> None:
+    # Absent networkAcls already means Allow (ARM's default): spelling it out changes nothing.
     rules, operations = plan(OPEN, vault(publicNetworkAccess=None, networkAcls={"defaultAction": "Allow"}))
-    assert rules == ["KV-NET-02"]
+    assert rules == []
     assert operations == []
 
 
 def test_an_open_baseline_gets_no_invented_public_network_access() -> None:
     rules, operations = plan(OPEN, vault(publicNetworkAccess="Enabled", networkAcls=None))
-    assert rules == ["KV-NET-01"]
+    assert rules == []
     assert operations == []
 
 
@@ -72,7 +73,7 @@ def test_the_baseline_spelling_is_what_goes_back() -> None:
 def test_an_added_rule_is_removed_but_an_open_default_action_stays_open() -> None:
     after = vault(publicNetworkAccess=None, networkAcls={"defaultAction": "Allow", "ipRules": [{"value": "0.0.0.0/0"}]})
     rules, [operation] = plan(OPEN, after)
-    assert rules == ["KV-NET-02", "KV-NET-03"]
+    assert rules == ["KV-NET-03"]
     target = patch(operation)
     assert "publicNetworkAccess" not in target
     assert target["networkAcls"] == {"defaultAction": "Allow", "ipRules": []}
@@ -96,11 +97,23 @@ def test_the_pipeline_leaves_a_vault_accepted_open_reachable() -> None:
     env = Env(start=OPEN)
     changed = vault(publicNetworkAccess="Enabled", networkAcls={"defaultAction": "Allow"})
     outcome = env.change(changed, operation=VAULT_WRITE, suffix="")
-    assert {"KV-NET-01", "KV-NET-02"} <= {f.rule for f in outcome.findings}
-    assert statuses(outcome)["restore_network"] == "skipped"
-    [action] = [a for a in outcome.actions if a.handler == "restore_network"]
-    assert action.detail.startswith("nothing to restore")
+    # Spelling out ARM's defaults (Enabled, Allow) is no change of an open vault: nothing fires.
+    assert not {"KV-NET-01", "KV-NET-02"} & {f.rule for f in outcome.findings}
+    assert "restore_network" not in statuses(outcome)
     current = env.current()
     assert (current.public_network_access, current.default_action) == ("enabled", "allow")
     assert env.world.take_emitted() == []
     assert current.id == VAULT_ID
+
+
+def test_a_dropped_firewall_gets_the_baseline_rule_set_back() -> None:
+    before = vault(networkAcls=acls(ip_rules=("203.0.113.0/24",)))
+    rules, [operation] = plan(before, vault(networkAcls=None))
+    assert rules == ["KV-NET-02", "KV-NET-04"]
+    assert patch(operation) == {"networkAcls": before["properties"]["networkAcls"]}
+
+
+def test_public_access_dropped_is_disabled_again() -> None:
+    rules, [operation] = plan(vault(), vault(publicNetworkAccess=None))
+    assert rules == ["KV-NET-01"]
+    assert patch(operation) == {"publicNetworkAccess": "Disabled"}

@@ -54,3 +54,47 @@ def test_contains_compares_objects_key_by_key_and_lists_whole() -> None:
     assert not contains({"properties": {"level": "CanNotDelete"}}, {"properties": {"level": "ReadOnly"}})
     assert not contains({"logs": [{"enabled": True}, {"enabled": False}]}, {"logs": [{"enabled": True}]})
     assert not contains(None, {"properties": {}})
+
+
+RESOURCE_HANDLERS = ("restore_diagnostic_setting", "reject_private_endpoint", "restore_lock", "restore_defender_plan")
+
+
+def test_each_resource_handler_undoes_exactly_what_its_rule_found() -> None:
+    """For every firing case of a rule these handlers remediate: applying the plan to `after` gives
+    the baseline's properties back (a rejected connection for KV-PE-01, nothing else changed), and
+    a second run finds nothing left to do."""
+    from kvguard.catalog import HANDLERS, RULES
+    from kvguard.detection import detect_all
+    from remediation.base import PlanInput
+    from tests.cases import make_context
+
+    checked = set()
+    for rule in (r for r in RULES.values() if r.remediation in RESOURCE_HANDLERS):
+        for case in (c for c in rule.cases if c.fires):
+            context = make_context(case)
+            assert context.resource is not None
+            findings = [f for f in detect_all(context, {rule.id: rule}) if f.rule == rule.id]
+            world = World()
+            if case.after is not None:
+                world.put_resource(case.after)
+            gateway = SimResourceGateway(world)
+            runner = ActionRunner(SimVaultGateway(world), {}, resources=gateway)
+            handler = HANDLERS[str(rule.remediation)]
+            operations = handler.plan(PlanInput(findings, None, None, resource=context.resource))
+            assert operations, f"{rule.id}: {case.name}"
+            assert runner.run(handler.id, operations, dry_run=False, current=None).status == "applied"
+            now = gateway.get(context.resource.change.id)
+            assert now is not None
+            if rule.id == "KV-PE-01":
+                assert case.after is not None
+                state = now["properties"]["privateLinkServiceConnectionState"]
+                assert state["status"] == "Rejected" and "KV-PE-01" in state["description"]
+                assert now["properties"]["privateEndpoint"] == case.after["properties"]["privateEndpoint"]
+            else:
+                assert case.before is not None
+                wanted = {k: v for k, v in case.before["properties"].items() if k.lower() != "provisioningstate"}
+                assert contains(now["properties"], wanted) and contains(wanted, now["properties"]), rule.id
+            again = runner.run(handler.id, operations, dry_run=False, current=None)
+            assert again.status == "skipped", f"{rule.id}: {case.name}: not idempotent"
+            checked.add(handler.id)
+    assert checked == set(RESOURCE_HANDLERS)

@@ -92,16 +92,15 @@ def test_property_names_are_read_case_insensitively() -> None:
     assert vault.soft_delete_retention_days == 90
 
 
-def test_absent_settings_are_none_not_false() -> None:
+def test_absent_settings_are_the_api_default_or_none_never_false() -> None:
     vault = config(enableRbacAuthorization=None, enablePurgeProtection=None, enableSoftDelete=None,
                    softDeleteRetentionInDays=None, publicNetworkAccess=None, acls={})
     assert vault.enable_rbac_authorization is None
     assert vault.enable_purge_protection is None
-    assert vault.enable_soft_delete is None
-    assert vault.soft_delete_retention_days is None
     assert vault.enabled_for_deployment is None
-    assert vault.public_network_access is None
-    assert vault.default_action is None
+    # The API specification's defaults (kvguard.vault_spec).
+    assert vault.public_network_access == "enabled"
+    assert (vault.default_action, vault.bypass) == ("allow", "azureservices")
     explicit = config(enableRbacAuthorization=False, enablePurgeProtection=False)
     assert explicit.enable_rbac_authorization is False and explicit.enable_purge_protection is False
     change = diff(vault, explicit)
@@ -115,7 +114,7 @@ def test_booleans_and_numbers_as_strings() -> None:
     assert vault.enable_purge_protection is True
     assert vault.enabled_for_deployment is False
     assert vault.soft_delete_retention_days == 30
-    assert vault.enable_soft_delete is None
+    assert vault.enable_soft_delete is True  # not a boolean: the 2019-09-01+ default (on)
 
 
 def test_ip_rules_are_normalised_to_cidr() -> None:

@@ -1,0 +1,51 @@
+// kvguard's remediation role, defined once for every protected subscription (role names are unique
+// per tenant). It holds only the actions kvguard's handlers and reads declare, in place of Key Vault
+// Contributor (Microsoft.KeyVault/*). It holds no data actions: no secret, key or certificate can be
+// read with it. But accessPolicies/write can add an access policy as well as remove one, so whoever
+// runs code as kvguard's identity can still grant data access on an access-policy vault: the ledger
+// of own writes (KV-SELF-01) is the control for that.
+targetScope = 'subscription'
+
+param environmentName string
+
+@description('Every subscription kvguard protects: where the role may be assigned.')
+param subscriptionIds array
+
+var actions = [
+  // VaultGateway.get / list_vaults: read the vault before judging and before every write.
+  'Microsoft.KeyVault/vaults/read'
+  // restore_network, restore_settings, enable_purge_protection: PATCH of vault properties.
+  'Microsoft.KeyVault/vaults/write'
+  // revert_access_policy: a targeted accessPolicies/remove.
+  'Microsoft.KeyVault/vaults/accessPolicies/write'
+  // reject_private_endpoint: a private endpoint connection's state set to Rejected.
+  'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
+  // restore_diagnostic_setting: a vault's deleted or disabled diagnostic setting put back. Restoring
+  // locks (Microsoft.Authorization/locks/write, an Owner-level right) and the Defender plan
+  // (Microsoft.Security/pricings/write, Security Admin) is opt-in: the operator grants those.
+  'Microsoft.Insights/diagnosticSettings/write'
+]
+
+var protectedScopes = [for id in subscriptionIds: '/subscriptions/${id}']
+
+resource remediator 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, environmentName, 'kvguard-remediator')
+  properties: {
+    roleName: 'kvguard remediator (${environmentName})'
+    description: 'kvguard: read vaults and revert access policies, network rules and vault settings. No data actions.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: actions
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: union([
+      subscription().id
+    ], protectedScopes)
+  }
+}
+
+output roleId string = remediator.name

@@ -1,0 +1,171 @@
+"""`kvguard doctor`'s judgements: is a subscription protected? Each check is a pure function of
+what was read (the reads are the entry command's, through the adapters) and gives a `Check`: what
+is wrong, and the exact command that fixes it.
+
+The event subscription is judged by `kvguard.deployment` (the reconcile timer's KV-SELF-02 check),
+the Defender plan and the audit logs by `detectors.coverage` (KV-DEF-01, KV-LOG-02): one copy of
+each rule.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.coverage import audit_log_gap, defender_plan_gap
+from kvguard.deployment import event_subscription_problems, is_event_subscription
+from kvguard.ids import vault_key
+
+REDEPLOY = "azd provision   # or: az deployment sub create --location <region> --template-file infra/main.bicep " \
+           "--parameters infra/main.parameters.json"
+SECURITY_ADMIN = "Security Admin"
+# The reads kvguard's identity makes beside its handlers' writes: vaults (every event, the
+# reconcile timer) and its own event subscription (the KV-SELF-02 check).
+READS = ("Microsoft.KeyVault/vaults/read", "Microsoft.EventGrid/systemTopics/eventSubscriptions/read")
+ASSESSMENT_WRITE = "Microsoft.Security/assessments/write"
+# The role that grants each need, for the fixing command (infra/modules/rbac-subscription.bicep).
+GRANTED_BY = {
+    "microsoft.keyvault/vaults/read": "Reader",
+    "microsoft.eventgrid/systemtopics/eventsubscriptions/read": "Reader",
+    ASSESSMENT_WRITE.lower(): "Security Assessment Contributor",
+}
+REMEDIATOR = "kvguard remediator (<environment>)"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding of the doctor: `ok`, or what is wrong and the command that fixes it."""
+
+    subscription: str
+    check: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    rule: str | None = None
+    resource: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subscription": self.subscription, "check": self.check, "ok": self.ok, "detail": self.detail,
+                "fix": self.fix, "rule": self.rule, "resource": self.resource}
+
+
+def defender_check(subscription: str, pricing: Mapping[str, Any] | None) -> Check:
+    gap = defender_plan_gap(pricing)
+    if gap is None:
+        sub_plan = ((pricing or {}).get("properties") or {}).get("subPlan")
+        return Check(subscription, "defender", True, f"Defender for Key Vault: Standard ({sub_plan or 'no sub-plan'})")
+    return Check(
+        subscription, "defender", False,
+        f"Defender for Key Vault is {gap['pricingTier'] or 'not set'}, not Standard: no threat detection on the vaults",
+        f"kvguard doctor --subscription {subscription} --enable-defender   # or: az security pricing create "
+        f"--name KeyVaults --tier Standard --subplan PerKeyVault --subscription {subscription} "
+        f"(needs the {SECURITY_ADMIN} role)",
+        rule="KV-DEF-01", resource=f"/subscriptions/{subscription}/providers/Microsoft.Security/pricings/KeyVaults",
+    )
+
+
+def own_event_subscriptions(subscription: str, own_resource_ids: Iterable[str]) -> list[str]:
+    """kvguard's own event subscriptions (policy `own_resource_ids`) in one subscription."""
+    prefix = f"/subscriptions/{subscription.lower()}/"
+    return [r for r in own_resource_ids if is_event_subscription(r) and vault_key(r).startswith(prefix)]
+
+
+def event_subscription_check(subscription: str, resource_id: str | None, body: Mapping[str, Any] | None) -> Check:
+    """`resource_id` None: the settings name no event subscription of kvguard in this subscription."""
+    if resource_id is None:
+        return Check(subscription, "event subscription", False,
+                     "KVGUARD_OWN_RESOURCE_IDS names no event subscription of kvguard in this subscription: "
+                     "either it was never deployed here or the app setting lacks it", REDEPLOY)
+    problems = event_subscription_problems(body)
+    if not problems:
+        return Check(subscription, "event subscription", True, "passes every event type and operation kvguard "
+                     "handles to its function", resource=resource_id)
+    return Check(subscription, "event subscription", False, "; ".join(problems), REDEPLOY, rule="KV-SELF-02",
+                 resource=resource_id)
+
+
+def needed_actions(remediation_permissions: Iterable[str], defender: bool) -> list[str]:
+    """What kvguard's identity must be allowed to do: its reads, each remediation handler's
+    declared permission, and writing Defender assessments when that sink is on."""
+    needed = {*READS, *(p for p in remediation_permissions if p.lower().startswith("microsoft."))}
+    if defender:
+        needed.add(ASSESSMENT_WRITE)
+    return sorted(needed, key=str.lower)
+
+
+def granted(definition: Mapping[str, Any], action: str) -> bool:
+    """Whether a role definition (its ARM JSON) allows `action`: some permission block lists it
+    (wildcards as ARM reads them) and does not take it away in its notActions."""
+    for block in (definition.get("properties") or {}).get("permissions") or []:
+        allowed = [str(a).lower() for a in block.get("actions") or []]
+        denied = [str(a).lower() for a in block.get("notActions") or []]
+        if any(fnmatch.fnmatchcase(action.lower(), a) for a in allowed) and not any(
+                fnmatch.fnmatchcase(action.lower(), d) for d in denied):
+            return True
+    return False
+
+
+def role_check(
+    subscription: str, principal_ids: Sequence[str], definitions: Sequence[Mapping[str, Any]], needed: Sequence[str]
+) -> Check:
+    """`definitions`: the role definitions of every assignment of kvguard's identity that covers
+    the subscription."""
+    if not principal_ids:
+        return Check(subscription, "role assignments", False,
+                     "KVGUARD_OWN_PRINCIPAL_IDS is not set: kvguard's identity is unknown", REDEPLOY)
+    missing = [action for action in needed if not any(granted(d, action) for d in definitions)]
+    if not missing:
+        roles = sorted({str((d.get("properties") or {}).get("roleName") or d.get("name")) for d in definitions})
+        return Check(subscription, "role assignments", True, f"{', '.join(roles)} grant what the handlers need")
+    principal = principal_ids[0]
+    fixes = sorted({GRANTED_BY.get(action.lower(), REMEDIATOR) for action in missing})
+    commands = "; ".join(
+        f"az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal "
+        f"--role \"{role}\" --scope /subscriptions/{subscription}" for role in fixes
+    )
+    return Check(subscription, "role assignments", False,
+                 f"kvguard's identity {principal} may not: {', '.join(missing)}", f"{REDEPLOY}; or {commands}")
+
+
+def audit_log_checks(
+    subscription: str, vault_settings: Mapping[str, Sequence[Mapping[str, Any]]], allowed: Sequence[str] = ()
+) -> list[Check]:
+    """One failed check per vault whose audit logs go nowhere (KV-LOG-02), or one passed check."""
+    failed = []
+    for vault_id, settings in vault_settings.items():
+        gap = audit_log_gap(settings, allowed)
+        if gap is not None:
+            failed.append(Check(
+                subscription, "audit logs", False, f"{vault_id.rsplit('/', 1)[-1]}: {gap['found']}",
+                f"az monitor diagnostic-settings create --name kvguard-audit --resource {vault_id} "
+                "--workspace <Log Analytics workspace id> --logs '[{\"categoryGroup\":\"audit\",\"enabled\":true}]'",
+                rule="KV-LOG-02", resource=vault_id,
+            ))
+    if failed:
+        return failed
+    return [Check(subscription, "audit logs", True, f"all {len(vault_settings)} vault(s) send their audit logs")]
+
+
+def state_check(error: str | None, backend: str) -> Check:
+    if error is None:
+        return Check("*", "state store", True, f"{backend} state store reachable")
+    fix = ("set KVGUARD_TABLES_CONNECTION or AzureWebJobsStorage__tableServiceUri, and grant the identity "
+           "\"Storage Table Data Contributor\" on the storage account (azd provision does both)"
+           if backend == "tables" else "check KVGUARD_SQLITE_PATH: its directory must be writable")
+    return Check("*", "state store", False, f"{backend} state store unreachable: {error}", fix)
+
+
+def unreadable_check(subscription: str, check: str, error: str) -> Check:
+    """A check whose reads were refused or went unanswered: failed, naming the role that reads."""
+    role = "Security Reader" if check == "defender" else "Reader"
+    extra = " (Security Admin to --enable-defender)" if check == "defender" else ""
+    return Check(subscription, check, False, f"could not be checked: {error}",
+                 f"run the doctor as someone with {role}{extra} on the subscription: az role assignment create "
+                 f"--assignee <your object id> --role \"{role}\" --scope /subscriptions/{subscription}; "
+                 "or try again when ARM answers")
+
+
+def all_well(checks: Iterable[Check]) -> bool:
+    return all(check.ok for check in checks)

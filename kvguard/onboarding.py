@@ -1,0 +1,276 @@
+"""The onboarding commands: `kvguard backfill` (what happened before kvguard was here) and
+`kvguard doctor` (is this subscription protected). Both work on the real Azure with the settings
+of the environment, like the other live commands (`kvguard.live`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from kvguard.activity import (
+    WATCHED_PROVIDERS,
+    Collapsed,
+    deliver,
+    events,
+    provider_filter,
+    role_assignment_request,
+    window,
+)
+from kvguard.cli_common import EXIT_INVALID, dump_json
+from kvguard.doctor import Check
+from kvguard.events import Rejected, VaultEvent
+from kvguard.outcome import Outcome
+from kvguard.pipeline import Pipeline
+from kvguard.ports import PermanentError, TransientError
+from kvguard.replay import totals
+
+
+def credential_of(args: argparse.Namespace) -> Any:
+    """The credential `main` was given, else DefaultAzureCredential."""
+    if args.credential is not None:
+        return args.credential
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+# --- backfill ----------------------------------------------------------------------------------
+
+
+def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
+    """Read each subscription's Activity Log over the range, provider by provider, and deliver the
+    final record of every watched operation, oldest first, through the live pipeline. A dry run
+    (the default) works on an in-memory copy of the state and calls no alert sink; `--apply`
+    records findings and raises alerts, but only plans remediation: a past event is never
+    remediated (the live pipeline and the reconcile timer act on the current state)."""
+    from kvguard.adapters.activity_log import ArmActivityLog
+    from kvguard.live import _live_pipeline, _live_settings
+
+    try:
+        start, end = window(args.since, args.until, datetime.now(UTC))
+    except ValueError as error:
+        sys.stderr.write(f"kvguard backfill: {error}\n")
+        return EXIT_INVALID
+    settings = _live_settings()
+    pipeline = _live_pipeline(args, settings)
+    if args.apply:
+        pipeline.policy = pipeline.policy.model_copy(update={"dry_run": True})
+    reader = ArmActivityLog(credential_of(args), endpoint=settings.arm_endpoint)
+    progress = _progress(out) if out.isatty() and not args.json else None
+    outcomes: list[Outcome] = []
+    with progress or contextlib.nullcontext():
+        read = _read(reader, args.subscriptions, start, end, progress)
+        items, collapsed = events(read)
+        for outcome in _deliver(pipeline, items, progress):
+            outcomes.append(outcome)
+            if args.json:  # each line as it is judged: a long backfill shows its progress
+                out.write(dump_json(backfill_json(outcome)) + "\n")
+    summary = {
+        "summary": totals(outcomes),
+        "vaults": per_vault(outcomes),
+        "mode": "apply (remediation planned only)" if args.apply else "dry run",
+        "window": {"since": start.isoformat(), "until": end.isoformat()},
+        "records": _record_counts(len(read), len(items), collapsed),
+    }
+    if args.json:
+        out.write(dump_json(summary) + "\n")
+        return 0
+    _print_backfill(summary, out)
+    return 0
+
+
+def _progress(out: TextIO) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=Console(file=out), transient=True)
+
+
+def _read(reader: Any, subscriptions: Sequence[str], start: datetime, end: datetime, progress: Any) -> list[Any]:
+    records: list[Any] = []
+    for subscription_id in subscriptions:
+        task = progress.add_task(f"reading {subscription_id}", total=len(WATCHED_PROVIDERS)) if progress else None
+        for provider in WATCHED_PROVIDERS:
+            records.extend(reader.records(subscription_id, provider_filter(provider, start, end)))
+            if progress:
+                progress.update(task, advance=1, description=f"{subscription_id}: {len(records)} records")
+    return records
+
+
+def _deliver(pipeline: Pipeline, items: Sequence[VaultEvent | Rejected], progress: Any) -> Iterator[Outcome]:
+    task = progress.add_task("judging", total=len(items)) if progress else None
+    for outcome in deliver(pipeline, items):
+        yield outcome
+        if progress:
+            progress.advance(task)
+
+
+def backfill_json(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as replay prints it, with the event's time (backfill's events are past ones)
+    and, for a role assignment, what its request body asked for."""
+    record = outcome.to_json()
+    if outcome.event is not None:
+        record["time"] = outcome.event.time.isoformat() if outcome.event.time else None
+        requested = role_assignment_request(outcome.event)
+        if requested is not None:
+            record["request"] = requested
+    return record
+
+
+def per_vault(outcomes: Iterable[Outcome]) -> dict[str, dict[str, Any]]:
+    """What would have been found, per vault and rule: events, findings by rule, highest risk."""
+    vaults: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        if not outcome.vault:
+            continue
+        entry = vaults.setdefault(outcome.vault, {"events": 0, "findings": Counter(), "max_risk": 0})
+        entry["events"] += 1
+        entry["findings"].update(f.rule for f in outcome.findings)
+        entry["max_risk"] = max(entry["max_risk"], outcome.risk)
+    return {vid: {**entry, "findings": dict(entry["findings"])} for vid, entry in sorted(vaults.items())}
+
+
+def _record_counts(read: int, delivered: int, collapsed: Collapsed) -> dict[str, int]:
+    return {"read": read, "delivered": delivered, "unfinished": collapsed.unfinished,
+            "unwatched": collapsed.unwatched, "repeated": collapsed.repeated}
+
+
+def _print_backfill(summary: dict[str, Any], out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kvguard.report import summary_line
+
+    console = Console(file=out, width=160, highlight=False)
+    window_text = f"{summary['window']['since']} .. {summary['window']['until']}"
+    table = Table(title=f"backfill {window_text} ({summary['mode']})", title_justify="left")
+    for column in ("vault", "rule", "findings", "max risk"):
+        table.add_column(column)
+    for vault_id, entry in summary["vaults"].items():
+        for rule_id, count in sorted(entry["findings"].items()):
+            table.add_row(vault_id, rule_id, str(count), str(entry["max_risk"]))
+    console.print(table)
+    console.print(summary_line(summary["summary"]))
+    counts = summary["records"]
+    console.print(f"Activity Log: {counts['read']} records read, {counts['delivered']} operations judged, "
+                  f"{counts['unfinished']} unfinished, {counts['unwatched']} not watched", markup=False)
+    if summary["mode"] == "dry run":
+        console.print("dry run: nothing recorded, no alert raised (add --apply)", markup=False)
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    """Every check for every protected subscription; exit 0 when all pass, 1 otherwise. With
+    `--enable-defender`, a subscription whose Defender plan is not Standard is set to Standard
+    after a confirmation (or `--yes`), then checked again."""
+    from kvguard import doctor, runtime
+    from kvguard.adapters.onboarding import ArmOnboardingReader
+    from kvguard.catalog import HANDLERS, remediating_handlers
+    from kvguard.live import _live_settings
+
+    settings = _live_settings()
+    subscriptions = list(args.subscriptions or settings.subscription_ids)
+    if not subscriptions:
+        sys.stderr.write("kvguard doctor: give --subscription ID or set KVGUARD_SUBSCRIPTION_IDS\n")
+        return EXIT_INVALID
+    credential = credential_of(args)
+    pipeline = runtime.build(settings, credential=credential)
+    reader = ArmOnboardingReader(credential, endpoint=settings.arm_endpoint)
+    needed = doctor.needed_actions((HANDLERS[h].permission for h in remediating_handlers(pipeline.policy)),
+                                   defender="raise_defender_alert" in pipeline.sinks)
+    checks: list[doctor.Check] = [doctor.state_check(_probe_state(pipeline), settings.state_backend)]
+    principals = list(pipeline.policy.own_principal_ids)
+
+    def defender(subscription: str) -> list[doctor.Check]:
+        found = doctor.defender_check(subscription, reader.get_pricing(subscription))
+        if not found.ok and args.enable_defender and _confirmed(args, subscription, out):
+            reader.enable_defender(subscription)
+            found = doctor.defender_check(subscription, reader.get_pricing(subscription))
+        return [found]
+
+    def roles(subscription: str) -> list[doctor.Check]:
+        definitions = [d for p in principals for d in reader.role_definitions(subscription, p)]
+        return [doctor.role_check(subscription, principals, definitions, needed)]
+
+    def audit_logs(subscription: str) -> list[doctor.Check]:
+        vaults = {v.id: reader.diagnostic_settings(v.id) for v in pipeline.gateway.list_vaults(subscription)}
+        return doctor.audit_log_checks(subscription, vaults)
+
+    def event_subscriptions(subscription: str) -> list[doctor.Check]:
+        return _event_subscription_checks(pipeline, subscription)
+
+    steps = (("defender", defender), ("event subscription", event_subscriptions), ("role assignments", roles),
+             ("audit logs", audit_logs))
+    for subscription in subscriptions:
+        for name, step in steps:
+            try:
+                checks.extend(step(subscription))
+            except (PermanentError, TransientError) as error:  # refused or unreachable: the check failed
+                checks.append(doctor.unreadable_check(subscription, name, str(error)))
+    well = doctor.all_well(checks)
+    if args.json:
+        out.write(dump_json({"ok": well, "checks": [c.to_json() for c in checks]}) + "\n")
+    else:
+        _print_doctor(checks, well, out)
+    return 0 if well else 1
+
+
+def _probe_state(pipeline: Pipeline) -> str | None:
+    from kvguard.runtime import PROBE_VAULT
+
+    try:
+        pipeline.store.get_baseline(PROBE_VAULT)
+    except Exception as error:  # reported as the check's finding, not raised: the doctor exists to tell
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Check]:
+    from kvguard import doctor
+
+    own = doctor.own_event_subscriptions(subscription, pipeline.policy.own_resource_ids)
+    if not own or pipeline.deployment is None:
+        return [doctor.event_subscription_check(subscription, None, None)]
+    return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r))
+            for r in own]
+
+
+def _confirmed(args: argparse.Namespace, subscription: str, out: TextIO) -> bool:
+    question = (f"Set Defender for Key Vault (KeyVaults pricing) to Standard on subscription {subscription}? "
+                "It is billed per vault and needs the Security Admin role. [y/N] ")
+    if args.yes:
+        out.write(f"setting Defender for Key Vault to Standard on {subscription} (--yes; needs Security Admin)\n")
+        return True
+    if not sys.stdin.isatty():
+        out.write(f"not changing {subscription}: no terminal to confirm on; add --yes\n")
+        return False
+    out.write(question)
+    out.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _print_doctor(checks: Sequence[Any], well: bool, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out, width=200, highlight=False)
+    table = Table(title="kvguard doctor", title_justify="left", show_lines=True, expand=True)
+    for column in ("subscription", "check", "", "what was found", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        detail = f"{check.rule}: {check.detail}" if check.rule else check.detail
+        cells = (check.subscription, check.check, "ok" if check.ok else "FAIL", detail, check.fix or "")
+        table.add_row(*(Text(cell) for cell in cells))  # commands hold brackets: never read as markup
+    console.print(table)
+    failed = sum(not c.ok for c in checks)
+    console.print("all checks passed" if well else f"{failed} check(s) failed", markup=False)

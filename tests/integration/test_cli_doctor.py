@@ -1,0 +1,243 @@
+"""`kvguard doctor` against the HTTPS ARM fake: the real azure-mgmt-security, -authorization,
+-monitor and -eventgrid clients read the subscription, and each failed check names its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvguard.cli import main
+from kvguard.deployment import EVENT_TYPES, OPERATIONS
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
+
+SUB = "8e7d6c5b-4a39-4281-9706-f5e4d3c2b1a0"
+TENANT = "1a2b3c4d-5e6f-4a7b-8c9d-e0f1a2b3c4d5"
+IDENTITY = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+EVENT_SUBSCRIPTION = (f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.EventGrid"
+                      "/systemTopics/evgst-kvguard/eventSubscriptions/kvguard-prod")
+APP = f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.Web/sites/func-kvguard-prod"
+VAULT = f"/subscriptions/{SUB}/resourceGroups/rg-apps/providers/Microsoft.KeyVault/vaults/kv-web-01"
+WORKSPACE = f"/subscriptions/{SUB}/resourceGroups/rg-logs/providers/Microsoft.OperationalInsights/workspaces/law-sec"
+ROLE_DEFINITIONS = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions"
+READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
+REMEDIATOR = "9b8a7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
+
+
+def role(guid: str, name: str, actions: list[str]) -> dict[str, Any]:
+    return {"id": f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{guid}", "name": guid,
+            "type": "Microsoft.Authorization/roleDefinitions",
+            "properties": {"roleName": name, "type": "BuiltInRole" if guid == READER else "CustomRole",
+                           "permissions": [{"actions": actions, "notActions": [], "dataActions": [],
+                                            "notDataActions": []}]}}
+
+
+def assignment(guid: str, role_guid: str) -> dict[str, Any]:
+    return {"id": f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/{guid}", "name": guid,
+            "type": "Microsoft.Authorization/roleAssignments",
+            "properties": {"roleDefinitionId": f"{ROLE_DEFINITIONS}/{role_guid}", "principalId": IDENTITY,
+                           "principalType": "ServicePrincipal", "scope": f"/subscriptions/{SUB}"}}
+
+
+def event_subscription() -> dict[str, Any]:
+    return {
+        "id": EVENT_SUBSCRIPTION, "name": "kvguard-prod", "type": "Microsoft.EventGrid/systemTopics/eventSubscriptions",
+        "properties": {
+            "destination": {"endpointType": "AzureFunction",
+                            "properties": {"resourceId": f"{APP}/functions/on_vault_event"}},
+            "filter": {"includedEventTypes": list(EVENT_TYPES), "advancedFilters": [
+                {"operatorType": "StringIn", "key": "data.operationName", "values": list(OPERATIONS)}]},
+        },
+    }
+
+
+def vault_doc() -> dict[str, Any]:
+    return {"id": VAULT, "name": "kv-web-01", "type": "Microsoft.KeyVault/vaults", "location": "uksouth",
+            "properties": {"tenantId": TENANT, "sku": {"family": "A", "name": "standard"}, "accessPolicies": [],
+                           "enableRbacAuthorization": True, "enablePurgeProtection": True}}
+
+
+AUDIT_SETTING = {"id": f"{VAULT}/providers/Microsoft.Insights/diagnosticSettings/audit", "name": "audit",
+                 "type": "Microsoft.Insights/diagnosticSettings",
+                 "properties": {"workspaceId": WORKSPACE, "logs": [{"categoryGroup": "audit", "enabled": True}],
+                                "metrics": []}}
+
+
+@pytest.fixture
+def fake() -> Iterator[ArmFake]:
+    """A subscription kvguard protects as deployed: every check passes."""
+    with arm_fake() as running:
+        running.add_vault(vault_doc())
+        running.event_subscriptions[EVENT_SUBSCRIPTION.lower()] = event_subscription()
+        state = running.onboarding
+        state.pricings[f"{SUB}/keyvaults"] = {
+            "id": f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults", "name": "KeyVaults",
+            "type": "Microsoft.Security/pricings", "properties": {"pricingTier": "Standard", "subPlan": "PerKeyVault"}}
+        state.role_definitions[READER] = role(READER, "Reader", ["*/read"])
+        state.role_definitions[REMEDIATOR] = role(REMEDIATOR, "kvguard remediator (prod)", [
+            "Microsoft.KeyVault/vaults/read", "Microsoft.KeyVault/vaults/write",
+            "Microsoft.KeyVault/vaults/accessPolicies/write",
+            "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
+            "Microsoft.Insights/diagnosticSettings/write"])
+        state.role_assignments += [assignment("a1b2c3d4-0000-4000-8000-000000000001", READER),
+                                   assignment("a1b2c3d4-0000-4000-8000-000000000002", REMEDIATOR)]
+        state.diagnostic_settings[VAULT.lower()] = [copy.deepcopy(AUDIT_SETTING)]
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def environment(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return cli_environment(fake, tmp_path, monkeypatch, own_principal_ids=IDENTITY,
+                           own_resource_ids=EVENT_SUBSCRIPTION)
+
+
+def doctor(*extra: str) -> tuple[int, dict[str, Any]]:
+    out = io.StringIO()
+    status = main(["doctor", "--subscription", SUB, "--json", *extra], out, credential=FakeCredential())
+    lines = out.getvalue().splitlines()
+    return status, json.loads(lines[-1])
+
+
+def failed(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["check"]: c for c in report["checks"] if not c["ok"]}
+
+
+def test_a_protected_subscription_passes_every_check(fake: ArmFake) -> None:
+    status, report = doctor()
+
+    assert status == 0, failed(report)
+    assert report["ok"] is True
+    assert {c["check"] for c in report["checks"]} == {"state store", "defender", "event subscription",
+                                                      "role assignments", "audit logs"}
+    pricing = fake.requests_to("GET", r"/providers/Microsoft\.Security/pricings/KeyVaults$")
+    assert pricing and pricing[0].path == f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults"
+    assert fake.requests_to("GET", r"/roleAssignments$")[0].param("$filter") == f"assignedTo('{IDENTITY}')"
+
+
+def test_defender_free_and_a_missing_event_subscription_fail_with_their_fixes(fake: ArmFake) -> None:
+    fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"] = {"pricingTier": "Free"}
+    del fake.event_subscriptions[EVENT_SUBSCRIPTION.lower()]
+
+    status, report = doctor()
+
+    assert status == 1 and report["ok"] is False
+    problems = failed(report)
+    assert set(problems) == {"defender", "event subscription"}
+    assert problems["defender"]["rule"] == "KV-DEF-01"
+    assert "is Free, not Standard" in problems["defender"]["detail"]
+    assert (f"az security pricing create --name KeyVaults --tier Standard --subplan PerKeyVault --subscription {SUB}"
+            in problems["defender"]["fix"])
+    assert "Security Admin" in problems["defender"]["fix"]
+    assert problems["event subscription"]["detail"] == "the event subscription does not exist"
+    assert problems["event subscription"]["fix"].startswith("azd provision")
+    assert [r.method for r in fake.requests if r.method in ("PUT", "PATCH", "DELETE")] == []
+
+
+def test_an_event_subscription_whose_filter_drops_operations_fails(fake: ArmFake) -> None:
+    narrowed = event_subscription()
+    narrowed["properties"]["filter"]["advancedFilters"][0]["values"] = ["Microsoft.KeyVault/vaults/write"]
+    fake.event_subscriptions[EVENT_SUBSCRIPTION.lower()] = narrowed
+
+    status, report = doctor()
+
+    assert status == 1
+    detail = failed(report)["event subscription"]["detail"]
+    assert detail.startswith("operations not passed: Microsoft.KeyVault/vaults/accessPolicies/write")
+    assert failed(report)["event subscription"]["rule"] == "KV-SELF-02"
+
+
+def test_enable_defender_sets_standard_and_checks_again(fake: ArmFake) -> None:
+    fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"] = {"pricingTier": "Free"}
+
+    status, report = doctor("--enable-defender", "--yes")
+
+    assert status == 0, failed(report)
+    [put] = fake.requests_to("PUT", r"/providers/Microsoft\.Security/pricings/KeyVaults$")
+    assert put.json["properties"] == {"pricingTier": "Standard", "subPlan": "PerKeyVault"}
+    assert fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"]["pricingTier"] == "Standard"
+
+
+def test_enable_defender_without_a_terminal_or_yes_changes_nothing(fake: ArmFake) -> None:
+    fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"] = {"pricingTier": "Free"}
+
+    status, _ = doctor("--enable-defender")
+
+    assert status == 1
+    assert fake.requests_to("PUT", r"/pricings/") == []
+
+
+def test_a_vault_whose_audit_logs_go_nowhere_is_kv_log_02(fake: ArmFake) -> None:
+    metrics_only = copy.deepcopy(AUDIT_SETTING)
+    metrics_only["properties"]["logs"] = [{"categoryGroup": "audit", "enabled": False}]
+    fake.onboarding.diagnostic_settings[VAULT.lower()] = [metrics_only]
+
+    status, report = doctor()
+
+    assert status == 1
+    problem = failed(report)["audit logs"]
+    assert problem["rule"] == "KV-LOG-02" and problem["resource"] == VAULT
+    assert f"az monitor diagnostic-settings create --name kvguard-audit --resource {VAULT}" in problem["fix"]
+
+
+def test_a_missing_remediator_role_names_what_kvguard_may_not_do(fake: ArmFake) -> None:
+    fake.onboarding.role_assignments = fake.onboarding.role_assignments[:1]  # Reader only
+
+    status, report = doctor()
+
+    assert status == 1
+    problem = failed(report)["role assignments"]
+    assert "Microsoft.KeyVault/vaults/accessPolicies/write" in problem["detail"]
+    assert "Microsoft.KeyVault/vaults/read" not in problem["detail"]  # Reader's */read covers it
+    assert f"az role assignment create --assignee-object-id {IDENTITY}" in problem["fix"]
+
+
+def test_the_table_names_each_failure_and_its_fix(fake: ArmFake) -> None:
+    fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"] = {"pricingTier": "Free"}
+    out = io.StringIO()
+
+    status = main(["doctor", "--subscription", SUB], out, credential=FakeCredential())
+
+    assert status == 1
+    text = out.getvalue()
+    assert "FAIL" in text and "KV-DEF-01" in text and "az security pricing create" in text
+    assert "1 check(s) failed" in text
+
+
+def test_the_help_documents_every_flag() -> None:
+    out = io.StringIO()
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(out):
+        main(["doctor", "--help"])
+    for flag in ("--subscription", "--json", "--enable-defender", "--yes"):
+        assert flag in out.getvalue()
+    assert "Security Admin" in out.getvalue()
+
+
+def test_a_refused_read_fails_its_check_and_the_others_still_run(fake: ArmFake) -> None:
+    fake.inject("GET", r"/pricings/KeyVaults$", status=403, times=5,
+                body={"error": {"code": "AuthorizationFailed", "message": "no Microsoft.Security/pricings/read"}})
+
+    status, report = doctor()
+
+    assert status == 1
+    problem = failed(report)["defender"]
+    assert "HTTP 403 AuthorizationFailed" in problem["detail"]
+    assert '--role "Security Reader"' in problem["fix"]
+    assert set(failed(report)) == {"defender"}  # the other checks ran and passed
+
+
+def test_enable_defender_refused_for_lack_of_security_admin_is_a_failed_check(fake: ArmFake) -> None:
+    fake.onboarding.pricings[f"{SUB}/keyvaults"]["properties"] = {"pricingTier": "Free"}
+    fake.inject("PUT", r"/pricings/KeyVaults$", status=403,
+                body={"error": {"code": "AuthorizationFailed", "message": "no Microsoft.Security/pricings/write"}})
+
+    status, report = doctor("--enable-defender", "--yes")
+
+    assert status == 1
+    problem = failed(report)["defender"]
+    assert "HTTP 403" in problem["detail"] and "Security Admin" in problem["fix"]

@@ -1,0 +1,214 @@
+"""The invariant every remediation handler keeps, for random baselines and changes: applying its
+plan to `after` gives `before` back for the fields the handler owns, changes no other field, and
+never removes a permission that `before` had (permissions compared after expanding `all`).
+
+Run twice: against the simulated world, and through the real azure-mgmt-keyvault client against
+the HTTPS ARM fake (ARM's PATCH and `accessPolicies/{add|remove}` semantics).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors.cases import APP_TEAM, FOREIGN_SUBSCRIPTION, INTRUDER, OPERATOR, TENANT, subnet, vault
+from kvguard.actions import ActionRunner
+from kvguard.adapters.arm import ArmVaultGateway
+from kvguard.catalog import HANDLERS, RULES
+from kvguard.detection import Case, Finding, detect_all
+from kvguard.ports import VaultGateway
+from kvguard.sim import SimVaultGateway, World
+from kvguard.vault import PERMISSION_CATEGORIES, SETTINGS, VaultConfig, normalise_cidr
+from kvguard.vault_spec import PERMISSIONS
+from remediation.base import PlanInput
+from tests.cases import make_context
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+
+REMEDIATIONS = ("revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection")
+NETWORK_FIELDS = ("default_action", "bypass", "ip_rules", "virtual_network_rules")
+FLAGS = ("enabled_for_deployment", "enabled_for_template_deployment", "enabled_for_disk_encryption")
+
+# --- random vault documents ---------------------------------------------------------------------
+
+_NAMES = {
+    "keys": ["get", "wrapKey", "unwrapKey", "decrypt", "purge", "release", "getrotationpolicy", "all"],
+    "secrets": ["get", "list", "set", "purge", "all"],
+    "certificates": ["get", "managecontacts", "import", "all"],
+    "storage": ["get", "setsas", "regeneratekey", "all"],
+}
+_CASES: list[Callable[[str], str]] = [str.lower, str.upper, str.title, lambda name: name]
+
+
+def _category(category: str) -> st.SearchStrategy[list[str]]:
+    some = st.lists(st.sampled_from(_NAMES[category]), min_size=1, max_size=4, unique=True)
+    names = st.one_of(some, st.just(list(PERMISSIONS[category])))  # sometimes every one spelled out
+    return st.tuples(names, st.sampled_from(_CASES)).map(lambda pair: [pair[1](n) for n in pair[0]])
+
+
+_PERMISSIONS = st.dictionaries(st.sampled_from(PERMISSION_CATEGORIES), st.none(), min_size=1).flatmap(
+    lambda chosen: st.fixed_dictionaries({c: _category(c) for c in chosen})
+)
+
+
+def _entry(object_id: str) -> st.SearchStrategy[dict[str, Any]]:
+    return _PERMISSIONS.map(lambda perms: {"tenantId": TENANT, "objectId": object_id, "permissions": perms})
+
+
+_POLICIES = st.lists(st.sampled_from([APP_TEAM, INTRUDER, OPERATOR]), unique=True).flatmap(
+    lambda ids: st.tuples(*[_entry(i) for i in ids]).map(list)
+)
+_IPS = ["0.0.0.0/0", "203.0.113.7", "203.0.113.7/32", "198.51.100.0/24", "2001:db8::1", "2001:db8::/32"]
+_SUBNETS = [subnet(), subnet(FOREIGN_SUBSCRIPTION)]
+_ACLS = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "defaultAction": st.sampled_from(["Allow", "Deny", "deny"]),
+            "bypass": st.sampled_from(["None", "AzureServices"]),
+            "ipRules": st.lists(st.sampled_from(_IPS), unique=True).map(lambda ips: [{"value": ip} for ip in ips]),
+            "virtualNetworkRules": st.lists(st.sampled_from(_SUBNETS), unique=True).map(
+                lambda ids: [{"id": i} for i in ids]),
+        },
+    ),
+)
+_FLAG = st.sampled_from([None, True, False])
+VAULTS = st.builds(
+    lambda **props: vault(**props),
+    accessPolicies=_POLICIES,
+    publicNetworkAccess=st.sampled_from([None, "Enabled", "Disabled"]),
+    networkAcls=_ACLS,
+    enableRbacAuthorization=_FLAG,
+    enabledForDeployment=_FLAG,
+    enabledForTemplateDeployment=_FLAG,
+    enabledForDiskEncryption=_FLAG,
+    enablePurgeProtection=st.sampled_from([None, True]),
+)
+
+# --- the invariant --------------------------------------------------------------------------------
+
+
+def _grants(config: VaultConfig) -> dict[str, dict[str, frozenset[str]]]:
+    return {e.principal.key: {c: e.effective(c) for c in PERMISSION_CATEGORIES if e.effective(c)}
+            for e in config.access_policies}
+
+
+def _fields(config: VaultConfig) -> dict[str, Any]:
+    fields: dict[str, Any] = {name: getattr(config, name) for name in SETTINGS}
+    fields.update(ip_rules=config.ip_rules, virtual_network_rules=config.virtual_network_rules,
+                  access_policies=_grants(config))
+    return fields
+
+
+def _owned(handler_id: str, fired: set[str], after: VaultConfig) -> set[str]:
+    if handler_id == "revert_access_policy":
+        return {"access_policies"} if fired else set()
+    if handler_id == "restore_settings":
+        return ({"enable_rbac_authorization"} if "KV-PROT-03" in fired else set()) | (
+            set(FLAGS) if "KV-PROT-04" in fired else set())
+    if handler_id == "enable_purge_protection":
+        return {"enable_purge_protection"}
+    owned = {"public_network_access"} if "KV-NET-01" in fired else set()
+    if not after.raw["properties"].get("networkAcls") and fired - {"KV-NET-01"}:
+        return owned | set(NETWORK_FIELDS)  # a dropped firewall gets the baseline's rule set back
+    rules = {"KV-NET-02": "default_action", "KV-NET-04": "bypass", "KV-NET-03": "ip_rules",
+             "KV-NET-05": "virtual_network_rules"}
+    return owned | {name for rule, name in rules.items() if rule in fired}
+
+
+def _check(handler_id: str, findings: list[Finding], before: VaultConfig, after: VaultConfig,
+           final: VaultConfig) -> None:
+    fired = {f.rule for f in findings}
+    # Never removes a permission the baseline had (and the change kept).
+    then, now = _grants(after), _grants(final)
+    for key, categories in _grants(before).items():
+        for category, names in categories.items():
+            kept = names & then.get(key, {}).get(category, frozenset())
+            assert kept <= now.get(key, {}).get(category, frozenset()), (handler_id, key, category)
+    owned = _owned(handler_id, fired, after)
+    old, new, changed = _fields(before), _fields(final), _fields(after)
+    for name in set(new) - owned:
+        assert new[name] == changed[name], f"{handler_id} changed {name}, which it does not own"
+    if handler_id == "revert_access_policy" and owned:
+        widened_back = {k: {c: p & old[name].get(k, {}).get(c, frozenset()) for c, p in v.items()}
+                        for name in ("access_policies",) for k, v in changed[name].items() if k in old[name]}
+        expected = {k: {c: p for c, p in v.items() if p} for k, v in widened_back.items()}
+        if "KV-AP-02" not in fired:  # nothing widened: the existing principals are as they were
+            expected = {k: v for k, v in changed["access_policies"].items() if k in old["access_policies"]}
+        assert new["access_policies"] == {k: v for k, v in expected.items() if v}
+    elif handler_id == "restore_network":
+        for name in owned - {"ip_rules", "virtual_network_rules"}:
+            assert new[name] == old[name], f"restore_network left {name} at {new[name]!r}"
+        dropped = not after.raw["properties"].get("networkAcls")
+        flagged_ips = {normalise_cidr(f.evidence.get("ipRule")) for f in findings if f.rule == "KV-NET-03"}
+        flagged_subnets = {str(f.evidence.get("subnetId")).lower() for f in findings if f.rule == "KV-NET-05"}
+        if "ip_rules" in owned:
+            assert new["ip_rules"] == (old["ip_rules"] if dropped else changed["ip_rules"] - flagged_ips)
+        if "virtual_network_rules" in owned:
+            expected_subnets = changed["virtual_network_rules"] - flagged_subnets
+            assert new["virtual_network_rules"] == (old["virtual_network_rules"] if dropped else expected_subnets)
+    elif handler_id == "restore_settings":
+        for name in owned:
+            assert bool(new[name]) == bool(old[name]), f"restore_settings left {name} at {new[name]!r}"
+    elif handler_id == "enable_purge_protection":
+        assert final.enable_purge_protection is True
+
+
+def _apply_and_check(gateway: VaultGateway, put: Callable[[dict[str, Any]], None],
+                     before_doc: dict[str, Any], after_doc: dict[str, Any]) -> None:
+    ctx = make_context(Case("invariant", True, before=before_doc, after=after_doc))
+    assert ctx.before is not None and ctx.after is not None
+    all_findings = detect_all(ctx, RULES)
+    for handler_id in REMEDIATIONS:
+        put(copy.deepcopy(after_doc))
+        current = gateway.get(ctx.after.id)
+        assert current is not None
+        findings = [f for f in all_findings if f.remediation == handler_id]
+        operations = HANDLERS[handler_id].plan(PlanInput(findings, ctx.before, current))
+        result = ActionRunner(gateway, {}).run(handler_id, operations, dry_run=False, current=current)
+        assert result.status != "failed", result.detail
+        final = gateway.get(ctx.after.id)
+        assert final is not None
+        _check(handler_id, findings, ctx.before, current, final)
+
+
+def test_the_invariant_covers_every_remediation_handler() -> None:
+    # the handlers of the resources beside a vault keep theirs in tests/unit/test_resource_actions.py
+    beside = {"restore_diagnostic_setting", "reject_private_endpoint", "restore_lock", "restore_defender_plan"}
+    assert set(REMEDIATIONS) | beside == {h.id for h in HANDLERS.values() if h.kind == "remediation"}
+
+
+@settings(max_examples=80, deadline=None)
+@given(before=VAULTS, after=VAULTS)
+def test_every_handler_keeps_the_invariant_in_the_simulated_world(before: dict[str, Any],
+                                                                  after: dict[str, Any]) -> None:
+    world = World()
+    _apply_and_check(SimVaultGateway(world), world.put, before, after)
+
+
+@pytest.fixture(scope="module")
+def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArmFake, ArmVaultGateway]]:
+    with arm_fake() as fake:
+        bundle = fake.write_ca_bundle(Path(tmp_path_factory.mktemp("ca")) / "ca.pem")
+        gateway = ArmVaultGateway(FakeCredential(), endpoint=fake.base_url, connection_verify=str(bundle),
+                                  retry_total=0)
+        yield fake, gateway
+        gateway.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=VAULTS, after=VAULTS)
+def test_every_handler_keeps_the_invariant_against_arm(arm: tuple[ArmFake, ArmVaultGateway],
+                                                       before: dict[str, Any], after: dict[str, Any]) -> None:
+    fake, gateway = arm
+
+    def put(doc: dict[str, Any]) -> None:
+        fake.add_vault(doc)
+
+    _apply_and_check(gateway, put, before, after)
