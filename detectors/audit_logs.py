@@ -8,9 +8,10 @@ access reaches the SIEM. Metrics are no audit trail, so changes to them are neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from detectors.coverage import audit_log_gap
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import vault_key
 
@@ -54,17 +55,6 @@ def log_destinations(setting: Mapping[str, Any]) -> list[str]:
 def is_allowed_destination(destination: str, allowed: Sequence[str]) -> bool:
     """Empty `allowed` admits every destination; an event hub is allowed by its rule id alone."""
     return not allowed or destination.split("|", 1)[0] in {vault_key(a) for a in allowed}
-
-
-def audit_log_gap(settings: Iterable[Mapping[str, Any]], allowed_destinations: Sequence[str]) -> str | None:
-    """Why the vault's audit logs reach no (allowed) destination through `settings`, or None when
-    one of them sends them to one."""
-    auditing = [s for s in settings if sends_audit_logs(s)]
-    if not auditing:
-        return "no diagnostic setting sends the vault's audit logs"
-    if not any(is_allowed_destination(d, allowed_destinations) for s in auditing for d in log_destinations(s)):
-        return "no diagnostic setting sends the vault's audit logs to a destination in allowed_log_destinations"
-    return None
 
 
 def _setting_evidence(setting: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -166,5 +156,4 @@ def audit_logs_nowhere(ctx: Context) -> Iterator[Hit]:
     settings = ctx.sweep.of_type("Microsoft.Insights/diagnosticSettings")
     gap = audit_log_gap(settings, ctx.policy.allowed_log_destinations)
     if gap is not None:
-        yield Hit(evidence={"vault": ctx.sweep.vault.id, "reason": gap,
-                            "settings": [str(s.get("id")) for s in settings]})
+        yield Hit(evidence={"vault": ctx.sweep.vault.id, **gap})

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from detectors.coverage import defender_plan_gap
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import subscription_of
 
@@ -26,14 +27,6 @@ def plan_tier(doc: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     properties = (doc or {}).get("properties") or {}
     tier, sub_plan = properties.get("pricingTier"), properties.get("subPlan")
     return (str(tier) if tier is not None else None, str(sub_plan) if sub_plan is not None else None)
-
-
-def defender_plan_gap(pricing: Mapping[str, Any]) -> str | None:
-    """Why the `KeyVaults` pricing leaves Defender for Key Vault off, or None when it is on."""
-    tier, _ = plan_tier(pricing)
-    if str(tier).lower() != "standard":
-        return f"Defender for Key Vault is not on: pricingTier {tier}"
-    return None
 
 
 def _plan_off_cases() -> list[Case]:
@@ -70,8 +63,7 @@ def plan_off(ctx: Context) -> Iterator[Hit]:
             continue
         gap = defender_plan_gap(doc)
         if gap is not None:
-            yield Hit(evidence={"vault": ctx.sweep.vault.id, "pricing": doc.get("id"), "reason": gap,
-                                "pricingTier": plan_tier(doc)[0]})
+            yield Hit(evidence={"vault": ctx.sweep.vault.id, **gap})
 
 
 def _plan_switched_off_cases() -> list[Case]:
