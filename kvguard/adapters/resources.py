@@ -2,11 +2,11 @@
 settings, the locks over it, its private endpoint connections and its subscription's Defender
 plan (the `KeyVaults` pricing).
 
-Each is read, written and listed as raw ARM JSON by a thin call through the ARM pipeline of the
-azure-mgmt-keyvault client (azure-mgmt-core: the same credential policy, retries and logging as
-every SDK call), at an API version pinned per resource type below. azure-mgmt-monitor 7.x no
-longer has the diagnostic-settings operations, and a raw call keeps every field ARM returned, as
-kvguard judges resources by their wire JSON, never by SDK models.
+Each is read, written and listed as raw ARM JSON by a thin call (`send_request`) through the ARM
+pipeline of the azure-mgmt-keyvault client (azure-mgmt-core's: the same credential policy,
+retries and logging as every SDK call), at an API version pinned per resource type below: one
+path for the four types, and every field ARM returned kept, as kvguard judges resources by their
+wire JSON, never by SDK models (azure-mgmt-monitor 7.x has no diagnostic-settings operations).
 
 Errors follow `kvguard.adapters.azure_clients`: a resource that is not there (404
 `ResourceNotFound`) is None for `get` and False for `delete`; throttling and 5xx after the SDK's
@@ -151,13 +151,12 @@ class ArmResourceGateway:
 
     def _request(self, method: str, url: str, what: str, subscription: str, *, body: Any = None,
                  answers: Any = lambda error: False) -> Any:
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.exceptions import HttpResponseError, ODataV4Format
         from azure.core.rest import HttpRequest
-        from azure.mgmt.core.exceptions import ARMErrorFormat
 
         request = HttpRequest(method, url, json=body) if body is not None else HttpRequest(method, url)
         with azure_errors(what, answers=answers):
             response = self._clients(subscription).send_request(request)
             if response.status_code >= 400:
-                raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+                raise HttpResponseError(response=response, error_format=ODataV4Format)  # ARM's {"error": …}
         return response
