@@ -48,14 +48,12 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     pipeline = runtime.build(_live_settings(), credential=args.credential)
     console = Console(file=out, width=120, highlight=False)
     seeded = present = 0
-    listed: list[str] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
         for subscription_id in args.subscriptions:
             task = progress.add_task(f"listing {subscription_id}", total=None)
             vaults = pipeline.gateway.list_vaults(subscription_id)
             progress.update(task, description=f"subscription {subscription_id}", total=len(vaults))
             for vault in vaults:
-                listed.append(vault.id)
                 if pipeline.store.get_baseline(vault.id) is None:
                     try:
                         pipeline.store.put_baseline(vault.id, dict(vault.raw), None, now=pipeline.clock.now())
@@ -68,8 +66,11 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     vaults_word = "vault" if seeded + present == 1 else "vaults"
     console.print(f"{seeded + present} {vaults_word} in {len(args.subscriptions)} subscription(s): "
                   f"{seeded} baseline(s) seeded, {present} already present")
-    console.print(f"{pipeline.seed_resources(listed)} role assignment baseline(s) seeded (at the vaults' scopes, "
-                  "inherited ones included)")
+    # The resources beside the vaults, then the sweep rules over them (KV-LOG-02, KV-DEF-01).
+    resources = pipeline.seed_resources()
+    opened = [f"{f.rule} on {o.vault}" for o in pipeline.sweep() for f in o.findings]
+    console.print(f"{resources} resource baseline(s) seeded beside the vaults; sweep: "
+                  + (", ".join(opened) if opened else "no finding"))
     return 0
 
 

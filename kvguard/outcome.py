@@ -33,7 +33,7 @@ class Outcome:
     event: VaultEvent | None = field(default=None, compare=False)
     finished: datetime | None = field(default=None, compare=False)
     # The changed resource when it is no vault (a role assignment, a lock, kvguard's own
-    # deployment); vault events leave it None and their record's `resource` is the vault.
+    # deployment, …); for a vault's own change the record's `resource` is the vault.
     resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -42,11 +42,11 @@ class Outcome:
             "outcome": self.outcome,
             "reason": self.reason,
             "vault": self.vault,
+            "resource": self.resource if self.resource is not None else self.vault,
             "risk": self.risk,
             "severity": self.severity,
             "findings": [f.to_json() for f in self.findings],
             "actions": [a.to_json() for a in self.actions],
-            "resource": self.resource if self.resource is not None else self.vault,
         }
 
     def to_audit(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from kvguard.deployment import (
     is_deployment_operation,
     is_event_subscription,
 )
-from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
+from kvguard.detection import Basis, Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import owning_id, parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -51,8 +51,10 @@ from kvguard.ports import (
 )
 from kvguard.resources import (
     RESOURCE_TYPES,
+    SWEEP_TYPES,
     ResourceChange,
     ResourceState,
+    Sweep,
     covers,
     is_vault_id,
     resource_type_of,
@@ -114,14 +116,14 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        resources: ResourceGateway | None = None,
         retention: timedelta = RETENTION,
         activity_log: ActivityLog | None = None,
         deployment: DeploymentReader | None = None,
-        resources: ResourceGateway | None = None,
     ) -> None:
-        """`deployment` reads kvguard's own event subscriptions for the reconcile check (none: no
-        check). `resources` reads (and deletes) the resources beside the vaults; none: their
-        changes are ignored, with that reason."""
+        """`resources` reads and writes the resources beside the vaults (none: their changes are
+        ignored, with that reason); `deployment` reads kvguard's own event subscriptions for the
+        reconcile check (none: no check)."""
         self.gateway = gateway
         self.resources = resources
         self.store = store
@@ -223,6 +225,7 @@ class Pipeline:
                 if outcome is not None:
                     outcomes.append(outcome)
         outcomes += self._reconcile_resources(established)
+        outcomes += self.sweep()
         outcomes += self.check_own_deployment()
         return outcomes
 
@@ -255,12 +258,11 @@ class Pipeline:
         never an ARM read, so a recognised own write costs no GET. The window is taken from the
         event's time (when ARM made the write), not from its delivery, so a dead letter redriven
         days later still finds its entry, and an event from before kvguard planned a write never
-        takes that write's entry. `resource_id` is the written resource when it is no vault."""
-        assert event.vault is not None or resource_id is not None
-        if event.operation is None:
+        takes that write's entry. A resource beside a vault is noted under its own id."""
+        written = event.resource.id if event.resource is not None else event.vault.id if event.vault else None
+        if event.operation is None or written is None:
             return False
         since, until = _ledger_window(event.time or self.clock.now())
-        written = resource_id or event.vault.id  # type: ignore[union-attr]
         return self.store.match_own_write(written, event.operation, event.id, event.correlation_id, since, until)
 
     # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
@@ -602,6 +604,8 @@ class Pipeline:
         after: VaultConfig | None,
         earlier: _Earlier,
         joined: Sequence[Finding] = (),
+        alerts: Sequence[Alert] | None = None,
+        resource: ResourceState | None = None,
     ) -> list[ActionResult]:
         """Alerts first; remediation only after every alert went out, each one written ahead
         (its intent) before it is applied. A secondary sink that fails does not hold it back. A
@@ -847,7 +851,7 @@ class Pipeline:
             return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
                            resource=change.id)
         own = event.caller.ids() & set(self.policy.own_principal_ids)
-        if own and self._planned(event, change.id):
+        if own and self._planned(event):
             return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", vault_id,
                            resource=change.id)
         # an own-identity change kvguard did not plan is processed like anyone's (KV-SELF-01)
@@ -944,7 +948,7 @@ class Pipeline:
             recent_remediations=self._recent_remediations(judged_id, steering, findings, now),
         )
         alerts = [alert for vault in vaults for alert in self._alerts(event, vault.id, findings, risk)]
-        actions = self._act_resource(findings, decision, alerts, state)
+        actions = self._act_beside(event, findings, decision, alerts, state)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.resources.get(change.id) if remediated else after
@@ -956,12 +960,14 @@ class Pipeline:
         self.store.append_audit(AuditRecord(event.id, judged_id, now, outcome.to_audit()))
         return outcome
 
-    def _act_resource(
-        self, findings: Sequence[Finding], decision: Decision, alerts: Sequence[Alert], state: ResourceState,
+    def _act_beside(
+        self, event: VaultEvent, findings: Sequence[Finding], decision: Decision, alerts: Sequence[Alert],
+        resource: ResourceState | None,
     ) -> list[ActionResult]:
-        """Alerts first (one per covered vault x rule), then the remediation the policy allows.
-        Each write is noted in the ledger of own writes before it is made (the runner does it);
-        the write-ahead intents a vault's remediation keeps are not kept for these yet."""
+        """`_act` for a resource beside the vaults and for a sweep: `alerts` go to every vault the
+        change covers, first; then each remediation handler re-reads the resource and PUTs it back
+        (noted in the ledger of own writes by the runner). No write-ahead intent is kept: a
+        redelivery re-plans from the resource as it then is, which the PUT's idempotency makes safe."""
         if not findings:
             return []
         results: list[ActionResult] = []
@@ -971,8 +977,8 @@ class Pipeline:
             if not decision.alert:
                 results.append(skipped(handler_id, decision.alert_reason))
                 continue
-            operations = HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts))
-            results.append(self._deliver(handler_id, operations, None))
+            results.append(self._deliver(handler_id, HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)),
+                                         None))
         allowed = remediable(findings, self.policy)
         by_handler: dict[str, list[Finding]] = defaultdict(list)
         for finding in findings:
@@ -987,12 +993,13 @@ class Pipeline:
             if not mine:
                 results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
                 continue
-            operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=state))
+            operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=resource))
             if not operations:
-                results.append(skipped(handler_id, "nothing to remove: the resource is in the baseline", rules))
+                results.append(skipped(handler_id, "nothing to undo: the baseline has what the change left", rules))
                 continue
             result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=None)
             if result.transient:
+                # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
                 raise TransientError(f"{handler_id}: {result.detail}")
             results.append(result)
         return results
@@ -1073,26 +1080,6 @@ class Pipeline:
         if before is None or not _same_resource(final, before):
             self._store_baseline(change.id, dict(final), baseline, now)
 
-    def seed_resources(self, vault_ids: Sequence[str]) -> int:
-        """Record the baseline of every resource listed at the vaults' scopes (their role
-        assignments, inherited ones included) that has none yet; returns how many were seeded.
-        `kvguard baseline` runs it after seeding the vaults."""
-        if self.resources is None:
-            return 0
-        seeded: set[str] = set()
-        for vault_id in vault_ids:
-            for resource_type in RESOURCE_TYPES:
-                for doc in self.resources.list_at_scope(vault_id, resource_type):
-                    key = vault_key(str(doc["id"]))
-                    if key in seeded or self.store.get_baseline(str(doc["id"])) is not None:
-                        continue
-                    try:
-                        self.store.put_baseline(str(doc["id"]), dict(doc), None, now=self.clock.now())
-                    except ConcurrencyError:  # the app seeded it meanwhile: that one stands
-                        continue
-                    seeded.add(key)
-        return len(seeded)
-
     def _reconcile_resources(self, established: set[str]) -> list[Outcome]:
         """Catch the resource changes Event Grid dropped (and the management-group ones it never
         delivers to a subscription topic): every resource listed at each known vault's scope, and
@@ -1130,6 +1117,119 @@ class Pipeline:
             except Exception:  # logged with its traceback; the next run tries this resource again
                 log.exception("reconciliation of %s failed", resource_id)
         return outcomes
+
+    # --- sweeps: rules that read beyond the changed resource (KV-LOG-02, KV-DEF-01) -------------
+    # Judged per known vault by the reconcile timer, `kvguard baseline` and replay's `reconcile: {}`,
+    # never per event. A finding is kept open under the vault's sweep key (apart from the vault's
+    # own findings, which a vault event settles), reported when it opens and resolved when a later
+    # sweep no longer finds it.
+
+    def seed_resources(self) -> int:
+        """Record a baseline for every resource beside a known vault that has none yet (what
+        `kvguard baseline` does after seeding the vaults), so a later delete is a diff against what
+        was there. A type the gateway cannot list is skipped with a log line; returns how many."""
+        if self.resources is None:
+            return 0
+        seeded = 0
+        for vault in self._known_vaults():
+            for resource_type in RESOURCE_TYPES:
+                try:
+                    listed = self.resources.list_at_scope(vault.vault_id, resource_type)
+                except PermanentError as error:
+                    log.warning("not seeding %s at %s: %s", resource_type, vault.vault_id, error)
+                    continue
+                for doc in listed:
+                    if self.store.get_baseline(str(doc["id"])) is None:
+                        try:
+                            self.store.put_baseline(str(doc["id"]), dict(doc), None, now=self.clock.now())
+                            seeded += 1
+                        except ConcurrencyError:  # seeded meanwhile (a vault's lock is listed twice): it stands
+                            continue
+        return seeded
+
+    def sweep(self) -> list[Outcome]:
+        """One record for each known vault whose sweep findings opened or closed; one vault's
+        failure does not stop the others."""
+        if self.resources is None:
+            return []
+        rules = {rule_id: r for rule_id, r in RULES.items() if r.kind.basis is Basis.SWEEP}
+        outcomes = []
+        for baseline in self._known_vaults():
+            try:
+                outcome = self._sweep_vault(self._baseline_config(baseline), rules)
+            except Exception:  # logged with its traceback; the next sweep judges this vault again
+                log.exception("sweep of %s failed", baseline.vault_id)
+                continue
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _sweep_vault(self, vault: VaultConfig, rules: Mapping[str, Rule]) -> Outcome | None:
+        assert self.resources is not None
+        now = self.clock.now()
+        read = tuple(doc for t in SWEEP_TYPES for doc in self.resources.list_at_scope(vault.id, t))
+        event = _sweep_event(vault, now)
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy, history=History(),
+                          now=now, sweep=Sweep(vault, read))
+        findings = detect_all(context, rules)
+        key = sweep_key(vault.id)
+        was_open = {f.rule for f in self.store.open_findings(key)}
+        for finding in findings:
+            self.store.open_finding(key, finding.rule, finding.to_json(), now)
+        opened = [f for f in findings if f.rule not in was_open]
+        closed = sorted(r for r in was_open - {f.rule for f in findings} if self.store.close_finding(key, r))
+        if not opened and not closed:
+            return None
+        risk = assess(opened, event, vault, self.policy)
+        decision = decide(policy=self.policy, event=event, vault=vault, vault_id=vault.id, vault_name=vault.name,
+                          findings=opened, risk=risk.value, recent_remediations=0)
+        actions = self._act_beside(event, opened, decision, self._alerts(event, vault.id, opened, risk), None)
+        resolutions = self._resolve_sweep(vault, closed, now)
+        reason = _sweep_reason(opened, closed, risk, decision)
+        outcome = Outcome(event.id, "processed", reason, vault.id, risk.value, risk.severity, opened, actions,
+                          risk.explanation, resolutions, resource=vault.id)
+        self.store.append_audit(AuditRecord(event.id, vault.id, now, outcome.to_audit()))
+        return outcome
+
+    def _resolve_sweep(self, vault: VaultConfig, closed: Sequence[str], now: datetime) -> list[ActionResult]:
+        """The alert sinks hear of each sweep finding that closed (Defender: Healthy)."""
+        if not closed or effective_mode(self.policy, vault) == "observe":
+            return []
+        return [
+            self.runner.run(handler_id, [
+                Operation(handler_id, "resolve", vault.id, f"resolved {rule_id}",
+                          Alert(vault.id, rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                for rule_id in closed
+            ], dry_run=False, current=vault)
+            for handler_id in alert_handlers() if handler_id in self.sinks
+        ]
+
+
+def sweep_key(vault_id: str) -> str:
+    """Where a vault's sweep findings are kept open: beside the vault's own, never mixed with them."""
+    return f"{vault_id}|sweep"
+
+
+def _sweep_event(vault: VaultConfig, now: datetime) -> VaultEvent:
+    """The stand-in event a sweep judges under: no caller, one id per vault and sweep time."""
+    return VaultEvent(
+        id=f"sweep:{vault.key}:{now.isoformat()}", event_type="kvguard.Sweep", schema="eventgrid",
+        subject=vault.id, time=now, vault=parse_vault_ref(vault.id), operation="kvguard/sweep", kind="other",
+        access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(), correlation_id=None,
+        tenant_id=vault.tenant_id, raw={},
+    )
+
+
+def _sweep_reason(opened: Sequence[Finding], closed: Sequence[str], risk: Risk, decision: Decision) -> str:
+    parts = []
+    if opened:
+        parts.append(f"sweep: {len(opened)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation))
+        parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
+        parts.append(f"alert: {decision.alert_reason}")
+    if closed:
+        parts.append("sweep: resolved " + ", ".join(closed))
+    return "; ".join(parts)
+
 def _granted_meanwhile(after: VaultConfig | None, final: VaultConfig | None) -> bool:
     if after is None or final is None:
         return False

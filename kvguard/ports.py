@@ -74,6 +74,11 @@ class ResourceGateway(Protocol):
         """DELETE the resource; True when it existed, False when it was already gone (a 204)."""
         ...
 
+    def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        """PUT the resource as `document` says (its `properties`, and what else ARM takes on a
+        PUT); returns the resource's ARM JSON afterwards. How restore handlers put a baseline back."""
+        ...
+
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
         """Every resource of `resource_type` that applies at `scope`: at it or inherited from above
         it (what ARM's `$filter=atScope()` lists), for reconciliation and baseline seeding."""

@@ -132,3 +132,28 @@ class ResourceState:
     @property
     def vault_ids(self) -> list[str]:
         return [vault.id for vault in self.vaults]
+
+
+DIAGNOSTIC_SETTINGS_TYPE = "Microsoft.Insights/diagnosticSettings"
+PRICINGS_TYPE = "Microsoft.Security/pricings"
+# What a sweep reads around each vault: its diagnostic settings, and its subscription's Defender
+# plan (the `KeyVaults` pricing, listed at the vault's scope because it applies from above).
+SWEEP_TYPES: tuple[str, ...] = (DIAGNOSTIC_SETTINGS_TYPE, PRICINGS_TYPE)
+
+
+def key_vaults_pricing_id(subscription_id: str) -> str:
+    """The id of the Defender for Key Vault plan of a subscription."""
+    return f"/subscriptions/{subscription_id}/providers/Microsoft.Security/pricings/KeyVaults"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a sweep rule sees of one protected vault: the vault's accepted configuration and the
+    resources read around it (each as ARM JSON, of the SWEEP_TYPES)."""
+
+    vault: VaultConfig
+    resources: tuple[Mapping[str, Any], ...] = ()
+
+    def of_type(self, resource_type: str) -> list[Mapping[str, Any]]:
+        wanted = resource_type.lower()
+        return [doc for doc in self.resources if resource_type_of(doc).lower() == wanted]

@@ -69,6 +69,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     from kvguard.adapters.authorization import AuthorizationGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
+    from kvguard.adapters.resources import ArmResourceGateway, RoutedResourceGateway
 
     catalog.load()
     quiet_sdk_loggers()
@@ -79,10 +80,11 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
-        resources=AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
         retention=timedelta(days=settings.retention_days),
         activity_log=_activity_log(settings, credential),
         deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
+        resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
+                                        ArmResourceGateway(credential, endpoint=settings.arm_endpoint)),
     )
 
 

@@ -194,6 +194,17 @@ class SimResourceGateway:
             doc["id"], f"{resource_type_of(doc)}/delete", "Microsoft.Resources.ResourceDeleteSuccess"))
         return True
 
+    def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        """ARM's PUT: the resource becomes the document (created when new), and the write comes
+        back as the `<type>/write` event by kvguard's identity."""
+        existing = self.world.resources.get(vault_key(resource_id)) or {}
+        doc = {**existing, **copy.deepcopy(dict(document)), "id": existing.get("id", resource_id)}
+        doc["type"] = resource_type_of(doc) or resource_type_of(existing)
+        doc.setdefault("name", str(doc["id"]).rsplit("/", 1)[-1])
+        self.world.put_resource(doc)
+        self.world.emitted.append(self.world.own_write_event(doc["id"], f"{doc['type']}/write"))
+        return self.world.resources[vault_key(resource_id)]
+
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
         """At the scope or above it, as `atScope()` lists: never what lies below the scope."""
         wanted = resource_type.lower()

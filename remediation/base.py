@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from kvguard.resources import ResourceState
 
 OperationKind = Literal[
-    "add_access_policy", "remove_access_policy", "patch", "alert", "resolve", "delete_role_assignment"]
+    "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,23 @@ def patch_operation(
         description=description,
         target=dict(patch),
         before={name: current.get(name) for name in patch},
+        rules=tuple(sorted(rules)),
+    )
+
+
+def put_resource_operation(
+    handler_id: str, resource_id: str, document: Mapping[str, Any], current: Mapping[str, Any] | None,
+    description: str, rules: Iterable[str],
+) -> Operation:
+    """A PUT of a resource beside the vault (`document` is the body), with its current ARM JSON kept
+    as `before`. The runner re-reads the resource before it writes and skips a PUT it no longer needs."""
+    return Operation(
+        handler=handler_id,
+        kind="put_resource",
+        vault_id=resource_id,
+        description=description,
+        target=dict(document),
+        before=dict(current) if current is not None else None,
         rules=tuple(sorted(rules)),
     )
 

@@ -49,6 +49,14 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.Authorization/roleAssignments/write'
             'Microsoft.Authorization/roleAssignments/delete'
             'Microsoft.Authorization/roleDefinitions/write'
+            // beside the vault: audit logging, locks, private endpoints, the Defender plan
+            'Microsoft.Insights/diagnosticSettings/write'
+            'Microsoft.Insights/diagnosticSettings/delete'
+            'Microsoft.Authorization/locks/write'
+            'Microsoft.Authorization/locks/delete'
+            'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
+            'Microsoft.KeyVault/vaults/privateEndpointConnections/delete'
+            'Microsoft.Security/pricings/write'
             // kvguard's own deployment (KV-SELF-02): its event subscription and its app settings.
             'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'
             'Microsoft.EventGrid/systemTopics/eventSubscriptions/delete'

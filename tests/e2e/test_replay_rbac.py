@@ -36,7 +36,7 @@ def actions(record: dict[str, Any]) -> dict[str, str]:
 
 
 def test_a_secrets_user_grant_is_removed_and_the_own_delete_comes_back_self() -> None:
-    events, summary = replayed("15")
+    events, summary = replayed("20")
     grant, own, _redelivered = events
     assert [e["outcome"] for e in events] == ["processed", "self", "duplicate"]
     [finding] = [f for f in grant["findings"] if f["rule"] == "KV-RBAC-01"]
@@ -56,7 +56,7 @@ def test_a_secrets_user_grant_is_removed_and_the_own_delete_comes_back_self() ->
 
 
 def test_an_inherited_grant_is_judged_for_every_vault_it_covers() -> None:
-    run = replay(build_run(load_scenario(sample("16"))))
+    run = replay(build_run(load_scenario(sample("21"))))
     grant, reader, own = (o.to_json() for o in run.outcomes)
     assert grant["vault"] is None and grant["resource"].endswith("/resourceGroups/rg-billing/providers/"
                                                                  "Microsoft.Authorization/roleAssignments/"
@@ -71,7 +71,7 @@ def test_an_inherited_grant_is_judged_for_every_vault_it_covers() -> None:
 
 
 def test_a_privileged_role_is_alerted_but_left_and_a_short_lived_grant_is_a_cover_up() -> None:
-    events, summary = replayed("17")
+    events, summary = replayed("22")
     owner, grant, removal = events
     assert "KV-RBAC-02" in rules(owner) and owner["vault"] is None
     assert actions(owner)["raise_defender_alert"] == "applied"
@@ -84,7 +84,7 @@ def test_a_privileged_role_is_alerted_but_left_and_a_short_lived_grant_is_a_cove
 
 def test_kvguard_s_own_assignment_removed_is_critical(tmp_path: Path) -> None:
     scenario = {
-        "vaults": [json.loads(json.dumps(load_scenario(sample("17")).scenario.vaults[0]))],
+        "vaults": [json.loads(json.dumps(load_scenario(sample("22")).scenario.vaults[0]))],
         "resources": [{
             "id": "/subscriptions/5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a/providers/Microsoft.Authorization"
                   "/roleAssignments/7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0e",
@@ -129,7 +129,7 @@ def _event(event_id: str, resource_id: str, operation: str) -> dict[str, Any]:
 
 
 def test_a_custom_role_is_read_to_judge_its_assignment_and_its_widening_is_found(tmp_path: Path) -> None:
-    vault = load_scenario(sample("17")).scenario.vaults[0]
+    vault = load_scenario(sample("22")).scenario.vaults[0]
     assignment = {"id": f"{vault['id']}/providers/Microsoft.Authorization/roleAssignments/"
                         "8b9c0d1e-2f3a-4b4c-9d5e-6f7a8b9c0d1f",
                   "type": "Microsoft.Authorization/roleAssignments",

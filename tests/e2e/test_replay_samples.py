@@ -33,7 +33,9 @@ OUTCOMES = {"processed", "duplicate", "ignored", "rejected", "self"}
 SEVERITIES = {"none", "low", "medium", "high", "critical"}
 STATUSES = {"applied", "planned", "skipped", "failed"}
 ALERT_HANDLERS = {"raise_defender_alert", "publish_detection"}
-REMEDIATION_HANDLERS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection"}
+REMEDIATION_HANDLERS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection",
+                        "restore_diagnostic_setting", "reject_private_endpoint", "restore_lock",
+                        "restore_defender_plan"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 18)]
+    assert numbers == [f"{n:02d}" for n in range(1, 23)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -114,9 +116,10 @@ def test_json_output_has_exactly_the_documented_keys(path: Path) -> None:
     events, summary = replayed(path.name.split("-", 1)[0])
     assert events, "a sample delivers at least one event"
     for event in events:
-        # Every record names the changed resource, last (the vault itself for a vault's change).
+        # Every record names the changed resource right after the vault (the vault itself for a
+        # vault's change; kvguard's own deployment or a resource beside a vault otherwise).
         assert set(event) == EVENT_KEYS
-        assert list(event)[-1] == "resource"
+        assert list(event)[list(event).index("vault") + 1] == "resource"
         assert event["outcome"] in OUTCOMES
         assert event["severity"] in SEVERITIES
         assert isinstance(event["reason"], str) and event["reason"]

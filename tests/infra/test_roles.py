@@ -168,12 +168,14 @@ def remediator_actions(trees: dict[str, Tree]) -> list[str]:
 def declared_needs() -> set[str]:
     """Every Azure action kvguard's remediation handlers and its vault gateway declare, but the one
     the conditioned RBAC Administrator grants instead (roleAssignments/delete: see
-    test_the_rbac_administrator_may_only_delete_key_vault_data_roles)."""
+    test_the_rbac_administrator_may_only_delete_key_vault_data_roles) and the opt-in handlers'
+    rights, which the operator grants (README, "Opt-in rights")."""
     from kvguard.adapters.arm import READ_PERMISSIONS
     from kvguard.catalog import HANDLERS
 
     by_condition = {GRANTS[RBAC_ADMINISTRATOR][0]}
-    return {h.permission for h in HANDLERS.values() if h.kind == "remediation"} - by_condition | set(READ_PERMISSIONS)
+    declared = {h.permission for h in HANDLERS.values() if h.kind == "remediation" and h.id not in opt_in_handlers()}
+    return declared - by_condition | set(READ_PERMISSIONS)
 
 
 def test_the_remediation_role_holds_exactly_the_declared_needs(trees: dict[str, Tree]) -> None:
@@ -250,6 +252,15 @@ GRANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def opt_in_handlers() -> set[str]:
+    """Handlers that only rules opting in use (`remediate: true` in the policy): the operator
+    grants their rights, the deployment does not."""
+    from kvguard.catalog import HANDLERS, RULES
+
+    return {h for h in HANDLERS if h in {r.remediation for r in RULES.values()}
+            and all(not r.remediate_by_default for r in RULES.values() if r.remediation == h)}
+
+
 def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: dict[str, Tree]) -> None:
     from fnmatch import fnmatchcase
 
@@ -262,7 +273,7 @@ def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: 
     ungranted = [
         f"{handler.id}: {handler.permission}"
         for handler in HANDLERS.values()
-        if not handler.permission.startswith("none")
+        if not handler.permission.startswith("none") and handler.id not in opt_in_handlers()
         and not any(fnmatchcase(handler.permission, pattern) for pattern in patterns)
     ]
     assert not ungranted, f"handlers whose Azure permission no assigned role grants: {ungranted}"
@@ -291,3 +302,18 @@ def test_the_rbac_administrator_may_only_delete_key_vault_data_roles(trees: dict
     assert not any(BUILTIN_ROLES[g].grants_access for g in named["ids"])
     assigned_anywhere = {role for t in trees.values() for role, _, _ in assigned(t)}
     assert not assigned_anywhere & set(KEY_VAULT_DATA_ROLES)
+
+
+def test_opt_in_rights_are_documented_and_not_granted(trees: dict[str, Tree]) -> None:
+    from fnmatch import fnmatchcase
+
+    from kvguard.catalog import HANDLERS
+
+    roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
+    patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]
+    assert {"restore_lock", "restore_defender_plan"} <= opt_in_handlers()
+    readme = (INFRA.parent / "README.md").read_text(encoding="utf-8")
+    for handler_id in ("restore_lock", "restore_defender_plan"):
+        permission = HANDLERS[handler_id].permission
+        assert not any(fnmatchcase(permission, p) for p in patterns), f"{handler_id} is granted by default"
+        assert permission in readme, f"{handler_id}'s right {permission} is not documented in the README"

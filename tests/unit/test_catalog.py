@@ -135,10 +135,10 @@ def test_every_handler_declares_the_permission_it_needs() -> None:
     }
     assert offenders == {}
     remediation_permissions = {h.id: h.permission for h in HANDLERS.values() if h.kind == "remediation"}
-    # Key Vault's own rights, or the one right beyond the vault the design's handler table names.
-    beyond_the_vault = {"Microsoft.Authorization/roleAssignments/delete"}
-    assert all(p.startswith("Microsoft.KeyVault/") or p in beyond_the_vault
-               for p in remediation_permissions.values()), remediation_permissions
+    # a remediation writes the vault or a resource beside it, or deletes an added role assignment
+    beside = ("Microsoft.KeyVault/", "Microsoft.Insights/diagnosticSettings/", "Microsoft.Authorization/locks/",
+              "Microsoft.Security/pricings/", "Microsoft.Authorization/roleAssignments/delete")
+    assert all(p.startswith(beside) for p in remediation_permissions.values()), remediation_permissions
 
 
 def test_handlers_and_rules_are_described() -> None:
