@@ -139,9 +139,28 @@ def permissions_widened(ctx: Context) -> Iterator[Hit]:
         )
 
 
+# _over_broad's answers by access-policy list (kvguard.vault shares one parsed tuple between all
+# configurations of one list content, so a vault whose tags change is not judged entry by entry
+# again). Keyed by the tuple's id, the tuple kept beside the answer so that the id stays its own.
+_OVER_BROAD_LISTS = 64
+_over_broad_by_list: dict[int, tuple[tuple[AccessPolicy, ...], dict[str, dict[str, Any]]]] = {}
+
+
 def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
+    entries = config.access_policies
+    known = _over_broad_by_list.get(id(entries))
+    if known is not None and known[0] is entries:
+        return known[1]
+    found = _over_broad_entries(entries)
+    if len(_over_broad_by_list) >= _OVER_BROAD_LISTS:
+        _over_broad_by_list.pop(next(iter(_over_broad_by_list)))  # the oldest
+    _over_broad_by_list[id(entries)] = (entries, found)
+    return found
+
+
+def _over_broad_entries(entries: tuple[AccessPolicy, ...]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for entry in config.access_policies:
+    for entry in entries:
         reasons = []
         full: set[str] = set()
         for category in PERMISSION_CATEGORIES:

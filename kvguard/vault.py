@@ -12,6 +12,9 @@ compared after expanding `all` to its category's full set.
 from __future__ import annotations
 
 import ipaddress
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,7 +224,7 @@ class VaultConfig:
             tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {},
             tenant_id=_lower(_ci_get(props, "tenantId")),
             sku_name=_lower(_ci_get(sku, "name")) if isinstance(sku, Mapping) else None,
-            access_policies=tuple(AccessPolicy.from_arm(p) for p in policies_raw if isinstance(p, Mapping)),
+            access_policies=_access_policies(policies_raw),
             enable_rbac_authorization=_bool(_ci_get(props, "enableRbacAuthorization")),
             enable_soft_delete=_bool(_ci_get(props, "enableSoftDelete"), modern),
             soft_delete_retention_days=_int(_ci_get(props, "softDeleteRetentionInDays"),
@@ -239,6 +242,41 @@ class VaultConfig:
             create_mode=_lower(_ci_get(props, "createMode")),
             raw=doc,
         )
+
+
+# Parsed access-policy lists, by the JSON text of the raw list, bounded by the bytes of that text
+# (about a fifth of what the parsed entries take). A vault is read on every event and its policies
+# rarely change: a 1,024-entry list parses in milliseconds, its text is written in a fraction of that.
+PARSED_POLICY_TEXT_BYTES = 4_000_000
+_parsed_policies: OrderedDict[str, tuple[AccessPolicy, ...]] = OrderedDict()
+_parsed_policies_bytes = 0
+_parsed_policies_lock = threading.Lock()
+
+
+def _access_policies(entries: list[Any]) -> tuple[AccessPolicy, ...]:
+    """The parsed entries of an `accessPolicies` list, shared with every earlier configuration
+    whose list had the same content (entries are immutable). Equal content is recognised by its
+    JSON text, so a list that does not serialise (no JSON document) is simply parsed."""
+    global _parsed_policies_bytes
+    try:
+        text = json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return tuple(AccessPolicy.from_arm(p) for p in entries if isinstance(p, Mapping))
+    with _parsed_policies_lock:
+        parsed = _parsed_policies.get(text)
+        if parsed is not None:
+            _parsed_policies.move_to_end(text)
+            return parsed
+    parsed = tuple(AccessPolicy.from_arm(p) for p in entries if isinstance(p, Mapping))
+    if len(text) > PARSED_POLICY_TEXT_BYTES:
+        return parsed
+    with _parsed_policies_lock:
+        if text not in _parsed_policies:
+            _parsed_policies[text] = parsed
+            _parsed_policies_bytes += len(text)
+            while _parsed_policies_bytes > PARSED_POLICY_TEXT_BYTES:
+                _parsed_policies_bytes -= len(_parsed_policies.popitem(last=False)[0])  # the least recently used
+    return parsed
 
 
 def normalise_cidr(value: Any) -> str:
@@ -312,8 +350,9 @@ class VaultDiff:
 
 def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
     """Compare two configurations of the same vault, case-insensitively and entry by entry."""
-    before_policies = {p.principal.key: p for p in before.access_policies}
-    after_policies = {p.principal.key: p for p in after.access_policies}
+    unchanged = before.access_policies is after.access_policies  # one parse of one content (see _access_policies)
+    before_policies = {} if unchanged else {p.principal.key: p for p in before.access_policies}
+    after_policies = {} if unchanged else {p.principal.key: p for p in after.access_policies}
     changes: list[PermissionChange] = []
     for key, new in after_policies.items():
         old = before_policies.get(key)
