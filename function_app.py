@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import azure.functions as func
 
@@ -10,6 +11,7 @@ from kvguard import runtime
 from kvguard.settings import Settings
 
 app = func.FunctionApp()
+log = logging.getLogger("kvguard")
 
 
 @app.function_name("on_vault_event")
@@ -23,9 +25,12 @@ def on_vault_event(event: func.EventGridEvent) -> None:
 @app.function_name("reconcile")
 @app.timer_trigger(arg_name="timer", schedule="%KVGUARD_RECONCILE_SCHEDULE%", run_on_startup=False)
 def reconcile(timer: func.TimerRequest) -> None:
-    """Seed missing baselines and catch changes whose events never arrived."""
+    """Seed missing baselines, catch changes whose events never arrived, retry the outbox and
+    forget records past the retention period."""
+    pipeline = runtime.current()
     with runtime.observer().delivery("reconcile") as run:
-        run.record_all(runtime.current().reconcile(Settings().subscription_ids), "reconcile")
+        run.record_all(pipeline.reconcile(Settings().subscription_ids), "reconcile")
+    log.info("kvguard outbox: %d delivered; retention: %d records pruned", pipeline.flush_outbox(), pipeline.prune())
 
 
 @app.function_name("health")

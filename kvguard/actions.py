@@ -97,6 +97,22 @@ class ActionRunner:
         return ActionResult(handler, "applied", "; ".join(details), rules,
                             before=[_jsonable(op.before) for op in pending], after=afters)
 
+    def confirm(
+        self, handler: str, operations: Sequence[Operation], current: VaultConfig | None
+    ) -> ActionResult | None:
+        """The result an earlier attempt could not record: its operations that the current state
+        shows done, as `applied` ("confirmed on retry"); None when none is (judged afresh)."""
+        if current is None:
+            return None
+        done = [op for op in operations if self._still_needed(op, current) is None]
+        if not done:
+            return None
+        rules = tuple(sorted({r for op in done for r in op.rules}))
+        details = "; ".join(op.description for op in done)
+        return ActionResult(handler, "applied", f"{details}; confirmed on retry", rules,
+                            before=[_jsonable(op.before) for op in done],
+                            after=[_observed(op, current) for op in done])
+
     def _still_needed(self, op: Operation, current: VaultConfig | None) -> Operation | None:
         """The part of an operation that the current state still needs (idempotency)."""
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
@@ -152,6 +168,27 @@ class ActionRunner:
         if op.kind == "resolve" and isinstance(op.target, Alert):
             return self._sinks[op.handler].resolve(op.target.vault_id, op.target.rule)
         raise ValueError(f"operation {op.kind} of {op.handler} has no applier")
+
+
+def merged(confirmed: ActionResult, result: ActionResult) -> ActionResult:
+    """What an earlier attempt did (confirmed) and what this one did on top, as one result."""
+    if result.status == "skipped":
+        return confirmed
+    return ActionResult(
+        confirmed.handler, result.status, f"{confirmed.detail}; {result.detail}",
+        tuple(sorted({*confirmed.rules, *result.rules})),
+        before=[*(confirmed.before or []), *(result.before or [])],
+        after=[*(confirmed.after or []), *(result.after or [])], transient=result.transient,
+    )
+
+
+def _observed(op: Operation, current: VaultConfig) -> Any:
+    """What `current` holds where the operation wrote, in the shape `_apply` returns."""
+    if isinstance(op.target, AccessPolicy):
+        entry = current.policy_for(op.target.principal.key)
+        return entry.to_arm() if entry else None
+    props = current.raw.get("properties", {})
+    return {k: props.get(k) for k in op.target} if isinstance(op.target, Mapping) else None
 
 
 def _jsonable(value: Any) -> Any:

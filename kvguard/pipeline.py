@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from kvguard.actions import ActionResult, ActionRunner, skipped
+from kvguard import writeahead
+from kvguard.actions import ActionResult, ActionRunner, merged, skipped
 from kvguard.blast_radius import ActivityLog, enrich
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.decision import STEERING_TAGS, Decision, decide, effective_mode, may_retag, remediable, unattributed
@@ -53,8 +56,24 @@ from remediation.base import Operation, PlanInput
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
 PARSED_BASELINE_BYTES = 32_000_000  # parsed baselines kept in memory, by ETag, up to this estimate of their size
+# Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
+SECONDARY_SINKS = frozenset({"notify_webhook"})
+RETENTION = timedelta(days=90)
+
+
+class _Earlier(NamedTuple):
+    """What an earlier attempt on this vault wrote ahead (see `Pipeline._earlier_attempt`)."""
+
+    intended: tuple[str, ...]
+    answered: dict[str, ActionResult]
+    findings: list[Finding]
+    alerts: list[ActionResult]
+    operations: dict[str, list[Operation]]
 OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
 CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
+
+
+NOTHING_EARLIER = _Earlier((), {}, [], [], {})
 
 
 class _Recall(NamedTuple):
@@ -82,6 +101,7 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        retention: timedelta = RETENTION,
         activity_log: ActivityLog | None = None,
         deployment: DeploymentReader | None = None,
     ) -> None:
@@ -92,6 +112,7 @@ class Pipeline:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
+        self.retention = retention
         self.activity_log = activity_log
         self.deployment = deployment
         self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now())
@@ -115,6 +136,8 @@ class Pipeline:
     # --- filter, claim ------------------------------------------------------------------------
 
     def handle_event(self, event: VaultEvent) -> Outcome:
+        """Claim, then read, decide and act with no state-store transaction open (other workers
+        go on meanwhile), then record in one short batch guarded by the claim (the end of `_process`)."""
         own_resource = self._own_resource(event)
         if own_resource is not None:
             return self._handle_own_deployment(event, own_resource)
@@ -122,33 +145,47 @@ class Pipeline:
         if passed is not None:
             return passed
         now = self.clock.now()
-        # The event's records land together, the claim's completion last. (A store that commits a
-        # batch at once makes the claim visible with it: it also holds other writers off till then.)
-        with self.store.batch():
-            claim = self.store.claim(event.id, now, self.lease)
-            if claim == "duplicate":
-                return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
-            if claim == "in_progress":
-                raise TransientError(f"event {event.id} is being processed by another instance")
-            try:
-                outcome = self._process_or_reject(event, now)
-                self.store.complete(event.id, self.clock.now())
-            except BaseException:
-                self.store.release(event.id)
-                raise
-        return outcome
+        owner = uuid.uuid4().hex  # fences this attempt's claim: a takeover makes its writes fail
+        claim = self.store.claim(event.id, now, self.lease, owner)
+        if claim == "duplicate":
+            return Outcome(event.id, "duplicate", "event already processed", self._known_id(event))
+        if claim == "in_progress":
+            raise TransientError(f"event {event.id} is being processed by another instance")
+        try:
+            with self._vault_held(event, now, owner):
+                return self._process_or_reject(event, now, owner)
+        except BaseException:
+            self.store.release(event.id, owner)
+            raise
 
-    def _process_or_reject(self, event: VaultEvent, now: datetime) -> Outcome:
+    @contextmanager
+    def _vault_held(self, event: VaultEvent, now: datetime, owner: str) -> Iterator[None]:
+        """One event per vault at a time across every instance: two events of one vault processed
+        side by side would both read the change and both revert it. The vault is leased like an
+        event (same store, same fence) and let go at the end whatever happened."""
+        lock = _vault_lock(event)
+        if self.store.claim(lock, now, self.lease, owner) != "claimed":
+            raise TransientError(f"vault of event {event.id} is being processed by another instance")
+        try:
+            yield
+        finally:
+            self.store.release(lock, owner)
+
+    def _process_or_reject(self, event: VaultEvent, now: datetime, owner: str) -> Outcome:
         """`_process`, with a failure no redelivery can cure (see `kvguard.adapters.azure_clients`)
         recorded like a rejected payload (the reason and the raw event) and reported `rejected`, so
         the claim completes and Event Grid does not retry it for 24 hours only to dead-letter it
         with nothing recorded."""
         try:
-            return self._process(event, now)
+            return self._process(event, now, owner)
         except PermanentError as error:
             reason = f"permanent failure: {error}"
             raw = json.dumps(event.raw, default=str)
-            self.store.record_rejected(RejectedPayload(reason, raw, self.clock.now(), event.id))
+            with self.store.batch():
+                self._hold(event, owner)
+                self.store.record_rejected(RejectedPayload(reason, raw, self.clock.now(), event.id))
+                if not self.store.complete(event.id, self.clock.now(), owner):
+                    raise TransientError(f"event {event.id}: the claim was taken over by another instance") from None
             return Outcome(event.id, "rejected", reason, self._known_id(event))
 
     def reconcile(self, subscription_ids: Sequence[str]) -> list[Outcome]:
@@ -214,19 +251,21 @@ class Pipeline:
         return owning_id(event.subject, self.policy.own_resource_ids)
 
     def _handle_own_deployment(self, event: VaultEvent, resource_id: str) -> Outcome:
+        """Claimed like a vault event (fenced by an owner token, no transaction held while alerting)."""
         now = self.clock.now()
-        with self.store.batch():
-            claim = self.store.claim(event.id, now, self.lease)
-            if claim == "duplicate":
-                return Outcome(event.id, "duplicate", "event already processed", resource=resource_id)
-            if claim == "in_progress":
-                raise TransientError(f"event {event.id} is being processed by another instance")
-            try:
-                outcome = self._judge_own_deployment(event, resource_id, now)
-                self.store.complete(event.id, self.clock.now())
-            except BaseException:
-                self.store.release(event.id)
-                raise
+        owner = uuid.uuid4().hex
+        claim = self.store.claim(event.id, now, self.lease, owner)
+        if claim == "duplicate":
+            return Outcome(event.id, "duplicate", "event already processed", resource=resource_id)
+        if claim == "in_progress":
+            raise TransientError(f"event {event.id} is being processed by another instance")
+        try:
+            outcome = self._judge_own_deployment(event, resource_id, now)
+            if not self.store.complete(event.id, self.clock.now(), owner):
+                raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+        except BaseException:
+            self.store.release(event.id, owner)
+            raise
         return outcome
 
     def _judge_own_deployment(self, event: VaultEvent, resource_id: str, now: datetime) -> Outcome:
@@ -239,7 +278,7 @@ class Pipeline:
         always = "always, for a change to kvguard's own deployment"
         decision = Decision(self.policy.mode, bool(findings), always if findings else "no finding", False,
                             "kvguard's own deployment is never remediated", False)
-        actions = self._act(event, resource_id, findings, risk, decision, None, None)
+        actions = self._act(event, "", resource_id, findings, risk, decision, None, None, NOTHING_EARLIER)
         for finding in findings:
             self.store.open_finding(resource_id, finding.rule, finding.to_json(), now)
         if findings:
@@ -291,7 +330,7 @@ class Pipeline:
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
 
-    def _process(self, event: VaultEvent, now: datetime) -> Outcome:
+    def _process(self, event: VaultEvent, now: datetime, owner: str) -> Outcome:
         assert event.vault is not None
         vault_id = event.vault.id
         after = self.gateway.get(vault_id) if event.kind != "purge" else None
@@ -311,9 +350,11 @@ class Pipeline:
             now=now,
             baseline_deleted=bool(baseline and baseline.deleted),
         )
-        findings, suppressed = suppress(detect_all(context, RULES), vault_id, event.vault.name, self.policy, now)
+        earlier = self._earlier_attempt(event, after)
+        detected, suppressed = suppress(detect_all(context, RULES), vault_id, event.vault.name, self.policy, now)
         if self.activity_log is not None:
-            findings = enrich(findings, vault_id, event.time or now, self.clock.now(), self.activity_log)
+            detected = enrich(detected, vault_id, event.time or now, self.clock.now(), self.activity_log)
+        findings = detected + [f for f in earlier.findings if f.rule not in {d.rule for d in detected}]
         current = after or before
         steering = before or after  # the accepted baseline's tags steer, not the change's
         display_id = current.id if current is not None else self._known_id(event)
@@ -328,19 +369,20 @@ class Pipeline:
             risk=risk.value,
             recent_remediations=self._recent_remediations(display_id, steering, findings, now),
         )
-        # Read before _open refreshes them: which findings repeat an open one (see _joined).
+        # Read before the findings are refreshed: which findings repeat an open one (see _joined).
         joined = self._joined(event, display_id, findings)
-        actions = self._act(event, display_id, findings, risk, decision, before, after, joined)
+        actions = self._act(event, owner, display_id, findings, risk, decision, before, after, earlier, joined)
         remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
         final = self.gateway.get(vault_id) if remediated else after
-        opened = self._open(display_id, findings, baseline, before, now, event)
+        # A grant made while kvguard was reverting shows in `final` but was never judged: the
+        # baseline stays, so the grant's own event (or the next one) sees it as the change it is.
+        failed = failed or (remediated and _granted_meanwhile(after, final))
+        opened = self._open(display_id, findings, baseline, before, event)
         # Posture and diff findings can only stop being true when the compared state moved.
         moved = remediated or before is None or (change is not None and not change.empty)
-        resolutions = self._resolve(event, display_id, final if moved else None, findings, actions, decision,
-                                    opened, now)
-        self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
-                     recall)
+        resolved, resolutions = self._resolve(event, display_id, final if moved else None, findings, actions,
+                                              decision, opened, now)
         outcome = Outcome(
             event.id,
             "processed",
@@ -353,16 +395,65 @@ class Pipeline:
             risk.explanation,
             resolutions,
         )
-        self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+        with self.store.batch():
+            self._hold(event, owner)
+            for finding in findings:
+                if finding.rule not in resolved:
+                    self.store.open_finding(display_id, finding.rule, opened[finding.rule], now)
+            for rule_id in resolved:
+                self.store.close_finding(display_id, rule_id)
+            self._record(event, now, display_id, baseline, before, final, change, remediated, failed,
+                         recall)
+            self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
+            ran = {a.handler for a in actions
+                   if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
+            for handler_id in sorted(ran | set(earlier.intended)):
+                self.store.finish_action(_scope(event), handler_id)
+            if not self.store.complete(event.id, self.clock.now(), owner):
+                raise TransientError(f"event {event.id}: the claim was taken over by another instance")
         return outcome
+
+    def _hold(self, event: VaultEvent, owner: str) -> None:
+        """Renew this attempt's claim, or stop: an attempt whose lease another instance took over
+        must not act or record (that instance does, and a raise makes Event Grid check again)."""
+        now = self.clock.now()
+        if not (self.store.renew(event.id, owner, now, self.lease)
+                and self.store.renew(_vault_lock(event), owner, now, self.lease)):
+            raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+
+    def _earlier_attempt(self, event: VaultEvent, after: VaultConfig | None) -> _Earlier:
+        """What an earlier attempt on this vault wrote ahead and could not record (kvguard writes a
+        vault only under its lease, so nobody else of kvguard's made those writes): operations
+        whose planned state the vault is already in are `applied` ("confirmed on retry") and bring
+        back the findings they answered (the vault no longer shows them); when it was this same
+        event, the alerts that attempt sent are not sent again."""
+        answered: dict[str, ActionResult] = {}
+        findings: list[Finding] = []
+        sent: list[ActionResult] = []
+        operations: dict[str, list[Operation]] = {}
+        events: set[str] = set()
+        stale: list[str] = []
+        for action in self.store.pending_actions(_scope(event)):
+            written_by = str(action.intent.get("event_id"))
+            if self.store.audited(written_by, event.vault.id if event.vault else None):
+                stale.append(action.handler)  # recorded already; only its intent was left behind
+                continue
+            events.add(written_by)
+            sent = sent or writeahead.alert_results_of(action.intent)
+            operations[action.handler] = writeahead.operations_of(action.intent)
+            result = self.runner.confirm(action.handler, operations[action.handler], after)
+            if result is not None:
+                answered[action.handler] = result
+                findings.extend(writeahead.findings_of(action.intent))
+        return _Earlier((*operations, *stale), answered, findings, sent if event.id in events else [], operations)
 
     def _open(
         self, vault_id: str, findings: Sequence[Finding], baseline: Baseline | None, before: VaultConfig | None,
-        now: datetime, event: VaultEvent,
+        event: VaultEvent,
     ) -> dict[str, Mapping[str, Any]]:
-        """Open (or refresh) a finding per rule that fired, and return every open finding of the
-        vault. A diff finding keeps the baseline it was found against (the first one, on refresh),
-        so it can be closed later when the vault is back to that state, remediated or not."""
+        """Every open finding of the vault once this event's are opened (or refreshed), as records
+        to write. A diff finding keeps the baseline it was found against (the first one, on
+        refresh), so it can be closed later when the vault is back to that state, remediated or not."""
         open_now = {f.rule: f.finding for f in self.store.open_findings(vault_id)}
         for finding in findings:
             record = finding.to_json()
@@ -371,7 +462,6 @@ class Pipeline:
                     and before is not None:
                 kept = open_now.get(finding.rule, {}).get("baseline")
                 record["baseline"] = kept or {"etag": baseline.etag, "config": dict(before.raw)}
-            self.store.open_finding(vault_id, finding.rule, record, now)
             open_now[finding.rule] = record
         return open_now
 
@@ -489,36 +579,41 @@ class Pipeline:
     def _act(
         self,
         event: VaultEvent,
+        owner: str,
         vault_id: str,
         findings: Sequence[Finding],
         risk: Risk,
         decision: Decision,
         before: VaultConfig | None,
         after: VaultConfig | None,
+        earlier: _Earlier,
         joined: Sequence[Finding] = (),
     ) -> list[ActionResult]:
-        """Alerts first; remediation only after every alert went out. A joined finding (another
-        report of a change already alerted) raises no alert again, but is remediated as any."""
+        """Alerts first; remediation only after every alert went out, each one written ahead
+        (its intent) before it is applied. A secondary sink that fails does not hold it back. A
+        joined finding (another report of a change already alerted) raises no alert again, but is
+        remediated as any."""
         if not findings:
             return []
         results: list[ActionResult] = []
         fresh = [f for f in findings if f not in joined]
         alerts = self._alerts(event, vault_id, fresh, risk)
-        for handler_id in alert_handlers():
-            if handler_id not in self.sinks:
-                continue
-            if not decision.alert:
-                results.append(skipped(handler_id, decision.alert_reason))
-                continue
-            if not fresh:
-                results.append(skipped(handler_id, "already raised: the change joins its open finding",
-                                       sorted({f.rule for f in joined})))
-                continue
-            operations = HANDLERS[handler_id].plan(PlanInput(fresh, before, after, alerts))
-            result = self.runner.run(handler_id, operations, dry_run=False, current=after)
-            if result.transient:
-                raise TransientError(f"{handler_id}: {result.detail}")
-            results.append(result)
+        if earlier.alerts and decision.alert:
+            results.extend(earlier.alerts)  # an earlier attempt sent them: not again
+        else:
+            for handler_id in alert_handlers():
+                if handler_id not in self.sinks:
+                    continue
+                if not decision.alert:
+                    results.append(skipped(handler_id, decision.alert_reason))
+                    continue
+                if not fresh:
+                    results.append(skipped(handler_id, "already raised: the change joins its open finding",
+                                           sorted({f.rule for f in joined})))
+                    continue
+                operations = HANDLERS[handler_id].plan(PlanInput(fresh, before, after, alerts))
+                results.append(self._deliver(handler_id, operations, after))
+        alerted = list(results)
         allowed = remediable(findings, self.policy)
         by_handler: dict[str, list[Finding]] = defaultdict(list)
         for finding in findings:
@@ -527,22 +622,80 @@ class Pipeline:
         for handler_id, handler_findings in by_handler.items():
             rules = sorted({f.rule for f in handler_findings})
             mine = [f for f in handler_findings if f in allowed]
-            if not decision.remediate:
-                results.append(skipped(handler_id, decision.remediate_reason, rules))
-                continue
-            if not mine:
-                results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
-                continue
-            operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
-            if not operations:
-                results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
-                continue
-            result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
-            if result.transient:
-                # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
-                raise TransientError(f"{handler_id}: {result.detail}")
-            results.append(result)
+            result = self._remediate(event, owner, handler_id, rules, mine, findings, decision, before, after,
+                                     alerted, earlier.operations.get(handler_id, []))
+            confirmed = earlier.answered.get(handler_id)
+            results.append(merged(confirmed, result) if confirmed is not None else result)
         return results
+
+    def _remediate(
+        self, event: VaultEvent, owner: str, handler_id: str, rules: Sequence[str], mine: Sequence[Finding],
+        findings: Sequence[Finding], decision: Decision, before: VaultConfig | None, after: VaultConfig | None,
+        alerted: Sequence[ActionResult], intended: Sequence[Operation],
+    ) -> ActionResult:
+        """Plan, write ahead, apply. The intent keeps what an earlier attempt intended too, so a
+        retry after this one still accounts for all of it."""
+        if not decision.remediate:
+            return skipped(handler_id, decision.remediate_reason, rules)
+        if not mine:
+            return skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules)
+        operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
+        if not operations:
+            return skipped(handler_id, "nothing to restore: no baseline value to go back to", rules)
+        if not decision.dry_run:
+            self._hold(event, owner)
+            recorded = writeahead.intent(event.id, findings, [*intended, *operations], alerted)
+            self.store.begin_action(_scope(event), handler_id, recorded, self.clock.now())
+        result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
+        if result.transient:
+            # The intent stays: a redelivery confirms what landed and makes the rest.
+            raise TransientError(f"{handler_id}: {result.detail}")
+        return result
+
+    def _deliver(self, handler_id: str, operations: Sequence[Operation], current: VaultConfig | None) -> ActionResult:
+        """Run an alert handler's operations. A transient failure of Defender or the topic raises
+        (nothing is recorded yet, so a redelivery starts over); one of a secondary sink goes to the
+        outbox, retried by `flush_outbox`, and is reported failed."""
+        result = self.runner.run(handler_id, operations, dry_run=False, current=current)
+        if not result.transient:
+            return result
+        if handler_id not in SECONDARY_SINKS:
+            raise TransientError(f"{handler_id}: {result.detail}")
+        delivered = len(result.after or ())
+        for op in operations[delivered:]:
+            assert isinstance(op.target, Alert)
+            key = "|".join((handler_id, op.kind, vault_key(op.vault_id), op.target.rule, op.target.event_id))
+            self.store.put_outbox(key, {"handler": handler_id, "kind": op.kind,
+                                        "alert": writeahead.alert_json(op.target)}, self.clock.now())
+        return replace(result, detail=f"{result.detail}; queued in the outbox for retry", transient=False)
+
+    def flush_outbox(self) -> int:
+        """Deliver what secondary sinks could not take earlier; the number delivered. What fails
+        again stays for the next run (retention drops it in the end)."""
+        delivered = 0
+        for queued in self.store.list_outbox():
+            sink = self.sinks.get(str(queued.item["handler"]))
+            if sink is None:
+                self.store.drop_outbox(queued.key)  # the sink is no longer configured
+                continue
+            alert = writeahead.alert_of(queued.item["alert"])
+            try:
+                if queued.item["kind"] == "resolve":
+                    sink.resolve(alert.vault_id, alert.rule)
+                else:
+                    sink.raise_alert(alert)
+            except Exception:  # logged with its traceback; it stays queued
+                log.exception("outbox delivery %s failed", queued.key)
+                continue
+            self.store.drop_outbox(queued.key)
+            delivered += 1
+        return delivered
+
+    def prune(self) -> int:
+        """Forget records older than the retention period (run by the reconcile timer), the ledger
+        of own writes included (a dead letter redriven within the period still finds its entry)."""
+        cutoff = self.clock.now() - self.retention
+        return self.store.prune(cutoff) + self.store.prune_own_writes(cutoff)
 
     def _resolve(
         self,
@@ -554,9 +707,10 @@ class Pipeline:
         decision: Decision,
         open_now: Mapping[str, Mapping[str, Any]],
         now: datetime,
-    ) -> list[ActionResult]:
-        """Close open findings that no longer hold, and have the alert sinks mark them resolved
-        (Defender: Healthy). Remediated findings close; a posture finding closes when its condition
+    ) -> tuple[list[str], list[ActionResult]]:
+        """The open findings that no longer hold, and the alert sinks told they are resolved
+        (Defender: Healthy); closing them in the store is the caller's, with the event's other
+        records. Remediated findings close; a posture finding closes when its condition
         is gone from the final state; a diff finding when the vault is back to the baseline it was
         found against; an event finding when the latest change to a vault that still exists no
         longer fires it (event rules judge the latest change)."""
@@ -574,20 +728,20 @@ class Pipeline:
             rule_id for rule_id, record in open_now.items()
             if rule_id in RULES and rule_id not in firing
             and (rule_id in remediated_rules or self._no_longer_holds(RULES[rule_id], record, event, final, now))
-            and self.store.close_finding(vault_id, rule_id)
         ]
         if not resolved or decision.mode == "observe":
-            return []
+            return resolved, []
         results = []
         for handler_id in alert_handlers():
             if handler_id in self.sinks:
                 operations = [
                     Operation(handler_id, "resolve", vault_id, f"resolved {rule_id}",
-                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                              Alert(vault_id, rule_id, "", "low", 0, 0, {}, (), event.id, None, now),
+                              rules=(rule_id,))
                     for rule_id in resolved
                 ]
-                results.append(self.runner.run(handler_id, operations, dry_run=False, current=final))
-        return results
+                results.append(self._deliver(handler_id, operations, final))
+        return resolved, results
 
     def _no_longer_holds(
         self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
@@ -659,6 +813,24 @@ class Pipeline:
                                            now=now)
         except ConcurrencyError as error:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
+
+
+def _granted_meanwhile(after: VaultConfig | None, final: VaultConfig | None) -> bool:
+    if after is None or final is None:
+        return False
+    change = diff(after, final)
+    return bool(change.added_policies or change.widened)
+
+
+def _vault_lock(event: VaultEvent) -> str:
+    return f"vault-lease:{_scope(event)}"
+
+
+def _scope(event: VaultEvent) -> str:
+    """Where the event's remediations write: its vault. Intents are kept per vault, so whichever
+    attempt next holds the vault's lease, of this event or another, accounts for them."""
+    assert event.vault is not None
+    return event.vault.key
 
 
 def _jsonable(evidence: Mapping[str, Any]) -> Any:

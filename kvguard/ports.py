@@ -133,6 +133,23 @@ class RejectedPayload:
 
 
 @dataclass(frozen=True)
+class PendingAction:
+    """A remediation recorded as intended and not finished: its plan and the findings it answers."""
+
+    scope: str
+    handler: str
+    intent: Mapping[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    key: str
+    item: Mapping[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """What happened to one event: the whole outcome, with before/after of every action."""
 
@@ -151,16 +168,60 @@ class StateStore(Protocol):
         none); one that cannot writes as it goes. Exceptions propagate."""
         ...
 
-    # Event claims: at-least-once delivery made exactly-once in effect.
-    def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
+    # Event claims: at-least-once delivery made exactly-once in effect. A claim is fenced by its
+    # owner token: once another claimant has taken over an expired lease, the earlier owner's
+    # renew / complete / release fail and change nothing.
+    def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
         """'claimed' for the first claimant or when an earlier claim's lease has expired;
         'in_progress' while another claimant holds an unexpired lease; 'duplicate' once done."""
         ...
 
-    def complete(self, event_id: str, now: datetime) -> None: ...
+    def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        """Extend `owner`'s unfinished claim to `now + lease`; False (and nothing changed) when the
+        claim is done, gone or held by another owner."""
+        ...
 
-    def release(self, event_id: str) -> None:
-        """Drop an unfinished claim so a redelivery can claim it again at once."""
+    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+        """Mark the event done. With `owner`, only while that owner holds the claim (False and
+        nothing changed otherwise); without, unconditionally."""
+        ...
+
+    def release(self, event_id: str, owner: str | None = None) -> bool:
+        """Drop an unfinished claim so a redelivery can claim it again at once. With `owner`, only
+        that owner's claim; True when a claim was dropped."""
+        ...
+
+    # Write-ahead actions: a remediation is recorded as intended before it is applied, so the next
+    # attempt that finds the vault already in the planned state can account for it. `scope` names
+    # what the action writes (the pipeline uses the vault, whose writes it serialises).
+    def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+        """Record (or replace) the intended action of `handler` in `scope`."""
+        ...
+
+    def pending_actions(self, scope: str) -> list[PendingAction]:
+        """Intended actions in `scope` not finished yet, by handler."""
+        ...
+
+    def finish_action(self, scope: str, handler: str) -> None:
+        """The action's result is recorded (in the audit): drop its intent. Idempotent."""
+        ...
+
+    # Outbox: alerts a secondary sink could not take yet, retried later without holding back the rest.
+    def put_outbox(self, key: str, item: Mapping[str, Any], now: datetime) -> None:
+        """Keep (or replace) one undelivered alert operation under `key`."""
+        ...
+
+    def list_outbox(self) -> list[OutboxItem]: ...
+
+    def drop_outbox(self, key: str) -> None:
+        """Delivered: forget it. Idempotent."""
+        ...
+
+    # Retention.
+    def prune(self, older_than: datetime) -> int:
+        """Delete finished claims, audit records, marks, rejected payloads, intents and outbox
+        items older than `older_than`; the number of records removed. Baselines and open findings
+        are current state, never pruned."""
         ...
 
     # Baselines with optimistic concurrency.
@@ -180,6 +241,11 @@ class StateStore(Protocol):
     def append_audit(self, record: AuditRecord) -> None: ...
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]: ...
+
+    def audited(self, event_id: str, vault_id: str | None) -> bool:
+        """Whether an audit record of `event_id` for `vault_id` exists (a retry whose earlier
+        attempt got as far as its audit record does not write a second one)."""
+        ...
 
     def record_rejected(self, rejected: RejectedPayload) -> None: ...
 

@@ -8,6 +8,7 @@ SDK modules are imported here lazily, so a cold start pays only for what the eve
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 from kvguard import catalog
@@ -77,6 +78,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         store=_store(settings, credential),
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
+        retention=timedelta(days=settings.retention_days),
         activity_log=_activity_log(settings, credential),
         deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
     )

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     eventgrid_topic_key: str | None = None
     webhook_url: str | None = None
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    retention_days: int = Field(default=90, ge=1)
     # Operating kvguard: telemetry, the structured log line, the findings table.
     log_caller: bool = False
     appinsights_connection_string: str | None = Field(

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from kvguard.ids import vault_key
-from kvguard.ports import AuditRecord, Baseline, ClaimResult, ConcurrencyError, OpenFinding, RejectedPayload
+from kvguard.ports import (
+    AuditRecord,
+    Baseline,
+    ClaimResult,
+    ConcurrencyError,
+    OpenFinding,
+    OutboxItem,
+    PendingAction,
+    RejectedPayload,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -28,7 +37,8 @@ CREATE TABLE IF NOT EXISTS claims (
     done         INTEGER NOT NULL,
     lease_until  TEXT NOT NULL,
     claimed_at   TEXT NOT NULL,
-    completed_at TEXT
+    completed_at TEXT,
+    owner        TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS baselines (
     vault_key TEXT PRIMARY KEY,
@@ -70,6 +80,21 @@ CREATE TABLE IF NOT EXISTS marks (
     PRIMARY KEY (series, key, member, at)
 );
 CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
+CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
+CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
+CREATE TABLE IF NOT EXISTS intents (
+    scope   TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    intent  TEXT NOT NULL,
+    at      TEXT NOT NULL,
+    PRIMARY KEY (scope, handler)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    key  TEXT PRIMARY KEY,
+    item TEXT NOT NULL,
+    at   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS own_writes (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     resource_key   TEXT NOT NULL,
@@ -158,6 +183,13 @@ class SQLiteStateStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Files written before claims carried an owner token gain the column (empty owner)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
+        if "owner" not in columns:
+            self._db.execute("ALTER TABLE claims ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self._path!r})"
@@ -200,13 +232,13 @@ class SQLiteStateStore:
 
     # Event claims
 
-    def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
+    def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
         at = _stamp(now)
         until = _stamp(now + lease)
         inserted = self._write(
-            "INSERT INTO claims (event_id, done, lease_until, claimed_at) VALUES (?, 0, ?, ?)"
+            "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
             " ON CONFLICT (event_id) DO NOTHING",
-            (event_id, until, at),
+            (event_id, until, at, owner),
         )
         if inserted == 1:  # the usual case: a first delivery, decided by one atomic statement
             return "claimed"
@@ -214,8 +246,8 @@ class SQLiteStateStore:
             row = db.execute("SELECT done, lease_until FROM claims WHERE event_id = ?", (event_id,)).fetchone()
             if row is None:
                 db.execute(
-                    "INSERT INTO claims (event_id, done, lease_until, claimed_at) VALUES (?, 0, ?, ?)",
-                    (event_id, until, at),
+                    "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)",
+                    (event_id, until, at, owner),
                 )
                 return "claimed"
             done, lease_until = row
@@ -224,20 +256,37 @@ class SQLiteStateStore:
             if lease_until > at:
                 return "in_progress"
             db.execute(
-                "UPDATE claims SET lease_until = ?, claimed_at = ? WHERE event_id = ?", (until, at, event_id)
+                "UPDATE claims SET lease_until = ?, claimed_at = ?, owner = ? WHERE event_id = ?",
+                (until, at, owner, event_id),
             )
             return "claimed"
 
-    def complete(self, event_id: str, now: datetime) -> None:
+    def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        return self._write(
+            "UPDATE claims SET lease_until = ? WHERE event_id = ? AND owner = ? AND done = 0",
+            (_stamp(now + lease), event_id, owner),
+        ) == 1
+
+    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
         at = _stamp(now)
+        if owner is not None:
+            return self._write(
+                "UPDATE claims SET done = 1, completed_at = ? WHERE event_id = ? AND owner = ? AND done = 0",
+                (at, event_id, owner),
+            ) == 1
         self._write(
             "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, ?, ?, ?)"
             " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at",
             (event_id, at, at, at),
         )
+        return True
 
-    def release(self, event_id: str) -> None:
-        self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,))
+    def release(self, event_id: str, owner: str | None = None) -> bool:
+        if owner is not None:
+            return self._write(
+                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0", (event_id, owner)
+            ) == 1
+        return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,)) == 1
 
     # Baselines
 
@@ -306,6 +355,10 @@ class SQLiteStateStore:
             for event_id, vault, at, outcome in rows
         ]
 
+    def audited(self, event_id: str, vault_id: str | None) -> bool:
+        key = vault_key(vault_id) if vault_id is not None else None
+        return bool(self._query("SELECT 1 FROM audit WHERE vault_key IS ? AND event_id = ? LIMIT 1", (key, event_id)))
+
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(
             "INSERT INTO rejected (reason, raw, at, event_id) VALUES (?, ?, ?, ?)",
@@ -367,6 +420,56 @@ class SQLiteStateStore:
             (series, vault_key(key), _stamp(since)),
         )
         return [(member, _unstamp(at)) for member, at in rows]
+
+    # Write-ahead actions
+
+    def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+        self._write(
+            "INSERT INTO intents (scope, handler, intent, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (scope, handler) DO UPDATE SET intent = excluded.intent, at = excluded.at",
+            (scope, handler, _to_json(intent), _stamp(now)),
+        )
+
+    def pending_actions(self, scope: str) -> list[PendingAction]:
+        rows = self._query(
+            "SELECT handler, intent, at FROM intents WHERE scope = ? ORDER BY handler", (scope,)
+        )
+        return [PendingAction(scope, handler, json.loads(intent), _unstamp(at)) for handler, intent, at in rows]
+
+    def finish_action(self, scope: str, handler: str) -> None:
+        self._write("DELETE FROM intents WHERE scope = ? AND handler = ?", (scope, handler))
+
+    # Outbox
+
+    def put_outbox(self, key: str, item: Mapping[str, Any], now: datetime) -> None:
+        self._write(
+            "INSERT INTO outbox (key, item, at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET item = excluded.item",
+            (key, _to_json(item), _stamp(now)),
+        )
+
+    def list_outbox(self) -> list[OutboxItem]:
+        rows = self._query("SELECT key, item, at FROM outbox ORDER BY at, key")
+        return [OutboxItem(key, json.loads(item), _unstamp(at)) for key, item, at in rows]
+
+    def drop_outbox(self, key: str) -> None:
+        self._write("DELETE FROM outbox WHERE key = ?", (key,))
+
+    # Retention
+
+    def prune(self, older_than: datetime) -> int:
+        """One short transaction per table, so other writers are never held off for long."""
+        cutoff = _stamp(older_than)
+        statements = (
+            "DELETE FROM claims WHERE done = 1 AND completed_at < ?",
+            "DELETE FROM claims WHERE done = 0 AND lease_until < ?",
+            "DELETE FROM audit WHERE at < ?",
+            "DELETE FROM rejected WHERE at < ?",
+            "DELETE FROM marks WHERE at < ?",
+            "DELETE FROM intents WHERE at < ?",
+            "DELETE FROM outbox WHERE at < ?",
+        )
+        return sum(self._write(sql, (cutoff,)) for sql in statements)
 
     # The ledger of own writes
 

@@ -1,15 +1,17 @@
 """The StateStore on Azure Table Storage (Azurite locally and in tests).
 
 One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`, `marks`,
-`ownwrites` (the ledger of own writes), and `chunks` for values too large to sit inline — each
-created on first use.
+`intents`, `outbox`, `ownwrites` (the ledger of own writes), and `chunks` for values too large to
+sit inline — each created on first use.
 
 - Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
   event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
   event ids and rule ids); the original id stays in a property for people to read.
 - Concurrency: claims are deduplicated by `create_entity` (409 when the claim exists), an expired
   lease is taken over and baselines are replaced with the entity's ETag and
-  `MatchConditions.IfNotModified` (412 when someone wrote first).
+  `MatchConditions.IfNotModified` (412 when someone wrote first). A claim carries its owner's
+  token: renew, complete and release read it, check the owner and write back with its ETag, so an
+  owner whose lease was taken over changes nothing.
 - Size: a property holds 64 KiB and an entity 1 MiB, and a vault may carry 1024 access policies.
   Large values (vault configs, audit outcomes, raw payloads, finding evidence) are stored as JSON,
   zlib-compressed and split into binary properties of at most 60,000 bytes. Up to twelve chunks
@@ -49,6 +51,8 @@ from kvguard.ports import (
     ClaimResult,
     ConcurrencyError,
     OpenFinding,
+    OutboxItem,
+    PendingAction,
     RejectedPayload,
     TransientError,
 )
@@ -236,7 +240,7 @@ class TablesStateStore:
     # Event claims
 
     @_transient
-    def claim(self, event_id: str, now: datetime, lease: timedelta) -> ClaimResult:
+    def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
         at = _stamp(now)
         partition = _digest(event_id)
         entity = {
@@ -246,6 +250,7 @@ class TablesStateStore:
             "done": False,
             "claimed_at": at,
             "lease_until": _stamp(now + lease),
+            "owner": owner,
         }
         table = self._table("claims")
         for _ in range(_ROUNDS):
@@ -273,8 +278,40 @@ class TablesStateStore:
                     raise
         return "in_progress"
 
+    def _owned_claim(self, event_id: str, owner: str | None) -> TableEntity | None:
+        """The unfinished claim of `event_id` when `owner` holds it (any owner when None)."""
+        current = self._get("claims", _digest(event_id), "claim")
+        if current is None or current.get("done"):
+            return None
+        if owner is not None and current.get("owner", "") != owner:
+            return None
+        return current
+
+    def _replace_claim(self, current: TableEntity, changes: Mapping[str, Any]) -> bool:
+        """Write the claim back only if nobody touched it since it was read (the fence)."""
+        try:
+            self._table("claims").update_entity(
+                {**current, **changes}, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as error:
+            if not _is(error, 404, 412):
+                raise
+            return False
+        return True
+
     @_transient
-    def complete(self, event_id: str, now: datetime) -> None:
+    def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        current = self._owned_claim(event_id, owner)
+        return current is not None and self._replace_claim(current, {"lease_until": _stamp(now + lease)})
+
+    @_transient
+    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+        if owner is not None:
+            current = self._owned_claim(event_id, owner)
+            return current is not None and self._replace_claim(
+                current, {"done": True, "completed_at": _stamp(now)}
+            )
         self._table("claims").upsert_entity(
             {
                 "PartitionKey": _digest(event_id),
@@ -285,20 +322,23 @@ class TablesStateStore:
             },
             mode=UpdateMode.MERGE,
         )
+        return True
 
     @_transient
-    def release(self, event_id: str) -> None:
-        current = self._get("claims", _digest(event_id), "claim")
-        if current is None or current.get("done"):
-            return
+    def release(self, event_id: str, owner: str | None = None) -> bool:
+        current = self._owned_claim(event_id, owner)
+        if current is None:
+            return False
         try:
             self._table("claims").delete_entity(
                 current["PartitionKey"], "claim", etag=current.metadata["etag"],
                 match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as error:
-            if not _is(error, 412):  # completed or taken over meanwhile: not ours to drop any more
+            if not _is(error, 404, 412):  # completed or taken over meanwhile: not ours to drop any more
                 raise
+            return False
+        return True
 
     # Baselines
 
@@ -388,6 +428,15 @@ class TablesStateStore:
                 )
             )
         return records
+
+    @_transient
+    def audited(self, event_id: str, vault_id: str | None) -> bool:
+        partition = _vault_partition(vault_id) if vault_id is not None else "no-vault"
+        entities = self._table("audit").query_entities(
+            "PartitionKey eq @pk and event_id eq @event",
+            parameters={"pk": partition, "event": event_id[:DISPLAY_CHARS]}, select=["event_id"], results_per_page=1,
+        )
+        return next(iter(entities), None) is not None
 
     @_transient
     def record_rejected(self, rejected: RejectedPayload) -> None:
@@ -516,6 +565,100 @@ class TablesStateStore:
         )
         marks = [(entity["member"], _unstamp(entity["at"])) for entity in entities]
         return sorted(marks, key=lambda mark: (mark[1], mark[0]))
+
+    # Write-ahead actions
+
+    @_transient
+    def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+        partition, row = _digest(scope), _digest(handler)
+        previous = self._get("intents", partition, row)
+        self._table("intents").upsert_entity(
+            {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
+             "at": _stamp(now), **self._pack(intent)},
+            mode=UpdateMode.REPLACE,
+        )
+        self._discard(previous)
+
+    @_transient
+    def pending_actions(self, scope: str) -> list[PendingAction]:
+        entities = self._table("intents").query_entities(
+            "PartitionKey eq @pk", parameters={"pk": _digest(scope)}
+        )
+        actions = [
+            PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"]))
+            for entity in entities
+        ]
+        return sorted(actions, key=lambda action: action.handler)
+
+    @_transient
+    def finish_action(self, scope: str, handler: str) -> None:
+        self._delete("intents", _digest(scope), _digest(handler))
+
+    def _delete(self, concern: str, partition: str, row: str) -> None:
+        current = self._get(concern, partition, row)
+        if current is None:
+            return
+        try:
+            self._table(concern).delete_entity(partition, row)
+        except HttpResponseError as error:
+            if not _is(error, 404):
+                raise
+        self._discard(current)
+
+    # Outbox
+
+    @_transient
+    def put_outbox(self, key: str, item: Mapping[str, Any], now: datetime) -> None:
+        row = _digest(key)
+        previous = self._get("outbox", "outbox", row)
+        at = previous["at"] if previous is not None else _stamp(now)
+        self._table("outbox").upsert_entity(
+            {"PartitionKey": "outbox", "RowKey": row, "key": key[:DISPLAY_CHARS], "at": at,
+             **self._pack({"key": key, "item": item})},
+            mode=UpdateMode.REPLACE,
+        )
+        self._discard(previous)
+
+    @_transient
+    def list_outbox(self) -> list[OutboxItem]:
+        items = []
+        for entity in self._table("outbox").query_entities("PartitionKey eq 'outbox'"):
+            document = self._unpack(entity)
+            items.append(OutboxItem(document["key"], document["item"], _unstamp(entity["at"])))
+        return sorted(items, key=lambda item: (item.at, item.key))
+
+    @_transient
+    def drop_outbox(self, key: str) -> None:
+        self._delete("outbox", "outbox", _digest(key))
+
+    # Retention
+
+    @_transient
+    def prune(self, older_than: datetime) -> int:
+        """A filtered scan per table, deleting what it finds one entity at a time (Table Storage
+        batches only within one partition); a failure part way leaves the rest for the next run."""
+        cutoff = _stamp(older_than)
+        filters = {
+            "claims": "( done eq true and completed_at lt @cutoff ) or ( done eq false and lease_until lt @cutoff )",
+            "audit": "at lt @cutoff",
+            "rejected": "at lt @cutoff",
+            "marks": "at lt @cutoff",
+            "intents": "at lt @cutoff",
+            "outbox": "at lt @cutoff",
+        }
+        removed = 0
+        for concern, query in filters.items():
+            table = self._table(concern)
+            for entity in list(table.query_entities(query, parameters={"cutoff": cutoff})):
+                try:
+                    table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+                except HttpResponseError as error:
+                    if not _is(error, 404):
+                        raise
+                    continue
+                self._discard(entity)
+                removed += 1
+        return removed
 
     # The ledger of own writes: one partition per resource and operation, rows in time order.
 

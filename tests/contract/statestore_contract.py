@@ -209,6 +209,126 @@ class StateStoreContract:
         results = run_together(8, lambda: store.claim("evt-race", T0 + 2 * LEASE, LEASE))
         assert Counter(results) == {"claimed": 1, "in_progress": 7}
 
+    # Fenced claims: an owner whose lease was taken over changes nothing
+
+    def test_a_takeover_fences_out_the_earlier_owner(self, store: StateStore) -> None:
+        assert store.claim("evt-1", T0, LEASE, owner="a") == "claimed"
+        assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b") == "claimed"  # a's lease ran out
+        assert store.renew("evt-1", "a", T0 + LEASE, LEASE) is False
+        assert store.release("evt-1", "a") is False
+        assert store.complete("evt-1", T0 + LEASE, "a") is False
+        # Nothing changed: b still holds its lease, and the event is not done.
+        assert store.claim("evt-1", T0 + LEASE + timedelta(seconds=1), LEASE, owner="c") == "in_progress"
+        assert store.complete("evt-1", T0 + LEASE + timedelta(seconds=2), "b") is True
+        assert store.claim("evt-1", T0 + 3 * LEASE, LEASE, owner="c") == "duplicate"
+
+    def test_an_earlier_owners_release_leaves_the_new_owners_claim(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("evt-1", T0 + LEASE, LEASE, owner="b")
+        assert store.release("evt-1", "a") is False
+        assert store.claim("evt-1", T0 + LEASE + timedelta(seconds=1), LEASE, owner="c") == "in_progress"
+        assert store.release("evt-1", "b") is True
+        assert store.claim("evt-1", T0 + LEASE + timedelta(seconds=2), LEASE, owner="c") == "claimed"
+
+    def test_the_owner_renews_its_lease(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        assert store.renew("evt-1", "a", T0 + LEASE - timedelta(seconds=1), LEASE) is True
+        assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b") == "in_progress"
+        assert store.claim("evt-1", T0 + 2 * LEASE, LEASE, owner="b") == "claimed"
+
+    def test_a_done_or_unknown_claim_cannot_be_renewed_completed_or_released_by_owner(
+        self, store: StateStore
+    ) -> None:
+        assert store.renew("never-seen", "a", T0, LEASE) is False
+        assert store.complete("never-seen", T0, "a") is False
+        assert store.claim("never-seen", T0, LEASE, owner="b") == "claimed"
+        store.claim("evt-1", T0, LEASE, owner="a")
+        assert store.complete("evt-1", T0, "a") is True
+        assert store.renew("evt-1", "a", T0, LEASE) is False
+        assert store.release("evt-1", "a") is False
+        assert store.complete("evt-1", T0, "a") is False
+        assert store.claim("evt-1", T0 + 2 * LEASE, LEASE, owner="c") == "duplicate"
+
+    def test_concurrent_completes_by_two_owners_have_one_winner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("evt-1", T0 + LEASE, LEASE, owner="b")
+        owners = iter(["a", "b"] * 4)
+        lock = threading.Lock()
+
+        def complete() -> bool:
+            with lock:
+                owner = next(owners)
+            return store.complete("evt-1", T0 + LEASE, owner)
+
+        assert Counter(run_together(8, complete))[True] == 1
+
+    # Write-ahead actions
+
+    def test_an_intended_action_is_pending_until_finished(self, store: StateStore) -> None:
+        intent = {"operations": [{"kind": "remove_access_policy", "target": {"objectId": "x"}}], "note": "Zoë"}
+        store.begin_action("evt-1", "revert_access_policy", intent, T0)
+        store.begin_action("evt-2", "restore_network", {"operations": []}, T0)
+        [pending] = store.pending_actions("evt-1")
+        assert (pending.scope, pending.handler, pending.intent, pending.at) == (
+            "evt-1", "revert_access_policy", intent, T0,
+        )
+        store.begin_action("evt-1", "revert_access_policy", {"operations": [], "attempt": 2}, T0 + LEASE)
+        assert [p.intent for p in store.pending_actions("evt-1")] == [{"operations": [], "attempt": 2}]
+        store.finish_action("evt-1", "revert_access_policy")
+        store.finish_action("evt-1", "revert_access_policy")
+        assert store.pending_actions("evt-1") == []
+        assert [p.handler for p in store.pending_actions("evt-2")] == ["restore_network"]
+
+    def test_a_large_intent_round_trips(self, store: StateStore) -> None:
+        intent = {"before": vault_config(policies=1024, seed=11)}
+        store.begin_action("a/b#c?", "revert_access_policy", intent, T0)
+        assert [p.intent for p in store.pending_actions("a/b#c?")] == [intent]
+
+    # Outbox
+
+    def test_outbox_items_wait_until_dropped(self, store: StateStore) -> None:
+        store.put_outbox("notify_webhook|alert|kv|KV-AP-01|evt-1", {"alert": {"rule": "KV-AP-01"}}, T0)
+        store.put_outbox("notify_webhook|alert|kv|KV-AP-03|evt-1", {"alert": {"rule": "KV-AP-03"}}, T0)
+        store.put_outbox("notify_webhook|alert|kv|KV-AP-01|evt-1", {"alert": {"rule": "KV-AP-01"}, "n": 2},
+                         T0 + LEASE)
+        items = store.list_outbox()
+        assert [(i.key.split("|")[3], i.at) for i in items] == [("KV-AP-01", T0), ("KV-AP-03", T0)]
+        assert items[0].item == {"alert": {"rule": "KV-AP-01"}, "n": 2}
+        store.drop_outbox(items[0].key)
+        store.drop_outbox(items[0].key)
+        assert [i.key for i in store.list_outbox()] == [items[1].key]
+
+    # Retention
+
+    def test_prune_forgets_old_records_and_keeps_current_state(self, store: StateStore) -> None:
+        old, new, cutoff = T0, T0 + timedelta(days=100), T0 + timedelta(days=10)
+        for at, suffix in ((old, "old"), (new, "new")):
+            store.claim(f"done-{suffix}", at, LEASE, owner="a")
+            store.complete(f"done-{suffix}", at, "a")
+            store.append_audit(AuditRecord(f"evt-{suffix}", VAULT, at, {"n": suffix}))
+            store.record_rejected(RejectedPayload(f"bad {suffix}", "x", at))
+            store.add_mark("caller_writes", "caller-1", suffix, at)
+            store.begin_action(f"evt-{suffix}", "revert_access_policy", {"n": suffix}, at)
+            store.put_outbox(f"key-{suffix}", {"n": suffix}, at)
+        store.claim("held", cutoff - timedelta(seconds=1), LEASE, owner="a")  # unfinished, lease still running
+        etag = store.put_baseline(VAULT, vault_config(), None, now=old)
+        store.open_finding(VAULT, "KV-AP-03", {"n": 1}, old)
+
+        removed = store.prune(cutoff)
+
+        assert removed == 6  # one of each kind
+        assert [r.event_id for r in store.list_audit()] == ["evt-new"]
+        assert [r.reason for r in store.list_rejected()] == ["bad new"]
+        assert [m for m, _ in store.marks_since("caller_writes", "caller-1", old)] == ["new"]
+        assert store.pending_actions("evt-old") == [] and len(store.pending_actions("evt-new")) == 1
+        assert [i.key for i in store.list_outbox()] == ["key-new"]
+        assert store.claim("done-new", new, LEASE, owner="b") == "duplicate"
+        assert store.claim("held", cutoff, LEASE, owner="b") == "in_progress"
+        baseline = store.get_baseline(VAULT)
+        assert baseline is not None and baseline.etag == etag
+        assert [f.rule for f in store.open_findings(VAULT)] == ["KV-AP-03"]
+        assert store.prune(cutoff) == 0
+
     # Baselines
 
     def test_no_baseline_for_an_unknown_vault(self, store: StateStore) -> None:
@@ -377,6 +497,15 @@ class StateStoreContract:
         store.append_audit(AuditRecord("evt-1", VAULT, T0, {"attempt": 1}))
         store.append_audit(AuditRecord("evt-1", VAULT, T0 + timedelta(seconds=1), {"attempt": 2}))
         assert [record.outcome["attempt"] for record in store.list_audit(VAULT)] == [1, 2]
+
+    def test_audited_says_whether_an_event_has_a_record_for_the_vault(self, store: StateStore) -> None:
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, {}))
+        store.append_audit(AuditRecord("evt-2", None, T0, {}))
+        assert store.audited("evt-1", VAULT_OTHER_CASE) is True
+        assert store.audited("evt-1", OTHER_VAULT) is False
+        assert store.audited("evt-3", VAULT) is False
+        assert store.audited("evt-2", None) is True
+        assert store.audited("evt-1", None) is False
 
     # Rejected payloads
 

@@ -91,6 +91,7 @@ class Canned:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     action: Callable[[], None] | None = None
+    applied: bool = False  # handle the request as usual first, then answer with this response
 
 
 @dataclass
@@ -177,9 +178,21 @@ class ArmFake:
         canned = Canned(status=status, body=body, headers=dict(headers or {}))
         self._add_fault(method, path_pattern, canned, times)
 
+    def apply_then_fail(
+        self, method: str, path_pattern: str, *, status: int = 500, body: Any = None, times: int = 1
+    ) -> None:
+        """Carry out the next `times` matching requests, but answer each with this error (the write
+        landed; the caller cannot know)."""
+        self._add_fault(method, path_pattern, Canned(status=status, body=body, applied=True), times)
+
     def before(self, method: str, path_pattern: str, action: Callable[[], None], *, times: int = 1) -> None:
         """Run `action` before handling the next `times` matching requests (e.g. delete a vault)."""
         self._add_fault(method, path_pattern, Canned(action=action), times)
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault: the service is healthy again."""
+        with self._lock:
+            self._faults.clear()
 
     def requests_to(self, method: str, path_pattern: str) -> list[Recorded]:
         pattern = re.compile(path_pattern, re.IGNORECASE)
@@ -226,6 +239,10 @@ class ArmFake:
         with self._lock:
             self.requests.append(request)
         canned = self._take_fault(request.method, request.path)
+        if canned is not None and canned.applied:
+            with self._lock:
+                self._route(request)
+            return canned.status, canned.body, canned.headers
         if canned is not None:
             if canned.action is None:
                 return canned.status, canned.body, canned.headers

@@ -1,0 +1,326 @@
+"""Write-ahead actions on real adapters (the HTTPS ARM fake, SQLite and Azurite): a revert that
+landed but whose answer was lost, or whose record failed, is confirmed by the retry and accounted
+for — one revert in the audit with before/after, and Defender Healthy for every answered rule."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from kvguard.adapters.arm import ArmVaultGateway
+from kvguard.adapters.defender import DefenderAlertSink
+from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.adapters.tables import TablesStateStore
+from kvguard.adapters.webhook import WebhookAlertSink
+from kvguard.detection import assessment_name
+from kvguard.ids import vault_key
+from kvguard.pipeline import Pipeline, SystemClock
+from kvguard.policy import Policy
+from kvguard.ports import AlertSink, StateStore, TransientError
+from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+from tests.integration.test_faults import ARM_ERROR, OWNER, ROGUE, ROGUE_GRANT, VAULT_ID, event, vault_doc
+
+REMOVE = r"/accessPolicies/remove$"
+ASSESSMENTS = r"/providers/Microsoft\.Security/assessments/"
+ANSWERED = ("KV-AP-01", "KV-AP-03")
+EVENT_ID = "b0000000-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def fake() -> Iterator[ArmFake]:
+    with arm_fake() as running:
+        running.add_vault(vault_doc(copy.deepcopy(ROGUE_GRANT)))  # the world after the rogue write
+        yield running
+
+
+@pytest.fixture
+def ca_bundle(fake: ArmFake, tmp_path: Path) -> str:
+    return str(fake.write_ca_bundle(tmp_path / "ca.pem"))
+
+
+QUICK_RETRIES: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
+
+
+@pytest.fixture
+def gateway(fake: ArmFake, ca_bundle: str) -> Iterator[ArmVaultGateway]:
+    gw = ArmVaultGateway(FakeCredential(), endpoint=fake.base_url, connection_verify=ca_bundle, **QUICK_RETRIES)
+    yield gw
+    gw.close()
+
+
+@pytest.fixture
+def defender(fake: ArmFake, ca_bundle: str) -> DefenderAlertSink:
+    return DefenderAlertSink(FakeCredential(), endpoint=fake.base_url, connection_verify=ca_bundle, **QUICK_RETRIES)
+
+
+@pytest.fixture(params=["sqlite", "tables"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], StateStore]]:
+    """Opens the test's one shared state (as another worker process would) on each call."""
+    opened: list[SQLiteStateStore | TablesStateStore] = []
+
+    def opener() -> StateStore:
+        if request.param == "sqlite":
+            opened.append(SQLiteStateStore(tmp_path / "state.db"))
+        else:
+            connection = request.getfixturevalue("azurite_connection_string")
+            opened.append(TablesStateStore.from_connection_string(connection, request.getfixturevalue("table_prefix")))
+        return opened[-1]
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], StateStore]) -> StateStore:
+    return open_store()
+
+
+class FailsOnce:
+    """The store as it is, except that the first call of `method` once `armed()` is true fails as
+    storage does when it is briefly unavailable (the adapters raise TransientError for a 503)."""
+
+    def __init__(self, store: StateStore, method: str, armed: Callable[[], bool]) -> None:
+        self._store = store
+        self._method = method
+        self._armed = armed
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name != self._method:
+            return attribute
+
+        def failing_once(*args: Any, **kwargs: Any) -> Any:
+            if not self.failed and self._armed():
+                self.failed = True
+                raise TransientError(f"table storage ({name}): HTTP 503 Service Unavailable")
+            return attribute(*args, **kwargs)
+
+        return failing_once
+
+
+def remediating(gateway: ArmVaultGateway, store: StateStore, sinks: dict[str, AlertSink]) -> Pipeline:
+    pipeline = Pipeline(gateway=gateway, store=store, policy=Policy.model_validate({"mode": "remediate"}),
+                        sinks=sinks)
+    store.put_baseline(VAULT_ID, vault_doc(), None, now=pipeline.clock.now())
+    return pipeline
+
+
+def principals(fake: ArmFake) -> list[str]:
+    return [p["objectId"] for p in fake.vault(VAULT_ID)["properties"]["accessPolicies"]]
+
+
+def assert_accounted_for(store: StateStore, fake: ArmFake) -> None:
+    """One applied revert in the whole audit, with before/after; every answered rule Healthy in
+    Defender and closed in the store; the vault and the baseline clean."""
+    reverts = [
+        action for record in store.list_audit(VAULT_ID) for action in record.outcome["actions"]
+        if action["handler"] == "revert_access_policy" and action["status"] == "applied"
+    ]
+    assert len(reverts) == 1
+    assert reverts[0]["before"] and reverts[0]["before"][0]["objectId"] == ROGUE
+    assert reverts[0]["after"] == [None]  # the rogue principal has no entry left
+    for rule in ANSWERED:
+        assessment = fake.assessment(VAULT_ID, assessment_name(rule))
+        assert assessment is not None and assessment["properties"]["status"]["code"] == "Healthy", rule
+    assert {f.rule for f in store.open_findings(VAULT_ID)}.isdisjoint(ANSWERED)
+    assert principals(fake) == [OWNER]
+    baseline = store.get_baseline(VAULT_ID)
+    assert baseline is not None
+    assert [p["objectId"] for p in baseline.config["properties"]["accessPolicies"]] == [OWNER]
+
+
+def test_a_revert_applied_behind_a_5xx_is_confirmed_on_retry(
+    store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    pipeline = remediating(gateway, store, {"raise_defender_alert": defender})
+    fake.apply_then_fail("PUT", REMOVE, status=500, body=ARM_ERROR, times=3)  # the try and both retries
+
+    with pytest.raises(TransientError, match="revert_access_policy"):
+        pipeline.handle(event(EVENT_ID))
+    assert principals(fake) == [OWNER]  # the revert landed; nobody was told
+    assert store.list_audit(VAULT_ID) == []
+    alerts_sent = len(fake.requests_to("PUT", ASSESSMENTS))
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))  # Event Grid redelivers
+
+    (revert,) = [a for a in outcome.actions if a.handler == "revert_access_policy"]
+    assert revert.status == "applied"
+    assert "confirmed on retry" in revert.detail
+    assert set(ANSWERED) <= {f.rule for f in outcome.findings}
+    assert len(fake.requests_to("PUT", REMOVE)) == 3  # not written again
+    # Defender was not re-PUT Unhealthy: the retry only turned the answered rules Healthy.
+    retried = fake.requests_to("PUT", ASSESSMENTS)[alerts_sent:]
+    assert {r.json["properties"]["status"]["code"] for r in retried} == {"Healthy"}
+    assert_accounted_for(store, fake)
+    assert pipeline.handle(event(EVENT_ID))[0].outcome == "duplicate"
+
+
+@pytest.mark.parametrize("method", ["put_baseline", "append_audit", "open_finding", "complete"])
+def test_a_store_failure_right_after_the_revert_is_accounted_for_on_retry(
+    method: str, store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    flaky = FailsOnce(store, method, armed=lambda: bool(fake.requests_to("PUT", REMOVE)))
+    pipeline = remediating(gateway, cast(StateStore, flaky), {"raise_defender_alert": defender})
+
+    with pytest.raises(TransientError, match="503"):
+        pipeline.handle(event(EVENT_ID))
+    assert flaky.failed
+    assert principals(fake) == [OWNER]
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert outcome.outcome == "processed"
+    assert len(fake.requests_to("PUT", REMOVE)) == 1
+    assert_accounted_for(store, fake)
+    assert pipeline.handle(event(EVENT_ID))[0].outcome == "duplicate"
+
+
+def test_a_revert_that_did_not_land_is_made_on_retry(
+    store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    pipeline = remediating(gateway, store, {"raise_defender_alert": defender})
+    fake.inject("PUT", REMOVE, status=503, body=ARM_ERROR, times=3)
+
+    with pytest.raises(TransientError):
+        pipeline.handle(event(EVENT_ID))
+    assert ROGUE in principals(fake)
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    (revert,) = [a for a in outcome.actions if a.handler == "revert_access_policy"]
+    assert revert.status == "applied" and "confirmed on retry" not in revert.detail
+    assert_accounted_for(store, fake)
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
+
+
+def test_a_failing_webhook_does_not_hold_back_the_revert_and_is_retried_from_the_outbox(
+    store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink, ca_bundle: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_bundle)
+    webhook = WebhookAlertSink(f"{fake.base_url}/webhook")
+    pipeline = remediating(gateway, store, {"raise_defender_alert": defender, "notify_webhook": webhook})
+    fake.inject("POST", r"^/webhook$", status=503, body=ARM_ERROR, times=100)
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    (revert,) = [a for a in outcome.actions if a.handler == "revert_access_policy"]
+    assert revert.status == "applied"
+    (notified,) = [a for a in outcome.actions if a.handler == "notify_webhook"]
+    assert notified.status == "failed" and "outbox" in notified.detail
+    assert_accounted_for(store, fake)
+    queued = store.list_outbox()
+    assert queued and fake.webhooks == []
+    assert pipeline.flush_outbox() == 0  # still down: kept
+    assert len(store.list_outbox()) == len(queued)
+
+    fake.clear_faults()  # the webhook is back
+    assert pipeline.flush_outbox() == len(queued)
+    assert store.list_outbox() == []
+    texts = [message["text"] for message in fake.webhooks]
+    assert len(texts) == len(queued)
+    assert any("KV-AP-01" in text and "resolved" not in text for text in texts)
+    assert any(text.startswith("kvguard resolved: KV-AP-01") for text in texts)
+
+
+class LaterClock:
+    """The system clock, `ahead` in the future: a worker that sees another's lease as expired."""
+
+    def __init__(self, ahead: timedelta) -> None:
+        self.ahead = ahead
+
+    def now(self) -> datetime:
+        return SystemClock().now() + self.ahead
+
+
+def test_a_worker_whose_lease_was_taken_over_mid_revert_records_nothing(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """Worker A's revert is slower than its lease: worker B takes the event over meanwhile,
+    reverts and records it. A's late answer must not add a second record or undo B's claim. (On
+    SQLite this also shows that A holds no write lock while it waits for ARM: B could not write
+    at all otherwise.)"""
+    lease = timedelta(seconds=30)
+    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    worker_a.lease = lease
+    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
+                        sinks={"raise_defender_alert": defender}, clock=LaterClock(2 * lease), lease=lease)
+    taken_over: list[str] = []
+    fake.before("PUT", REMOVE, lambda: taken_over.extend(o.outcome for o in worker_b.handle(event(EVENT_ID))))
+
+    with pytest.raises(TransientError, match="taken over"):
+        worker_a.handle(event(EVENT_ID))
+
+    assert taken_over == ["processed"]
+    store = worker_b.store
+    [record] = store.list_audit(VAULT_ID)  # B's; A's never landed
+    assert record.outcome["outcome"] == "processed"
+    assert_accounted_for(store, fake)
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
+    assert worker_a.handle(event(EVENT_ID))[0].outcome == "duplicate"
+
+
+def test_a_second_event_of_a_vault_waits_for_the_first_so_a_change_is_reverted_once(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """ARM often sends two events for one write. Processed side by side by two workers, both
+    would read the rogue grant and both revert it; the second one is sent back to be redelivered."""
+    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
+                        sinks={"raise_defender_alert": defender})
+    second = "b0000000-0000-4000-8000-000000000002"
+    meanwhile: list[BaseException] = []
+
+    def deliver_the_twin() -> None:
+        try:
+            worker_b.handle(event(second))
+        except TransientError as error:
+            meanwhile.append(error)
+
+    fake.before("PUT", REMOVE, deliver_the_twin)
+
+    (first,) = worker_a.handle(event(EVENT_ID))
+
+    assert first.outcome == "processed"
+    assert len(meanwhile) == 1 and "being processed by another instance" in str(meanwhile[0])
+    (redelivered,) = worker_b.handle(event(second))
+    assert redelivered.outcome == "processed"
+    assert not [a for a in redelivered.actions if a.handler == "revert_access_policy" and a.status == "applied"]
+    assert len(fake.requests_to("PUT", REMOVE)) == 1
+    assert_accounted_for(worker_b.store, fake)
+
+
+def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
+    fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink, tmp_path: Path
+) -> None:
+    """Another process on the same SQLite file writes at once while this one reads the vault,
+    alerts and reverts (on today's store it waited for the whole event, or failed after 30 s)."""
+    pipeline = remediating(gateway, SQLiteStateStore(tmp_path / "state.db"), {"raise_defender_alert": defender})
+    other = sqlite3.connect(tmp_path / "state.db", timeout=0.2, isolation_level=None, check_same_thread=False)
+    written: list[str] = []
+
+    def write_from_elsewhere(what: str) -> Callable[[], None]:
+        def write() -> None:
+            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" after 0.2 s if held
+            other.execute("INSERT INTO marks (series, key, member, at) VALUES ('probe', ?, 'x', 'now')", (what,))
+            other.execute("COMMIT")
+            written.append(what)
+        return write
+
+    fake.before("GET", r"/vaults/kv-orders-01$", write_from_elsewhere("arm read"))
+    fake.before("PUT", ASSESSMENTS, write_from_elsewhere("alert"))
+    fake.before("PUT", REMOVE, write_from_elsewhere("revert"))
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert outcome.outcome == "processed"
+    assert written == ["arm read", "alert", "revert"]
+    other.close()
