@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ def status_kib(field: str) -> int:
 
 
 def state_bytes(path: Path) -> int:
-    """The database's size once the write-ahead log is folded in (what the state costs at rest)."""
+    """The database's size once the write-ahead log is folded in and free pages are given back
+    (what the state costs at rest)."""
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("VACUUM")
     pages, size = db.execute("PRAGMA page_count").fetchone()[0], db.execute("PRAGMA page_size").fetchone()[0]
     db.close()
     return int(pages * size)
@@ -80,8 +83,20 @@ def run(load: str, events: int, vaults: int, policies: int) -> dict[str, Any]:
                 handled += len(replay.pipeline.handle(text))
             cpu += time.process_time() - started_cpu
             wall += time.perf_counter() - started_wall
+        peak = status_kib("VmHWM")
+        store = replay.pipeline.store
+        everything = state_bytes(path)
+        # Retention as the reconcile timer applies it (Pipeline.prune): the first half of the run
+        # pruned, then everything; what is left at the end is what retention never prunes.
+        started, ended = datetime.fromisoformat("2026-11-27T10:00:00+00:00"), replay.world.clock.now()
+        store.prune(started + (ended - started) / 2)
+        retained = len(store.list_audit())
+        half = state_bytes(path)
+        store.prune(ended + (ended - started))
+        floor = state_bytes(path)
         return {"events": handled, "cpu_seconds": cpu, "wall_seconds": wall, "rss_before_kib": before_kib,
-                "peak_kib": status_kib("VmHWM"), "state_bytes": state_bytes(path)}
+                "peak_kib": peak, "state_bytes": everything, "retained_events": retained,
+                "retained_bytes_per_event": (half - floor) / max(retained, 1), "never_pruned_bytes": floor}
 
 
 def main() -> None:

@@ -50,11 +50,19 @@ def test_a_list_that_is_no_json_is_parsed_without_the_cache() -> None:
     assert [p.principal.object_id for p in VaultConfig.from_arm(doc).access_policies] == [WEB]
 
 
+def test_a_tuple_of_permissions_is_not_taken_for_the_list_it_spells() -> None:
+    as_list = arm([entry(WEB, secrets=["get", "list"])])
+    as_tuple = copy.deepcopy(as_list)
+    as_tuple["properties"]["accessPolicies"][0]["permissions"]["secrets"] = ("get", "list")
+    assert VaultConfig.from_arm(as_list).access_policies[0].get("secrets") == {"get", "list"}
+    assert VaultConfig.from_arm(as_tuple).access_policies[0].get("secrets") == frozenset()
+
+
 def test_the_cache_is_bounded_by_the_bytes_of_the_lists_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vault, "PARSED_POLICY_TEXT_BYTES", 2_000)
     for number in range(50):
         VaultConfig.from_arm(arm([entry(f"{number:08x}-0000-4000-8000-000000000000", secrets=["get"])]))
-    held = sum(len(text) for text in vault._parsed_policies)
+    held = sum(len(content) for content in vault._parsed_policies)
     assert held == vault._parsed_policies_bytes
     assert 0 < held <= 2_000
 
