@@ -55,7 +55,7 @@ from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
-PARSED_BASELINE_BYTES = 32_000_000  # parsed baselines kept in memory, by ETag, up to this estimate of their size
+PARSED_BASELINE_BYTES = 16_000_000  # parsed baselines kept in memory, by ETag, up to this estimate of their size
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
 SECONDARY_SINKS = frozenset({"notify_webhook"})
 RETENTION = timedelta(days=90)

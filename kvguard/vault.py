@@ -245,9 +245,10 @@ class VaultConfig:
 
 
 # Parsed access-policy lists, by the content of the raw list, bounded by the bytes of that content's
-# serialisation (about a sixth of what the parsed entries take). A vault is read on every event and
-# its policies rarely change: a 1,024-entry list parses in about 8 ms, and is serialised in about 1.
-PARSED_POLICY_TEXT_BYTES = 4_000_000
+# serialisation (about a seventh of what the parsed entries take: 1 MB holds five lists of 1,024
+# entries, or hundreds of small ones). A vault is read on every event and its policies rarely
+# change: a 1,024-entry list parses in about 8 ms, and is serialised in about 1.
+PARSED_POLICY_TEXT_BYTES = 1_000_000
 _parsed_policies: OrderedDict[bytes, tuple[AccessPolicy, ...]] = OrderedDict()
 _parsed_policies_bytes = 0
 _parsed_policies_lock = threading.Lock()

@@ -75,3 +75,16 @@ def test_over_broad_answers_are_reused_for_one_list_and_recomputed_for_another()
     narrow = VaultConfig.from_arm(arm([entry(ROGUE, secrets=["get"])]))
     assert _over_broad(narrow, policy) == {}
     assert ROGUE in next(iter(_over_broad(broad, policy)))
+
+
+def test_over_broad_answers_keep_no_more_entries_than_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detectors import access_policy
+
+    monkeypatch.setattr(access_policy, "_OVER_BROAD_ENTRIES", 10)
+    monkeypatch.setattr(access_policy, "_over_broad_by_list", {})
+    policy = Policy()
+    for number in range(8):
+        grants = [entry(f"{number:04x}{j:04x}-0000-4000-8000-000000000000", secrets=["get"]) for j in range(3)]
+        _over_broad(VaultConfig.from_arm(arm(grants)), policy)
+    held = sum(len(kept) for kept, _ in access_policy._over_broad_by_list.values())
+    assert 0 < held <= 10
