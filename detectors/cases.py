@@ -111,3 +111,65 @@ EVENT_SUBSCRIPTION_ID = (
 FUNCTION_APP_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-kvguard/providers/Microsoft.Web/sites/func-kvguard"
 APP_CONFIG_WRITE_ID = f"{FUNCTION_APP_ID}/config/appsettings"
 OWN_DEPLOYMENT = {"own_resource_ids": [EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID]}
+
+# --- resources beside the vault: diagnostic settings, locks, private endpoints, the Defender plan
+WORKSPACE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-soc/providers/"
+             "Microsoft.OperationalInsights/workspaces/law-soc")
+OTHER_WORKSPACE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-soc/providers/"
+                   "Microsoft.OperationalInsights/workspaces/law-soc-archive")
+FOREIGN_WORKSPACE = (f"/subscriptions/{FOREIGN_SUBSCRIPTION}/resourceGroups/rg-x/providers/"
+                     "Microsoft.OperationalInsights/workspaces/law-x")
+
+
+def diagnostic_setting(name: str = "audit", logs: tuple[dict[str, Any], ...] | None = None,
+                       metrics_enabled: bool = True, **destinations: str) -> dict[str, Any]:
+    """A diagnostic setting of the default vault: audit logs to the SOC workspace unless told otherwise."""
+    return {
+        "id": f"{VAULT_ID}/providers/Microsoft.Insights/diagnosticSettings/{name}",
+        "name": name,
+        "type": "Microsoft.Insights/diagnosticSettings",
+        "properties": {
+            **(destinations or {"workspaceId": WORKSPACE}),
+            "logs": list(logs if logs is not None else ({"categoryGroup": "audit", "enabled": True},)),
+            "metrics": [{"category": "AllMetrics", "enabled": metrics_enabled}],
+        },
+    }
+
+
+def lock(level: str = "CanNotDelete", scope: str = VAULT_ID, name: str = "do-not-delete",
+         notes: str = "payments vault") -> dict[str, Any]:
+    return {
+        "id": f"{scope}/providers/Microsoft.Authorization/locks/{name}",
+        "name": name,
+        "type": "Microsoft.Authorization/locks",
+        "properties": {"level": level, "notes": notes},
+    }
+
+
+def endpoint_connection(status: str = "Approved", subscription: str = SUBSCRIPTION,
+                        name: str = "pe-app") -> dict[str, Any]:
+    endpoint = (f"/subscriptions/{subscription}/resourceGroups/rg-net/providers/"
+                f"Microsoft.Network/privateEndpoints/{name}")
+    return {
+        "id": f"{VAULT_ID}/privateEndpointConnections/{name}",
+        "name": name,
+        "type": "Microsoft.KeyVault/vaults/privateEndpointConnections",
+        "properties": {
+            "privateEndpoint": {"id": endpoint},
+            "privateLinkServiceConnectionState": {"status": status, "description": "", "actionsRequired": "None"},
+            "provisioningState": "Succeeded",
+        },
+    }
+
+
+def pricing(tier: str = "Standard", sub_plan: str | None = "PerKeyVault",
+            subscription: str = SUBSCRIPTION) -> dict[str, Any]:
+    properties: dict[str, Any] = {"pricingTier": tier}
+    if sub_plan is not None:
+        properties["subPlan"] = sub_plan
+    return {
+        "id": f"/subscriptions/{subscription}/providers/Microsoft.Security/pricings/KeyVaults",
+        "name": "KeyVaults",
+        "type": "Microsoft.Security/pricings",
+        "properties": properties,
+    }

@@ -21,8 +21,9 @@ _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 def _applies(ctx: Context) -> bool:
-    """Event rules judge every Key Vault event that names a vault, failed attempts included."""
-    return ctx.event.vault is not None
+    """Event rules judge every Key Vault event that names a vault, and every watched change to a
+    resource covering one (a role assignment, a lock, …), failed attempts included."""
+    return ctx.event.vault is not None or ctx.resource is not None
 
 
 def _caller(caller: Caller) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def unapproved_caller(ctx: Context) -> Iterator[Hit]:
 
 
 def _vault_tenant(ctx: Context) -> str | None:
-    for config in (ctx.after, ctx.before):
+    for config in (ctx.after, ctx.before, *(ctx.resource.vaults if ctx.resource else ())):
         if config is not None and config.tenant_id:
             return config.tenant_id.lower()
     return ctx.event.tenant_id.lower() if ctx.event.tenant_id else None

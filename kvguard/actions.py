@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kvguard.ports import Alert, AlertSink, StateStore, TransientError, VaultGateway
+from kvguard.ports import Alert, AlertSink, ResourceGateway, StateStore, TransientError, VaultGateway
 from kvguard.vault import AccessPolicy, VaultConfig
 from remediation.base import Operation
 
@@ -54,17 +54,20 @@ def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResul
 
 class ActionRunner:
     def __init__(self, gateway: VaultGateway, sinks: Mapping[str, AlertSink], *,
-                 ledger: StateStore | None = None, now: Callable[[], datetime] | None = None) -> None:
+                 ledger: StateStore | None = None, now: Callable[[], datetime] | None = None,
+                 resources: ResourceGateway | None = None) -> None:
         """With a `ledger`, every vault write is noted there before it is made, so that its event
         is recognised as kvguard's own and nothing else is. `now` stamps those notes and when each
         action started and finished (telemetry's latency); it is asked at each use, so a pipeline
-        whose clock is replaced is followed."""
+        whose clock is replaced is followed. `resources` writes the resources beside the vaults
+        (none: their PUTs fail, recorded); their writes are noted in the ledger the same way."""
         if ledger is not None and now is None:
             raise ValueError("a ledger of own writes needs a clock")
         self._gateway = gateway
         self._sinks = sinks
         self._ledger = ledger
         self._now: Callable[[], datetime] = now or (lambda: datetime.now(UTC))
+        self._resources = resources
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
             current: VaultConfig | None) -> ActionResult:
@@ -140,12 +143,18 @@ class ActionRunner:
             props = current.raw.get("properties", {})
             needed = {k: v for k, v in op.target.items() if props.get(k) != v}
             return replace(op, target=needed) if needed else None
+        if op.kind == "put_resource" and isinstance(op.target, Mapping) and self._resources is not None:
+            # re-read: the resource may have been put right (or changed again) since it was planned
+            now = self._resources.get(op.vault_id)
+            return None if now is not None and contains(now, op.target) else replace(op, before=now)
         return op
 
     def _note_own_write(self, op: Operation) -> None:
         """Written ahead: a crash between the note and the write leaves only an entry that no
         event consumes, never an own write that the ledger does not know."""
         operation = ARM_OPERATIONS.get(op.kind)
+        if op.kind == "put_resource" and isinstance(op.target, Mapping):
+            operation = f"{op.target.get('type')}/write"  # a resource beside the vault: its own type's write
         if operation is not None and self._ledger is not None:
             self._ledger.record_own_write(op.vault_id, operation, self._now())
 
@@ -163,11 +172,26 @@ class ActionRunner:
             result = self._gateway.update(op.vault_id, op.target)
             props = result.raw.get("properties", {})
             return {k: props.get(k) for k in op.target}
+        if op.kind == "put_resource" and isinstance(op.target, Mapping):
+            if self._resources is None:
+                raise LookupError(f"no writer of the resource {op.vault_id} is configured")
+            return self._resources.put(op.vault_id, op.target)
         if op.kind == "alert" and isinstance(op.target, Alert):
             return self._sinks[op.handler].raise_alert(op.target)
         if op.kind == "resolve" and isinstance(op.target, Alert):
             return self._sinks[op.handler].resolve(op.target.vault_id, op.target.rule)
         raise ValueError(f"operation {op.kind} of {op.handler} has no applier")
+
+
+def contains(document: Any, wanted: Any) -> bool:
+    """Whether `document` already says everything `wanted` says: objects key by key (keys
+    case-insensitive, as ARM treats them), anything else by equality."""
+    if isinstance(wanted, Mapping):
+        if not isinstance(document, Mapping):
+            return False
+        present = {str(k).lower(): v for k, v in document.items()}
+        return all(str(k).lower() in present and contains(present[str(k).lower()], v) for k, v in wanted.items())
+    return bool(document == wanted)
 
 
 def merged(confirmed: ActionResult, result: ActionResult) -> ActionResult:

@@ -9,24 +9,41 @@ sees the same catalog.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvguard.detection import Rule
 from kvguard.registry import Registry, declared
 from remediation.base import Handler
 
+if TYPE_CHECKING:
+    from kvguard.policy import Policy
+
 
 def _load_rules(registry: Registry[Rule]) -> None:
-    from detectors import access_policy, identity, lifecycle, network, protection
+    from detectors import (
+        access_policy,
+        audit_logs,
+        defender_plan,
+        identity,
+        lifecycle,
+        locks,
+        network,
+        private_endpoints,
+        protection,
+        steering,
+    )
     from detectors import self as own_identity
 
-    for family in (access_policy, network, protection, identity, lifecycle, own_identity):
+    for family in (access_policy, network, protection, identity, lifecycle, own_identity, audit_logs, locks,
+                   private_endpoints, defender_plan, steering):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
 
 def _load_handlers(registry: Registry[Handler]) -> None:
-    from remediation import access_policy, alerts, network, settings
+    from remediation import access_policy, alerts, network, resources, settings
 
-    for family in (access_policy, alerts, network, settings):
+    for family in (access_policy, alerts, network, settings, resources):
         for handler in declared(family, Handler):
             registry.add(handler.id, handler)
 
@@ -44,3 +61,15 @@ def load() -> None:
 def alert_handlers() -> tuple[str, ...]:
     """The alerting handlers, in catalog order: alerts go out in this order, before any remediation."""
     return tuple(h.id for h in HANDLERS.values() if h.kind == "alert")
+
+
+def remediating_handlers(policy: Policy) -> tuple[str, ...]:
+    """The remediation handlers the policy can run: those of a rule that remediates by default or
+    that the policy opts in (`rules: {<id>: {remediate: true}}`). An opt-in handler's right is the
+    operator's to grant (README, "Opt-in rights"), so `kvguard doctor` asks for it only then."""
+    wanted = []
+    for rule in RULES.values():
+        override = policy.rule(rule.id).remediate
+        if rule.remediation and (override if override is not None else rule.remediate_by_default):
+            wanted.append(rule.remediation)
+    return tuple(dict.fromkeys(wanted))

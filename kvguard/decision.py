@@ -11,14 +11,10 @@ from kvguard.detection import Finding
 from kvguard.events import VaultEvent
 from kvguard.ids import vault_key
 from kvguard.policy import Mode, Policy
-from kvguard.vault import VaultConfig
 
-MODE_TAG = "kvguard-mode"
-CRITICALITY_TAG = "criticality"
-# Tags that steer kvguard itself. They are read from the accepted baseline, never from the change
-# being judged: otherwise whoever can write a vault could tag it `kvguard-mode: observe` and open it
-# in the same write.
-STEERING_TAGS = (MODE_TAG, CRITICALITY_TAG)
+# The steering tags are defined beside VaultConfig, where the rules (KV-TAG-01) read them too.
+from kvguard.vault import MODE_TAG, VaultConfig
+from kvguard.vault import STEERING_TAGS as STEERING_TAGS
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,23 @@ VAULT_OPERATIONS = (
     "Microsoft.KeyVault/vaults/delete",
     "Microsoft.KeyVault/locations/deletedVaults/purge/action",
 )
+# Changes to the resources beside a vault (kvguard.resources): audit logging, locks, private
+# endpoints, the Defender plan.
+ADJACENT_OPERATIONS = (
+    "Microsoft.Insights/diagnosticSettings/write",
+    "Microsoft.Insights/diagnosticSettings/delete",
+    "Microsoft.Authorization/locks/write",
+    "Microsoft.Authorization/locks/delete",
+    "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
+    "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
+    "Microsoft.Security/pricings/write",
+)
 EVENT_SUBSCRIPTION_WRITE = "Microsoft.EventGrid/systemTopics/eventSubscriptions/write"
 EVENT_SUBSCRIPTION_DELETE = "Microsoft.EventGrid/systemTopics/eventSubscriptions/delete"
 APP_CONFIG_WRITE = "Microsoft.Web/sites/config/write"
 # Changes to kvguard's own deployment (KV-SELF-02).
 DEPLOYMENT_OPERATIONS = (EVENT_SUBSCRIPTION_WRITE, EVENT_SUBSCRIPTION_DELETE, APP_CONFIG_WRITE)
-OPERATIONS = VAULT_OPERATIONS + DEPLOYMENT_OPERATIONS
+OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS
 # The rules that judge a change to kvguard's own deployment (it concerns no vault).
 DEPLOYMENT_RULES = ("KV-SELF-02",)
 FUNCTION = "on_vault_event"

@@ -22,6 +22,7 @@ from kvguard.vault import VaultConfig, VaultDiff, diff
 if TYPE_CHECKING:
     from kvguard.events import VaultEvent
     from kvguard.policy import Policy, Severity
+    from kvguard.resources import ResourceState, Sweep
 
 # The kinds as the catalog writes them (`kvguard rules`, the README, infra/rules.json).
 KindLabel = Literal[
@@ -110,7 +111,10 @@ class History:
 @dataclass(frozen=True)
 class Context:
     """Everything a rule may look at. `before` is the accepted baseline (None: first sight),
-    `after` the current configuration (None: the vault is gone)."""
+    `after` the current configuration (None: the vault is gone). For a change to another resource
+    (a role assignment, a lock, …) `before`/`after` are None and `resource` holds that resource's
+    baseline and current JSON and the vaults it covers. A sweep rule sees `sweep`: one vault and
+    what was read around it (None outside a sweep)."""
 
     event: VaultEvent
     before: VaultConfig | None
@@ -120,6 +124,8 @@ class Context:
     history: History
     now: datetime
     baseline_deleted: bool = False
+    resource: ResourceState | None = None
+    sweep: Sweep | None = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +161,11 @@ class Finding:
 class Case:
     """A named example of a rule's input: `fires` says whether the rule must fire on it.
 
-    `before`/`after` are ARM GET bodies (None: no baseline / vault gone); `event` overrides fields
-    of the default event (see `make_event` in tests/cases.py); `policy` and `history` likewise.
+    `before`/`after` are ARM GET bodies (None: no baseline / vault gone) of the vault or, when
+    their `type` says another resource, of that resource (over the default vault); `event`
+    overrides fields of the default event (see `make_event` in tests/cases.py); `policy` and
+    `history` likewise. `sweep`, for a sweep rule, lists the resources the sweep read around the
+    default vault (None: not a sweep).
     """
 
     name: str
@@ -167,6 +176,7 @@ class Case:
     policy: Mapping[str, Any] = field(default_factory=dict)
     history: Mapping[str, Any] = field(default_factory=dict)
     baseline_deleted: bool = False
+    sweep: tuple[Mapping[str, Any], ...] | None = None
 
 
 Detect = Callable[[Context], Iterable[Hit]]

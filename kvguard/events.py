@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kvguard.ids import VaultRef, parse_vault_ref
+from kvguard.resources import ResourceChange, resource_change
 
 RESOURCE_EVENT_PREFIX = "microsoft.resources."
 ACCESS_POLICY_CHANGED = "microsoft.keyvault.vaultaccesspolicychanged"
@@ -183,7 +184,9 @@ class Caller:
 
 @dataclass(frozen=True)
 class VaultEvent:
-    """One delivered event, normalised. `vault` is None for events that name no Key Vault."""
+    """One delivered event, normalised. `vault` is None for events that name no Key Vault (for a
+    change to another resource: none that the resource lies in). `resource` is set for a watched
+    change to a resource other than a vault (kvguard.resources)."""
 
     id: str
     event_type: str
@@ -200,6 +203,7 @@ class VaultEvent:
     correlation_id: str | None
     tenant_id: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    resource: ResourceChange | None = None
     # What the Activity Log adds and Event Grid lacks: the request's body (a role assignment's
     # principal, role and scope), decoded; None for an Event Grid delivery.
     request: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -413,6 +417,7 @@ def _normalise(
             caller=_caller(payload),
             correlation_id=payload.correlation_id,
             tenant_id=(payload.tenant_id or "").lower() or None,
+            resource=resource_change(operation, payload.resource_uri),
         )
     if lowered_type == ACCESS_POLICY_CHANGED:
         if not isinstance(data, Mapping):

@@ -66,6 +66,11 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     vaults_word = "vault" if seeded + present == 1 else "vaults"
     console.print(f"{seeded + present} {vaults_word} in {len(args.subscriptions)} subscription(s): "
                   f"{seeded} baseline(s) seeded, {present} already present")
+    # The resources beside the vaults, then the sweep rules over them (KV-LOG-02, KV-DEF-01).
+    resources = pipeline.seed_resources()
+    opened = [f"{f.rule} on {o.vault}" for o in pipeline.sweep() for f in o.findings]
+    console.print(f"{resources} resource baseline(s) seeded beside the vaults; sweep: "
+                  + (", ".join(opened) if opened else "no finding"))
     return 0
 
 

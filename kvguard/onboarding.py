@@ -174,7 +174,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     after a confirmation (or `--yes`), then checked again."""
     from kvguard import doctor, runtime
     from kvguard.adapters.onboarding import ArmOnboardingReader
-    from kvguard.catalog import HANDLERS
+    from kvguard.catalog import HANDLERS, remediating_handlers
     from kvguard.live import _live_settings
 
     settings = _live_settings()
@@ -185,7 +185,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     credential = credential_of(args)
     pipeline = runtime.build(settings, credential=credential)
     reader = ArmOnboardingReader(credential, endpoint=settings.arm_endpoint)
-    needed = doctor.needed_actions((h.permission for h in HANDLERS.values() if h.kind == "remediation"),
+    needed = doctor.needed_actions((HANDLERS[h].permission for h in remediating_handlers(pipeline.policy)),
                                    defender="raise_defender_alert" in pipeline.sinks)
     checks: list[doctor.Check] = [doctor.state_check(_probe_state(pipeline), settings.state_backend)]
     principals = list(pipeline.policy.own_principal_ids)

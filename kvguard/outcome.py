@@ -32,8 +32,8 @@ class Outcome:
     # table (operation, caller, latency), never part of the `--json` shape.
     event: VaultEvent | None = field(default=None, compare=False)
     finished: datetime | None = field(default=None, compare=False)
-    # The changed resource when it is no vault (kvguard's own deployment); vault events leave it
-    # None, and their records keep exactly the keys they always had.
+    # The changed resource when it is no vault (a role assignment, a lock, kvguard's own
+    # deployment, …); for a vault's own change the record's `resource` is the vault.
     resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -42,13 +42,12 @@ class Outcome:
             "outcome": self.outcome,
             "reason": self.reason,
             "vault": self.vault,
+            "resource": self.resource if self.resource is not None else self.vault,
             "risk": self.risk,
             "severity": self.severity,
             "findings": [f.to_json() for f in self.findings],
             "actions": [a.to_json() for a in self.actions],
         }
-        if self.resource is not None:
-            record["resource"] = self.resource
         return record
 
     def to_audit(self) -> dict[str, Any]:

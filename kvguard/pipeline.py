@@ -29,7 +29,7 @@ from kvguard.deployment import (
     is_deployment_operation,
     is_event_subscription,
 )
-from kvguard.detection import Closing, Context, Finding, History, Rule, detect_all
+from kvguard.detection import Basis, Closing, Context, Finding, History, Rule, detect_all
 from kvguard.events import Caller, Rejected, VaultEvent, parse
 from kvguard.ids import owning_id, parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
@@ -44,9 +44,20 @@ from kvguard.ports import (
     DeploymentReader,
     PermanentError,
     RejectedPayload,
+    ResourceGateway,
     StateStore,
     TransientError,
     VaultGateway,
+)
+from kvguard.resources import (
+    RESOURCE_TYPES,
+    SWEEP_TYPES,
+    ResourceChange,
+    ResourceState,
+    Sweep,
+    covers,
+    is_vault_id,
+    resource_type_of,
 )
 from kvguard.risk import Risk, assess
 from kvguard.suppression import suppress, with_notes
@@ -101,12 +112,16 @@ class Pipeline:
         sinks: Mapping[str, AlertSink] | None = None,
         clock: Clock | None = None,
         lease: timedelta = timedelta(minutes=5),
+        resources: ResourceGateway | None = None,
         retention: timedelta = RETENTION,
         activity_log: ActivityLog | None = None,
         deployment: DeploymentReader | None = None,
     ) -> None:
-        """`deployment` reads kvguard's own event subscriptions for the reconcile check (none: no check)."""
+        """`resources` reads and writes the resources beside the vaults (none: their changes are
+        ignored, with that reason); `deployment` reads kvguard's own event subscriptions for the
+        reconcile check (none: no check)."""
         self.gateway = gateway
+        self.resources = resources
         self.store = store
         self.policy = policy
         self.sinks = dict(sinks or {})
@@ -115,7 +130,8 @@ class Pipeline:
         self.retention = retention
         self.activity_log = activity_log
         self.deployment = deployment
-        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now())
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now(),
+                                   resources=resources)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
         self._parsed_bytes = 0
 
@@ -141,6 +157,8 @@ class Pipeline:
         own_resource = self._own_resource(event)
         if own_resource is not None:
             return self._handle_own_deployment(event, own_resource)
+        if event.resource is not None:
+            return self._handle_resource(event, event.resource)
         passed = self._filter(event)
         if passed is not None:
             return passed
@@ -193,6 +211,7 @@ class Pipeline:
         pipeline on every vault whose configuration differs from its baseline (a vault whose
         baseline says deleted has been recovered). One vault's failure does not stop the others."""
         outcomes = []
+        established = {b.vault_id for b in self._known_vaults()}
         for subscription_id in subscription_ids:
             for vault in self.gateway.list_vaults(subscription_id):
                 try:
@@ -202,6 +221,8 @@ class Pipeline:
                     continue
                 if outcome is not None:
                     outcomes.append(outcome)
+        outcomes += self._reconcile_resources(established)
+        outcomes += self.sweep()
         outcomes += self.check_own_deployment()
         return outcomes
 
@@ -234,13 +255,12 @@ class Pipeline:
         never an ARM read, so a recognised own write costs no GET. The window is taken from the
         event's time (when ARM made the write), not from its delivery, so a dead letter redriven
         days later still finds its entry, and an event from before kvguard planned a write never
-        takes that write's entry."""
-        assert event.vault is not None
-        if event.operation is None:
+        takes that write's entry. A resource beside a vault is noted under its own id."""
+        written = event.resource.id if event.resource is not None else event.vault.id if event.vault else None
+        if event.operation is None or written is None:
             return False
         since, until = _ledger_window(event.time or self.clock.now())
-        return self.store.match_own_write(event.vault.id, event.operation, event.id, event.correlation_id,
-                                          since, until)
+        return self.store.match_own_write(written, event.operation, event.id, event.correlation_id, since, until)
 
     # --- kvguard's own deployment (KV-SELF-02) --------------------------------------------------
 
@@ -518,10 +538,11 @@ class Pipeline:
         since = now - self.policy.circuit_breaker.window
         return len(self.store.marks_since("remediations", vault_key(vault_id), since))
 
-    def _history(self, event: VaultEvent, now: datetime) -> _Recall:
+    def _history(self, event: VaultEvent, now: datetime, key: str | None = None) -> _Recall:
+        """`key` names what the change is counted under when it is not the event's vault."""
         window = self.policy.history
         caller = event.caller.id
-        vault = self._history_key(event)
+        vault = key or self._history_key(event)
         grants = self.store.marks_since("grants", vault, now - window.grant_window)
         if caller is None:
             return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
@@ -588,6 +609,8 @@ class Pipeline:
         after: VaultConfig | None,
         earlier: _Earlier,
         joined: Sequence[Finding] = (),
+        alerts: Sequence[Alert] | None = None,
+        resource: ResourceState | None = None,
     ) -> list[ActionResult]:
         """Alerts first; remediation only after every alert went out, each one written ahead
         (its intent) before it is applied. A secondary sink that fails does not hold it back. A
@@ -815,6 +838,361 @@ class Pipeline:
             raise TransientError(f"baseline of {vault_id} changed concurrently; retry") from error
 
 
+    # --- any other ARM resource: role assignments, diagnostic settings, locks, … -----------------
+    # The same steps as a vault's change, judged against the resource's own baseline (kept in the
+    # baseline table under the resource's id: one assignment at subscription scope is stored once),
+    # for the vaults its scope covers.
+
+    def _handle_resource(self, event: VaultEvent, change: ResourceChange) -> Outcome:
+        vault_id = self._known_id(event) if event.vault is not None else None
+        if self.resources is None:
+            return Outcome(event.id, "ignored", f"no reader of {change.type} is configured", vault_id,
+                           resource=change.id)
+        covered = self._covered_vaults(event, change)
+        if not covered:
+            return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
+                           resource=change.id)
+        own = event.caller.ids() & set(self.policy.own_principal_ids)
+        if own and self._planned(event):
+            return Outcome(event.id, "self", f"own write by {sorted(own)[0]}: never acted on", vault_id,
+                           resource=change.id)
+        now = self.clock.now()
+        with self.store.batch():
+            claim = self.store.claim(event.id, now, self.lease)
+            if claim == "duplicate":
+                return Outcome(event.id, "duplicate", "event already processed", vault_id, resource=change.id)
+            if claim == "in_progress":
+                raise TransientError(f"event {event.id} is being processed by another instance")
+            try:
+                try:
+                    outcome = self._process_resource(event, change, covered, vault_id, now)
+                except PermanentError as error:
+                    reason = f"permanent failure: {error}"
+                    self.store.record_rejected(RejectedPayload(reason, json.dumps(event.raw, default=str),
+                                                               self.clock.now(), event.id))
+                    outcome = Outcome(event.id, "rejected", reason, vault_id, resource=change.id)
+                self.store.complete(event.id, self.clock.now())
+            except BaseException:
+                self.store.release(event.id)
+                raise
+        return outcome
+
+    def _known_vaults(self) -> list[Baseline]:
+        """The baselines of the vaults kvguard knows (not deleted), in the store's order."""
+        return [b for b in self.store.list_baselines() if not b.deleted and is_vault_id(b.vault_id)]
+
+    def _covered_vaults(self, event: VaultEvent, change: ResourceChange) -> list[Baseline]:
+        """The known vaults the change's scope covers; a resource inside one vault needs no listing."""
+        if event.vault is not None and event.vault.resource_group is not None:
+            baseline = self.store.get_baseline(event.vault.id)
+            return [baseline] if baseline is not None and not baseline.deleted else []
+        return [b for b in self._known_vaults() if covers(change.scope, b.vault_id)]
+
+    def _process_resource(
+        self, event: VaultEvent, change: ResourceChange, covered: list[Baseline], vault_id: str | None,
+        now: datetime,
+    ) -> Outcome:
+        assert self.resources is not None
+        after = self.resources.get(change.id)
+        baseline = self.store.get_baseline(change.id)
+        before = baseline.config if baseline is not None and not baseline.deleted else None
+        vaults = tuple(self._baseline_config(b) for b in covered)
+        state = ResourceState(change, before, after, vaults)
+        history_key = vault_key(vault_id) if vault_id else change.key
+        recall = self._history(event, now, history_key)
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy,
+                          history=recall.history, now=now, resource=state)
+        findings = detect_all(context, RULES)
+        if vault_id is None:  # a broader scope: the findings name the vaults it covers
+            findings = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in findings]
+        steering = vaults[0] if len(vaults) == 1 else None  # several vaults: the policy steers, not one's tags
+        judged_id = vault_id or change.id
+        risk = assess(findings, event, steering, self.policy)
+        decision = decide(
+            policy=self.policy, event=event, vault=steering, vault_id=judged_id,
+            vault_name=steering.name if steering is not None else change.id.rsplit("/", 1)[-1],
+            findings=findings, risk=risk.value,
+            recent_remediations=self._recent_remediations(judged_id, steering, findings, now),
+        )
+        alerts = [alert for vault in vaults for alert in self._alerts(event, vault.id, findings, risk)]
+        actions = self._act_beside(event, findings, decision, alerts, state)
+        remediated = any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+        failed = any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+        final = self.resources.get(change.id) if remediated else after
+        resolutions = self._settle_resource_findings(event, change, state, findings, actions, decision, final, now)
+        self._record_resource(event, change, baseline, before, final, history_key, recall, remediated, failed, now)
+        outcome = Outcome(event.id, "processed", _resource_reason(change, before, after, findings, risk, decision),
+                          vault_id, risk.value, risk.severity, findings, actions, risk.explanation, resolutions,
+                          resource=change.id)
+        self.store.append_audit(AuditRecord(event.id, judged_id, now, outcome.to_audit()))
+        return outcome
+
+    def _act_beside(
+        self, event: VaultEvent, findings: Sequence[Finding], decision: Decision, alerts: Sequence[Alert],
+        resource: ResourceState | None,
+    ) -> list[ActionResult]:
+        """`_act` for a resource beside the vaults and for a sweep: `alerts` go to every vault the
+        change covers, first; then each remediation handler re-reads the resource and PUTs it back
+        (noted in the ledger of own writes by the runner). No write-ahead intent is kept: a
+        redelivery re-plans from the resource as it then is, which the PUT's idempotency makes safe."""
+        if not findings:
+            return []
+        results: list[ActionResult] = []
+        for handler_id in alert_handlers():
+            if handler_id not in self.sinks:
+                continue
+            if not decision.alert:
+                results.append(skipped(handler_id, decision.alert_reason))
+                continue
+            results.append(self._deliver(handler_id, HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)),
+                                         None))
+        allowed = remediable(findings, self.policy)
+        by_handler: dict[str, list[Finding]] = defaultdict(list)
+        for finding in findings:
+            if finding.remediation:
+                by_handler[finding.remediation].append(finding)
+        for handler_id, handler_findings in by_handler.items():
+            rules = sorted({f.rule for f in handler_findings})
+            mine = [f for f in handler_findings if f in allowed]
+            if not decision.remediate:
+                results.append(skipped(handler_id, decision.remediate_reason, rules))
+                continue
+            if not mine:
+                results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
+                continue
+            operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=resource))
+            if not operations:
+                results.append(skipped(handler_id, "nothing to restore: no baseline value to go back to", rules))
+                continue
+            result = self.runner.run(handler_id, operations, dry_run=decision.dry_run, current=None)
+            if result.transient:
+                # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
+                raise TransientError(f"{handler_id}: {result.detail}")
+            results.append(result)
+        return results
+
+    def _settle_resource_findings(
+        self, event: VaultEvent, change: ResourceChange, state: ResourceState, findings: Sequence[Finding],
+        actions: Sequence[ActionResult], decision: Decision, final: Mapping[str, Any] | None, now: datetime,
+    ) -> list[ActionResult]:
+        """Open a finding per rule that fired, under the resource's id (with the vaults it covers and,
+        for a diff rule, the resource as the baseline had it), and close the ones that no longer
+        hold: remediated, an event rule's finding once a later change no longer fires it, a diff
+        rule's once the resource is back as the baseline had it. The alert sinks hear of each
+        closed finding once per covered vault."""
+        remediated = {r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation"
+                      for r in a.rules}
+        open_now = {f.rule: f.finding for f in self.store.open_findings(change.id)}
+        firing = {f.rule for f in findings} - remediated
+        for finding in findings:
+            if finding.rule in remediated:
+                continue
+            record: dict[str, Any] = {**finding.to_json(), "vaults": state.vault_ids}
+            if RULES[finding.rule].kind.closing is Closing.BACK_TO_BASELINE:
+                record["baseline"] = open_now.get(finding.rule, {}).get("baseline", {"config": state.before})
+            self.store.open_finding(change.id, finding.rule, record, now)
+            open_now[finding.rule] = record
+        closed = []
+        for rule_id, kept in open_now.items():
+            if rule_id not in RULES or rule_id in firing:
+                continue
+            closing = RULES[rule_id].kind.closing
+            gone = (rule_id in remediated
+                    or closing is Closing.LATEST_CHANGE
+                    or (closing is Closing.BACK_TO_BASELINE
+                        and _same_resource(final, (kept.get("baseline") or {}).get("config"))))
+            if gone and self.store.close_finding(change.id, rule_id):
+                closed.append((rule_id, kept.get("vaults") or state.vault_ids))
+        if not closed or decision.mode == "observe":
+            return []
+        results = []
+        for handler_id in alert_handlers():
+            if handler_id in self.sinks:
+                operations = [
+                    Operation(handler_id, "resolve", str(vault), f"resolved {rule_id}",
+                              Alert(str(vault), rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                    for rule_id, vaults in closed for vault in vaults
+                ]
+                results.append(self.runner.run(handler_id, operations, dry_run=False, current=None))
+        return results
+
+    def _record_resource(
+        self, event: VaultEvent, change: ResourceChange, baseline: Baseline | None,
+        before: Mapping[str, Any] | None, final: Mapping[str, Any] | None, history_key: str, recall: _Recall,
+        remediated: bool, failed: bool, now: datetime,
+    ) -> None:
+        """History marks as for a vault, and the resource's new baseline: the state after acting,
+        unless a remediation failed or the change cannot be pinned on this event's caller."""
+        caller = event.caller.id
+        if caller is not None:
+            if not event.succeeded:
+                self.store.add_mark("caller_failures", caller, event.id, now)
+            else:
+                if not recall.history.caller_seen_before:
+                    self.store.add_mark("caller_writes", f"{history_key}|{caller}", event.id, now)
+                if not recall.vault_marked:
+                    self.store.add_mark("caller_vaults", caller, history_key, now)
+        if remediated:
+            self.store.add_mark("remediations", history_key, event.id, now)
+        if failed or unattributed(self.policy, event):
+            return
+        if final is None:
+            if before is not None:
+                self._store_baseline(change.id, dict(before), baseline, now, deleted=True)
+            return
+        if before is None or not _same_resource(final, before):
+            self._store_baseline(change.id, dict(final), baseline, now)
+
+    def _reconcile_resources(self, established: set[str]) -> list[Outcome]:
+        """Catch the resource changes Event Grid dropped (and the management-group ones it never
+        delivers to a subscription topic): every resource listed at each known vault's scope, and
+        every resource with a baseline, compared with its baseline. A resource that covers only
+        vaults first seen by this reconciliation is seeded, not judged: that is first sight."""
+        if self.resources is None:
+            return []
+        outcomes = []
+        current: dict[str, Mapping[str, Any] | None] = {}
+        for vault in self._known_vaults():
+            for resource_type in RESOURCE_TYPES:
+                try:
+                    listed = self.resources.list_at_scope(vault.vault_id, resource_type)
+                except Exception:  # logged with its traceback; the next run lists again
+                    log.exception("listing %s at %s failed", resource_type, vault.vault_id)
+                    continue
+                for doc in listed:
+                    current.setdefault(vault_key(str(doc["id"])), doc)
+        stored = {vault_key(b.vault_id): b for b in self.store.list_baselines() if not is_vault_id(b.vault_id)}
+        for key, kept in stored.items():
+            if key not in current and not kept.deleted:
+                current[key] = self.resources.get(kept.vault_id)
+        for key, found in current.items():
+            baseline = stored.get(key)
+            resource_id = str(found["id"]) if found is not None else (baseline.vault_id if baseline else key)
+            change = _reconciled_change(resource_id, found, baseline)
+            if change is None:
+                continue
+            if baseline is None and found is not None and not any(
+                    covers(change.scope, v) for v in established):
+                self.store.put_baseline(resource_id, dict(found), None, now=self.clock.now())
+                continue
+            try:
+                outcomes.append(self.handle_event(_resource_reconciliation_event(change, baseline)))
+            except Exception:  # logged with its traceback; the next run tries this resource again
+                log.exception("reconciliation of %s failed", resource_id)
+        return outcomes
+
+    # --- sweeps: rules that read beyond the changed resource (KV-LOG-02, KV-DEF-01) -------------
+    # Judged per known vault by the reconcile timer, `kvguard baseline` and replay's `reconcile: {}`,
+    # never per event. A finding is kept open under the vault's sweep key (apart from the vault's
+    # own findings, which a vault event settles), reported when it opens and resolved when a later
+    # sweep no longer finds it.
+
+    def seed_resources(self) -> int:
+        """Record a baseline for every resource beside a known vault that has none yet (what
+        `kvguard baseline` does after seeding the vaults), so a later delete is a diff against what
+        was there. A type the gateway cannot list is skipped with a log line; returns how many."""
+        if self.resources is None:
+            return 0
+        seeded = 0
+        for vault in self._known_vaults():
+            for resource_type in RESOURCE_TYPES:
+                try:
+                    listed = self.resources.list_at_scope(vault.vault_id, resource_type)
+                except PermanentError as error:
+                    log.warning("not seeding %s at %s: %s", resource_type, vault.vault_id, error)
+                    continue
+                for doc in listed:
+                    if self.store.get_baseline(str(doc["id"])) is None:
+                        try:
+                            self.store.put_baseline(str(doc["id"]), dict(doc), None, now=self.clock.now())
+                            seeded += 1
+                        except ConcurrencyError:  # seeded meanwhile (a vault's lock is listed twice): it stands
+                            continue
+        return seeded
+
+    def sweep(self) -> list[Outcome]:
+        """One record for each known vault whose sweep findings opened or closed; one vault's
+        failure does not stop the others."""
+        if self.resources is None:
+            return []
+        rules = {rule_id: r for rule_id, r in RULES.items() if r.kind.basis is Basis.SWEEP}
+        outcomes = []
+        for baseline in self._known_vaults():
+            try:
+                outcome = self._sweep_vault(self._baseline_config(baseline), rules)
+            except Exception:  # logged with its traceback; the next sweep judges this vault again
+                log.exception("sweep of %s failed", baseline.vault_id)
+                continue
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _sweep_vault(self, vault: VaultConfig, rules: Mapping[str, Rule]) -> Outcome | None:
+        assert self.resources is not None
+        now = self.clock.now()
+        read = tuple(doc for t in SWEEP_TYPES for doc in self.resources.list_at_scope(vault.id, t))
+        event = _sweep_event(vault, now)
+        context = Context(event=event, before=None, after=None, diff=None, policy=self.policy, history=History(),
+                          now=now, sweep=Sweep(vault, read))
+        findings = detect_all(context, rules)
+        key = sweep_key(vault.id)
+        was_open = {f.rule for f in self.store.open_findings(key)}
+        for finding in findings:
+            self.store.open_finding(key, finding.rule, finding.to_json(), now)
+        opened = [f for f in findings if f.rule not in was_open]
+        closed = sorted(r for r in was_open - {f.rule for f in findings} if self.store.close_finding(key, r))
+        if not opened and not closed:
+            return None
+        risk = assess(opened, event, vault, self.policy)
+        decision = decide(policy=self.policy, event=event, vault=vault, vault_id=vault.id, vault_name=vault.name,
+                          findings=opened, risk=risk.value, recent_remediations=0)
+        actions = self._act_beside(event, opened, decision, self._alerts(event, vault.id, opened, risk), None)
+        resolutions = self._resolve_sweep(vault, closed, now)
+        reason = _sweep_reason(opened, closed, risk, decision)
+        outcome = Outcome(event.id, "processed", reason, vault.id, risk.value, risk.severity, opened, actions,
+                          risk.explanation, resolutions, resource=vault.id)
+        self.store.append_audit(AuditRecord(event.id, vault.id, now, outcome.to_audit()))
+        return outcome
+
+    def _resolve_sweep(self, vault: VaultConfig, closed: Sequence[str], now: datetime) -> list[ActionResult]:
+        """The alert sinks hear of each sweep finding that closed (Defender: Healthy)."""
+        if not closed or effective_mode(self.policy, vault) == "observe":
+            return []
+        return [
+            self.runner.run(handler_id, [
+                Operation(handler_id, "resolve", vault.id, f"resolved {rule_id}",
+                          Alert(vault.id, rule_id, "", "low", 0, 0, {}, (), "", None, now), rules=(rule_id,))
+                for rule_id in closed
+            ], dry_run=False, current=vault)
+            for handler_id in alert_handlers() if handler_id in self.sinks
+        ]
+
+
+def sweep_key(vault_id: str) -> str:
+    """Where a vault's sweep findings are kept open: beside the vault's own, never mixed with them."""
+    return f"{vault_id}|sweep"
+
+
+def _sweep_event(vault: VaultConfig, now: datetime) -> VaultEvent:
+    """The stand-in event a sweep judges under: no caller, one id per vault and sweep time."""
+    return VaultEvent(
+        id=f"sweep:{vault.key}:{now.isoformat()}", event_type="kvguard.Sweep", schema="eventgrid",
+        subject=vault.id, time=now, vault=parse_vault_ref(vault.id), operation="kvguard/sweep", kind="other",
+        access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(), correlation_id=None,
+        tenant_id=vault.tenant_id, raw={},
+    )
+
+
+def _sweep_reason(opened: Sequence[Finding], closed: Sequence[str], risk: Risk, decision: Decision) -> str:
+    parts = []
+    if opened:
+        parts.append(f"sweep: {len(opened)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation))
+        parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
+        parts.append(f"alert: {decision.alert_reason}")
+    if closed:
+        parts.append("sweep: resolved " + ", ".join(closed))
+    return "; ".join(parts)
+
 def _granted_meanwhile(after: VaultConfig | None, final: VaultConfig | None) -> bool:
     if after is None or final is None:
         return False
@@ -859,6 +1237,57 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
         correlation_id=None, tenant_id=vault.tenant_id, raw={},
     )
 
+
+def _same_resource(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two ARM documents of a resource say the same, ignoring what ARM changes on every
+    write (`etag`, `systemData`)."""
+    if a is None or b is None:
+        return a is None and b is None
+    volatile = {"etag", "systemdata"}
+    return {k: v for k, v in a.items() if k.lower() not in volatile} == \
+        {k: v for k, v in b.items() if k.lower() not in volatile}
+
+
+def _reconciled_change(
+    resource_id: str, current: Mapping[str, Any] | None, baseline: Baseline | None
+) -> ResourceChange | None:
+    """The change a reconciliation found for a resource, or None when it is as its baseline says."""
+    known = None if baseline is None or baseline.deleted else baseline.config
+    if _same_resource(current, known):
+        return None
+    source = current if current is not None else known
+    resource_type = resource_type_of(source) if source is not None else ""
+    return ResourceChange(resource_id, resource_type, "write" if current is not None else "delete")
+
+
+def _resource_reconciliation_event(change: ResourceChange, baseline: Baseline | None) -> VaultEvent:
+    """A stand-in for the resource event that never arrived: one id per resource and baseline
+    version, so a reconciliation that is itself retried does not act twice."""
+    vault = parse_vault_ref(change.id)
+    return VaultEvent(
+        id=f"reconcile:{change.key}:{baseline.etag if baseline else 'new'}", event_type="kvguard.Reconciliation",
+        schema="eventgrid", subject=change.id, time=None,
+        vault=vault if vault is not None and vault.resource_group is not None else None,
+        operation=change.operation, kind="other", access_policy_action=None, status="Succeeded", succeeded=True,
+        caller=Caller(), correlation_id=None, tenant_id=None, raw={}, resource=change,
+    )
+
+
+def _resource_reason(
+    change: ResourceChange, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
+    findings: Sequence[Finding], risk: Risk, decision: Decision,
+) -> str:
+    if not findings:
+        if before is None and after is not None:
+            return f"first sight of the {change.type}: baseline recorded, no finding"
+        if after is None and before is None:
+            return f"{change.type} not found and never seen: nothing to compare"
+        return "no finding: the change is within policy"
+    parts = [f"{len(findings)} finding(s); risk {risk.value}: " + ", ".join(risk.explanation)]
+    parts.append(f"mode {decision.mode}" + (" (dry run)" if decision.dry_run else ""))
+    parts.append(f"alert: {decision.alert_reason}")
+    parts.append(f"remediate: {decision.remediate_reason}")
+    return "; ".join(parts)
 
 def _ledger_window(made: datetime) -> tuple[datetime, datetime]:
     """The times a ledger entry for a write made at `made` may have; an event time at the edge of

@@ -136,6 +136,10 @@ class Policy(_Strict):
     allowed_ip_rules: list[str] = Field(default_factory=list)
     min_ip_prefix: int = Field(default=24, ge=0, le=32)
     allowed_subnet_subscriptions: list[str] = Field(default_factory=list)
+    # Subscriptions whose private endpoints may connect to a vault (KV-PE-01); the vault's own always may.
+    allowed_private_endpoint_subscriptions: list[str] = Field(default_factory=list)
+    # Workspace, storage account or event hub ids audit logs may go to (KV-LOG-01); empty: any.
+    allowed_log_destinations: list[str] = Field(default_factory=list)
     change_windows: list[ChangeWindow] = Field(default_factory=list)
     excluded_vaults: list[str] = Field(default_factory=list)
     history: History = Field(default_factory=History)
@@ -146,7 +150,8 @@ class Policy(_Strict):
     # kvguard's own deployment: its event subscription(s) and function app (KV-SELF-02 watches them).
     own_resource_ids: list[str] = Field(default_factory=list)
 
-    @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions")
+    @field_validator("own_principal_ids", "approved_callers", "allowed_subnet_subscriptions",
+                     "allowed_private_endpoint_subscriptions", "allowed_log_destinations")
     @classmethod
     def _lower_ids(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value if v.strip()]

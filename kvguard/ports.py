@@ -62,6 +62,29 @@ class VaultGateway(Protocol):
         ...
 
 
+class ResourceGateway(Protocol):
+    """Any other ARM resource (role assignments, diagnostic settings, locks, …), by id, as ARM
+    JSON with REST (camelCase) names. What kvguard reads beside the vaults and deletes to undo."""
+
+    def get(self, resource_id: str) -> Mapping[str, Any] | None:
+        """The resource's ARM GET JSON; None when it does not exist."""
+        ...
+
+    def delete(self, resource_id: str) -> bool:
+        """DELETE the resource; True when it existed, False when it was already gone (a 204)."""
+        ...
+
+    def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        """PUT the resource as `document` says (its `properties`, and what else ARM takes on a
+        PUT); returns the resource's ARM JSON afterwards. How restore handlers put a baseline back."""
+        ...
+
+    def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
+        """Every resource of `resource_type` that applies at `scope`: at it or inherited from above
+        it (what ARM's `$filter=atScope()` lists), for reconciliation and baseline seeding."""
+        ...
+
+
 @dataclass(frozen=True)
 class Alert:
     """One finding as the alert sinks see it."""

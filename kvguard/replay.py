@@ -14,12 +14,13 @@ from typing import Any
 from kvguard import catalog
 from kvguard.activity import deliver, events
 from kvguard.adapters.sqlite import SQLiteStateStore
-from kvguard.ids import vault_key
+from kvguard.ids import subscription_of, vault_key
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
 from kvguard.ports import AlertSink
+from kvguard.resources import is_vault_id
 from kvguard.scenario import LoadedScenario, Step
-from kvguard.sim import SimClock, SimDefender, SimTopic, SimVaultGateway, World
+from kvguard.sim import SimClock, SimDefender, SimResourceGateway, SimTopic, SimVaultGateway, World
 
 
 @dataclass
@@ -45,6 +46,7 @@ def build_run(loaded: LoadedScenario, extra_sinks: dict[str, AlertSink] | None =
         policy=policy,
         sinks=sinks,
         clock=world.clock,
+        resources=SimResourceGateway(world),
     )
     for doc in loaded.scenario.vaults:
         world.put(doc)
@@ -52,6 +54,10 @@ def build_run(loaded: LoadedScenario, extra_sinks: dict[str, AlertSink] | None =
             config = pipeline.gateway.get(doc["id"])
             assert config is not None
             pipeline.store.put_baseline(config.id, dict(config.raw), None, now=world.clock.now())
+    for doc in loaded.scenario.resources:
+        world.put_resource(doc)
+        if loaded.scenario.baselined:
+            pipeline.store.put_baseline(doc["id"], doc, None, now=world.clock.now())
     return ReplayRun(loaded, world, pipeline)
 
 
@@ -67,10 +73,16 @@ def replay(run: ReplayRun, on_outcome: Callable[[Outcome], None] | None = None) 
 def _run_step(run: ReplayRun, step: Step) -> Iterator[Outcome]:
     world, pipeline = run.world, run.pipeline
     kind, value = step.kind, step.value
-    if kind == "write":
+    if kind == "write" and step.config is not None:
         world.put(value, step.config)
-    elif kind == "delete":
+    elif kind == "write":
+        world.put_resource(value)
+    elif kind == "delete" and is_vault_id(value):
         world.delete(value)
+    elif kind == "delete":
+        world.delete_resource(value)
+    elif kind == "reconcile":
+        yield from pipeline.reconcile(_subscriptions(world))
     elif kind == "advance":
         world.clock.advance(value)
     elif kind == "event":
@@ -82,6 +94,12 @@ def _run_step(run: ReplayRun, step: Step) -> Iterator[Outcome]:
         yield from deliver(pipeline, events(value)[0])
     for own_write in world.take_emitted():
         yield from pipeline.handle(own_write)
+
+
+def _subscriptions(world: World) -> list[str]:
+    """The subscriptions the reconcile timer would be given: every one the world's resources are in."""
+    ids = [doc["id"] for doc in (*world.vaults.values(), *world.resources.values())]
+    return sorted({s for s in map(subscription_of, ids) if s is not None})
 
 
 ActionCounts = dict[str, Counter[str]]
@@ -142,7 +160,22 @@ def summarize(runs: list[ReplayRun]) -> dict[str, Any]:
             entry["exists"] = current is not None
             entry["open_findings"] = sorted(f.rule for f in run.pipeline.store.open_findings(vault_id))
             entry["config"] = dict(current.raw) if current is not None else None
-    return {"summary": totals(o for run in runs for o in run.outcomes), "vaults": vaults}
+    return {"summary": totals(o for run in runs for o in run.outcomes), "vaults": vaults,
+            "resources": _resources(runs)}
+
+
+def _resources(runs: list[ReplayRun]) -> dict[str, dict[str, Any]]:
+    """Every non-vault resource the worlds held, deleted ones included, with its end state from
+    the last scenario that has it; a resource several scenarios hold (ids compared
+    case-insensitively) is one entry."""
+    resources: dict[str, dict[str, Any]] = {}
+    shown: dict[str, str] = {}
+    for run in runs:
+        for key, resource_id in run.world.resource_ids.items():
+            current = run.world.resources.get(key)
+            resources[shown.setdefault(key, resource_id)] = {
+                "exists": current is not None, "config": dict(current) if current is not None else None}
+    return dict(sorted(resources.items(), key=lambda item: vault_key(item[0])))
 
 
 def totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:

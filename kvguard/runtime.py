@@ -68,6 +68,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     from kvguard.adapters.arm import ArmVaultGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
+    from kvguard.adapters.resources import ArmResourceGateway
 
     catalog.load()
     quiet_sdk_loggers()
@@ -81,6 +82,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         retention=timedelta(days=settings.retention_days),
         activity_log=_activity_log(settings, credential),
         deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
+        resources=ArmResourceGateway(credential, endpoint=settings.arm_endpoint),
     )
 
 

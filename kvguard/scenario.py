@@ -8,6 +8,7 @@ half a scenario would report results for a world nobody described.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kvguard.ids import VaultRef, parse_vault_ref, vault_key
 from kvguard.policy import Policy, PolicyError, parse_duration, policy_from_data
+from kvguard.resources import VAULT_TYPE, resource_type_of
 from kvguard.vault import VaultConfig
 
-STEP_KINDS = ("write", "delete", "event", "events", "activity", "advance")
+STEP_KINDS = ("write", "delete", "event", "events", "activity", "advance", "reconcile")
 
 try:  # the C loader reads large scenarios an order of magnitude faster
     _BaseLoader: Any = yaml.CSafeLoader
@@ -59,7 +61,7 @@ class Step(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     kind: str
     value: Any
-    config: VaultConfig | None = None  # a write's configuration, parsed once while validating
+    config: VaultConfig | None = None  # a vault write's configuration, parsed once while validating
 
 
 class Scenario(BaseModel):
@@ -73,6 +75,7 @@ class Scenario(BaseModel):
     clock: datetime | None = None
     baselined: bool = True
     vaults: list[dict[str, Any]] = Field(default_factory=list)
+    resources: list[dict[str, Any]] = Field(default_factory=list)  # other ARM resources, as ARM GET JSON
     steps: list[Any] = Field(default_factory=list)
 
     @field_validator("clock")
@@ -127,6 +130,11 @@ def load_scenario(path: str | Path, base_policy: Policy | None = None) -> Loaded
             _vault(doc)
         except ValueError as error:
             raise ScenarioError(f"{source}: vaults[{index}]: {error}") from None
+    for index, doc in enumerate(scenario.resources):
+        try:
+            _resource(doc)
+        except ValueError as error:
+            raise ScenarioError(f"{source}: resources[{index}]: {error}") from None
     return LoadedScenario(path=source, scenario=scenario, policy=policy,
                           steps=[_step(source, i, s) for i, s in enumerate(scenario.steps)], ignored_keys=ignored)
 
@@ -140,11 +148,16 @@ def _step(source: str, index: int, raw: Any) -> Step:
         raise ScenarioError(f"{where}: unknown step {kind!r}; expected one of {', '.join(STEP_KINDS)}")
     if kind == "write":
         try:
-            return Step(kind=kind, value=value, config=_vault(value))
+            if _is_vault_document(value):
+                return Step(kind=kind, value=value, config=_vault(value))
+            return Step(kind=kind, value=_resource(value))
         except ValueError as error:
             raise ScenarioError(f"{where} (write): {error}") from None
-    elif kind == "delete" and (not isinstance(value, str) or _vault_ref(value) is None):
-        raise ScenarioError(f"{where} (delete): expected a vault's resource id, got {value!r}")
+    elif kind == "delete" and not _deletable(value):
+        raise ScenarioError(f"{where} (delete): expected a vault's resource id or another resource's "
+                            f"(/subscriptions/… or /providers/…), got {value!r}")
+    elif kind == "reconcile" and value not in ({}, None):
+        raise ScenarioError(f"{where} (reconcile): takes no options, write `reconcile: {{}}`")
     elif kind == "events" and not isinstance(value, list):
         raise ScenarioError(f"{where} (events): expected a list of envelopes")
     elif kind == "activity" and not isinstance(value, list):
@@ -157,6 +170,47 @@ def _step(source: str, index: int, raw: Any) -> Step:
         if value <= timedelta(0):
             raise ScenarioError(f"{where} (advance): the clock only moves forward")
     return Step(kind=kind, value=value)
+
+
+_RESOURCE_ID = re.compile(r"^/(subscriptions|providers)/[^/]+", re.IGNORECASE)
+
+
+def _deletable(value: Any) -> bool:
+    """A vault's id, or the id of a resource that is no part of a vault's own document: inside a
+    vault only extension resources (`…/providers/…`) and private endpoint connections are."""
+    if not isinstance(value, str) or not _RESOURCE_ID.match(value.strip()):
+        return False
+    ref = parse_vault_ref(value)
+    if ref is None or ref.resource_group is None or _vault_ref(value) is not None:
+        return True
+    inside = value.strip()[len(ref.id):].lower()
+    return "/providers/" in inside or inside.startswith("/privateendpointconnections/")
+
+
+def _is_vault_document(doc: Any) -> bool:
+    """A write of a vault (its `type` says so, or it has none: vault writes may leave it out) or
+    of any other resource (its `type` says which)."""
+    stated = doc.get("type") if isinstance(doc, dict) else None
+    if isinstance(stated, str) and stated.strip():
+        return stated.strip().lower() == VAULT_TYPE.lower()
+    return True
+
+
+def _resource(doc: Any) -> dict[str, Any]:
+    """An ARM GET body of a resource other than a vault; ValueError naming the field otherwise."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a resource's ARM JSON object, got {type(doc).__name__}")
+    resource_id = doc.get("id")
+    if not isinstance(resource_id, str) or not _RESOURCE_ID.match(resource_id.strip()):
+        raise ValueError(f"resource.id: {resource_id!r} is not an ARM resource id (/subscriptions/… or /providers/…)")
+    if not resource_type_of(doc):
+        raise ValueError("resource.type: missing; the type says which resource this is "
+                         "(e.g. Microsoft.Authorization/roleAssignments)")
+    if resource_type_of(doc).lower() == VAULT_TYPE.lower():
+        raise ValueError("resource.type: a vault belongs under vaults:")
+    if not isinstance(doc.get("properties", {}), dict):
+        raise ValueError("resource.properties: expected an object")
+    return doc
 
 
 def _vault_ref(resource_id: str) -> VaultRef | None:

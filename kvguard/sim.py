@@ -2,7 +2,8 @@
 Defender and an Event Grid topic that record what they receive, and a clock that moves only when
 told. kvguard's own writes emit the `ResourceWriteSuccess` event Azure would emit (caller =
 kvguard's identity), so every remediation also exercises the loop guard: the ledger entry the
-write noted first must match that event.
+write noted first must match that event. Beside the vaults the world holds any other ARM resource
+(role assignments, diagnostic settings, …) as its ARM JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from kvguard.detection import assessment_name
 from kvguard.ids import parse_vault_ref, subscription_of, vault_key
 from kvguard.ports import Alert
+from kvguard.resources import covers, resource_type_of, scope_of
 from kvguard.vault import PERMISSION_CATEGORIES, AccessPolicy, VaultConfig
 
 SIM_IDENTITY = "5ca1ab1e-0000-4000-8000-00000000c0de"  # kvguard's identity in the simulated world
@@ -37,12 +39,15 @@ class SimClock:
 
 @dataclass
 class World:
-    """Vault ARM documents by vault key, plus what Defender and the topic received."""
+    """Vault ARM documents by vault key, other resources' ARM documents by resource key, plus what
+    Defender and the topic received."""
 
     clock: SimClock = field(default_factory=SimClock)
     identity: str = SIM_IDENTITY
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     parsed: dict[str, VaultConfig] = field(default_factory=dict)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resource_ids: dict[str, str] = field(default_factory=dict)  # every resource the world ever held, as first spelled
     emitted: list[dict[str, Any]] = field(default_factory=list)
     assessments: dict[str, dict[str, Any]] = field(default_factory=dict)
     published: list[dict[str, Any]] = field(default_factory=list)
@@ -61,18 +66,28 @@ class World:
         self.vaults.pop(vault_key(vault_id), None)
         self.parsed.pop(vault_key(vault_id), None)
 
+    def put_resource(self, doc: Mapping[str, Any]) -> None:
+        """Store (create or replace) a resource other than a vault, never changed in place."""
+        self.resources[vault_key(doc["id"])] = copy.deepcopy(dict(doc))
+        self.resource_ids.setdefault(vault_key(doc["id"]), doc["id"])
+
+    def delete_resource(self, resource_id: str) -> bool:
+        return self.resources.pop(vault_key(resource_id), None) is not None
+
     def take_emitted(self) -> list[dict[str, Any]]:
         events, self.emitted = self.emitted, []
         return events
 
-    def own_write_event(self, resource_uri: str, operation: str) -> dict[str, Any]:
-        """The Event Grid delivery Azure would send for a write by kvguard's identity."""
+    def own_write_event(
+        self, resource_uri: str, operation: str, event_type: str = "Microsoft.Resources.ResourceWriteSuccess"
+    ) -> dict[str, Any]:
+        """The Event Grid delivery Azure would send for a write (or delete) by kvguard's identity."""
         number = next(self._ids)
         return {
             "id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{resource_uri.lower()}|{number}")),
             "topic": f"/subscriptions/{subscription_of(resource_uri)}",
             "subject": resource_uri,
-            "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+            "eventType": event_type,
             "eventTime": self.clock.now().isoformat().replace("+00:00", "Z"),
             "dataVersion": "2",
             "metadataVersion": "1",
@@ -85,7 +100,7 @@ class World:
                 },
                 "claims": {"oid": self.identity, "appid": self.identity, "idtyp": "app"},
                 "correlationId": str(uuid.uuid5(_EVENT_NAMESPACE, f"corr|{number}")),
-                "resourceProvider": "Microsoft.KeyVault",
+                "resourceProvider": operation.split("/", 1)[0],
                 "resourceUri": resource_uri,
                 "operationName": operation,
                 "status": "Succeeded",
@@ -158,6 +173,48 @@ class SimVaultGateway:
         if doc is None or parse_vault_ref(vault_id) is None:
             raise LookupError(f"vault {vault_id} does not exist")
         return doc
+
+
+class SimResourceGateway:
+    """ResourceGateway on the simulated world: GET by id, DELETE by id (emitting the
+    `ResourceDeleteSuccess` Azure would emit), and the `atScope()` listing."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def get(self, resource_id: str) -> Mapping[str, Any] | None:
+        return self.world.resources.get(vault_key(resource_id))
+
+    def delete(self, resource_id: str) -> bool:
+        doc = self.world.resources.get(vault_key(resource_id))
+        if doc is None:
+            return False
+        self.world.delete_resource(resource_id)
+        self.world.emitted.append(self.world.own_write_event(
+            doc["id"], f"{resource_type_of(doc)}/delete", "Microsoft.Resources.ResourceDeleteSuccess"))
+        return True
+
+    def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        """ARM's PUT: the resource becomes the document (created when new), and the write comes
+        back as the `<type>/write` event by kvguard's identity."""
+        existing = self.world.resources.get(vault_key(resource_id)) or {}
+        doc = {**existing, **copy.deepcopy(dict(document)), "id": existing.get("id", resource_id)}
+        doc["type"] = resource_type_of(doc) or resource_type_of(existing)
+        doc.setdefault("name", str(doc["id"]).rsplit("/", 1)[-1])
+        self.world.put_resource(doc)
+        self.world.emitted.append(self.world.own_write_event(doc["id"], f"{doc['type']}/write"))
+        return self.world.resources[vault_key(resource_id)]
+
+    def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
+        """At the scope or above it, as `atScope()` lists: never what lies below the scope."""
+        wanted = resource_type.lower()
+        return [doc for doc in self.world.resources.values()
+                if resource_type_of(doc).lower() == wanted and _at_or_above(scope_of(doc["id"]), scope)]
+
+
+def _at_or_above(resource_scope: str, scope: str) -> bool:
+    below = vault_key(resource_scope).startswith(vault_key(scope) + "/")
+    return covers(resource_scope, scope) and not below
 
 
 class SimDefender:

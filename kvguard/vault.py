@@ -22,6 +22,13 @@ from typing import Any
 from kvguard import vault_spec
 from kvguard.ids import vault_key
 
+MODE_TAG = "kvguard-mode"
+CRITICALITY_TAG = "criticality"
+# Tags that steer kvguard itself. They are read from the accepted baseline, never from the change
+# being judged: otherwise whoever can write a vault could tag it `kvguard-mode: observe` and open it
+# in the same write.
+STEERING_TAGS = (MODE_TAG, CRITICALITY_TAG)
+
 PERMISSION_CATEGORIES: tuple[str, ...] = ("keys", "secrets", "certificates", "storage")
 
 # Scalar settings compared by diff(), by the attribute name of VaultConfig.

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvguard.detection import Finding
 from kvguard.ports import Alert
 from kvguard.vault import AccessPolicy, VaultConfig
 
-OperationKind = Literal["add_access_policy", "remove_access_policy", "patch", "alert", "resolve"]
+if TYPE_CHECKING:
+    from kvguard.resources import ResourceState
+
+OperationKind = Literal["add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,14 @@ class Operation:
 
 @dataclass(frozen=True)
 class PlanInput:
-    """What a handler plans from: its own findings, the baseline and the current configuration."""
+    """What a handler plans from: its own findings, the baseline and the current configuration
+    (of the vault; for a change to another resource, `resource` holds that resource's)."""
 
     findings: Sequence[Finding]
     before: VaultConfig | None
     after: VaultConfig | None
     alerts: Sequence[Alert] = ()
+    resource: ResourceState | None = None
 
 
 def patch_operation(
@@ -53,6 +58,23 @@ def patch_operation(
         description=description,
         target=dict(patch),
         before={name: current.get(name) for name in patch},
+        rules=tuple(sorted(rules)),
+    )
+
+
+def put_resource_operation(
+    handler_id: str, resource_id: str, document: Mapping[str, Any], current: Mapping[str, Any] | None,
+    description: str, rules: Iterable[str],
+) -> Operation:
+    """A PUT of a resource beside the vault (`document` is the body), with its current ARM JSON kept
+    as `before`. The runner re-reads the resource before it writes and skips a PUT it no longer needs."""
+    return Operation(
+        handler=handler_id,
+        kind="put_resource",
+        vault_id=resource_id,
+        description=description,
+        target=dict(document),
+        before=dict(current) if current is not None else None,
         rules=tuple(sorted(rules)),
     )
 

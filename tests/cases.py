@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from detectors.cases import NOW, OPERATOR, TENANT, VAULT_ID
+from detectors.cases import NOW, OPERATOR, TENANT, VAULT_ID, vault
 from kvguard.detection import Case, Context, History
 from kvguard.events import Caller, VaultEvent
 from kvguard.ids import parse_vault_ref
 from kvguard.policy import Policy
+from kvguard.resources import VAULT_TYPE, ResourceChange, ResourceState, Sweep, resource_type_of
 from kvguard.vault import VaultConfig, diff
 
 
@@ -52,7 +53,17 @@ def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
 
 
 def make_context(case: Case) -> Context:
-    """The context a rule sees for a case: configurations parsed, diff computed, policy merged."""
+    """The context a rule sees for a case: configurations parsed, diff computed, policy merged; for
+    a case on another resource, that resource over the default vault; for a sweep, the default
+    vault (or `after`) and the resources the sweep read."""
+    document = case.after if case.after is not None else case.before
+    if document is not None and resource_type_of(document) != VAULT_TYPE:
+        return _resource_context(case, document)
+    if case.sweep is not None:
+        return Context(event=make_event(case.event), before=None, after=None, diff=None,
+                       policy=Policy().merged(dict(case.policy)), history=History(**case.history),
+                       now=case.event.get("time") or NOW,
+                       sweep=Sweep(VaultConfig.from_arm(case.after or vault()), tuple(case.sweep)))
     before = VaultConfig.from_arm(case.before) if case.before is not None else None
     after = VaultConfig.from_arm(case.after) if case.after is not None else None
     return Context(
@@ -65,3 +76,12 @@ def make_context(case: Case) -> Context:
         now=case.event.get("time") or NOW,
         baseline_deleted=case.baseline_deleted,
     )
+
+
+def _resource_context(case: Case, document: Mapping[str, Any]) -> Context:
+    change = ResourceChange(str(document["id"]), resource_type_of(document),
+                            "write" if case.after is not None else "delete")
+    state = ResourceState(change, case.before, case.after, (VaultConfig.from_arm(vault()),))
+    return Context(event=make_event({"vault_id": change.id, **case.event}), before=None, after=None, diff=None,
+                   policy=Policy().merged(dict(case.policy)), history=History(**case.history),
+                   now=case.event.get("time") or NOW, resource=state)

@@ -86,6 +86,60 @@ var families = {
     userImpact: 'Low'
     implementationEffort: 'Moderate'
   }
+  LOG: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'threatResistance'
+      'maliciousInsider'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
+  LOCK: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'denialOfService'
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
+  PE: {
+    categories: [
+      'Networking'
+    ]
+    threats: [
+      'dataExfiltration'
+      'threatResistance'
+    ]
+    userImpact: 'Moderate'
+    implementationEffort: 'Low'
+  }
+  DEF: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
+  TAG: {
+    categories: [
+      'IdentityAndAccess'
+    ]
+    threats: [
+      'maliciousInsider'
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
   other: {
     categories: [
       'Data'
@@ -104,6 +158,10 @@ var remediations = {
   restore_network: 'kvguard restores publicNetworkAccess and the network rules to the last accepted configuration (remediate mode). Otherwise: restore the vault firewall and review who opened it.'
   restore_settings: 'kvguard restores RBAC authorization and the enabledFor* settings to the last accepted configuration (remediate mode). Otherwise: restore the setting and review who changed it.'
   enable_purge_protection: 'Enable purge protection on the vault (irreversible; kvguard does it only when the policy opts in).'
+  restore_diagnostic_setting: 'kvguard puts the vault diagnostic setting back as it was (remediate mode). Otherwise: restore the audit logs to the SIEM and review who removed them.'
+  reject_private_endpoint: 'kvguard rejects the private endpoint connection (remediate mode). Otherwise: reject the connection and review who approved it.'
+  restore_lock: 'Put the lock back (kvguard does it only when the policy opts in and its identity may write locks).'
+  restore_defender_plan: 'Switch Defender for Key Vault back on for the subscription (kvguard does it only when the policy opts in and its identity is Security Admin).'
   none: 'Review the change in the activity log with the vault owner; if it was not approved, revert it and investigate the caller.'
 }
 

@@ -45,6 +45,14 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.KeyVault/vaults/accessPolicies/write'
             'Microsoft.KeyVault/vaults/delete'
             'Microsoft.KeyVault/locations/deletedVaults/purge/action'
+            // beside the vault: audit logging, locks, private endpoints, the Defender plan
+            'Microsoft.Insights/diagnosticSettings/write'
+            'Microsoft.Insights/diagnosticSettings/delete'
+            'Microsoft.Authorization/locks/write'
+            'Microsoft.Authorization/locks/delete'
+            'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
+            'Microsoft.KeyVault/vaults/privateEndpointConnections/delete'
+            'Microsoft.Security/pricings/write'
             // kvguard's own deployment (KV-SELF-02): its event subscription and its app settings.
             'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'
             'Microsoft.EventGrid/systemTopics/eventSubscriptions/delete'

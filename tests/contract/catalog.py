@@ -46,6 +46,13 @@ RULES: dict[str, Promised] = {
     "KV-LIFE-03": Promised("medium", "event/diff", ("T1098",), None),
     "KV-SELF-01": Promised("critical", "event", ("T1078.004",), None),
     "KV-SELF-02": Promised("critical", "diff", ("T1562.001",), None),
+    "KV-LOG-01": Promised("high", "diff", ("T1562.008",), "restore_diagnostic_setting"),
+    "KV-LOG-02": Promised("medium", "sweep", ("T1562.008",), None),
+    "KV-LOCK-01": Promised("medium", "diff", ("T1485",), "restore_lock"),
+    "KV-PE-01": Promised("high", "diff", ("T1599",), "reject_private_endpoint"),
+    "KV-DEF-01": Promised("medium", "sweep", ("T1562.001",), None),
+    "KV-DEF-02": Promised("critical", "diff", ("T1562.001",), "restore_defender_plan"),
+    "KV-TAG-01": Promised("medium", "diff", ("T1562.001",), None),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -55,6 +62,10 @@ HANDLERS: dict[str, str] = {
     "restore_network": "remediation",
     "restore_settings": "remediation",
     "enable_purge_protection": "remediation",
+    "restore_diagnostic_setting": "remediation",
+    "reject_private_endpoint": "remediation",
+    "restore_lock": "remediation",
+    "restore_defender_plan": "remediation",
     "raise_defender_alert": "alert",
     "publish_detection": "alert",
     "notify_webhook": "alert",
@@ -62,4 +73,5 @@ HANDLERS: dict[str, str] = {
 }
 
 # The rule families in the order the catalog lists them.
-FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF")
+FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF", "KV-LOG", "KV-LOCK", "KV-PE", "KV-DEF",
+                "KV-TAG")

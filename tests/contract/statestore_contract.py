@@ -346,6 +346,20 @@ class StateStoreContract:
         assert baseline.deleted is False
         assert baseline.updated == T0
 
+    def test_a_resource_beside_the_vaults_has_its_baseline_under_its_own_id(self, store: StateStore) -> None:
+        """One role assignment at subscription scope covers many vaults and is stored once."""
+        assignment = ("/subscriptions/0b1f6471-1bf0-4dda-aec3-111122223333/providers/Microsoft.Authorization"
+                      "/roleAssignments/0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e")
+        doc = {"id": assignment, "type": "Microsoft.Authorization/roleAssignments",
+               "properties": {"principalId": "p", "roleDefinitionId": "r", "scope": assignment.split("/providers")[0]}}
+        store.put_baseline(VAULT, vault_config(), None, now=T0)
+        etag = store.put_baseline(assignment, doc, None, now=T0)
+        stored = store.get_baseline(assignment.upper().replace("/SUBSCRIPTIONS/", "/subscriptions/"))
+        assert stored is not None and stored.config == doc and stored.vault_id == assignment
+        store.put_baseline(assignment, doc, etag, deleted=True, now=T0)
+        listed = {b.vault_id: b.deleted for b in store.list_baselines()}
+        assert listed == {VAULT: False, assignment: True}
+
     def test_update_with_the_current_etag(self, store: StateStore) -> None:
         first = store.put_baseline(VAULT, vault_config(seed=1), None, now=T0)
         changed = vault_config(seed=2)

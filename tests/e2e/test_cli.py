@@ -165,7 +165,7 @@ INVALID_SCENARIOS = [
      "step 1 (write)", "is not the resource id of a Key Vault"),
     ("write that is a list", "steps:\n  - write: [1, 2]\n", "step 1 (write)", "expected a JSON object"),
     ("delete of a sub-resource", f"steps:\n  - delete: {VAULT_ID}/accessPolicies/add\n",
-     "step 1 (delete)", "expected a vault's resource id"),
+     "step 1 (delete)", "expected a vault's resource id or another resource's"),
     ("events that are not a list", "steps:\n  - events: {id: one}\n", "step 1 (events)", "expected a list"),
     ("a vault that is not one", f"vaults:\n  - {{id: /subscriptions/{SUBSCRIPTION}}}\n",
      "vaults[0]", "is not the resource id of a Key Vault"),

@@ -26,14 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "samples" / "scenarios"
 SAMPLES = sorted(SCENARIOS.glob("*.yaml"))
 
-EVENT_KEYS = {"event_id", "outcome", "reason", "vault", "risk", "severity", "findings", "actions"}
+EVENT_KEYS = {"event_id", "outcome", "reason", "vault", "resource", "risk", "severity", "findings", "actions"}
 FINDING_KEYS = {"rule", "severity", "score", "title", "evidence"}
 ACTION_KEYS = {"handler", "status", "detail"}
 OUTCOMES = {"processed", "duplicate", "ignored", "rejected", "self"}
 SEVERITIES = {"none", "low", "medium", "high", "critical"}
 STATUSES = {"applied", "planned", "skipped", "failed"}
 ALERT_HANDLERS = {"raise_defender_alert", "publish_detection"}
-REMEDIATION_HANDLERS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection"}
+REMEDIATION_HANDLERS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection",
+                        "restore_diagnostic_setting", "reject_private_endpoint", "restore_lock",
+                        "restore_defender_plan"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 15)]
+    assert numbers == [f"{n:02d}" for n in range(1, 20)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -114,10 +116,10 @@ def test_json_output_has_exactly_the_documented_keys(path: Path) -> None:
     events, summary = replayed(path.name.split("-", 1)[0])
     assert events, "a sample delivers at least one event"
     for event in events:
-        # A change to kvguard's own deployment concerns no vault: its record adds the resource, last.
-        keys = [*EVENT_KEYS, "resource"] if event["vault"] is None and "resource" in event else EVENT_KEYS
-        assert set(event) == set(keys)
-        assert list(event)[-1] == ("resource" if "resource" in keys else "actions")
+        # Every record names the changed resource right after the vault (the vault itself for a
+        # vault's change; kvguard's own deployment or a resource beside a vault otherwise).
+        assert set(event) == EVENT_KEYS
+        assert list(event)[list(event).index("vault") + 1] == "resource"
         assert event["outcome"] in OUTCOMES
         assert event["severity"] in SEVERITIES
         assert isinstance(event["reason"], str) and event["reason"]
@@ -132,7 +134,7 @@ def test_json_output_has_exactly_the_documented_keys(path: Path) -> None:
             assert action["status"] in STATUSES
         if event["outcome"] != "processed":
             assert event["findings"] == [] and event["actions"] == []
-    assert set(summary) == {"summary", "vaults"}
+    assert set(summary) == {"summary", "vaults", "resources"}
     assert set(summary["summary"]) == {"events", "outcomes", "findings", "actions"}
     totals = summary["summary"]
     assert totals["events"] == len(events)
@@ -178,7 +180,7 @@ def test_installed_command_replays_every_sample_as_json_lines() -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert all(isinstance(line, dict) for line in lines)
     *events, summary = lines
-    assert all(set(e) - {"resource"} == EVENT_KEYS for e in events)
+    assert all(set(e) == EVENT_KEYS for e in events)
     assert summary["summary"]["events"] == len(events) == sum(len(replayed(p.name[:2])[0]) for p in SAMPLES)
     scenarios = {name for entry in summary["vaults"].values() for name in entry["scenarios"]}
     assert scenarios == {load_scenario(p).scenario.name for p in SAMPLES if load_scenario(p).scenario.vaults}
@@ -572,5 +574,6 @@ def test_14_an_activity_log_grant_is_judged_once_from_its_final_record() -> None
     grant, assignment = events
     assert {"KV-AP-01", "KV-ID-02"} <= rules(grant)
     assert grant["severity"] == "critical"
-    assert assignment["outcome"] == "ignored" and "roleAssignments/write" in assignment["reason"]
+    # a role assignment is a resource beside the vault: judged against its own baseline (first sight here)
+    assert assignment["outcome"] == "processed" and "/roleAssignments/" in assignment["resource"]
     assert summary["summary"]["findings"]["KV-AP-01"] == 1

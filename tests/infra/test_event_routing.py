@@ -40,14 +40,21 @@ def test_only_key_vault_operations_pass(trees: dict[str, Tree]) -> None:
     assert set(string_in["values"]) == OPERATIONS
 
 
-def test_key_vault_and_own_deployment_operations_pass() -> None:
+def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
     assert {o for o in OPERATIONS if o.startswith("Microsoft.KeyVault/")} == {
         "Microsoft.KeyVault/vaults/write",
         "Microsoft.KeyVault/vaults/accessPolicies/write",
         "Microsoft.KeyVault/vaults/delete",
         "Microsoft.KeyVault/locations/deletedVaults/purge/action",
+        "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
+        "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
     }
     assert OPERATIONS - {o for o in OPERATIONS if o.startswith("Microsoft.KeyVault/")} == {
+        "Microsoft.Insights/diagnosticSettings/write",
+        "Microsoft.Insights/diagnosticSettings/delete",
+        "Microsoft.Authorization/locks/write",
+        "Microsoft.Authorization/locks/delete",
+        "Microsoft.Security/pricings/write",
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/write",
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/delete",
         "Microsoft.Web/sites/config/write",
@@ -197,3 +204,12 @@ def test_the_app_setting_names_its_event_subscriptions_and_the_app_itself(trees:
     assert function(app) == {"type": "resource_id", "parameters": {
         "resource_type": "Microsoft.Web/sites", "resource_name_1": "name", "resource_name_2": None,
         "resource_group_name": None, "subscription_id": None}}
+
+
+def test_every_watched_resource_operation_of_these_families_passes(trees: dict[str, Tree]) -> None:
+    """The filter passes each operation kvguard judges beside the vault (kvguard.resources)."""
+    from kvguard.resources import RESOURCE_OPERATIONS
+
+    passed = {v.lower() for v in advanced_filters(trees)["StringIn"]["values"]}
+    beside = {op for op in RESOURCE_OPERATIONS if not op.startswith("microsoft.authorization/role")}
+    assert beside <= passed, sorted(beside - passed)

@@ -164,11 +164,13 @@ def remediator_actions(trees: dict[str, Tree]) -> list[str]:
 
 
 def declared_needs() -> set[str]:
-    """Every Azure action kvguard's remediation handlers and its vault gateway declare."""
+    """Every Azure action kvguard's remediation handlers and its vault gateway declare, but for
+    the opt-in handlers' rights, which the operator grants (README, "Opt-in rights")."""
     from kvguard.adapters.arm import READ_PERMISSIONS
     from kvguard.catalog import HANDLERS
 
-    return {h.permission for h in HANDLERS.values() if h.kind == "remediation"} | set(READ_PERMISSIONS)
+    return {h.permission for h in HANDLERS.values()
+            if h.kind == "remediation" and h.id not in opt_in_handlers()} | set(READ_PERMISSIONS)
 
 
 def test_the_remediation_role_holds_exactly_the_declared_needs(trees: dict[str, Tree]) -> None:
@@ -243,6 +245,15 @@ GRANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def opt_in_handlers() -> set[str]:
+    """Handlers that only rules opting in use (`remediate: true` in the policy): the operator
+    grants their rights, the deployment does not."""
+    from kvguard.catalog import HANDLERS, RULES
+
+    return {h for h in HANDLERS if h in {r.remediation for r in RULES.values()}
+            and all(not r.remediate_by_default for r in RULES.values() if r.remediation == h)}
+
+
 def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: dict[str, Tree]) -> None:
     from fnmatch import fnmatchcase
 
@@ -255,10 +266,25 @@ def test_every_handler_permission_is_granted_by_a_role_the_infra_assigns(trees: 
     ungranted = [
         f"{handler.id}: {handler.permission}"
         for handler in HANDLERS.values()
-        if not handler.permission.startswith("none")
+        if not handler.permission.startswith("none") and handler.id not in opt_in_handlers()
         and not any(fnmatchcase(handler.permission, pattern) for pattern in patterns)
     ]
     assert not ungranted, f"handlers whose Azure permission no assigned role grants: {ungranted}"
     reads = [*arm.READ_PERMISSIONS, deployment.READ_PERMISSION]
     assert not [r for r in reads if not any(fnmatchcase(r, pattern) for pattern in patterns)]
     assert {"revert_access_policy", "restore_network", "raise_defender_alert", "publish_detection"} <= set(HANDLERS)
+
+
+def test_opt_in_rights_are_documented_and_not_granted(trees: dict[str, Tree]) -> None:
+    from fnmatch import fnmatchcase
+
+    from kvguard.catalog import HANDLERS
+
+    roles = {role for tree in trees.values() for role, _, _ in assigned(tree)}
+    patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]
+    assert {"restore_lock", "restore_defender_plan"} <= opt_in_handlers()
+    readme = (INFRA.parent / "README.md").read_text(encoding="utf-8")
+    for handler_id in ("restore_lock", "restore_defender_plan"):
+        permission = HANDLERS[handler_id].permission
+        assert not any(fnmatchcase(permission, p) for p in patterns), f"{handler_id} is granted by default"
+        assert permission in readme, f"{handler_id}'s right {permission} is not documented in the README"

@@ -51,6 +51,19 @@ _EVENT_SUBSCRIPTION_RE = re.compile(
 _CATEGORIES = ("keys", "secrets", "certificates", "storage")
 _LOG_QUERY_RE = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query$", re.IGNORECASE)
 _INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
+# Resources beside a vault (diagnostic settings, locks, private endpoint connections, the Defender
+# plan): one by id, or the list at a scope (`{scope}/providers/…/locks`, `{vault}/privateEndpointConnections`).
+_BESIDE_RE = re.compile(
+    r"^(?P<scope>.+?)(?P<kind>/providers/microsoft\.insights/diagnosticsettings|/providers/microsoft\.authorization/locks"
+    r"|/providers/microsoft\.security/pricings|/privateendpointconnections)(?:/(?P<name>[^/]+))?$",
+    re.IGNORECASE,
+)
+_BESIDE_TYPES = {
+    "/providers/microsoft.insights/diagnosticsettings": "Microsoft.Insights/diagnosticSettings",
+    "/providers/microsoft.authorization/locks": "Microsoft.Authorization/locks",
+    "/providers/microsoft.security/pricings": "Microsoft.Security/pricings",
+    "/privateendpointconnections": "Microsoft.KeyVault/vaults/privateEndpointConnections",
+}
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class ArmFake:
 
     def __init__(self, *, page_size: int | None = None, eventgrid_key: str | None = None) -> None:
         self.vaults: dict[str, dict[str, Any]] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
         self.event_subscriptions: dict[str, dict[str, Any]] = {}  # Event Grid system topic subscriptions, by id
         self.events: list[dict[str, Any]] = []
@@ -286,10 +300,76 @@ class ArmFake:
         onboarding = self._route_onboarding(request)
         if onboarding is not None:
             return onboarding
+        if match := _BESIDE_RE.match(path):
+            return self._beside(request, match)
         return _arm_error(404, "NotFound", f"No route for {method} {path}.")
 
     def _route_onboarding(self, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
         return _onboarding_route(self, request)
+
+    # ---- resources beside a vault ------------------------------------------------------------
+
+    # The Defender plans and the lists of diagnostic settings are the onboarding state's (the
+    # routes of `kvguard doctor` answer them): a plan is kept there, a setting in both.
+
+    def add_resource(self, doc: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if _is_pricing(doc["id"]):
+                self.onboarding.pricings[_pricing_key(doc["id"])] = copy.deepcopy(doc)
+            else:
+                self.resources[vault_key(doc["id"])] = copy.deepcopy(doc)
+                self._sync_settings()
+        return doc
+
+    def resource(self, resource_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            if _is_pricing(resource_id):
+                found = self.onboarding.pricings.get(_pricing_key(resource_id))
+            else:
+                found = self.resources.get(vault_key(resource_id))
+            return copy.deepcopy(found) if found is not None else None
+
+    def _sync_settings(self) -> None:
+        marker = "/providers/microsoft.insights/diagnosticsettings/"
+        lists: dict[str, list[dict[str, Any]]] = {}
+        for key, doc in self.resources.items():
+            if marker in key:
+                lists.setdefault(key.split(marker)[0], []).append(copy.deepcopy(doc))
+        self.onboarding.diagnostic_settings = lists
+
+    def _beside(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        """GET, PUT (the body's properties replace the resource's) and DELETE by id; GET of the
+        collection lists what lies at the scope (and, with `atScope()`, above it)."""
+        key, method = vault_key(request.path), request.method
+        if match["name"] is None:
+            if method != "GET":
+                return _arm_error(405, "MethodNotAllowed", f"{method} of a collection.")
+            kind = match["kind"].lower()
+            at_scope = "atscope()" in (request.param("$filter") or "").lower()
+            scope = vault_key(match["scope"])
+            value = [copy.deepcopy(doc) for k, doc in self.resources.items()
+                     if kind in k and (vault_key(k.split(kind)[0]) == scope
+                                       or (at_scope and scope.startswith(vault_key(k.split(kind)[0]) + "/")))]
+            return 200, {"value": value}, {}
+        if method == "GET":
+            found = self.resources.get(key)
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The resource {request.path} was not found.")
+            return 200, copy.deepcopy(found), {}
+        if method == "PUT":
+            body = request.json or {}
+            existing = self.resources.get(key) or {}
+            stored = {**existing, "id": existing.get("id", request.path), "name": match["name"],
+                      "type": existing.get("type", _BESIDE_TYPES[match["kind"].lower()]),
+                      "properties": copy.deepcopy(body.get("properties") or {})}
+            self.resources[key] = stored
+            self._sync_settings()
+            return (200 if existing else 201), copy.deepcopy(stored), {}
+        if method == "DELETE":
+            gone = self.resources.pop(key, None)
+            self._sync_settings()
+            return (200, None, {}) if gone is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
 
     def _get_vault(self, path: str, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
         doc = self.vaults.get(vault_key(path))
@@ -516,6 +596,16 @@ def _activity_page(fake: ArmFake, match: re.Match[str], request: Recorded) -> tu
                                 "$skiptoken": str(begin + size)})
         page["nextLink"] = f"{fake.base_url}{request.path}?{next_query}"
     return 200, page, {}
+
+
+def _is_pricing(resource_id: str) -> bool:
+    return "/providers/microsoft.security/pricings/" in resource_id.lower()
+
+
+def _pricing_key(resource_id: str) -> str:
+    """The onboarding state's key of a plan: `{subscription}/{name}`."""
+    parts = resource_id.strip("/").split("/")
+    return f"{parts[1].lower()}/{parts[-1].lower()}"
 
 
 def _onboarding_route(fake: ArmFake, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:

@@ -82,7 +82,9 @@ def fake() -> Iterator[ArmFake]:
         state.role_definitions[READER] = role(READER, "Reader", ["*/read"])
         state.role_definitions[REMEDIATOR] = role(REMEDIATOR, "kvguard remediator (prod)", [
             "Microsoft.KeyVault/vaults/read", "Microsoft.KeyVault/vaults/write",
-            "Microsoft.KeyVault/vaults/accessPolicies/write"])
+            "Microsoft.KeyVault/vaults/accessPolicies/write",
+            "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
+            "Microsoft.Insights/diagnosticSettings/write"])
         state.role_assignments += [assignment("a1b2c3d4-0000-4000-8000-000000000001", READER),
                                    assignment("a1b2c3d4-0000-4000-8000-000000000002", REMEDIATOR)]
         state.diagnostic_settings[VAULT.lower()] = [copy.deepcopy(AUDIT_SETTING)]

@@ -161,10 +161,25 @@ def tampered(fake: ArmFake, state_db: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """Baselines seeded by the CLI, then a rogue grant on one vault behind kvguard's back.
     Defender findings are on, as in production."""
     monkeypatch.setenv("KVGUARD_DEFENDER", "true")
+    for name in NAMES:  # audit logs flowing and the Defender plan on: the baseline's sweep is quiet
+        fake.add_resource(audit_setting(vault_id(name)))
+    fake.add_resource(PLAN_ON)
     assert run("baseline", "--subscription", SUB)[0] == 0
     fake.add_vault(vault_doc(TARGET, copy.deepcopy(ROGUE_GRANT)))
     fake.requests.clear()
     return fake
+
+
+PLAN_ON = {"id": f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults", "name": "KeyVaults",
+           "type": "Microsoft.Security/pricings", "properties": {"pricingTier": "Standard", "subPlan": "PerKeyVault"}}
+
+
+def audit_setting(vid: str) -> dict[str, Any]:
+    return {"id": f"{vid}/providers/Microsoft.Insights/diagnosticSettings/audit", "name": "audit",
+            "type": "Microsoft.Insights/diagnosticSettings",
+            "properties": {"workspaceId": f"/subscriptions/{SUB}/resourceGroups/rg-soc/providers/"
+                                          "Microsoft.OperationalInsights/workspaces/law",
+                           "logs": [{"categoryGroup": "audit", "enabled": True}]}}
 
 
 def lines(output: str) -> list[dict[str, Any]]:
@@ -218,3 +233,30 @@ def test_replay_live_readable_report(tampered: ArmFake, state_db: Path, tmp_path
     assert "live replay (dry run)" in output
     assert "revert_access_policy: planned" in output
     assert [r.method for r in tampered.requests if r.method in WRITES] == []
+
+
+def test_baseline_seeds_the_resources_beside_the_vaults_and_sweeps(fake: ArmFake, state_db: Path) -> None:
+    setting = {
+        "id": f"{TARGET}/providers/Microsoft.Insights/diagnosticSettings/audit", "name": "audit",
+        "type": "Microsoft.Insights/diagnosticSettings",
+        "properties": {"storageAccountId": f"/subscriptions/{SUB}/resourceGroups/rg-logs/providers/"
+                                           "Microsoft.Storage/storageAccounts/stlogs",
+                       "logs": [{"categoryGroup": "allLogs", "enabled": True}]},
+    }
+    plan = {"id": f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults", "name": "KeyVaults",
+            "type": "Microsoft.Security/pricings", "properties": {"pricingTier": "Free"}}
+    group_lock = {"id": f"/subscriptions/{SUB}/resourceGroups/rg-apps/providers/Microsoft.Authorization/locks/keep",
+                  "name": "keep", "type": "Microsoft.Authorization/locks", "properties": {"level": "CanNotDelete"}}
+    for doc in (setting, plan, group_lock):
+        fake.add_resource(doc)
+
+    status, output = run("baseline", "--subscription", SUB)
+
+    assert status == 0
+    assert "3 resource baseline(s) seeded beside the vaults" in output
+    store = SQLiteStateStore(str(state_db))
+    for doc in (setting, plan, group_lock):
+        assert store.get_baseline(doc["id"]) is not None
+    # every vault's plan is off; only kv-web-01 sends its audit logs somewhere
+    assert output.count("KV-DEF-01") == 3 and output.count("KV-LOG-02") == 2
+    assert [r.method for r in fake.requests if r.method in WRITES] == []  # no alert sink configured

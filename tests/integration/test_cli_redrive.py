@@ -24,6 +24,7 @@ from kvguard.cli import main
 from kvguard.live import MAX_DEAD_LETTER_BYTES
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
 from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteBlob, running_azurite_blob
+from tests.integration.test_cli_live import PLAN_ON, audit_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "deadletter"
@@ -120,6 +121,9 @@ def storage_event() -> dict[str, Any]:
 def fake() -> Iterator[ArmFake]:
     with arm_fake() as running:
         running.add_vault(vault_doc())
+        # audit logs flowing and the Defender plan on: the sweep of `kvguard baseline` is quiet
+        running.add_resource(audit_setting(VAULT))
+        running.add_resource({**PLAN_ON, "id": f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults"})
         yield running
 
 

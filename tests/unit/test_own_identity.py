@@ -110,7 +110,8 @@ def test_a_change_to_kvguards_deployment_alerts_in_observe_mode_and_is_claimed_o
     assert [f.rule for f in outcome.findings] == ["KV-SELF-02"]
     assert {a.handler: a.status for a in outcome.actions} == {"raise_defender_alert": "applied",
                                                              "publish_detection": "applied"}
-    assert list(outcome.to_json())[-1] == "resource"
+    keys = list(outcome.to_json())
+    assert keys[keys.index("vault") + 1] == "resource"  # every record: the resource right after the vault
     assert [f.rule for f in env.store.open_findings(EVENT_SUBSCRIPTION_ID)] == ["KV-SELF-02"]
     again = env.deliver(deleted)
     assert (again.outcome, again.resource) == ("duplicate", EVENT_SUBSCRIPTION_ID)

@@ -1,0 +1,162 @@
+"""The ResourceGateway on Azure Resource Manager for the resources beside a vault: its diagnostic
+settings, the locks over it, its private endpoint connections and its subscription's Defender
+plan (the `KeyVaults` pricing).
+
+Each is read, written and listed as raw ARM JSON by a thin call (`send_request`) through the ARM
+pipeline of the azure-mgmt-keyvault client (azure-mgmt-core's: the same credential policy,
+retries and logging as every SDK call), at an API version pinned per resource type below: one
+path for the four types, and every field ARM returned kept, as kvguard judges resources by their
+wire JSON, never by SDK models (azure-mgmt-monitor 7.x has no diagnostic-settings operations).
+
+Errors follow `kvguard.adapters.azure_clients`: a resource that is not there (404
+`ResourceNotFound`) is None for `get` and False for `delete`; throttling and 5xx after the SDK's
+own retries are transient; other failures, and a type this gateway does not read, are permanent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from kvguard.adapters.azure_clients import (
+    ARM_ENDPOINT,
+    SubscriptionClients,
+    azure_errors,
+    is_not_found,
+    require_object,
+)
+from kvguard.ids import subscription_of
+from kvguard.ports import PermanentError
+from kvguard.resources import key_vaults_pricing_id
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+
+def _keyvault_client(*args: Any, **kwargs: Any) -> KeyVaultManagementClient:
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+
+    return KeyVaultManagementClient(*args, **kwargs)
+
+
+# The API version each resource type is read and written with (lower-cased type).
+API_VERSIONS = {
+    "microsoft.insights/diagnosticsettings": "2021-05-01-preview",
+    "microsoft.authorization/locks": "2020-05-01",
+    "microsoft.keyvault/vaults/privateendpointconnections": "2023-07-01",
+    "microsoft.security/pricings": "2024-01-01",
+}
+# Where each type is listed for a scope (the vault's id), and with which query.
+_LISTINGS = {
+    "microsoft.insights/diagnosticsettings": ("/providers/Microsoft.Insights/diagnosticSettings", {}),
+    "microsoft.authorization/locks": ("/providers/Microsoft.Authorization/locks", {"$filter": "atScope()"}),
+    "microsoft.keyvault/vaults/privateendpointconnections": ("/privateEndpointConnections", {}),
+}
+
+
+def resource_type_of_id(resource_id: str) -> str:
+    """The type of a resource beside a vault, from its id alone."""
+    lowered = resource_id.lower()
+    if "/providers/microsoft.insights/diagnosticsettings/" in lowered:
+        return "microsoft.insights/diagnosticsettings"
+    if "/providers/microsoft.authorization/locks/" in lowered:
+        return "microsoft.authorization/locks"
+    if "/providers/microsoft.security/pricings/" in lowered:
+        return "microsoft.security/pricings"
+    if "/privateendpointconnections/" in lowered and "/providers/microsoft.keyvault/vaults/" in lowered:
+        return "microsoft.keyvault/vaults/privateendpointconnections"
+    raise PermanentError(f"no reader of the resource {resource_id} is configured")
+
+
+class ArmResourceGateway:
+    """Diagnostic settings, locks, private endpoint connections and the Defender plan, by id."""
+
+    def __init__(self, credential: TokenCredential, endpoint: str = ARM_ENDPOINT, **client_kwargs: Any) -> None:
+        """`client_kwargs` go to every client, as for ArmVaultGateway."""
+        self._clients: SubscriptionClients[KeyVaultManagementClient] = SubscriptionClients(
+            _keyvault_client, credential, endpoint, **client_kwargs
+        )
+
+    def __repr__(self) -> str:
+        return f"ArmResourceGateway(endpoint={self._clients.endpoint!r})"
+
+    def get(self, resource_id: str) -> Mapping[str, Any] | None:
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            return self._call("GET", resource_id, f"get {resource_id}", answers=is_not_found)
+        except HttpResponseError:
+            return None
+
+    def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        body = {k: v for k, v in document.items() if k.lower() not in ("id", "type", "etag", "systemdata")}
+        answer = self._call("PUT", resource_id, f"put {resource_id}", body=body)
+        return answer or self.get(resource_id) or {}
+
+    def delete(self, resource_id: str) -> bool:
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            status = self._status("DELETE", resource_id, f"delete {resource_id}")
+        except HttpResponseError:
+            return False
+        return status != 204
+
+    def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
+        wanted = resource_type.lower()
+        subscription = subscription_of(scope) or ""
+        if wanted == "microsoft.security/pricings":
+            plan = self.get(key_vaults_pricing_id(subscription))
+            return [plan] if plan is not None else []
+        if wanted not in _LISTINGS:
+            raise PermanentError(f"no reader of {resource_type} is configured")
+        suffix, query = _LISTINGS[wanted]
+        url = self._url(scope.rstrip("/") + suffix, API_VERSIONS[wanted], query)
+        found: list[Mapping[str, Any]] = []
+        while url:
+            page = self._send("GET", url, f"list {resource_type} at {scope}", subscription)
+            found += [item for item in page.get("value") or [] if isinstance(item, dict)]
+            url = page.get("nextLink") or ""
+        return found
+
+    def close(self) -> None:
+        self._clients.close()
+
+    # --- the thin calls ---------------------------------------------------------------------
+
+    def _url(self, path: str, api_version: str, query: Mapping[str, str] | None = None) -> str:
+        from urllib.parse import urlencode
+
+        return f"{self._clients.endpoint}{path}?" + urlencode({"api-version": api_version, **(query or {})})
+
+    def _call(self, method: str, resource_id: str, what: str, *, body: Any = None,
+              answers: Any = lambda error: False) -> dict[str, Any] | None:
+        url = self._url(resource_id, API_VERSIONS[resource_type_of_id(resource_id)])
+        return self._send(method, url, what, subscription_of(resource_id) or "", body=body, answers=answers)
+
+    def _status(self, method: str, resource_id: str, what: str) -> int:
+        url = self._url(resource_id, API_VERSIONS[resource_type_of_id(resource_id)])
+        response = self._request(method, url, what, subscription_of(resource_id) or "", answers=is_not_found)
+        return int(response.status_code)
+
+    def _send(self, method: str, url: str, what: str, subscription: str, *, body: Any = None,
+              answers: Any = lambda error: False) -> dict[str, Any]:
+        response = self._request(method, url, what, subscription, body=body, answers=answers)
+        if response.status_code in (202, 204) or not response.text():
+            return {}
+        with azure_errors(what):
+            payload = response.json()
+        return require_object(payload, f"ARM's answer to {method} {urlsplit(url).path}")
+
+    def _request(self, method: str, url: str, what: str, subscription: str, *, body: Any = None,
+                 answers: Any = lambda error: False) -> Any:
+        from azure.core.exceptions import HttpResponseError, ODataV4Format
+        from azure.core.rest import HttpRequest
+
+        request = HttpRequest(method, url, json=body) if body is not None else HttpRequest(method, url)
+        with azure_errors(what, answers=answers):
+            response = self._clients(subscription).send_request(request)
+            if response.status_code >= 400:
+                raise HttpResponseError(response=response, error_format=ODataV4Format)  # ARM's {"error": …}
+        return response

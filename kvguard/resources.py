@@ -1,0 +1,151 @@
+"""ARM resources beside the vaults: which changes kvguard watches, and which vaults a change covers.
+
+A role assignment, a lock or a diagnostic setting is an ARM resource of its own, at some scope: a
+vault, something inside a vault (one secret), a resource group, a subscription or a management
+group. Its event carries only its id and the operation, so the scope is read from the id. A scope
+covers a vault when the vault lies under it or it lies under the vault, comparing whole segments
+case-insensitively (`…/vaults/kv` does not cover `…/vaults/kv2`); a management-group scope covers
+every vault, as Azure's inheritance has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.vault import VaultConfig
+
+# The watched operations on resources other than vaults, lower-cased: the resource type they change
+# (as ARM spells it in the resource's `type`) and whether they write or delete it.
+ResourceAction = Literal["write", "delete"]
+RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
+    "microsoft.authorization/roleassignments/write": ("Microsoft.Authorization/roleAssignments", "write"),
+    "microsoft.authorization/roleassignments/delete": ("Microsoft.Authorization/roleAssignments", "delete"),
+    "microsoft.authorization/roledefinitions/write": ("Microsoft.Authorization/roleDefinitions", "write"),
+    "microsoft.insights/diagnosticsettings/write": ("Microsoft.Insights/diagnosticSettings", "write"),
+    "microsoft.insights/diagnosticsettings/delete": ("Microsoft.Insights/diagnosticSettings", "delete"),
+    "microsoft.authorization/locks/write": ("Microsoft.Authorization/locks", "write"),
+    "microsoft.authorization/locks/delete": ("Microsoft.Authorization/locks", "delete"),
+    "microsoft.keyvault/vaults/privateendpointconnections/write": (
+        "Microsoft.KeyVault/vaults/privateEndpointConnections", "write"),
+    "microsoft.keyvault/vaults/privateendpointconnections/delete": (
+        "Microsoft.KeyVault/vaults/privateEndpointConnections", "delete"),
+    "microsoft.security/pricings/write": ("Microsoft.Security/pricings", "write"),
+}
+RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
+VAULT_TYPE = "Microsoft.KeyVault/vaults"
+MANAGEMENT_GROUP_PREFIX = "/providers/microsoft.management/managementgroups/"
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    """What an event says about a resource other than a vault: its id, its ARM type, whether it
+    was written or deleted, and the scope it applies to."""
+
+    id: str
+    type: str
+    action: ResourceAction
+
+    @property
+    def key(self) -> str:
+        return vault_key(self.id)
+
+    @property
+    def scope(self) -> str:
+        return scope_of(self.id)
+
+    @property
+    def operation(self) -> str:
+        return f"{self.type}/{self.action}"
+
+
+def resource_change(operation: str, resource_uri: str) -> ResourceChange | None:
+    """The watched change an operation on `resource_uri` is, or None when kvguard does not watch it."""
+    known = RESOURCE_OPERATIONS.get(operation.strip().lower())
+    if known is None:
+        return None
+    text = resource_uri.strip().rstrip("/")
+    return ResourceChange(id=text if text.startswith("/") else "/" + text, type=known[0], action=known[1])
+
+
+def resource_type_of(doc: Mapping[str, Any]) -> str:
+    """A resource document's `type`; for a vault the type may be left out (its id says it)."""
+    stated = doc.get("type")
+    if isinstance(stated, str) and stated.strip():
+        return stated.strip()
+    return VAULT_TYPE if is_vault_id(str(doc.get("id", ""))) else ""
+
+
+def is_vault_id(resource_id: str) -> bool:
+    """Whether `resource_id` is a vault's own id (not a sub-resource of one, not a deleted vault)."""
+    ref = parse_vault_ref(resource_id)
+    return ref is not None and ref.resource_group is not None and vault_key(ref.id) == vault_key(resource_id)
+
+
+def scope_of(resource_id: str) -> str:
+    """The scope a resource applies to. An extension resource (`{scope}/providers/{namespace}/
+    {type}/{name}`) applies to the scope before its last `/providers/`; a child of a vault with no
+    `/providers/` of its own (a private endpoint connection) applies to the vault."""
+    text = resource_id.strip().rstrip("/")
+    vault = parse_vault_ref(text)
+    inside = len(vault.id) if vault is not None and vault.resource_group is not None else 0
+    at = text.lower().rfind("/providers/")
+    if at >= inside and at > 0:
+        return text[:at]
+    return vault.id if inside and vault is not None else text
+
+
+def covers(scope: str, vault_id: str) -> bool:
+    """Whether a resource at `scope` applies to the vault: segment-wise, case-insensitive."""
+    scope_key, key = vault_key(scope), vault_key(vault_id)
+    if scope_key.startswith(MANAGEMENT_GROUP_PREFIX):
+        return True
+    return key == scope_key or key.startswith(scope_key + "/") or scope_key.startswith(key + "/")
+
+
+def covered_vaults(scope: str, vault_ids: Iterable[str]) -> list[str]:
+    """The vaults among `vault_ids` that a resource at `scope` applies to, in their given order."""
+    return [vault_id for vault_id in vault_ids if covers(scope, vault_id)]
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """What the rules see of a changed resource: the change, its accepted baseline (`before`, None:
+    not seen before), its current ARM JSON (`after`, None: gone), and the accepted configuration of
+    every vault its scope covers."""
+
+    change: ResourceChange
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+    vaults: tuple[VaultConfig, ...] = ()
+
+    @property
+    def vault_ids(self) -> list[str]:
+        return [vault.id for vault in self.vaults]
+
+
+DIAGNOSTIC_SETTINGS_TYPE = "Microsoft.Insights/diagnosticSettings"
+PRICINGS_TYPE = "Microsoft.Security/pricings"
+# What a sweep reads around each vault: its diagnostic settings, and its subscription's Defender
+# plan (the `KeyVaults` pricing, listed at the vault's scope because it applies from above).
+SWEEP_TYPES: tuple[str, ...] = (DIAGNOSTIC_SETTINGS_TYPE, PRICINGS_TYPE)
+
+
+def key_vaults_pricing_id(subscription_id: str) -> str:
+    """The id of the Defender for Key Vault plan of a subscription."""
+    return f"/subscriptions/{subscription_id}/providers/Microsoft.Security/pricings/KeyVaults"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a sweep rule sees of one protected vault: the vault's accepted configuration and the
+    resources read around it (each as ARM JSON, of the SWEEP_TYPES)."""
+
+    vault: VaultConfig
+    resources: tuple[Mapping[str, Any], ...] = ()
+
+    def of_type(self, resource_type: str) -> list[Mapping[str, Any]]:
+        wanted = resource_type.lower()
+        return [doc for doc in self.resources if resource_type_of(doc).lower() == wanted]
