@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 TENANT = "2b7e1f0a-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -128,3 +129,98 @@ def activity_log(operations: int, vaults: int = 50, seed: int = 7) -> list[dict[
             })
     rng.shuffle(records)
     return records
+
+
+def mixed_scenario(deliveries: int = 5000, vaults: int = 200, policies: int = 8, seed: int = 11,
+                   every: str = "PT2S") -> dict[str, Any]:
+    """A held-out load unlike `scenario`'s tag-heavy one: over `vaults` vaults, a mix of tag
+    changes, grants, revokes, firewall changes and flag changes, and 10 % redeliveries of an
+    earlier event (not only the last one), as Event Grid retries arrive out of order."""
+    docs = [_sized(vault_doc(i), policies) for i in range(vaults)]
+    return {"name": f"benchmark: mixed load, {deliveries} deliveries over {vaults} vaults",
+            "clock": "2026-11-27T10:00:00Z", "policy": {"mode": "alert"}, "vaults": docs,
+            "steps": list(mixed_steps(docs, deliveries, seed, every))}
+
+
+def mixed_steps(docs: list[dict[str, Any]], deliveries: int, seed: int = 11,
+                every: str = "PT2S") -> Iterator[dict[str, Any]]:
+    """The steps of `mixed_scenario`, made one by one (a long run need not hold them all)."""
+    rng = random.Random(seed)
+    vaults = len(docs)
+    current = copy.deepcopy(docs)
+    callers = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(40)]
+    sent: list[dict[str, Any]] = []
+    for number in range(deliveries):
+        roll = rng.random()
+        if roll < 0.10 and sent:
+            yield {"event": rng.choice(sent)}
+            continue
+        index = rng.randrange(vaults)
+        doc = current[index]
+        props = doc["properties"]
+        if roll < 0.45:
+            doc["tags"]["touched"] = str(number)
+        elif roll < 0.60:
+            props["accessPolicies"].append({"tenantId": TENANT, "objectId": str(uuid.UUID(int=rng.getrandbits(128))),
+                                            "permissions": {"secrets": ["get"], "keys": ["get", "unwrapKey"]}})
+        elif roll < 0.72 and props["accessPolicies"]:
+            props["accessPolicies"].pop(rng.randrange(len(props["accessPolicies"])))
+        elif roll < 0.86:
+            acls = props["networkAcls"]
+            if acls["ipRules"] and rng.random() < 0.5:
+                acls["ipRules"].pop()
+            else:
+                acls["ipRules"].append({"value": f"198.51.100.{rng.randrange(256)}/32"})
+        else:
+            flag = rng.choice(("enabledForDeployment", "enabledForTemplateDeployment", "enabledForDiskEncryption"))
+            props[flag] = not props.get(flag, False)
+        caller = rng.randrange(len(callers))
+        event = envelope(str(uuid.UUID(int=rng.getrandbits(128))), doc["id"], callers[caller],
+                         f"10.2.{rng.randrange(256)}.{rng.randrange(256)}", "2026-11-27T10:00:00Z")
+        yield {"advance": every}
+        yield {"write": copy.deepcopy(doc)}
+        yield {"event": event}
+        sent.append(event)
+
+
+def _sized(doc: dict[str, Any], policies: int) -> dict[str, Any]:
+    """A vault document with `policies` access-policy entries (Azure allows up to 1,024)."""
+    index = int(doc["name"].rsplit("-", 1)[-1])
+    doc["properties"]["accessPolicies"] = [
+        {"tenantId": TENANT, "objectId": str(uuid.UUID(int=index * 1_000_003 + j)),
+         "permissions": {"keys": ["get", "wrapKey", "unwrapKey"], "secrets": ["get"]}}
+        for j in range(policies)
+    ]
+    return doc
+
+
+def large_vault_scenario(events: int = 2000, policies: int = 1024, vaults: int = 1, seed: int = 13,
+                         every: str = "PT2S") -> dict[str, Any]:
+    """`events` deliveries against vaults of `policies` access-policy entries each: mostly tag
+    changes (the vault document re-read in full each time), some grant and revoke swaps that keep
+    the entry count at the limit."""
+    docs = [_sized(vault_doc(i), policies) for i in range(vaults)]
+    return {"name": f"benchmark: {events} events, {vaults} vaults of {policies} access policies",
+            "clock": "2026-11-27T10:00:00Z", "policy": {"mode": "alert"}, "vaults": docs,
+            "steps": list(large_vault_steps(docs, events, seed, every))}
+
+
+def large_vault_steps(docs: list[dict[str, Any]], events: int, seed: int = 13,
+                      every: str = "PT2S") -> Iterator[dict[str, Any]]:
+    """The steps of `large_vault_scenario`, made one by one."""
+    rng = random.Random(seed)
+    vaults = len(docs)
+    current = copy.deepcopy(docs)
+    for number in range(events):
+        doc = current[number % vaults]
+        if rng.random() < 0.1:
+            entries = doc["properties"]["accessPolicies"]
+            entries[rng.randrange(len(entries))] = {
+                "tenantId": TENANT, "objectId": str(uuid.UUID(int=rng.getrandbits(128))),
+                "permissions": {"secrets": ["get"]}}
+        else:
+            doc["tags"]["touched"] = str(number)
+        yield {"advance": every}
+        yield {"write": copy.deepcopy(doc)}
+        yield {"event": envelope(str(uuid.UUID(int=rng.getrandbits(128))), doc["id"],
+                                 "7c1f0e2d-0000-4000-8000-000000000001", "10.3.0.1", "2026-11-27T10:00:00Z")}

@@ -139,9 +139,31 @@ def permissions_widened(ctx: Context) -> Iterator[Hit]:
         )
 
 
+# _over_broad's answers by access-policy list (kvguard.vault shares one parsed tuple between all
+# configurations of one list content, so a vault whose tags change is not judged entry by entry
+# again). Keyed by the tuple's id, the tuple kept beside the answer so that the id stays its own;
+# bounded by the entries the kept tuples hold, since keeping a tuple keeps its parsed entries.
+_OVER_BROAD_ENTRIES = 8_192
+_over_broad_by_list: dict[int, tuple[tuple[AccessPolicy, ...], dict[str, dict[str, Any]]]] = {}
+
+
 def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
+    entries = config.access_policies
+    known = _over_broad_by_list.get(id(entries))
+    if known is not None and known[0] is entries:
+        return known[1]
+    found = _over_broad_entries(entries)
+    held = sum(len(kept) for kept, _ in _over_broad_by_list.values())
+    while _over_broad_by_list and held + len(entries) > _OVER_BROAD_ENTRIES:
+        held -= len(_over_broad_by_list.pop(next(iter(_over_broad_by_list)))[0])  # the oldest
+    if len(entries) <= _OVER_BROAD_ENTRIES:
+        _over_broad_by_list[id(entries)] = (entries, found)
+    return found
+
+
+def _over_broad_entries(entries: tuple[AccessPolicy, ...]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for entry in config.access_policies:
+    for entry in entries:
         reasons = []
         full: set[str] = set()
         for category in PERMISSION_CATEGORIES:

@@ -63,12 +63,12 @@ from kvguard.resources import (
 from kvguard.risk import Risk, assess
 from kvguard.roles import Role, builtin_role, role_from_arm, role_guid
 from kvguard.suppression import suppress, with_notes
-from kvguard.vault import VaultConfig, VaultDiff, diff
+from kvguard.vault import VaultConfig, VaultDiff, diff, footprint
 from remediation.base import Operation, PlanInput
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger("kvguard")
-PARSED_BASELINES = 256  # parsed baselines kept in memory, by ETag
+PARSED_BASELINE_BYTES = 16_000_000  # parsed baselines kept in memory, by ETag, up to this estimate of their size
 ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
 ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
@@ -137,6 +137,7 @@ class Pipeline:
         self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now(),
                                    resources=resources)
         self._parsed: OrderedDict[str, VaultConfig] = OrderedDict()
+        self._parsed_bytes = 0
 
     # --- parse --------------------------------------------------------------------------------
 
@@ -517,12 +518,20 @@ class Pipeline:
         if cached is None:
             cached = VaultConfig.from_arm(baseline.config)
             self._remember(baseline.etag, cached)
+        else:
+            self._parsed.move_to_end(baseline.etag)
         return cached
 
     def _remember(self, etag: str, config: VaultConfig) -> None:
-        if len(self._parsed) >= PARSED_BASELINES:
-            self._parsed.popitem(last=False)  # the oldest
+        """Bounded by the estimated bytes the parsed baselines hold (vault.footprint), not by
+        their number: open findings keep the baselines they were found against, many per vault."""
+        replaced = self._parsed.pop(etag, None)
+        if replaced is not None:
+            self._parsed_bytes -= footprint(replaced)
         self._parsed[etag] = config
+        self._parsed_bytes += footprint(config)
+        while self._parsed_bytes > PARSED_BASELINE_BYTES and len(self._parsed) > 1:
+            self._parsed_bytes -= footprint(self._parsed.popitem(last=False)[1])  # the least recently used
 
     def _recent_remediations(
         self, vault_id: str, vault: VaultConfig | None, findings: Sequence[Finding], now: datetime

@@ -1,0 +1,90 @@
+"""Access-policy lists parsed once per content and shared: the same answers as a fresh parse,
+and a cache bounded by bytes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from detectors.access_policy import _over_broad, _over_broad_entries
+from kvguard import vault
+from kvguard.policy import Policy
+from kvguard.vault import AccessPolicy, VaultConfig, diff
+from tests.unit.test_vault import BATCH, ROGUE, WEB, arm, entry
+
+
+def test_a_vault_whose_policies_did_not_change_shares_its_parsed_entries() -> None:
+    first = arm([entry(WEB, secrets=["Get"]), entry(BATCH, keys=["get", "unwrapKey"])])
+    retagged = copy.deepcopy(first)
+    retagged["tags"] = {"touched": "1"}
+    before, after = VaultConfig.from_arm(first), VaultConfig.from_arm(retagged)
+    assert after.access_policies is before.access_policies
+    assert diff(before, after).empty
+
+
+def test_a_changed_list_is_parsed_again_and_diffed_as_before() -> None:
+    first = arm([entry(WEB, secrets=["Get"])])
+    changed = copy.deepcopy(first)
+    changed["properties"]["accessPolicies"].append(entry(ROGUE, secrets=["get", "list"]))
+    changed["properties"]["accessPolicies"][0]["permissions"]["secrets"].append("List")
+    before, after = VaultConfig.from_arm(first), VaultConfig.from_arm(changed)
+    assert after.access_policies is not before.access_policies
+    change = diff(before, after)
+    assert [p.principal.object_id for p in change.added_policies] == [ROGUE]
+    assert [(c.principal.object_id, c.category, c.added) for c in change.permission_changes] == [
+        (WEB, "secrets", frozenset({"list"}))]
+
+
+def test_shared_entries_equal_a_fresh_parse() -> None:
+    doc = arm([entry(WEB, secrets=["Get", "LIST"], keys=["all"]), entry(BATCH, application_id=ROGUE, keys=["Get"])])
+    VaultConfig.from_arm(doc)
+    shared = VaultConfig.from_arm(copy.deepcopy(doc)).access_policies
+    fresh = tuple(AccessPolicy.from_arm(p) for p in doc["properties"]["accessPolicies"])
+    assert shared == fresh
+
+
+def test_a_list_that_is_no_json_is_parsed_without_the_cache() -> None:
+    doc = arm([entry(WEB, secrets=["get"])])
+    doc["properties"]["accessPolicies"][0]["note"] = object()  # not serialisable: parsed as it is
+    assert [p.principal.object_id for p in VaultConfig.from_arm(doc).access_policies] == [WEB]
+
+
+def test_a_tuple_of_permissions_is_not_taken_for_the_list_it_spells() -> None:
+    as_list = arm([entry(WEB, secrets=["get", "list"])])
+    as_tuple = copy.deepcopy(as_list)
+    as_tuple["properties"]["accessPolicies"][0]["permissions"]["secrets"] = ("get", "list")
+    assert VaultConfig.from_arm(as_list).access_policies[0].get("secrets") == {"get", "list"}
+    assert VaultConfig.from_arm(as_tuple).access_policies[0].get("secrets") == frozenset()
+
+
+def test_the_cache_is_bounded_by_the_bytes_of_the_lists_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vault, "PARSED_POLICY_TEXT_BYTES", 2_000)
+    for number in range(50):
+        VaultConfig.from_arm(arm([entry(f"{number:08x}-0000-4000-8000-000000000000", secrets=["get"])]))
+    held = sum(len(content) for content in vault._parsed_policies)
+    assert held == vault._parsed_policies_bytes
+    assert 0 < held <= 2_000
+
+
+def test_over_broad_answers_are_reused_for_one_list_and_recomputed_for_another() -> None:
+    policy = Policy()
+    broad = VaultConfig.from_arm(arm([entry(ROGUE, secrets=["get", "list"])]))
+    assert _over_broad(broad, policy) is _over_broad(broad, policy)
+    assert _over_broad(broad, policy) == _over_broad_entries(broad.access_policies)
+    narrow = VaultConfig.from_arm(arm([entry(ROGUE, secrets=["get"])]))
+    assert _over_broad(narrow, policy) == {}
+    assert ROGUE in next(iter(_over_broad(broad, policy)))
+
+
+def test_over_broad_answers_keep_no_more_entries_than_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detectors import access_policy
+
+    monkeypatch.setattr(access_policy, "_OVER_BROAD_ENTRIES", 10)
+    monkeypatch.setattr(access_policy, "_over_broad_by_list", {})
+    policy = Policy()
+    for number in range(8):
+        grants = [entry(f"{number:04x}{j:04x}-0000-4000-8000-000000000000", secrets=["get"]) for j in range(3)]
+        _over_broad(VaultConfig.from_arm(arm(grants)), policy)
+    held = sum(len(kept) for kept, _ in access_policy._over_broad_by_list.values())
+    assert 0 < held <= 10
