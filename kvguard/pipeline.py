@@ -642,11 +642,7 @@ class Pipeline:
                 results.append(self._deliver(handler_id, operations, after))
         alerted = list(results)
         allowed = remediable(findings, self.policy)
-        by_handler: dict[str, list[Finding]] = defaultdict(list)
-        for finding in findings:
-            if finding.remediation:
-                by_handler[finding.remediation].append(finding)
-        for handler_id, handler_findings in by_handler.items():
+        for handler_id, handler_findings in _by_remediation(findings).items():
             rules = sorted({f.rule for f in handler_findings})
             mine = [f for f in handler_findings if f in allowed]
             result = self._remediate(event, owner, handler_id, rules, mine, findings, decision, before, after,
@@ -989,11 +985,7 @@ class Pipeline:
             results.append(self._deliver(handler_id, HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)),
                                          None))
         allowed = remediable(findings, self.policy)
-        by_handler: dict[str, list[Finding]] = defaultdict(list)
-        for finding in findings:
-            if finding.remediation:
-                by_handler[finding.remediation].append(finding)
-        for handler_id, handler_findings in by_handler.items():
+        for handler_id, handler_findings in _by_remediation(findings).items():
             rules = sorted({f.rule for f in handler_findings})
             mine = [f for f in handler_findings if f in allowed]
             if not decision.remediate:
@@ -1217,6 +1209,15 @@ class Pipeline:
 def sweep_key(vault_id: str) -> str:
     """Where a vault's sweep findings are kept open: beside the vault's own, never mixed with them."""
     return f"{vault_id}|sweep"
+
+
+def _by_remediation(findings: Sequence[Finding]) -> dict[str, list[Finding]]:
+    """The findings each remediation handler answers, in the order they fired."""
+    by_handler: dict[str, list[Finding]] = defaultdict(list)
+    for finding in findings:
+        if finding.remediation:
+            by_handler[finding.remediation].append(finding)
+    return by_handler
 
 
 def _sweep_event(vault: VaultConfig, now: datetime) -> VaultEvent:
