@@ -407,16 +407,20 @@ class Pipeline:
         moved = remediated or before is None or (change is not None and not change.empty)
         resolved, resolutions = self._resolve(event, display_id, final if moved else None, findings, actions,
                                               decision, opened, now)
+        # The record shows the findings it lists, and their risk: a joined report (already alerted)
+        # still drives the decision above, but is not scored again in the record.
+        listed = [f for f in findings if f not in joined]
+        shown = assess(listed, event, steering, self.policy) if joined else risk
         outcome = Outcome(
             event.id,
             "processed",
             with_notes(_reason(event, before, after, findings, risk, decision, joined), suppressed),
             display_id,
-            risk.value,
-            risk.severity,
-            [f for f in findings if f not in joined],
+            shown.value,
+            shown.severity,
+            listed,
             actions,
-            risk.explanation,
+            shown.explanation,
             resolutions,
         )
         with self.store.batch():

@@ -341,3 +341,26 @@ def test_envelope_shaped_garbage_never_raises(delivery: Any, change: dict[str, A
 @given(raw=st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     handle(fresh_run(), raw)
+
+
+def test_a_report_that_joins_an_alerted_finding_is_not_scored_again() -> None:
+    """A failed write by a named caller, then a caller-less report of the same open firewall: the
+    second joins the finding the first alerted, so its record lists no finding and scores none
+    (found by the property test above)."""
+    run = fresh_run("observe")
+    run.world.put({**VAULT, "properties": {**VAULT["properties"], "publicNetworkAccess": "Enabled"}})
+
+    def write(event_id: str, status: str, caller: dict[str, Any] | None) -> dict[str, Any]:
+        return {"id": event_id, "eventType": "Microsoft.Resources.ResourceWriteSuccess", "subject": VAULT_ID,
+                "eventTime": "2026-11-27T10:00:00Z", "dataVersion": "2",
+                "data": {"resourceUri": VAULT_ID, "operationName": "Microsoft.KeyVault/vaults/write",
+                         "status": status, "authorization": caller, "claims": {},
+                         "correlationId": f"corr-{event_id}"}}
+
+    named = {"scope": VAULT_ID, "evidence": {"principalId": "2b3c4d5e-6f70-4819-a2b3-c4d5e6f70819"}}
+    [first] = handle(run, write("e-failed", "Failed", named))
+    [second] = handle(run, write("e-unnamed", "Succeeded", None))
+
+    assert "KV-NET-01" in {f.rule for f in first.findings} and first.risk > 0
+    assert second.findings == [] and (second.risk, second.severity) == (0, "none")
+    assert second.reason.startswith("another report of an alerted change")
