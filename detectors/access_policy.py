@@ -54,6 +54,7 @@ def _new_principal_cases() -> list[Case]:
     kind="diff",
     remediation="revert_access_policy",
     cases=_new_principal_cases,
+    diff_fields=("added_policies",),
 )
 def new_principal(ctx: Context) -> Iterator[Hit]:
     """A principal the baseline did not know can now use the vault's data plane: the classic
@@ -117,6 +118,7 @@ def _permissions_widened_cases() -> list[Case]:
     kind="diff",
     remediation="revert_access_policy",
     cases=_permissions_widened_cases,
+    diff_fields=("permission_changes",),
 )
 def permissions_widened(ctx: Context) -> Iterator[Hit]:
     """A principal the team already trusted for one thing can now do more: quieter than a new
@@ -340,6 +342,7 @@ def _cover_up_cases() -> list[Case]:
     mitre=("T1098", "T1555"),
     kind="diff + history",
     cases=_cover_up_cases,
+    diff_fields=("removed_policies", "permission_changes"),
 )
 def cover_up(ctx: Context) -> Iterator[Hit]:
     """Access granted and taken away again within minutes is rarely a mistake being fixed: it is how

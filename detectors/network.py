@@ -172,6 +172,7 @@ def _broad_ip_rule_cases() -> list[Case]:
     kind="diff",
     remediation="restore_network",
     cases=_broad_ip_rule_cases,
+    diff_fields=("ip_rules_added",),
 )
 def broad_ip_rule(ctx: Context) -> Iterator[Hit]:
     """An IP rule opens the firewall to an address range. A range broader than the policy's
@@ -214,6 +215,7 @@ def _bypass_azure_services_cases() -> list[Case]:
     kind="diff",
     remediation="restore_network",
     cases=_bypass_azure_services_cases,
+    diff_fields=("settings",),
 )
 def bypass_azure_services(ctx: Context) -> Iterator[Hit]:
     """`bypass: AzureServices` lets every trusted Azure service through the firewall, including
@@ -267,6 +269,7 @@ def _foreign_subnet_cases() -> list[Case]:
     kind="diff",
     remediation="restore_network",
     cases=_foreign_subnet_cases,
+    diff_fields=("vnet_rules_added",),
 )
 def foreign_subnet(ctx: Context) -> Iterator[Hit]:
     """A virtual network rule lets a subnet reach the vault privately. A subnet of a subscription

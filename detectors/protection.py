@@ -147,6 +147,7 @@ def _rbac_switched_off_cases() -> list[Case]:
     kind="diff",
     remediation="restore_settings",
     cases=_rbac_switched_off_cases,
+    diff_fields=("settings",),
 )
 def rbac_switched_off(ctx: Context) -> Iterator[Hit]:
     """With RBAC authorization off, the vault's access policies decide data access again, and
@@ -182,6 +183,7 @@ def _platform_access_enabled_cases() -> list[Case]:
     kind="diff",
     remediation="restore_settings",
     cases=_platform_access_enabled_cases,
+    diff_fields=("settings",),
 )
 def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
     """The `enabledFor*` switches let Azure itself fetch secrets on a deployer's behalf: VMs
@@ -219,6 +221,7 @@ def _tenant_or_sku_changed_cases() -> list[Case]:
     mitre=("T1537",),
     kind="diff",
     cases=_tenant_or_sku_changed_cases,
+    diff_fields=("settings",),
 )
 def tenant_or_sku_changed(ctx: Context) -> Iterator[Hit]:
     """Moving a vault to another tenant hands it to another directory's admins (and drops every

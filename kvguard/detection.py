@@ -17,7 +17,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID, uuid5
 
-from kvguard.vault import VaultConfig, VaultDiff, diff
+from kvguard.vault import DIFF_FIELDS, VaultConfig, VaultDiff, diff
 
 if TYPE_CHECKING:
     from kvguard.events import VaultEvent
@@ -201,6 +201,10 @@ class Rule:
     case_source: Cases
     module: str
     remediate_by_default: bool = True
+    # The VaultDiff fields through which alone the rule fires (None: it reads more than the diff).
+    # `detect_all` passes such a rule over when none of them holds a change: on most events only
+    # tags changed, or nothing the diff compares, and the rule could only stay silent.
+    diff_fields: frozenset[str] | None = None
 
     @property
     def cases(self) -> tuple[Case, ...]:
@@ -265,9 +269,15 @@ def rule(
     remediation: str | None = None,
     remediate_by_default: bool = True,
     cases: Cases | Iterable[Case] = (),
+    diff_fields: Iterable[str] | None = None,
 ) -> Callable[[Detect], Rule]:
     """Declare a detector (the catalog registers it). The function's docstring is the rule's
-    rationale; `cases` is best a function returning them, so they are built only when asked for."""
+    rationale; `cases` is best a function returning them, so they are built only when asked for.
+    `diff_fields` names the `VaultDiff` fields a rule fires through, when it fires through
+    nothing else (tests/unit/test_rule_index.py holds every declaration to what its rule reads)."""
+    declared_fields = None if diff_fields is None else frozenset(diff_fields)
+    if declared_fields is not None and not declared_fields <= set(DIFF_FIELDS):
+        raise ValueError(f"{id}: unknown diff field(s) {sorted(declared_fields - set(DIFF_FIELDS))}")
 
     def declare(fn: Detect) -> Rule:
         source: Cases = cases if callable(cases) else _fixed(tuple(cases))
@@ -283,6 +293,7 @@ def rule(
             case_source=source,
             module=fn.__module__,
             remediate_by_default=remediate_by_default,
+            diff_fields=declared_fields,
         )
 
     return declare
@@ -317,9 +328,14 @@ def _judged(condition: Condition, vault: VaultConfig, policy: Policy) -> Mapping
 
 
 def detect_all(ctx: Context, rules: Mapping[str, Rule]) -> list[Finding]:
-    """Run every enabled rule of the catalog; a rule's policy override sets its severity."""
+    """Run every enabled rule of the catalog that could fire; a rule's policy override sets its
+    severity. A rule that declared the diff fields it fires through runs only when one of them
+    holds a change (never without a diff): the others would only have returned nothing."""
+    changed = ctx.diff.changed_fields() if ctx.diff is not None else frozenset()
     findings: list[Finding] = []
     for current in rules.values():
+        if current.diff_fields is not None and current.diff_fields.isdisjoint(changed):
+            continue
         override = ctx.policy.rule(current.id)
         if not override.enabled:
             continue

@@ -9,7 +9,7 @@ its first read, once, so a pipeline built by hand sees the same catalog as the c
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, ValuesView
 from types import ModuleType
 from typing import TypeVar
 
@@ -59,6 +59,10 @@ class Registry(Mapping[str, T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._loaded()
+
+    def values(self) -> ValuesView[T]:
+        """The items themselves, not one look-up per name: `detect_all` walks every rule on every event."""
+        return self._loaded().values()
 
 
 def declared(module: ModuleType, kind: type[T]) -> list[T]:

@@ -368,6 +368,18 @@ class VaultDiff:
             or self.ip_rules_added or self.ip_rules_removed or self.vnet_rules_added or self.vnet_rules_removed
         )
 
+    def changed_fields(self) -> frozenset[str]:
+        """The names of the fields (of DIFF_FIELDS) that hold a change: what the rules that declare
+        the fields they read are indexed by (`kvguard.detection.detect_all`)."""
+        return frozenset(name for name in DIFF_FIELDS if getattr(self, name))
+
+
+# Every field of VaultDiff, by name: what a rule may declare it reads (`rule(..., diff_fields=...)`).
+DIFF_FIELDS: tuple[str, ...] = (
+    "added_policies", "removed_policies", "permission_changes", "settings",
+    "ip_rules_added", "ip_rules_removed", "vnet_rules_added", "vnet_rules_removed",
+)
+
 
 def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
     """Compare two configurations of the same vault, case-insensitively and entry by entry."""
