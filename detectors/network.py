@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from kvguard.detection import Case, Context, Hit, newly_true, rule
+from kvguard.detection import Case, Condition, Context, Hit, newly_true, rule
 from kvguard.ids import subscription_of
 from kvguard.vault import VaultConfig
 
@@ -18,15 +19,23 @@ if TYPE_CHECKING:
 MIN_IPV6_PREFIX = 48
 
 
-def _became(ctx: Context, attribute: str, setting: str, value: str) -> Iterator[Hit]:
-    """The posture pattern for one setting reaching one (lower-cased) value, with the baseline's
-    value beside it in the evidence."""
+@cache
+def _reaches(attribute: str, setting: str, value: str) -> Condition:
+    """The condition "the setting has this value", one function per setting: `newly_true` keeps a
+    condition's answer per configuration under the function, so the parsed baseline is judged
+    once, not again on every event (and its memo holds one entry, not one per event)."""
 
     def holds(config: VaultConfig, _policy: Policy) -> dict[str, dict[str, Any]]:
         current = getattr(config, attribute)
         return {setting: {"setting": setting, "after": current}} if current == value else {}
 
-    for hit in newly_true(ctx, holds):
+    return holds
+
+
+def _became(ctx: Context, attribute: str, setting: str, value: str) -> Iterator[Hit]:
+    """The posture pattern for one setting reaching one (lower-cased) value, with the baseline's
+    value beside it in the evidence."""
+    for hit in newly_true(ctx, _reaches(attribute, setting, value)):
         yield Hit(evidence={
             **hit.evidence,
             "before": getattr(ctx.before, attribute) if ctx.before is not None else None,

@@ -369,3 +369,19 @@ def test_burst_evidence_holds_counts_thresholds_and_window() -> None:
 def test_burst_needs_a_caller_to_attribute_it_to() -> None:
     nobody = {"object_id": None, "upn": None, "tenant_id": None, "ip": None}
     assert hits("KV-ID-06", Case("x", False, history={"caller_vaults": 9}, event={"caller": nobody})) == []
+
+
+@pytest.mark.parametrize("rule_id", ["KV-NET-01", "KV-NET-02"])
+def test_a_setting_rule_judges_one_baseline_once_however_many_events_compare_with_it(rule_id: str) -> None:
+    # The pipeline keeps one parsed baseline per ETag and compares every event of the vault with
+    # it: the rule's answer for it is kept once, not once more per event.
+    first = make_context(Case("tags", fires=False, before=vault(), after=vault(tags={"touched": "1"})))
+    assert first.before is not None
+    hits_in(rule_id, first)
+    kept = len(first.before.memo)
+    for touched in range(2, 5):
+        later = dataclasses.replace(make_context(Case("tags", fires=False, before=vault(),
+                                                      after=vault(tags={"touched": str(touched)}))),
+                                    before=first.before, policy=first.policy)
+        assert hits_in(rule_id, later) == []
+    assert kept == 1 and len(first.before.memo) == kept
