@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from detectors.cases import OPERATOR, grant, vault, with_grants
+from detectors.cases import INTRUDER, OPERATOR, grant, vault, with_grants
 from kvguard.catalog import RULES
 from kvguard.detection import Case, Context, Hit, Rule, detect_all, rule
 from kvguard.vault import DIFF_FIELDS, VaultConfig, VaultDiff, diff
 from tests.cases import make_context
+from tests.unit.test_pipeline import VAULT_ID, VAULT_WRITE, Env
 
 DECLARING = [r for r in RULES.values() if r.diff_fields is not None]
 DECLARED_CASES = [(r, c) for r in DECLARING for c in r.cases]
@@ -129,3 +130,21 @@ def test_changed_fields_name_exactly_the_fields_that_hold_a_change() -> None:
     assert diff(before, after).changed_fields() == {"added_policies", "settings"}
     assert diff(before, before).changed_fields() == frozenset()
     assert set(DIFF_FIELDS) == {f.name for f in fields(VaultDiff)}
+
+
+def test_findings_stay_open_unreported_through_changes_the_diff_rules_are_passed_over_for_and_then_close() -> None:
+    # The pipeline passes the declaring diff rules over on a tag-only change and on an unchanged
+    # document: the open diff finding (KV-AP-01) and posture finding (KV-AP-03) are neither
+    # reported again nor closed by them, and close when the grant goes.
+    env = Env(mode="alert")
+    granted = with_grants(grant(INTRUDER, secrets=["get", "list"]))
+    assert {"KV-AP-01", "KV-AP-03"} <= {f.rule for f in env.change(granted).findings}
+    tagged = with_grants(grant(INTRUDER, secrets=["get", "list"]), tags={"team": "payments"})
+    for doc in (tagged, tagged):  # a tag-only change, then the same document again
+        outcome = env.change(doc, operation=VAULT_WRITE, suffix="")
+        assert outcome.outcome == "processed" and outcome.findings == []
+        assert {"KV-AP-01", "KV-AP-03"} <= {f.rule for f in env.store.open_findings(VAULT_ID)}
+        assert env.assessment("KV-AP-01") == env.assessment("KV-AP-03") == "Unhealthy"
+    env.change(vault(tags={"team": "payments"}), operation=VAULT_WRITE, suffix="")
+    assert not {"KV-AP-01", "KV-AP-03"} & {f.rule for f in env.store.open_findings(VAULT_ID)}
+    assert env.assessment("KV-AP-01") == env.assessment("KV-AP-03") == "Healthy"
