@@ -7,6 +7,7 @@ SDK modules are imported here lazily, so a cold start pays only for what the eve
 
 from __future__ import annotations
 
+import gc
 import threading
 from datetime import timedelta
 from typing import Any
@@ -98,11 +99,15 @@ def _activity_log(settings: Settings, credential: Any) -> ActivityLog | None:
 
 
 def current() -> Pipeline:
-    """The worker's pipeline, built once on first use."""
+    """The worker's pipeline, built once on first use. What exists once it is built (modules, the
+    catalog, the SDK clients) lives as long as the worker: it is frozen out of the cyclic
+    collector's sight (gc.freeze), so the full collections that events' leftovers set off do not
+    walk tens of thousands of objects that can never be garbage (about 30 ms a walk)."""
     global _current
     with _lock:
         if _current is None:
             _current = build()
+            gc.freeze()
         return _current
 
 
