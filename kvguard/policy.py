@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Mode = Literal["observe", "alert", "remediate"]
@@ -229,7 +228,10 @@ def policy_from_data(data: Any, source: str, base: Policy | None = None) -> Poli
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file (YAML or JSON)."""
+    """Read and validate a policy file (YAML or JSON). The YAML parser is imported here, not with
+    the module: a worker without a policy file never needs it, and a cold start would pay for it."""
+    import yaml
+
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")

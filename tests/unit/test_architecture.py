@@ -165,6 +165,14 @@ def test_a_cold_start_loads_the_rules_but_not_their_cases() -> None:
     assert "detectors.cases" in asked
 
 
+def test_a_cold_start_loads_no_yaml_parser() -> None:
+    """Only a policy file (KVGUARD_POLICY_FILE) needs one; the event path never does."""
+    script = ("import sys\nimport function_app\nfrom kvguard import catalog\ncatalog.load()\n"
+              "print('yaml' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False"]
+
+
 def test_every_setting_is_read_somewhere() -> None:
     """A setting nobody reads misleads whoever sets it (the timer's schedule is the host's, not ours)."""
     from kvguard.settings import Settings
