@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from detectors.access_policy import _over_broad, _over_broad_entries
+from detectors.access_policy import _ByList, _foreign, _foreign_entries, _over_broad, _over_broad_entries
 from kvguard import vault
 from kvguard.policy import Policy
 from kvguard.vault import AccessPolicy, VaultConfig, diff
@@ -77,14 +77,35 @@ def test_over_broad_answers_are_reused_for_one_list_and_recomputed_for_another()
     assert ROGUE in next(iter(_over_broad(broad, policy)))
 
 
-def test_over_broad_answers_keep_no_more_entries_than_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detectors import access_policy
-
-    monkeypatch.setattr(access_policy, "_OVER_BROAD_ENTRIES", 10)
-    monkeypatch.setattr(access_policy, "_over_broad_by_list", {})
-    policy = Policy()
+def test_answers_by_list_keep_no_more_entries_than_their_bound_and_count_what_they_hold() -> None:
+    answers = _ByList(limit=10)
+    computed: list[int] = []
+    kept = []
     for number in range(8):
         grants = [entry(f"{number:04x}{j:04x}-0000-4000-8000-000000000000", secrets=["get"]) for j in range(3)]
-        _over_broad(VaultConfig.from_arm(arm(grants)), policy)
-    held = sum(len(kept) for kept, _ in access_policy._over_broad_by_list.values())
-    assert 0 < held <= 10
+        config = VaultConfig.from_arm(arm(grants))
+        kept.append(config)
+        answers.answer(config.access_policies, None, lambda entries: (computed.append(len(entries)), {})[1])
+        assert 0 < answers.held <= 10
+        assert answers.held == 3 * len(answers)
+    assert len(computed) == 8
+    latest = kept[-1].access_policies
+    answers.answer(latest, None, lambda entries: (computed.append(len(entries)), {})[1])
+    assert len(computed) == 8  # the newest list is still held
+    answers.answer(latest, "beside", lambda entries: (computed.append(len(entries)), {})[1])
+    assert len(computed) == 9  # another value beside the list is another answer
+    assert answers.held == 3 * len(answers) <= 10
+
+
+def test_foreign_principal_answers_are_reused_for_one_list_and_one_vault_tenant() -> None:
+    policy = Policy()
+    foreign = arm([entry(ROGUE, secrets=["get"])])
+    foreign["properties"]["accessPolicies"][0]["tenantId"] = "11111111-2222-4333-8444-555555555555"
+    first, second = VaultConfig.from_arm(foreign), VaultConfig.from_arm(copy.deepcopy(foreign))
+    assert first.access_policies is second.access_policies
+    assert _foreign(first, policy) is _foreign(second, policy)
+    assert _foreign(first, policy) == _foreign_entries(first.access_policies, first.tenant_id)
+    moved = copy.deepcopy(foreign)
+    moved["properties"]["tenantId"] = "11111111-2222-4333-8444-555555555555"  # the vault moved to that tenant
+    assert _foreign(VaultConfig.from_arm(moved), policy) == {}
+    assert ROGUE in next(iter(_foreign(first, policy)))
