@@ -773,11 +773,14 @@ class Pipeline:
     def _no_longer_holds(
         self, rule: Rule, record: Mapping[str, Any], event: VaultEvent, final: VaultConfig | None, now: datetime
     ) -> bool:
-        """`final` is None when the vault is gone or its compared state did not move."""
+        """`final` is None when the vault is gone or its compared state did not move. A record is
+        read (the store decodes it when it is first read) only for a diff finding of a vault whose
+        compared state moved: only then can the baseline it was found against close it. The
+        others close by their rule and the final state alone."""
         found_against = None
-        stored = record.get("baseline")
-        if rule.kind.closing is Closing.BACK_TO_BASELINE and final is not None and isinstance(stored, Mapping) \
-                and "config" in stored:
+        wanted = rule.kind.closing is Closing.BACK_TO_BASELINE and final is not None
+        stored = record.get("baseline") if wanted else None
+        if final is not None and isinstance(stored, Mapping) and "config" in stored:
             found_against = self._baseline_config(
                 Baseline(vault_id=final.id, config=stored["config"], etag=str(stored.get("etag")))
             )
