@@ -113,7 +113,7 @@ def _owned(handler_id: str, fired: set[str], after: VaultConfig) -> set[str]:
         return ({"enable_rbac_authorization"} if "KV-PROT-03" in fired else set()) | (
             set(FLAGS) if "KV-PROT-04" in fired else set())
     if handler_id == "enable_purge_protection":
-        return {"enable_purge_protection"}
+        return {"enable_purge_protection"} if fired else set()
     owned = {"public_network_access"} if "KV-NET-01" in fired else set()
     if not after.raw["properties"].get("networkAcls") and fired - {"KV-NET-01"}:
         return owned | set(NETWORK_FIELDS)  # a dropped firewall gets the baseline's rule set back
@@ -156,7 +156,7 @@ def _check(handler_id: str, findings: list[Finding], before: VaultConfig, after:
     elif handler_id == "restore_settings":
         for name in owned:
             assert bool(new[name]) == bool(old[name]), f"restore_settings left {name} at {new[name]!r}"
-    elif handler_id == "enable_purge_protection":
+    elif handler_id == "enable_purge_protection" and owned:
         assert final.enable_purge_protection is True
 
 
