@@ -198,12 +198,11 @@ def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
     Encryption. Each is a path to the vault's secrets that bypasses its access policies."""
     if ctx.diff is None or ctx.before is None or ctx.after is None:
         return
-    restore = _platform_access_restored(ctx.before, ctx.after)
     for attribute, arm_name in PLATFORM_ACCESS.items():
         change = ctx.diff.changed(attribute)
         if change is not None and change[0] is not True and change[1] is True:
             yield Hit(evidence={"property": arm_name, "before": change[0], "after": True}, detail=arm_name,
-                      restore=restore)
+                      restore=_platform_access_restored(ctx.before, ctx.after))
 
 
 def _platform_access_restored(before: VaultConfig, after: VaultConfig) -> tuple[RestoreField, ...]:
