@@ -12,7 +12,7 @@ keep."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kvguard.intents import RemoveListEntry, RestoreField
@@ -20,13 +20,17 @@ from kvguard.vault import VaultConfig, normalise_cidr
 from remediation.base import Operation, PlanInput, handler, patch_operation
 
 ACLS = "networkAcls"
-# The lists of networkAcls whose entries a change may add: how an entry is matched to the value
-# of a RemoveListEntry, and the baseline's own entries (never removed).
-LISTS: dict[str, tuple[Callable[[Mapping[str, Any]], str], Callable[[VaultConfig], frozenset[str]]]] = {
-    "ipRules": (lambda entry: normalise_cidr(entry.get("value")), lambda config: config.ip_rules),
-    "virtualNetworkRules": (lambda entry: str(entry.get("id", "")).lower(),
-                            lambda config: config.virtual_network_rules),
-}
+
+
+def _entry_value(name: str, entry: Mapping[str, Any]) -> str:
+    """An entry of `networkAcls.<name>` as a RemoveListEntry names it: an IP rule by its CIDR
+    normalised, a virtual-network rule by its subnet id lower-cased."""
+    return normalise_cidr(entry.get("value")) if name == "ipRules" else str(entry.get("id", "")).lower()
+
+
+def _baseline_entries(name: str, baseline: VaultConfig) -> frozenset[str]:
+    """The baseline's own entries of a list, in the same form: never removed."""
+    return baseline.ip_rules if name == "ipRules" else baseline.virtual_network_rules
 
 
 def _acls(config: VaultConfig) -> dict[str, Any]:
@@ -54,9 +58,8 @@ def restore_network(data: PlanInput) -> list[Operation]:
             acls[field.path.removeprefix(ACLS + ".")] = field.value
             touched = True
     for name in dict.fromkeys(e.path.removeprefix(ACLS + ".") for e in entries):
-        matched, baseline = LISTS[name]
-        drop = {e.value for e in entries if e.path == f"{ACLS}.{name}"} - baseline(data.before)
-        acls[name] = [entry for entry in acls.get(name, []) if matched(entry) not in drop]
+        drop = {e.value for e in entries if e.path == f"{ACLS}.{name}"} - _baseline_entries(name, data.before)
+        acls[name] = [entry for entry in acls.get(name, []) if _entry_value(name, entry) not in drop]
         touched = True
     if touched:
         patch[ACLS] = acls
