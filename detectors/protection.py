@@ -167,10 +167,9 @@ def _platform_access_enabled_cases() -> list[Case]:
     return [
         Case("VM deployment may read secrets", fires=True, before=vault(), after=vault(enabledForDeployment=True),
              restore=(RestoreField("enabledForDeployment", False),)),
-        Case("one switch on and another off: both go back to the baseline", fires=True,
+        Case("one switch on and another off: only the one turned on goes back", fires=True,
              before=vault(enabledForTemplateDeployment=True), after=vault(enabledForDiskEncryption=True),
-             restore=(RestoreField("enabledForTemplateDeployment", True),
-                      RestoreField("enabledForDiskEncryption", False))),
+             restore=(RestoreField("enabledForDiskEncryption", False),)),
         Case("template and disk encryption, from absent", fires=True,
              before=vault(enabledForTemplateDeployment=None, enabledForDiskEncryption=None),
              after=vault(enabledForTemplateDeployment=True, enabledForDiskEncryption="true")),
@@ -206,12 +205,11 @@ def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
 
 
 def _platform_access_restored(before: VaultConfig, after: VaultConfig) -> tuple[RestoreField, ...]:
-    """Every `enabledFor*` switch that is not as the baseline had it, back to the baseline's value
-    (absent in the baseline means off). The switches go back as one set: a change that turned one
-    on is undone together with every other switch it flipped, so that the vault's platform access
-    is the baseline's again (restore_settings owns all three)."""
-    return tuple(RestoreField(arm_name, bool(getattr(before, attribute))) for attribute, arm_name in
-                 PLATFORM_ACCESS.items() if bool(getattr(after, attribute)) != bool(getattr(before, attribute)))
+    """Every `enabledFor*` switch the change turned on, back off (absent in the baseline means
+    off). A switch turned off in the same change stays off: a revert only takes away what was
+    added, never gives Azure's platform back a path to the secrets someone just closed."""
+    return tuple(RestoreField(arm_name, False) for attribute, arm_name in PLATFORM_ACCESS.items()
+                 if getattr(after, attribute) is True and getattr(before, attribute) is not True)
 
 
 def _tenant_or_sku_changed_cases() -> list[Case]:
