@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from kvguard.actions import ActionResult
 from kvguard.catalog import HANDLERS
 from kvguard.decision import decide
 from kvguard.detection import Context
@@ -23,9 +24,11 @@ from kvguard.events import Rejected, VaultEvent, parse
 from kvguard.flow import acting, findings, memory, own, sweeps
 from kvguard.flow.beside import handle_resource
 from kvguard.flow.claims import complete, hold, scope, vault_held
+from kvguard.flow.context import EventContext
 from kvguard.flow.reasons import reason
 from kvguard.flow.services import Services, SystemClock
 from kvguard.outcome import Outcome
+from kvguard.policy import Policy
 from kvguard.ports import AuditRecord, PermanentError, RejectedPayload, TransientError
 from kvguard.risk import assess
 from kvguard.suppression import with_notes
@@ -112,63 +115,76 @@ class Pipeline(Services):
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
 
     def _process(self, event: VaultEvent, now: datetime, owner: str) -> Outcome:
+        """One claimed vault event, step by step: each step reads the context the steps before it
+        filled in and adds its own part."""
         assert event.vault is not None
-        vault_id = event.vault.id
-        after = self.gateway.get(vault_id) if event.kind != "purge" else None
-        baseline = self.store.get_baseline(vault_id)
-        # A deleted vault's baseline is what a recovery brings back: compared against, so that an
-        # unchanged recovered vault raises no posture finding again.
-        before = memory.baseline_config(self, baseline) if baseline else None
-        change = diff(before, after) if before is not None and after is not None else None
-        recall = memory.recall(self, event, now)
-        context = Context(event=event, before=before, after=after, diff=change, policy=self.policy,
-                          history=recall.history, now=now, baseline_deleted=bool(baseline and baseline.deleted))
-        earlier = acting.earlier_attempt(self, event, after)
-        found, suppressed = findings.detected(self, context, vault_id, earlier.findings)
-        current = after or before
-        steering = before or after  # the accepted baseline's tags steer, not the change's
-        display_id = current.id if current is not None else memory.known_id(self, event)
-        risk = assess(found, event, steering, self.policy)
-        decision = decide(
-            policy=self.policy, event=event, vault=steering, vault_id=display_id,
-            vault_name=current.name if current is not None else event.vault.name, findings=found, risk=risk.value,
-            recent_remediations=memory.recent_remediations(self, display_id, steering, found, now),
+        context = self._read(event, now, owner)  # read, compare
+        context.earlier = acting.earlier_attempt(self, context)
+        context.findings, context.suppressed = findings.detected(self, context, _judged(context, self.policy))
+        context.risk = assess(context.findings, event, context.steering, self.policy)  # score
+        current = context.current
+        context.decision = decide(
+            policy=self.policy, event=event, vault=context.steering, vault_id=context.vault_id,
+            vault_name=current.name if current is not None else event.vault.name, findings=context.findings,
+            risk=context.risk.value,
+            recent_remediations=memory.recent_remediations(self, context, context.vault_id, context.steering),
         )
-        # Read before the findings are refreshed: which findings repeat an open one (see findings.joined).
-        joined = findings.joined(self, event, display_id, found)
-        actions = acting.act(self, event, owner, display_id, found, risk, decision, before, after, earlier, joined)
-        remediated = acting.remediated(actions)
-        final = self.gateway.get(vault_id) if remediated else after
+        context.joined = findings.joined(self, context)
+        context.actions = acting.act(self, context)  # act: alerts, then remediation
+        context.remediated = acting.remediated(context.actions)
+        context.final = self.gateway.get(event.vault.id) if context.remediated else context.after
         # A grant made while kvguard was reverting shows in `final` but was never judged: the
         # baseline stays, so the grant's own event (or the next one) sees it as the change it is.
-        failed = acting.remediation_failed(actions) or (remediated and _granted_meanwhile(after, final))
-        opened = findings.opened(self, display_id, found, baseline, before, event)
-        # Posture and diff findings can only stop being true when the compared state moved.
-        moved = remediated or before is None or (change is not None and not change.empty)
-        resolved, resolutions = findings.resolve(self, event, display_id, final if moved else None, found, actions,
-                                                 decision, opened, now)
-        # The record shows the findings it lists, and their risk: a joined report (already alerted)
-        # still drives the decision above, but is not scored again in the record.
-        listed = [f for f in found if f not in joined]
-        shown = assess(listed, event, steering, self.policy) if joined else risk
-        outcome = Outcome(event.id, "processed",
-                          with_notes(reason(event, before, after, found, risk, decision, joined), suppressed),
-                          display_id, shown.value, shown.severity, listed, actions, shown.explanation, resolutions)
-        with self.store.batch():
-            hold(self, event, owner)
-            for finding in found:
-                if finding.rule not in resolved:
-                    self.store.open_finding(display_id, finding.rule, opened[finding.rule], now)
-            for rule_id in resolved:
-                self.store.close_finding(display_id, rule_id)
-            memory.record(self, event, now, display_id, baseline, before, final, change, remediated, failed, recall)
-            self.store.append_audit(AuditRecord(event.id, display_id, now, outcome.to_audit()))
-            ran = {a.handler for a in actions
-                   if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
-            for handler_id in sorted(ran | set(earlier.intended)):
-                self.store.finish_action(scope(event), handler_id)
-            complete(self, event, owner)
+        context.failed = acting.remediation_failed(context.actions) or (
+            context.remediated and _granted_meanwhile(context.after, context.final))
+        context.opened = findings.opened(self, context)
+        resolved, resolutions = findings.resolve(self, context)
+        outcome = self._outcome(context, resolutions)
+        self._record(context, resolved, outcome)  # record
         return outcome
+
+    def _read(self, event: VaultEvent, now: datetime, owner: str) -> EventContext:
+        """The vault as it is now and as its baseline has it. A deleted vault's baseline is what a
+        recovery brings back: compared against, so that an unchanged recovered vault raises no
+        posture finding again."""
+        assert event.vault is not None
+        after = self.gateway.get(event.vault.id) if event.kind != "purge" else None
+        baseline = self.store.get_baseline(event.vault.id)
+        before = memory.baseline_config(self, baseline) if baseline else None
+        change = diff(before, after) if before is not None and after is not None else None
+        context = EventContext(event=event, now=now, owner=owner, baseline=baseline, before=before, after=after,
+                               change=change, recall=memory.recall(self, event, now))
+        current = context.current
+        context.vault_id = current.id if current is not None else memory.known_id(self, event)
+        return context
+
+    def _outcome(self, context: EventContext, resolutions: list[ActionResult]) -> Outcome:
+        """The record shows the findings it lists, and their risk: a joined report (already alerted)
+        still drives the decision, but is not scored again in the record."""
+        listed = context.listed
+        shown = assess(listed, context.event, context.steering, self.policy) if context.joined else context.risk
+        return Outcome(context.event.id, "processed", with_notes(reason(context), context.suppressed),
+                       context.vault_id, shown.value, shown.severity, listed, context.actions, shown.explanation,
+                       resolutions)
+
+    def _record(self, context: EventContext, resolved: list[str], outcome: Outcome) -> None:
+        """Every record of the event in one short batch guarded by the claim: the open findings,
+        the ones `resolved`, marks and baseline, the audit record, the intents finished."""
+        event, now, vault_id = context.event, context.now, context.vault_id
+        with self.store.batch():
+            hold(self, event, context.owner)
+            for finding in context.findings:
+                if finding.rule not in resolved:
+                    self.store.open_finding(vault_id, finding.rule, context.opened[finding.rule], now)
+            for rule_id in resolved:
+                self.store.close_finding(vault_id, rule_id)
+            memory.record(self, context)
+            self.store.append_audit(AuditRecord(event.id, vault_id, now, outcome.to_audit()))
+            ran = {a.handler for a in context.actions
+                   if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
+            for handler_id in sorted(ran | set(context.earlier.intended)):
+                self.store.finish_action(scope(event), handler_id)
+            complete(self, event, context.owner)
 
     # --- beside the events: the reconcile timer, `kvguard baseline`, the outbox, retention --------
 
@@ -179,15 +195,19 @@ class Pipeline(Services):
                 *self.check_own_deployment()]
 
     def sweep(self) -> list[Outcome]:
+        """The sweep rules over every known vault (`flow.sweeps.sweep`)."""
         return sweeps.sweep(self)
 
     def seed_resources(self) -> int:
+        """Baselines for the resources beside the known vaults (`flow.sweeps.seed_resources`)."""
         return sweeps.seed_resources(self)
 
     def check_own_deployment(self) -> list[Outcome]:
+        """kvguard's event subscriptions as deployed (`flow.own.check_own_deployment`)."""
         return own.check_own_deployment(self, self.handle_event)
 
     def flush_outbox(self) -> int:
+        """What secondary sinks could not take earlier (`flow.acting.flush_outbox`)."""
         return acting.flush_outbox(self)
 
     def prune(self) -> int:
@@ -195,6 +215,14 @@ class Pipeline(Services):
         of own writes included (a dead letter redriven within the period still finds its entry)."""
         cutoff = self.clock.now() - self.retention
         return self.store.prune(cutoff) + self.store.prune_own_writes(cutoff)
+
+
+def _judged(context: EventContext, policy: Policy) -> Context:
+    """What the rules see of the change."""
+    baseline = context.baseline
+    return Context(event=context.event, before=context.before, after=context.after, diff=context.change,
+                   policy=policy, history=context.recall.history, now=context.now,
+                   baseline_deleted=bool(baseline and baseline.deleted))
 
 
 def _granted_meanwhile(after: VaultConfig | None, final: VaultConfig | None) -> bool:

@@ -302,7 +302,7 @@ class StateStore(Protocol):
         ...
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
         until: datetime,
     ) -> bool:
         """Whether an own-identity event for `resource_id` and `operation` (both compared

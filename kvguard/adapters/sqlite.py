@@ -480,7 +480,7 @@ class SQLiteStateStore:
         )
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
         until: datetime,
     ) -> bool:
         with self._transaction() as db:

@@ -680,7 +680,7 @@ class TablesStateStore:
 
     @_transient
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
         until: datetime,
     ) -> bool:
         table = self._table("ownwrites")

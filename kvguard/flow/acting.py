@@ -8,39 +8,24 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import NamedTuple
 
 from kvguard import writeahead
 from kvguard.actions import ActionResult, merged, skipped
 from kvguard.catalog import HANDLERS, alert_handlers
-from kvguard.decision import Decision, remediable
+from kvguard.decision import remediable
 from kvguard.detection import Finding
-from kvguard.events import VaultEvent
 from kvguard.flow.claims import hold, scope
+from kvguard.flow.context import Earlier, EventContext, FlowContext
 from kvguard.flow.services import Services
 from kvguard.ids import vault_key
 from kvguard.ports import Alert, TransientError
 from kvguard.resources import ResourceState
-from kvguard.risk import Risk
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
 
 log = logging.getLogger("kvguard")
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
 SECONDARY_SINKS = frozenset({"notify_webhook"})
-
-
-class Earlier(NamedTuple):
-    """What an earlier attempt on this vault wrote ahead (see `earlier_attempt`)."""
-
-    intended: tuple[str, ...]
-    answered: dict[str, ActionResult]
-    findings: list[Finding]
-    alerts: list[ActionResult]
-    operations: dict[str, list[Operation]]
-
-
-NOTHING_EARLIER = Earlier((), {}, [], [], {})
 
 
 def remediated(actions: Sequence[ActionResult]) -> bool:
@@ -65,12 +50,13 @@ def by_remediation(findings: Sequence[Finding]) -> dict[str, list[Finding]]:
     return by_handler
 
 
-def earlier_attempt(services: Services, event: VaultEvent, after: VaultConfig | None) -> Earlier:
+def earlier_attempt(services: Services, context: EventContext) -> Earlier:
     """What an earlier attempt on this vault wrote ahead and could not record (kvguard writes a
     vault only under its lease, so nobody else of kvguard's made those writes): operations
     whose planned state the vault is already in are `applied` ("confirmed on retry") and bring
     back the findings they answered (the vault no longer shows them); when it was this same
     event, the alerts that attempt sent are not sent again."""
+    event = context.event
     answered: dict[str, ActionResult] = {}
     findings: list[Finding] = []
     sent: list[ActionResult] = []
@@ -85,15 +71,16 @@ def earlier_attempt(services: Services, event: VaultEvent, after: VaultConfig | 
         events.add(written_by)
         sent = sent or writeahead.alert_results_of(action.intent)
         operations[action.handler] = writeahead.operations_of(action.intent)
-        result = services.runner.confirm(action.handler, operations[action.handler], after)
+        result = services.runner.confirm(action.handler, operations[action.handler], context.after)
         if result is not None:
             answered[action.handler] = result
             findings.extend(writeahead.findings_of(action.intent))
     return Earlier((*operations, *stale), answered, findings, sent if event.id in events else [], operations)
 
 
-def alerts_for(services: Services, event: VaultEvent, vault_id: str, findings: Sequence[Finding],
-               risk: Risk) -> list[Alert]:
+def alerts_for(services: Services, context: FlowContext, vault_id: str, findings: Sequence[Finding]) -> list[Alert]:
+    """One alert per finding, raised on `vault_id`, scored with the context's risk."""
+    event, risk = context.event, context.risk
     return [
         Alert(
             vault_id=vault_id,
@@ -113,28 +100,17 @@ def alerts_for(services: Services, event: VaultEvent, vault_id: str, findings: S
     ]
 
 
-def act(
-    services: Services,
-    event: VaultEvent,
-    owner: str,
-    vault_id: str,
-    findings: Sequence[Finding],
-    risk: Risk,
-    decision: Decision,
-    before: VaultConfig | None,
-    after: VaultConfig | None,
-    earlier: Earlier,
-    joined: Sequence[Finding] = (),
-) -> list[ActionResult]:
+def act(services: Services, context: EventContext) -> list[ActionResult]:
     """Alerts first; remediation only after every alert went out, each one written ahead
     (its intent) before it is applied. A secondary sink that fails does not hold it back. A
     joined finding (another report of a change already alerted) raises no alert again, but is
     remediated as any."""
-    if not findings:
+    if not context.findings:
         return []
+    decision, earlier, joined = context.decided, context.earlier, context.joined
     results: list[ActionResult] = []
-    fresh = [f for f in findings if f not in joined]
-    alerts = alerts_for(services, event, vault_id, fresh, risk)
+    fresh = context.listed
+    alerts = alerts_for(services, context, context.vault_id, fresh)
     if earlier.alerts and decision.alert:
         results.extend(earlier.alerts)  # an earlier attempt sent them: not again
     else:
@@ -148,39 +124,39 @@ def act(
                 results.append(skipped(handler_id, "already raised: the change joins its open finding",
                                        sorted({f.rule for f in joined})))
                 continue
-            operations = HANDLERS[handler_id].plan(PlanInput(fresh, before, after, alerts))
-            results.append(deliver(services, handler_id, operations, after))
+            operations = HANDLERS[handler_id].plan(PlanInput(fresh, context.before, context.after, alerts))
+            results.append(deliver(services, handler_id, operations, context.after))
     alerted = list(results)
-    allowed = remediable(findings, services.policy)
-    for handler_id, handler_findings in by_remediation(findings).items():
-        rules = sorted({f.rule for f in handler_findings})
-        mine = [f for f in handler_findings if f in allowed]
-        result = remediate(services, event, owner, handler_id, rules, mine, findings, decision, before, after,
-                           alerted, earlier.operations.get(handler_id, []))
+    for handler_id, handler_findings in by_remediation(context.findings).items():
+        result = remediate(services, context, handler_id, handler_findings, alerted=alerted)
         confirmed = earlier.answered.get(handler_id)
         results.append(merged(confirmed, result) if confirmed is not None else result)
     return results
 
 
 def remediate(
-    services: Services, event: VaultEvent, owner: str, handler_id: str, rules: Sequence[str],
-    mine: Sequence[Finding], findings: Sequence[Finding], decision: Decision, before: VaultConfig | None,
-    after: VaultConfig | None, alerted: Sequence[ActionResult], intended: Sequence[Operation],
+    services: Services, context: EventContext, handler_id: str, handler_findings: Sequence[Finding], *,
+    alerted: Sequence[ActionResult],
 ) -> ActionResult:
     """Plan, write ahead, apply. The intent keeps what an earlier attempt intended too, so a
-    retry after this one still accounts for all of it."""
+    retry after this one still accounts for all of it; it names the alerts already `alerted`."""
+    decision, event = context.decided, context.event
+    rules = sorted({f.rule for f in handler_findings})
+    allowed = remediable(context.findings, services.policy)
+    mine = [f for f in handler_findings if f in allowed]
     if not decision.remediate:
         return skipped(handler_id, decision.remediate_reason, rules)
     if not mine:
         return skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules)
-    operations = HANDLERS[handler_id].plan(PlanInput(mine, before, after))
+    operations = HANDLERS[handler_id].plan(PlanInput(mine, context.before, context.after))
     if not operations:
         return skipped(handler_id, "nothing to restore: no baseline value to go back to", rules)
     if not decision.dry_run:
-        hold(services, event, owner)
-        recorded = writeahead.intent(event.id, findings, [*intended, *operations], alerted)
+        hold(services, event, context.owner)
+        intended = context.earlier.operations.get(handler_id, [])
+        recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted)
         services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
-    result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=after)
+    result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=context.after)
     if result.transient:
         # The intent stays: a redelivery confirms what landed and makes the rest.
         raise TransientError(f"{handler_id}: {result.detail}")
@@ -188,15 +164,15 @@ def remediate(
 
 
 def act_beside(
-    services: Services, event: VaultEvent, findings: Sequence[Finding], decision: Decision, alerts: Sequence[Alert],
-    resource: ResourceState | None,
+    services: Services, context: FlowContext, alerts: Sequence[Alert], resource: ResourceState | None = None
 ) -> list[ActionResult]:
     """`act` for a resource beside the vaults and for a sweep: `alerts` go to every vault the
     change covers, first; then each remediation handler re-reads the resource and PUTs it back
     (noted in the ledger of own writes by the runner). No write-ahead intent is kept: a
     redelivery re-plans from the resource as it then is, which the PUT's idempotency makes safe."""
-    if not findings:
+    if not context.findings:
         return []
+    findings, decision = context.findings, context.decided
     results: list[ActionResult] = []
     for handler_id in alert_handlers():
         if handler_id not in services.sinks:

@@ -17,9 +17,9 @@ from kvguard.decision import decide, unattributed
 from kvguard.detection import Context, detect_all
 from kvguard.events import VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
+from kvguard.flow.context import ResourceContext
 from kvguard.flow.findings import settle_resource_findings
 from kvguard.flow.memory import (
-    Recall,
     baseline_config,
     known_id,
     known_vaults,
@@ -74,7 +74,7 @@ def handle_resource(services: Services, event: VaultEvent, change: ResourceChang
         raise TransientError(f"event {event.id} is being processed by another instance")
     try:
         try:
-            outcome = _process_resource(services, event, change, covered, vault_id, now)
+            outcome = _process_resource(services, event, change, covered, vault_id=vault_id, now=now)
         except PermanentError as error:
             reason = f"permanent failure: {error}"
             services.store.record_rejected(RejectedPayload(reason, json.dumps(event.raw, default=str),
@@ -130,9 +130,10 @@ def _role(services: Services, change: ResourceChange, document: Mapping[str, Any
 
 
 def _process_resource(
-    services: Services, event: VaultEvent, change: ResourceChange, covered: list[Baseline], vault_id: str | None,
+    services: Services, event: VaultEvent, change: ResourceChange, covered: list[Baseline], *, vault_id: str | None,
     now: datetime,
 ) -> Outcome:
+    """Read, compare, detect, score, decide, act, record, for the vaults in `covered`."""
     assert services.resources is not None
     after = services.resources.get(change.id)
     if after is not None and isinstance(after.get("id"), str):
@@ -142,52 +143,50 @@ def _process_resource(
     vaults = tuple(baseline_config(services, b) for b in covered)
     state = ResourceState(change, before, after, vaults, _role(services, change, after or before))
     history_key = vault_key(vault_id) if vault_id else change.key
-    remembered = recall(services, event, now, history_key)
-    context = Context(event=event, before=None, after=None, diff=None, policy=services.policy,
-                      history=remembered.history, now=now, resource=state)
-    findings = detect_all(context, RULES)
+    context = ResourceContext(event=event, now=now, state=state, vault_id=vault_id, baseline=baseline,
+                              history_key=history_key, recall=recall(services, event, now, history_key))
+    judged = Context(event=event, before=None, after=None, diff=None, policy=services.policy,
+                     history=context.recall.history, now=now, resource=state)
+    context.findings = detect_all(judged, RULES)
     if vault_id is None:  # a broader scope: the findings name the vaults it covers
-        findings = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in findings]
+        context.findings = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in context.findings]
     steering = vaults[0] if len(vaults) == 1 else None  # several vaults: the policy steers, not one's tags
-    judged_id = vault_id or change.id
-    risk = assess(findings, event, steering, services.policy)
-    decision = decide(
-        policy=services.policy, event=event, vault=steering, vault_id=judged_id,
+    context.risk = assess(context.findings, event, steering, services.policy)
+    context.decision = decide(
+        policy=services.policy, event=event, vault=steering, vault_id=context.judged_id,
         vault_name=steering.name if steering is not None else change.id.rsplit("/", 1)[-1],
-        findings=findings, risk=risk.value,
-        recent_remediations=recent_remediations(services, judged_id, steering, findings, now),
+        findings=context.findings, risk=context.risk.value,
+        recent_remediations=recent_remediations(services, context, context.judged_id, steering),
     )
-    alerts = [alert for vault in vaults for alert in alerts_for(services, event, vault.id, findings, risk)]
-    actions = act_beside(services, event, findings, decision, alerts, state)
-    fixed = remediated(actions)
-    failed = remediation_failed(actions)
-    final = services.resources.get(change.id) if fixed else after
-    resolutions = settle_resource_findings(services, event, change, state, findings, actions, decision, final, now)
-    _record_resource(services, event, change, baseline, before, final, history_key, remembered, fixed, failed, now)
-    outcome = Outcome(event.id, "processed", resource_reason(change, before, after, findings, risk, decision),
-                      vault_id, risk.value, risk.severity, findings, actions, risk.explanation, resolutions,
-                      resource=change.id)
-    services.store.append_audit(AuditRecord(event.id, judged_id, now, outcome.to_audit()))
+    alerts = [alert for vault in vaults for alert in alerts_for(services, context, vault.id, context.findings)]
+    context.actions = act_beside(services, context, alerts, state)
+    context.remediated = remediated(context.actions)
+    context.failed = remediation_failed(context.actions)
+    context.final = services.resources.get(change.id) if context.remediated else after
+    resolutions = settle_resource_findings(services, context)
+    _record_resource(services, context)
+    risk = context.risk
+    outcome = Outcome(event.id, "processed", resource_reason(context), vault_id, risk.value, risk.severity,
+                      context.findings, context.actions, risk.explanation, resolutions, resource=change.id)
+    services.store.append_audit(AuditRecord(event.id, context.judged_id, now, outcome.to_audit()))
     return outcome
 
 
-def _record_resource(
-    services: Services, event: VaultEvent, change: ResourceChange, baseline: Baseline | None,
-    before: Mapping[str, Any] | None, final: Mapping[str, Any] | None, history_key: str, remembered: Recall,
-    fixed: bool, failed: bool, now: datetime,
-) -> None:
+def _record_resource(services: Services, context: ResourceContext) -> None:
     """History marks as for a vault, and the resource's new baseline: the state after acting,
     unless a remediation failed or the change cannot be pinned on this event's caller."""
-    mark_caller(services, event, history_key, remembered, now)
-    if fixed:
-        services.store.add_mark("remediations", history_key, event.id, now)
+    event, now, change, key = context.event, context.now, context.change, context.history_key
+    before, final, baseline = context.state.before, context.final, context.baseline
+    mark_caller(services, context, key)
+    if context.remediated:
+        services.store.add_mark("remediations", key, event.id, now)
     if before is None and final is not None and change.type.lower() == ROLE_ASSIGNMENTS:
-        services.store.add_mark("grants", history_key, change.key, now)  # for the cover-up rule
-    if failed or unattributed(services.policy, event):
+        services.store.add_mark("grants", key, change.key, now)  # for the cover-up rule
+    if context.failed or unattributed(services.policy, event):
         return
     if final is None:
         if before is not None:
-            store_baseline(services, change.id, dict(before), baseline, now, deleted=True)
+            store_baseline(services, change.id, dict(before), baseline, now=now, deleted=True)
         return
     if before is None or not same_resource(final, before):
-        store_baseline(services, change.id, dict(final), baseline, now)
+        store_baseline(services, change.id, dict(final), baseline, now=now)

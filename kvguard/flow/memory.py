@@ -4,28 +4,21 @@ count of remediations)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from kvguard.decision import STEERING_TAGS, effective_mode, may_retag, unattributed
-from kvguard.detection import Finding, History
+from kvguard.detection import History
 from kvguard.events import VaultEvent
+from kvguard.flow.context import EventContext, FlowContext, Recall
 from kvguard.flow.services import Services
 from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.ports import Baseline, ConcurrencyError, TransientError
 from kvguard.resources import is_vault_id
-from kvguard.vault import VaultConfig, VaultDiff
+from kvguard.vault import VaultConfig
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class Recall(NamedTuple):
-    """What the state store remembered for one event: the rules' History, and whether this
-    caller's change of this vault is already counted in the burst window."""
-
-    history: History
-    vault_marked: bool
 
 
 def baseline_config(services: Services, baseline: Baseline) -> VaultConfig:
@@ -87,19 +80,20 @@ def recall(services: Services, event: VaultEvent, now: datetime, key: str | None
     return Recall(history, marked)
 
 
-def recent_remediations(
-    services: Services, vault_id: str, vault: VaultConfig | None, findings: Sequence[Finding], now: datetime
-) -> int:
-    """The circuit breaker's count; only a change that could be remediated needs it."""
-    if not findings or effective_mode(services.policy, vault) != "remediate":
+def recent_remediations(services: Services, context: FlowContext, vault_id: str, vault: VaultConfig | None) -> int:
+    """The circuit breaker's count of remediations of `vault_id` (steered by `vault`'s tags); only
+    a change that could be remediated needs it."""
+    if not context.findings or effective_mode(services.policy, vault) != "remediate":
         return 0
-    since = now - services.policy.circuit_breaker.window
+    since = context.now - services.policy.circuit_breaker.window
     return len(services.store.marks_since("remediations", vault_key(vault_id), since))
 
 
-def mark_caller(services: Services, event: VaultEvent, key: str, remembered: Recall, now: datetime) -> None:
-    """The caller's marks: one per vault and caller is all "first write" needs, and one per caller
-    and vault within the burst window all the count needs; a failure counts every time."""
+def mark_caller(services: Services, context: FlowContext, key: str) -> None:
+    """The caller's marks, kept under `key`: one per vault and caller is all "first write" needs,
+    and one per caller and vault within the burst window all the count needs; a failure counts
+    every time."""
+    event, now, remembered = context.event, context.now, context.recall
     caller = event.caller.id
     if caller is None:
         return
@@ -112,35 +106,26 @@ def mark_caller(services: Services, event: VaultEvent, key: str, remembered: Rec
         services.store.add_mark("caller_vaults", caller, key, now)
 
 
-def record(
-    services: Services,
-    event: VaultEvent,
-    now: datetime,
-    vault_id: str,
-    baseline: Baseline | None,
-    before: VaultConfig | None,
-    final: VaultConfig | None,
-    change: VaultDiff | None,
-    remediated: bool,
-    failed: bool,
-    remembered: Recall,
-) -> None:
+def record(services: Services, context: EventContext) -> None:
     """Marks for history rules, and the new baseline: the state after acting, except that a
     failed remediation, a failed operation or a change nobody can be held to leaves the
     baseline as it was (the change is seen again), and the steering tags move only with a
     change that may move them (decision.may_retag)."""
+    event, now, vault_id, baseline, before, final, change = (
+        context.event, context.now, context.vault_id, context.baseline, context.before, context.final, context.change)
+    remediated = context.remediated
     vault = history_key(services, event)
-    mark_caller(services, event, vault, remembered, now)
+    mark_caller(services, context, vault)
     if change is not None:
         for mark in change.grant_marks():
             services.store.add_mark("grants", vault, mark, now)
     if remediated:
         services.store.add_mark("remediations", vault_key(vault_id), event.id, now)
-    if failed or unattributed(services.policy, event):
+    if context.failed or unattributed(services.policy, event):
         return  # the change is seen again: by the next event, or by the one that names its caller
     if final is None:
         if event.kind == "delete" and before is not None and not (baseline and baseline.deleted):
-            store_baseline(services, vault_id, dict(before.raw), baseline, now, deleted=True)
+            store_baseline(services, vault_id, dict(before.raw), baseline, now=now, deleted=True)
         return
     document = dict(final.raw)
     if before is not None and not may_retag(services.policy, event, remediated):
@@ -149,11 +134,11 @@ def record(
             and _steering(document) == _steering(before.raw) and not (baseline and baseline.deleted)):
         return  # nothing the baseline is compared or steered by has changed
     accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
-    services.parsed.remember(store_baseline(services, vault_id, document, baseline, now), accepted)
+    services.parsed.remember(store_baseline(services, vault_id, document, baseline, now=now), accepted)
 
 
 def store_baseline(
-    services: Services, resource_id: str, document: dict[str, Any], baseline: Baseline | None, now: datetime, *,
+    services: Services, resource_id: str, document: dict[str, Any], baseline: Baseline | None, *, now: datetime,
     deleted: bool = False,
 ) -> str:
     """The new baseline's ETag; a baseline another instance moved meanwhile is a retry."""

@@ -21,7 +21,8 @@ from kvguard.deployment import (
 )
 from kvguard.detection import Context, History, detect_all
 from kvguard.events import Caller, VaultEvent
-from kvguard.flow.acting import NOTHING_EARLIER, act
+from kvguard.flow.acting import act
+from kvguard.flow.context import EventContext
 from kvguard.flow.findings import tell_resolved
 from kvguard.flow.reasons import ALWAYS_FOR_OWN_DEPLOYMENT, own_deployment_reason
 from kvguard.flow.services import Services
@@ -52,7 +53,8 @@ def planned(services: Services, event: VaultEvent) -> bool:
     if event.operation is None or written is None:
         return False
     since, until = ledger_window(event.time or services.clock.now())
-    return services.store.match_own_write(written, event.operation, event.id, event.correlation_id, since, until)
+    return services.store.match_own_write(written, event.operation, event.id, event.correlation_id,
+                                          since=since, until=until)
 
 
 def ledger_window(made: datetime) -> tuple[datetime, datetime]:
@@ -93,17 +95,20 @@ def handle_own_deployment(services: Services, event: VaultEvent, resource_id: st
 def _judge_own_deployment(services: Services, event: VaultEvent, resource_id: str, now: datetime) -> Outcome:
     """A change to kvguard's own deployment is alerted in every mode, at every threshold: the
     mode (KVGUARD_MODE) may be the very setting that was changed. Nothing is remediated."""
-    context = Context(event=event, before=None, after=None, diff=None, policy=services.policy, history=History(),
-                      now=now)
-    findings = detect_all(context, {rule_id: RULES[rule_id] for rule_id in DEPLOYMENT_RULES})
-    risk = assess(findings, event, None, services.policy)
-    decision = Decision(services.policy.mode, bool(findings), ALWAYS_FOR_OWN_DEPLOYMENT if findings else "no finding",
-                        False, "kvguard's own deployment is never remediated", False)
-    actions = act(services, event, "", resource_id, findings, risk, decision, None, None, NOTHING_EARLIER)
-    for finding in findings:
+    judged = Context(event=event, before=None, after=None, diff=None, policy=services.policy, history=History(),
+                     now=now)
+    context = EventContext(event=event, now=now, vault_id=resource_id)
+    context.findings = detect_all(judged, {rule_id: RULES[rule_id] for rule_id in DEPLOYMENT_RULES})
+    context.risk = assess(context.findings, event, None, services.policy)
+    context.decision = Decision(services.policy.mode, bool(context.findings),
+                                ALWAYS_FOR_OWN_DEPLOYMENT if context.findings else "no finding", False,
+                                "kvguard's own deployment is never remediated", False)
+    context.actions = act(services, context)
+    for finding in context.findings:
         services.store.open_finding(resource_id, finding.rule, finding.to_json(), now)
-    outcome = Outcome(event.id, "processed", own_deployment_reason(event, findings, risk), None, risk.value,
-                      risk.severity, findings, actions, risk.explanation, resource=resource_id)
+    risk = context.risk
+    outcome = Outcome(event.id, "processed", own_deployment_reason(context), None, risk.value, risk.severity,
+                      context.findings, context.actions, risk.explanation, resource=resource_id)
     services.store.append_audit(AuditRecord(event.id, resource_id, now, outcome.to_audit()))
     return outcome
 

@@ -4,37 +4,33 @@ is part of the format)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from kvguard.decision import Decision
 from kvguard.detection import Finding
-from kvguard.events import VaultEvent
-from kvguard.resources import ResourceChange
+from kvguard.flow.context import EventContext, ResourceContext
 from kvguard.risk import Risk
-from kvguard.vault import VaultConfig
 
 ALWAYS_FOR_OWN_DEPLOYMENT = "always, for a change to kvguard's own deployment"
 
 
-def reason(
-    event: VaultEvent,
-    before: VaultConfig | None,
-    after: VaultConfig | None,
-    findings: Sequence[Finding],
-    risk: Risk,
-    decision: Decision,
-    joined: Sequence[Finding] = (),
-) -> str:
-    if joined:
-        rules = ", ".join(sorted({f.rule for f in joined}))
-        note = f"joins the open finding(s) {rules}, alert not repeated"
-        findings = [f for f in findings if f not in joined]
-        if not findings:
-            return f"another report of an alerted change: {note}; remediate: {decision.remediate_reason}"
-        return f"{reason(event, before, after, findings, risk, decision)}; {note}"
+def reason(context: EventContext) -> str:
+    """A vault event's reason; a joined report (another report of an alerted change) says so."""
+    joined = context.joined
+    if not joined:
+        return _vault_reason(context, context.findings)
+    rules = ", ".join(sorted({f.rule for f in joined}))
+    note = f"joins the open finding(s) {rules}, alert not repeated"
+    listed = context.listed
+    if not listed:
+        return f"another report of an alerted change: {note}; remediate: {context.decided.remediate_reason}"
+    return f"{_vault_reason(context, listed)}; {note}"
+
+
+def _vault_reason(context: EventContext, findings: Sequence[Finding]) -> str:
+    before, after = context.before, context.after
     gone = ""
-    if after is None and event.kind not in ("delete", "purge"):
+    if after is None and context.event.kind not in ("delete", "purge"):
         if before is None and not findings:
             return "vault not found and never seen: nothing to compare"
         gone = "vault not found (deleted since the event was sent): nothing to compare; "
@@ -44,20 +40,18 @@ def reason(
         if before is None and after is not None:
             return "first sight: baseline recorded, no finding"
         return "no finding: the change is within policy"
-    return _judged(findings, risk, decision, prefix=gone)
+    return _judged(findings, context.risk, context.decided, prefix=gone)
 
 
-def resource_reason(
-    change: ResourceChange, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
-    findings: Sequence[Finding], risk: Risk, decision: Decision,
-) -> str:
-    if not findings:
+def resource_reason(context: ResourceContext) -> str:
+    change, before, after = context.change, context.state.before, context.state.after
+    if not context.findings:
         if before is None and after is not None:
             return f"first sight of the {change.type}: baseline recorded, no finding"
         if after is None and before is None:
             return f"{change.type} not found and never seen: nothing to compare"
         return "no finding: the change is within policy"
-    return _judged(findings, risk, decision)
+    return _judged(context.findings, context.risk, context.decided)
 
 
 def sweep_reason(opened: Sequence[Finding], closed: Sequence[str], risk: Risk, decision: Decision) -> str:
@@ -71,7 +65,8 @@ def sweep_reason(opened: Sequence[Finding], closed: Sequence[str], risk: Risk, d
     return "; ".join(parts)
 
 
-def own_deployment_reason(event: VaultEvent, findings: Sequence[Finding], risk: Risk) -> str:
+def own_deployment_reason(context: EventContext) -> str:
+    event, findings, risk = context.event, context.findings, context.risk
     if findings:
         return (f"{len(findings)} finding(s); risk {risk.value}: {', '.join(risk.explanation)}; "
                 f"alert: {ALWAYS_FOR_OWN_DEPLOYMENT}")

@@ -21,6 +21,7 @@ from kvguard.decision import decide, effective_mode
 from kvguard.detection import Basis, Context, History, Rule, detect_all
 from kvguard.events import Caller, VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for
+from kvguard.flow.context import FlowContext
 from kvguard.flow.findings import tell_resolved
 from kvguard.flow.memory import baseline_config, known_vaults
 from kvguard.flow.reasons import sweep_reason
@@ -164,9 +165,9 @@ def _sweep_vault(services: Services, vault: VaultConfig, rules: Mapping[str, Rul
     now = services.clock.now()
     read = tuple(doc for t in SWEEP_TYPES for doc in services.resources.list_at_scope(vault.id, t))
     event = _sweep_event(vault, now)
-    context = Context(event=event, before=None, after=None, diff=None, policy=services.policy, history=History(),
-                      now=now, sweep=Sweep(vault, read))
-    findings = detect_all(context, rules)
+    judged = Context(event=event, before=None, after=None, diff=None, policy=services.policy, history=History(),
+                     now=now, sweep=Sweep(vault, read))
+    findings = detect_all(judged, rules)
     key = sweep_key(vault.id)
     was_open = {f.rule for f in services.store.open_findings(key)}
     for finding in findings:
@@ -178,7 +179,8 @@ def _sweep_vault(services: Services, vault: VaultConfig, rules: Mapping[str, Rul
     risk = assess(opened, event, vault, services.policy)
     decision = decide(policy=services.policy, event=event, vault=vault, vault_id=vault.id, vault_name=vault.name,
                       findings=opened, risk=risk.value, recent_remediations=0)
-    actions = act_beside(services, event, opened, decision, alerts_for(services, event, vault.id, opened, risk), None)
+    context = FlowContext(event=event, now=now, findings=opened, risk=risk, decision=decision)
+    actions = act_beside(services, context, alerts_for(services, context, vault.id, opened))
     resolutions = _resolve_sweep(services, vault, closed, now)
     outcome = Outcome(event.id, "processed", sweep_reason(opened, closed, risk, decision), vault.id, risk.value,
                       risk.severity, opened, actions, risk.explanation, resolutions, resource=vault.id)

@@ -671,44 +671,48 @@ class StateStoreContract:
 
     def test_an_own_write_matches_its_entry_case_insensitively(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), "evt-1", "corr-1", T0, LATER)
+        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), "evt-1", "corr-1", since=T0,
+                                     until=LATER)
 
     def test_an_event_without_an_entry_does_not_match(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", "corr-2", T0, LATER)
+        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", "corr-2", since=T0, until=LATER)
 
     def test_an_entry_made_after_the_window_does_not_match(self, store: StateStore) -> None:
         """An event from before kvguard planned its write cannot be that write's."""
         store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1),
-                                         T0 - timedelta(microseconds=1))
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1), T0)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1),
+                                         until=T0 - timedelta(microseconds=1))
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1), until=T0)
 
     def test_an_entry_older_than_the_window_does_not_match(self, store: StateStore) -> None:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 + timedelta(microseconds=1), LATER)
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0, LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 + timedelta(microseconds=1),
+                                         until=LATER)
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0, until=LATER)
 
     def test_one_entry_covers_one_write_its_redelivery_and_arms_second_event(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER), "redelivery"
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1b", "corr-1", T0, LATER), "second event"
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", T0, LATER), "another write"
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", None, T0, LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER), "redelivery"
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1b", "corr-1", since=T0,
+                                     until=LATER), "second event"
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", since=T0,
+                                         until=LATER), "another write"
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", None, since=T0, until=LATER)
 
     def test_two_entries_cover_two_writes(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", T0, LATER)
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", "corr-3", T0, LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", "corr-3", since=T0, until=LATER)
 
     def test_an_event_without_a_correlation_id_never_matches_by_it(self, store: StateStore) -> None:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0, LATER)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", None, T0, LATER)
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", None, since=T0, until=LATER)
 
     def test_concurrent_events_consume_an_entry_once(self, store: StateStore) -> None:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
@@ -716,7 +720,7 @@ class StateStoreContract:
         lock = threading.Lock()
 
         def deliver(n: int) -> None:
-            matched = store.match_own_write(VAULT, VAULT_WRITE, f"evt-{n}", f"corr-{n}", T0, LATER)
+            matched = store.match_own_write(VAULT, VAULT_WRITE, f"evt-{n}", f"corr-{n}", since=T0, until=LATER)
             with lock:
                 results.append(matched)
 
@@ -731,6 +735,6 @@ class StateStoreContract:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
         store.record_own_write(OTHER_VAULT, VAULT_WRITE, T0 + timedelta(hours=1))
         assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 1
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1), LATER)
-        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, "evt-2", None, T0 - timedelta(days=1), LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1), until=LATER)
+        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, "evt-2", None, since=T0 - timedelta(days=1), until=LATER)
         assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 0
