@@ -17,6 +17,7 @@ from kvguard.decision import decide, unattributed
 from kvguard.detection import Context, detect_all
 from kvguard.events import VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
+from kvguard.flow.claims import complete
 from kvguard.flow.context import ResourceContext
 from kvguard.flow.findings import settle_resource_findings
 from kvguard.flow.memory import (
@@ -80,8 +81,7 @@ def handle_resource(services: Services, event: VaultEvent, change: ResourceChang
             services.store.record_rejected(RejectedPayload(reason, json.dumps(event.raw, default=str),
                                                            services.clock.now(), event.id))
             outcome = Outcome(event.id, "rejected", reason, vault_id, resource=change.id)
-        if not services.store.complete(event.id, services.clock.now(), owner):
-            raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+        complete(services, event, owner)
     except BaseException:
         services.store.release(event.id, owner)
         raise

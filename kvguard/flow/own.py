@@ -22,6 +22,7 @@ from kvguard.deployment import (
 from kvguard.detection import Context, History, detect_all
 from kvguard.events import Caller, VaultEvent
 from kvguard.flow.acting import act
+from kvguard.flow.claims import complete
 from kvguard.flow.context import EventContext
 from kvguard.flow.findings import tell_resolved
 from kvguard.flow.reasons import ALWAYS_FOR_OWN_DEPLOYMENT, own_deployment_reason
@@ -84,8 +85,7 @@ def handle_own_deployment(services: Services, event: VaultEvent, resource_id: st
         raise TransientError(f"event {event.id} is being processed by another instance")
     try:
         outcome = _judge_own_deployment(services, event, resource_id, now)
-        if not services.store.complete(event.id, services.clock.now(), owner):
-            raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+        complete(services, event, owner)
     except BaseException:
         services.store.release(event.id, owner)
         raise
