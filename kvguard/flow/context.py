@@ -50,14 +50,14 @@ class Earlier(NamedTuple):
 NOTHING_EARLIER = Earlier((), {}, [], [], {})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FlowContext:
     """What every event's context holds: the event and the time it is judged at, what the state
     store remembered, and what detect, score, decide and act add. A sweep's stand-in event is
     judged in one of these as it is; a vault's change and a resource's add what was read."""
 
-    event: VaultEvent = field(kw_only=True)
-    now: datetime = field(kw_only=True)
+    event: VaultEvent
+    now: datetime
     recall: Recall = NOTHING_RECALLED
     findings: list[Finding] = field(default_factory=list)
     risk: Risk = NO_RISK
@@ -74,7 +74,7 @@ class FlowContext:
         return self.decision
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EventContext(FlowContext):
     """A vault's change. `owner` fences this attempt's claims (empty when no vault is leased:
     kvguard's own deployment); `vault_id` is the vault as the record names it."""
@@ -114,12 +114,12 @@ class EventContext(FlowContext):
         return [f for f in self.findings if f not in self.joined]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ResourceContext(FlowContext):
     """A change of a resource beside the vaults. `vault_id` is the vault the event names (None
     for a broader scope: the findings name the vaults it covers); marks are kept under `history_key`."""
 
-    state: ResourceState = field(kw_only=True)
+    state: ResourceState
     vault_id: str | None = None
     baseline: Baseline | None = None
     history_key: str = ""
