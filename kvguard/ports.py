@@ -10,11 +10,11 @@ is decided in one place, `kvguard.adapters.azure_clients`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from kvguard.vault import AccessPolicy, VaultConfig
 
@@ -126,6 +126,14 @@ class AlertSink(Protocol):
 
 
 ClaimResult = Literal["claimed", "duplicate", "in_progress"]
+
+
+class MarkQuery(NamedTuple):
+    """One series's marks under one key at or after `since` (see `StateStore.marks_since_each`)."""
+
+    series: str
+    key: str
+    since: datetime
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,12 @@ class StateStore(Protocol):
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         """(member, at) of every mark of `series`/`key` at or after `since`, oldest first."""
+        ...
+
+    def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
+        """`marks_since` of every query, answered in query order: one read for all the history an
+        event's rules look at, where a store can make it one (SQLite does; Table Storage reads
+        each series's partition)."""
         ...
 
     # The ledger of own writes: what kvguard wrote with its identity, noted before writing, so that

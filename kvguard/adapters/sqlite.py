@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from kvguard.ports import (
     Baseline,
     ClaimResult,
     ConcurrencyError,
+    MarkQuery,
     OpenFinding,
     OutboxItem,
     PendingAction,
@@ -110,6 +111,7 @@ CREATE INDEX IF NOT EXISTS own_writes_by_time ON own_writes (at);
 
 
 _ZERO = timedelta(0)
+_COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
 
 def _utc(moment: datetime) -> datetime:
@@ -420,6 +422,21 @@ class SQLiteStateStore:
             (series, vault_key(key), _stamp(since)),
         )
         return [(member, _unstamp(at)) for member, at in rows]
+
+    def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
+        """One SELECT whose UNION ALL branches each use the (series, key, at) index; rows carry the
+        number of the query they answer."""
+        answers: list[list[tuple[str, datetime]]] = [[] for _ in queries]
+        for start in range(0, len(queries), _COMPOUND_BRANCHES):
+            part = queries[start:start + _COMPOUND_BRANCHES]
+            sql = " UNION ALL ".join(
+                "SELECT ? AS query, member, at FROM marks WHERE series = ? AND key = ? AND at >= ?" for _ in part
+            )
+            params = tuple(value for number, query in enumerate(part, start)
+                           for value in (number, query.series, vault_key(query.key), _stamp(query.since)))
+            for number, member, at in self._query(f"{sql} ORDER BY query, at, member", params):
+                answers[number].append((member, _unstamp(at)))
+        return answers
 
     # Write-ahead actions
 

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -50,6 +50,7 @@ from kvguard.ports import (
     Baseline,
     ClaimResult,
     ConcurrencyError,
+    MarkQuery,
     OpenFinding,
     OutboxItem,
     PendingAction,
@@ -565,6 +566,11 @@ class TablesStateStore:
         )
         marks = [(entity["member"], _unstamp(entity["at"])) for entity in entities]
         return sorted(marks, key=lambda mark: (mark[1], mark[0]))
+
+    def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
+        """A query per series and key: each is one partition, and one request across partitions
+        would be a scan of the table."""
+        return [self.marks_since(query.series, query.key, query.since) for query in queries]
 
     # Write-ahead actions
 

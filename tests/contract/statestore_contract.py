@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kvguard.ports import AuditRecord, ConcurrencyError, RejectedPayload, StateStore
+from kvguard.ports import AuditRecord, ConcurrencyError, MarkQuery, RejectedPayload, StateStore
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -616,6 +616,34 @@ class StateStoreContract:
         assert store.marks_since("caller-vaults", "caller-1", T0) == [("kv-a", T0)]
         assert store.marks_since("caller-failures", "caller-1", T0) == [("kv-b", T0)]
         assert store.marks_since("caller-vaults", "caller-3", T0) == []
+
+    def test_marks_since_each_answers_every_query_in_its_order_as_marks_since_would(self, store: StateStore) -> None:
+        for member, minutes in (("kv-c", 9), ("kv-a", 1), ("kv-b", 5)):
+            store.add_mark("caller-vaults", "caller-1", member, T0 + timedelta(minutes=minutes))
+        store.add_mark("grants", VAULT, "principal:a|", T0)
+        store.add_mark("caller-vaults", "caller-2", "kv-z", T0)
+        queries = [
+            MarkQuery("grants", VAULT_OTHER_CASE, T0),
+            MarkQuery("caller-vaults", "caller-1", T0 + timedelta(minutes=5)),
+            MarkQuery("caller-vaults", "caller-3", T0),
+            MarkQuery("caller-vaults", "caller-1", T0),  # the same series and key again, a wider window
+        ]
+        answers = store.marks_since_each(queries)
+        assert answers == [store.marks_since(*query) for query in queries]
+        assert answers == [
+            [("principal:a|", T0)],
+            [("kv-b", T0 + timedelta(minutes=5)), ("kv-c", T0 + timedelta(minutes=9))],
+            [],
+            [("kv-a", T0 + timedelta(minutes=1)), ("kv-b", T0 + timedelta(minutes=5)),
+             ("kv-c", T0 + timedelta(minutes=9))],
+        ]
+        assert store.marks_since_each([]) == []
+
+    def test_marks_since_each_answers_many_queries(self, store: StateStore) -> None:
+        for index in range(150):
+            store.add_mark("grants", f"vault-{index}", f"principal:{index}|", T0)
+        answers = store.marks_since_each([MarkQuery("grants", f"vault-{index}", T0) for index in range(150)])
+        assert answers == [[(f"principal:{index}|", T0)] for index in range(150)]
 
     def test_mark_keys_that_are_resource_ids_compare_case_insensitively(self, store: StateStore) -> None:
         store.add_mark("remediations", VAULT, "evt-1", T0)
