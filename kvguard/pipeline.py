@@ -42,6 +42,7 @@ from kvguard.ports import (
     Clock,
     ConcurrencyError,
     DeploymentReader,
+    MarkQuery,
     PermanentError,
     RejectedPayload,
     ResourceGateway,
@@ -551,18 +552,24 @@ class Pipeline:
         window = self.policy.history
         caller = event.caller.id
         vault = key or self._history_key(event)
-        grants = self.store.marks_since("grants", vault, now - window.grant_window)
+        queries = [MarkQuery("grants", vault, now - window.grant_window)]
+        if caller is not None:
+            queries += [MarkQuery("caller_vaults", caller, now - window.burst_window),
+                        MarkQuery("caller_failures", caller, now - window.burst_window),
+                        MarkQuery("caller_writes", f"{vault}|{caller}", EPOCH)]
+        grants, *by_caller = self.store.marks_since_each(queries)
         if caller is None:
             return _Recall(History(recent_grants=dict(grants)), vault_marked=False)
-        vaults = {m for m, _ in self.store.marks_since("caller_vaults", caller, now - window.burst_window)}
+        caller_vaults, caller_failures, caller_writes = by_caller
+        vaults = {m for m, _ in caller_vaults}
         marked = vault in vaults
-        failures = len(self.store.marks_since("caller_failures", caller, now - window.burst_window))
+        failures = len(caller_failures)
         if event.succeeded:
             vaults.add(vault)
         else:
             failures += 1
         history = History(
-            caller_seen_before=bool(self.store.marks_since("caller_writes", f"{vault}|{caller}", EPOCH)),
+            caller_seen_before=bool(caller_writes),
             caller_vaults=len(vaults),
             caller_failures=failures,
             recent_grants=dict(grants),
