@@ -9,6 +9,7 @@ for display. Times are stored as fixed-width UTC text, which sorts like the time
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kvguard.adapters.compact_audit import audit_document, audit_fields
 from kvguard.ids import vault_key
 from kvguard.ports import (
     AuditRecord,
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS claims (
     claimed_at   TEXT NOT NULL,
     completed_at TEXT,
     owner        TEXT NOT NULL DEFAULT ''
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS baselines (
     vault_key TEXT PRIMARY KEY,
     vault_id  TEXT NOT NULL,
@@ -50,14 +52,14 @@ CREATE TABLE IF NOT EXISTS baselines (
     updated   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id  TEXT NOT NULL,
-    vault_key TEXT,
-    vault_id  TEXT,
-    at        TEXT NOT NULL,
-    outcome   TEXT NOT NULL
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT NOT NULL,
+    vault_digest BLOB,
+    vault_id     TEXT,
+    at           TEXT NOT NULL,
+    outcome      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_key, at);
+CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_digest, at);
 CREATE TABLE IF NOT EXISTS rejected (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     reason   TEXT NOT NULL,
@@ -75,15 +77,14 @@ CREATE TABLE IF NOT EXISTS findings (
 );
 CREATE TABLE IF NOT EXISTS marks (
     series TEXT NOT NULL,
-    key    TEXT NOT NULL,
+    key    BLOB NOT NULL,
     member TEXT NOT NULL,
     at     TEXT NOT NULL,
-    PRIMARY KEY (series, key, member, at)
-);
-CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
+    PRIMARY KEY (series, key, at, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
-CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
 CREATE TABLE IF NOT EXISTS intents (
     scope   TEXT NOT NULL,
     handler TEXT NOT NULL,
@@ -108,6 +109,57 @@ CREATE TABLE IF NOT EXISTS own_writes (
 CREATE INDEX IF NOT EXISTS own_writes_by_resource ON own_writes (resource_key, operation, at);
 CREATE INDEX IF NOT EXISTS own_writes_by_time ON own_writes (at);
 """
+
+
+# PRAGMA user_version of a file in today's shapes. Files of version 0 were written before them:
+# claims with a rowid (and, the oldest, without an owner column), mark keys and audit vault keys as
+# text; they are upgraded when a store opens them (`_upgrade_to_compact_shapes`).
+_COMPACT_SHAPES = 1
+
+
+def _key_digest(key: str) -> bytes:
+    """What mark keys and the audit's vault keys are stored as: 16 bytes where a vault id is about
+    130 characters. Keys are only looked up, never listed, so their text is not needed back."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
+    """A file of version 0 in today's shapes, in the caller's transaction: claims without a rowid
+    (finished ones without their owner token and lease), mark keys and audit vault keys as
+    digests. Open findings, baselines and the audit's outcomes are kept as they are; audit rows in
+    the old text shape are read as they are (`compact_audit.audit_fields`)."""
+    db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(claims)")}
+    owner = "owner" if "owner" in columns else "''"
+    db.execute("ALTER TABLE claims RENAME TO claims_before_compact")
+    db.execute(_statement("claims"))
+    db.execute(
+        "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at, owner)"
+        " SELECT event_id, done, CASE WHEN done THEN '' ELSE lease_until END, claimed_at, completed_at,"
+        f" CASE WHEN done THEN '' ELSE {owner} END FROM claims_before_compact"
+    )
+    db.execute("DROP TABLE claims_before_compact")
+    if _has_table(db, "marks"):
+        db.execute("DROP INDEX IF EXISTS marks_by_time")
+        db.execute("DROP INDEX IF EXISTS marks_by_age")
+        db.execute("ALTER TABLE marks RENAME TO marks_before_compact")
+        db.execute(_statement("marks"))
+        db.execute("INSERT OR IGNORE INTO marks (series, key, member, at)"
+                   " SELECT series, kvguard_key_digest(key), member, at FROM marks_before_compact")
+        db.execute("DROP TABLE marks_before_compact")
+    if _has_table(db, "audit"):
+        db.execute("ALTER TABLE audit RENAME COLUMN vault_key TO vault_digest")
+        db.execute("UPDATE audit SET vault_digest = kvguard_key_digest(vault_digest) WHERE vault_digest IS NOT NULL")
+
+
+def _statement(table: str) -> str:
+    """The CREATE TABLE statement of `table` in `_SCHEMA`."""
+    start = _SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table} (")
+    return _SCHEMA[start:_SCHEMA.index(";\n", start)]
 
 
 _ZERO = timedelta(0)
@@ -184,14 +236,13 @@ class SQLiteStateStore:
             if self._path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
-
-    def _migrate(self) -> None:
-        """Files written before claims carried an owner token gain the column (empty owner)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
-        if "owner" not in columns:
-            self._db.execute("ALTER TABLE claims ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            with self._transaction() as db:  # one opener at a time upgrades a file; the others find it done
+                if db.execute("PRAGMA user_version").fetchone()[0] < _COMPACT_SHAPES and _has_table(db, "claims"):
+                    _upgrade_to_compact_shapes(db)
+                for statement in _SCHEMA.split(";\n"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {_COMPACT_SHAPES}")
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self._path!r})"
@@ -273,13 +324,16 @@ class SQLiteStateStore:
         at = _stamp(now)
         if owner is not None:
             return self._write(
-                "UPDATE claims SET done = 1, completed_at = ? WHERE event_id = ? AND owner = ? AND done = 0",
+                "UPDATE claims SET done = 1, completed_at = ?, lease_until = '', owner = ''"
+                " WHERE event_id = ? AND owner = ? AND done = 0",
                 (at, event_id, owner),
             ) == 1
+        # A finished claim needs no lease or owner any more (only a fence of unfinished ones reads them).
         self._write(
-            "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at",
-            (event_id, at, at, at),
+            "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, '', ?, ?)"
+            " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at,"
+            " lease_until = '', owner = ''",
+            (event_id, at, at),
         )
         return True
 
@@ -340,10 +394,10 @@ class SQLiteStateStore:
     # Audit trail and rejected payloads
 
     def append_audit(self, record: AuditRecord) -> None:
-        key = vault_key(record.vault_id) if record.vault_id is not None else None
+        digest = _key_digest(vault_key(record.vault_id)) if record.vault_id is not None else None
         self._write(
-            "INSERT INTO audit (event_id, vault_key, vault_id, at, outcome) VALUES (?, ?, ?, ?, ?)",
-            (record.event_id, key, record.vault_id, _stamp(record.at), _to_json(record.outcome)),
+            "INSERT INTO audit (event_id, vault_digest, at, outcome) VALUES (?, ?, ?, ?)",
+            (record.event_id, digest, _stamp(record.at), audit_document(record.vault_id, record.outcome)),
         )
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
@@ -351,15 +405,19 @@ class SQLiteStateStore:
         if vault_id is None:
             rows = self._query(f"{columns} ORDER BY at, seq")
         else:
-            rows = self._query(f"{columns} WHERE vault_key = ? ORDER BY at, seq", (vault_key(vault_id),))
-        return [
-            AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=json.loads(outcome))
-            for event_id, vault, at, outcome in rows
-        ]
+            key = vault_key(vault_id)
+            rows = self._query(f"{columns} WHERE vault_digest = ? ORDER BY at, seq", (_key_digest(key),))
+        records = []
+        for event_id, vault_column, at, stored in rows:
+            vault, outcome = audit_fields(vault_column, stored)
+            if vault_id is None or (vault is not None and vault_key(vault) == key):  # never another vault's
+                records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=outcome))
+        return records
 
     def audited(self, event_id: str, vault_id: str | None) -> bool:
-        key = vault_key(vault_id) if vault_id is not None else None
-        return bool(self._query("SELECT 1 FROM audit WHERE vault_key IS ? AND event_id = ? LIMIT 1", (key, event_id)))
+        digest = _key_digest(vault_key(vault_id)) if vault_id is not None else None
+        return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? LIMIT 1",
+                                (digest, event_id)))
 
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(
@@ -413,13 +471,13 @@ class SQLiteStateStore:
     def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
         self._write(
             "INSERT INTO marks (series, key, member, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (series, vault_key(key), member, _stamp(at)),
+            (series, _key_digest(vault_key(key)), member, _stamp(at)),
         )
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         rows = self._query(
             "SELECT member, at FROM marks WHERE series = ? AND key = ? AND at >= ? ORDER BY at, member",
-            (series, vault_key(key), _stamp(since)),
+            (series, _key_digest(vault_key(key)), _stamp(since)),
         )
         return [(member, _unstamp(at)) for member, at in rows]
 
@@ -433,7 +491,7 @@ class SQLiteStateStore:
                 "SELECT ? AS query, member, at FROM marks WHERE series = ? AND key = ? AND at >= ?" for _ in part
             )
             params = tuple(value for number, query in enumerate(part, start)
-                           for value in (number, query.series, vault_key(query.key), _stamp(query.since)))
+                           for value in (number, query.series, _key_digest(vault_key(query.key)), _stamp(query.since)))
             for number, member, at in self._query(f"{sql} ORDER BY query, at, member", params):
                 answers[number].append((member, _unstamp(at)))
         return answers
