@@ -14,12 +14,14 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kvguard.adapters import found_against
 from kvguard.adapters.compact_audit import audit_document, audit_fields
 from kvguard.ids import vault_key
 from kvguard.ports import (
@@ -68,12 +70,20 @@ CREATE TABLE IF NOT EXISTS rejected (
     event_id TEXT
 );
 CREATE TABLE IF NOT EXISTS findings (
-    vault_key TEXT NOT NULL,
-    rule      TEXT NOT NULL,
-    vault_id  TEXT NOT NULL,
-    finding   TEXT NOT NULL,
-    opened    TEXT NOT NULL,
+    vault_key     TEXT NOT NULL,
+    rule          TEXT NOT NULL,
+    vault_id      TEXT NOT NULL,
+    finding       TEXT NOT NULL,
+    opened        TEXT NOT NULL,
+    baseline_etag TEXT,
     PRIMARY KEY (vault_key, rule)
+);
+CREATE TABLE IF NOT EXISTS found_against (
+    vault_key TEXT NOT NULL,
+    etag      TEXT NOT NULL,
+    config    BLOB NOT NULL,
+    at        TEXT NOT NULL,
+    PRIMARY KEY (vault_key, etag)
 );
 CREATE TABLE IF NOT EXISTS marks (
     series TEXT NOT NULL,
@@ -130,8 +140,9 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
 def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
     """A file of version 0 in today's shapes, in the caller's transaction: claims without a rowid
     (finished ones without their owner token and lease), mark keys and audit vault keys as
-    digests. Open findings, baselines and the audit's outcomes are kept as they are; audit rows in
-    the old text shape are read as they are (`compact_audit.audit_fields`)."""
+    digests, findings with a column for the ETag they name. Open findings, baselines and the
+    audit's outcomes are kept as they are: audit rows in the old text shape and findings that embed
+    their baseline are read as they are (`compact_audit.audit_fields`, `found_against`)."""
     db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
     columns = {row[1] for row in db.execute("PRAGMA table_info(claims)")}
     owner = "owner" if "owner" in columns else "''"
@@ -151,6 +162,8 @@ def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
         db.execute("INSERT OR IGNORE INTO marks (series, key, member, at)"
                    " SELECT series, kvguard_key_digest(key), member, at FROM marks_before_compact")
         db.execute("DROP TABLE marks_before_compact")
+    if _has_table(db, "findings"):
+        db.execute("ALTER TABLE findings ADD COLUMN baseline_etag TEXT")
     if _has_table(db, "audit"):
         db.execute("ALTER TABLE audit RENAME COLUMN vault_key TO vault_digest")
         db.execute("UPDATE audit SET vault_digest = kvguard_key_digest(vault_digest) WHERE vault_digest IS NOT NULL")
@@ -162,6 +175,9 @@ def _statement(table: str) -> str:
     return _SCHEMA[start:_SCHEMA.index(";\n", start)]
 
 
+# A stored configuration that no open finding names (what closing and retention remove).
+_UNNAMED = ("NOT EXISTS (SELECT 1 FROM findings WHERE findings.vault_key = found_against.vault_key"
+            " AND findings.baseline_etag = found_against.etag)")
 _ZERO = timedelta(0)
 _COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
@@ -266,6 +282,12 @@ class SQLiteStateStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Statements that are each atomic on their own, run back to back by this store's threads."""
+        with self._lock:
+            yield self._db
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -435,36 +457,69 @@ class SQLiteStateStore:
     # Open findings
 
     def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
-        document = _to_json(finding)
-        opened = _stamp(now)
         key = vault_key(vault_id)
-        with self._lock:
-            inserted = self._db.execute(
-                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (vault_key, rule) DO NOTHING",
-                (key, rule, vault_id, document, opened),
+        row = found_against.split(key, finding)
+        document = _to_json(row.finding)
+        opened = _stamp(now)
+        # The configuration and the finding naming it: both or neither.
+        with self._transaction() if row.config is not None else self._locked() as db:
+            if row.etag is not None and row.config is not None:
+                db.execute(
+                    "INSERT INTO found_against (vault_key, etag, config, at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (vault_key, etag) DO UPDATE SET at = excluded.at",
+                    (key, row.etag, zlib.compress(_to_json(row.config).encode("utf-8")), opened),
+                )
+            inserted = db.execute(
+                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened, baseline_etag)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vault_key, rule) DO NOTHING",
+                (key, rule, vault_id, document, opened, row.etag),
             ).rowcount
             if inserted == 1:
                 return True
             # Already open: refresh it, keeping the time it was first opened.
-            self._db.execute(
-                "UPDATE findings SET finding = ?, vault_id = ? WHERE vault_key = ? AND rule = ?",
-                (document, vault_id, key, rule),
+            db.execute(
+                "UPDATE findings SET finding = ?, vault_id = ?, baseline_etag = ? WHERE vault_key = ? AND rule = ?",
+                (document, vault_id, row.etag, key, rule),
             )
             return False
 
     def close_finding(self, vault_id: str, rule: str) -> bool:
-        return self._write("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (vault_key(vault_id), rule)) == 1
+        key = vault_key(vault_id)
+        with self._transaction() as db:
+            named = db.execute("SELECT baseline_etag FROM findings WHERE vault_key = ? AND rule = ?",
+                               (key, rule)).fetchone()
+            if named is None:
+                return False
+            db.execute("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (key, rule))
+            if named[0] is not None:  # a configuration no open finding names any more goes with the last one
+                db.execute(f"DELETE FROM found_against WHERE vault_key = ? AND etag = ? AND {_UNNAMED}",
+                           (key, named[0]))
+            return True
 
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
+        key = vault_key(vault_id)
         rows = self._query(
-            "SELECT vault_id, rule, finding, opened FROM findings WHERE vault_key = ? ORDER BY rule",
-            (vault_key(vault_id),),
+            "SELECT vault_id, rule, finding, opened, baseline_etag FROM findings WHERE vault_key = ? ORDER BY rule",
+            (key,),
         )
         return [
-            OpenFinding(vault_id=vault, rule=rule, finding=_LazyDocument(finding), opened=_unstamp(opened))
-            for vault, rule, finding, opened in rows
+            OpenFinding(
+                vault_id=vault, rule=rule, opened=_unstamp(opened),
+                finding=_LazyDocument(finding) if etag is None
+                else found_against.joined(key, json.loads(finding), self._found_against_loader(key, etag)),
+            )
+            for vault, rule, finding, opened, etag in rows
         ]
+
+    def _found_against_loader(self, key: str, etag: str) -> Callable[[], Mapping[str, Any]]:
+        def load() -> Mapping[str, Any]:
+            rows = self._query("SELECT config FROM found_against WHERE vault_key = ? AND etag = ?", (key, etag))
+            if not rows:
+                raise RuntimeError(f"the baseline {etag} an open finding of {key} was found against is not stored")
+            loaded: dict[str, Any] = json.loads(zlib.decompress(rows[0][0]))
+            return loaded
+
+        return load
 
     # Marks for history rules and the circuit breaker
 
@@ -543,6 +598,7 @@ class SQLiteStateStore:
             "DELETE FROM marks WHERE at < ?",
             "DELETE FROM intents WHERE at < ?",
             "DELETE FROM outbox WHERE at < ?",
+            f"DELETE FROM found_against WHERE at < ? AND {_UNNAMED}",
         )
         return sum(self._write(sql, (cutoff,)) for sql in statements)
 

@@ -1,8 +1,9 @@
 """The StateStore on Azure Table Storage (Azurite locally and in tests).
 
-One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`, `marks`,
-`intents`, `outbox`, `ownwrites` (the ledger of own writes), and `chunks` for values too large to
-sit inline — each created on first use.
+One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`,
+`foundagainst` (the configurations open findings name by ETag: `kvguard.adapters.found_against`),
+`marks`, `intents`, `outbox`, `ownwrites` (the ledger of own writes), and `chunks` for values too
+large to sit inline — each created on first use.
 
 - Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
   event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
@@ -43,6 +44,7 @@ from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, 
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
+from kvguard.adapters import found_against
 from kvguard.adapters.azure_clients import azure_errors
 from kvguard.ids import vault_key
 from kvguard.ports import (
@@ -472,9 +474,14 @@ class TablesStateStore:
     def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
         opened = _stamp(now)
         partition, row = _vault_partition(vault_id), _digest(rule)
+        split = found_against.split(vault_key(vault_id), finding)
+        if split.etag is not None and split.config is not None:
+            self._keep_found_against(partition, split.etag, split.config, opened)  # before the finding naming it
         table = self._table("findings")
-        document = self._pack(finding)
+        document = self._pack(split.finding)
         entity = {"PartitionKey": partition, "RowKey": row, "vault_id": vault_id, "rule": rule, **document}
+        if split.etag is not None:
+            entity["baseline_etag"] = split.etag
         try:
             for _ in range(_ROUNDS):
                 try:
@@ -503,8 +510,31 @@ class TablesStateStore:
         self._discard(document)
         raise TransientError(f"finding {rule} of {vault_id} kept changing under {_ROUNDS} attempts to write it")
 
+    def _keep_found_against(self, partition: str, etag: str, config: Mapping[str, Any], at: str) -> None:
+        """Store (or touch) the configuration findings of this vault name by `etag`: a fresh `at`
+        keeps retention from removing it while a finding is being opened against it."""
+        row = _digest(etag)
+        previous = self._get("foundagainst", partition, row)
+        self._table("foundagainst").upsert_entity(
+            {"PartitionKey": partition, "RowKey": row, "etag": etag, "at": at, **self._pack(config)},
+            mode=UpdateMode.REPLACE,
+        )
+        self._discard(previous)
+
+    def _found_against_loader(self, partition: str, etag: str) -> Callable[[], Mapping[str, Any]]:
+        def load() -> Mapping[str, Any]:
+            entity = self._get("foundagainst", partition, _digest(etag))
+            if entity is None:
+                raise RuntimeError(f"the baseline {etag} an open finding was found against is not stored")
+            stored: Mapping[str, Any] = self._unpack(entity)
+            return stored
+
+        return _transient(load)
+
     @_transient
     def close_finding(self, vault_id: str, rule: str) -> bool:
+        """The configuration a closed finding named stays until retention removes it (see `prune`):
+        removing it here could race with a finding being opened against it."""
         partition, row = _vault_partition(vault_id), _digest(rule)
         for _ in range(_ROUNDS):
             current = self._get("findings", partition, row)
@@ -524,16 +554,16 @@ class TablesStateStore:
 
     @_transient
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
-        entities = self._table("findings").query_entities(
-            "PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)}
-        )
-        findings = [
-            OpenFinding(
-                vault_id=entity["vault_id"], rule=entity["rule"], finding=self._unpack(entity),
-                opened=_unstamp(entity["opened"]),
-            )
-            for entity in entities
-        ]
+        partition, key = _vault_partition(vault_id), vault_key(vault_id)
+        entities = self._table("findings").query_entities("PartitionKey eq @pk", parameters={"pk": partition})
+        findings = []
+        for entity in entities:
+            finding = self._unpack(entity)
+            etag = entity.get("baseline_etag")
+            if etag is not None:
+                finding = found_against.joined(key, finding, self._found_against_loader(partition, etag))
+            findings.append(OpenFinding(vault_id=entity["vault_id"], rule=entity["rule"], finding=finding,
+                                        opened=_unstamp(entity["opened"])))
         return sorted(findings, key=lambda finding: finding.rule)
 
     # Marks for history rules and the circuit breaker
@@ -664,6 +694,30 @@ class TablesStateStore:
                     continue
                 self._discard(entity)
                 removed += 1
+        return removed + self._prune_found_against(cutoff)
+
+    def _prune_found_against(self, cutoff: str) -> int:
+        """Configurations older than `cutoff` that no open finding names. Each is deleted only as
+        it was read (its ETag): one touched meanwhile by a finding opened against it stays."""
+        table, removed = self._table("foundagainst"), 0
+        for entity in list(table.query_entities("at lt @cutoff", parameters={"cutoff": cutoff},
+                                                select=["PartitionKey", "RowKey", "etag", "doc_ref"])):
+            named = self._table("findings").query_entities(
+                "PartitionKey eq @pk and baseline_etag eq @etag",
+                parameters={"pk": entity["PartitionKey"], "etag": entity["etag"]}, select=["RowKey"],
+                results_per_page=1,
+            )
+            if next(iter(named), None) is not None:
+                continue
+            try:
+                table.delete_entity(entity["PartitionKey"], entity["RowKey"], etag=entity.metadata["etag"],
+                                    match_condition=MatchConditions.IfNotModified)
+            except HttpResponseError as error:
+                if not _is(error, 404, 412):
+                    raise
+                continue
+            self._discard(entity)
+            removed += 1
         return removed
 
     # The ledger of own writes: one partition per resource and operation, rows in time order.

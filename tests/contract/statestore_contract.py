@@ -584,6 +584,48 @@ class StateStoreContract:
         [finding] = store.open_findings(VAULT)
         assert finding.finding == evidence
 
+    def test_a_finding_naming_its_baseline_by_etag_round_trips_and_refreshes_as_it_was_read(
+        self, store: StateStore
+    ) -> None:
+        config = vault_config(policies=64, seed=3)
+        written = {"rule": "KV-NET-01", "evidence": {"after": "Allow"}, "callerNamed": True,
+                   "baseline": {"etag": "etag-1", "config": config}}
+        assert store.open_finding(VAULT, "KV-NET-01", written, T0) is True
+        [first] = store.open_findings(VAULT_OTHER_CASE)
+        assert first.finding == written
+        # The pipeline refreshes a finding with the baseline it read back (`Pipeline._open`).
+        refreshed = {**first.finding, "evidence": {"after": "Deny"}}
+        assert store.open_finding(VAULT, "KV-NET-01", refreshed, T0 + timedelta(minutes=1)) is False
+        [again] = store.open_findings(VAULT)
+        assert again.finding == {**written, "evidence": {"after": "Deny"}}
+        assert again.finding["baseline"]["config"] == config
+        assert again.opened == T0
+
+    def test_findings_naming_one_baseline_keep_it_until_the_last_of_them_closes(self, store: StateStore) -> None:
+        config = vault_config(policies=4, seed=4)
+        for rule in ("KV-NET-01", "KV-NET-02"):
+            store.open_finding(VAULT, rule, {"rule": rule, "baseline": {"etag": "etag-1", "config": config}}, T0)
+        store.open_finding(OTHER_VAULT, "KV-NET-01", {"baseline": {"etag": "etag-1", "config": {"other": 1}}}, T0)
+        assert store.close_finding(VAULT, "KV-NET-01") is True
+        store.prune(T0 + timedelta(days=365))
+        [left] = store.open_findings(VAULT)
+        assert left.finding["baseline"] == {"etag": "etag-1", "config": config}
+        [other] = store.open_findings(OTHER_VAULT)
+        assert other.finding["baseline"]["config"] == {"other": 1}
+        assert store.close_finding(VAULT, "KV-NET-02") is True
+        store.prune(T0 + timedelta(days=365))
+        # Opened again later against the same baseline: its configuration is written afresh.
+        store.open_finding(VAULT, "KV-NET-01", {"baseline": {"etag": "etag-1", "config": config}},
+                           T0 + timedelta(days=366))
+        [reopened] = store.open_findings(VAULT)
+        assert reopened.finding["baseline"]["config"] == config
+
+    def test_a_finding_whose_baseline_names_no_etag_keeps_its_document(self, store: StateStore) -> None:
+        written = {"rule": "KV-RBAC-01", "baseline": {"config": {"id": "/x", "properties": {"scope": "/y"}}}}
+        store.open_finding(VAULT, "KV-RBAC-01", written, T0)
+        [finding] = store.open_findings(VAULT)
+        assert finding.finding == written
+
     # Marks
 
     def test_marks_since_includes_the_window_edge_and_orders_oldest_first(self, store: StateStore) -> None:

@@ -112,7 +112,20 @@ CREATE TABLE marks (
 );
 CREATE INDEX marks_by_time ON marks (series, key, at);
 CREATE INDEX marks_by_age ON marks (at);
+CREATE TABLE findings (
+    vault_key TEXT NOT NULL,
+    rule      TEXT NOT NULL,
+    vault_id  TEXT NOT NULL,
+    finding   TEXT NOT NULL,
+    opened    TEXT NOT NULL,
+    PRIMARY KEY (vault_key, rule)
+);
 """
+# An open finding as that version wrote it: the baseline it was found against embedded.
+FINDING_BEFORE_COMPACT_SHAPES = {
+    "rule": "KV-NET-01", "evidence": {"after": "Allow"}, "callerNamed": True,
+    "baseline": {"etag": "etag-old", "config": vault_config(policies=3, seed=2)},
+}
 
 
 def stamp(moment: datetime) -> str:
@@ -140,6 +153,8 @@ def write_file_before_compact_shapes(path: Path, *, with_owner: bool = True) -> 
                    (vault_key(VAULT), stamp(T0)))
         db.execute("INSERT INTO marks (series, key, member, at) VALUES ('caller_writes', ?, 'evt-done', ?)",
                    (f"{vault_key(VAULT)}|caller-1", stamp(T0)))
+        db.execute("INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, 'KV-NET-01', ?, ?, ?)",
+                   (vault_key(VAULT), VAULT, json.dumps(FINDING_BEFORE_COMPACT_SHAPES), stamp(T0)))
         db.commit()
 
 
@@ -161,13 +176,24 @@ def test_a_file_written_before_the_compact_shapes_is_upgraded_on_open_and_loses_
         assert store.audited("evt-done", VAULT) is True
         assert store.marks_since("grants", VAULT, T0) == [("principal:a|", T0)]
         assert store.marks_since_each([MarkQuery("caller_writes", f"{VAULT}|caller-1", T0)]) == [[("evt-done", T0)]]
+        [finding] = store.open_findings(VAULT)
+        assert (finding.finding, finding.opened) == (FINDING_BEFORE_COMPACT_SHAPES, T0)
         store.append_audit(AuditRecord("evt-new", VAULT, T0 + timedelta(seconds=1), {"outcome": "processed"}))
         assert [r.event_id for r in store.list_audit(VAULT)] == ["evt-done", "evt-new"]
         assert store.prune(T0 + timedelta(days=1)) == 6  # two claims, two audit records, two marks
     finally:
         store.close()
+    reopened = SQLiteStateStore(path)
+    try:  # the old finding is current state: kept by retention, and refreshed into the new shape
+        [finding] = reopened.open_findings(VAULT)
+        assert reopened.open_finding(VAULT, "KV-NET-01", finding.finding, T0 + timedelta(days=2)) is False
+        [refreshed] = reopened.open_findings(VAULT)
+        assert refreshed.finding == FINDING_BEFORE_COMPACT_SHAPES
+    finally:
+        reopened.close()
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("SELECT baseline_etag FROM findings").fetchall() == [("etag-old",)]
         assert {name for (name,) in db.execute("SELECT name FROM sqlite_master")} >= {"audit_by_vault", "marks_by_age"}
         assert "marks_by_time" not in {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
 
@@ -214,3 +240,25 @@ def test_audit_rows_are_compact_and_name_no_vault_in_clear(tmp_path: Path) -> No
         (stored, vault_column), = db.execute("SELECT outcome, vault_id FROM audit").fetchall()
     assert vault_column is None and isinstance(stored, bytes)
     assert len(stored) < len(json.dumps(outcome)) / 3
+
+
+def test_findings_name_their_baseline_and_its_configuration_is_written_once(tmp_path: Path) -> None:
+    config = vault_config(policies=64, seed=3)
+    store = SQLiteStateStore(tmp_path / "state.db")
+    written: list[str] = []
+    try:
+        for rule in ("KV-NET-01", "KV-NET-02"):
+            store.open_finding(VAULT, rule, {"rule": rule, "baseline": {"etag": "etag-1", "config": config}}, T0)
+        store._db.set_trace_callback(written.append)
+        for finding in store.open_findings(VAULT):  # refreshed as the pipeline does, with what it read
+            store.open_finding(VAULT, finding.rule, finding.finding, T0 + timedelta(minutes=1))
+        store._db.set_trace_callback(None)
+    finally:
+        store.close()
+    assert not [sql for sql in written if "found_against" in sql]  # neither read nor written again
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        rows = db.execute("SELECT finding, baseline_etag FROM findings").fetchall()
+        kept = db.execute("SELECT vault_key, etag FROM found_against").fetchall()
+    assert [etag for _, etag in rows] == ["etag-1", "etag-1"]
+    assert all(len(finding) < 200 for finding, _ in rows)  # the configuration is not in the finding
+    assert kept == [(vault_key(VAULT), "etag-1")]
