@@ -212,9 +212,21 @@ class StateStore(Protocol):
         claim is done, gone or held by another owner."""
         ...
 
-    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+    def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
+        """`renew` of every claim in `event_ids` (an event's and its vault's lease) in one write
+        where the store can: True when `owner` held them all; False and nothing changed when it
+        did not hold one of them."""
+        ...
+
+    def complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
         """Mark the event done. With `owner`, only while that owner holds the claim (False and
-        nothing changed otherwise); without, unconditionally."""
+        nothing changed otherwise); without, unconditionally. `releasing` names other unfinished
+        claims of `owner` (the vault's lease) to let go of with the completion, in the same write
+        where the store can: False and nothing changed unless `owner` holds every one of them. A
+        store that cannot write them together completes first and then lets go; a lease it fails to
+        let go of runs out by itself."""
         ...
 
     def release(self, event_id: str, owner: str | None = None) -> bool:

@@ -179,6 +179,21 @@ def _statement(table: str) -> str:
 _UNNAMED = ("NOT EXISTS (SELECT 1 FROM findings WHERE findings.vault_key = found_against.vault_key"
             " AND findings.baseline_etag = found_against.etag)")
 _ZERO = timedelta(0)
+_ROUNDS = 8  # claims attempted again when the row went away between the attempt and its read
+
+
+def _held_by_owner(count: int) -> str:
+    """The unfinished claims of `count` ids, when one owner holds every one of them: the
+    uncorrelated count is computed once, before any row changes, so a statement with this
+    condition changes all of them or none."""
+    marks = ", ".join("?" * count)
+    held = "owner = ? AND done = 0 AND lease_until <> ''"  # an empty lease: let go of, held by nobody
+    return (f"event_id IN ({marks}) AND {held}"
+            f" AND (SELECT COUNT(*) FROM claims WHERE event_id IN ({marks}) AND {held}) = {count}")
+
+
+def _held_by_owner_params(ids: tuple[str, ...], owner: str) -> tuple[str, ...]:
+    return (*ids, owner, *ids, owner)
 _COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
 
@@ -308,61 +323,68 @@ class SQLiteStateStore:
     # Event claims
 
     def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
+        """One atomic statement claims a new event or takes over an expired lease (a claim let go
+        of with a completion keeps its row with an empty lease, expired at once); only a refusal
+        reads the row again, to tell a duplicate from an event in progress."""
         at = _stamp(now)
         until = _stamp(now + lease)
-        inserted = self._write(
-            "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            (event_id, until, at, owner),
-        )
-        if inserted == 1:  # the usual case: a first delivery, decided by one atomic statement
-            return "claimed"
-        with self._transaction() as db:
-            row = db.execute("SELECT done, lease_until FROM claims WHERE event_id = ?", (event_id,)).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)",
-                    (event_id, until, at, owner),
-                )
-                return "claimed"
-            done, lease_until = row
-            if done:
-                return "duplicate"
-            if lease_until > at:
-                return "in_progress"
-            db.execute(
-                "UPDATE claims SET lease_until = ?, claimed_at = ?, owner = ? WHERE event_id = ?",
-                (until, at, owner, event_id),
+        for _ in range(_ROUNDS):
+            taken = self._write(
+                "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET lease_until = excluded.lease_until,"
+                " claimed_at = excluded.claimed_at, owner = excluded.owner"
+                " WHERE claims.done = 0 AND claims.lease_until <= excluded.claimed_at",
+                (event_id, until, at, owner),
             )
-            return "claimed"
+            if taken == 1:
+                return "claimed"
+            row = self._query("SELECT done FROM claims WHERE event_id = ?", (event_id,))
+            if row:
+                return "duplicate" if row[0][0] else "in_progress"
+            # released in between: claim afresh
+        return "in_progress"
 
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
-        return self._write(
-            "UPDATE claims SET lease_until = ? WHERE event_id = ? AND owner = ? AND done = 0",
-            (_stamp(now + lease), event_id, owner),
-        ) == 1
+        return self.renew_each((event_id,), owner, now, lease)
 
-    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+    def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
+        ids = tuple(dict.fromkeys(event_ids))
+        return self._write(
+            f"UPDATE claims SET lease_until = ? WHERE {_held_by_owner(len(ids))}",
+            (_stamp(now + lease), *_held_by_owner_params(ids, owner)),
+        ) == len(ids)
+
+    def complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
         at = _stamp(now)
         if owner is not None:
+            # One statement completes the event and lets go of the leases released with it. A
+            # finished claim needs no lease or owner any more (only a fence of unfinished ones
+            # reads them); a claim let go of keeps its row with an expired lease, which the next
+            # claim takes over in one statement.
+            ids = tuple(dict.fromkeys((event_id, *releasing)))
             return self._write(
-                "UPDATE claims SET done = 1, completed_at = ?, lease_until = '', owner = ''"
-                " WHERE event_id = ? AND owner = ? AND done = 0",
-                (at, event_id, owner),
-            ) == 1
-        # A finished claim needs no lease or owner any more (only a fence of unfinished ones reads them).
+                "UPDATE claims SET done = (event_id = ?),"
+                " completed_at = CASE WHEN event_id = ? THEN ? ELSE completed_at END, lease_until = '', owner = ''"
+                f" WHERE {_held_by_owner(len(ids))}",
+                (event_id, event_id, at, *_held_by_owner_params(ids, owner)),
+            ) == len(ids)
         self._write(
             "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, '', ?, ?)"
             " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at,"
             " lease_until = '', owner = ''",
             (event_id, at, at),
         )
+        for lease_id in releasing:
+            self.release(lease_id)
         return True
 
     def release(self, event_id: str, owner: str | None = None) -> bool:
         if owner is not None:
             return self._write(
-                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0", (event_id, owner)
+                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0 AND lease_until <> ''",
+                (event_id, owner),
             ) == 1
         return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,)) == 1
 

@@ -309,12 +309,32 @@ class TablesStateStore:
         return current is not None and self._replace_claim(current, {"lease_until": _stamp(now + lease)})
 
     @_transient
-    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+    def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
+        """Every claim read and checked before any is written (claims are in partitions of their
+        own, which no request writes together); each write is fenced by the ETag it was read with."""
+        held = [self._owned_claim(event_id, owner) for event_id in dict.fromkeys(event_ids)]
+        if any(current is None for current in held):
+            return False
+        until = _stamp(now + lease)
+        return all([self._replace_claim(current, {"lease_until": until}) for current in held if current is not None])
+
+    @_transient
+    def complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
+        """The event completes first, then its leases are let go of (each fenced by its ETag)."""
         if owner is not None:
             current = self._owned_claim(event_id, owner)
-            return current is not None and self._replace_claim(
-                current, {"done": True, "completed_at": _stamp(now)}
-            )
+            leases = [self._owned_claim(lease_id, owner)
+                      for lease_id in dict.fromkeys(releasing) if lease_id != event_id]
+            if current is None or any(held is None for held in leases):
+                return False
+            if not self._replace_claim(current, {"done": True, "completed_at": _stamp(now)}):
+                return False
+            for held in leases:
+                if held is not None:
+                    self._drop_claim(held)
+            return True
         self._table("claims").upsert_entity(
             {
                 "PartitionKey": _digest(event_id),
@@ -325,13 +345,17 @@ class TablesStateStore:
             },
             mode=UpdateMode.MERGE,
         )
+        for lease_id in releasing:
+            self.release(lease_id)
         return True
 
     @_transient
     def release(self, event_id: str, owner: str | None = None) -> bool:
         current = self._owned_claim(event_id, owner)
-        if current is None:
-            return False
+        return current is not None and self._drop_claim(current)
+
+    def _drop_claim(self, current: TableEntity) -> bool:
+        """Delete the claim only if nobody touched it since it was read (the fence)."""
         try:
             self._table("claims").delete_entity(
                 current["PartitionKey"], "claim", etag=current.metadata["etag"],

@@ -249,6 +249,56 @@ class StateStoreContract:
         assert store.complete("evt-1", T0, "a") is False
         assert store.claim("evt-1", T0 + 2 * LEASE, LEASE, owner="c") == "duplicate"
 
+    def test_renew_each_extends_every_lease_of_the_owner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        assert store.renew_each(["evt-1", "vault-lease:kv"], "a", T0 + LEASE - timedelta(seconds=1), LEASE) is True
+        for claim_id in ("evt-1", "vault-lease:kv"):
+            assert store.claim(claim_id, T0 + LEASE, LEASE, owner="b") == "in_progress"
+            assert store.claim(claim_id, T0 + 2 * LEASE, LEASE, owner="b") == "claimed"
+
+    def test_renew_each_changes_nothing_unless_the_owner_holds_every_lease(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="b")
+        assert store.renew_each(["evt-1", "vault-lease:kv"], "a", T0 + timedelta(minutes=4), LEASE) is False
+        assert store.renew_each(["evt-1", "never-seen"], "a", T0 + timedelta(minutes=4), LEASE) is False
+        assert store.claim("evt-1", T0 + LEASE, LEASE, owner="c") == "claimed"  # a's lease was not extended
+
+    def test_a_completion_lets_go_of_the_leases_released_with_it(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        assert store.complete("evt-1", T0 + timedelta(seconds=1), "a", releasing=["vault-lease:kv"]) is True
+        assert store.claim("evt-1", T0 + timedelta(seconds=2), LEASE, owner="b") == "duplicate"
+        # Let go of: claimable at once, and the earlier owner holds it no more.
+        assert store.renew("vault-lease:kv", "a", T0 + timedelta(seconds=2), LEASE) is False
+        assert store.release("vault-lease:kv", "a") is False
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=2), LEASE, owner="b") == "claimed"
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=3), LEASE, owner="c") == "in_progress"
+
+    def test_a_completion_changes_nothing_unless_the_owner_holds_every_lease_it_releases(
+        self, store: StateStore
+    ) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="b")  # taken over by b
+        assert store.complete("evt-1", T0 + timedelta(seconds=1), "a", releasing=["vault-lease:kv"]) is False
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=2), LEASE, owner="c") == "in_progress"
+        assert store.complete("evt-1", T0 + timedelta(seconds=2), "a") is True  # the event was not done
+
+    def test_a_lease_let_go_of_is_held_by_nobody_even_an_empty_owner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        store.complete("evt-1", T0, "a", releasing=["vault-lease:kv"])
+        assert store.renew("vault-lease:kv", "", T0, LEASE) is False
+        assert store.complete("vault-lease:kv", T0, "") is False
+        assert store.claim("vault-lease:kv", T0, LEASE) == "claimed"
+
+    def test_concurrent_claims_of_a_lease_let_go_of_have_exactly_one_winner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        store.complete("evt-1", T0, "a", releasing=["vault-lease:kv"])
+        results = run_together(8, lambda: store.claim("vault-lease:kv", T0 + timedelta(seconds=1), LEASE, "b"))
+        assert Counter(results) == {"claimed": 1, "in_progress": 7}
+
     def test_concurrent_completes_by_two_owners_have_one_winner(self, store: StateStore) -> None:
         store.claim("evt-1", T0, LEASE, owner="a")
         store.claim("evt-1", T0 + LEASE, LEASE, owner="b")
