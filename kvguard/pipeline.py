@@ -185,14 +185,17 @@ class Pipeline:
     def _vault_held(self, event: VaultEvent, now: datetime, owner: str) -> Iterator[None]:
         """One event per vault at a time across every instance: two events of one vault processed
         side by side would both read the change and both revert it. The vault is leased like an
-        event (same store, same fence) and let go at the end whatever happened."""
+        event (same store, same fence) and let go of with the event's completion (every way out of
+        `_process_or_reject` that returns completes the event with `releasing` its lease), or at
+        once when the attempt fails."""
         lock = _vault_lock(event)
         if self.store.claim(lock, now, self.lease, owner) != "claimed":
             raise TransientError(f"vault of event {event.id} is being processed by another instance")
         try:
             yield
-        finally:
+        except BaseException:
             self.store.release(lock, owner)
+            raise
 
     def _process_or_reject(self, event: VaultEvent, now: datetime, owner: str) -> Outcome:
         """`_process`, with a failure no redelivery can cure (see `kvguard.adapters.azure_clients`)
@@ -207,7 +210,7 @@ class Pipeline:
             with self.store.batch():
                 self._hold(event, owner)
                 self.store.record_rejected(RejectedPayload(reason, raw, self.clock.now(), event.id))
-                if not self.store.complete(event.id, self.clock.now(), owner):
+                if not self.store.complete(event.id, self.clock.now(), owner, releasing=(_vault_lock(event),)):
                     raise TransientError(f"event {event.id}: the claim was taken over by another instance") from None
             return Outcome(event.id, "rejected", reason, self._known_id(event))
 
@@ -438,7 +441,7 @@ class Pipeline:
                    if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
             for handler_id in sorted(ran | set(earlier.intended)):
                 self.store.finish_action(_scope(event), handler_id)
-            if not self.store.complete(event.id, self.clock.now(), owner):
+            if not self.store.complete(event.id, self.clock.now(), owner, releasing=(_vault_lock(event),)):
                 raise TransientError(f"event {event.id}: the claim was taken over by another instance")
         return outcome
 
@@ -446,8 +449,7 @@ class Pipeline:
         """Renew this attempt's claim, or stop: an attempt whose lease another instance took over
         must not act or record (that instance does, and a raise makes Event Grid check again)."""
         now = self.clock.now()
-        if not (self.store.renew(event.id, owner, now, self.lease)
-                and self.store.renew(_vault_lock(event), owner, now, self.lease)):
+        if not self.store.renew_each((event.id, _vault_lock(event)), owner, now, self.lease):
             raise TransientError(f"event {event.id}: the claim was taken over by another instance")
 
     def _earlier_attempt(self, event: VaultEvent, after: VaultConfig | None) -> _Earlier:
