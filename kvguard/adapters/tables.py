@@ -332,8 +332,12 @@ class TablesStateStore:
             if not self._replace_claim(current, {"done": True, "completed_at": _stamp(now)}):
                 return False
             for held in leases:
-                if held is not None:
-                    self._drop_claim(held)
+                try:
+                    if held is not None:
+                        self._drop_claim(held)
+                except AzureError as error:  # the event is done; the lease runs out by itself
+                    log.warning("could not let go of claim %s after completing %s: %s", held and held.get("event_id"),
+                                event_id, error)
             return True
         self._table("claims").upsert_entity(
             {
