@@ -263,8 +263,9 @@ class StateStore(Protocol):
     # Retention.
     def prune(self, older_than: datetime) -> int:
         """Delete finished claims, audit records, marks, rejected payloads, intents and outbox
-        items older than `older_than`; the number of records removed. Baselines and open findings
-        are current state, never pruned."""
+        items older than `older_than`, and stored configurations no open finding names any more;
+        the number of records removed. Baselines and open findings (with the configurations they
+        name) are current state, never pruned."""
         ...
 
     # Baselines with optimistic concurrency.

@@ -5,6 +5,12 @@ connection guarded by a lock, so threads of one process may share it; several st
 processes) on the same file coordinate through SQLite's own locking — every read-modify-write runs
 in a `BEGIN IMMEDIATE` transaction. Vault ids are stored under `vault_key` and keep their spelling
 for display. Times are stored as fixed-width UTC text, which sorts like the times themselves.
+
+What grows with every event is kept compact: audit outcomes deflated against a preset dictionary
+(`kvguard.adapters.compact_audit`), mark keys and the audit's vault keys as 16-byte digests (they
+are looked up, never listed), claims without a rowid and finished ones without owner or lease.
+Open findings name the configuration they were found against by ETag (`found_against`). A file
+written before these shapes is upgraded when a store opens it (`PRAGMA user_version`).
 """
 
 from __future__ import annotations
