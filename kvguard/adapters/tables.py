@@ -544,7 +544,7 @@ class TablesStateStore:
         row = _digest(etag)
         previous = self._get("foundagainst", partition, row)
         self._table("foundagainst").upsert_entity(
-            {"PartitionKey": partition, "RowKey": row, "etag": etag, "at": at, **self._pack(config)},
+            {"PartitionKey": partition, "RowKey": row, "baseline_etag": etag, "at": at, **self._pack(config)},
             mode=UpdateMode.REPLACE,
         )
         self._discard(previous)
@@ -729,10 +729,10 @@ class TablesStateStore:
         it was read (its ETag): one touched meanwhile by a finding opened against it stays."""
         table, removed = self._table("foundagainst"), 0
         for entity in list(table.query_entities("at lt @cutoff", parameters={"cutoff": cutoff},
-                                                select=["PartitionKey", "RowKey", "etag", "doc_ref"])):
+                                                select=["PartitionKey", "RowKey", "baseline_etag", "doc_ref"])):
             named = self._table("findings").query_entities(
                 "PartitionKey eq @pk and baseline_etag eq @etag",
-                parameters={"pk": entity["PartitionKey"], "etag": entity["etag"]}, select=["RowKey"],
+                parameters={"pk": entity["PartitionKey"], "etag": entity["baseline_etag"]}, select=["RowKey"],
                 results_per_page=1,
             )
             if next(iter(named), None) is not None:
