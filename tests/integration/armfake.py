@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -701,6 +702,9 @@ class _Server(ThreadingHTTPServer):
     fake: ArmFake
 
 
+_LINE_LIMIT = 65536  # the standard handler's limit on a request line
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -729,6 +733,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
+
+    def handle_one_request(self) -> None:
+        """The standard handler answers a request line over 64 KiB with 414 while the client is
+        still sending it, and closes: under load the client then sees a reset connection instead of
+        the answer. A front end such as ARM's reads the request to the end of its headers first, so
+        this one does too, and then answers 414 as the standard handler would."""
+        line = self.rfile.readline(_LINE_LIMIT + 1)
+        if len(line) <= _LINE_LIMIT:
+            self.raw_requestline = line
+            if not line:
+                self.close_connection = True
+                return
+            if self.parse_request():
+                getattr(self, f"do_{self.command}", self._serve)()
+                self.wfile.flush()
+            return
+        while line and not line.endswith(b"\n"):
+            line = self.rfile.readline(_LINE_LIMIT + 1)
+        while self.rfile.readline(_LINE_LIMIT + 1) not in (b"\r\n", b"\n", b""):
+            pass
+        self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+        self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
