@@ -186,6 +186,7 @@ _UNNAMED = ("NOT EXISTS (SELECT 1 FROM findings WHERE findings.vault_key = found
             " AND findings.baseline_etag = found_against.etag)")
 _ZERO = timedelta(0)
 _ROUNDS = 8  # claims attempted again when the row went away between the attempt and its read
+_COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
 
 def _held_by_owner(count: int) -> str:
@@ -200,7 +201,6 @@ def _held_by_owner(count: int) -> str:
 
 def _held_by_owner_params(ids: tuple[str, ...], owner: str) -> tuple[str, ...]:
     return (*ids, owner, *ids, owner)
-_COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
 
 def _utc(moment: datetime) -> datetime:
