@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kvguard.detection import Case, Context, Hit, newly_true, rule
-from kvguard.vault import PERMISSION_CATEGORIES, AccessPolicy, PermissionChange, VaultConfig, VaultDiff
+from kvguard.intents import RevokePermissions
+from kvguard.vault import PERMISSION_CATEGORIES, AccessPolicy, PermissionChange, Principal, VaultConfig, VaultDiff
 from kvguard.vault_spec import FULL_SETS, PERMISSIONS
 
 if TYPE_CHECKING:
@@ -30,11 +31,12 @@ def _is_sensitive(entry: AccessPolicy) -> bool:
 
 
 def _new_principal_cases() -> list[Case]:
-    from detectors.cases import APP_TEAM, INTRUDER, grant, vault, with_grants
+    from detectors.cases import APP_TEAM, INTRUDER, TENANT, grant, vault, with_grants
 
     return [
         Case("grant to an unknown principal", fires=True,
-             before=vault(), after=with_grants(grant(INTRUDER, certificates=["list"]))),
+             before=vault(), after=with_grants(grant(INTRUDER, certificates=["list"])),
+             restore=(RevokePermissions(Principal(INTRUDER, None, TENANT), {"certificates": frozenset({"list"})}),)),
         Case("secrets get to an unknown principal is critical", fires=True,
              before=vault(), after=with_grants(grant(INTRUDER, secrets=["Get"]))),
         Case("existing principal keeps its grant", fires=False, before=vault(), after=vault()),
@@ -72,6 +74,7 @@ def new_principal(ctx: Context) -> Iterator[Hit]:
             },
             severity="critical" if _is_sensitive(entry) else None,
             detail=entry.principal.describe(),
+            restore=(RevokePermissions(entry.principal, {c: entry.effective(c) for c in permissions}),),
         )
 
 
@@ -81,11 +84,12 @@ def _permissions(config: VaultConfig | None, principal_key: str, category: str) 
 
 
 def _permissions_widened_cases() -> list[Case]:
-    from detectors.cases import APP_TEAM, INTRUDER, grant, vault, with_grants
+    from detectors.cases import APP_TEAM, INTRUDER, TENANT, grant, vault, with_grants
 
     return [
         Case("app team gains secrets list", fires=True,
-             before=vault(), after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get", "list"], keys=CMK_KEYS)])),
+             before=vault(), after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get", "list"], keys=CMK_KEYS)]),
+             restore=(RevokePermissions(Principal(APP_TEAM, None, TENANT), {"secrets": frozenset({"list"})}),)),
         Case("app team gains certificate rights it never had", fires=True,
              before=vault(),
              after=vault(accessPolicies=[grant(APP_TEAM, secrets=["get"], keys=CMK_KEYS, certificates=["Import"])])),
@@ -136,6 +140,7 @@ def permissions_widened(ctx: Context) -> Iterator[Hit]:
                 "after": _permissions(ctx.after, key, change.category),
             },
             detail=f"{change.principal.describe()}, {change.category}",
+            restore=(RevokePermissions(change.principal, {change.category: change.added}),),
         )
 
 

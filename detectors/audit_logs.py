@@ -14,6 +14,7 @@ from typing import Any
 from detectors.coverage import audit_log_gap
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import vault_key
+from kvguard.intents import RestoreResource
 
 DIAGNOSTIC_SETTINGS = "microsoft.insights/diagnosticsettings"
 # Where a diagnostic setting can send logs (the REST names of its destination properties).
@@ -68,7 +69,9 @@ def _audit_logs_cut_cases() -> list[Case]:
 
     allowed = {"allowed_log_destinations": [WORKSPACE, OTHER_WORKSPACE]}
     return [
-        Case("audit setting deleted", fires=True, before=diagnostic_setting(), after=None),
+        Case("audit setting deleted", fires=True, before=diagnostic_setting(), after=None,
+             restore=(RestoreResource(diagnostic_setting()["id"], "Microsoft.Insights/diagnosticSettings",
+                                      diagnostic_setting()["properties"]),)),
         Case("audit group disabled", fires=True, before=diagnostic_setting(),
              after=diagnostic_setting(logs=({"categoryGroup": "audit", "enabled": False},))),
         Case("AuditEvent category removed", fires=True,
@@ -111,16 +114,17 @@ def audit_logs_cut(ctx: Context) -> Iterator[Hit]:
     if not sends_audit_logs(before):
         return  # it carried no audit trail: nothing was switched off
     evidence = {"setting": state.change.id, "before": _setting_evidence(before), "after": _setting_evidence(after)}
+    restore = RestoreResource.baseline_of(state)
     if after is None:
-        yield Hit(evidence=evidence, detail="diagnostic setting deleted")
+        yield Hit(evidence=evidence, detail="diagnostic setting deleted", restore=restore)
     elif not sends_audit_logs(after):
-        yield Hit(evidence=evidence, detail="audit logs disabled")
+        yield Hit(evidence=evidence, detail="audit logs disabled", restore=restore)
     else:
         moved = [d for d in log_destinations(after) if d not in log_destinations(before)]
         outside = [d for d in moved if not is_allowed_destination(d, ctx.policy.allowed_log_destinations)]
         if outside or not log_destinations(after):
             yield Hit(evidence={**evidence, "outside": outside},
-                      detail="audit logs sent outside allowed_log_destinations")
+                      detail="audit logs sent outside allowed_log_destinations", restore=restore)
 
 
 def _audit_logs_nowhere_cases() -> list[Case]:

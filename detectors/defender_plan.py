@@ -13,6 +13,7 @@ from typing import Any
 from detectors.coverage import defender_plan_gap
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import subscription_of
+from kvguard.intents import RestoreResource
 
 PRICINGS = "microsoft.security/pricings"
 PLAN_NAME = "keyvaults"
@@ -70,7 +71,8 @@ def _plan_switched_off_cases() -> list[Case]:
     from detectors.cases import pricing
 
     return [
-        Case("Standard switched to Free", fires=True, before=pricing(), after=pricing("Free", None)),
+        Case("Standard switched to Free", fires=True, before=pricing(), after=pricing("Free", None),
+             restore=(RestoreResource(pricing()["id"], "Microsoft.Security/pricings", pricing()["properties"]),)),
         Case("sub-plan changed: low at most", fires=True, before=pricing(), after=pricing(sub_plan="PerTransaction")),
         Case("near miss: switched on", fires=False, before=pricing("Free", None), after=pricing()),
         Case("near miss: first sight of a Free plan (KV-DEF-01's)", fires=False, before=None,
@@ -103,6 +105,7 @@ def plan_switched_off(ctx: Context) -> Iterator[Hit]:
     evidence = {"pricing": state.change.id, "before": {"pricingTier": was, "subPlan": was_sub},
                 "after": {"pricingTier": now, "subPlan": now_sub}}
     if str(now).lower() != "standard":
-        yield Hit(evidence=evidence, detail=f"pricingTier {was} -> {now}")
+        yield Hit(evidence=evidence, detail=f"pricingTier {was} -> {now}", restore=RestoreResource.baseline_of(state))
     elif str(now_sub).lower() != str(was_sub).lower():
-        yield Hit(evidence=evidence, severity="low", detail=f"sub-plan {was_sub} -> {now_sub}")
+        yield Hit(evidence=evidence, severity="low", detail=f"sub-plan {was_sub} -> {now_sub}",
+                  restore=RestoreResource.baseline_of(state))

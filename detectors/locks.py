@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kvguard.detection import Case, Context, Hit, rule
+from kvguard.intents import RestoreResource
 
 LOCKS = "microsoft.authorization/locks"
 # Lock levels by the protection they give.
@@ -31,7 +32,8 @@ def _lock_weakened_cases() -> list[Case]:
 
     resource_group = VAULT_ID.split("/providers/")[0]
     return [
-        Case("vault lock removed", fires=True, before=lock(), after=None),
+        Case("vault lock removed", fires=True, before=lock(), after=None,
+             restore=(RestoreResource(lock()["id"], "Microsoft.Authorization/locks", lock()["properties"]),)),
         Case("resource group lock removed", fires=True, before=lock(scope=resource_group), after=None),
         Case("ReadOnly weakened to CanNotDelete", fires=True, before=lock("ReadOnly"), after=lock("CanNotDelete")),
         Case("near miss: a new lock", fires=False, before=None, after=lock()),
@@ -61,6 +63,7 @@ def lock_weakened(ctx: Context) -> Iterator[Hit]:
     was, now = lock_level(state.before), lock_level(state.after)
     evidence = {"lock": state.change.id, "scope": state.change.scope, "before": was, "after": now}
     if state.after is None:
-        yield Hit(evidence=evidence, detail="lock removed")
+        yield Hit(evidence=evidence, detail="lock removed", restore=RestoreResource.baseline_of(state))
     elif LEVEL_STRENGTH.get(str(now).lower(), 0) < LEVEL_STRENGTH.get(str(was).lower(), 0):
-        yield Hit(evidence=evidence, detail=f"lock weakened from {was} to {now}")
+        yield Hit(evidence=evidence, detail=f"lock weakened from {was} to {now}",
+                  restore=RestoreResource.baseline_of(state))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvguard.detection import Case, Context, Hit, newly_true, rule
 from kvguard.ids import subscription_of
+from kvguard.intents import RemoveListEntry, RestoreField
 from kvguard.vault import VaultConfig
 
 if TYPE_CHECKING:
@@ -16,6 +17,18 @@ if TYPE_CHECKING:
 # IPv6 ranges shorter than this are broad whatever min_ip_prefix says (that setting counts IPv4
 # bits): a /48 is one site's allocation, anything shorter spans organisations.
 MIN_IPV6_PREFIX = 48
+
+
+def _restore(ctx: Context, setting: str) -> tuple[RestoreField, ...]:
+    """Putting `setting` (its ARM path) back to the baseline's own value, spelled as the baseline
+    spelled it; nothing when there is no baseline or it left the setting to ARM's default (an
+    open default: inventing a closed value would lock out whoever relies on the access)."""
+    if ctx.before is None:
+        return ()
+    value: Any = ctx.before.raw
+    for name in ("properties", *setting.split(".")):
+        value = value.get(name) if isinstance(value, Mapping) else None
+    return (RestoreField(setting, value),) if isinstance(value, str) and value.strip() else ()
 
 
 def _became(ctx: Context, attribute: str, setting: str, value: str) -> Iterator[Hit]:
@@ -31,7 +44,7 @@ def _became(ctx: Context, attribute: str, setting: str, value: str) -> Iterator[
             **hit.evidence,
             "before": getattr(ctx.before, attribute) if ctx.before is not None else None,
             "firstSight": ctx.before is None,
-        })
+        }, restore=_restore(ctx, setting))
 
 
 def _public_access_enabled_cases() -> list[Case]:
@@ -39,9 +52,10 @@ def _public_access_enabled_cases() -> list[Case]:
 
     return [
         Case("disabled to enabled", fires=True,
-             before=vault(), after=vault(publicNetworkAccess="Enabled")),
-        Case("new vault open to public networks", fires=True,
-             before=None, after=vault(publicNetworkAccess="enabled")),
+             before=vault(), after=vault(publicNetworkAccess="Enabled"),
+             restore=(RestoreField("publicNetworkAccess", "Disabled"),)),
+        Case("new vault open to public networks: no baseline to go back to", fires=True,
+             before=None, after=vault(publicNetworkAccess="enabled"), restore=()),
         Case("was enabled already, other spelling", fires=False,
              before=vault(publicNetworkAccess="ENABLED"), after=vault(publicNetworkAccess="Enabled")),
         Case("enabled to disabled", fires=False,
@@ -77,7 +91,8 @@ def _default_action_allow_cases() -> list[Case]:
 
     return [
         Case("deny to allow", fires=True,
-             before=vault(), after=vault(networkAcls=acls(default_action="Allow"))),
+             before=vault(), after=vault(networkAcls=acls(default_action="Allow")),
+             restore=(RestoreField("networkAcls.defaultAction", "Deny"),)),
         Case("new vault with an open firewall", fires=True,
              before=None, after=vault(networkAcls=acls(default_action="ALLOW"))),
         Case("was allow already, other spelling", fires=False,
@@ -141,7 +156,8 @@ def _broad_ip_rule_cases() -> list[Case]:
 
     return [
         Case("the whole internet", fires=True,
-             before=vault(), after=vault(networkAcls=acls(ip_rules=("0.0.0.0/0",)))),
+             before=vault(), after=vault(networkAcls=acls(ip_rules=("0.0.0.0/0",))),
+             restore=(RemoveListEntry("networkAcls.ipRules", "0.0.0.0/0"),)),
         Case("a /16 is broader than the default /24", fires=True,
              before=vault(), after=vault(networkAcls=acls(ip_rules=("198.51.0.0/16",)))),
         Case("single address outside the allowed ranges", fires=True,
@@ -183,7 +199,7 @@ def broad_ip_rule(ctx: Context) -> Iterator[Hit]:
     for cidr in sorted(ctx.diff.ip_rules_added):
         evidence = _ip_rule_problems(cidr, ctx.policy)
         if evidence is not None:
-            yield Hit(evidence=evidence, detail=cidr)
+            yield Hit(evidence=evidence, detail=cidr, restore=(RemoveListEntry("networkAcls.ipRules", cidr),))
 
 
 def _bypass_azure_services_cases() -> list[Case]:
@@ -191,7 +207,8 @@ def _bypass_azure_services_cases() -> list[Case]:
 
     return [
         Case("none to AzureServices", fires=True,
-             before=vault(), after=vault(networkAcls=acls(bypass="AzureServices"))),
+             before=vault(), after=vault(networkAcls=acls(bypass="AzureServices")),
+             restore=(RestoreField("networkAcls.bypass", "None"),)),
         Case("none to AzureServices, other spelling", fires=True,
              before=vault(networkAcls=acls(bypass="NONE")), after=vault(networkAcls=acls(bypass="azureservices"))),
         Case("AzureServices to none", fires=False,
@@ -227,7 +244,8 @@ def bypass_azure_services(ctx: Context) -> Iterator[Hit]:
         return
     before, after = change
     if after == "azureservices" and before != "azureservices":
-        yield Hit(evidence={"setting": "networkAcls.bypass", "before": before, "after": after})
+        yield Hit(evidence={"setting": "networkAcls.bypass", "before": before, "after": after},
+                  restore=_restore(ctx, "networkAcls.bypass"))
 
 
 def _vault_subscription(ctx: Context) -> str | None:
@@ -242,7 +260,8 @@ def _foreign_subnet_cases() -> list[Case]:
 
     return [
         Case("subnet of a foreign subscription", fires=True,
-             before=vault(), after=vault(networkAcls=acls(subnets=(subnet(FOREIGN_SUBSCRIPTION),)))),
+             before=vault(), after=vault(networkAcls=acls(subnets=(subnet(FOREIGN_SUBSCRIPTION),))),
+             restore=(RemoveListEntry("networkAcls.virtualNetworkRules", subnet(FOREIGN_SUBSCRIPTION).lower()),)),
         Case("own subscription not on a configured list", fires=True,
              policy={"allowed_subnet_subscriptions": [FOREIGN_SUBSCRIPTION]},
              before=vault(), after=vault(networkAcls=acls(subnets=(subnet(),)))),
@@ -285,4 +304,5 @@ def foreign_subnet(ctx: Context) -> Iterator[Hit]:
             "subscriptionId": subscription,
             "allowedSubscriptions": allowed,
         }
-        yield Hit(evidence=evidence, detail=subnet_id.rsplit("/", 1)[-1])
+        yield Hit(evidence=evidence, detail=subnet_id.rsplit("/", 1)[-1],
+                  restore=(RemoveListEntry("networkAcls.virtualNetworkRules", subnet_id),))

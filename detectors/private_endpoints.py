@@ -12,6 +12,7 @@ from typing import Any
 
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import subscription_of
+from kvguard.intents import RejectConnection
 
 CONNECTIONS = "microsoft.keyvault/vaults/privateendpointconnections"
 
@@ -36,7 +37,9 @@ def _foreign_endpoint_cases() -> list[Case]:
 
     return [
         Case("foreign endpoint approved", fires=True, before=endpoint_connection("Pending", FOREIGN_SUBSCRIPTION),
-             after=endpoint_connection("Approved", FOREIGN_SUBSCRIPTION)),
+             after=endpoint_connection("Approved", FOREIGN_SUBSCRIPTION),
+             restore=(RejectConnection(endpoint_connection()["id"],
+                                       f"endpoint subscription {FOREIGN_SUBSCRIPTION} is not allowed"),)),
         Case("foreign endpoint auto-approved on creation", fires=True, before=None,
              after=endpoint_connection("Approved", FOREIGN_SUBSCRIPTION)),
         Case("near miss: own-subscription endpoint approved", fires=False, before=endpoint_connection("Pending"),
@@ -78,4 +81,5 @@ def foreign_endpoint_approved(ctx: Context) -> Iterator[Hit]:
     if subscription not in allowed:
         yield Hit(evidence={"connection": state.change.id, "privateEndpoint": endpoint,
                             "subscription": subscription, "status": connection_status(state.after),
-                            "allowed": sorted(allowed)})
+                            "allowed": sorted(allowed)},
+                  restore=(RejectConnection(state.change.id, f"endpoint subscription {subscription} is not allowed"),))

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kvguard.detection import Case, Context, Hit, newly_true, rule
+from kvguard.intents import EnablePurgeProtection, RestoreField
 from kvguard.vault import VaultConfig
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def _purge_protection_off_cases() -> list[Case]:
 
     return [
         Case("new vault without purge protection", fires=True,
-             before=None, after=vault(enablePurgeProtection=None)),
+             before=None, after=vault(enablePurgeProtection=None), restore=(EnablePurgeProtection(),)),
         Case("new vault with purge protection explicitly off", fires=True,
              before=None, after=vault(enablePurgeProtection=False)),
         Case("new vault with purge protection (string true)", fires=False,
@@ -57,7 +58,8 @@ def purge_protection_off(ctx: Context) -> Iterable[Hit]:
     """Without purge protection, whoever can delete the vault can also purge it, and every key,
     secret and certificate is gone for good: the ransom step. Remediation is opt-in only, because
     purge protection can never be switched off again once on."""
-    return newly_true(ctx, _without_purge_protection)
+    return (Hit(evidence=hit.evidence, restore=(EnablePurgeProtection(),))
+            for hit in newly_true(ctx, _without_purge_protection))
 
 
 def _soft_delete_off(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]]:
@@ -127,7 +129,8 @@ def _rbac_switched_off_cases() -> list[Case]:
 
     return [
         Case("RBAC mode turned off", fires=True,
-             before=vault(enableRbacAuthorization=True), after=vault(enableRbacAuthorization=False)),
+             before=vault(enableRbacAuthorization=True), after=vault(enableRbacAuthorization=False),
+             restore=(RestoreField("enableRbacAuthorization", True),)),
         Case("RBAC mode turned off, values as strings", fires=True,
              before=vault(enableRbacAuthorization="True"), after=vault(enableRbacAuthorization="false")),
         Case("absent to off is no switch", fires=False,
@@ -154,14 +157,19 @@ def rbac_switched_off(ctx: Context) -> Iterator[Hit]:
     escalation in one property."""
     change = ctx.diff.changed("enable_rbac_authorization") if ctx.diff is not None else None
     if change == (True, False):
-        yield Hit(evidence={"property": "enableRbacAuthorization", "before": True, "after": False})
+        yield Hit(evidence={"property": "enableRbacAuthorization", "before": True, "after": False},
+                  restore=(RestoreField("enableRbacAuthorization", True),))
 
 
 def _platform_access_enabled_cases() -> list[Case]:
     from detectors.cases import vault
 
     return [
-        Case("VM deployment may read secrets", fires=True, before=vault(), after=vault(enabledForDeployment=True)),
+        Case("VM deployment may read secrets", fires=True, before=vault(), after=vault(enabledForDeployment=True),
+             restore=(RestoreField("enabledForDeployment", False),)),
+        Case("one switch on and another off: only the one turned on goes back", fires=True,
+             before=vault(enabledForTemplateDeployment=True), after=vault(enabledForDiskEncryption=True),
+             restore=(RestoreField("enabledForDiskEncryption", False),)),
         Case("template and disk encryption, from absent", fires=True,
              before=vault(enabledForTemplateDeployment=None, enabledForDiskEncryption=None),
              after=vault(enabledForTemplateDeployment=True, enabledForDiskEncryption="true")),
@@ -187,12 +195,21 @@ def platform_access_enabled(ctx: Context) -> Iterator[Hit]:
     """The `enabledFor*` switches let Azure itself fetch secrets on a deployer's behalf: VMs
     (certificates as VM secrets), ARM templates (`reference()` of any secret) and Azure Disk
     Encryption. Each is a path to the vault's secrets that bypasses its access policies."""
-    if ctx.diff is None:
+    if ctx.diff is None or ctx.before is None or ctx.after is None:
         return
     for attribute, arm_name in PLATFORM_ACCESS.items():
         change = ctx.diff.changed(attribute)
         if change is not None and change[0] is not True and change[1] is True:
-            yield Hit(evidence={"property": arm_name, "before": change[0], "after": True}, detail=arm_name)
+            yield Hit(evidence={"property": arm_name, "before": change[0], "after": True}, detail=arm_name,
+                      restore=_platform_access_restored(ctx.before, ctx.after))
+
+
+def _platform_access_restored(before: VaultConfig, after: VaultConfig) -> tuple[RestoreField, ...]:
+    """Every `enabledFor*` switch the change turned on, back off (absent in the baseline means
+    off). A switch turned off in the same change stays off: a revert only takes away what was
+    added, never gives Azure's platform back a path to the secrets someone just closed."""
+    return tuple(RestoreField(arm_name, False) for attribute, arm_name in PLATFORM_ACCESS.items()
+                 if getattr(after, attribute) is True and getattr(before, attribute) is not True)
 
 
 def _tenant_or_sku_changed_cases() -> list[Case]:

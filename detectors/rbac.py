@@ -13,6 +13,7 @@ from typing import Any
 
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import vault_key
+from kvguard.intents import DeleteRoleAssignment, RoleAssignmentRef
 from kvguard.resources import ResourceState
 from kvguard.roles import Role, role_from_arm
 from kvguard.vault import VaultConfig
@@ -68,6 +69,19 @@ def _evidence(state: ResourceState, vaults: list[VaultConfig], role: Role | None
     }
 
 
+def _delete(state: ResourceState, role: Role) -> tuple[DeleteRoleAssignment, ...]:
+    """Deleting the added assignment, while it still has the principal, role and scope it has now
+    (nothing when it names no principal or role: there is nothing to match the delete against)."""
+    properties = _properties(state.after)
+    ref = RoleAssignmentRef(
+        id=state.change.id,
+        principal_id=str(properties.get("principalId") or "").lower(),
+        role_definition_id=str(properties.get("roleDefinitionId") or "").lower(),
+        scope=state.change.scope.lower(),
+    )
+    return (DeleteRoleAssignment(ref, role.name),) if ref.principal_id and ref.role_definition_id else ()
+
+
 def _access_policy_model(vault: VaultConfig) -> bool:
     """A vault where access policies grant data access (RBAC authorization not switched on)."""
     return vault.enable_rbac_authorization is not True
@@ -77,10 +91,14 @@ def _access_policy_model(vault: VaultConfig) -> bool:
 
 
 def _data_role_cases() -> list[Case]:
-    from detectors.cases import OPERATOR, RESOURCE_GROUP_ID, assignment, custom_role, vault
+    from detectors.cases import INTRUDER, OPERATOR, RESOURCE_GROUP_ID, VAULT_ID, assignment, custom_role, vault
 
+    secrets_user = assignment("secrets-user")
+    added = RoleAssignmentRef(secrets_user["id"], INTRUDER, secrets_user["properties"]["roleDefinitionId"].lower(),
+                              VAULT_ID.lower())
     return [
-        Case("Secrets User on the vault", fires=True, resource={"after": assignment("secrets-user")}),
+        Case("Secrets User on the vault", fires=True, resource={"after": secrets_user},
+             restore=(DeleteRoleAssignment(added, "Key Vault Secrets User"),)),
         Case("Crypto User on the resource group", fires=True,
              resource={"after": assignment("crypto-user", scope=RESOURCE_GROUP_ID)}),
         Case("custom role with secrets/* on one secret", fires=True,
@@ -123,7 +141,8 @@ def data_role_assigned(ctx: Context) -> Iterator[Hit]:
     if not actions or not vaults:
         return
     yield Hit(evidence={**_evidence(state, vaults, state.role), "dataActions": actions},
-              severity="critical" if state.role.reads_secret_values else None, detail=state.role.name)
+              severity="critical" if state.role.reads_secret_values else None, detail=state.role.name,
+              restore=_delete(state, state.role))
 
 
 # --- KV-RBAC-02 ----------------------------------------------------------------------------------
@@ -175,7 +194,8 @@ def privileged_role_assigned(ctx: Context) -> Iterator[Hit]:
               if role.grants_access or (role.writes_vaults and _access_policy_model(v))]
     if vaults:
         reason = "can assign roles" if role.grants_access else "can write an access-policy vault"
-        yield Hit(evidence={**_evidence(state, vaults, role), "privilege": reason}, detail=role.name)
+        yield Hit(evidence={**_evidence(state, vaults, role), "privilege": reason}, detail=role.name,
+                  restore=_delete(state, role))
 
 
 # --- KV-RBAC-03 ----------------------------------------------------------------------------------

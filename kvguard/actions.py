@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from kvguard.intents import RoleAssignmentRef
 from kvguard.ports import Alert, AlertSink, ResourceGateway, StateStore, TransientError, VaultGateway
 from kvguard.resources import scope_of
 from kvguard.vault import AccessPolicy, VaultConfig
-from remediation.base import Operation, RoleAssignmentRef
+from remediation.base import Operation
 
 Status = Literal["applied", "planned", "skipped", "failed"]
 

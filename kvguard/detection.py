@@ -1,6 +1,6 @@
 """The detector contract: what a rule sees (`Context`), what it returns (`Hit`), what it becomes
 (`Finding`), what kind of judgement it makes (`Kind`, and with it when its findings close), and the
-`rule` decorator that declares one.
+`rule` decorator that declares one. A hit also carries what would undo it (`kvguard.intents`).
 
 A rule is a small pure function of the context. Its metadata (id, title, severity, MITRE ids,
 remediation handler, rationale) and its named test cases sit beside it in its family module, so
@@ -17,6 +17,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID, uuid5
 
+from kvguard.intents import RestoreIntent
 from kvguard.vault import VaultConfig, VaultDiff, diff
 
 if TYPE_CHECKING:
@@ -130,15 +131,21 @@ class Context:
 
 @dataclass(frozen=True)
 class Hit:
-    """One reason a rule fired: the exact values that triggered it, and an optional escalation."""
+    """One reason a rule fired: the exact values that triggered it, an optional escalation, and
+    what would undo it (`restore`, for the rule's remediation handler; empty when there is nothing
+    to go back to, as on first sight of a vault)."""
 
     evidence: Mapping[str, Any]
     severity: Severity | None = None
     detail: str | None = None
+    restore: tuple[RestoreIntent, ...] = ()
 
 
 @dataclass(frozen=True)
 class Finding:
+    """A hit with its rule's metadata. `restore` is the hit's, for the handler named by
+    `remediation`; it is not part of the output (`to_json`)."""
+
     rule: str
     title: str
     severity: Severity
@@ -146,6 +153,7 @@ class Finding:
     evidence: Mapping[str, Any]
     mitre: tuple[str, ...]
     remediation: str | None
+    restore: tuple[RestoreIntent, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,7 +173,8 @@ class Case:
     their `type` says another resource, of that resource (over the default vault); `event`
     overrides fields of the default event (see `make_event` in tests/cases.py); `policy` and
     `history` likewise. `sweep`, for a sweep rule, lists the resources the sweep read around the
-    default vault (None: not a sweep).
+    default vault (None: not a sweep). `restore`, for a firing case, is the restore intents its
+    hits carry, in order (None: not stated).
     """
 
     name: str
@@ -180,6 +189,7 @@ class Case:
     # id, type, action, before/after JSON, the covered vaults' JSON and a custom role's definition.
     resource: Mapping[str, Any] | None = None
     sweep: tuple[Mapping[str, Any], ...] | None = None
+    restore: tuple[RestoreIntent, ...] | None = None
 
 
 Detect = Callable[[Context], Iterable[Hit]]
@@ -334,6 +344,7 @@ def detect_all(ctx: Context, rules: Mapping[str, Rule]) -> list[Finding]:
                     evidence=hit.evidence,
                     mitre=current.mitre,
                     remediation=current.remediation,
+                    restore=hit.restore,
                 )
             )
     return findings

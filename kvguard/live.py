@@ -152,9 +152,11 @@ def _print_live(
             "\n".join(f"{a.handler}: {a.status} {a.detail}" for a in outcome.actions) or "-",
         )
     console.print(table)
-    console.print(summary_line(summary["summary"]))
+    # The summary and the notes (one per file redriven, naming its path) stay one line each, however
+    # long: scripts grep them, and a path broken at the console width matches nothing.
+    console.print(summary_line(summary["summary"]), soft_wrap=True)
     for note in notes:
-        console.print(note, markup=False)
+        console.print(note, markup=False, soft_wrap=True)
 
 
 # --- redrive: Event Grid's dead letters, delivered again -------------------------------------

@@ -2,7 +2,8 @@
 findings it answers and the alerts already sent for them) and undelivered alerts in the outbox.
 
 A retry of the event reads these back after a crash or a lost answer between the write and its
-record, so the JSON must carry everything needed to rebuild the operations and the outcome.
+record, so the JSON must carry everything needed to rebuild the operations and the outcome: a
+finding keeps its restore intents (`kvguard.intents`), which its handler plans from again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from kvguard import intents
 from kvguard.actions import ActionResult
 from kvguard.detection import Finding
 from kvguard.ports import Alert
@@ -29,9 +31,13 @@ def intent(event_id: str, findings: Sequence[Finding], operations: Sequence[Oper
 
 
 def findings_of(recorded: Mapping[str, Any]) -> list[Finding]:
+    """The findings of a recorded intent. One written before findings kept their restore intents
+    (still pending across an upgrade) gives findings without them: their handlers then plan
+    nothing for them, as the retry confirms what landed and judges the vault afresh."""
     return [
         Finding(rule=f["rule"], title=f["title"], severity=f["severity"], score=int(f["score"]),
-                evidence=f["evidence"], mitre=tuple(f["mitre"]), remediation=f["remediation"])
+                evidence=f["evidence"], mitre=tuple(f["mitre"]), remediation=f["remediation"],
+                restore=tuple(intents.from_json(i) for i in f.get("restore", ())))
         for f in recorded["findings"]
     ]
 
@@ -73,7 +79,8 @@ def alert_of(recorded: Mapping[str, Any]) -> Alert:
 
 
 def _finding_json(finding: Finding) -> dict[str, Any]:
-    return {**finding.to_json(), "mitre": list(finding.mitre), "remediation": finding.remediation}
+    return {**finding.to_json(), "mitre": list(finding.mitre), "remediation": finding.remediation,
+            "restore": [intents.to_json(i) for i in finding.restore]}
 
 
 def _operation_json(op: Operation) -> dict[str, Any]:

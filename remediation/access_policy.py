@@ -12,11 +12,11 @@ two writes), and then `all` and the other added names are removed.
 
 from __future__ import annotations
 
-from kvguard.vault import PERMISSION_CATEGORIES, AccessPolicy, Principal, diff
+from kvguard.intents import RevokePermissions
+from kvguard.vault import AccessPolicy, Principal
 from kvguard.vault_spec import ALL, spelled
 from remediation.base import Operation, OperationKind, PlanInput, handler
 
-REVERTED_RULES = ("KV-AP-01", "KV-AP-02")
 Permissions = dict[str, frozenset[str]]
 
 
@@ -25,66 +25,62 @@ def _describe(verb: str, entry: AccessPolicy) -> str:
     return f"{verb} {perms} for {entry.principal.describe()}"
 
 
-def _narrowing(before: AccessPolicy, after: AccessPolicy, category: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(names to add, names to remove) that take one category of `after` back to what `before`
-    granted there, where `after` widened it; nothing for a category that was not widened."""
-    added = after.effective(category) - before.effective(category)
-    if not added:
+def _undo(current: AccessPolicy, baseline: AccessPolicy | None, revoked: frozenset[str],
+          category: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(names to add, names to remove) that take one category of the current entry back to what it
+    granted without `revoked`. Only what the entry grants now and the baseline did not is taken:
+    nothing the baseline had is ever removed, whatever the intent says."""
+    granted = current.effective(category)
+    revoked &= granted - (baseline.effective(category) if baseline is not None else frozenset())
+    if not revoked:
         return frozenset(), frozenset()
-    written = after.get(category)
+    written = current.get(category)
     if ALL not in written:
-        return frozenset(), added
-    kept = after.effective(category) & before.effective(category)
+        return frozenset(), revoked
+    kept = granted - revoked
     return frozenset(spelled(p) for p in kept - written), frozenset({ALL}) | (written - kept - {ALL})
 
 
-@handler("revert_access_policy", kind="remediation", permission="Microsoft.KeyVault/vaults/accessPolicies/write")
+@handler("revert_access_policy", kind="remediation", permission="Microsoft.KeyVault/vaults/accessPolicies/write",
+         accepts=(RevokePermissions,))
 def revert_access_policy(data: PlanInput) -> list[Operation]:
-    """Remove the principals a change added (KV-AP-01) and the permissions it added to existing
-    principals (KV-AP-02), comparing against the baseline after expanding `all`; a narrowed grant
-    has nothing to revert, and no permission the baseline had is ever removed. With no baseline
-    there is nothing to revert to."""
+    """Take back the permissions the findings' intents name (a new principal's grant, what an
+    existing principal gained), as far as the current entry still grants them and the baseline
+    did not; a narrowed grant has nothing to revert. With no baseline there is nothing to revert to."""
     if data.before is None or data.after is None:
         return []
-    change = diff(data.before, data.after)
-    fired = {f.rule for f in data.findings}
-    flagged = {str(f.evidence.get("objectId", "")).lower() for f in data.findings if f.rule == "KV-AP-01"}
-    additions: dict[str, Permissions] = {}
-    removals: dict[str, Permissions] = {}
     principals: dict[str, Principal] = {}
-    if "KV-AP-01" in fired:
-        for entry in change.added_policies:
-            if not flagged - {""} or entry.principal.object_id in flagged:
-                principals[entry.principal.key] = entry.principal
-                removals[entry.principal.key] = {c: p for c, p in entry.permissions.items() if p}
-    if "KV-AP-02" in fired:
-        for widened in {c.principal.key: c.principal for c in change.widened}.values():
-            old, new = data.before.policy_for(widened.key), data.after.policy_for(widened.key)
-            if old is None or new is None:
-                continue
-            principals[widened.key] = new.principal
-            for category in PERMISSION_CATEGORIES:
-                add, remove = _narrowing(old, new, category)
-                if add:
-                    additions.setdefault(widened.key, {})[category] = add
-                if remove:
-                    removals.setdefault(widened.key, {})[category] = remove
-    rules = tuple(sorted(fired & set(REVERTED_RULES)))
+    revoked: dict[str, Permissions] = {}
+    for _, intent in data.restores(RevokePermissions):
+        key = intent.principal.key
+        principals.setdefault(key, intent.principal)
+        for category, names in intent.permissions.items():
+            revoked.setdefault(key, {})[category] = revoked.get(key, {}).get(category, frozenset()) | names
     operations = []
     for key, principal in principals.items():
         current = data.after.policy_for(key)
-        steps: tuple[tuple[OperationKind, str, Permissions | None], ...] = (
-            ("add_access_policy", "add", additions.get(key)),
-            ("remove_access_policy", "remove", removals.get(key)),
+        if current is None:
+            continue
+        additions: Permissions = {}
+        removals: Permissions = {}
+        for category, names in revoked[key].items():
+            add, remove = _undo(current, data.before.policy_for(key), names, category)
+            if add:
+                additions[category] = add
+            if remove:
+                removals[category] = remove
+        steps: tuple[tuple[OperationKind, str, Permissions], ...] = (
+            ("add_access_policy", "add", additions),
+            ("remove_access_policy", "remove", removals),
         )
         for kind, verb, perms in steps:
             if perms:
-                operations.append(_operation(kind, verb, AccessPolicy(principal, perms), current, data, rules))
+                operations.append(_operation(kind, verb, AccessPolicy(principal, perms), current, data))
     return operations
 
 
-def _operation(kind: OperationKind, verb: str, entry: AccessPolicy, current: AccessPolicy | None,
-               data: PlanInput, rules: tuple[str, ...]) -> Operation:
+def _operation(kind: OperationKind, verb: str, entry: AccessPolicy, current: AccessPolicy,
+               data: PlanInput) -> Operation:
     assert data.after is not None
     return Operation(
         handler="revert_access_policy",
@@ -92,7 +88,6 @@ def _operation(kind: OperationKind, verb: str, entry: AccessPolicy, current: Acc
         vault_id=data.after.id,
         description=f"{_describe(verb, entry)} on {data.after.name}",
         target=entry,
-        before=current.to_arm() if current else None,
-        rules=rules,
+        before=current.to_arm(),
+        rules=tuple(data.rules),
     )
-

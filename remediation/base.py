@@ -1,5 +1,6 @@
-"""The remediation contract: a handler only *plans* concrete operations; the shared runner in
-`kvguard.actions` owns applying them, idempotency checks, audit and error collection.
+"""The remediation contract: a handler only *plans* concrete operations from the restore intents
+of the findings routed to it (`kvguard.intents`); the shared runner in `kvguard.actions` owns
+applying them, idempotency checks, audit and error collection.
 
 An `Operation` is what a person reads in dry-run output and in the audit record ("remove
 permissions secrets:get,list for object X on vault V"), and also exactly what gets applied.
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kvguard.detection import Finding
+from kvguard.intents import RestoreIntent, RoleAssignmentRef
 from kvguard.ports import Alert
 from kvguard.vault import AccessPolicy, VaultConfig
 
@@ -20,17 +22,6 @@ if TYPE_CHECKING:
 
 OperationKind = Literal[
     "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment"]
-
-
-@dataclass(frozen=True)
-class RoleAssignmentRef:
-    """The role assignment a delete is for, as the finding saw it (ids lower case): the delete goes
-    ahead only while the assignment still has this principal, role and scope."""
-
-    id: str
-    principal_id: str
-    role_definition_id: str
-    scope: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +37,9 @@ class Operation:
     rules: tuple[str, ...] = ()
 
 
+Intent = TypeVar("Intent", bound=RestoreIntent)
+
+
 @dataclass(frozen=True)
 class PlanInput:
     """What a handler plans from: its own findings, the baseline and the current configuration
@@ -56,6 +50,17 @@ class PlanInput:
     after: VaultConfig | None
     alerts: Sequence[Alert] = ()
     resource: ResourceState | None = None
+
+    def restores(self, kind: type[Intent]) -> list[tuple[Finding, Intent]]:
+        """The restore intents of one type that the findings carry, each with its finding, in the
+        order the findings fired."""
+        return [(finding, intent) for finding in self.findings for intent in finding.restore
+                if isinstance(intent, kind)]
+
+    @property
+    def rules(self) -> list[str]:
+        """The ids of the rules whose findings the handler answers, sorted."""
+        return sorted({finding.rule for finding in self.findings})
 
 
 def patch_operation(
@@ -96,6 +101,10 @@ Plan = Callable[[PlanInput], list[Operation]]
 
 @dataclass(frozen=True)
 class Handler:
+    """A declared handler. `accepts` is the restore intent types a remediation handler acts on
+    (an alert handler takes alerts and accepts none): every rule that names it as its remediation
+    must build intents of these types (tests/unit/test_catalog.py checks each firing case)."""
+
     id: str
     kind: Literal["alert", "remediation"]
     permission: str
@@ -103,16 +112,19 @@ class Handler:
     description: str
     module: str
     irreversible: bool = False
+    accepts: tuple[type[RestoreIntent], ...] = ()
 
     def __call__(self, data: PlanInput) -> list[Operation]:
         return self.plan(data)
 
 
 def handler(
-    id: str, *, kind: Literal["alert", "remediation"], permission: str, irreversible: bool = False
+    id: str, *, kind: Literal["alert", "remediation"], permission: str, irreversible: bool = False,
+    accepts: tuple[type[RestoreIntent], ...] = (),
 ) -> Callable[[Plan], Handler]:
     """Declare a handler (the catalog registers it). `permission` is the Azure action it needs,
-    which the infra must grant."""
+    which the infra must grant; `accepts`, for a remediation handler, the restore intent types it
+    plans from."""
 
     def declare(fn: Plan) -> Handler:
         return Handler(
@@ -123,6 +135,7 @@ def handler(
             description=" ".join((fn.__doc__ or "").split()),
             module=fn.__module__,
             irreversible=irreversible,
+            accepts=accepts,
         )
 
     return declare

@@ -323,6 +323,17 @@ def test_the_sample_dead_letter_blob_redriven_from_its_download_directory(
     assert [r.event_id for r in SQLiteStateStore(str(state_db)).list_audit(VAULT)] == sample_ids
 
 
+def test_a_file_line_stays_on_one_line_however_long_its_path(blob: Path, state_db: Path) -> None:
+    deep = blob.parent / ("d" * 120) / ("e" * 120) / blob.name
+    deep.parent.mkdir(parents=True)
+    blob.rename(deep)
+
+    status, output = run("redrive", str(deep))
+
+    assert status == 0
+    assert f"{deep}: 2 events" in output  # one line for a script to grep, not wrapped at the console width
+
+
 # ---- where redrive may read from: inside the directory, regular files under the limit, the container
 
 BLOB_NAME = "KVGUARD-PROD/2026/11/27/9/5a7e0c13-d2b4-4f69-8e1a-0b3c6d9f2e87.json"

@@ -106,20 +106,26 @@ def _fields(config: VaultConfig) -> dict[str, Any]:
     return fields
 
 
-def _owned(handler_id: str, fired: set[str], after: VaultConfig) -> set[str]:
+def _owned(handler_id: str, fired: set[str], before: VaultConfig, after: VaultConfig) -> set[str]:
     if handler_id == "revert_access_policy":
         return {"access_policies"} if fired else set()
     if handler_id == "restore_settings":
         return ({"enable_rbac_authorization"} if "KV-PROT-03" in fired else set()) | (
-            set(FLAGS) if "KV-PROT-04" in fired else set())
+            _turned_on(before, after) if "KV-PROT-04" in fired else set())
     if handler_id == "enable_purge_protection":
-        return {"enable_purge_protection"}
+        return {"enable_purge_protection"} if fired else set()
     owned = {"public_network_access"} if "KV-NET-01" in fired else set()
     if not after.raw["properties"].get("networkAcls") and fired - {"KV-NET-01"}:
         return owned | set(NETWORK_FIELDS)  # a dropped firewall gets the baseline's rule set back
     rules = {"KV-NET-02": "default_action", "KV-NET-04": "bypass", "KV-NET-03": "ip_rules",
              "KV-NET-05": "virtual_network_rules"}
     return owned | {name for rule, name in rules.items() if rule in fired}
+
+
+def _turned_on(before: VaultConfig, after: VaultConfig) -> set[str]:
+    """The platform-access switches a change turned on: the only ones KV-PROT-04's revert may
+    touch (one turned off in the same change stays off)."""
+    return {name for name in FLAGS if getattr(after, name) is True and getattr(before, name) is not True}
 
 
 def _check(handler_id: str, findings: list[Finding], before: VaultConfig, after: VaultConfig,
@@ -131,7 +137,7 @@ def _check(handler_id: str, findings: list[Finding], before: VaultConfig, after:
         for category, names in categories.items():
             kept = names & then.get(key, {}).get(category, frozenset())
             assert kept <= now.get(key, {}).get(category, frozenset()), (handler_id, key, category)
-    owned = _owned(handler_id, fired, after)
+    owned = _owned(handler_id, fired, before, after)
     old, new, changed = _fields(before), _fields(final), _fields(after)
     for name in set(new) - owned:
         assert new[name] == changed[name], f"{handler_id} changed {name}, which it does not own"
@@ -156,7 +162,7 @@ def _check(handler_id: str, findings: list[Finding], before: VaultConfig, after:
     elif handler_id == "restore_settings":
         for name in owned:
             assert bool(new[name]) == bool(old[name]), f"restore_settings left {name} at {new[name]!r}"
-    elif handler_id == "enable_purge_protection":
+    elif handler_id == "enable_purge_protection" and owned:
         assert final.enable_purge_protection is True
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kvguard.catalog import HANDLERS, RULES, alert_handlers
 from kvguard.detection import SEVERITY_SCORE, assessment_name, severity_for_risk
+from kvguard.intents import INTENT_TYPES
 from kvguard.sinks import SINKS
 from tests.contract import catalog as contract
 
@@ -109,6 +110,37 @@ def test_every_remediation_names_a_registered_remediation_handler() -> None:
         and (r.remediation not in HANDLERS or HANDLERS[r.remediation].kind != "remediation")
     }
     assert offenders == {}
+
+
+def test_every_handler_declares_the_restore_intents_it_accepts() -> None:
+    offenders = {h.id: [t.__name__ for t in h.accepts] for h in HANDLERS.values()
+                 if (h.kind == "remediation") != bool(h.accepts) or not set(h.accepts) <= set(INTENT_TYPES)}
+    assert offenders == {}
+
+
+def test_every_remediated_rule_builds_intents_its_handler_accepts() -> None:
+    """On each firing case every hit carries restore intents of types its rule's handler accepts;
+    only a hit on first sight of a vault (no baseline to go back to) may carry none. A rule with
+    no handler builds none (nobody would act on them), and every type a handler accepts is built
+    by some rule routed to it."""
+    from tests.cases import make_context
+
+    offenders = []
+    built: dict[str, set[type]] = {h.id: set() for h in HANDLERS.values()}
+    for rule in RULES.values():
+        accepts = HANDLERS[rule.remediation].accepts if rule.remediation is not None else ()
+        for case in (c for c in rule.cases if c.fires):
+            context = make_context(case)
+            first_sight = context.before is None and context.resource is None
+            for hit in rule.detect(context):
+                foreign = [type(i).__name__ for i in hit.restore if not isinstance(i, accepts)]
+                if foreign or (rule.remediation is not None and not hit.restore and not first_sight):
+                    offenders.append((rule.id, case.name, foreign or "no restore intent"))
+                if rule.remediation is not None:
+                    built[rule.remediation].update(type(i) for i in hit.restore)
+    assert offenders == []
+    unused = {h.id: [t.__name__ for t in h.accepts if t not in built[h.id]] for h in HANDLERS.values()}
+    assert {k: v for k, v in unused.items() if v} == {}
 
 
 def test_irreversible_handlers_are_opt_in_only() -> None:

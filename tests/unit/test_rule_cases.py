@@ -1,4 +1,5 @@
-"""Every rule's own cases: each must fire (or stay silent) exactly as its table says."""
+"""Every rule's own cases: each must fire (or stay silent) exactly as its table says, and where a
+firing case states the restore intents its hits carry, carry exactly those."""
 
 from __future__ import annotations
 
@@ -18,5 +19,7 @@ def test_rule_case(rule: Rule, case: Case) -> None:
         assert hits, f"{rule.id} should fire on {case.name!r}"
         for hit in hits:
             assert hit.evidence, f"{rule.id} fired without evidence on {case.name!r}"
+        if case.restore is not None:
+            assert [intent for hit in hits for intent in hit.restore] == list(case.restore), case.name
     else:
         assert not hits, f"{rule.id} must not fire on {case.name!r}, fired with {[h.evidence for h in hits]}"
