@@ -23,7 +23,7 @@ from kvguard.detection import Context
 from kvguard.events import Rejected, VaultEvent, parse
 from kvguard.flow import acting, findings, memory, own, sweeps
 from kvguard.flow.beside import handle_resource
-from kvguard.flow.claims import complete, hold, scope, vault_held
+from kvguard.flow.claims import complete_vault_event, hold, scope, vault_held
 from kvguard.flow.context import EventContext
 from kvguard.flow.reasons import reason
 from kvguard.flow.services import Services, SystemClock
@@ -109,7 +109,7 @@ class Pipeline(Services):
                 hold(self, event, owner)
                 self.store.record_rejected(RejectedPayload(why, json.dumps(event.raw, default=str),
                                                            self.clock.now(), event.id))
-                complete(self, event, owner)
+                complete_vault_event(self, event, owner)
             return Outcome(event.id, "rejected", why, memory.known_id(self, event))
 
     # --- read, compare, detect, score, decide, act, record ---------------------------------------
@@ -184,7 +184,7 @@ class Pipeline(Services):
                    if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
             for handler_id in sorted(ran | set(context.earlier.intended)):
                 self.store.finish_action(scope(event), handler_id)
-            complete(self, event, context.owner)
+            complete_vault_event(self, event, context.owner)
 
     # --- beside the events: the reconcile timer, `kvguard baseline`, the outbox, retention --------
 

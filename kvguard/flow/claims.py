@@ -3,7 +3,7 @@ before anything is written, so an attempt another instance took over stops inste
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -27,26 +27,33 @@ def scope(event: VaultEvent) -> str:
 def vault_held(services: Services, event: VaultEvent, now: datetime, owner: str) -> Iterator[None]:
     """One event per vault at a time across every instance: two events of one vault processed
     side by side would both read the change and both revert it. The vault is leased like an
-    event (same store, same fence) and let go at the end whatever happened."""
+    event (same store, same fence) and let go of with the event's completion (every way out of
+    the vault's flow that returns completes the event `releasing` its lease), or at once when the
+    attempt fails."""
     lock = vault_lock(event)
     if services.store.claim(lock, now, services.lease, owner) != "claimed":
         raise TransientError(f"vault of event {event.id} is being processed by another instance")
     try:
         yield
-    finally:
+    except BaseException:
         services.store.release(lock, owner)
+        raise
 
 
 def hold(services: Services, event: VaultEvent, owner: str) -> None:
     """Renew this attempt's claim, or stop: an attempt whose lease another instance took over
     must not act or record (that instance does, and a raise makes Event Grid check again)."""
-    now = services.clock.now()
-    if not (services.store.renew(event.id, owner, now, services.lease)
-            and services.store.renew(vault_lock(event), owner, now, services.lease)):
+    if not services.store.renew_each((event.id, vault_lock(event)), owner, services.clock.now(), services.lease):
         raise TransientError(f"event {event.id}: the claim was taken over by another instance")
 
 
-def complete(services: Services, event: VaultEvent, owner: str) -> None:
-    """Mark the event done, or stop when its claim was taken over meanwhile."""
-    if not services.store.complete(event.id, services.clock.now(), owner):
+def complete(services: Services, event: VaultEvent, owner: str, *, releasing: Sequence[str] = ()) -> None:
+    """Mark the event done, letting go of the leases `releasing` names with it, or stop when its
+    claim was taken over meanwhile."""
+    if not services.store.complete(event.id, services.clock.now(), owner, releasing=releasing):
         raise TransientError(f"event {event.id}: the claim was taken over by another instance")
+
+
+def complete_vault_event(services: Services, event: VaultEvent, owner: str) -> None:
+    """`complete` of a vault's event, its vault's lease let go of with it."""
+    complete(services, event, owner, releasing=(vault_lock(event),))

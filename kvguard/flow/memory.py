@@ -14,7 +14,7 @@ from kvguard.events import VaultEvent
 from kvguard.flow.context import EventContext, FlowContext, Recall
 from kvguard.flow.services import Services
 from kvguard.ids import parse_vault_ref, vault_key
-from kvguard.ports import Baseline, ConcurrencyError, TransientError
+from kvguard.ports import Baseline, ConcurrencyError, MarkQuery, TransientError
 from kvguard.resources import is_vault_id
 from kvguard.vault import VaultConfig
 
@@ -61,18 +61,24 @@ def recall(services: Services, event: VaultEvent, now: datetime, key: str | None
     window = services.policy.history
     caller = event.caller.id
     vault = key or history_key(services, event)
-    grants = services.store.marks_since("grants", vault, now - window.grant_window)
+    queries = [MarkQuery("grants", vault, now - window.grant_window)]
+    if caller is not None:
+        queries += [MarkQuery("caller_vaults", caller, now - window.burst_window),
+                    MarkQuery("caller_failures", caller, now - window.burst_window),
+                    MarkQuery("caller_writes", f"{vault}|{caller}", EPOCH)]
+    grants, *by_caller = services.store.marks_since_each(queries)
     if caller is None:
         return Recall(History(recent_grants=dict(grants)), vault_marked=False)
-    vaults = {m for m, _ in services.store.marks_since("caller_vaults", caller, now - window.burst_window)}
+    caller_vaults, caller_failures, caller_writes = by_caller
+    vaults = {m for m, _ in caller_vaults}
     marked = vault in vaults
-    failures = len(services.store.marks_since("caller_failures", caller, now - window.burst_window))
+    failures = len(caller_failures)
     if event.succeeded:
         vaults.add(vault)
     else:
         failures += 1
     history = History(
-        caller_seen_before=bool(services.store.marks_since("caller_writes", f"{vault}|{caller}", EPOCH)),
+        caller_seen_before=bool(caller_writes),
         caller_vaults=len(vaults),
         caller_failures=failures,
         recent_grants=dict(grants),
