@@ -205,8 +205,9 @@ class ChaosArmFake(ArmFake):
 class FlakyStore:
     """A state store whose writes fail `rate` of the time, half before and half after they land."""
 
-    WRITES = frozenset({"claim", "renew", "complete", "release", "put_baseline", "append_audit", "record_rejected",
-                        "open_finding", "close_finding", "add_mark", "begin_action", "finish_action", "put_outbox"})
+    WRITES = frozenset({"claim", "renew", "renew_each", "complete", "release", "put_baseline", "append_audit",
+                        "record_rejected", "open_finding", "close_finding", "add_mark", "begin_action",
+                        "finish_action", "put_outbox"})
 
     def __init__(self, store: Any, rate: float, seed: int) -> None:
         self._store = store

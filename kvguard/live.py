@@ -398,6 +398,6 @@ def cmd_undo(args: argparse.Namespace, out: TextIO) -> int:
         out.write("dry run: nothing changed (add --apply to put it back)\n")
         return 0
     gateway: Any = pipeline.gateway  # the ARM gateway: it can add access-policy entries
-    apply_undo(gateway, pipeline.store, record, action, steps, datetime.now(UTC))
+    apply_undo(gateway, pipeline.store, record, action, steps, now=datetime.now(UTC))
     out.write(f"done: the vault's baseline is now its restored state; audited as undo:{record.event_id}\n")
     return 0

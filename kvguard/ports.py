@@ -10,11 +10,11 @@ is decided in one place, `kvguard.adapters.azure_clients`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from kvguard.vault import AccessPolicy, VaultConfig
 
@@ -128,6 +128,14 @@ class AlertSink(Protocol):
 ClaimResult = Literal["claimed", "duplicate", "in_progress"]
 
 
+class MarkQuery(NamedTuple):
+    """One series's marks under one key at or after `since` (see `StateStore.marks_since_each`)."""
+
+    series: str
+    key: str
+    since: datetime
+
+
 @dataclass(frozen=True)
 class Baseline:
     """The last configuration kvguard accepted for a vault, with its concurrency token."""
@@ -204,9 +212,21 @@ class StateStore(Protocol):
         claim is done, gone or held by another owner."""
         ...
 
-    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+    def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
+        """`renew` of every claim in `event_ids` (an event's and its vault's lease) in one write
+        where the store can: True when `owner` held them all; False and nothing changed when it
+        did not hold one of them."""
+        ...
+
+    def complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
         """Mark the event done. With `owner`, only while that owner holds the claim (False and
-        nothing changed otherwise); without, unconditionally."""
+        nothing changed otherwise); without, unconditionally. `releasing` names other unfinished
+        claims of `owner` (the vault's lease) to let go of with the completion, in the same write
+        where the store can: False and nothing changed unless `owner` holds every one of them. A
+        store that cannot write them together completes first and then lets go; a lease it fails to
+        let go of runs out by itself."""
         ...
 
     def release(self, event_id: str, owner: str | None = None) -> bool:
@@ -243,8 +263,9 @@ class StateStore(Protocol):
     # Retention.
     def prune(self, older_than: datetime) -> int:
         """Delete finished claims, audit records, marks, rejected payloads, intents and outbox
-        items older than `older_than`; the number of records removed. Baselines and open findings
-        are current state, never pruned."""
+        items older than `older_than`, and stored configurations no open finding names any more;
+        the number of records removed. Baselines and open findings (with the configurations they
+        name) are current state, never pruned."""
         ...
 
     # Baselines with optimistic concurrency.
@@ -294,6 +315,12 @@ class StateStore(Protocol):
         """(member, at) of every mark of `series`/`key` at or after `since`, oldest first."""
         ...
 
+    def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
+        """`marks_since` of every query, answered in query order: one read for all the history an
+        event's rules look at, where a store can make it one (SQLite does; Table Storage reads
+        each series's partition)."""
+        ...
+
     # The ledger of own writes: what kvguard wrote with its identity, noted before writing, so that
     # an event of that identity which kvguard did not plan stands out (KV-SELF-01).
     def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
@@ -302,7 +329,7 @@ class StateStore(Protocol):
         ...
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
         until: datetime,
     ) -> bool:
         """Whether an own-identity event for `resource_id` and `operation` (both compared

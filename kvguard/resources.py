@@ -79,6 +79,16 @@ def resource_type_of(doc: Mapping[str, Any]) -> str:
     return VAULT_TYPE if is_vault_id(str(doc.get("id", ""))) else ""
 
 
+def same_resource(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two ARM documents of a resource say the same, ignoring what ARM changes on every
+    write (`etag`, `systemData`)."""
+    if a is None or b is None:
+        return a is None and b is None
+    volatile = {"etag", "systemdata"}
+    return {k: v for k, v in a.items() if k.lower() not in volatile} == \
+        {k: v for k, v in b.items() if k.lower() not in volatile}
+
+
 def is_vault_id(resource_id: str) -> bool:
     """Whether `resource_id` is a vault's own id (not a sub-resource of one, not a deleted vault)."""
     ref = parse_vault_ref(resource_id)

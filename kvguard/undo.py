@@ -109,7 +109,7 @@ def _put_back_properties(vault_id: str, befores: list[Any], current: VaultConfig
 
 
 def apply_undo(gateway: UndoGateway, store: StateStore, record: AuditRecord, action: Mapping[str, Any],
-               steps: Sequence[UndoStep], now: datetime) -> VaultConfig | None:
+               steps: Sequence[UndoStep], *, now: datetime) -> VaultConfig | None:
     """Write the steps, accept the result as the vault's baseline and audit the undo."""
     vault_id = steps[0].vault_id
     for step in steps:

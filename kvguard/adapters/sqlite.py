@@ -5,26 +5,37 @@ connection guarded by a lock, so threads of one process may share it; several st
 processes) on the same file coordinate through SQLite's own locking — every read-modify-write runs
 in a `BEGIN IMMEDIATE` transaction. Vault ids are stored under `vault_key` and keep their spelling
 for display. Times are stored as fixed-width UTC text, which sorts like the times themselves.
+
+What grows with every event is kept compact: audit outcomes deflated against a preset dictionary
+(`kvguard.adapters.compact_audit`), mark keys and the audit's vault keys as 16-byte digests (they
+are looked up, never listed), claims without a rowid and finished ones without owner or lease.
+Open findings name the configuration they were found against by ETag (`found_against`). A file
+written before these shapes is upgraded when a store opens it (`PRAGMA user_version`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kvguard.adapters import found_against
+from kvguard.adapters.compact_audit import audit_document, audit_fields
 from kvguard.ids import vault_key
 from kvguard.ports import (
     AuditRecord,
     Baseline,
     ClaimResult,
     ConcurrencyError,
+    MarkQuery,
     OpenFinding,
     OutboxItem,
     PendingAction,
@@ -39,7 +50,7 @@ CREATE TABLE IF NOT EXISTS claims (
     claimed_at   TEXT NOT NULL,
     completed_at TEXT,
     owner        TEXT NOT NULL DEFAULT ''
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS baselines (
     vault_key TEXT PRIMARY KEY,
     vault_id  TEXT NOT NULL,
@@ -49,14 +60,14 @@ CREATE TABLE IF NOT EXISTS baselines (
     updated   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id  TEXT NOT NULL,
-    vault_key TEXT,
-    vault_id  TEXT,
-    at        TEXT NOT NULL,
-    outcome   TEXT NOT NULL
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT NOT NULL,
+    vault_digest BLOB,
+    vault_id     TEXT,
+    at           TEXT NOT NULL,
+    outcome      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_key, at);
+CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_digest, at);
 CREATE TABLE IF NOT EXISTS rejected (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     reason   TEXT NOT NULL,
@@ -65,24 +76,31 @@ CREATE TABLE IF NOT EXISTS rejected (
     event_id TEXT
 );
 CREATE TABLE IF NOT EXISTS findings (
-    vault_key TEXT NOT NULL,
-    rule      TEXT NOT NULL,
-    vault_id  TEXT NOT NULL,
-    finding   TEXT NOT NULL,
-    opened    TEXT NOT NULL,
+    vault_key     TEXT NOT NULL,
+    rule          TEXT NOT NULL,
+    vault_id      TEXT NOT NULL,
+    finding       TEXT NOT NULL,
+    opened        TEXT NOT NULL,
+    baseline_etag TEXT,
     PRIMARY KEY (vault_key, rule)
+);
+CREATE TABLE IF NOT EXISTS found_against (
+    vault_key TEXT NOT NULL,
+    etag      TEXT NOT NULL,
+    config    BLOB NOT NULL,
+    at        TEXT NOT NULL,
+    PRIMARY KEY (vault_key, etag)
 );
 CREATE TABLE IF NOT EXISTS marks (
     series TEXT NOT NULL,
-    key    TEXT NOT NULL,
+    key    BLOB NOT NULL,
     member TEXT NOT NULL,
     at     TEXT NOT NULL,
-    PRIMARY KEY (series, key, member, at)
-);
-CREATE INDEX IF NOT EXISTS marks_by_time ON marks (series, key, at);
+    PRIMARY KEY (series, key, at, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
-CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
 CREATE TABLE IF NOT EXISTS intents (
     scope   TEXT NOT NULL,
     handler TEXT NOT NULL,
@@ -109,7 +127,80 @@ CREATE INDEX IF NOT EXISTS own_writes_by_time ON own_writes (at);
 """
 
 
+# PRAGMA user_version of a file in today's shapes. Files of version 0 were written before them:
+# claims with a rowid (and, the oldest, without an owner column), mark keys and audit vault keys as
+# text; they are upgraded when a store opens them (`_upgrade_to_compact_shapes`).
+_COMPACT_SHAPES = 1
+
+
+def _key_digest(key: str) -> bytes:
+    """What mark keys and the audit's vault keys are stored as: 16 bytes where a vault id is about
+    130 characters. Keys are only looked up, never listed, so their text is not needed back."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
+    """A file of version 0 in today's shapes, in the caller's transaction: claims without a rowid
+    (finished ones without their owner token and lease), mark keys and audit vault keys as
+    digests, findings with a column for the ETag they name. Open findings, baselines and the
+    audit's outcomes are kept as they are: audit rows in the old text shape and findings that embed
+    their baseline are read as they are (`compact_audit.audit_fields`, `found_against`)."""
+    db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(claims)")}
+    owner = "owner" if "owner" in columns else "''"
+    db.execute("ALTER TABLE claims RENAME TO claims_before_compact")
+    db.execute(_statement("claims"))
+    db.execute(
+        "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at, owner)"
+        " SELECT event_id, done, CASE WHEN done THEN '' ELSE lease_until END, claimed_at, completed_at,"
+        f" CASE WHEN done THEN '' ELSE {owner} END FROM claims_before_compact"
+    )
+    db.execute("DROP TABLE claims_before_compact")
+    if _has_table(db, "marks"):
+        db.execute("DROP INDEX IF EXISTS marks_by_time")
+        db.execute("DROP INDEX IF EXISTS marks_by_age")
+        db.execute("ALTER TABLE marks RENAME TO marks_before_compact")
+        db.execute(_statement("marks"))
+        db.execute("INSERT OR IGNORE INTO marks (series, key, member, at)"
+                   " SELECT series, kvguard_key_digest(key), member, at FROM marks_before_compact")
+        db.execute("DROP TABLE marks_before_compact")
+    if _has_table(db, "findings"):
+        db.execute("ALTER TABLE findings ADD COLUMN baseline_etag TEXT")
+    if _has_table(db, "audit"):
+        db.execute("ALTER TABLE audit RENAME COLUMN vault_key TO vault_digest")
+        db.execute("UPDATE audit SET vault_digest = kvguard_key_digest(vault_digest) WHERE vault_digest IS NOT NULL")
+
+
+def _statement(table: str) -> str:
+    """The CREATE TABLE statement of `table` in `_SCHEMA`."""
+    start = _SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table} (")
+    return _SCHEMA[start:_SCHEMA.index(";\n", start)]
+
+
+# A stored configuration that no open finding names (what closing and retention remove).
+_UNNAMED = ("NOT EXISTS (SELECT 1 FROM findings WHERE findings.vault_key = found_against.vault_key"
+            " AND findings.baseline_etag = found_against.etag)")
 _ZERO = timedelta(0)
+_ROUNDS = 8  # claims attempted again when the row went away between the attempt and its read
+_COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
+
+
+def _held_by_owner(count: int) -> str:
+    """The unfinished claims of `count` ids, when one owner holds every one of them: the
+    uncorrelated count is computed once, before any row changes, so a statement with this
+    condition changes all of them or none."""
+    marks = ", ".join("?" * count)
+    held = "owner = ? AND done = 0 AND lease_until <> ''"  # an empty lease: let go of, held by nobody
+    return (f"event_id IN ({marks}) AND {held}"
+            f" AND (SELECT COUNT(*) FROM claims WHERE event_id IN ({marks}) AND {held}) = {count}")
+
+
+def _held_by_owner_params(ids: tuple[str, ...], owner: str) -> tuple[str, ...]:
+    return (*ids, owner, *ids, owner)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -182,14 +273,13 @@ class SQLiteStateStore:
             if self._path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
-
-    def _migrate(self) -> None:
-        """Files written before claims carried an owner token gain the column (empty owner)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
-        if "owner" not in columns:
-            self._db.execute("ALTER TABLE claims ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            with self._transaction() as db:  # one opener at a time upgrades a file; the others find it done
+                if db.execute("PRAGMA user_version").fetchone()[0] < _COMPACT_SHAPES and _has_table(db, "claims"):
+                    _upgrade_to_compact_shapes(db)
+                for statement in _SCHEMA.split(";\n"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {_COMPACT_SHAPES}")
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self._path!r})"
@@ -215,6 +305,12 @@ class SQLiteStateStore:
             self._db.execute("COMMIT")
 
     @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Statements that are each atomic on their own, run back to back by this store's threads."""
+        with self._lock:
+            yield self._db
+
+    @contextmanager
     def batch(self) -> Iterator[None]:
         """The writes of one event in one transaction: all of them or none (and one commit, not
         one per write)."""
@@ -233,58 +329,68 @@ class SQLiteStateStore:
     # Event claims
 
     def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
+        """One atomic statement claims a new event or takes over an expired lease (a claim let go
+        of with a completion keeps its row with an empty lease, expired at once); only a refusal
+        reads the row again, to tell a duplicate from an event in progress."""
         at = _stamp(now)
         until = _stamp(now + lease)
-        inserted = self._write(
-            "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            (event_id, until, at, owner),
-        )
-        if inserted == 1:  # the usual case: a first delivery, decided by one atomic statement
-            return "claimed"
-        with self._transaction() as db:
-            row = db.execute("SELECT done, lease_until FROM claims WHERE event_id = ?", (event_id,)).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)",
-                    (event_id, until, at, owner),
-                )
-                return "claimed"
-            done, lease_until = row
-            if done:
-                return "duplicate"
-            if lease_until > at:
-                return "in_progress"
-            db.execute(
-                "UPDATE claims SET lease_until = ?, claimed_at = ?, owner = ? WHERE event_id = ?",
-                (until, at, owner, event_id),
+        for _ in range(_ROUNDS):
+            taken = self._write(
+                "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET lease_until = excluded.lease_until,"
+                " claimed_at = excluded.claimed_at, owner = excluded.owner"
+                " WHERE claims.done = 0 AND claims.lease_until <= excluded.claimed_at",
+                (event_id, until, at, owner),
             )
-            return "claimed"
+            if taken == 1:
+                return "claimed"
+            row = self._query("SELECT done FROM claims WHERE event_id = ?", (event_id,))
+            if row:
+                return "duplicate" if row[0][0] else "in_progress"
+            # released in between: claim afresh
+        return "in_progress"
 
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
-        return self._write(
-            "UPDATE claims SET lease_until = ? WHERE event_id = ? AND owner = ? AND done = 0",
-            (_stamp(now + lease), event_id, owner),
-        ) == 1
+        return self.renew_each((event_id,), owner, now, lease)
 
-    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+    def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
+        ids = tuple(dict.fromkeys(event_ids))
+        return self._write(
+            f"UPDATE claims SET lease_until = ? WHERE {_held_by_owner(len(ids))}",
+            (_stamp(now + lease), *_held_by_owner_params(ids, owner)),
+        ) == len(ids)
+
+    def complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
         at = _stamp(now)
         if owner is not None:
+            # One statement completes the event and lets go of the leases released with it. A
+            # finished claim needs no lease or owner any more (only a fence of unfinished ones
+            # reads them); a claim let go of keeps its row with an expired lease, which the next
+            # claim takes over in one statement.
+            ids = tuple(dict.fromkeys((event_id, *releasing)))
             return self._write(
-                "UPDATE claims SET done = 1, completed_at = ? WHERE event_id = ? AND owner = ? AND done = 0",
-                (at, event_id, owner),
-            ) == 1
+                "UPDATE claims SET done = (event_id = ?),"
+                " completed_at = CASE WHEN event_id = ? THEN ? ELSE completed_at END, lease_until = '', owner = ''"
+                f" WHERE {_held_by_owner(len(ids))}",
+                (event_id, event_id, at, *_held_by_owner_params(ids, owner)),
+            ) == len(ids)
         self._write(
-            "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at",
-            (event_id, at, at, at),
+            "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, '', ?, ?)"
+            " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at,"
+            " lease_until = '', owner = ''",
+            (event_id, at, at),
         )
+        for lease_id in releasing:
+            self.release(lease_id)
         return True
 
     def release(self, event_id: str, owner: str | None = None) -> bool:
         if owner is not None:
             return self._write(
-                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0", (event_id, owner)
+                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0 AND lease_until <> ''",
+                (event_id, owner),
             ) == 1
         return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,)) == 1
 
@@ -338,10 +444,10 @@ class SQLiteStateStore:
     # Audit trail and rejected payloads
 
     def append_audit(self, record: AuditRecord) -> None:
-        key = vault_key(record.vault_id) if record.vault_id is not None else None
+        digest = _key_digest(vault_key(record.vault_id)) if record.vault_id is not None else None
         self._write(
-            "INSERT INTO audit (event_id, vault_key, vault_id, at, outcome) VALUES (?, ?, ?, ?, ?)",
-            (record.event_id, key, record.vault_id, _stamp(record.at), _to_json(record.outcome)),
+            "INSERT INTO audit (event_id, vault_digest, at, outcome) VALUES (?, ?, ?, ?)",
+            (record.event_id, digest, _stamp(record.at), audit_document(record.vault_id, record.outcome)),
         )
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
@@ -349,15 +455,19 @@ class SQLiteStateStore:
         if vault_id is None:
             rows = self._query(f"{columns} ORDER BY at, seq")
         else:
-            rows = self._query(f"{columns} WHERE vault_key = ? ORDER BY at, seq", (vault_key(vault_id),))
-        return [
-            AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=json.loads(outcome))
-            for event_id, vault, at, outcome in rows
-        ]
+            key = vault_key(vault_id)
+            rows = self._query(f"{columns} WHERE vault_digest = ? ORDER BY at, seq", (_key_digest(key),))
+        records = []
+        for event_id, vault_column, at, stored in rows:
+            vault, outcome = audit_fields(vault_column, stored)
+            if vault_id is None or (vault is not None and vault_key(vault) == key):  # never another vault's
+                records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=outcome))
+        return records
 
     def audited(self, event_id: str, vault_id: str | None) -> bool:
-        key = vault_key(vault_id) if vault_id is not None else None
-        return bool(self._query("SELECT 1 FROM audit WHERE vault_key IS ? AND event_id = ? LIMIT 1", (key, event_id)))
+        digest = _key_digest(vault_key(vault_id)) if vault_id is not None else None
+        return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? LIMIT 1",
+                                (digest, event_id)))
 
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(
@@ -375,51 +485,99 @@ class SQLiteStateStore:
     # Open findings
 
     def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
-        document = _to_json(finding)
-        opened = _stamp(now)
         key = vault_key(vault_id)
-        with self._lock:
-            inserted = self._db.execute(
-                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (vault_key, rule) DO NOTHING",
-                (key, rule, vault_id, document, opened),
+        row = found_against.split(key, finding)
+        document = _to_json(row.finding)
+        opened = _stamp(now)
+        # The configuration and the finding naming it: both or neither.
+        with self._transaction() if row.config is not None else self._locked() as db:
+            if row.etag is not None and row.config is not None:
+                db.execute(
+                    "INSERT INTO found_against (vault_key, etag, config, at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (vault_key, etag) DO UPDATE SET at = excluded.at",
+                    (key, row.etag, zlib.compress(_to_json(row.config).encode("utf-8")), opened),
+                )
+            inserted = db.execute(
+                "INSERT INTO findings (vault_key, rule, vault_id, finding, opened, baseline_etag)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vault_key, rule) DO NOTHING",
+                (key, rule, vault_id, document, opened, row.etag),
             ).rowcount
             if inserted == 1:
                 return True
             # Already open: refresh it, keeping the time it was first opened.
-            self._db.execute(
-                "UPDATE findings SET finding = ?, vault_id = ? WHERE vault_key = ? AND rule = ?",
-                (document, vault_id, key, rule),
+            db.execute(
+                "UPDATE findings SET finding = ?, vault_id = ?, baseline_etag = ? WHERE vault_key = ? AND rule = ?",
+                (document, vault_id, row.etag, key, rule),
             )
             return False
 
     def close_finding(self, vault_id: str, rule: str) -> bool:
-        return self._write("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (vault_key(vault_id), rule)) == 1
+        key = vault_key(vault_id)
+        with self._transaction() as db:
+            named = db.execute("SELECT baseline_etag FROM findings WHERE vault_key = ? AND rule = ?",
+                               (key, rule)).fetchone()
+            if named is None:
+                return False
+            db.execute("DELETE FROM findings WHERE vault_key = ? AND rule = ?", (key, rule))
+            if named[0] is not None:  # a configuration no open finding names any more goes with the last one
+                db.execute(f"DELETE FROM found_against WHERE vault_key = ? AND etag = ? AND {_UNNAMED}",
+                           (key, named[0]))
+            return True
 
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
+        key = vault_key(vault_id)
         rows = self._query(
-            "SELECT vault_id, rule, finding, opened FROM findings WHERE vault_key = ? ORDER BY rule",
-            (vault_key(vault_id),),
+            "SELECT vault_id, rule, finding, opened, baseline_etag FROM findings WHERE vault_key = ? ORDER BY rule",
+            (key,),
         )
         return [
-            OpenFinding(vault_id=vault, rule=rule, finding=_LazyDocument(finding), opened=_unstamp(opened))
-            for vault, rule, finding, opened in rows
+            OpenFinding(
+                vault_id=vault, rule=rule, opened=_unstamp(opened),
+                finding=_LazyDocument(finding) if etag is None
+                else found_against.joined(key, json.loads(finding), self._found_against_loader(key, etag)),
+            )
+            for vault, rule, finding, opened, etag in rows
         ]
+
+    def _found_against_loader(self, key: str, etag: str) -> Callable[[], Mapping[str, Any]]:
+        def load() -> Mapping[str, Any]:
+            rows = self._query("SELECT config FROM found_against WHERE vault_key = ? AND etag = ?", (key, etag))
+            if not rows:
+                raise RuntimeError(f"the baseline {etag} an open finding of {key} was found against is not stored")
+            loaded: dict[str, Any] = json.loads(zlib.decompress(rows[0][0]))
+            return loaded
+
+        return load
 
     # Marks for history rules and the circuit breaker
 
     def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
         self._write(
             "INSERT INTO marks (series, key, member, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (series, vault_key(key), member, _stamp(at)),
+            (series, _key_digest(vault_key(key)), member, _stamp(at)),
         )
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         rows = self._query(
             "SELECT member, at FROM marks WHERE series = ? AND key = ? AND at >= ? ORDER BY at, member",
-            (series, vault_key(key), _stamp(since)),
+            (series, _key_digest(vault_key(key)), _stamp(since)),
         )
         return [(member, _unstamp(at)) for member, at in rows]
+
+    def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
+        """One SELECT whose UNION ALL branches each use the (series, key, at) index; rows carry the
+        number of the query they answer."""
+        answers: list[list[tuple[str, datetime]]] = [[] for _ in queries]
+        for start in range(0, len(queries), _COMPOUND_BRANCHES):
+            part = queries[start:start + _COMPOUND_BRANCHES]
+            sql = " UNION ALL ".join(
+                "SELECT ? AS query, member, at FROM marks WHERE series = ? AND key = ? AND at >= ?" for _ in part
+            )
+            params = tuple(value for number, query in enumerate(part, start)
+                           for value in (number, query.series, _key_digest(vault_key(query.key)), _stamp(query.since)))
+            for number, member, at in self._query(f"{sql} ORDER BY query, at, member", params):
+                answers[number].append((member, _unstamp(at)))
+        return answers
 
     # Write-ahead actions
 
@@ -468,6 +626,7 @@ class SQLiteStateStore:
             "DELETE FROM marks WHERE at < ?",
             "DELETE FROM intents WHERE at < ?",
             "DELETE FROM outbox WHERE at < ?",
+            f"DELETE FROM found_against WHERE at < ? AND {_UNNAMED}",
         )
         return sum(self._write(sql, (cutoff,)) for sql in statements)
 
@@ -480,7 +639,7 @@ class SQLiteStateStore:
         )
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
         until: datetime,
     ) -> bool:
         with self._transaction() as db:

@@ -1,8 +1,9 @@
 """The StateStore on Azure Table Storage (Azurite locally and in tests).
 
-One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`, `marks`,
-`intents`, `outbox`, `ownwrites` (the ledger of own writes), and `chunks` for values too large to
-sit inline — each created on first use.
+One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`,
+`foundagainst` (the configurations open findings name by ETag: `kvguard.adapters.found_against`),
+`marks`, `intents`, `outbox`, `ownwrites` (the ledger of own writes), and `chunks` for values too
+large to sit inline — each created on first use.
 
 - Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
   event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
@@ -33,7 +34,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -43,6 +44,7 @@ from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, 
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
+from kvguard.adapters import found_against
 from kvguard.adapters.azure_clients import azure_errors
 from kvguard.ids import vault_key
 from kvguard.ports import (
@@ -50,6 +52,7 @@ from kvguard.ports import (
     Baseline,
     ClaimResult,
     ConcurrencyError,
+    MarkQuery,
     OpenFinding,
     OutboxItem,
     PendingAction,
@@ -306,12 +309,36 @@ class TablesStateStore:
         return current is not None and self._replace_claim(current, {"lease_until": _stamp(now + lease)})
 
     @_transient
-    def complete(self, event_id: str, now: datetime, owner: str | None = None) -> bool:
+    def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
+        """Every claim read and checked before any is written (claims are in partitions of their
+        own, which no request writes together); each write is fenced by the ETag it was read with."""
+        held = [self._owned_claim(event_id, owner) for event_id in dict.fromkeys(event_ids)]
+        if any(current is None for current in held):
+            return False
+        until = _stamp(now + lease)
+        return all([self._replace_claim(current, {"lease_until": until}) for current in held if current is not None])
+
+    @_transient
+    def complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
+        """The event completes first, then its leases are let go of (each fenced by its ETag)."""
         if owner is not None:
             current = self._owned_claim(event_id, owner)
-            return current is not None and self._replace_claim(
-                current, {"done": True, "completed_at": _stamp(now)}
-            )
+            leases = [self._owned_claim(lease_id, owner)
+                      for lease_id in dict.fromkeys(releasing) if lease_id != event_id]
+            if current is None or any(held is None for held in leases):
+                return False
+            if not self._replace_claim(current, {"done": True, "completed_at": _stamp(now)}):
+                return False
+            for held in leases:
+                try:
+                    if held is not None:
+                        self._drop_claim(held)
+                except AzureError as error:  # the event is done; the lease runs out by itself
+                    log.warning("could not let go of claim %s after completing %s: %s", held and held.get("event_id"),
+                                event_id, error)
+            return True
         self._table("claims").upsert_entity(
             {
                 "PartitionKey": _digest(event_id),
@@ -322,13 +349,17 @@ class TablesStateStore:
             },
             mode=UpdateMode.MERGE,
         )
+        for lease_id in releasing:
+            self.release(lease_id)
         return True
 
     @_transient
     def release(self, event_id: str, owner: str | None = None) -> bool:
         current = self._owned_claim(event_id, owner)
-        if current is None:
-            return False
+        return current is not None and self._drop_claim(current)
+
+    def _drop_claim(self, current: TableEntity) -> bool:
+        """Delete the claim only if nobody touched it since it was read (the fence)."""
         try:
             self._table("claims").delete_entity(
                 current["PartitionKey"], "claim", etag=current.metadata["etag"],
@@ -471,9 +502,14 @@ class TablesStateStore:
     def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
         opened = _stamp(now)
         partition, row = _vault_partition(vault_id), _digest(rule)
+        split = found_against.split(vault_key(vault_id), finding)
+        if split.etag is not None and split.config is not None:
+            self._keep_found_against(partition, split.etag, split.config, opened)  # before the finding naming it
         table = self._table("findings")
-        document = self._pack(finding)
+        document = self._pack(split.finding)
         entity = {"PartitionKey": partition, "RowKey": row, "vault_id": vault_id, "rule": rule, **document}
+        if split.etag is not None:
+            entity["baseline_etag"] = split.etag
         try:
             for _ in range(_ROUNDS):
                 try:
@@ -502,8 +538,31 @@ class TablesStateStore:
         self._discard(document)
         raise TransientError(f"finding {rule} of {vault_id} kept changing under {_ROUNDS} attempts to write it")
 
+    def _keep_found_against(self, partition: str, etag: str, config: Mapping[str, Any], at: str) -> None:
+        """Store (or touch) the configuration findings of this vault name by `etag`: a fresh `at`
+        keeps retention from removing it while a finding is being opened against it."""
+        row = _digest(etag)
+        previous = self._get("foundagainst", partition, row)
+        self._table("foundagainst").upsert_entity(
+            {"PartitionKey": partition, "RowKey": row, "baseline_etag": etag, "at": at, **self._pack(config)},
+            mode=UpdateMode.REPLACE,
+        )
+        self._discard(previous)
+
+    def _found_against_loader(self, partition: str, etag: str) -> Callable[[], Mapping[str, Any]]:
+        def load() -> Mapping[str, Any]:
+            entity = self._get("foundagainst", partition, _digest(etag))
+            if entity is None:
+                raise RuntimeError(f"the baseline {etag} an open finding was found against is not stored")
+            stored: Mapping[str, Any] = self._unpack(entity)
+            return stored
+
+        return _transient(load)
+
     @_transient
     def close_finding(self, vault_id: str, rule: str) -> bool:
+        """The configuration a closed finding named stays until retention removes it (see `prune`):
+        removing it here could race with a finding being opened against it."""
         partition, row = _vault_partition(vault_id), _digest(rule)
         for _ in range(_ROUNDS):
             current = self._get("findings", partition, row)
@@ -523,16 +582,16 @@ class TablesStateStore:
 
     @_transient
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
-        entities = self._table("findings").query_entities(
-            "PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)}
-        )
-        findings = [
-            OpenFinding(
-                vault_id=entity["vault_id"], rule=entity["rule"], finding=self._unpack(entity),
-                opened=_unstamp(entity["opened"]),
-            )
-            for entity in entities
-        ]
+        partition, key = _vault_partition(vault_id), vault_key(vault_id)
+        entities = self._table("findings").query_entities("PartitionKey eq @pk", parameters={"pk": partition})
+        findings = []
+        for entity in entities:
+            finding = self._unpack(entity)
+            etag = entity.get("baseline_etag")
+            if etag is not None:
+                finding = found_against.joined(key, finding, self._found_against_loader(partition, etag))
+            findings.append(OpenFinding(vault_id=entity["vault_id"], rule=entity["rule"], finding=finding,
+                                        opened=_unstamp(entity["opened"])))
         return sorted(findings, key=lambda finding: finding.rule)
 
     # Marks for history rules and the circuit breaker
@@ -565,6 +624,11 @@ class TablesStateStore:
         )
         marks = [(entity["member"], _unstamp(entity["at"])) for entity in entities]
         return sorted(marks, key=lambda mark: (mark[1], mark[0]))
+
+    def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
+        """A query per series and key: each is one partition, and one request across partitions
+        would be a scan of the table."""
+        return [self.marks_since(query.series, query.key, query.since) for query in queries]
 
     # Write-ahead actions
 
@@ -658,6 +722,30 @@ class TablesStateStore:
                     continue
                 self._discard(entity)
                 removed += 1
+        return removed + self._prune_found_against(cutoff)
+
+    def _prune_found_against(self, cutoff: str) -> int:
+        """Configurations older than `cutoff` that no open finding names. Each is deleted only as
+        it was read (its ETag): one touched meanwhile by a finding opened against it stays."""
+        table, removed = self._table("foundagainst"), 0
+        for entity in list(table.query_entities("at lt @cutoff", parameters={"cutoff": cutoff},
+                                                select=["PartitionKey", "RowKey", "baseline_etag", "doc_ref"])):
+            named = self._table("findings").query_entities(
+                "PartitionKey eq @pk and baseline_etag eq @etag",
+                parameters={"pk": entity["PartitionKey"], "etag": entity["baseline_etag"]}, select=["RowKey"],
+                results_per_page=1,
+            )
+            if next(iter(named), None) is not None:
+                continue
+            try:
+                table.delete_entity(entity["PartitionKey"], entity["RowKey"], etag=entity.metadata["etag"],
+                                    match_condition=MatchConditions.IfNotModified)
+            except HttpResponseError as error:
+                if not _is(error, 404, 412):
+                    raise
+                continue
+            self._discard(entity)
+            removed += 1
         return removed
 
     # The ledger of own writes: one partition per resource and operation, rows in time order.
@@ -680,7 +768,7 @@ class TablesStateStore:
 
     @_transient
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, since: datetime,
+        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
         until: datetime,
     ) -> bool:
         table = self._table("ownwrites")

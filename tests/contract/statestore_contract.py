@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kvguard.ports import AuditRecord, ConcurrencyError, RejectedPayload, StateStore
+from kvguard.ports import AuditRecord, ConcurrencyError, MarkQuery, RejectedPayload, StateStore
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -248,6 +248,56 @@ class StateStoreContract:
         assert store.release("evt-1", "a") is False
         assert store.complete("evt-1", T0, "a") is False
         assert store.claim("evt-1", T0 + 2 * LEASE, LEASE, owner="c") == "duplicate"
+
+    def test_renew_each_extends_every_lease_of_the_owner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        assert store.renew_each(["evt-1", "vault-lease:kv"], "a", T0 + LEASE - timedelta(seconds=1), LEASE) is True
+        for claim_id in ("evt-1", "vault-lease:kv"):
+            assert store.claim(claim_id, T0 + LEASE, LEASE, owner="b") == "in_progress"
+            assert store.claim(claim_id, T0 + 2 * LEASE, LEASE, owner="b") == "claimed"
+
+    def test_renew_each_changes_nothing_unless_the_owner_holds_every_lease(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="b")
+        assert store.renew_each(["evt-1", "vault-lease:kv"], "a", T0 + timedelta(minutes=4), LEASE) is False
+        assert store.renew_each(["evt-1", "never-seen"], "a", T0 + timedelta(minutes=4), LEASE) is False
+        assert store.claim("evt-1", T0 + LEASE, LEASE, owner="c") == "claimed"  # a's lease was not extended
+
+    def test_a_completion_lets_go_of_the_leases_released_with_it(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        assert store.complete("evt-1", T0 + timedelta(seconds=1), "a", releasing=["vault-lease:kv"]) is True
+        assert store.claim("evt-1", T0 + timedelta(seconds=2), LEASE, owner="b") == "duplicate"
+        # Let go of: claimable at once, and the earlier owner holds it no more.
+        assert store.renew("vault-lease:kv", "a", T0 + timedelta(seconds=2), LEASE) is False
+        assert store.release("vault-lease:kv", "a") is False
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=2), LEASE, owner="b") == "claimed"
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=3), LEASE, owner="c") == "in_progress"
+
+    def test_a_completion_changes_nothing_unless_the_owner_holds_every_lease_it_releases(
+        self, store: StateStore
+    ) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="b")  # taken over by b
+        assert store.complete("evt-1", T0 + timedelta(seconds=1), "a", releasing=["vault-lease:kv"]) is False
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=2), LEASE, owner="c") == "in_progress"
+        assert store.complete("evt-1", T0 + timedelta(seconds=2), "a") is True  # the event was not done
+
+    def test_a_lease_let_go_of_is_held_by_nobody_even_an_empty_owner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        store.complete("evt-1", T0, "a", releasing=["vault-lease:kv"])
+        assert store.renew("vault-lease:kv", "", T0, LEASE) is False
+        assert store.complete("vault-lease:kv", T0, "") is False
+        assert store.claim("vault-lease:kv", T0, LEASE) == "claimed"
+
+    def test_concurrent_claims_of_a_lease_let_go_of_have_exactly_one_winner(self, store: StateStore) -> None:
+        store.claim("evt-1", T0, LEASE, owner="a")
+        store.claim("vault-lease:kv", T0, LEASE, owner="a")
+        store.complete("evt-1", T0, "a", releasing=["vault-lease:kv"])
+        results = run_together(8, lambda: store.claim("vault-lease:kv", T0 + timedelta(seconds=1), LEASE, "b"))
+        assert Counter(results) == {"claimed": 1, "in_progress": 7}
 
     def test_concurrent_completes_by_two_owners_have_one_winner(self, store: StateStore) -> None:
         store.claim("evt-1", T0, LEASE, owner="a")
@@ -584,6 +634,48 @@ class StateStoreContract:
         [finding] = store.open_findings(VAULT)
         assert finding.finding == evidence
 
+    def test_a_finding_naming_its_baseline_by_etag_round_trips_and_refreshes_as_it_was_read(
+        self, store: StateStore
+    ) -> None:
+        config = vault_config(policies=64, seed=3)
+        written = {"rule": "KV-NET-01", "evidence": {"after": "Allow"}, "callerNamed": True,
+                   "baseline": {"etag": "etag-1", "config": config}}
+        assert store.open_finding(VAULT, "KV-NET-01", written, T0) is True
+        [first] = store.open_findings(VAULT_OTHER_CASE)
+        assert first.finding == written
+        # The pipeline refreshes a finding with the baseline it read back (`Pipeline._open`).
+        refreshed = {**first.finding, "evidence": {"after": "Deny"}}
+        assert store.open_finding(VAULT, "KV-NET-01", refreshed, T0 + timedelta(minutes=1)) is False
+        [again] = store.open_findings(VAULT)
+        assert again.finding == {**written, "evidence": {"after": "Deny"}}
+        assert again.finding["baseline"]["config"] == config
+        assert again.opened == T0
+
+    def test_findings_naming_one_baseline_keep_it_until_the_last_of_them_closes(self, store: StateStore) -> None:
+        config = vault_config(policies=4, seed=4)
+        for rule in ("KV-NET-01", "KV-NET-02"):
+            store.open_finding(VAULT, rule, {"rule": rule, "baseline": {"etag": "etag-1", "config": config}}, T0)
+        store.open_finding(OTHER_VAULT, "KV-NET-01", {"baseline": {"etag": "etag-1", "config": {"other": 1}}}, T0)
+        assert store.close_finding(VAULT, "KV-NET-01") is True
+        store.prune(T0 + timedelta(days=365))
+        [left] = store.open_findings(VAULT)
+        assert left.finding["baseline"] == {"etag": "etag-1", "config": config}
+        [other] = store.open_findings(OTHER_VAULT)
+        assert other.finding["baseline"]["config"] == {"other": 1}
+        assert store.close_finding(VAULT, "KV-NET-02") is True
+        store.prune(T0 + timedelta(days=365))
+        # Opened again later against the same baseline: its configuration is written afresh.
+        store.open_finding(VAULT, "KV-NET-01", {"baseline": {"etag": "etag-1", "config": config}},
+                           T0 + timedelta(days=366))
+        [reopened] = store.open_findings(VAULT)
+        assert reopened.finding["baseline"]["config"] == config
+
+    def test_a_finding_whose_baseline_names_no_etag_keeps_its_document(self, store: StateStore) -> None:
+        written = {"rule": "KV-RBAC-01", "baseline": {"config": {"id": "/x", "properties": {"scope": "/y"}}}}
+        store.open_finding(VAULT, "KV-RBAC-01", written, T0)
+        [finding] = store.open_findings(VAULT)
+        assert finding.finding == written
+
     # Marks
 
     def test_marks_since_includes_the_window_edge_and_orders_oldest_first(self, store: StateStore) -> None:
@@ -616,6 +708,34 @@ class StateStoreContract:
         assert store.marks_since("caller-vaults", "caller-1", T0) == [("kv-a", T0)]
         assert store.marks_since("caller-failures", "caller-1", T0) == [("kv-b", T0)]
         assert store.marks_since("caller-vaults", "caller-3", T0) == []
+
+    def test_marks_since_each_answers_every_query_in_its_order_as_marks_since_would(self, store: StateStore) -> None:
+        for member, minutes in (("kv-c", 9), ("kv-a", 1), ("kv-b", 5)):
+            store.add_mark("caller-vaults", "caller-1", member, T0 + timedelta(minutes=minutes))
+        store.add_mark("grants", VAULT, "principal:a|", T0)
+        store.add_mark("caller-vaults", "caller-2", "kv-z", T0)
+        queries = [
+            MarkQuery("grants", VAULT_OTHER_CASE, T0),
+            MarkQuery("caller-vaults", "caller-1", T0 + timedelta(minutes=5)),
+            MarkQuery("caller-vaults", "caller-3", T0),
+            MarkQuery("caller-vaults", "caller-1", T0),  # the same series and key again, a wider window
+        ]
+        answers = store.marks_since_each(queries)
+        assert answers == [store.marks_since(*query) for query in queries]
+        assert answers == [
+            [("principal:a|", T0)],
+            [("kv-b", T0 + timedelta(minutes=5)), ("kv-c", T0 + timedelta(minutes=9))],
+            [],
+            [("kv-a", T0 + timedelta(minutes=1)), ("kv-b", T0 + timedelta(minutes=5)),
+             ("kv-c", T0 + timedelta(minutes=9))],
+        ]
+        assert store.marks_since_each([]) == []
+
+    def test_marks_since_each_answers_many_queries(self, store: StateStore) -> None:
+        for index in range(150):
+            store.add_mark("grants", f"vault-{index}", f"principal:{index}|", T0)
+        answers = store.marks_since_each([MarkQuery("grants", f"vault-{index}", T0) for index in range(150)])
+        assert answers == [[(f"principal:{index}|", T0)] for index in range(150)]
 
     def test_mark_keys_that_are_resource_ids_compare_case_insensitively(self, store: StateStore) -> None:
         store.add_mark("remediations", VAULT, "evt-1", T0)
@@ -671,44 +791,48 @@ class StateStoreContract:
 
     def test_an_own_write_matches_its_entry_case_insensitively(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), "evt-1", "corr-1", T0, LATER)
+        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), "evt-1", "corr-1", since=T0,
+                                     until=LATER)
 
     def test_an_event_without_an_entry_does_not_match(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", "corr-2", T0, LATER)
+        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", "corr-2", since=T0, until=LATER)
 
     def test_an_entry_made_after_the_window_does_not_match(self, store: StateStore) -> None:
         """An event from before kvguard planned its write cannot be that write's."""
         store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1),
-                                         T0 - timedelta(microseconds=1))
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1), T0)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1),
+                                         until=T0 - timedelta(microseconds=1))
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1), until=T0)
 
     def test_an_entry_older_than_the_window_does_not_match(self, store: StateStore) -> None:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 + timedelta(microseconds=1), LATER)
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0, LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 + timedelta(microseconds=1),
+                                         until=LATER)
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0, until=LATER)
 
     def test_one_entry_covers_one_write_its_redelivery_and_arms_second_event(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER), "redelivery"
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1b", "corr-1", T0, LATER), "second event"
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", T0, LATER), "another write"
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", None, T0, LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER), "redelivery"
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1b", "corr-1", since=T0,
+                                     until=LATER), "second event"
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", since=T0,
+                                         until=LATER), "another write"
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", None, since=T0, until=LATER)
 
     def test_two_entries_cover_two_writes(self, store: StateStore) -> None:
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
         store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", T0, LATER)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", T0, LATER)
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", "corr-3", T0, LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", "corr-3", since=T0, until=LATER)
 
     def test_an_event_without_a_correlation_id_never_matches_by_it(self, store: StateStore) -> None:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0, LATER)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", None, T0, LATER)
+        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", None, since=T0, until=LATER)
 
     def test_concurrent_events_consume_an_entry_once(self, store: StateStore) -> None:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
@@ -716,7 +840,7 @@ class StateStoreContract:
         lock = threading.Lock()
 
         def deliver(n: int) -> None:
-            matched = store.match_own_write(VAULT, VAULT_WRITE, f"evt-{n}", f"corr-{n}", T0, LATER)
+            matched = store.match_own_write(VAULT, VAULT_WRITE, f"evt-{n}", f"corr-{n}", since=T0, until=LATER)
             with lock:
                 results.append(matched)
 
@@ -731,6 +855,6 @@ class StateStoreContract:
         store.record_own_write(VAULT, VAULT_WRITE, T0)
         store.record_own_write(OTHER_VAULT, VAULT_WRITE, T0 + timedelta(hours=1))
         assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 1
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, T0 - timedelta(days=1), LATER)
-        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, "evt-2", None, T0 - timedelta(days=1), LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1), until=LATER)
+        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, "evt-2", None, since=T0 - timedelta(days=1), until=LATER)
         assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 0

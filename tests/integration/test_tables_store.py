@@ -3,6 +3,7 @@ Azure's size and key limits (which Azurite does not enforce), and storage failur
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import random
 import threading
@@ -115,6 +116,31 @@ def test_replaced_large_documents_leave_no_chunks_behind(
     assert finding.finding == {"noise": noise[::-1]}
     store.close_finding(VAULT, "KV-AP-01")
     assert list(chunks.list_entities()) == []
+    store.close()
+
+
+def test_findings_name_their_baseline_and_a_finding_embedding_it_is_read_as_written(
+    azurite_connection_string: str, table_prefix: str, service: TableServiceClient
+) -> None:
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    config = vault_config(policies=64, seed=3)
+    store.open_finding(VAULT, "KV-NET-01", {"rule": "KV-NET-01", "baseline": {"etag": "etag-1", "config": config}}, T0)
+    findings = service.get_table_client(table_prefix + "findings")
+    [entity] = list(findings.list_entities())
+    assert entity["baseline_etag"] == "etag-1"
+    assert store._unpack(entity) == {"rule": "KV-NET-01", "baseline": {"etag": "etag-1"}}  # no configuration
+    assert len(list(service.get_table_client(table_prefix + "foundagainst").list_entities())) == 1
+
+    # A finding as written before findings named their baseline: the configuration inside it.
+    embedded = {"rule": "KV-NET-02", "callerNamed": True, "baseline": {"etag": "etag-0", "config": config}}
+    findings.create_entity({"PartitionKey": entity["PartitionKey"], "RowKey": hashlib.sha256(b"KV-NET-02").hexdigest(),
+                            "vault_id": VAULT, "rule": "KV-NET-02", "opened": "2026-11-27T09:00:00.000000Z",
+                            **store._pack(embedded)})
+    by_rule = {f.rule: f for f in store.open_findings(VAULT)}
+    assert by_rule["KV-NET-02"].finding == embedded
+    assert by_rule["KV-NET-01"].finding["baseline"] == {"etag": "etag-1", "config": config}
+    store.prune(T0 + timedelta(days=365))  # open findings' configurations are current state
+    assert store.open_findings(VAULT)[0].finding["baseline"]["config"] == config
     store.close()
 
 

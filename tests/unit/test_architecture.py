@@ -126,7 +126,8 @@ def test_there_are_no_import_cycles() -> None:
 def test_rules_and_handlers_never_reach_azure_or_the_entry_points() -> None:
     offenders = {
         name: sorted(target for target in targets
-                     if target.startswith("kvguard.adapters") or target in ENTRY or target == "kvguard.pipeline"
+                     if target.startswith(("kvguard.adapters", "kvguard.flow")) or target in ENTRY
+                     or target == "kvguard.pipeline"
                      or target == "kvguard.catalog" or target.split(".")[0] in {"detectors", "remediation"} - {
                          name.split(".")[0]})
         for name, targets in GRAPH.items() if name.split(".")[0] in {"detectors", "remediation"}
@@ -148,6 +149,55 @@ def test_adapters_never_import_rules_handlers_or_entry_points() -> None:
     offenders = {name: sorted(t for t in targets if t in ENTRY or t.split(".")[0] in ("detectors", "remediation"))
                  for name, targets in GRAPH.items() if name.startswith("kvguard.adapters")}
     assert {name: bad for name, bad in offenders.items() if bad} == {}
+
+
+# A function taking more positional parameters than this wants a value that carries them (the
+# event's context, kvguard.flow.context) or keyword-only ones.
+MAX_POSITIONAL = 5
+PIPELINE_LINES = 250  # kvguard/pipeline.py orders the steps of one event's flow and nothing else
+
+
+def _positional(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[str]:
+    """The parameters a caller may pass by position, a method's `self` or `cls` left out."""
+    names = [arg.arg for arg in (*function.args.posonlyargs, *function.args.args)]
+    return names[1:] if names[:1] in (["self"], ["cls"]) else names
+
+
+def _crowded(tree: ast.AST, module: str) -> list[str]:
+    """`module:line name (count)` for every function of `tree` taking more than MAX_POSITIONAL, by line."""
+    functions = sorted((node for node in ast.walk(tree)
+                        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)),
+                       key=lambda node: node.lineno)
+    return [f"{module}:{node.lineno} {getattr(node, 'name', 'lambda')} ({len(_positional(node))})"
+            for node in functions if len(_positional(node)) > MAX_POSITIONAL]
+
+
+def test_the_parameter_walk_counts_what_a_caller_passes_by_position() -> None:
+    source = """
+def six(a, b, c, d, e, f): ...
+def five_and_keywords(a, b, c, d, e, *, f, g): ...
+def five_only_positional(a, b, /, c, d, e): ...
+def six_only_positional(a, b, /, c, d, e, f): ...
+class Holder:
+    def method(self, a, b, c, d, e): ...
+    @classmethod
+    def build(cls, a, b, c, d, e, f): ...
+    async def fetch(self, a, b, c, d, e, f=None): ...
+later = lambda a, b, c, d, e, f: a
+"""
+    assert _crowded(ast.parse(source), "m") == [
+        "m:2 six (6)", "m:5 six_only_positional (6)", "m:9 build (6)", "m:10 fetch (6)", "m:11 lambda (6)"]
+
+
+def test_no_function_in_kvguard_takes_more_than_five_positional_parameters() -> None:
+    offenders = [line for name, path in MODULES.items() if name.startswith("kvguard")
+                 for line in _crowded(ast.parse(path.read_text(encoding="utf-8")), name)]
+    assert offenders == []
+
+
+def test_the_pipeline_module_stays_under_250_lines() -> None:
+    lines = len(MODULES["kvguard.pipeline"].read_text(encoding="utf-8").splitlines())
+    assert lines < PIPELINE_LINES, f"kvguard/pipeline.py has {lines} lines: move a step into kvguard/flow/"
 
 
 def _loaded_after(code: str) -> list[str]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.ids import vault_key
+from kvguard.ports import AuditRecord, MarkQuery
 from tests.contract.statestore_contract import LEASE, T0, VAULT, StateStoreContract, vault_config
 
 
@@ -76,3 +80,185 @@ def test_a_batch_that_fails_leaves_nothing_behind(tmp_path: Path) -> None:
         raise RuntimeError("the event failed half way")
     assert store.claim("evt-1", T0, LEASE) == "claimed"  # the claim was rolled back too
     assert store.marks_since("grants", VAULT, T0) == []
+
+
+# A file as kvguard wrote it before the compact shapes (PRAGMA user_version 0): the tables whose
+# shape changed, with their indexes, exactly as that version created them.
+SCHEMA_BEFORE_COMPACT_SHAPES = """
+CREATE TABLE claims (
+    event_id     TEXT PRIMARY KEY,
+    done         INTEGER NOT NULL,
+    lease_until  TEXT NOT NULL,
+    claimed_at   TEXT NOT NULL,
+    completed_at TEXT,
+    owner        TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id  TEXT NOT NULL,
+    vault_key TEXT,
+    vault_id  TEXT,
+    at        TEXT NOT NULL,
+    outcome   TEXT NOT NULL
+);
+CREATE INDEX audit_by_vault ON audit (vault_key, at);
+CREATE INDEX audit_by_time ON audit (at);
+CREATE TABLE marks (
+    series TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    member TEXT NOT NULL,
+    at     TEXT NOT NULL,
+    PRIMARY KEY (series, key, member, at)
+);
+CREATE INDEX marks_by_time ON marks (series, key, at);
+CREATE INDEX marks_by_age ON marks (at);
+CREATE TABLE findings (
+    vault_key TEXT NOT NULL,
+    rule      TEXT NOT NULL,
+    vault_id  TEXT NOT NULL,
+    finding   TEXT NOT NULL,
+    opened    TEXT NOT NULL,
+    PRIMARY KEY (vault_key, rule)
+);
+"""
+# An open finding as that version wrote it: the baseline it was found against embedded.
+FINDING_BEFORE_COMPACT_SHAPES = {
+    "rule": "KV-NET-01", "evidence": {"after": "Allow"}, "callerNamed": True,
+    "baseline": {"etag": "etag-old", "config": vault_config(policies=3, seed=2)},
+}
+
+
+def stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def write_file_before_compact_shapes(path: Path, *, with_owner: bool = True) -> None:
+    schema = SCHEMA_BEFORE_COMPACT_SHAPES
+    if not with_owner:  # the oldest files: claims before they carried an owner token
+        schema = schema.replace(",\n    owner        TEXT NOT NULL DEFAULT ''", "")
+    owner = ", owner" if with_owner else ""
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(schema)
+        db.execute(f"INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at{owner}) VALUES"
+                   f" ('evt-done', 1, ?, ?, ?{', ?' if with_owner else ''})",
+                   (stamp(T0 + LEASE), stamp(T0), stamp(T0), *(("owner-a",) if with_owner else ())))
+        db.execute(f"INSERT INTO claims (event_id, done, lease_until, claimed_at{owner}) VALUES"
+                   f" ('evt-held', 0, ?, ?{', ?' if with_owner else ''})",
+                   (stamp(T0 + LEASE), stamp(T0), *(("owner-b",) if with_owner else ())))
+        outcome = json.dumps({"outcome": "processed", "actions": [{"handler": "revert_access_policy",
+                              "status": "applied", "before": {"permissions": ["get"]}, "after": None}]})
+        db.execute("INSERT INTO audit (event_id, vault_key, vault_id, at, outcome) VALUES ('evt-done', ?, ?, ?, ?)",
+                   (vault_key(VAULT), VAULT, stamp(T0), outcome))
+        db.execute("INSERT INTO marks (series, key, member, at) VALUES ('grants', ?, 'principal:a|', ?)",
+                   (vault_key(VAULT), stamp(T0)))
+        db.execute("INSERT INTO marks (series, key, member, at) VALUES ('caller_writes', ?, 'evt-done', ?)",
+                   (f"{vault_key(VAULT)}|caller-1", stamp(T0)))
+        db.execute("INSERT INTO findings (vault_key, rule, vault_id, finding, opened) VALUES (?, 'KV-NET-01', ?, ?, ?)",
+                   (vault_key(VAULT), VAULT, json.dumps(FINDING_BEFORE_COMPACT_SHAPES), stamp(T0)))
+        db.commit()
+
+
+@pytest.mark.parametrize("with_owner", [True, False], ids=["owner-column", "before-owner-tokens"])
+def test_a_file_written_before_the_compact_shapes_is_upgraded_on_open_and_loses_nothing(
+    tmp_path: Path, with_owner: bool
+) -> None:
+    path = tmp_path / "state.db"
+    write_file_before_compact_shapes(path, with_owner=with_owner)
+    store = SQLiteStateStore(path)
+    try:
+        assert store.claim("evt-done", T0 + timedelta(hours=1), LEASE, "owner-c") == "duplicate"
+        assert store.claim("evt-held", T0 + timedelta(minutes=1), LEASE, "owner-c") == "in_progress"
+        if with_owner:
+            assert store.renew("evt-held", "owner-b", T0 + timedelta(minutes=1), LEASE) is True
+        [record] = store.list_audit(VAULT.upper())
+        assert (record.event_id, record.vault_id, record.at) == ("evt-done", VAULT, T0)
+        assert record.outcome["actions"][0]["before"] == {"permissions": ["get"]}
+        assert store.audited("evt-done", VAULT) is True
+        assert store.marks_since("grants", VAULT, T0) == [("principal:a|", T0)]
+        assert store.marks_since_each([MarkQuery("caller_writes", f"{VAULT}|caller-1", T0)]) == [[("evt-done", T0)]]
+        [finding] = store.open_findings(VAULT)
+        assert (finding.finding, finding.opened) == (FINDING_BEFORE_COMPACT_SHAPES, T0)
+        store.append_audit(AuditRecord("evt-new", VAULT, T0 + timedelta(seconds=1), {"outcome": "processed"}))
+        assert [r.event_id for r in store.list_audit(VAULT)] == ["evt-done", "evt-new"]
+        assert store.prune(T0 + timedelta(days=1)) == 6  # two claims, two audit records, two marks
+    finally:
+        store.close()
+    reopened = SQLiteStateStore(path)
+    try:  # the old finding is current state: kept by retention, and refreshed into the new shape
+        [finding] = reopened.open_findings(VAULT)
+        assert reopened.open_finding(VAULT, "KV-NET-01", finding.finding, T0 + timedelta(days=2)) is False
+        [refreshed] = reopened.open_findings(VAULT)
+        assert refreshed.finding == FINDING_BEFORE_COMPACT_SHAPES
+    finally:
+        reopened.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("SELECT baseline_etag FROM findings").fetchall() == [("etag-old",)]
+        assert {name for (name,) in db.execute("SELECT name FROM sqlite_master")} >= {"audit_by_vault", "marks_by_age"}
+        assert "marks_by_time" not in {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+
+
+def test_opening_an_upgraded_file_again_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    write_file_before_compact_shapes(path)
+    SQLiteStateStore(path).close()
+    again = SQLiteStateStore(path)
+    try:
+        assert [r.event_id for r in again.list_audit(VAULT)] == ["evt-done"]
+        assert again.marks_since("grants", VAULT, T0) == [("principal:a|", T0)]
+        assert again.claim("evt-done", T0, LEASE, "owner-c") == "duplicate"
+    finally:
+        again.close()
+
+
+def test_a_finished_claim_keeps_no_owner_token_or_lease(tmp_path: Path) -> None:
+    """Only the fence of an unfinished claim reads them; a finished claim is kept for its id alone."""
+    store = SQLiteStateStore(tmp_path / "state.db")
+    try:
+        store.claim("evt-1", T0, LEASE, "owner-a")
+        assert store.complete("evt-1", T0, "owner-a") is True
+        store.complete("evt-2", T0)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        assert db.execute("SELECT event_id, done, lease_until, owner FROM claims ORDER BY event_id").fetchall() == [
+            ("evt-1", 1, "", ""), ("evt-2", 1, "", ""),
+        ]
+
+
+def test_audit_rows_are_compact_and_name_no_vault_in_clear(tmp_path: Path) -> None:
+    outcome = {"event_id": "evt-1", "outcome": "processed", "reason": "no finding: the change is within policy",
+               "vault": VAULT, "resource": VAULT, "risk": 0, "severity": "none", "findings": [], "actions": [],
+               "explanation": [], "resolutions": []}
+    store = SQLiteStateStore(tmp_path / "state.db")
+    try:
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, outcome))
+        assert store.list_audit(VAULT) == [AuditRecord("evt-1", VAULT, T0, outcome)]
+    finally:
+        store.close()
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        (stored, vault_column), = db.execute("SELECT outcome, vault_id FROM audit").fetchall()
+    assert vault_column is None and isinstance(stored, bytes)
+    assert len(stored) < len(json.dumps(outcome)) / 3
+
+
+def test_findings_name_their_baseline_and_its_configuration_is_written_once(tmp_path: Path) -> None:
+    config = vault_config(policies=64, seed=3)
+    store = SQLiteStateStore(tmp_path / "state.db")
+    written: list[str] = []
+    try:
+        for rule in ("KV-NET-01", "KV-NET-02"):
+            store.open_finding(VAULT, rule, {"rule": rule, "baseline": {"etag": "etag-1", "config": config}}, T0)
+        store._db.set_trace_callback(written.append)
+        for finding in store.open_findings(VAULT):  # refreshed as the pipeline does, with what it read
+            store.open_finding(VAULT, finding.rule, finding.finding, T0 + timedelta(minutes=1))
+        store._db.set_trace_callback(None)
+    finally:
+        store.close()
+    assert not [sql for sql in written if "found_against" in sql]  # neither read nor written again
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        rows = db.execute("SELECT finding, baseline_etag FROM findings").fetchall()
+        kept = db.execute("SELECT vault_key, etag FROM found_against").fetchall()
+    assert [etag for _, etag in rows] == ["etag-1", "etag-1"]
+    assert all(len(finding) < 200 for finding, _ in rows)  # the configuration is not in the finding
+    assert kept == [(vault_key(VAULT), "etag-1")]

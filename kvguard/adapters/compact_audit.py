@@ -1,0 +1,89 @@
+"""Audit records as the SQLite store keeps them: compressed against a preset dictionary.
+
+A record of a few hundred bytes compresses little on its own; most of its text (the record's keys,
+handler names, statuses, the usual reasons and finding titles) repeats from record to record, and
+a preset dictionary of that text lets each row be compressed as if it followed the others. Rows
+written before this shape hold the outcome as JSON text and the vault id in its own column, and are
+read as they are.
+
+The dictionary is part of the stored format: never edit it. A better one is a new format byte
+beside it, with both read.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+_AUDIT_DEFLATE_V1 = b"\x01"
+_AUDIT_DICTIONARY_V1 = (
+    b'{"vault_id":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/'
+    b'/providers/Microsoft.KeyVault/vaults/","outcome":{"event_id":"reconcile:","outcome":"processed",'
+    b'"reason":"first sight: baseline recorded, no finding; vault not found (deleted since the event was sent): '
+    b'nothing to compare; joins the open finding(s) , alert not repeated; another report of an alerted change: '
+    b'","vault":"/subscriptions/","resource":"/subscriptions/","risk":0,"severity":"none","findings":[],'
+    b'"actions":[],"explanation":[],"resolutions":[]},"before":null,"after":null,"rules":[],'
+    b'{"handler":"revert_access_policy","status":"skipped","detail":"alert mode does not remediate",'
+    b'"rules":["KV-AP-01"],"before":null,"after":null},'
+    b'{"handler":"restore_network","status":"applied","detail":"opt-in only: enable with rules.<id>.remediate: true",'
+    b'"rules":[],"before":null,"after":null},'
+    b'{"handler":"restore_settings","status":"failed","detail":"observe mode: never acts","rules":[],'
+    b'"before":null,"after":null},'
+    b'{"handler":"notify_webhook","status":"skipped","detail":"queued in the outbox for retry","rules":[],'
+    b'"before":[null],"after":["kvguard.detection.resolved "]},'
+    b'{"rule":"KV-AP-01","severity":"critical","score":95,"title":"Access policy added for a new principal: ",'
+    b'"evidence":{"objectId":"","applicationId":null,"tenantId":"","permissions":{"secrets":["get","list"],'
+    b'"keys":["get","unwrapkey"]}}},'
+    b'{"rule":"KV-PROT-04","severity":"medium","score":50,"title":"Azure platform access to secrets enabled: ",'
+    b'"evidence":{"property":"enabledForTemplateDeployment","before":false,"after":true}},'
+    b'{"rule":"KV-ID-06","severity":"high","score":75,"title":"One caller changing many vaults, or failing '
+    b'repeatedly: changed 6 vaults","evidence":{"callerId":"","caller":{"objectId":"","principalId":"","upn":"",'
+    b'"tenantId":"","ip":"10."},"vaults":6,"failures":0,"vaultThreshold":5,"failureThreshold":5,'
+    b'"windowMinutes":5.0,"reasons":["changed 6 vaults"],"operation":"Microsoft.KeyVault/vaults/write",'
+    b'"succeeded":true}}],"explanation":["KV-ID-06 scores 75 (high)"],'
+    b'{"rule":"KV-ID-05","severity":"low","score":20,"title":"First change to this vault by this caller: ",'
+    b'"evidence":{"callerId":"","caller":{"objectId":"","principalId":"","upn":"","tenantId":"","ip":""},'
+    b'"operation":"Microsoft.KeyVault/vaults/write","succeeded":true}}],'
+    b'"actions":[{"handler":"raise_defender_alert","status":"applied","detail":"resolved KV-ID-05",'
+    b'"rules":["KV-ID-05"],'
+    b'"before":[null],"after":["assessment  Healthy"]},{"handler":"publish_detection","status":"applied",'
+    b'"detail":"resolved KV-ID-05","rules":["KV-ID-05"],"before":[null],"after":["kvguard.detection.resolved "]}]'
+    b'"reason":"no finding: the change is within policy","reason":"1 finding(s); risk 20: KV-ID-05 scores 20 (low); '
+    b'mode alert; alert: risk 20 below alert_threshold 40; remediate: alert mode does not remediate",'
+    b'"actions":[{"handler":"raise_defender_alert","status":"skipped","detail":"risk 20 below alert_threshold 40",'
+    b'"rules":[],"before":null,"after":null},{"handler":"publish_detection","status":"skipped",'
+    b'"detail":"risk 20 below alert_threshold 40","rules":[],"before":null,"after":null}],'
+    b'"reason":"2 finding(s); risk 75: KV-ID-06 scores 75 (high); mode alert; alert: risk 75 >= alert_threshold 40; '
+    b'remediate: alert mode does not remediate","actions":[{"handler":"raise_defender_alert","status":"applied",'
+    b'"detail":"KV-ID-05 (low); KV-ID-06 (high)","rules":["KV-ID-05","KV-ID-06"],"before":[null,null],'
+    b'"after":["assessment  Unhealthy"]},{"handler":"publish_detection","status":"applied",'
+    b'"detail":"KV-ID-05 (low); KV-ID-06 (high)","rules":["KV-ID-05","KV-ID-06"],"before":[null,null],'
+    b'"after":["kvguard.detection "]}],"explanation":["KV-ID-06 scores 75 (high)"],"resolutions":[]}}'
+)
+
+
+def audit_document(vault_id: str | None, outcome: Mapping[str, Any]) -> bytes:
+    """The compact audit row: the vault's spelling and the outcome, deflated against the dictionary."""
+    packer = zlib.compressobj(6, zdict=_AUDIT_DICTIONARY_V1)
+    text = json.dumps({"vault_id": vault_id, "outcome": outcome}, default=_json_default, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+    return _AUDIT_DEFLATE_V1 + packer.compress(text) + packer.flush()
+
+
+def audit_fields(vault_column: str | None, stored: str | bytes) -> tuple[str | None, dict[str, Any]]:
+    """(vault id, outcome) of an audit row, compact or as written before the compact shape."""
+    if isinstance(stored, str):
+        return vault_column, json.loads(stored)
+    if stored[:1] != _AUDIT_DEFLATE_V1:
+        raise ValueError(f"audit record in an unknown format (first byte {stored[:1]!r})")
+    unpacker = zlib.decompressobj(zdict=_AUDIT_DICTIONARY_V1)
+    document = json.loads(unpacker.decompress(stored[1:]) + unpacker.flush())
+    return document["vault_id"], document["outcome"]
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

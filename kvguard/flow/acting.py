@@ -1,0 +1,247 @@
+"""Acting on a decision: alerts first, then remediation, each remediation written ahead (its
+intent) before it is applied; what an earlier attempt wrote ahead is confirmed or carried on; a
+secondary sink's failure waits in the outbox."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+
+from kvguard import writeahead
+from kvguard.actions import ActionResult, merged, skipped
+from kvguard.catalog import HANDLERS, alert_handlers
+from kvguard.decision import remediable
+from kvguard.detection import Finding
+from kvguard.flow.claims import hold, scope
+from kvguard.flow.context import Earlier, EventContext, FlowContext
+from kvguard.flow.services import Services
+from kvguard.ids import vault_key
+from kvguard.ports import Alert, TransientError
+from kvguard.resources import ResourceState
+from kvguard.vault import VaultConfig
+from remediation.base import Operation, PlanInput
+
+log = logging.getLogger("kvguard")
+# Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
+SECONDARY_SINKS = frozenset({"notify_webhook"})
+
+
+def remediated(actions: Sequence[ActionResult]) -> bool:
+    return any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+
+
+def remediation_failed(actions: Sequence[ActionResult]) -> bool:
+    return any(a.status == "failed" and HANDLERS[a.handler].kind == "remediation" for a in actions)
+
+
+def remediated_rules(actions: Sequence[ActionResult]) -> set[str]:
+    return {r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation"
+            for r in a.rules}
+
+
+def by_remediation(findings: Sequence[Finding]) -> dict[str, list[Finding]]:
+    """The findings each remediation handler answers, in the order they fired."""
+    by_handler: dict[str, list[Finding]] = defaultdict(list)
+    for finding in findings:
+        if finding.remediation:
+            by_handler[finding.remediation].append(finding)
+    return by_handler
+
+
+def earlier_attempt(services: Services, context: EventContext) -> Earlier:
+    """What an earlier attempt on this vault wrote ahead and could not record (kvguard writes a
+    vault only under its lease, so nobody else of kvguard's made those writes): operations
+    whose planned state the vault is already in are `applied` ("confirmed on retry") and bring
+    back the findings they answered (the vault no longer shows them); when it was this same
+    event, the alerts that attempt sent are not sent again."""
+    event = context.event
+    answered: dict[str, ActionResult] = {}
+    findings: list[Finding] = []
+    sent: list[ActionResult] = []
+    operations: dict[str, list[Operation]] = {}
+    events: set[str] = set()
+    stale: list[str] = []
+    for action in services.store.pending_actions(scope(event)):
+        written_by = str(action.intent.get("event_id"))
+        if services.store.audited(written_by, event.vault.id if event.vault else None):
+            stale.append(action.handler)  # recorded already; only its intent was left behind
+            continue
+        events.add(written_by)
+        sent = sent or writeahead.alert_results_of(action.intent)
+        operations[action.handler] = writeahead.operations_of(action.intent)
+        result = services.runner.confirm(action.handler, operations[action.handler], context.after)
+        if result is not None:
+            answered[action.handler] = result
+            findings.extend(writeahead.findings_of(action.intent))
+    return Earlier((*operations, *stale), answered, findings, sent if event.id in events else [], operations)
+
+
+def alerts_for(services: Services, context: FlowContext, vault_id: str, findings: Sequence[Finding]) -> list[Alert]:
+    """One alert per finding, raised on `vault_id`, scored with the context's risk."""
+    event, risk = context.event, context.risk
+    return [
+        Alert(
+            vault_id=vault_id,
+            rule=f.rule,
+            title=f.title,
+            severity=f.severity,
+            score=f.score,
+            risk=risk.value,
+            evidence=f.evidence,
+            mitre=f.mitre,
+            event_id=event.id,
+            caller=event.caller.describe(),
+            time=event.time or services.clock.now(),
+            explanation=risk.explanation,
+        )
+        for f in findings
+    ]
+
+
+def act(services: Services, context: EventContext) -> list[ActionResult]:
+    """Alerts first; remediation only after every alert went out, each one written ahead
+    (its intent) before it is applied. A secondary sink that fails does not hold it back. A
+    joined finding (another report of a change already alerted) raises no alert again, but is
+    remediated as any."""
+    if not context.findings:
+        return []
+    decision, earlier, joined = context.decided, context.earlier, context.joined
+    results: list[ActionResult] = []
+    fresh = context.listed
+    alerts = alerts_for(services, context, context.vault_id, fresh)
+    if earlier.alerts and decision.alert:
+        results.extend(earlier.alerts)  # an earlier attempt sent them: not again
+    else:
+        for handler_id in alert_handlers():
+            if handler_id not in services.sinks:
+                continue
+            if not decision.alert:
+                results.append(skipped(handler_id, decision.alert_reason))
+                continue
+            if not fresh:
+                results.append(skipped(handler_id, "already raised: the change joins its open finding",
+                                       sorted({f.rule for f in joined})))
+                continue
+            operations = HANDLERS[handler_id].plan(PlanInput(fresh, context.before, context.after, alerts))
+            results.append(deliver(services, handler_id, operations, context.after))
+    alerted = list(results)
+    for handler_id, handler_findings in by_remediation(context.findings).items():
+        result = remediate(services, context, handler_id, handler_findings, alerted=alerted)
+        confirmed = earlier.answered.get(handler_id)
+        results.append(merged(confirmed, result) if confirmed is not None else result)
+    return results
+
+
+def remediate(
+    services: Services, context: EventContext, handler_id: str, handler_findings: Sequence[Finding], *,
+    alerted: Sequence[ActionResult],
+) -> ActionResult:
+    """Plan, write ahead, apply. The intent keeps what an earlier attempt intended too, so a
+    retry after this one still accounts for all of it; it names the alerts already `alerted`."""
+    decision, event = context.decided, context.event
+    rules = sorted({f.rule for f in handler_findings})
+    allowed = remediable(context.findings, services.policy)
+    mine = [f for f in handler_findings if f in allowed]
+    if not decision.remediate:
+        return skipped(handler_id, decision.remediate_reason, rules)
+    if not mine:
+        return skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules)
+    operations = HANDLERS[handler_id].plan(PlanInput(mine, context.before, context.after))
+    if not operations:
+        return skipped(handler_id, "nothing to restore: no baseline value to go back to", rules)
+    if not decision.dry_run:
+        hold(services, event, context.owner)
+        intended = context.earlier.operations.get(handler_id, [])
+        recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted)
+        services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
+    result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=context.after)
+    if result.transient:
+        # The intent stays: a redelivery confirms what landed and makes the rest.
+        raise TransientError(f"{handler_id}: {result.detail}")
+    return result
+
+
+def act_beside(
+    services: Services, context: FlowContext, alerts: Sequence[Alert], resource: ResourceState | None = None
+) -> list[ActionResult]:
+    """`act` for a resource beside the vaults and for a sweep: `alerts` go to every vault the
+    change covers, first; then each remediation handler re-reads the resource and PUTs it back
+    (noted in the ledger of own writes by the runner). No write-ahead intent is kept: a
+    redelivery re-plans from the resource as it then is, which the PUT's idempotency makes safe."""
+    if not context.findings:
+        return []
+    findings, decision = context.findings, context.decided
+    results: list[ActionResult] = []
+    for handler_id in alert_handlers():
+        if handler_id not in services.sinks:
+            continue
+        if not decision.alert:
+            results.append(skipped(handler_id, decision.alert_reason))
+            continue
+        results.append(deliver(services, handler_id,
+                               HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)), None))
+    allowed = remediable(findings, services.policy)
+    for handler_id, handler_findings in by_remediation(findings).items():
+        rules = sorted({f.rule for f in handler_findings})
+        mine = [f for f in handler_findings if f in allowed]
+        if not decision.remediate:
+            results.append(skipped(handler_id, decision.remediate_reason, rules))
+            continue
+        if not mine:
+            results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
+            continue
+        operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=resource))
+        if not operations:
+            results.append(skipped(handler_id, "nothing to undo: the baseline has what the change left", rules))
+            continue
+        result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=None)
+        if result.transient:
+            # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
+            raise TransientError(f"{handler_id}: {result.detail}")
+        results.append(result)
+    return results
+
+
+def deliver(
+    services: Services, handler_id: str, operations: Sequence[Operation], current: VaultConfig | None
+) -> ActionResult:
+    """Run an alert handler's operations. A transient failure of Defender or the topic raises
+    (nothing is recorded yet, so a redelivery starts over); one of a secondary sink goes to the
+    outbox, retried by `flush_outbox`, and is reported failed."""
+    result = services.runner.run(handler_id, operations, dry_run=False, current=current)
+    if not result.transient:
+        return result
+    if handler_id not in SECONDARY_SINKS:
+        raise TransientError(f"{handler_id}: {result.detail}")
+    delivered = len(result.after or ())
+    for op in operations[delivered:]:
+        assert isinstance(op.target, Alert)
+        key = "|".join((handler_id, op.kind, vault_key(op.vault_id), op.target.rule, op.target.event_id))
+        services.store.put_outbox(key, {"handler": handler_id, "kind": op.kind,
+                                        "alert": writeahead.alert_json(op.target)}, services.clock.now())
+    return replace(result, detail=f"{result.detail}; queued in the outbox for retry", transient=False)
+
+
+def flush_outbox(services: Services) -> int:
+    """Deliver what secondary sinks could not take earlier; the number delivered. What fails
+    again stays for the next run (retention drops it in the end)."""
+    delivered = 0
+    for queued in services.store.list_outbox():
+        sink = services.sinks.get(str(queued.item["handler"]))
+        if sink is None:
+            services.store.drop_outbox(queued.key)  # the sink is no longer configured
+            continue
+        alert = writeahead.alert_of(queued.item["alert"])
+        try:
+            if queued.item["kind"] == "resolve":
+                sink.resolve(alert.vault_id, alert.rule)
+            else:
+                sink.raise_alert(alert)
+        except Exception:  # logged with its traceback; it stays queued
+            log.exception("outbox delivery %s failed", queued.key)
+            continue
+        services.store.drop_outbox(queued.key)
+        delivered += 1
+    return delivered

@@ -1,0 +1,192 @@
+"""The resources beside a vault (role assignments, role definitions, diagnostic settings, locks,
+private endpoint connections, the Defender plan): the same steps as a vault's change, judged
+against the resource's own baseline (kept in the baseline table under the resource's id: one
+assignment at subscription scope is stored once), for the vaults its scope covers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from kvguard.catalog import RULES
+from kvguard.decision import decide, unattributed
+from kvguard.detection import Context, detect_all
+from kvguard.events import VaultEvent
+from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
+from kvguard.flow.claims import complete
+from kvguard.flow.context import ResourceContext
+from kvguard.flow.findings import settle_resource_findings
+from kvguard.flow.memory import (
+    baseline_config,
+    known_id,
+    known_vaults,
+    mark_caller,
+    recall,
+    recent_remediations,
+    store_baseline,
+)
+from kvguard.flow.own import own_write
+from kvguard.flow.reasons import resource_reason
+from kvguard.flow.services import Services
+from kvguard.ids import vault_key
+from kvguard.outcome import Outcome
+from kvguard.ports import AuditRecord, Baseline, PermanentError, RejectedPayload, TransientError
+from kvguard.resources import (
+    ResourceChange,
+    ResourceState,
+    covers,
+    is_vault_id,
+    resource_type_of,
+    same_resource,
+    scope_of,
+)
+from kvguard.risk import assess
+from kvguard.roles import Role, builtin_role, role_from_arm, role_guid
+
+ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
+ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
+
+
+def handle_resource(services: Services, event: VaultEvent, change: ResourceChange) -> Outcome:
+    vault_id = known_id(services, event) if event.vault is not None else None
+    known = services.store.get_baseline(change.id)
+    if known is not None:  # spelled as ARM spells it (events write `resourcegroups`)
+        change = replace(change, id=known.vault_id)
+    if services.resources is None:
+        return Outcome(event.id, "ignored", f"no reader of {change.type} is configured", vault_id,
+                       resource=change.id)
+    covered = _covered_vaults(services, event, change)
+    if not covered:
+        return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
+                       resource=change.id)
+    own = own_write(services, event)
+    if own is not None:
+        return Outcome(event.id, "self", f"own write by {own}: never acted on", vault_id, resource=change.id)
+    now = services.clock.now()
+    owner = uuid.uuid4().hex  # fences this attempt's claim, as for a vault's event
+    claim = services.store.claim(event.id, now, services.lease, owner)
+    if claim == "duplicate":
+        return Outcome(event.id, "duplicate", "event already processed", vault_id, resource=change.id)
+    if claim == "in_progress":
+        raise TransientError(f"event {event.id} is being processed by another instance")
+    try:
+        try:
+            outcome = _process_resource(services, event, change, covered, vault_id=vault_id, now=now)
+        except PermanentError as error:
+            reason = f"permanent failure: {error}"
+            services.store.record_rejected(RejectedPayload(reason, json.dumps(event.raw, default=str),
+                                                           services.clock.now(), event.id))
+            outcome = Outcome(event.id, "rejected", reason, vault_id, resource=change.id)
+        complete(services, event, owner)
+    except BaseException:
+        services.store.release(event.id, owner)
+        raise
+    return outcome
+
+
+def _covered_vaults(services: Services, event: VaultEvent, change: ResourceChange) -> list[Baseline]:
+    """The known vaults the change's scope covers; a resource inside one vault needs no listing."""
+    if event.vault is not None and event.vault.resource_group is not None:
+        baseline = services.store.get_baseline(event.vault.id)
+        return [baseline] if baseline is not None and not baseline.deleted else []
+    if change.type.lower() == ROLE_DEFINITIONS:
+        return _vaults_assigned(services, change.id)
+    return [b for b in known_vaults(services) if covers(change.scope, b.vault_id)]
+
+
+def _vaults_assigned(services: Services, role_definition_id: str) -> list[Baseline]:
+    """The known vaults covered by a known assignment of the role: what a change of the role's
+    definition reaches."""
+    guid = role_guid(role_definition_id)
+    scopes = [scope_of(b.vault_id) for b in services.store.list_baselines()
+              if not b.deleted and not is_vault_id(b.vault_id)
+              and resource_type_of(b.config).lower() == ROLE_ASSIGNMENTS
+              and role_guid(str((b.config.get("properties") or {}).get("roleDefinitionId") or "")) == guid]
+    return [b for b in known_vaults(services) if any(covers(scope, b.vault_id) for scope in scopes)]
+
+
+def _role(services: Services, change: ResourceChange, document: Mapping[str, Any] | None) -> Role | None:
+    """The role of an assignment: a built-in one from the table, a custom one read (GET of its
+    definition); None when it cannot be read (the rules then cannot weigh it)."""
+    if change.type.lower() != ROLE_ASSIGNMENTS or document is None or services.resources is None:
+        return None
+    definition_id = str((document.get("properties") or {}).get("roleDefinitionId") or "")
+    if not definition_id:
+        return None
+    known = builtin_role(definition_id)
+    if known is not None:
+        return known
+    definition = services.resources.get(definition_id)
+    if definition is None:
+        return None
+    try:
+        return role_from_arm(definition)
+    except ValueError as error:
+        raise PermanentError(f"role definition {definition_id}: {error}") from None
+
+
+def _process_resource(
+    services: Services, event: VaultEvent, change: ResourceChange, covered: list[Baseline], *, vault_id: str | None,
+    now: datetime,
+) -> Outcome:
+    """Read, compare, detect, score, decide, act, record, for the vaults in `covered`."""
+    assert services.resources is not None
+    after = services.resources.get(change.id)
+    if after is not None and isinstance(after.get("id"), str):
+        change = replace(change, id=after["id"])
+    baseline = services.store.get_baseline(change.id)
+    before = baseline.config if baseline is not None and not baseline.deleted else None
+    vaults = tuple(baseline_config(services, b) for b in covered)
+    state = ResourceState(change, before, after, vaults, _role(services, change, after or before))
+    history_key = vault_key(vault_id) if vault_id else change.key
+    context = ResourceContext(event=event, now=now, state=state, vault_id=vault_id, baseline=baseline,
+                              history_key=history_key, recall=recall(services, event, now, history_key))
+    judged = Context(event=event, before=None, after=None, diff=None, policy=services.policy,
+                     history=context.recall.history, now=now, resource=state)
+    context.findings = detect_all(judged, RULES)
+    if vault_id is None:  # a broader scope: the findings name the vaults it covers
+        context.findings = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in context.findings]
+    steering = vaults[0] if len(vaults) == 1 else None  # several vaults: the policy steers, not one's tags
+    context.risk = assess(context.findings, event, steering, services.policy)
+    context.decision = decide(
+        policy=services.policy, event=event, vault=steering, vault_id=context.judged_id,
+        vault_name=steering.name if steering is not None else change.id.rsplit("/", 1)[-1],
+        findings=context.findings, risk=context.risk.value,
+        recent_remediations=recent_remediations(services, context, context.judged_id, steering),
+    )
+    alerts = [alert for vault in vaults for alert in alerts_for(services, context, vault.id, context.findings)]
+    context.actions = act_beside(services, context, alerts, state)
+    context.remediated = remediated(context.actions)
+    context.failed = remediation_failed(context.actions)
+    context.final = services.resources.get(change.id) if context.remediated else after
+    resolutions = settle_resource_findings(services, context)
+    _record_resource(services, context)
+    risk = context.risk
+    outcome = Outcome(event.id, "processed", resource_reason(context), vault_id, risk.value, risk.severity,
+                      context.findings, context.actions, risk.explanation, resolutions, resource=change.id)
+    services.store.append_audit(AuditRecord(event.id, context.judged_id, now, outcome.to_audit()))
+    return outcome
+
+
+def _record_resource(services: Services, context: ResourceContext) -> None:
+    """History marks as for a vault, and the resource's new baseline: the state after acting,
+    unless a remediation failed or the change cannot be pinned on this event's caller."""
+    event, now, change, key = context.event, context.now, context.change, context.history_key
+    before, final, baseline = context.state.before, context.final, context.baseline
+    mark_caller(services, context, key)
+    if context.remediated:
+        services.store.add_mark("remediations", key, event.id, now)
+    if before is None and final is not None and change.type.lower() == ROLE_ASSIGNMENTS:
+        services.store.add_mark("grants", key, change.key, now)  # for the cover-up rule
+    if context.failed or unattributed(services.policy, event):
+        return
+    if final is None:
+        if before is not None:
+            store_baseline(services, change.id, dict(before), baseline, now=now, deleted=True)
+        return
+    if before is None or not same_resource(final, before):
+        store_baseline(services, change.id, dict(final), baseline, now=now)

@@ -1,0 +1,166 @@
+"""What the state store remembers between events: the accepted baselines and the history marks
+the history rules read (first-time caller, burst counts, recent grants, the circuit breaker's
+count of remediations)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kvguard.decision import STEERING_TAGS, effective_mode, may_retag, unattributed
+from kvguard.detection import History
+from kvguard.events import VaultEvent
+from kvguard.flow.context import EventContext, FlowContext, Recall
+from kvguard.flow.services import Services
+from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.ports import Baseline, ConcurrencyError, MarkQuery, TransientError
+from kvguard.resources import is_vault_id
+from kvguard.vault import VaultConfig
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def baseline_config(services: Services, baseline: Baseline) -> VaultConfig:
+    """The parsed baseline; an ETag names one content, so a parse is reused while it matches."""
+    return services.parsed.config_of(baseline)
+
+
+def known_vaults(services: Services) -> list[Baseline]:
+    """The baselines of the vaults kvguard knows (not deleted), in the store's order."""
+    return [b for b in services.store.list_baselines() if not b.deleted and is_vault_id(b.vault_id)]
+
+
+def known_id(services: Services, event: VaultEvent) -> str:
+    """The vault id to report, spelled as ARM spells it when kvguard has seen the vault (events
+    write `resourcegroups`, GET returns `resourceGroups`). A purge names
+    `…/locations/{l}/deletedVaults/{name}`, which has no resource group: the deleted vault's
+    baseline, found by subscription and name, gives the id."""
+    assert event.vault is not None
+    if event.kind == "purge":
+        for baseline in services.store.list_baselines():
+            ref = parse_vault_ref(baseline.vault_id)
+            if (baseline.deleted and ref is not None and ref.name.lower() == event.vault.name.lower()
+                    and ref.subscription_id.lower() == event.vault.subscription_id.lower()):
+                return baseline.vault_id
+        return event.vault.id
+    known = services.store.get_baseline(event.vault.id)
+    return known.vault_id if known is not None else event.vault.id
+
+
+def history_key(services: Services, event: VaultEvent) -> str:
+    """The vault that history marks are kept under. A purge names the deleted vault's
+    `locations/…/deletedVaults/{name}` id: its marks belong to the vault it was, so that the
+    caller who deleted it is no first-time caller when they purge it."""
+    assert event.vault is not None
+    return vault_key(known_id(services, event)) if event.kind == "purge" else event.vault.key
+
+
+def recall(services: Services, event: VaultEvent, now: datetime, key: str | None = None) -> Recall:
+    """`key` names what the change is counted under when it is not the event's vault."""
+    window = services.policy.history
+    caller = event.caller.id
+    vault = key or history_key(services, event)
+    queries = [MarkQuery("grants", vault, now - window.grant_window)]
+    if caller is not None:
+        queries += [MarkQuery("caller_vaults", caller, now - window.burst_window),
+                    MarkQuery("caller_failures", caller, now - window.burst_window),
+                    MarkQuery("caller_writes", f"{vault}|{caller}", EPOCH)]
+    grants, *by_caller = services.store.marks_since_each(queries)
+    if caller is None:
+        return Recall(History(recent_grants=dict(grants)), vault_marked=False)
+    caller_vaults, caller_failures, caller_writes = by_caller
+    vaults = {m for m, _ in caller_vaults}
+    marked = vault in vaults
+    failures = len(caller_failures)
+    if event.succeeded:
+        vaults.add(vault)
+    else:
+        failures += 1
+    history = History(
+        caller_seen_before=bool(caller_writes),
+        caller_vaults=len(vaults),
+        caller_failures=failures,
+        recent_grants=dict(grants),
+    )
+    return Recall(history, marked)
+
+
+def recent_remediations(services: Services, context: FlowContext, vault_id: str, vault: VaultConfig | None) -> int:
+    """The circuit breaker's count of remediations of `vault_id` (steered by `vault`'s tags); only
+    a change that could be remediated needs it."""
+    if not context.findings or effective_mode(services.policy, vault) != "remediate":
+        return 0
+    since = context.now - services.policy.circuit_breaker.window
+    return len(services.store.marks_since("remediations", vault_key(vault_id), since))
+
+
+def mark_caller(services: Services, context: FlowContext, key: str) -> None:
+    """The caller's marks, kept under `key`: one per vault and caller is all "first write" needs,
+    and one per caller and vault within the burst window all the count needs; a failure counts
+    every time."""
+    event, now, remembered = context.event, context.now, context.recall
+    caller = event.caller.id
+    if caller is None:
+        return
+    if not event.succeeded:
+        services.store.add_mark("caller_failures", caller, event.id, now)
+        return
+    if not remembered.history.caller_seen_before:
+        services.store.add_mark("caller_writes", f"{key}|{caller}", event.id, now)
+    if not remembered.vault_marked:
+        services.store.add_mark("caller_vaults", caller, key, now)
+
+
+def record(services: Services, context: EventContext) -> None:
+    """Marks for history rules, and the new baseline: the state after acting, except that a
+    failed remediation, a failed operation or a change nobody can be held to leaves the
+    baseline as it was (the change is seen again), and the steering tags move only with a
+    change that may move them (decision.may_retag)."""
+    event, now, vault_id, baseline, before, final, change = (
+        context.event, context.now, context.vault_id, context.baseline, context.before, context.final, context.change)
+    remediated = context.remediated
+    vault = history_key(services, event)
+    mark_caller(services, context, vault)
+    if change is not None:
+        for mark in change.grant_marks():
+            services.store.add_mark("grants", vault, mark, now)
+    if remediated:
+        services.store.add_mark("remediations", vault_key(vault_id), event.id, now)
+    if context.failed or unattributed(services.policy, event):
+        return  # the change is seen again: by the next event, or by the one that names its caller
+    if final is None:
+        if event.kind == "delete" and before is not None and not (baseline and baseline.deleted):
+            store_baseline(services, vault_id, dict(before.raw), baseline, now=now, deleted=True)
+        return
+    document = dict(final.raw)
+    if before is not None and not may_retag(services.policy, event, remediated):
+        document["tags"] = _steering_tags_kept(final, before)
+    if (not remediated and before is not None and change is not None and change.empty
+            and _steering(document) == _steering(before.raw) and not (baseline and baseline.deleted)):
+        return  # nothing the baseline is compared or steered by has changed
+    accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
+    services.parsed.remember(store_baseline(services, vault_id, document, baseline, now=now), accepted)
+
+
+def store_baseline(
+    services: Services, resource_id: str, document: dict[str, Any], baseline: Baseline | None, *, now: datetime,
+    deleted: bool = False,
+) -> str:
+    """The new baseline's ETag; a baseline another instance moved meanwhile is a retry."""
+    try:
+        return services.store.put_baseline(resource_id, document, baseline.etag if baseline else None,
+                                           deleted=deleted, now=now)
+    except ConcurrencyError as error:
+        raise TransientError(f"baseline of {resource_id} changed concurrently; retry") from error
+
+
+def _steering(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in (document.get("tags") or {}).items() if k.lower() in STEERING_TAGS}
+
+
+def _steering_tags_kept(final: VaultConfig, before: VaultConfig) -> dict[str, Any]:
+    """The vault's tags as they are now, but with the steering tags as the baseline had them."""
+    tags = {k: v for k, v in (final.raw.get("tags") or {}).items() if k.lower() not in STEERING_TAGS}
+    tags.update({k: v for k, v in (before.raw.get("tags") or {}).items() if k.lower() in STEERING_TAGS})
+    return tags

@@ -1,0 +1,60 @@
+"""What every step of an event's flow reads through: the ports, the policy, the clock, the action
+runner and the parsed baselines.
+
+`kvguard.pipeline.Pipeline` is one, and hands itself to the steps: a policy, clock or sink set on
+the pipeline after it was built (onboarding's dry run, a test's clock) is the one every step sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from kvguard.actions import ActionRunner
+from kvguard.blast_radius import ActivityLog
+from kvguard.flow.parsed_baselines import ParsedBaselines
+from kvguard.policy import Policy
+from kvguard.ports import AlertSink, Clock, DeploymentReader, ResourceGateway, StateStore, VaultGateway
+
+RETENTION = timedelta(days=90)
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class Services:
+    """One per process; every piece of state the flow depends on lives in the StateStore, except
+    the parsed baselines, a cache of what the store holds."""
+
+    def __init__(
+        self,
+        *,
+        gateway: VaultGateway,
+        store: StateStore,
+        policy: Policy,
+        sinks: Mapping[str, AlertSink] | None = None,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(minutes=5),
+        resources: ResourceGateway | None = None,
+        retention: timedelta = RETENTION,
+        activity_log: ActivityLog | None = None,
+        deployment: DeploymentReader | None = None,
+    ) -> None:
+        """`resources` reads and writes the resources beside the vaults (none: their changes are
+        ignored, with that reason); `deployment` reads kvguard's own event subscriptions for the
+        reconcile check (none: no check)."""
+        self.gateway = gateway
+        self.resources = resources
+        self.store = store
+        self.policy = policy
+        self.sinks = dict(sinks or {})
+        self.clock = clock or SystemClock()
+        self.lease = lease
+        self.retention = retention
+        self.activity_log = activity_log
+        self.deployment = deployment
+        self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now(),
+                                   resources=resources)
+        self.parsed = ParsedBaselines()
