@@ -12,7 +12,7 @@ from dataclasses import replace
 from kvguard import writeahead
 from kvguard.actions import ActionResult, merged, skipped
 from kvguard.catalog import HANDLERS, alert_handlers
-from kvguard.decision import remediable
+from kvguard.decision import Decision, remediable
 from kvguard.detection import Finding
 from kvguard.flow.claims import hold, scope
 from kvguard.flow.context import Earlier, EventContext, FlowContext
@@ -144,10 +144,9 @@ def remediate(
     rules = sorted({f.rule for f in handler_findings})
     allowed = remediable(context.findings, services.policy)
     mine = [f for f in handler_findings if f in allowed]
-    if not decision.remediate:
-        return skipped(handler_id, decision.remediate_reason, rules)
-    if not mine:
-        return skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules)
+    refused = _refused(handler_id, decision, mine, rules)
+    if refused is not None:
+        return refused
     operations = HANDLERS[handler_id].plan(PlanInput(mine, context.before, context.after))
     if not operations:
         return skipped(handler_id, "nothing to restore: no baseline value to go back to", rules)
@@ -161,6 +160,16 @@ def remediate(
         # The intent stays: a redelivery confirms what landed and makes the rest.
         raise TransientError(f"{handler_id}: {result.detail}")
     return result
+
+
+def _refused(handler_id: str, decision: Decision, mine: Sequence[Finding], rules: list[str]) -> ActionResult | None:
+    """Why a remediation handler does not run at all, the same for a vault's change and a
+    resource's: the decision holds remediation back, or none of its findings' rules is opted in."""
+    if not decision.remediate:
+        return skipped(handler_id, decision.remediate_reason, rules)
+    if not mine:
+        return skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules)
+    return None
 
 
 def act_beside(
@@ -186,11 +195,9 @@ def act_beside(
     for handler_id, handler_findings in by_remediation(findings).items():
         rules = sorted({f.rule for f in handler_findings})
         mine = [f for f in handler_findings if f in allowed]
-        if not decision.remediate:
-            results.append(skipped(handler_id, decision.remediate_reason, rules))
-            continue
-        if not mine:
-            results.append(skipped(handler_id, "opt-in only: enable with rules.<id>.remediate: true", rules))
+        refused = _refused(handler_id, decision, mine, rules)
+        if refused is not None:
+            results.append(refused)
             continue
         operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=resource))
         if not operations:
