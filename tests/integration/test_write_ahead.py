@@ -268,6 +268,39 @@ def test_a_worker_whose_lease_was_taken_over_mid_revert_records_nothing(
     assert worker_a.handle(event(EVENT_ID))[0].outcome == "duplicate"
 
 
+def test_a_takeover_after_the_revert_landed_records_it_from_the_intent(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """Worker A's revert lands, and A's lease runs out before A records it: worker B takes the
+    event over, reads a vault without the grant (nothing to detect any more) and finds A's intent.
+    B must record the revert A made (confirmed on retry), with A's before, so that it is not lost
+    from the audit; A's late record must not land."""
+    lease = timedelta(seconds=30)
+    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    worker_a.lease = lease
+    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
+                        sinks={"raise_defender_alert": defender}, clock=LaterClock(2 * lease), lease=lease)
+    taken_over: list[str] = []
+
+    def take_over() -> None:
+        taken_over.extend(o.outcome for o in worker_b.handle(event(EVENT_ID)))
+
+    # A's next request once its remove is under way is after the remove landed.
+    fake.before("PUT", REMOVE, lambda: fake.before("GET", r"/vaults/[^/]+$", take_over))
+
+    with pytest.raises(TransientError, match="taken over"):
+        worker_a.handle(event(EVENT_ID))
+
+    assert taken_over == ["processed"]
+    store = worker_b.store
+    [record] = store.list_audit(VAULT_ID)
+    assert [a["detail"].endswith("confirmed on retry") for a in record.outcome["actions"]
+            if a["handler"] == "revert_access_policy"] == [True]
+    assert_accounted_for(store, fake)
+    assert len(fake.requests_to("PUT", REMOVE)) == 1
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
+
+
 def test_a_second_event_of_a_vault_waits_for_the_first_so_a_change_is_reverted_once(
     open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
 ) -> None:
