@@ -241,6 +241,19 @@ class LaterClock:
         return SystemClock().now() + self.ahead
 
 
+def worker_and_later_worker(
+    open_store: Callable[[], StateStore], gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> tuple[Pipeline, Pipeline]:
+    """Two workers on the same state: A remediates; B's clock is two of A's leases later, so B
+    sees A's lease as run out and takes its event over."""
+    lease = timedelta(seconds=30)
+    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    worker_a.lease = lease
+    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
+                        sinks={"raise_defender_alert": defender}, clock=LaterClock(2 * lease), lease=lease)
+    return worker_a, worker_b
+
+
 def test_a_worker_whose_lease_was_taken_over_mid_revert_records_nothing(
     open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
 ) -> None:
@@ -248,11 +261,7 @@ def test_a_worker_whose_lease_was_taken_over_mid_revert_records_nothing(
     reverts and records it. A's late answer must not add a second record or undo B's claim. (On
     SQLite this also shows that A holds no write lock while it waits for ARM: B could not write
     at all otherwise.)"""
-    lease = timedelta(seconds=30)
-    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
-    worker_a.lease = lease
-    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
-                        sinks={"raise_defender_alert": defender}, clock=LaterClock(2 * lease), lease=lease)
+    worker_a, worker_b = worker_and_later_worker(open_store, gateway, defender)
     taken_over: list[str] = []
     fake.before("PUT", REMOVE, lambda: taken_over.extend(o.outcome for o in worker_b.handle(event(EVENT_ID))))
 
@@ -275,11 +284,7 @@ def test_a_takeover_after_the_revert_landed_records_it_from_the_intent(
     event over, reads a vault without the grant (nothing to detect any more) and finds A's intent.
     B must record the revert A made (confirmed on retry), with A's before, so that it is not lost
     from the audit; A's late record must not land."""
-    lease = timedelta(seconds=30)
-    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
-    worker_a.lease = lease
-    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
-                        sinks={"raise_defender_alert": defender}, clock=LaterClock(2 * lease), lease=lease)
+    worker_a, worker_b = worker_and_later_worker(open_store, gateway, defender)
     taken_over: list[str] = []
 
     def take_over() -> None:
