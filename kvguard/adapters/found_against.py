@@ -26,12 +26,11 @@ class Split(NamedTuple):
     config: Mapping[str, Any] | None  # None: nothing to write (none named, or already stored)
 
 
-class StoredConfig(Mapping[str, Any]):
-    """The configuration a finding was found against, read from the store on first use."""
+class ReadOnFirstUse(Mapping[str, Any]):
+    """A stored JSON object that is read or decoded the first time it is used: a caller that already
+    holds the configuration for its ETag (the pipeline keeps parsed baselines) never pays for it."""
 
-    def __init__(self, vault_key: str, etag: str, load: Callable[[], Mapping[str, Any]]) -> None:
-        self.vault_key = vault_key
-        self.etag = etag
+    def __init__(self, load: Callable[[], Mapping[str, Any]]) -> None:
         self._load = load
         self._value: Mapping[str, Any] | None = None
 
@@ -53,6 +52,18 @@ class StoredConfig(Mapping[str, Any]):
         return dict(self._loaded()) == (dict(other) if isinstance(other, Mapping) else other)
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking mapping, like dict
+
+    def __repr__(self) -> str:
+        return repr(self._loaded())
+
+
+class StoredConfig(ReadOnFirstUse):
+    """The configuration a finding was found against, read from the store on first use."""
+
+    def __init__(self, vault_key: str, etag: str, load: Callable[[], Mapping[str, Any]]) -> None:
+        super().__init__(load)
+        self.vault_key = vault_key
+        self.etag = etag
 
     def __repr__(self) -> str:
         return f"StoredConfig({self.vault_key!r}, {self.etag!r})"

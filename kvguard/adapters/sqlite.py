@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -231,35 +232,9 @@ def _to_json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
-class _LazyDocument(Mapping[str, Any]):
-    """A stored JSON object decoded on first use: a caller that already holds the configuration
-    for this ETag (the pipeline keeps parsed baselines) never pays for the decode."""
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._value: dict[str, Any] | None = None
-
-    def _decoded(self) -> dict[str, Any]:
-        if self._value is None:
-            self._value = json.loads(self._text)
-        return self._value
-
-    def __getitem__(self, key: str) -> Any:
-        return self._decoded()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._decoded())
-
-    def __len__(self) -> int:
-        return len(self._decoded())
-
-    def __eq__(self, other: object) -> bool:
-        return self._decoded() == (dict(other) if isinstance(other, Mapping) else other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable-looking mapping, like dict
-
-    def __repr__(self) -> str:
-        return repr(self._decoded())
+def _decoded_on_use(text: str) -> found_against.ReadOnFirstUse:
+    """A stored JSON object decoded on first use (a baseline's configuration, a finding)."""
+    return found_against.ReadOnFirstUse(partial(json.loads, text))
 
 
 class SQLiteStateStore:
@@ -437,7 +412,7 @@ class SQLiteStateStore:
     def _baseline(row: tuple[Any, ...]) -> Baseline:
         vault_id, config, etag, deleted, updated = row
         return Baseline(
-            vault_id=vault_id, config=_LazyDocument(config), etag=etag, deleted=bool(deleted),
+            vault_id=vault_id, config=_decoded_on_use(config), etag=etag, deleted=bool(deleted),
             updated=_unstamp(updated),
         )
 
@@ -533,7 +508,7 @@ class SQLiteStateStore:
         return [
             OpenFinding(
                 vault_id=vault, rule=rule, opened=_unstamp(opened),
-                finding=_LazyDocument(finding) if etag is None
+                finding=_decoded_on_use(finding) if etag is None
                 else found_against.joined(key, json.loads(finding), self._found_against_loader(key, etag)),
             )
             for vault, rule, finding, opened, etag in rows
