@@ -188,7 +188,10 @@ def _add_onboarding(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kvguard._version import __version__
+
     parser = argparse.ArgumentParser(prog="kvguard", description="Detect and undo Azure Key Vault tampering.")
+    parser.add_argument("--version", action="version", version=f"kvguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="run scenario files through the pipeline against a simulated world")
     replay.add_argument("scenarios", nargs="+", metavar="FILE")
