@@ -24,6 +24,7 @@ from kvguard.outcome import Outcome
 from kvguard.policy import Policy, PolicyError, load_policy
 from kvguard.ports import PermanentError, TransientError
 
+WIDE_HELP = "print ids in full, each on one line (the table grows wider than the terminal as needed)"
 README_TABLE = ("<!-- rule table: generated from the catalog by `make docs`; edit the rules, not this -->",
                 "<!-- end of rule table -->")
 
@@ -67,16 +68,18 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
         readme = Path(args.readme)
         readme.write_text(with_rules_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvguard.terminal import cell, console, print_table
 
     table = Table(title="kvguard rule catalog")
     for column in ("rule", "severity", "kind", "MITRE", "remediation", "title"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "rule")
     for entry in catalog:
-        table.add_row(entry["id"], entry["severity"], entry["kind"], ", ".join(entry["mitre"]),
-                      entry["remediation"] or "-", entry["title"])
-    Console(file=out, width=160).print(table)
+        table.add_row(*(cell(value) for value in (entry["id"], entry["severity"], entry["kind"],
+                                                    ", ".join(entry["mitre"]), entry["remediation"] or "-",
+                                                    entry["title"])))
+    print_table(console(out), table)
     return 0
 
 
@@ -123,7 +126,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
 
     for scenario in loaded:
         runs.append(replay(build_run(scenario, extra)))
-    print_report(runs, summarize(runs), out)
+    print_report(runs, summarize(runs), out, wide=args.wide)
     return 0
 
 
@@ -185,7 +188,10 @@ def _add_onboarding(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kvguard._version import __version__
+
     parser = argparse.ArgumentParser(prog="kvguard", description="Detect and undo Azure Key Vault tampering.")
+    parser.add_argument("--version", action="version", version=f"kvguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="run scenario files through the pipeline against a simulated world")
     replay.add_argument("scenarios", nargs="+", metavar="FILE")
@@ -196,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deliver the scenario's events to a pipeline on the real vaults (ARM) and state store")
     replay.add_argument("--apply", action="store_true",
                         help="with --live: act for real (alerts and remediation); without it, a dry run")
+    replay.add_argument("--wide", action="store_true", help=WIDE_HELP)
     replay.set_defaults(run=cmd_replay)
     baseline = commands.add_parser("baseline", help="seed missing baselines from every vault of the subscriptions")
     baseline.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
@@ -215,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JSON Lines: one object per event, then a summary with a count per file")
     redrive.add_argument("--apply", action="store_true",
                          help="act for real (alerts, remediation, state); without it, a dry run")
+    redrive.add_argument("--wide", action="store_true", help=WIDE_HELP)
     redrive.set_defaults(run=_live("cmd_redrive"))
     undo = commands.add_parser(
         "undo", help="put back what one recorded remediation took away (dry run unless --apply)"

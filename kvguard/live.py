@@ -39,14 +39,14 @@ def _live_settings() -> Settings:
 def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     """Record the current configuration of every vault that has no baseline yet; existing
     baselines (also those of deleted vaults, which KV-LIFE-03 needs) are left as they are."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from kvguard import runtime
     from kvguard.ports import ConcurrencyError
+    from kvguard.terminal import console as terminal
 
     pipeline = runtime.build(_live_settings(), credential=args.credential)
-    console = Console(file=out, width=120, highlight=False)
+    console = terminal(out)
     seeded = present = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
         for subscription_id in args.subscriptions:
@@ -65,12 +65,12 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
                 progress.advance(task)
     vaults_word = "vault" if seeded + present == 1 else "vaults"
     console.print(f"{seeded + present} {vaults_word} in {len(args.subscriptions)} subscription(s): "
-                  f"{seeded} baseline(s) seeded, {present} already present")
+                  f"{seeded} baseline(s) seeded, {present} already present", markup=False)
     # The resources beside the vaults, then the sweep rules over them (KV-LOG-02, KV-DEF-01).
     resources = pipeline.seed_resources()
     opened = [f"{f.rule} on {o.vault}" for o in pipeline.sweep() for f in o.findings]
     console.print(f"{resources} resource baseline(s) seeded beside the vaults; sweep: "
-                  + (", ".join(opened) if opened else "no finding"))
+                  + (", ".join(opened) if opened else "no finding"), markup=False)
     return 0
 
 
@@ -126,37 +126,24 @@ def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(dump_json(summary) + "\n")
         return 0
-    _print_live(outcomes, summary, out, "live replay")
+    _print_live(outcomes, summary, out, "live replay", wide=args.wide)
     return 0
 
 
 def _print_live(
-    outcomes: list[Outcome], summary: dict[str, Any], out: TextIO, title: str, notes: Sequence[str] = ()
+    outcomes: list[Outcome], summary: dict[str, Any], out: TextIO, title: str, notes: Sequence[str] = (),
+    *, wide: bool = False,
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from kvguard.report import outcomes_table, summary_tokens
+    from kvguard.terminal import console, print_table, print_tokens
 
-    from kvguard.report import summary_line
-
-    console = Console(file=out, width=180, highlight=False)
-    table = Table(title=f"{title} ({summary['mode']})", title_justify="left", show_lines=True, expand=True)
-    for column in ("event", "outcome", "vault", "risk", "findings", "actions"):
-        table.add_column(column)
-    for outcome in outcomes:
-        table.add_row(
-            outcome.event_id or "-",
-            outcome.outcome,
-            (outcome.vault or "-").rsplit("/", 1)[-1],
-            f"{outcome.risk} {outcome.severity}",
-            "\n".join(f"{f.rule} {f.title}" for f in outcome.findings) or outcome.reason,
-            "\n".join(f"{a.handler}: {a.status} {a.detail}" for a in outcome.actions) or "-",
-        )
-    console.print(table)
-    # The summary and the notes (one per file redriven, naming its path) stay one line each, however
-    # long: scripts grep them, and a path broken at the console width matches nothing.
-    console.print(summary_line(summary["summary"]), soft_wrap=True)
+    target = console(out)
+    print_table(target, outcomes_table(outcomes, f"{title} ({summary['mode']})", wide=wide), wide=wide)
+    print_tokens(target, summary_tokens(summary["summary"]))
+    # The notes (one per file redriven, naming its path) stay one line each, however long: scripts
+    # grep them, and a path broken at the console width matches nothing.
     for note in notes:
-        console.print(note, markup=False, soft_wrap=True)
+        target.print(note, markup=False, soft_wrap=True)
 
 
 # --- redrive: Event Grid's dead letters, delivered again -------------------------------------
@@ -224,7 +211,8 @@ def cmd_redrive(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(dump_json(summary) + "\n")
     else:
-        _print_live(outcomes, summary, out, "redrive", [_file_line(path, counts) for path, counts in report.items()])
+        _print_live(outcomes, summary, out, "redrive", [_file_line(path, counts) for path, counts in report.items()],
+                    wide=args.wide)
     return EXIT_INVALID if any("error" in counts for counts in report.values()) else 0
 
 

@@ -143,26 +143,27 @@ def _record_counts(read: int, delivered: int, collapsed: Collapsed) -> dict[str,
 
 
 def _print_backfill(summary: dict[str, Any], out: TextIO) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    from kvguard.report import summary_line
+    from kvguard.report import summary_tokens
+    from kvguard.terminal import cell, console, print_table, print_tokens
 
-    console = Console(file=out, width=160, highlight=False)
+    target = console(out)
     window_text = f"{summary['window']['since']} .. {summary['window']['until']}"
-    table = Table(title=f"backfill {window_text} ({summary['mode']})", title_justify="left")
-    for column in ("vault", "rule", "findings", "max risk"):
-        table.add_column(column)
+    table = Table(title=cell(f"backfill {window_text} ({summary['mode']})"), title_justify="left")
+    table.add_column("vault", overflow="fold")
+    for column in ("rule", "findings", "max risk"):
+        table.add_column(column, no_wrap=True)
     for vault_id, entry in summary["vaults"].items():
         for rule_id, count in sorted(entry["findings"].items()):
-            table.add_row(vault_id, rule_id, str(count), str(entry["max_risk"]))
-    console.print(table)
-    console.print(summary_line(summary["summary"]))
+            table.add_row(cell(vault_id), cell(rule_id), cell(str(count)), cell(str(entry["max_risk"])))
+    print_table(target, table)
+    print_tokens(target, summary_tokens(summary["summary"]))
     counts = summary["records"]
-    console.print(f"Activity Log: {counts['read']} records read, {counts['delivered']} operations judged, "
-                  f"{counts['unfinished']} unfinished, {counts['unwatched']} not watched", markup=False)
+    target.print(f"Activity Log: {counts['read']} records read, {counts['delivered']} operations judged, "
+                 f"{counts['unfinished']} unfinished, {counts['unwatched']} not watched", markup=False)
     if summary["mode"] == "dry run":
-        console.print("dry run: nothing recorded, no alert raised (add --apply)", markup=False)
+        target.print("dry run: nothing recorded, no alert raised (add --apply)", markup=False)
 
 
 # --- doctor ------------------------------------------------------------------------------------
@@ -259,18 +260,18 @@ def _confirmed(args: argparse.Namespace, subscription: str, out: TextIO) -> bool
 
 
 def _print_doctor(checks: Sequence[Any], well: bool, out: TextIO) -> None:
-    from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
-    console = Console(file=out, width=200, highlight=False)
+    from kvguard.terminal import cell, console, print_table
+
+    target = console(out)
     table = Table(title="kvguard doctor", title_justify="left", show_lines=True, expand=True)
     for column in ("subscription", "check", "", "what was found", "fix"):
         table.add_column(column, overflow="fold")
     for check in checks:
         detail = f"{check.rule}: {check.detail}" if check.rule else check.detail
         cells = (check.subscription, check.check, "ok" if check.ok else "FAIL", detail, check.fix or "")
-        table.add_row(*(Text(cell) for cell in cells))  # commands hold brackets: never read as markup
-    console.print(table)
+        table.add_row(*(cell(value) for value in cells))  # commands hold brackets: never read as markup
+    print_table(target, table)
     failed = sum(not c.ok for c in checks)
-    console.print("all checks passed" if well else f"{failed} check(s) failed", markup=False)
+    target.print("all checks passed" if well else f"{failed} check(s) failed", markup=False)

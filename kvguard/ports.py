@@ -101,6 +101,9 @@ class Alert:
     caller: str | None
     time: datetime
     explanation: tuple[str, ...] = ()
+    # What kvguard does about it after the alert (`revert_access_policy`, `... (dry run)`), for the
+    # people reading the notification; None when the finding is alert-only here.
+    revert: str | None = None
 
 
 class DeploymentReader(Protocol):

@@ -167,13 +167,9 @@ def health() -> dict[str, Any]:
     """Whether the worker can do its job: version, mode, and whether state and ARM answer. Nothing
     of the configuration beyond the mode and the names of the alert sinks is shown: connection
     strings, keys and webhook URLs stay out."""
-    from importlib.metadata import PackageNotFoundError, version
+    from kvguard._version import __version__
 
-    try:
-        kvguard_version = version("kvguard")
-    except PackageNotFoundError:
-        kvguard_version = "unknown"
-    report: dict[str, Any] = {"version": kvguard_version}
+    report: dict[str, Any] = {"version": __version__}
     try:
         pipeline = current()
     except Exception as error:  # a broken configuration is exactly what health must report

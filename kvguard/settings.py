@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     eventgrid_topic_endpoint: str | None = None
     eventgrid_topic_key: str | None = None
     webhook_url: str | None = None
+    # The webhook's message body: an Adaptive Card for Teams Workflows, Block Kit for Slack, or JSON.
+    webhook_format: Literal["json", "teams", "slack"] = "json"
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     retention_days: int = Field(default=90, ge=1)
     # Operating kvguard: telemetry, the structured log line, the findings table.

@@ -41,7 +41,7 @@ def _webhook(settings: Settings, credential: Any) -> AlertSink | None:
         return None
     from kvguard.adapters.webhook import WebhookAlertSink
 
-    return WebhookAlertSink(settings.webhook_url)
+    return WebhookAlertSink(settings.webhook_url, message_format=settings.webhook_format)
 
 
 def _no_setting(settings: Settings, credential: Any) -> AlertSink | None:
@@ -54,7 +54,7 @@ SINKS: Registry[SinkEntry] = Registry("alert sink")
 for _entry in (
     SinkEntry("raise_defender_alert", "KVGUARD_DEFENDER=true", _defender),
     SinkEntry("publish_detection", "KVGUARD_EVENTGRID_TOPIC_ENDPOINT (+ KVGUARD_EVENTGRID_TOPIC_KEY)", _eventgrid),
-    SinkEntry("notify_webhook", "KVGUARD_WEBHOOK_URL", _webhook),
+    SinkEntry("notify_webhook", "KVGUARD_WEBHOOK_URL (+ KVGUARD_WEBHOOK_FORMAT)", _webhook),
     SinkEntry(ALERTS_FILE, "kvguard replay --alerts FILE", _no_setting),
 ):
     SINKS.add(_entry.handler, _entry)

@@ -64,7 +64,7 @@ def alert_json(alert: Alert) -> dict[str, Any]:
         "vault_id": alert.vault_id, "rule": alert.rule, "title": alert.title, "severity": alert.severity,
         "score": alert.score, "risk": alert.risk, "evidence": dict(alert.evidence), "mitre": list(alert.mitre),
         "event_id": alert.event_id, "caller": alert.caller, "time": alert.time.isoformat(),
-        "explanation": list(alert.explanation),
+        "explanation": list(alert.explanation), "revert": alert.revert,
     }
 
 
@@ -74,7 +74,7 @@ def alert_of(recorded: Mapping[str, Any]) -> Alert:
         severity=recorded["severity"], score=int(recorded["score"]), risk=int(recorded["risk"]),
         evidence=recorded["evidence"], mitre=tuple(recorded["mitre"]), event_id=recorded["event_id"],
         caller=recorded["caller"], time=datetime.fromisoformat(recorded["time"]),
-        explanation=tuple(recorded["explanation"]),
+        explanation=tuple(recorded["explanation"]), revert=recorded.get("revert"),
     )
 
 

@@ -8,22 +8,25 @@ if (-not $app -or -not $group) {
 }
 $attempts = if ($env:KVGUARD_FUNCTION_WAIT_ATTEMPTS) { [int]$env:KVGUARD_FUNCTION_WAIT_ATTEMPTS } else { 30 }
 
-if (Get-Command az -ErrorAction SilentlyContinue) {
-    Write-Host "kvguard: waiting for function on_vault_event in $app"
-    for ($i = 1; ; $i++) {
-        az functionapp function show --resource-group $group --name $app `
-            --function-name on_vault_event --query name --output tsv *> $null
-        if ($LASTEXITCODE -eq 0) { break }
-        if ($i -ge $attempts) { throw "kvguard: on_vault_event is not listed in $app; check the deployment logs" }
-        Start-Sleep -Seconds 10
-    }
-} else {
-    Write-Host 'kvguard: Azure CLI not found; not waiting for the function to be indexed'
-}
-
 if ($env:KVGUARD_DEPLOY_EVENT_SUBSCRIPTION -eq 'true' -and $env:KVGUARD_EVENT_SUBSCRIPTION_DEPLOYED -eq 'true') {
     Write-Host 'kvguard: event subscriptions already deployed'
     exit 0
+}
+
+# Without the Azure CLI there is no way to tell that the function is indexed: stop, say what to do.
+if (-not (Get-Command az -ErrorAction SilentlyContinue)) {
+    Write-Error ("kvguard: the Azure CLI (az) is needed to wait until on_vault_event is indexed in $app before " +
+        'the event subscriptions are created; install it, sign in (az login), then run: azd hooks run postdeploy')
+    exit 1
+}
+
+Write-Host "kvguard: waiting for function on_vault_event in $app"
+for ($i = 1; ; $i++) {
+    az functionapp function show --resource-group $group --name $app `
+        --function-name on_vault_event --query name --output tsv *> $null
+    if ($LASTEXITCODE -eq 0) { break }
+    if ($i -ge $attempts) { throw "kvguard: on_vault_event is not listed in $app; check the deployment logs" }
+    Start-Sleep -Seconds 10
 }
 
 Write-Host 'kvguard: deploying the event subscriptions (second phase)'

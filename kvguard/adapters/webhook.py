@@ -1,9 +1,9 @@
-"""Findings as JSON to a Teams- or Slack-style incoming webhook.
+"""Findings to an incoming webhook: Teams Workflows, Slack, or anything that reads JSON.
 
-The body has a `text` line that both render as the message, plus the structured alert for anything
-that parses it. The URL of an incoming webhook is itself the secret (whoever has it can post), so
-it never appears in a log line (not even the HTTP client's DEBUG lines: `log_redaction`), an
-exception message or a repr: errors name only the host.
+The body is the configured format's (`webhook_formats`: an Adaptive Card, Block Kit, or the
+structured alert beside a `text` line). The URL of an incoming webhook is itself the secret
+(whoever has it can post), so it never appears in a log line (not even the HTTP client's DEBUG
+lines: `log_redaction`), an exception message or a repr: errors name only the host.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kvguard.adapters.azure_clients import is_transient_status
-from kvguard.adapters.eventgrid import alert_data
 from kvguard.adapters.log_redaction import protect_url
-from kvguard.ids import parse_vault_ref
+from kvguard.adapters.webhook_formats import FORMATS, WebhookFormat
 from kvguard.ports import Alert, PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -25,18 +24,15 @@ class WebhookError(PermanentError):
     """The webhook refused the message for good (a 4xx that the shared rule calls permanent)."""
 
 
-def alert_text(alert: Alert) -> str:
-    ref = parse_vault_ref(alert.vault_id)
-    vault = ref.name if ref else alert.vault_id
-    by = f" by {alert.caller}" if alert.caller else ""
-    return f"kvguard [{alert.severity.upper()}] {alert.rule} {alert.title} on {vault}{by} (risk {alert.risk})"
-
-
 class WebhookAlertSink:
     """AlertSink posting to an incoming webhook with `requests`."""
 
-    def __init__(self, url: str, session: requests.Session | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, session: requests.Session | None = None, *, timeout: float = 10.0,
+        message_format: WebhookFormat = "json",
+    ) -> None:
         protect_url(url)  # the HTTP client logs its request lines: never with this URL's secret part
+        self._alert_body, self._resolved_body = FORMATS[message_format]
         self._url = url
         self._host = urlsplit(url).hostname or "webhook"
         self._session = session
@@ -46,13 +42,11 @@ class WebhookAlertSink:
         return f"WebhookAlertSink(host={self._host!r})"
 
     def raise_alert(self, alert: Alert) -> str:
-        self._post({"text": alert_text(alert), "alert": alert_data(alert)})
+        self._post(self._alert_body(alert))
         return f"webhook {self._host}: {alert.rule} ({alert.severity})"
 
     def resolve(self, vault_id: str, rule: str) -> str:
-        ref = parse_vault_ref(vault_id)
-        text = f"kvguard resolved: {rule} on {ref.name if ref else vault_id}"
-        self._post({"text": text, "resolved": {"vaultId": vault_id, "rule": rule}})
+        self._post(self._resolved_body(vault_id, rule))
         return f"webhook {self._host}: {rule} resolved"
 
     def _post(self, payload: dict[str, Any]) -> None:

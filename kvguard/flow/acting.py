@@ -79,8 +79,10 @@ def earlier_attempt(services: Services, context: EventContext) -> Earlier:
 
 
 def alerts_for(services: Services, context: FlowContext, vault_id: str, findings: Sequence[Finding]) -> list[Alert]:
-    """One alert per finding, raised on `vault_id`, scored with the context's risk."""
-    event, risk = context.event, context.risk
+    """One alert per finding, raised on `vault_id`, scored with the context's risk, naming the
+    handler that will revert it when the decision is to remediate."""
+    event, risk, decision = context.event, context.risk, context.decision
+    allowed = {f.rule for f in remediable(findings, services.policy)}
     return [
         Alert(
             vault_id=vault_id,
@@ -95,9 +97,16 @@ def alerts_for(services: Services, context: FlowContext, vault_id: str, findings
             caller=event.caller.describe(),
             time=event.time or services.clock.now(),
             explanation=risk.explanation,
+            revert=_revert_of(f, decision) if f.rule in allowed else None,
         )
         for f in findings
     ]
+
+
+def _revert_of(finding: Finding, decision: Decision | None) -> str | None:
+    if decision is None or not decision.remediate or not finding.remediation:
+        return None
+    return f"{finding.remediation} (dry run: planned only)" if decision.dry_run else finding.remediation
 
 
 def act(services: Services, context: EventContext) -> list[ActionResult]:

@@ -148,6 +148,9 @@ class ArmFake:
         self.event_subscriptions: dict[str, dict[str, Any]] = {}  # Event Grid system topic subscriptions, by id
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
+        # A webhook receiver's check of the body (a list of problems; empty when it is valid): a body
+        # it refuses is answered 400, as Teams Workflows and Slack refuse an invalid card or blocks.
+        self.webhook_check: Callable[[Any], list[str]] | None = None
         self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.audit_events: dict[str, list[AuditEvent]] = {}
         self.telemetry: list[dict[str, Any]] = []
@@ -284,6 +287,9 @@ class ArmFake:
         if path.lower() == "/api/events" and method == "POST":
             return self._publish(request)
         if path.lower().split("/")[1:2] == ["webhook"] and method == "POST":  # /webhook and below
+            problems = self.webhook_check(request.json) if self.webhook_check else []
+            if problems:
+                return 400, {"error": "invalid_payload", "problems": problems}, {}
             self.webhooks.append(request.json)
             return 200, None, {}
         if not request.headers.get("authorization", "").startswith("Bearer "):

@@ -17,7 +17,7 @@ from kvguard import runtime
 from kvguard.detection import assessment_name
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
-from kvguard.report import _finding
+from kvguard.report import finding_cell
 from kvguard.settings import Settings
 from tests.e2e.test_function_app import (
     INTRUDER,
@@ -100,7 +100,7 @@ def test_the_grant_finding_says_what_the_principal_did_since_the_grant(
     assert detection["data"]["evidence"]["blast_radius"]["total"] == 3
 
     report = io.StringIO()
-    Console(file=report, width=200).print(_finding(grant))
+    Console(file=report, width=200).print(finding_cell(grant))
     assert "blast radius: 3 operation(s)" in report.getvalue()
 
 

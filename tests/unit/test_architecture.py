@@ -20,7 +20,7 @@ PACKAGES = ("kvguard", "detectors", "remediation")
 
 # The composition room: entry points and the code that builds real adapters and wires them.
 ENTRY = {"function_app", "kvguard.runtime", "kvguard.sinks", "kvguard.cli", "kvguard.cli_common", "kvguard.live",
-         "kvguard.replay", "kvguard.report", "kvguard.onboarding"}
+         "kvguard.replay", "kvguard.report", "kvguard.terminal", "kvguard.onboarding"}
 
 
 def _modules() -> dict[str, Path]:
