@@ -271,4 +271,5 @@ def test_teams_text_renders_as_written_without_links_or_formatting(name: str) ->
     rendered = MARKDOWN.render(teams_escape(name))
     assert not re.search(r"<(a|img|em|strong|code|s|h\d|ol|ul|li|blockquote|table|hr)\b", rendered), rendered
     inner = re.sub(r"^<p>|</p>\n?$", "", rendered.strip())
-    assert html.unescape(inner).strip() == " ".join(name.split()).strip() or not name.strip()
+    # A browser collapses runs of white space, so the text reads as written when the words match.
+    assert " ".join(html.unescape(inner).split()) == " ".join(name.split())
