@@ -1,43 +1,35 @@
 """The vaults' audit log in Log Analytics (azure-monitor-query LogsQueryClient): a principal's
-data-plane operations in one vault within a window, from Key Vault's `AuditEvent` diagnostic logs
-in the `AzureDiagnostics` table (the app's identity needs Log Analytics Reader on the workspace)."""
+data-plane operations in some vaults within a window, from Key Vault's `AuditEvent` diagnostic
+logs (the app's identity needs Log Analytics Reader on the workspace).
+
+The table is `AZKVAuditLogs` when the workspace holds any (resource-specific mode) and
+`AzureDiagnostics` otherwise; the first query of a process probes which, and the answer is kept
+for the process's lifetime. A probe that fails decides nothing and is not kept: the blast radius
+then says its query failed (rather than report "none recorded" from a table guessed at), and the
+next grant probes again."""
 
 from __future__ import annotations
 
-import re
+import threading
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult
+from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQueryResult, LogsTable
 
 from kvguard.adapters.azure_clients import azure_errors
-from kvguard.blast_radius import Operation
-from kvguard.ids import parse_vault_ref
+from kvguard.blast_radius import (
+    AZURE_DIAGNOSTICS,
+    PROBE_QUERY,
+    PROBE_WINDOW,
+    RESOURCE_SPECIFIC,
+    Activity,
+    AuditTable,
+    Operation,
+    activity_query,
+)
 
 LOG_ANALYTICS_ENDPOINT = "https://api.loganalytics.io"
-MAX_ROWS = 50
-_PRINCIPAL = re.compile(r"^[0-9a-fA-F-]{36}$")
-
-
-def activity_query(vault_id: str, principal_id: str) -> str:
-    """KQL for one principal in one vault. Only a well-formed vault id and object id get in: the
-    values are written into the query text, so nothing else may."""
-    ref = parse_vault_ref(vault_id)
-    if ref is None or "'" in vault_id or "\\" in vault_id:
-        raise ValueError(f"not a Key Vault resource id: {vault_id!r}")
-    if not _PRINCIPAL.match(principal_id):
-        raise ValueError(f"not an object id: {principal_id!r}")
-    return (
-        "AzureDiagnostics\n"
-        "| where ResourceProvider == 'MICROSOFT.KEYVAULT' and Category == 'AuditEvent'\n"
-        f"| where ResourceId =~ '{ref.id}'\n"
-        f"| where identity_claim_oid_g =~ '{principal_id}'"
-        f" or identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g =~ '{principal_id}'\n"
-        "| extend Path = split(id_s, '/')\n"
-        "| extend Object = iff(array_length(Path) > 4, strcat(tostring(Path[3]), '/', tostring(Path[4])), '')\n"
-        "| summarize Count = count() by OperationName, Object\n"
-        f"| order by Count desc\n| take {MAX_ROWS}"
-    )
 
 
 class LogAnalyticsActivityLog:
@@ -45,15 +37,32 @@ class LogAnalyticsActivityLog:
                  **client_options: Any) -> None:
         self._workspace_id = workspace_id
         self._client = LogsQueryClient(credential, endpoint=endpoint, **client_options)
+        self._table: AuditTable | None = None
+        self._probing = threading.Lock()  # concurrent invocations probe once
 
-    def activity(self, vault_id: str, principal_id: str, since: datetime, until: datetime) -> list[Operation]:
-        query = activity_query(vault_id, principal_id)
+    def audit_table(self, until: datetime) -> AuditTable:
+        """The table the workspace keeps Key Vault's audit records in, probed on first use."""
+        with self._probing:
+            if self._table is None:
+                with azure_errors("Log Analytics audit table probe"):
+                    result = self._client.query_workspace(self._workspace_id, PROBE_QUERY,
+                                                          timespan=(until - PROBE_WINDOW, until))
+                rows = sum(int(row["Rows"] or 0) for table in _tables(result) for row in table.rows)
+                self._table = RESOURCE_SPECIFIC if rows > 0 else AZURE_DIAGNOSTICS
+            return self._table
+
+    def activity(self, vault_ids: Sequence[str], principal_id: str, since: datetime, until: datetime) -> Activity:
+        table = self.audit_table(until)
+        query = activity_query(table, vault_ids, principal_id)
         with azure_errors("Log Analytics audit query"):
             result = self._client.query_workspace(self._workspace_id, query, timespan=(since, until))
-        tables = result.partial_data if isinstance(result, LogsQueryPartialResult) else result.tables
-        operations = []
-        for table in tables:
-            for row in table.rows:  # rows are read by column name
-                operations.append(Operation(str(row["OperationName"] or ""), str(row["Object"] or ""),
-                                            int(row["Count"] or 0)))
-        return operations
+        operations = [
+            Operation(str(row["OperationName"] or ""), str(row["Object"] or ""), int(row["Count"] or 0),
+                      str(row["Vault"] or ""))
+            for answered in _tables(result) for row in answered.rows  # rows are read by column name
+        ]
+        return Activity(operations, table)
+
+
+def _tables(result: LogsQueryResult | LogsQueryPartialResult) -> list[LogsTable]:
+    return result.partial_data if isinstance(result, LogsQueryPartialResult) else result.tables

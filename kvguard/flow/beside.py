@@ -12,14 +12,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from kvguard.catalog import RULES
 from kvguard.decision import decide, unattributed
-from kvguard.detection import Context, detect_all
+from kvguard.detection import Context
 from kvguard.events import VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
 from kvguard.flow.claims import complete
 from kvguard.flow.context import ResourceContext
-from kvguard.flow.findings import settle_resource_findings
+from kvguard.flow.findings import detected_beside, settle_resource_findings
 from kvguard.flow.memory import (
     baseline_config,
     known_id,
@@ -46,6 +45,7 @@ from kvguard.resources import (
 )
 from kvguard.risk import assess
 from kvguard.roles import Role, builtin_role, role_from_arm, role_guid
+from kvguard.suppression import with_notes
 
 ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
 ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
@@ -147,9 +147,7 @@ def _process_resource(
                               history_key=history_key, recall=recall(services, event, now, history_key))
     judged = Context(event=event, before=None, after=None, diff=None, policy=services.policy,
                      history=context.recall.history, now=now, resource=state)
-    context.findings = detect_all(judged, RULES)
-    if vault_id is None:  # a broader scope: the findings name the vaults it covers
-        context.findings = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in context.findings]
+    context.findings, context.suppressed = detected_beside(services, context, judged)
     steering = vaults[0] if len(vaults) == 1 else None  # several vaults: the policy steers, not one's tags
     context.risk = assess(context.findings, event, steering, services.policy)
     context.decision = decide(
@@ -166,8 +164,9 @@ def _process_resource(
     resolutions = settle_resource_findings(services, context)
     _record_resource(services, context)
     risk = context.risk
-    outcome = Outcome(event.id, "processed", resource_reason(context), vault_id, risk.value, risk.severity,
-                      context.findings, context.actions, risk.explanation, resolutions, resource=change.id)
+    reason = with_notes(resource_reason(context), context.suppressed)
+    outcome = Outcome(event.id, "processed", reason, vault_id, risk.value, risk.severity, context.findings,
+                      context.actions, risk.explanation, resolutions, resource=change.id)
     services.store.append_audit(AuditRecord(event.id, context.judged_id, now, outcome.to_audit()))
     return outcome
 

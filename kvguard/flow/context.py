@@ -53,7 +53,8 @@ NOTHING_EARLIER = Earlier((), {}, [], [], {})
 @dataclass(kw_only=True)
 class FlowContext:
     """What every event's context holds: the event and the time it is judged at, what the state
-    store remembered, and what detect, score, decide and act add. A sweep's stand-in event is
+    store remembered, and what detect (with the notes of what suppressions held back), score,
+    decide and act add. A sweep's stand-in event is
     judged in one of these as it is; a vault's change and a resource's add what was read."""
 
     event: VaultEvent
@@ -62,6 +63,7 @@ class FlowContext:
     findings: list[Finding] = field(default_factory=list)
     risk: Risk = NO_RISK
     decision: Decision | None = None
+    suppressed: list[str] = field(default_factory=list)  # the notes saying which findings were suppressed
     actions: list[ActionResult] = field(default_factory=list)
     remediated: bool = False  # a remediation was applied
     failed: bool = False  # a remediation failed, or the state moved under it: the baseline stays
@@ -86,7 +88,6 @@ class EventContext(FlowContext):
     after: VaultConfig | None = None  # the vault as read after the event (None: gone)
     change: VaultDiff | None = None
     earlier: Earlier = NOTHING_EARLIER
-    suppressed: list[str] = field(default_factory=list)  # the notes saying which findings were suppressed
     joined: list[Finding] = field(default_factory=list)  # findings that repeat an open one
     final: VaultConfig | None = None  # the vault after acting
     opened: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # the open findings' records to write

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from kvguard.flow.memory import baseline_config
 from kvguard.flow.services import Services
 from kvguard.ports import Alert, Baseline
 from kvguard.resources import same_resource
-from kvguard.suppression import suppress
+from kvguard.suppression import suppress, suppress_covering
 from kvguard.vault import VaultConfig
 from remediation.base import Operation
 
@@ -33,8 +34,23 @@ def detected(services: Services, context: EventContext, judged: Context) -> tupl
     vault_id = event.vault.id  # as the event names it, before the record's spelling is known
     found, suppressed = suppress(detect_all(judged, RULES), vault_id, event.vault.name, services.policy, now)
     if services.activity_log is not None:
-        found = enrich(found, vault_id, event.time or now, services.clock.now(), services.activity_log)
+        found = enrich(found, [vault_id], event.time or now, services.clock.now(), services.activity_log)
     return found + [f for f in context.earlier.findings if f.rule not in {d.rule for d in found}], suppressed
+
+
+def detected_beside(services: Services, context: ResourceContext, judged: Context) -> tuple[list[Finding], list[str]]:
+    """Every rule's findings on a resource beside the vaults, as for a vault: a broader scope's
+    findings name the vaults it covers; suppressions hold back those whose every covered vault
+    they match (and the notes say which); each grant gets the blast radius of its principal in
+    the vaults it covers."""
+    state, now = context.state, context.now
+    found = detect_all(judged, RULES)
+    if context.vault_id is None:  # a broader scope: the findings name the vaults it covers
+        found = [replace(f, evidence={**f.evidence, "vaults": state.vault_ids}) for f in found]
+    found, suppressed = suppress_covering(found, state.vaults, services.policy, now)
+    if services.activity_log is not None:
+        found = enrich(found, state.vault_ids, context.event.time or now, services.clock.now(), services.activity_log)
+    return found, suppressed
 
 
 def joined(services: Services, context: EventContext) -> list[Finding]:

@@ -20,7 +20,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +53,15 @@ _CATEGORIES = ("keys", "secrets", "certificates", "storage")
 _ROLE_ASSIGNMENT_RE = re.compile(
     r"^/+(?P<scope>.+?)/providers/microsoft\.authorization/roleassignments/(?P<name>[^/]+)$", re.IGNORECASE)
 _LOG_QUERY_RE = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query$", re.IGNORECASE)
+_PROBE_RE = re.compile(r"^union isfuzzy=true \(AZKVAuditLogs \| take 1 \| project Rows = 1\), \(print Rows = 0\)\s*"
+                       r"\| summarize Rows = sum\(Rows\)$")
+# The two tables Key Vault's AuditEvent logs go to, and the columns that tell them apart.
+AUDIT_TABLES = ("AZKVAuditLogs", "AzureDiagnostics")
+DIAGNOSTICS_OPTIONAL = frozenset({
+    "identity_claim_oid_g", "identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g", "id_s",
+})
+DIAGNOSTICS_ONLY = frozenset({"ResourceId", "ResourceProvider", "Category", *DIAGNOSTICS_OPTIONAL})
+RESOURCE_SPECIFIC_ONLY = frozenset({"Identity", "Id"})  # every table has _ResourceId
 _INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
 # Resources beside a vault (diagnostic settings, locks, private endpoint connections, the Defender
 # plan): one by id, or the list at a scope (`{scope}/providers/…/locks`, `{vault}/privateEndpointConnections`).
@@ -153,6 +162,11 @@ class ArmFake:
         self.webhook_check: Callable[[Any], list[str]] | None = None
         self.ingested: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.audit_events: dict[str, list[AuditEvent]] = {}
+        # Per workspace, the table Key Vault's diagnostic setting writes audit events into
+        # (AUDIT_TABLES; AzureDiagnostics unless set), and the AzureDiagnostics columns that exist
+        # (a column appears once some record had it; all of DIAGNOSTICS_OPTIONAL unless set).
+        self.audit_tables: dict[str, str] = {}
+        self.diagnostics_columns: dict[str, frozenset[str]] = {}
         self.telemetry: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.page_size = page_size
@@ -525,24 +539,50 @@ class ArmFake:
         return 200, None, {}
 
     def _log_query(self, workspace: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
-        """Log Analytics' query API for the one query kvguard sends (a principal's operations in
-        a vault): the vault and object id are read from its `=~` filters, the window from
-        `timespan`, and the workspace's audit events are counted by operation and object."""
+        """Log Analytics' query API for the queries kvguard sends: the probe for the audit table
+        (Rows 1 when the workspace writes AZKVAuditLogs and holds events), and a principal's
+        operations in some vaults: the table is the query's first line, the vaults and object id
+        are read from its `in~` and `Principal =~` filters, the window from `timespan`, and the
+        workspace's audit events are counted by vault, operation and object. A query of the
+        table the workspace does not write finds nothing; a column the table lacks, named other
+        than through `column_ifexists`, fails as Log Analytics fails it (400, SemanticError)."""
         query, timespan = str(body.get("query") or ""), str(body.get("timespan") or "")
-        vault = re.search(r"ResourceId =~ '([^']+)'", query)
-        principal = re.search(r"identity_claim_oid_g =~ '([^']+)'", query)
-        if not query.startswith("AzureDiagnostics") or vault is None or principal is None or "/" not in timespan:
+        events = self.audit_events.get(workspace, [])
+        written = self.audit_tables.get(workspace, "AzureDiagnostics")
+        if _PROBE_RE.match(query):
+            rows = [[1 if written == "AZKVAuditLogs" and events else 0]]
+            return 200, _log_table([("Rows", "long")], rows), {}
+        table = query.split("\n", 1)[0].strip()
+        vaults = re.search(r"\b_?ResourceId in~ \(([^)]*)\)", query)
+        principal = re.search(r"\bPrincipal =~ '([^']+)'", query)
+        if table not in AUDIT_TABLES or vaults is None or principal is None or "/" not in timespan:
             return 400, {"error": {"code": "BadArgumentError", "message": "The fake answers kvguard's query only."}}, {}
+        missing = self._missing_columns(workspace, table, query)
+        if missing:
+            message = f"'where' operator: Failed to resolve scalar expression named '{missing[0]}'"
+            return 400, {"error": {"code": "BadArgumentError", "message": message,
+                                   "innererror": {"code": "SemanticError", "message": message}}}, {}
+        wanted = {v.lower() for v in re.findall(r"'([^']+)'", vaults[1])}
         start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in timespan.split("/"))
-        counts: dict[tuple[str, str], int] = {}
-        for event in self.audit_events.get(workspace, []):
-            if (event.vault.lower() == vault[1].lower() and event.principal.lower() == principal[1].lower()
+        counts: dict[tuple[str, str, str], int] = {}
+        for event in events if table == written else []:
+            if (event.vault.lower() in wanted and event.principal.lower() == principal[1].lower()
                     and start <= event.time <= end):
-                counts[(event.operation, event.object)] = counts.get((event.operation, event.object), 0) + 1
-        rows = [[op, obj, n] for (op, obj), n in sorted(counts.items(), key=lambda item: -item[1])]
-        columns = [{"name": "OperationName", "type": "string"}, {"name": "Object", "type": "string"},
-                   {"name": "Count", "type": "long"}]
-        return 200, {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}]}, {}
+                key = (event.vault.lower(), event.operation, event.object)
+                counts[key] = counts.get(key, 0) + 1
+        rows = [[vault, op, obj, n] for (vault, op, obj), n in sorted(counts.items(), key=lambda item: -item[1])]
+        columns = [("Vault", "string"), ("OperationName", "string"), ("Object", "string"), ("Count", "long")]
+        return 200, _log_table(columns, rows), {}
+
+    def _missing_columns(self, workspace: str, table: str, query: str) -> list[str]:
+        """The columns the query names directly (not through `column_ifexists`) that `table` lacks."""
+        bare = re.sub(r"column_ifexists\('[^']*'", "column_ifexists(", query)
+        if table == "AZKVAuditLogs":
+            absent: Iterable[str] = DIAGNOSTICS_ONLY
+        else:
+            absent = DIAGNOSTICS_OPTIONAL - self.diagnostics_columns.get(workspace, DIAGNOSTICS_OPTIONAL)
+            absent = [*absent, *RESOURCE_SPECIFIC_ONLY]
+        return sorted(c for c in absent if re.search(rf"(?<![\w'.]){re.escape(c)}(?![\w'])", bare))
 
     def _track(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
         """Application Insights' ingestion (`{IngestionEndpoint}/v2.1/track`): a JSON array of
@@ -791,3 +831,9 @@ def cli_environment(fake: ArmFake, tmp_path: Path, monkeypatch: Any, **settings:
     for name, value in settings.items():
         monkeypatch.setenv(f"KVGUARD_{name.upper()}", value)
     return path
+
+
+def _log_table(columns: list[tuple[str, str]], rows: list[list[Any]]) -> dict[str, Any]:
+    """A Log Analytics query answer of one table."""
+    return {"tables": [{"name": "PrimaryResult", "columns": [{"name": n, "type": t} for n, t in columns],
+                        "rows": rows}]}
