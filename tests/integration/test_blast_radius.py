@@ -178,7 +178,8 @@ def test_a_data_access_role_assignment_gets_the_blast_radius_of_its_principal(
 ) -> None:
     fake.add_vault(rbac_vault())
     fake.add_authorization({
-        "id": ASSIGNMENT_ID, "name": ASSIGNMENT_ID.rsplit("/", 1)[-1], "type": "Microsoft.Authorization/roleAssignments",
+        "id": ASSIGNMENT_ID, "name": ASSIGNMENT_ID.rsplit("/", 1)[-1],
+        "type": "Microsoft.Authorization/roleAssignments",
         "properties": {"roleDefinitionId": SECRETS_USER, "principalId": GRANTEE, "principalType": "User",
                        "scope": VAULT_ID},
     })

@@ -1,9 +1,10 @@
-"""Policy `suppressions`: a live one holds its rule back on matching vaults and says so; an expired
-one holds nothing back and is reported; a suppression without expiry or reason is refused."""
+"""Policy `suppressions`: a live one holds its rule back on matching vaults (a role assignment's
+finding when it matches every vault the assignment covers) and says so; an expired one holds
+nothing back and is reported; a suppression without expiry or reason is refused."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,45 @@ def test_validate_reports_expired_suppressions(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "suppression of KV-NET-02 for kv-legacy-* expired 2020-01-31T00:00:00+00:00 and is ignored" in out
     assert "KV-AP-03" not in out
+
+
+# A role assignment beside the vaults: the same suppressions hold its findings back.
+
+def replayed_grant(prefix: str, *suppressions: dict[str, Any]) -> dict[str, Any]:
+    """The first outcome of an RBAC sample replayed with these suppressions in its policy."""
+    from kvguard.replay import build_run, replay
+    from kvguard.scenario import load_scenario
+    from tests.e2e.test_replay_rbac import sample
+
+    base = policy_from_data({"suppressions": list(suppressions)}, "test policy")
+    return replay(build_run(load_scenario(sample(prefix), base_policy=base))).outcomes[0].to_json()
+
+
+def rbac_suppression(vault_pattern: str, days: float = 30) -> dict[str, Any]:
+    until = datetime(2026, 11, 27, tzinfo=UTC) + timedelta(days=days)  # the RBAC samples run on that day
+    return {"rule": "KV-RBAC-01", "vault": vault_pattern, "until": until.isoformat(), "reason": "CHG-5120: migration"}
+
+
+def test_a_suppression_holds_back_a_role_assignment_finding_on_its_vault() -> None:
+    held = replayed_grant("20", rbac_suppression("kv-orders-*"))
+    assert "KV-RBAC-01" not in {f["rule"] for f in held["findings"]}
+    assert "remove_role_assignment" not in {a["handler"] for a in held["actions"]}
+    assert "KV-RBAC-01 suppressed until 2026-12-27T00:00:00+00:00: CHG-5120: migration" in held["reason"]
+    assert "KV-RBAC-01" in {f["rule"] for f in replayed_grant("20")["findings"]}
+
+
+def test_an_inherited_assignment_is_held_back_only_when_every_vault_it_covers_is() -> None:
+    one = replayed_grant("21", rbac_suppression("kv-billing-keys"))
+    assert "KV-RBAC-01" in {f["rule"] for f in one["findings"]} and "suppress" not in one["reason"]
+    both = replayed_grant("21", rbac_suppression("kv-billing-keys"), rbac_suppression("kv-billing-prod"))
+    assert "KV-RBAC-01" in {f["rule"] for f in both["findings"]}  # neither matches both vaults
+    matching_both = replayed_grant("21", rbac_suppression("kv-billing-*"))
+    assert "KV-RBAC-01" not in {f["rule"] for f in matching_both["findings"]}
+    assert "KV-RBAC-01 suppressed until" in matching_both["reason"]
+
+
+def test_an_expired_suppression_of_a_role_assignment_is_ignored_and_reported() -> None:
+    expired = replayed_grant("20", rbac_suppression("kv-orders-*", days=-1))
+    assert "KV-RBAC-01" in {f["rule"] for f in expired["findings"]}
+    assert {a["handler"]: a["status"] for a in expired["actions"]}["remove_role_assignment"] == "applied"
+    assert "suppression of KV-RBAC-01 for kv-orders-* expired 2026-11-26T00:00:00+00:00: ignored" in expired["reason"]
