@@ -60,20 +60,19 @@ def test_audit_logs_redirected_with_an_empty_allow_list_fire_and_do_not_become_t
 
 
 def test_after_a_redirect_a_deleted_setting_is_restored_to_the_accepted_destination(tmp_path: Path) -> None:
-    lines, done = run(tmp_path, {
+    """The redirect is alerted (alert mode: not reverted). The team then switches to remediate,
+    and the SOC deletes the redirected setting: it is put back with the SOC's workspace, never
+    the attacker's."""
+    _, done = run(tmp_path, {
         "policy": {"mode": "alert"}, "vaults": [vault(KV)], "resources": [setting()],
-        "steps": [{"write": setting(ATTACKER)}, {"event": event("redirect", SETTING, DIAG_WRITE)},
-                  {"delete": SETTING}, {"event": event("soc-deletes", SETTING, DIAG_DELETE, caller=OPERATOR)}],
+        "steps": [{"write": setting(ATTACKER)}, {"event": event("redirect", SETTING, DIAG_WRITE)}],
     })
-    # Now in remediate mode, the SOC's delete of the redirected setting: put back as accepted.
-    path = tmp_path / "remediate.json"
-    scenario = json.loads((tmp_path / "scenario.json").read_text())
-    scenario["policy"] = {"mode": "remediate"}
-    path.write_text(json.dumps(scenario), encoding="utf-8")
-    again = replay(build_run(load_scenario(path)))
-    deleted = next(o.to_json() for o in again.outcomes if o.event_id == "soc-deletes")
+    pipeline = done.pipeline
+    pipeline.policy = pipeline.policy.model_copy(update={"mode": "remediate"})
+    done.world.delete_resource(SETTING)
+    [deleted] = [o.to_json() for o in pipeline.handle(event("soc-deletes", SETTING, DIAG_DELETE, caller=OPERATOR))]
     assert statuses(deleted)["restore_diagnostic_setting"] == "applied"
-    assert again.world.resources[SETTING.lower()]["properties"]["workspaceId"] == SOC
+    assert done.world.resources[SETTING.lower()]["properties"]["workspaceId"] == SOC
 
 
 def test_a_restore_never_puts_back_a_destination_outside_allowed_log_destinations(tmp_path: Path) -> None:
