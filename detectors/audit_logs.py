@@ -9,6 +9,7 @@ access reaches the SIEM. Metrics are no audit trail, so changes to them are neve
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from detectors.coverage import audit_log_gap
@@ -58,6 +59,27 @@ def is_allowed_destination(destination: str, allowed: Sequence[str]) -> bool:
     return not allowed or destination.split("|", 1)[0] in {vault_key(a) for a in allowed}
 
 
+def moved_outside(before: Mapping[str, Any], after: Mapping[str, Any], allowed: Sequence[str]) -> list[str]:
+    """The destinations `after` sends to that `before` did not and that the policy does not
+    allow. With `allowed` empty kvguard cannot tell the SOC's workspace from an intruder's, so the
+    baseline's destinations (accepted at onboarding or from an approved caller) are the allowed
+    set: any other destination is a move away from them."""
+    known = log_destinations(before)
+    return [d for d in log_destinations(after) if d not in known and (not allowed or not is_allowed_destination(
+        d, allowed))]
+
+
+def restore_refusal(before: Mapping[str, Any], allowed: Sequence[str]) -> str:
+    """Why the baseline's copy of a setting must not be PUT back: it sends to a destination
+    outside a non-empty `allowed_log_destinations` (a baseline accepted before the list was set,
+    or poisoned); empty when it may be. A restore never writes a value outside the policy."""
+    outside = [d for d in log_destinations(before) if not is_allowed_destination(d, allowed)]
+    if not outside:
+        return ""
+    return (f"not restored: the baseline sends audit logs to {', '.join(outside)}, outside "
+            "allowed_log_destinations (alert only)")
+
+
 def _setting_evidence(setting: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if setting is None:
         return None
@@ -85,8 +107,13 @@ def _audit_logs_cut_cases() -> list[Case]:
              after=diagnostic_setting(name="siem-copy", workspaceId=FOREIGN_WORKSPACE)),
         Case("near miss: destination moved inside allowed_log_destinations", fires=False,
              before=diagnostic_setting(), after=diagnostic_setting(workspaceId=OTHER_WORKSPACE), policy=allowed),
-        Case("near miss: any destination while allowed_log_destinations is empty", fires=False,
-             before=diagnostic_setting(), after=diagnostic_setting(workspaceId=FOREIGN_WORKSPACE)),
+        Case("destination moved away from the baseline's while allowed_log_destinations is empty", fires=True,
+             before=diagnostic_setting(), after=diagnostic_setting(workspaceId=FOREIGN_WORKSPACE),
+             restore=(RestoreResource(diagnostic_setting()["id"], "Microsoft.Insights/diagnosticSettings",
+                                      diagnostic_setting()["properties"]),)),
+        Case("near miss: categories changed, destination kept, allowed_log_destinations empty", fires=False,
+             before=diagnostic_setting(), after=diagnostic_setting(logs=({"categoryGroup": "allLogs",
+                                                                          "enabled": True},))),
         Case("near miss: a metrics-only setting deleted", fires=False,
              before=diagnostic_setting(name="metrics", logs=()), after=None),
         Case("near miss: allLogs replaces the audit group", fires=False, before=diagnostic_setting(),
@@ -105,8 +132,10 @@ def _audit_logs_cut_cases() -> list[Case]:
 )
 def audit_logs_cut(ctx: Context) -> Iterator[Hit]:
     """A diagnostic setting that sent the vault's audit logs was deleted, stopped sending them, or
-    now sends them to a destination outside `allowed_log_destinations`: the usual first move before
-    reading secrets unseen (deleting or disabling audit logs fires whatever the destination)."""
+    now sends them to a destination outside `allowed_log_destinations` (with the list empty: to
+    any destination the baseline did not send to): the usual first move before reading secrets
+    unseen (deleting or disabling audit logs fires whatever the destination). The restore intent
+    is refused when the baseline itself names a destination outside a non-empty list."""
     state = ctx.resource
     if state is None or state.change.type.lower() != DIAGNOSTIC_SETTINGS or state.before is None:
         return
@@ -114,17 +143,21 @@ def audit_logs_cut(ctx: Context) -> Iterator[Hit]:
     if not sends_audit_logs(before):
         return  # it carried no audit trail: nothing was switched off
     evidence = {"setting": state.change.id, "before": _setting_evidence(before), "after": _setting_evidence(after)}
-    restore = RestoreResource.baseline_of(state)
+    allowed = ctx.policy.allowed_log_destinations
+    refused = restore_refusal(before, allowed)
+    restore = tuple(replace(intent, refused=refused) for intent in RestoreResource.baseline_of(state))
+    if refused:
+        evidence["restoreRefused"] = refused
     if after is None:
         yield Hit(evidence=evidence, detail="diagnostic setting deleted", restore=restore)
     elif not sends_audit_logs(after):
         yield Hit(evidence=evidence, detail="audit logs disabled", restore=restore)
     else:
-        moved = [d for d in log_destinations(after) if d not in log_destinations(before)]
-        outside = [d for d in moved if not is_allowed_destination(d, ctx.policy.allowed_log_destinations)]
+        outside = moved_outside(before, after, allowed)
         if outside or not log_destinations(after):
-            yield Hit(evidence={**evidence, "outside": outside},
-                      detail="audit logs sent outside allowed_log_destinations", restore=restore)
+            detail = ("audit logs sent outside allowed_log_destinations" if allowed
+                      else "audit logs sent away from the baseline's destination")
+            yield Hit(evidence={**evidence, "outside": outside}, detail=detail, restore=restore)
 
 
 def _audit_logs_nowhere_cases() -> list[Case]:

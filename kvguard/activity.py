@@ -212,8 +212,21 @@ def to_event(record: Any) -> VaultEvent | Rejected:
     }
     parsed = parse(envelope)[0]
     if isinstance(parsed, Rejected):
-        return Rejected(f"activity record: {parsed.reason.replace('data.resourceUri', 'resourceId')}", raw, event_id)
-    return replace(parsed, raw=record, caller=_caller(parsed.caller, record.get("caller")), request=_request(record))
+        return Rejected(f"activity record: {_record_field_names(parsed.reason)}", raw, event_id)
+    return replace(parsed, raw=record, caller=_caller(parsed.caller, record.get("caller")), request=_request(record),
+                   past=True)
+
+
+# The envelope fields `to_event` fills from a record's fields: a reason names the record's own.
+_RECORD_FIELDS = (("data.resourceUri", "resourceId"), ("eventTime", "eventTimestamp"))
+
+
+def _record_field_names(reason: str) -> str:
+    """A rejection of the envelope built from a record, naming the record's fields (a bad
+    `eventTimestamp` is the record's problem, not the envelope's `eventTime`)."""
+    for envelope, record in _RECORD_FIELDS:
+        reason = re.sub(rf"(?<![\w.]){re.escape(envelope)}(?!\w)", record, reason)
+    return reason
 
 
 def _caller(caller: Caller, named: Any) -> Caller:

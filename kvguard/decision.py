@@ -62,9 +62,18 @@ def unattributed(policy: Policy, event: VaultEvent) -> str | None:
     """
     if not event.succeeded:
         return "the operation failed, so the change in the vault is not this caller's; its own event decides"
+    if event.past and is_approved(policy, event):
+        return PAST_APPROVED
     if policy.approved_callers and not event.caller.ids():
         return "the event names no caller and approved callers are configured; the event naming the caller decides"
     return None
+
+
+# An approved caller's past event is judged against today's state, not the state it wrote: what
+# others changed since would otherwise be accepted in the approved caller's name.
+PAST_APPROVED = ("a past event by an approved caller: today's state may hold later changes by others, "
+                 "so it is not accepted in their name (alert-only; the baseline stays)")
+PAST_EVENT = "a past event (Activity Log record) is alert-only: remediation is planned, never applied"
 
 
 def may_retag(policy: Policy, event: VaultEvent, remediated: bool) -> bool:
@@ -102,8 +111,9 @@ def decide(
     """`vault` is the accepted baseline when there is one: its tags steer (see STEERING_TAGS)."""
     mode = effective_mode(policy, vault)
     tripped = recent_remediations >= policy.circuit_breaker.max_remediations
+    dry_run = policy.dry_run or event.past  # a past event is judged as `kvguard backfill` judges it
     if not findings:
-        return Decision(mode, False, "no finding", False, "no finding", policy.dry_run)
+        return Decision(mode, False, "no finding", False, "no finding", dry_run)
     if mode == "observe":
         alert, alert_reason = False, "observe mode records only"
     elif risk >= policy.alert_threshold:
@@ -112,12 +122,14 @@ def decide(
         alert, alert_reason = False, f"risk {risk} below alert_threshold {policy.alert_threshold}"
 
     def without_remediation(reason: str, alert: bool = alert, alert_reason: str = alert_reason) -> Decision:
-        return Decision(mode, alert, alert_reason, False, reason, policy.dry_run)
+        return Decision(mode, alert, alert_reason, False, reason, dry_run)
 
     if mode != "remediate":
         return without_remediation(f"{mode} mode does not remediate")
     if risk < policy.remediate_threshold:
         return without_remediation(f"risk {risk} below remediate_threshold {policy.remediate_threshold}")
+    if event.past and is_approved(policy, event):
+        return without_remediation(PAST_APPROVED)
     if is_approved(policy, event):
         return without_remediation("approved caller: change accepted")
     not_theirs = unattributed(policy, event)
@@ -133,5 +145,7 @@ def decide(
         )
     if not alert:  # alerts always come first: a remediation is never silent
         alert_reason = f"remediating (risk {risk} >= remediate_threshold {policy.remediate_threshold})"
-    return Decision(mode, True, alert_reason, True,
-                    f"risk {risk} >= remediate_threshold {policy.remediate_threshold}", policy.dry_run)
+    remediate_reason = f"risk {risk} >= remediate_threshold {policy.remediate_threshold}"
+    if event.past:
+        remediate_reason = f"{PAST_EVENT}; {remediate_reason}"
+    return Decision(mode, True, alert_reason, True, remediate_reason, dry_run)

@@ -207,6 +207,10 @@ class VaultEvent:
     # What the Activity Log adds and Event Grid lacks: the request's body (a role assignment's
     # principal, role and scope), decoded; None for an Event Grid delivery.
     request: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    # A past event read from the Activity Log (`kvguard backfill`, replay's `activity` step): it is
+    # judged against today's state, which may hold later changes by others, so it is never
+    # remediated and an approved caller's past event is not accepted in their name (kvguard.decision).
+    past: bool = False
 
     @property
     def is_access_policy_changed(self) -> bool:

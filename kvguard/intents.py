@@ -101,6 +101,9 @@ class RestoreResource:
     resource_id: str
     resource_type: str
     properties: Mapping[str, Any]
+    # Why the baseline's copy must not be written back (it names a value outside the policy's
+    # allowed sets): the handler then records the refusal and writes nothing; empty when it may.
+    refused: str = ""
     name: ClassVar[str] = "restore_resource"
 
     @classmethod
@@ -111,12 +114,13 @@ class RestoreResource:
         return (cls(state.change.id, state.change.type, state.before.get("properties") or {}),)
 
     def to_json(self) -> dict[str, Any]:
-        return {"resourceId": self.resource_id, "resourceType": self.resource_type,
-                "properties": dict(self.properties)}
+        found = {"resourceId": self.resource_id, "resourceType": self.resource_type,
+                 "properties": dict(self.properties)}
+        return {**found, "refused": self.refused} if self.refused else found
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> RestoreResource:
-        return cls(doc["resourceId"], doc["resourceType"], doc["properties"])
+        return cls(doc["resourceId"], doc["resourceType"], doc["properties"], str(doc.get("refused") or ""))
 
 
 @dataclass(frozen=True)

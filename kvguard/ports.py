@@ -81,7 +81,8 @@ class ResourceGateway(Protocol):
 
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
         """Every resource of `resource_type` that applies at `scope`: at it or inherited from above
-        it (what ARM's `$filter=atScope()` lists), for reconciliation and baseline seeding."""
+        it (what ARM's `$filter=atScope()` lists), and for role assignments also those below it
+        (on one secret, key or certificate of a vault), for reconciliation and baseline seeding."""
         ...
 
 

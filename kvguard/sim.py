@@ -206,10 +206,17 @@ class SimResourceGateway:
         return self.world.resources[vault_key(resource_id)]
 
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
-        """At the scope or above it, as `atScope()` lists: never what lies below the scope."""
+        """At the scope or above it, as `atScope()` lists; role assignments also below it (an
+        assignment on one secret of a vault), as ARM's list with no filter adds them."""
         wanted = resource_type.lower()
+        below = wanted == "microsoft.authorization/roleassignments"
         return [doc for doc in self.world.resources.values()
-                if resource_type_of(doc).lower() == wanted and _at_or_above(scope_of(doc["id"]), scope)]
+                if resource_type_of(doc).lower() == wanted and (
+                    _at_or_above(scope_of(doc["id"]), scope) or (below and _below(scope_of(doc["id"]), scope)))]
+
+
+def _below(resource_scope: str, scope: str) -> bool:
+    return vault_key(resource_scope).startswith(vault_key(scope) + "/")
 
 
 def _at_or_above(resource_scope: str, scope: str) -> bool:

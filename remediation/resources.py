@@ -30,6 +30,8 @@ def _restore(data: PlanInput, handler_id: str, what: str) -> list[Operation]:
         return []
     operations = []
     for _, intent in data.restores(RestoreResource):
+        if intent.refused:
+            continue  # the baseline names a value outside the policy: never written (the flow says why)
         document = {"type": intent.resource_type, "properties": _writable(intent.properties)}
         name = intent.resource_id.rsplit("/", 1)[-1]
         operations.append(put_resource_operation(handler_id, intent.resource_id, document, state.after,
@@ -41,7 +43,8 @@ def _restore(data: PlanInput, handler_id: str, what: str) -> list[Operation]:
          accepts=(RestoreResource,))
 def restore_diagnostic_setting(data: PlanInput) -> list[Operation]:
     """PUT the vault's diagnostic setting back as the baseline had it: deleted, it is created again;
-    its audit logs switched off or sent elsewhere, its logs, metrics and destinations are restored."""
+    its audit logs switched off or sent elsewhere, its logs, metrics and destinations are restored.
+    Never a destination outside `allowed_log_destinations`: such a restore is refused (alert only)."""
     return _restore(data, "restore_diagnostic_setting", "diagnostic setting")
 
 

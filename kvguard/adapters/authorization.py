@@ -109,15 +109,21 @@ class AuthorizationGateway:
         return status == 200
 
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
-        """Role assignments at `scope` and inherited from above it (`$filter=atScope()`); no other
-        type is listed here (an empty list)."""
+        """Role assignments at `scope`, inherited from above it (`$filter=atScope()`) and below it
+        (the list with no filter includes child scopes: an assignment on one secret, key or
+        certificate of a vault), each once; no other type is listed here (an empty list)."""
         if resource_type.lower() != ROLE_ASSIGNMENTS:
             return []
         client = self._client(scope)
+        found: dict[str, Mapping[str, Any]] = {}
         with azure_errors(f"list role assignments at {scope}"):
             # serialize() gives the wire JSON back with ARM's own (REST) names.
-            return [a.serialize(keep_readonly=True)
-                    for a in client.role_assignments.list_for_scope(scope.lstrip("/"), filter="atScope()")]
+            for listing in (client.role_assignments.list_for_scope(scope.lstrip("/"), filter="atScope()"),
+                            client.role_assignments.list_for_scope(scope.lstrip("/"))):
+                for assignment in listing:
+                    document = assignment.serialize(keep_readonly=True)
+                    found.setdefault(str(document.get("id") or "").lower(), document)
+        return list(found.values())
 
     def close(self) -> None:
         self._clients.close()

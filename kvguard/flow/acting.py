@@ -18,6 +18,7 @@ from kvguard.flow.claims import hold, scope
 from kvguard.flow.context import Earlier, EventContext, FlowContext
 from kvguard.flow.services import Services
 from kvguard.ids import vault_key
+from kvguard.intents import RestoreResource
 from kvguard.ports import Alert, TransientError
 from kvguard.resources import ResourceState
 from kvguard.vault import VaultConfig
@@ -210,7 +211,9 @@ def act_beside(
             continue
         operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=resource))
         if not operations:
-            results.append(skipped(handler_id, "nothing to undo: the baseline has what the change left", rules))
+            refusals = [i.refused for f in mine for i in f.restore if isinstance(i, RestoreResource) and i.refused]
+            results.append(skipped(handler_id, refusals[0] if refusals else
+                                   "nothing to undo: the baseline has what the change left", rules))
             continue
         result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=None)
         if result.transient:

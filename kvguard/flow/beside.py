@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from kvguard.decision import decide, unattributed
+from kvguard.decision import decide, is_approved, unattributed
 from kvguard.detection import Context
 from kvguard.events import VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
@@ -32,6 +32,7 @@ from kvguard.flow.own import own_write
 from kvguard.flow.reasons import resource_reason
 from kvguard.flow.services import Services
 from kvguard.ids import vault_key
+from kvguard.intents import RestoreResource
 from kvguard.outcome import Outcome
 from kvguard.ports import AuditRecord, Baseline, PermanentError, RejectedPayload, TransientError
 from kvguard.resources import (
@@ -49,6 +50,7 @@ from kvguard.suppression import with_notes
 
 ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
 ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
+DIAGNOSTIC_SETTINGS = "microsoft.insights/diagnosticsettings"
 
 
 def handle_resource(services: Services, event: VaultEvent, change: ResourceChange) -> Outcome:
@@ -138,6 +140,7 @@ def _process_resource(
     after = services.resources.get(change.id)
     if after is not None and isinstance(after.get("id"), str):
         change = replace(change, id=after["id"])
+    after = after if after is not None else requested_assignment(event, change)
     baseline = services.store.get_baseline(change.id)
     before = baseline.config if baseline is not None and not baseline.deleted else None
     vaults = tuple(baseline_config(services, b) for b in covered)
@@ -171,6 +174,44 @@ def _process_resource(
     return outcome
 
 
+def _restore_left_undone(services: Services, context: ResourceContext) -> bool:
+    """A diagnostic setting whose audit logs a finding would put back to the baseline's copy (cut,
+    or sent elsewhere), still so and changed by a caller who is not approved: it does not become
+    the baseline, so a later restore never writes the intruder's destination back, and the change
+    is judged again until an approved caller or a remediation settles it."""
+    if (context.remediated or context.final is None or context.change.type.lower() != DIAGNOSTIC_SETTINGS
+            or is_approved(services.policy, context.event)):
+        return False
+    return any(isinstance(intent, RestoreResource) for finding in context.findings for intent in finding.restore)
+
+
+def requested_assignment(event: VaultEvent, change: ResourceChange) -> dict[str, Any] | None:
+    """A past role-assignment write (an Activity Log record) whose assignment is gone today: the
+    assignment its request body asked for (`properties.roleDefinitionId`, `principalId`), judged
+    as the state that write produced. A cover-up (granted, used, removed) is then still a grant
+    the baseline lacks, and its removal a KV-RBAC-03; None for anything else."""
+    request = event.request
+    if (not event.past or not event.succeeded or request is None or change.action != "write"
+            or change.type.lower() != ROLE_ASSIGNMENTS):
+        return None
+    body = _field(request, "properties")
+    properties = body if isinstance(body, Mapping) else request
+    role, principal = _field(properties, "roleDefinitionId"), _field(properties, "principalId")
+    if not isinstance(role, str) or not role or not isinstance(principal, str) or not principal:
+        return None
+    kind = _field(properties, "principalType")
+    requested = {"roleDefinitionId": role, "principalId": principal, "scope": change.scope}
+    if isinstance(kind, str) and kind:
+        requested["principalType"] = kind
+    return {"id": change.id, "name": change.id.rsplit("/", 1)[-1], "type": "Microsoft.Authorization/roleAssignments",
+            "properties": requested}
+
+
+def _field(mapping: Mapping[str, Any], name: str) -> Any:
+    """A request body's field, whatever its case (`principalId`, `PrincipalId`)."""
+    return next((v for k, v in mapping.items() if isinstance(k, str) and k.lower() == name.lower()), None)
+
+
 def _record_resource(services: Services, context: ResourceContext) -> None:
     """History marks as for a vault, and the resource's new baseline: the state after acting,
     unless a remediation failed or the change cannot be pinned on this event's caller."""
@@ -181,7 +222,7 @@ def _record_resource(services: Services, context: ResourceContext) -> None:
         services.store.add_mark("remediations", key, event.id, now)
     if before is None and final is not None and change.type.lower() == ROLE_ASSIGNMENTS:
         services.store.add_mark("grants", key, change.key, now)  # for the cover-up rule
-    if context.failed or unattributed(services.policy, event):
+    if context.failed or unattributed(services.policy, event) or _restore_left_undone(services, context):
         return
     if final is None:
         if before is not None:

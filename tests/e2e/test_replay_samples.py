@@ -575,7 +575,9 @@ def test_14_an_activity_log_grant_is_judged_once_from_its_final_record() -> None
     assert {"KV-AP-01", "KV-ID-02"} <= rules(grant)
     assert grant["severity"] == "critical"
     # The role assignment is judged under its own id; the simulated world holds no such assignment
-    # (the scenario writes none), so only the caller's rules can fire.
+    # any more, so it is judged as the record's request body asked for it: a data role the baseline lacks.
     assert assignment["outcome"] == "processed" and "/roleAssignments/" in assignment["resource"]
-    assert rules(assignment) <= {"KV-ID-01", "KV-ID-02", "KV-ID-03", "KV-ID-04", "KV-ID-05", "KV-ID-06"}
+    assert {"KV-RBAC-01", "KV-ID-02"} <= rules(assignment)
+    # A past event is a dry run: alerted, never remediated.
+    assert all("(dry run)" in e["reason"] for e in events)
     assert summary["summary"]["findings"]["KV-AP-01"] == 1

@@ -329,7 +329,8 @@ class ArmFake:
             return self._role_assignment(method, match, request.json or {})
         # `atScope()` listings and the definitions in `authorization` are answered here; an
         # `assignedTo()` listing and the onboarding state's definitions by the onboarding routes.
-        listing = (request.param("$filter") or "").strip().lower() == "atscope()"
+        # A role-assignment list with no filter (at the scope and below it) is answered here too.
+        listing = (request.param("$filter") or "").strip().lower() in ("atscope()", "")
         if (match := _ROLE_ASSIGNMENTS_RE.match(path)) and method == "GET" and listing:
             return self._list_role_assignments(match["scope"], request.param("$filter"))
         definition = self.authorization.get(vault_key("/" + path.lstrip("/")))

@@ -83,13 +83,13 @@ def test_only_role_assignments_are_deleted(gateway: AuthorizationGateway) -> Non
         gateway.delete(CUSTOM)
 
 
-def test_list_at_scope_uses_at_scope_and_includes_inherited_ones(gateway: AuthorizationGateway,
-                                                                 fake: ArmFake) -> None:
+def test_list_at_scope_includes_inherited_ones_and_those_below_the_vault_once(gateway: AuthorizationGateway,
+                                                                              fake: ArmFake) -> None:
     listed = gateway.list_at_scope(VAULT_ID, "Microsoft.Authorization/roleAssignments")
-    assert sorted(d["id"] for d in listed) == sorted([AT_VAULT["id"], AT_GROUP["id"], AT_MG["id"]])
+    assert sorted(d["id"] for d in listed) == sorted([AT_VAULT["id"], AT_GROUP["id"], AT_MG["id"], ON_SECRET["id"]])
     assert {d["properties"]["principalId"] for d in listed} == {"badc0de0-7777-4888-9999-aaaabbbbcccc"}
-    [request] = fake.requests_to("GET", "/roleAssignments$")
-    assert request.param("$filter") == "atScope()"
+    requests = fake.requests_to("GET", "/roleAssignments$")
+    assert sorted(str(r.param("$filter")) for r in requests) == ["None", "atScope()"]  # inherited, then below
     assert gateway.list_at_scope(VAULT_ID, "Microsoft.Insights/diagnosticSettings") == []
 
 

@@ -187,3 +187,27 @@ def test_the_report_lists_findings_per_vault_and_rule(fake: ArmFake, state_db: P
     assert "kv-web-01" in row
     assert "6 records read, 5 operations judged" in text
     assert "dry run: nothing recorded" in text
+
+
+def test_apply_of_an_old_approved_event_accepts_nothing_present_today(
+        fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The approved pipeline wrote the vault ten days ago; the intruder's grant is in it today (its
+    own record is past the range read). `--apply` of the pipeline's event must not take the grant
+    into the baseline in the pipeline's name, and writes nothing to ARM."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"mode: remediate\napproved_callers: [{OWNER}]\n", encoding="utf-8")
+    path = cli_environment(fake, tmp_path, monkeypatch, policy_file=str(policy))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    SQLiteStateStore(str(path)).put_baseline(VAULT, vault_doc(VAULT), None, now=datetime.now(UTC) - timedelta(days=40))
+    fake.onboarding.activity[SUB] = [record("pipeline", "Microsoft.KeyVault/vaults/write", "Succeeded", ago(10),
+                                            caller=OWNER)]
+
+    status, lines = run("backfill", "--subscription", SUB, "--apply", "--json")
+
+    assert status == 0
+    [past] = [line for line in lines if line.get("event_id") == "pipeline"]
+    assert "not accepted" in past["reason"]
+    baseline = SQLiteStateStore(str(path)).get_baseline(VAULT)
+    assert baseline is not None
+    assert INTRUDER not in {p["objectId"] for p in baseline.config["properties"]["accessPolicies"]}
+    assert arm_writes(fake) == []

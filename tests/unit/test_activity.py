@@ -66,6 +66,7 @@ def test_without_claims_the_records_caller_names_the_caller() -> None:
     ({"operationName": {"localizedValue": "x"}}, "operationName.value"),
     ({"resourceId": ""}, "resourceId"),
     ({"eventTimestamp": 7}, "eventTimestamp"),
+    ({"eventTimestamp": "last tuesday"}, "eventTimestamp"),
     ({"resourceId": f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/managedHSMs/h"},
      "resourceId"),
 ])
@@ -74,6 +75,7 @@ def test_a_bad_record_is_rejected_naming_the_field(change: dict[str, object], fi
     rejected = to_event(bad)
     assert isinstance(rejected, Rejected)
     assert rejected.reason.startswith(field) or f": {field}" in rejected.reason, rejected.reason
+    assert "eventTime:" not in rejected.reason and "data.resourceUri" not in rejected.reason  # the envelope's names
     assert json.loads(rejected.raw)["tenantId"] == bad["tenantId"]  # the raw record is kept
 
 
