@@ -30,14 +30,27 @@ def activity_query(vault_id: str, principal_id: str) -> str:
     return (
         "AzureDiagnostics\n"
         "| where ResourceProvider == 'MICROSOFT.KEYVAULT' and Category == 'AuditEvent'\n"
-        f"| where ResourceId =~ '{ref.id}'\n"
-        f"| where identity_claim_oid_g =~ '{principal_id}'"
-        f" or identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g =~ '{principal_id}'\n"
+        f"| where _ResourceId =~ '{ref.id}'\n"
+        # The claim columns exist only once some vault's log has filled them.
+        f"| where column_ifexists('identity_claim_oid_g', '') =~ '{principal_id}'"
+        " or column_ifexists('identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g', '')"
+        f" =~ '{principal_id}'\n"
         "| extend Path = split(id_s, '/')\n"
         "| extend Object = iff(array_length(Path) > 4, strcat(tostring(Path[3]), '/', tostring(Path[4])), '')\n"
         "| summarize Count = count() by OperationName, Object\n"
         f"| order by Count desc\n| take {MAX_ROWS}"
     )
+
+
+EXAMPLE_VAULT = ("/subscriptions/00000000-0000-4000-8000-000000000000/resourceGroups/rg"
+                 "/providers/Microsoft.KeyVault/vaults/kv")
+EXAMPLE_PRINCIPAL = "00000000-0000-4000-8000-000000000001"
+
+
+def kql_texts() -> list[str]:
+    """Every query text this adapter sends, for one example vault and principal: the KQL check
+    (tests/infra/test_kql.py) parses them against the audit tables' published schemas."""
+    return [activity_query(EXAMPLE_VAULT, EXAMPLE_PRINCIPAL)]
 
 
 class LogAnalyticsActivityLog:

@@ -530,7 +530,7 @@ class ArmFake:
         `timespan`, and the workspace's audit events are counted by operation and object."""
         query, timespan = str(body.get("query") or ""), str(body.get("timespan") or "")
         vault = re.search(r"ResourceId =~ '([^']+)'", query)
-        principal = re.search(r"identity_claim_oid_g =~ '([^']+)'", query)
+        principal = re.search(r"identity_claim_oid_g', ''\) =~ '([^']+)'", query)
         if not query.startswith("AzureDiagnostics") or vault is None or principal is None or "/" not in timespan:
             return 400, {"error": {"code": "BadArgumentError", "message": "The fake answers kvguard's query only."}}, {}
         start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in timespan.split("/"))

@@ -13,8 +13,8 @@ PRINCIPAL = "3c2b1a09-f8e7-4d6c-9b5a-493827160f5e"
 
 def test_the_query_filters_on_the_vault_and_the_principal() -> None:
     query = activity_query(VAULT, PRINCIPAL)
-    assert f"ResourceId =~ '{VAULT}'" in query
-    assert f"identity_claim_oid_g =~ '{PRINCIPAL}'" in query
+    assert f"_ResourceId =~ '{VAULT}'" in query
+    assert f"column_ifexists('identity_claim_oid_g', '') =~ '{PRINCIPAL}'" in query
     assert query.startswith("AzureDiagnostics") and "Category == 'AuditEvent'" in query
 
 
