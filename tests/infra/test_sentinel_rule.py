@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from tests.infra.bicep_tree import INFRA, Tree, accessor, body, condition, only_resource, variable
-from tests.infra.test_kql import findings_table, parse
 
 RULE_QUERY = INFRA / "sentinel-rule.kql"
 
@@ -25,9 +24,10 @@ def rule_properties(trees: Mapping[str, Tree]) -> Mapping[str, Any]:
     return properties
 
 
-@pytest.fixture(scope="module")
-def result_columns(trees: Mapping[str, Tree]) -> dict[str, str]:
-    [analysis] = parse([findings_table(trees)], {"rule": RULE_QUERY.read_text()}).values()
+@pytest.fixture
+def result_columns(kql: dict[str, tuple[str, Any]]) -> dict[str, str]:
+    text, analysis = kql["sentinel-rule"]
+    assert text == RULE_QUERY.read_text()
     assert [d for d in analysis["diagnostics"] if d["severity"] == "Error"] == []
     return {c["name"]: c["type"] for c in analysis["columns"]}
 
