@@ -70,6 +70,9 @@ param storageSku string = 'Standard_LRS'
 @description('Send every finding and action to the Log Analytics table KvguardFindings_CL (a data collection endpoint and rule, for Sentinel) and deploy the kvguard workbook.')
 param deployFindingsLog bool = false
 
+@description('With deployFindingsLog: a Microsoft Sentinel scheduled analytics rule on the findings table (infra/sentinel-rule.kql), one incident per high or critical finding; turns Sentinel on for kvguard\'s workspace.')
+param deploySentinelRule bool = false
+
 @description('Resource id of the Log Analytics workspace that holds the vaults\' AuditEvent logs (empty: none). kvguard gets Log Analytics Reader there and adds to each grant finding what the granted principal did in the vault (blast radius).')
 param auditWorkspaceResourceId string = ''
 
@@ -189,6 +192,17 @@ module findingsLog 'modules/findings-log.bicep' = if (deployFindingsLog) {
     dataCollectionRuleName: 'dcr-kvguard-${token}'
     location: location
     tags: tags
+  }
+}
+
+module sentinelRule 'modules/sentinel-rule.bicep' = if (deployFindingsLog && deploySentinelRule) {
+  name: 'kvguard-sentinel-rule'
+  scope: group
+  dependsOn: [
+    findingsLog
+  ]
+  params: {
+    workspaceName: monitoring.outputs.logAnalyticsName
   }
 }
 

@@ -58,7 +58,7 @@ _COLUMNS: dict[AuditTable, tuple[str, str, str, str]] = {
     ),
     AZURE_DIAGNOSTICS: (
         "| where ResourceProvider == 'MICROSOFT.KEYVAULT' and Category == 'AuditEvent'\n",
-        "ResourceId",
+        "_ResourceId",
         "coalesce(tostring(column_ifexists('identity_claim_oid_g', '')),"
         " tostring(column_ifexists('identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g',"
         " '')))",

@@ -19,6 +19,7 @@ attributes. The counters are the ones README "Operating kvguard" explains:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -34,13 +35,18 @@ SCOPE = "kvguard"
 
 
 def span_attributes(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The outcome's fields as span attributes: primitives or lists of strings, None left out."""
+    """The outcome's fields as span attributes, None left out. A list (`kvguard.rules`,
+    `kvguard.actions` as `handler:status`) is written as JSON text: Application Insights' exporter
+    turns every attribute value into `str(value)`, and Python's text of a tuple is nothing
+    `parse_json` can read, while `["KV-AP-01","KV-AP-03"]` is."""
     attributes: dict[str, Any] = {}
     for name, value in fields.items():
         if value is None:
             continue
         if name == "actions":
             value = [f"{a['handler']}:{a['status']}" for a in value]
+        if isinstance(value, (list, tuple)):
+            value = json.dumps(list(value), separators=(",", ":"))
         attributes[f"kvguard.{name}"] = value
     return attributes
 

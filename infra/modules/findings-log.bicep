@@ -36,6 +36,18 @@ var columns = [
     type: 'string'
   }
   {
+    name: 'ResourceId'
+    type: 'string'
+  }
+  {
+    name: 'Scope'
+    type: 'string'
+  }
+  {
+    name: 'Vaults'
+    type: 'dynamic'
+  }
+  {
     name: 'Operation'
     type: 'string'
   }

@@ -21,6 +21,15 @@ def trees() -> dict[str, Tree]:
     return {path.relative_to(INFRA).as_posix(): parse(path) for path in bicep_files()}
 
 
+@pytest.fixture(scope="session")
+def kql(trees: dict[str, Tree]) -> dict[str, tuple[str, Any]]:
+    """Every KQL text kvguard ships (and the deliberately wrong ones of test_kql), analysed by the
+    Kusto language service in one node process for the whole session."""
+    from tests.infra.test_kql import parse_all
+
+    return parse_all(trees)
+
+
 def checkov_command() -> str:
     """checkov lives in its own virtualenv (.venv-checkov): its pins conflict with the project's.
     KVGUARD_CHECKOV overrides the path."""

@@ -31,7 +31,8 @@ APP_INSIGHTS = {
 KQL = {
     "where", "summarize", "count", "countif", "by", "bin", "order", "desc", "asc", "project", "extend", "top",
     "take", "distinct", "make_set", "dcount", "max", "min", "sum", "percentile", "isnotempty", "isempty", "in",
-    "and", "or", "not", "false", "true", "startswith", "has", "contains", "ago", "now",
+    "and", "or", "not", "false", "true", "startswith", "has", "contains", "ago", "now", "iff", "dynamic",
+    "array_length", "set_intersect",
 }
 
 

@@ -60,7 +60,7 @@ AUDIT_TABLES = ("AZKVAuditLogs", "AzureDiagnostics")
 DIAGNOSTICS_OPTIONAL = frozenset({
     "identity_claim_oid_g", "identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g", "id_s",
 })
-DIAGNOSTICS_ONLY = frozenset({"ResourceId", "ResourceProvider", "Category", *DIAGNOSTICS_OPTIONAL})
+DIAGNOSTICS_ONLY = frozenset({"ResourceProvider", "Category", *DIAGNOSTICS_OPTIONAL})
 RESOURCE_SPECIFIC_ONLY = frozenset({"Identity", "Id"})  # every table has _ResourceId
 _INGESTION_RE = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)$", re.IGNORECASE)
 # Resources beside a vault (diagnostic settings, locks, private endpoint connections, the Defender

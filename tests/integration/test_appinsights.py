@@ -64,7 +64,9 @@ def test_spans_counters_and_the_log_line_reach_application_insights_with_the_app
         by_kind.setdefault(item["data"]["baseType"], []).append(item["data"]["baseData"])
     [request] = [r for r in by_kind["RequestData"] if r["name"] == "kvguard.delivery"]
     assert request["properties"]["kvguard.event_id"] == "evt-ai-1"
-    assert "revert_access_policy:applied" in request["properties"]["kvguard.actions"]
+    # list attributes arrive as JSON text that parse_json reads
+    assert "revert_access_policy:applied" in json.loads(request["properties"]["kvguard.actions"])
+    assert "KV-AP-01" in json.loads(request["properties"]["kvguard.rules"])
     metric_names = {m["name"] for data in by_kind["MetricData"] for m in data["metrics"]}
     assert {"kvguard.outcomes", "kvguard.findings", "kvguard.remediations"} <= metric_names
     messages = [m["message"] for m in by_kind.get("MessageData", [])]

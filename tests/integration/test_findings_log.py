@@ -1,5 +1,6 @@
 """The findings table through the real LogsIngestionClient against the local HTTPS fake: every
-finding and action of a remediated event arrives as a row of KvguardFindings_CL's schema."""
+finding and action of a remediated event arrives as a row of KvguardFindings_CL's schema, a role
+assignment over a resource group with the resource, scope and vaults it reaches."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import pytest
 from kvguard.adapters.ingestion import LogsIngestionFindingsLog
 from kvguard.findings_table import COLUMNS, STREAM
 from kvguard.outcome import Outcome
+from kvguard.replay import build_run, replay
+from kvguard.scenario import load_scenario
 from kvguard.telemetry import Observer
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake
+from tests.unit.test_findings_table import SAMPLES
 from tests.unit.test_pipeline import OPERATOR_GRANT, ROGUE_CALLER, ROGUE_GRANT, TEAM, Env, event, vault
 
 RULE_ID = "dcr-5f0c2a9e8b7d4c3a9e1f0a2b3c4d5e6f"
@@ -81,3 +85,20 @@ def test_a_failing_ingestion_is_logged_and_does_not_fail_the_delivery(
     assert fake.ingested == {}
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and "findings log" in r.getMessage()]
     assert len(failures) == 1 and outcome.event_id in failures[0].getMessage()
+
+
+def test_a_resource_group_role_assignment_arrives_with_its_resource_scope_and_vaults(
+    fake: ArmFake, findings_log: LogsIngestionFindingsLog
+) -> None:
+    [path] = SAMPLES.glob("21-*.yaml")
+    outcomes = replay(build_run(load_scenario(path))).outcomes
+    for outcome in outcomes:
+        findings_log.send(outcome)
+
+    rows = fake.ingested[(RULE_ID, STREAM)]
+    assert all(set(row) == set(COLUMNS) for row in rows)
+    [grant] = [r for r in rows if r["RecordType"] == "finding" and r["Rule"] == "KV-RBAC-01"]
+    assert grant["VaultId"] is None and grant["Scope"].endswith("/resourceGroups/rg-billing")
+    assert "/providers/Microsoft.Authorization/roleAssignments/" in grant["ResourceId"]
+    assert len(grant["Vaults"]) == 2 and all("/vaults/kv-billing-" in v for v in grant["Vaults"])
+    assert {r["ResourceId"] for r in rows} == {o.resource for o in outcomes if o.findings or o.actions}

@@ -46,7 +46,7 @@ def test_the_resource_specific_query_reads_azkvauditlogs_by_its_own_columns() ->
 def test_the_azure_diagnostics_query_names_its_optional_columns_only_through_column_ifexists() -> None:
     query = activity_query(AZURE_DIAGNOSTICS, [VAULT], PRINCIPAL)
     assert query.startswith("AzureDiagnostics\n") and "Category == 'AuditEvent'" in query
-    assert f"ResourceId in~ ('{VAULT}')" in query and f"Principal =~ '{PRINCIPAL}'" in query
+    assert f"_ResourceId in~ ('{VAULT}')" in query and f"Principal =~ '{PRINCIPAL}'" in query
     for column in OPTIONAL_DIAGNOSTICS_COLUMNS:
         assert query.count(column) == query.count(f"column_ifexists('{column}', '')") == 1, column
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.monitor.opentelemetry.exporter.export.trace._exporter import _convert_span_to_envelope
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -97,6 +98,18 @@ def test_a_remediated_event_gives_one_span_with_the_outcome_and_counters() -> No
     assert isinstance(decision, int) and isinstance(revert, int)
     assert 2000 < decision < revert
     assert "kvguard.caller_upn" not in attributes and "kvguard.caller_ip" not in attributes
+
+
+def test_list_attributes_reach_application_insights_properties_as_json_that_parse_json_reads() -> None:
+    telemetry = Telemetry()
+    outcome = remediated_delivery(Observer(instruments=telemetry.instruments))
+    [span] = telemetry.spans.get_finished_spans()
+
+    # The Azure Monitor exporter's own conversion of a span to its AppRequests record
+    properties = _convert_span_to_envelope(span).data.base_data.properties
+    assert json.loads(properties["kvguard.rules"]) == sorted({f.rule for f in outcome.findings})
+    assert "revert_access_policy:applied" in json.loads(properties["kvguard.actions"])
+    assert properties["kvguard.rules"].startswith('["KV-')
 
     counts = telemetry.counts()
     assert counts["kvguard.outcomes"] == {(("outcome", "processed"),): 1}
