@@ -207,6 +207,12 @@ class VaultEvent:
     # What the Activity Log adds and Event Grid lacks: the request's body (a role assignment's
     # principal, role and scope), decoded; None for an Event Grid delivery.
     request: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    # The write's client request id (`data.httpRequest.clientRequestId`): kvguard's own writes carry
+    # a nonce the ledger of own writes holds (`kvguard.client_request`).
+    client_request_id: str | None = None
+    # The write's HTTP method (`data.httpRequest.method`): a PUT replaces the whole resource, a
+    # PATCH only what its body names (`decision.written_fields`).
+    http_method: str | None = None
 
     @property
     def is_access_policy_changed(self) -> bool:
@@ -418,6 +424,8 @@ def _normalise(
             correlation_id=payload.correlation_id,
             tenant_id=(payload.tenant_id or "").lower() or None,
             resource=resource_change(operation, payload.resource_uri),
+            client_request_id=(payload.http_request.client_request_id or None) if payload.http_request else None,
+            http_method=((payload.http_request.method or "").upper() or None) if payload.http_request else None,
         )
     if lowered_type == ACCESS_POLICY_CHANGED:
         if not isinstance(data, Mapping):
