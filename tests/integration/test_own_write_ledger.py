@@ -48,7 +48,8 @@ def own_identity_event(event_id: str, *, request_id: str | None = "chosen-by-the
         "data": {
             "authorization": {"scope": uri, "action": "Microsoft.KeyVault/vaults/accessPolicies/write",
                               "evidence": {"principalId": KVGUARD, "principalType": "ServicePrincipal"}},
-            "claims": {"oid": KVGUARD, "appid": KVGUARD, "http://schemas.microsoft.com/identity/claims/tenantid": TENANT},
+            "claims": {"oid": KVGUARD, "appid": KVGUARD,
+                       "http://schemas.microsoft.com/identity/claims/tenantid": TENANT},
             "correlationId": correlation_id, "httpRequest": http,
             "resourceUri": uri, "operationName": "Microsoft.KeyVault/vaults/accessPolicies/write",
             "status": "Succeeded", "subscriptionId": SUB, "tenantId": TENANT,
