@@ -37,7 +37,7 @@ def _steering_tag_moved_cases() -> list[Case]:
         Case("near miss: kvguard-mode moved by an approved caller", fires=False,
              before=vault(), after=vault(tags={"kvguard-mode": "observe"}),
              event={"caller": {"object_id": APP_TEAM}}, policy=approved),
-        Case("near miss: no approved callers configured", fires=False,
+        Case("kvguard-mode set to observe while no approved callers are configured", fires=True,
              before=vault(), after=vault(tags={"kvguard-mode": "observe"}), event={"caller": {"object_id": INTRUDER}}),
         Case("near miss: another tag changed", fires=False, before=vault(), after=vault(tags={"owner": "payments"}),
              event={"caller": {"object_id": INTRUDER}}, policy=approved),
@@ -58,11 +58,13 @@ def _steering_tag_moved_cases() -> list[Case]:
     cases=_steering_tag_moved_cases,
 )
 def steering_tag_moved(ctx: Context) -> Iterator[Hit]:
-    """A `kvguard-mode` or `criticality` tag changed by a caller who is not approved, while approved
-    callers are configured: an attempt to switch kvguard to observe or to lower a vault's weight.
-    kvguard keeps steering by the baseline's tags; this is the record that someone tried. A failed
-    write or an event naming no caller moved nothing of its own: the event naming the caller decides."""
-    if ctx.before is None or ctx.after is None or not ctx.policy.approved_callers:
+    """A `kvguard-mode` or `criticality` tag changed by a caller who is not approved (with no
+    approved callers configured, by anyone): an attempt to switch kvguard to observe or to lower a
+    vault's weight. kvguard keeps steering by the baseline's tags and never accepts the move; this
+    is the record that someone tried (medium: alerted at the default threshold, so a move is never
+    silent). A failed write or an event naming no caller moved nothing of its own: the event naming
+    the caller decides."""
+    if ctx.before is None or ctx.after is None:
         return
     caller = ctx.event.caller.ids()
     if not ctx.event.succeeded or not caller or caller & set(ctx.policy.approved_callers):

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from kvguard.client_request import new_request_id, sending
 from kvguard.intents import RoleAssignmentRef
-from kvguard.ports import Alert, AlertSink, ResourceGateway, StateStore, TransientError, VaultGateway
+from kvguard.ports import Alert, AlertSink, OwnWrite, ResourceGateway, StateStore, TransientError, VaultGateway
 from kvguard.resources import scope_of
 from kvguard.vault import AccessPolicy, VaultConfig
 from remediation.base import Operation
@@ -51,6 +52,15 @@ class ActionResult:
         return {**self.to_json(), "rules": list(self.rules), "before": self.before, "after": self.after}
 
 
+@dataclass(frozen=True)
+class WrittenFor:
+    """The event, and the attempt at it (the claim's owner token), that a write is made for: what
+    its ledger entry names."""
+
+    event_id: str | None = None
+    attempt: str | None = None
+
+
 def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResult:
     return ActionResult(handler, "skipped", reason, tuple(rules))
 
@@ -75,15 +85,16 @@ class ActionRunner:
         self._resources = resources
 
     def run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
-            current: VaultConfig | None) -> ActionResult:
+            current: VaultConfig | None, written_for: WrittenFor | None = None) -> ActionResult:
         """Apply (or, in dry-run, only plan) one handler's operations; one result for the handler,
-        stamped with when it started and finished."""
+        stamped with when it started and finished. `written_for` is what their ledger entries name."""
         started = self._now()
-        result = self._run(handler, operations, dry_run=dry_run, current=current)
+        result = self._run(handler, operations, dry_run=dry_run, current=current,
+                           written_for=written_for or WrittenFor())
         return replace(result, started=started, finished=self._now())
 
     def _run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
-             current: VaultConfig | None) -> ActionResult:
+             current: VaultConfig | None, written_for: WrittenFor) -> ActionResult:
         rules = tuple(sorted({r for op in operations for r in op.rules}))
         pending = [op for op in (self._still_needed(op, current) for op in operations) if op is not None]
         if not pending:
@@ -95,7 +106,7 @@ class ActionRunner:
         afters: list[Any] = []
         try:
             for op in pending:
-                afters.append(self._apply(op))
+                afters.append(self._written(op, written_for))
         except Exception as error:  # every failure is recorded as failed, with its reason
             done = "; ".join(details[: len(afters)])
             detail = f"failed at {details[len(afters)]!r}: {type(error).__name__}: {error}"
@@ -168,17 +179,34 @@ class ActionRunner:
                 and str(properties.get("roleDefinitionId") or "").lower() == target.role_definition_id
                 and scope_of(str(current.get("id") or target.id)).lower() == target.scope)
 
-    def _note_own_write(self, op: Operation) -> None:
-        """Written ahead: a crash between the note and the write leaves only an entry that no
-        event consumes, never an own write that the ledger does not know."""
+    def _written(self, op: Operation, written_for: WrittenFor) -> Any:
+        """Apply one operation; an ARM write is noted in the ledger first, with a fresh nonce that
+        the write carries as its client request id, and the entry is voided when the write fails
+        (throttled, refused, anything): a failed write comes back as no event of kvguard's, so its
+        entry must not stand for another write."""
+        entry = self._own_write_entry(op, written_for)
+        if entry is None:
+            return self._apply(op)
+        assert self._ledger is not None
+        self._ledger.record_own_write(entry)  # written ahead: a crash leaves an entry nothing matches
+        try:
+            with sending(entry.request_id):
+                return self._apply(op)
+        except Exception:
+            self._ledger.void_own_write(entry)
+            raise
+
+    def _own_write_entry(self, op: Operation, written_for: WrittenFor) -> OwnWrite | None:
+        """The ledger entry of the ARM write `op` makes, or None (no ledger, or not an ARM write)."""
         operation = ARM_OPERATIONS.get(op.kind)
         if op.kind == "put_resource" and isinstance(op.target, Mapping):
             operation = f"{op.target.get('type')}/write"  # a resource beside the vault: its own type's write
-        if operation is not None and self._ledger is not None:
-            self._ledger.record_own_write(op.vault_id, operation, self._now())
+        if operation is None or self._ledger is None:
+            return None
+        return OwnWrite(op.vault_id, operation, new_request_id(), self._now(), written_for.event_id,
+                        written_for.attempt)
 
     def _apply(self, op: Operation) -> Any:
-        self._note_own_write(op)
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.remove_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)

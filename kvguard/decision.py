@@ -25,6 +25,9 @@ class Decision:
     remediate: bool
     remediate_reason: str
     dry_run: bool
+    # Remediation was due but the circuit breaker held it back: the change is alerted, never
+    # accepted into the baseline, so it is reverted once the window has passed.
+    held_back: bool = False
 
 
 def effective_mode(policy: Policy, vault: VaultConfig | None) -> Mode:
@@ -76,12 +79,29 @@ PAST_APPROVED = ("a past event by an approved caller: today's state may hold lat
 PAST_EVENT = "a past event (Activity Log record) is alert-only: remediation is planned, never applied"
 
 
-def may_retag(policy: Policy, event: VaultEvent, remediated: bool) -> bool:
-    """Whether this change may move the steering tags of the accepted baseline: an approved caller
-    may; anyone may when no approved callers are configured, unless the change was being undone."""
-    if is_approved(policy, event):
+def may_retag(policy: Policy, event: VaultEvent) -> bool:
+    """Whether this change may move the steering tags of the accepted baseline: only an approved
+    caller's. With no approved callers configured nobody may: a tag-only write `kvguard-mode:
+    observe` scores low, and accepting it would let the same caller's next grant pass unalerted and
+    unreverted (KV-TAG-01 reports the attempt; the baseline's value stays in force)."""
+    return is_approved(policy, event)
+
+
+def wrote(event: VaultEvent, part: str) -> bool:
+    """Whether the write behind `event` can have changed `part` of the vault (`tags`, or a name
+    under `properties`), as far as the event tells; the event carries no request body.
+
+    An `accessPolicies/write` changes the access policies only. A vault PUT replaces the whole
+    vault (its access policies with the template's list), so what is read after it is what it
+    wrote. A PATCH writes only what its body names, which the event does not carry: everything
+    but the access policies is taken as written (what a pipeline patches: network, settings,
+    tags; a grant goes through `accessPolicies/write` or a PUT), so a grant made by someone else
+    just before it is never taken for the approved caller's."""
+    if event.kind == "access_policy":
+        return part == "accessPolicies"
+    if event.kind != "write" or event.http_method == "PUT":
         return True
-    return not policy.approved_callers and not remediated and unattributed(policy, event) is None
+    return part != "accessPolicies"
 
 
 def remediable(findings: Sequence[Finding], policy: Policy) -> list[Finding]:
@@ -121,7 +141,7 @@ def decide(
     else:
         alert, alert_reason = False, f"risk {risk} below alert_threshold {policy.alert_threshold}"
 
-    def without_remediation(reason: str, alert: bool = alert, alert_reason: str = alert_reason) -> Decision:
+    def without_remediation(reason: str) -> Decision:
         return Decision(mode, alert, alert_reason, False, reason, dry_run)
 
     if mode != "remediate":
@@ -138,11 +158,10 @@ def decide(
     if is_excluded(policy, vault_id, vault_name):
         return without_remediation("vault excluded by policy")
     if tripped:
-        return without_remediation(
-            f"circuit breaker: {recent_remediations} remediations of this vault within "
-            f"{policy.circuit_breaker.window}; something is fighting kvguard, alerting instead",
-            alert=True, alert_reason="circuit breaker open: alerting instead of remediating",
-        )
+        return Decision(mode, True, "circuit breaker open: alerting instead of remediating", False,
+                        f"circuit breaker: {recent_remediations} remediations of this vault within "
+                        f"{policy.circuit_breaker.window}; something is fighting kvguard, alerting instead",
+                        dry_run, held_back=bool(remediable(findings, policy)))
     if not alert:  # alerts always come first: a remediation is never silent
         alert_reason = f"remediating (risk {risk} >= remediate_threshold {policy.remediate_threshold})"
     remediate_reason = f"risk {risk} >= remediate_threshold {policy.remediate_threshold}"

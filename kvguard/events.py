@@ -211,6 +211,12 @@ class VaultEvent:
     # judged against today's state, which may hold later changes by others, so it is never
     # remediated and an approved caller's past event is not accepted in their name (kvguard.decision).
     past: bool = False
+    # The write's client request id (`data.httpRequest.clientRequestId`): kvguard's own writes carry
+    # a nonce the ledger of own writes holds (`kvguard.client_request`).
+    client_request_id: str | None = None
+    # The write's HTTP method (`data.httpRequest.method`): a PUT replaces the whole resource, a
+    # PATCH only what its body names (`decision.written_fields`).
+    http_method: str | None = None
 
     @property
     def is_access_policy_changed(self) -> bool:
@@ -422,6 +428,8 @@ def _normalise(
             correlation_id=payload.correlation_id,
             tenant_id=(payload.tenant_id or "").lower() or None,
             resource=resource_change(operation, payload.resource_uri),
+            client_request_id=(payload.http_request.client_request_id or None) if payload.http_request else None,
+            http_method=((payload.http_request.method or "").upper() or None) if payload.http_request else None,
         )
     if lowered_type == ACCESS_POLICY_CHANGED:
         if not isinstance(data, Mapping):

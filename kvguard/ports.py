@@ -185,6 +185,21 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class OwnWrite:
+    """An entry of the ledger of own writes, noted before the write is made: the resource and ARM
+    operation, the nonce the write carries as its client request id (`kvguard.client_request`), and
+    the event and attempt (the claim's owner token) it was made for, so a reader can tell which
+    event's handling wrote it."""
+
+    resource_id: str
+    operation: str
+    request_id: str
+    at: datetime
+    event_id: str | None = None
+    attempt: str | None = None
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """What happened to one event: the whole outcome, with before/after of every action."""
 
@@ -327,20 +342,23 @@ class StateStore(Protocol):
 
     # The ledger of own writes: what kvguard wrote with its identity, noted before writing, so that
     # an event of that identity which kvguard did not plan stands out (KV-SELF-01).
-    def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
-        """Note that kvguard is about to apply `operation` (an ARM operation name) to `resource_id`.
-        Every call is an entry of its own: two writes need two entries."""
+    def record_own_write(self, entry: OwnWrite) -> None:
+        """Note that kvguard is about to make the write `entry` describes. Every call is an entry
+        of its own: two writes need two entries, each with its own nonce."""
         ...
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
-        until: datetime,
+        self, resource_id: str, operation: str, request_id: str, *, since: datetime, until: datetime,
     ) -> bool:
-        """Whether an own-identity event for `resource_id` and `operation` (both compared
-        case-insensitively) matches an entry made from `since` to `until` (both included). The first event to match an
-        open entry consumes it, keeping its event id and correlation id; a consumed entry matches
-        again only a redelivery of that event or ARM's second event of the same write (same
-        correlation id), so one planned write never covers a second, unplanned one."""
+        """Whether an entry for `resource_id` and `operation` (both compared case-insensitively),
+        noted from `since` to `until` (both included) and not voided, carries the nonce
+        `request_id`. Only that nonce matches: every event of the write (a redelivery, ARM's second
+        event of the same write) carries it, and no other write does. An entry without a nonce (one
+        stored before entries had them) matches nothing."""
+        ...
+
+    def void_own_write(self, entry: OwnWrite) -> None:
+        """The write `entry` was noted for failed: its nonce matches nothing from now on."""
         ...
 
     def prune_own_writes(self, older_than: datetime) -> int:

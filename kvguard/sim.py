@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kvguard.client_request import current_request_id
 from kvguard.detection import assessment_name
 from kvguard.ids import parse_vault_ref, subscription_of, vault_key
 from kvguard.ports import Alert
@@ -81,8 +82,11 @@ class World:
     def own_write_event(
         self, resource_uri: str, operation: str, event_type: str = "Microsoft.Resources.ResourceWriteSuccess"
     ) -> dict[str, Any]:
-        """The Event Grid delivery Azure would send for a write (or delete) by kvguard's identity."""
+        """The Event Grid delivery Azure would send for a write (or delete) by kvguard's identity,
+        with the client request id the write was sent with, as ARM echoes it."""
         number = next(self._ids)
+        request_id = current_request_id()
+        sent = {"httpRequest": {"clientRequestId": request_id}} if request_id is not None else {}
         return {
             "id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{resource_uri.lower()}|{number}")),
             "topic": f"/subscriptions/{subscription_of(resource_uri)}",
@@ -105,6 +109,7 @@ class World:
                 "operationName": operation,
                 "status": "Succeeded",
                 "subscriptionId": subscription_of(resource_uri),
+                **sent,
             },
         }
 

@@ -26,6 +26,7 @@ from kvguard.adapters.azure_clients import (
     require_object,
     shorten,
 )
+from kvguard.client_request import request_id_kwargs
 from kvguard.ids import VaultRef, parse_vault_ref
 from kvguard.ports import PermanentError
 from kvguard.vault import AccessPolicy, VaultConfig
@@ -101,7 +102,7 @@ class ArmVaultGateway:
         vaults = self.client(ref.subscription_id).vaults
         try:
             with azure_errors(f"update vault {ref.name}", answers=is_not_found):
-                body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json)
+                body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json, **request_id_kwargs())
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
         return _vault(body)
@@ -134,7 +135,7 @@ class ArmVaultGateway:
         vaults = self.client(ref.subscription_id).vaults
         try:
             with azure_errors(f"{kind} access policy on vault {ref.name}", answers=is_not_found):
-                vaults.update_access_policy(group, ref.name, kind, cast(Any, parameters))
+                vaults.update_access_policy(group, ref.name, kind, cast(Any, parameters), **request_id_kwargs())
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
         after = self.get(vault_id)

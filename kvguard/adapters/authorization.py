@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors, require_object
+from kvguard.client_request import request_id_kwargs
 from kvguard.ids import subscription_of
 from kvguard.ports import PermanentError
 
@@ -103,7 +104,7 @@ class AuthorizationGateway:
         client = self._client(resource_id)
         try:
             with azure_errors(f"delete role assignment {resource_id.rsplit('/', 1)[-1]}", answers=_missing):
-                status = client.role_assignments.delete_by_id(resource_id, cls=_status)
+                status = client.role_assignments.delete_by_id(resource_id, cls=_status, **request_id_kwargs())
         except HttpResponseError:
             return False
         return status == 200

@@ -26,6 +26,7 @@ from kvguard.adapters.azure_clients import (
     is_not_found,
     require_object,
 )
+from kvguard.client_request import request_id_kwargs
 from kvguard.ids import subscription_of
 from kvguard.ports import PermanentError, ResourceGateway
 from kvguard.resources import key_vaults_pricing_id
@@ -156,7 +157,7 @@ class ArmResourceGateway:
 
         request = HttpRequest(method, url, json=body) if body is not None else HttpRequest(method, url)
         with azure_errors(what, answers=answers):
-            response = self._clients(subscription).send_request(request)
+            response = self._clients(subscription).send_request(request, **request_id_kwargs())
             if response.status_code >= 400:
                 raise HttpResponseError(response=response, error_format=ODataV4Format)  # ARM's {"error": …}
         return response

@@ -39,6 +39,7 @@ from kvguard.ports import (
     MarkQuery,
     OpenFinding,
     OutboxItem,
+    OwnWrite,
     PendingAction,
     RejectedPayload,
 )
@@ -121,9 +122,12 @@ CREATE TABLE IF NOT EXISTS own_writes (
     operation      TEXT NOT NULL,
     at             TEXT NOT NULL,
     event_id       TEXT,
-    correlation_id TEXT
+    request_id     TEXT,
+    attempt        TEXT,
+    voided         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS own_writes_by_resource ON own_writes (resource_key, operation, at);
+CREATE INDEX IF NOT EXISTS own_writes_by_request ON own_writes (request_id);
 CREATE INDEX IF NOT EXISTS own_writes_by_time ON own_writes (at);
 """
 
@@ -174,6 +178,21 @@ def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
     if _has_table(db, "audit"):
         db.execute("ALTER TABLE audit RENAME COLUMN vault_key TO vault_digest")
         db.execute("UPDATE audit SET vault_digest = kvguard_key_digest(vault_digest) WHERE vault_digest IS NOT NULL")
+
+
+def _upgrade_own_writes(db: sqlite3.Connection) -> None:
+    """A ledger written before entries carried their write's nonce: its entries gain the columns
+    (empty, so they match nothing) and lose the id of the event that consumed them, which the
+    `event_id` column now holds the event an entry was written for in place of."""
+    if not _has_table(db, "own_writes"):
+        return
+    columns = {row[1] for row in db.execute("PRAGMA table_info(own_writes)")}
+    if "request_id" in columns:
+        return
+    db.execute("ALTER TABLE own_writes ADD COLUMN request_id TEXT")
+    db.execute("ALTER TABLE own_writes ADD COLUMN attempt TEXT")
+    db.execute("ALTER TABLE own_writes ADD COLUMN voided INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE own_writes SET event_id = NULL")
 
 
 def _statement(table: str) -> str:
@@ -251,6 +270,7 @@ class SQLiteStateStore:
             with self._transaction() as db:  # one opener at a time upgrades a file; the others find it done
                 if db.execute("PRAGMA user_version").fetchone()[0] < _COMPACT_SHAPES and _has_table(db, "claims"):
                     _upgrade_to_compact_shapes(db)
+                _upgrade_own_writes(db)
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         db.execute(statement)
@@ -607,31 +627,27 @@ class SQLiteStateStore:
 
     # The ledger of own writes
 
-    def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
+    def record_own_write(self, entry: OwnWrite) -> None:
         self._write(
-            "INSERT INTO own_writes (resource_key, resource_id, operation, at) VALUES (?, ?, ?, ?)",
-            (vault_key(resource_id), resource_id, operation.strip().lower(), _stamp(at)),
+            "INSERT INTO own_writes (resource_key, resource_id, operation, at, request_id, event_id, attempt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (vault_key(entry.resource_id), entry.resource_id, entry.operation.strip().lower(), _stamp(entry.at),
+             entry.request_id, entry.event_id, entry.attempt),
         )
 
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
-        until: datetime,
+        self, resource_id: str, operation: str, request_id: str, *, since: datetime, until: datetime,
     ) -> bool:
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT seq, event_id, correlation_id FROM own_writes"
-                " WHERE resource_key = ? AND operation = ? AND at >= ? AND at <= ? ORDER BY at, seq",
-                (vault_key(resource_id), operation.strip().lower(), _stamp(since), _stamp(until)),
-            ).fetchall()
-            if any(event == event_id or (correlation_id and correlation == correlation_id)
-                   for _, event, correlation in rows):
-                return True
-            open_entry = next((seq for seq, event, _ in rows if event is None), None)
-            if open_entry is None:
-                return False
-            db.execute("UPDATE own_writes SET event_id = ?, correlation_id = ? WHERE seq = ?",
-                       (event_id, correlation_id, open_entry))
-            return True
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM own_writes WHERE request_id = ? AND resource_key = ? AND operation = ?"
+                " AND at >= ? AND at <= ? AND voided = 0 LIMIT 1",
+                (request_id, vault_key(resource_id), operation.strip().lower(), _stamp(since), _stamp(until)),
+            ).fetchone()
+        return row is not None
+
+    def void_own_write(self, entry: OwnWrite) -> None:
+        self._write("UPDATE own_writes SET voided = 1 WHERE request_id = ?", (entry.request_id,))
 
     def prune_own_writes(self, older_than: datetime) -> int:
         return self._write("DELETE FROM own_writes WHERE at < ?", (_stamp(older_than),))

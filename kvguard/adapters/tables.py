@@ -55,6 +55,7 @@ from kvguard.ports import (
     MarkQuery,
     OpenFinding,
     OutboxItem,
+    OwnWrite,
     PendingAction,
     RejectedPayload,
     TransientError,
@@ -755,50 +756,49 @@ class TablesStateStore:
         return _digest(f"{vault_key(resource_id)}\n{operation.strip().lower()}")
 
     @_transient
-    def record_own_write(self, resource_id: str, operation: str, at: datetime) -> None:
+    def record_own_write(self, entry: OwnWrite) -> None:
         self._table("ownwrites").create_entity(
             {
-                "PartitionKey": self._own_write_partition(resource_id, operation),
-                "RowKey": _sequence(at),
-                "resource_id": resource_id[:DISPLAY_CHARS],
-                "operation": operation.strip().lower(),
-                "at": _stamp(at),
+                "PartitionKey": self._own_write_partition(entry.resource_id, entry.operation),
+                "RowKey": _sequence(entry.at),
+                "resource_id": entry.resource_id[:DISPLAY_CHARS],
+                "operation": entry.operation.strip().lower(),
+                "at": _stamp(entry.at),
+                "request": entry.request_id,
+                # Event ids are kept as digests: whole, whatever their length.
+                "written_for": _digest(entry.event_id) if entry.event_id else "",
+                "attempt": entry.attempt or "",
+                "voided": False,
             }
         )
 
     @_transient
     def match_own_write(
-        self, resource_id: str, operation: str, event_id: str, correlation_id: str | None, *, since: datetime,
-        until: datetime,
+        self, resource_id: str, operation: str, request_id: str, *, since: datetime, until: datetime,
     ) -> bool:
-        table = self._table("ownwrites")
         # RowKeys start with the entry's stamp: `until` + "~" sorts after every key of that instant.
         window = {"pk": self._own_write_partition(resource_id, operation), "since": _stamp(since),
-                  "until": _stamp(until) + "~"}
-        for _ in range(_ROUNDS):
-            entries = sorted(
-                table.query_entities("PartitionKey eq @pk and RowKey ge @since and RowKey lt @until",
-                                     parameters=window),
-                key=lambda entity: entity["RowKey"],
-            )
-            # Ids are kept as digests: compared whole, whatever their length.
-            event, correlation = _digest(event_id), _digest(correlation_id) if correlation_id else None
-            if any(entry.get("event") == event or (correlation and entry.get("correlation") == correlation)
-                   for entry in entries):
-                return True
-            open_entry = next((entry for entry in entries if not entry.get("event")), None)
-            if open_entry is None:
-                return False
-            consumed = {"PartitionKey": open_entry["PartitionKey"], "RowKey": open_entry["RowKey"],
-                        "event": event, "correlation": correlation or ""}
+                  "until": _stamp(until) + "~", "request": request_id}
+        entries = self._table("ownwrites").query_entities(
+            "PartitionKey eq @pk and RowKey ge @since and RowKey lt @until and request eq @request",
+            parameters=window, select=["voided"])
+        return any(not entry.get("voided") for entry in entries)
+
+    @_transient
+    def void_own_write(self, entry: OwnWrite) -> None:
+        table = self._table("ownwrites")
+        found = table.query_entities(
+            "PartitionKey eq @pk and request eq @request",
+            parameters={"pk": self._own_write_partition(entry.resource_id, entry.operation),
+                        "request": entry.request_id},
+            select=["PartitionKey", "RowKey"])
+        for row in found:
             try:
-                table.update_entity(consumed, mode=UpdateMode.MERGE, etag=open_entry.metadata["etag"],
-                                    match_condition=MatchConditions.IfNotModified)
-                return True
+                table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "voided": True},
+                                    mode=UpdateMode.MERGE)
             except HttpResponseError as error:
-                if not _is(error, 404, 412):  # consumed or pruned meanwhile: look again
+                if not _is(error, 404):  # pruned meanwhile: nothing left to match
                     raise
-        raise TransientError(f"the own-write ledger of {resource_id} kept changing under {_ROUNDS} attempts")
 
     @_transient
     def prune_own_writes(self, older_than: datetime) -> int:

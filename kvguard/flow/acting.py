@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from kvguard import writeahead
-from kvguard.actions import ActionResult, merged, skipped
+from kvguard.actions import ActionResult, WrittenFor, merged, skipped
 from kvguard.catalog import HANDLERS, alert_handlers
 from kvguard.decision import Decision, remediable
 from kvguard.detection import Finding
@@ -165,7 +165,8 @@ def remediate(
         intended = context.earlier.operations.get(handler_id, [])
         recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted)
         services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
-    result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=context.after)
+    result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=context.after,
+                                 written_for=WrittenFor(event.id, context.owner))
     if result.transient:
         # The intent stays: a redelivery confirms what landed and makes the rest.
         raise TransientError(f"{handler_id}: {result.detail}")
@@ -215,7 +216,8 @@ def act_beside(
             results.append(skipped(handler_id, refusals[0] if refusals else
                                    "nothing to undo: the baseline has what the change left", rules))
             continue
-        result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=None)
+        result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=None,
+                                     written_for=WrittenFor(context.event.id))
         if result.transient:
             # Alerts are idempotent: a redelivery raises them again harmlessly and retries this.
             raise TransientError(f"{handler_id}: {result.detail}")

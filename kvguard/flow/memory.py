@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kvguard.decision import STEERING_TAGS, effective_mode, may_retag, unattributed
+from kvguard.decision import STEERING_TAGS, effective_mode, is_approved, may_retag, unattributed, wrote
 from kvguard.detection import History
 from kvguard.events import VaultEvent
 from kvguard.flow.context import EventContext, FlowContext, Recall
@@ -114,9 +114,11 @@ def mark_caller(services: Services, context: FlowContext, key: str) -> None:
 
 def record(services: Services, context: EventContext) -> None:
     """Marks for history rules, and the new baseline: the state after acting, except that a
-    failed remediation, a failed operation or a change nobody can be held to leaves the
-    baseline as it was (the change is seen again), and the steering tags move only with a
-    change that may move them (decision.may_retag)."""
+    failed remediation, a failed operation, a change nobody can be held to or one whose
+    remediation the circuit breaker held back leaves the baseline as it was (the change is seen
+    again, and reverted once the breaker's window has passed); an approved caller's change is
+    accepted only in what its write can have changed (decision.wrote); and the steering tags move
+    only with a change that may move them (decision.may_retag)."""
     event, now, vault_id, baseline, before, final, change = (
         context.event, context.now, context.vault_id, context.baseline, context.before, context.final, context.change)
     remediated = context.remediated
@@ -127,19 +129,22 @@ def record(services: Services, context: EventContext) -> None:
             services.store.add_mark("grants", vault, mark, now)
     if remediated:
         services.store.add_mark("remediations", vault_key(vault_id), event.id, now)
-    if context.failed or unattributed(services.policy, event):
+    held_back = context.decision is not None and context.decision.held_back
+    if context.failed or held_back or unattributed(services.policy, event):
         return  # the change is seen again: by the next event, or by the one that names its caller
     if final is None:
         if event.kind == "delete" and before is not None and not (baseline and baseline.deleted):
             store_baseline(services, vault_id, dict(before.raw), baseline, now=now, deleted=True)
         return
     document = dict(final.raw)
-    if before is not None and not may_retag(services.policy, event, remediated):
+    if before is not None and is_approved(services.policy, event):
+        document = _only_written(document, before, event)
+    if before is not None and not may_retag(services.policy, event):
         document["tags"] = _steering_tags_kept(final, before)
     if (not remediated and before is not None and change is not None and change.empty
             and _steering(document) == _steering(before.raw) and not (baseline and baseline.deleted)):
         return  # nothing the baseline is compared or steered by has changed
-    accepted = final if document.get("tags") == final.raw.get("tags") else VaultConfig.from_arm(document)
+    accepted = final if document == final.raw else VaultConfig.from_arm(document)
     services.parsed.remember(store_baseline(services, vault_id, document, baseline, now=now), accepted)
 
 
@@ -153,6 +158,25 @@ def store_baseline(
                                            deleted=deleted, now=now)
     except ConcurrencyError as error:
         raise TransientError(f"baseline of {resource_id} changed concurrently; retry") from error
+
+
+def _only_written(document: dict[str, Any], before: VaultConfig, event: VaultEvent) -> dict[str, Any]:
+    """The vault as read, with every part the approved event's write cannot have changed as the
+    baseline had it: a change someone else made just before (or after) the approved write is
+    not accepted in the approved caller's name, and is seen again by its own event."""
+    kept, properties = dict(before.raw.get("properties") or {}), dict(document.get("properties") or {})
+    for name in set(kept) | set(properties):
+        if not wrote(event, name):
+            if name in kept:
+                properties[name] = kept[name]
+            else:
+                properties.pop(name, None)
+    accepted = {**document, "properties": properties}
+    if not wrote(event, "tags"):
+        accepted.pop("tags", None)
+        if "tags" in before.raw:
+            accepted["tags"] = before.raw["tags"]
+    return accepted
 
 
 def _steering(document: Mapping[str, Any]) -> dict[str, Any]:

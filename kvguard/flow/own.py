@@ -33,7 +33,9 @@ from kvguard.ports import AuditRecord, TransientError
 from kvguard.risk import assess
 
 log = logging.getLogger("kvguard")
-OWN_WRITE_WINDOW = timedelta(hours=24)  # an own write's event is within a day of the ledger entry
+# An own write is made within minutes of its ledger entry: the entry is noted right before the
+# request, and the SDK's retries of a throttled one give up well inside this.
+OWN_WRITE_WINDOW = timedelta(minutes=10)
 CLOCK_SKEW = timedelta(minutes=5)  # between ARM's event times and this host's clock
 
 
@@ -45,16 +47,19 @@ def own_write(services: Services, event: VaultEvent) -> str | None:
 
 
 def planned(services: Services, event: VaultEvent) -> bool:
-    """Whether the ledger holds the write behind this own-identity event: a state look-up,
-    never an ARM read, so a recognised own write costs no GET. The window is taken from the
-    event's time (when ARM made the write), not from its delivery, so a dead letter redriven
-    days later still finds its entry, and an event from before kvguard planned a write never
-    takes that write's entry. A resource beside a vault is noted under its own id."""
+    """Whether the ledger holds the write behind this own-identity event: the event carries, as its
+    client request id, the nonce kvguard sent with that write, for the same resource and operation,
+    noted within minutes before the write's time. A state look-up, never an ARM read, so a
+    recognised own write costs no GET. The window is taken from the event's time (when ARM made the
+    write), not from its delivery, so a dead letter redriven days later still finds its entry, and
+    an event from before kvguard planned a write never takes that write's entry. A correlation id
+    never matches: any caller can send one, or copy it from an earlier write of kvguard's. A
+    resource beside a vault is noted under its own id."""
     written = event.resource.id if event.resource is not None else event.vault.id if event.vault else None
-    if event.operation is None or written is None:
+    if event.operation is None or written is None or not event.client_request_id:
         return False
     since, until = ledger_window(event.time or services.clock.now())
-    return services.store.match_own_write(written, event.operation, event.id, event.correlation_id,
+    return services.store.match_own_write(written, event.operation, event.client_request_id,
                                           since=since, until=until)
 
 

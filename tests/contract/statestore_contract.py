@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kvguard.ports import AuditRecord, ConcurrencyError, MarkQuery, RejectedPayload, StateStore
+from kvguard.ports import AuditRecord, ConcurrencyError, MarkQuery, OwnWrite, RejectedPayload, StateStore
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -31,6 +31,9 @@ VAULT = (
 VAULT_OTHER_CASE = VAULT.lower() + "/"
 OTHER_VAULT = VAULT.replace("kv-prod", "kv-dev")
 ACCESS_POLICY_WRITE = "Microsoft.KeyVault/vaults/accessPolicies/write"
+# Client request ids kvguard's writes carry (`kvguard.client_request`).
+NONCE, OTHER_NONCE, THIRD_NONCE = ("5f0c1e7a-3b2d-4c6e-9a8f-1d2e3f4a5b6c", "a9b8c7d6-e5f4-4a3b-8c2d-1e0f9a8b7c6d",
+                                   "0d1c2b3a-4f5e-4d6c-8b7a-9f8e7d6c5b4a")
 VAULT_WRITE = "Microsoft.KeyVault/vaults/write"
 LATER = T0 + timedelta(days=2)  # the end of a ledger window that every entry of the tests lies within
 
@@ -787,74 +790,66 @@ class StateStoreContract:
         assert store.claim("evt-1", T0, LEASE) == "claimed"
         assert store.list_audit() == []
 
-    # The ledger of own writes
+    # The ledger of own writes: an entry is matched by the nonce its write carried, nothing else
 
-    def test_an_own_write_matches_its_entry_case_insensitively(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), "evt-1", "corr-1", since=T0,
-                                     until=LATER)
+    def test_an_own_write_matches_its_entry_by_its_nonce_case_insensitively(self, store: StateStore) -> None:
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, NONCE, T0, "evt-0", "attempt-0"))
+        assert store.match_own_write(VAULT_OTHER_CASE, ACCESS_POLICY_WRITE.lower(), NONCE, since=T0, until=LATER)
 
-    def test_an_event_without_an_entry_does_not_match(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", "corr-2", since=T0, until=LATER)
+    def test_an_event_without_its_entry_does_not_match(self, store: StateStore) -> None:
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, NONCE, T0))
+        assert not store.match_own_write(OTHER_VAULT, ACCESS_POLICY_WRITE, NONCE, since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, NONCE, since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, OTHER_NONCE, since=T0, until=LATER)
+
+    def test_an_open_entry_never_covers_a_write_without_its_nonce(self, store: StateStore) -> None:
+        """The attack of a refused revert: its entry stays, and the next unplanned write by the
+        identity to that vault, with a request id of its own, is not kvguard's."""
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, NONCE, T0, "evt-0", "attempt-0"))
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, OTHER_NONCE, since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, NONCE, since=T0, until=LATER)
 
     def test_an_entry_made_after_the_window_does_not_match(self, store: StateStore) -> None:
         """An event from before kvguard planned its write cannot be that write's."""
-        store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1),
+        store.record_own_write(OwnWrite(VAULT, VAULT_WRITE, NONCE, T0))
+        assert not store.match_own_write(VAULT, VAULT_WRITE, NONCE, since=T0 - timedelta(days=1),
                                          until=T0 - timedelta(microseconds=1))
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1), until=T0)
+        assert store.match_own_write(VAULT, VAULT_WRITE, NONCE, since=T0 - timedelta(days=1), until=T0)
 
     def test_an_entry_older_than_the_window_does_not_match(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 + timedelta(microseconds=1),
-                                         until=LATER)
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0, until=LATER)
+        store.record_own_write(OwnWrite(VAULT, VAULT_WRITE, NONCE, T0))
+        assert not store.match_own_write(VAULT, VAULT_WRITE, NONCE, since=T0 + timedelta(microseconds=1), until=LATER)
+        assert store.match_own_write(VAULT, VAULT_WRITE, NONCE, since=T0, until=LATER)
 
-    def test_one_entry_covers_one_write_its_redelivery_and_arms_second_event(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER), "redelivery"
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1b", "corr-1", since=T0,
-                                     until=LATER), "second event"
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", since=T0,
-                                         until=LATER), "another write"
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", None, since=T0, until=LATER)
+    def test_every_event_of_the_write_matches_its_entry(self, store: StateStore) -> None:
+        """A redelivery, and ARM's second event of the same write, carry the same nonce."""
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, NONCE, T0))
+        for _ in range(3):
+            assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, NONCE, since=T0, until=LATER)
 
-    def test_two_entries_cover_two_writes(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        store.record_own_write(VAULT, ACCESS_POLICY_WRITE, T0)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-1", "corr-1", since=T0, until=LATER)
-        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-2", "corr-2", since=T0, until=LATER)
-        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, "evt-3", "corr-3", since=T0, until=LATER)
+    def test_two_entries_cover_two_writes_and_no_third(self, store: StateStore) -> None:
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, NONCE, T0))
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, OTHER_NONCE, T0))
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, NONCE, since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, OTHER_NONCE, since=T0, until=LATER)
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, THIRD_NONCE, since=T0, until=LATER)
 
-    def test_an_event_without_a_correlation_id_never_matches_by_it(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, VAULT_WRITE, T0)
-        assert store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0, until=LATER)
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-2", None, since=T0, until=LATER)
-
-    def test_concurrent_events_consume_an_entry_once(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, VAULT_WRITE, T0)
-        results: list[bool] = []
-        lock = threading.Lock()
-
-        def deliver(n: int) -> None:
-            matched = store.match_own_write(VAULT, VAULT_WRITE, f"evt-{n}", f"corr-{n}", since=T0, until=LATER)
-            with lock:
-                results.append(matched)
-
-        threads = [threading.Thread(target=deliver, args=(n,)) for n in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(results) == [False, False, False, True]
+    def test_a_voided_entry_matches_nothing(self, store: StateStore) -> None:
+        """The write it was noted for failed (throttled, ScopeLocked, refused): no event is its."""
+        failed = OwnWrite(VAULT, ACCESS_POLICY_WRITE, NONCE, T0, "evt-0", "attempt-0")
+        store.record_own_write(failed)
+        store.record_own_write(OwnWrite(VAULT, ACCESS_POLICY_WRITE, OTHER_NONCE, T0, "evt-0", "attempt-1"))
+        store.void_own_write(failed)
+        assert not store.match_own_write(VAULT, ACCESS_POLICY_WRITE, NONCE, since=T0, until=LATER)
+        assert store.match_own_write(VAULT, ACCESS_POLICY_WRITE, OTHER_NONCE, since=T0, until=LATER)
+        store.void_own_write(failed)  # idempotent
+        store.void_own_write(OwnWrite(OTHER_VAULT, VAULT_WRITE, THIRD_NONCE, T0))  # no such entry: nothing happens
 
     def test_prune_drops_only_entries_older_than_the_cutoff(self, store: StateStore) -> None:
-        store.record_own_write(VAULT, VAULT_WRITE, T0)
-        store.record_own_write(OTHER_VAULT, VAULT_WRITE, T0 + timedelta(hours=1))
+        store.record_own_write(OwnWrite(VAULT, VAULT_WRITE, NONCE, T0))
+        store.record_own_write(OwnWrite(OTHER_VAULT, VAULT_WRITE, OTHER_NONCE, T0 + timedelta(hours=1)))
         assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 1
-        assert not store.match_own_write(VAULT, VAULT_WRITE, "evt-1", None, since=T0 - timedelta(days=1), until=LATER)
-        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, "evt-2", None, since=T0 - timedelta(days=1), until=LATER)
+        assert not store.match_own_write(VAULT, VAULT_WRITE, NONCE, since=T0 - timedelta(days=1), until=LATER)
+        assert store.match_own_write(OTHER_VAULT, VAULT_WRITE, OTHER_NONCE, since=T0 - timedelta(days=1),
+                                     until=LATER)
         assert store.prune_own_writes(T0 + timedelta(minutes=30)) == 0

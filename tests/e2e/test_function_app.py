@@ -63,9 +63,10 @@ def vault_doc(*extra_policies: dict[str, Any]) -> dict[str, Any]:
 ROGUE_GRANT = {"tenantId": TENANT, "objectId": ROGUE, "permissions": {"secrets": ["Get", "List"]}}
 
 
-def event_json(event_id: str, caller: str, action: str = "add", time: datetime | None = None) -> str:
+def event_json(event_id: str, caller: str, action: str = "add", time: datetime | None = None,
+               request_id: str = "c0ffee00-1a2b-4c3d-8e4f-5a6b7c8d9e0f") -> str:
     """A ResourceWriteSuccess for `az keyvault set-policy`, as Event Grid delivers one element;
-    sent now unless `time` says when."""
+    sent now unless `time` says when, with the client request id the write was sent with."""
     uri = f"{VAULT_ID.replace('resourceGroups', 'resourcegroups')}/accessPolicies/{action}"
     return json.dumps({
         "id": event_id,
@@ -88,7 +89,7 @@ def event_json(event_id: str, caller: str, action: str = "add", time: datetime |
                 "ipaddr": "198.51.100.23",
             },
             "correlationId": "4b3a2918-0f7e-4d6c-8b5a-493827160f00",
-            "httpRequest": {"clientIpAddress": "198.51.100.23", "method": "PUT"},
+            "httpRequest": {"clientIpAddress": "198.51.100.23", "method": "PUT", "clientRequestId": request_id},
             "resourceProvider": "Microsoft.KeyVault",
             "resourceUri": uri,
             "operationName": "Microsoft.KeyVault/vaults/accessPolicies/write",
@@ -202,13 +203,15 @@ def test_a_rogue_grant_is_alerted_and_removed(installed: Pipeline, fake: ArmFake
         a for a in record.outcome["actions"] if a["handler"] == "revert_access_policy"
     ).items()
 
-    # (a) The follow-up event of kvguard's own revert is "self": nothing is read or written.
+    # (a) The follow-up event of kvguard's own revert, carrying the client request id the revert
+    # was sent with, is "self": nothing is read or written.
+    sent = remove.headers["x-ms-client-request-id"]
     before = len(fake.requests)
     own_event = "8f7e6d5c-4b3a-4291-8087-f6e5d4c3b2a1"
-    deliver(event_json(own_event, KVGUARD, action="remove"))
+    deliver(event_json(own_event, KVGUARD, action="remove", request_id=sent))
     assert len(fake.requests) == before
     assert [r.event_id for r in installed.store.list_audit(VAULT_ID)] == [event_id]
-    assert installed.handle(event_json(own_event, KVGUARD, action="remove"))[0].outcome == "self"
+    assert installed.handle(event_json(own_event, KVGUARD, action="remove", request_id=sent))[0].outcome == "self"
 
     # (b) A redelivery of the first event does nothing.
     deliver(event_json(event_id, INTRUDER))
@@ -302,15 +305,16 @@ def test_an_unplanned_write_by_kvguards_identity_is_processed_and_raises_kv_self
     (remove,) = fake.requests_to("PUT", r"/accessPolicies/remove$")
     assert [e["objectId"] for e in remove.json["properties"]["accessPolicies"]] == [ROGUE]
 
-    # The revert was noted before it was made: its own event matches the ledger and costs nothing.
+    # The revert was noted before it was made, with the nonce it was sent with: its own event
+    # carries that nonce, matches the ledger and costs nothing.
+    sent = remove.headers["x-ms-client-request-id"]
     before = len(fake.requests)
-    deliver(event_json("6d5c4b3a-2918-4f7e-8d6c-5b4a39281706", KVGUARD, action="remove"))
+    deliver(event_json("6d5c4b3a-2918-4f7e-8d6c-5b4a39281706", KVGUARD, action="remove", request_id=sent))
     assert len(fake.requests) == before
-    # A third write by the identity, after the entry was consumed, is unplanned again.
+    # Another write by the identity, with the same correlation id but a request id of its own, is
+    # unplanned again.
     later = "5c4b3a29-1807-4e6d-9c5b-4a3928170605"
-    unplanned = json.loads(event_json(later, KVGUARD))
-    unplanned["data"]["correlationId"] = "0f1e2d3c-4b5a-4697-8877-665544332211"
-    (outcome,) = installed.handle(json.dumps(unplanned))
+    (outcome,) = installed.handle(event_json(later, KVGUARD))
     assert outcome.outcome == "processed"
     assert "KV-SELF-01" in {f.rule for f in outcome.findings}
 

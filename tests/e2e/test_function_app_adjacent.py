@@ -33,8 +33,9 @@ PLAN = {"id": PRICING_ID, "name": "KeyVaults", "type": "Microsoft.Security/prici
 
 
 def resource_event(event_id: str, resource_id: str, operation: str, caller: str,
-                   event_type: str = "Microsoft.Resources.ResourceWriteSuccess") -> str:
-    """Sent now: an own write's event is matched with the ledger entry kvguard noted when writing."""
+                   event_type: str = "Microsoft.Resources.ResourceWriteSuccess", request_id: str | None = None) -> str:
+    """Sent now: an own write's event is matched with the ledger entry kvguard noted when writing,
+    by the client request id the write was sent with (`request_id`)."""
     uri = resource_id.replace("resourceGroups", "resourcegroups")
     return json.dumps({
         "id": event_id, "topic": f"/subscriptions/{SUB}", "subject": uri, "eventType": event_type,
@@ -45,6 +46,7 @@ def resource_event(event_id: str, resource_id: str, operation: str, caller: str,
             "claims": {"oid": caller, "http://schemas.microsoft.com/identity/claims/tenantid": TENANT},
             "correlationId": "6d5c4b3a-2918-4f7e-8d6c-b5a493827161", "resourceUri": uri,
             "operationName": operation, "status": "Succeeded", "subscriptionId": SUB, "tenantId": TENANT,
+            **({"httpRequest": {"clientRequestId": request_id}} if request_id else {}),
         },
     })
 
@@ -107,7 +109,8 @@ def test_a_deleted_diagnostic_setting_is_put_back(installed: Pipeline, fake: Arm
     # kvguard's own PUT comes back as "self": nothing read, nothing written.
     before = len(fake.requests)
     own = installed.handle(resource_event("3a4b5c6d-7e8f-4a9b-8c0d-1e2f3a4b5c6d", SETTING_ID,
-                                          "Microsoft.Insights/diagnosticSettings/write", KVGUARD))
+                                          "Microsoft.Insights/diagnosticSettings/write", KVGUARD,
+                                          request_id=put.headers["x-ms-client-request-id"]))
     assert own[0].outcome == "self" and len(fake.requests) == before
 
 

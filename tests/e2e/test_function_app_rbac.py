@@ -34,7 +34,8 @@ def rbac_vault() -> dict[str, Any]:
     return doc
 
 
-def role_event(event_id: str, caller: str, operation: str, event_type: str) -> str:
+def role_event(event_id: str, caller: str, operation: str, event_type: str, request_id: str | None = None) -> str:
+    """`request_id`: the client request id the write was sent with (kvguard's nonce on its own)."""
     uri = ASSIGNMENT_ID.replace("resourceGroups", "resourcegroups")
     return json.dumps({
         "id": event_id, "topic": f"/subscriptions/{SUB}", "subject": uri, "eventType": event_type,
@@ -47,6 +48,7 @@ def role_event(event_id: str, caller: str, operation: str, event_type: str) -> s
             "correlationId": "5d4e3f2a-1b0c-4d9e-8f7a-6b5c4d3e2f1a",
             "resourceProvider": "Microsoft.Authorization", "resourceUri": uri, "operationName": operation,
             "status": "Succeeded", "subscriptionId": SUB, "tenantId": TENANT,
+            **({"httpRequest": {"clientRequestId": request_id}} if request_id else {}),
         },
     })
 
@@ -111,7 +113,8 @@ def test_a_secrets_user_grant_on_an_rbac_vault_is_deleted(installed: Pipeline, f
     # kvguard's own delete comes back: "self" (the ledger noted it first), nothing read or written.
     before = len(fake.requests)
     own = installed.handle(role_event("7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d", KVGUARD, delete,
-                                      "Microsoft.Resources.ResourceDeleteSuccess"))
+                                      "Microsoft.Resources.ResourceDeleteSuccess",
+                                      removal.headers["x-ms-client-request-id"]))
     assert [o.outcome for o in own] == ["self"]
     # A redelivery of the grant is a duplicate: no second delete.
     deliver(role_event(event_id, INTRUDER, write, "Microsoft.Resources.ResourceWriteSuccess"))

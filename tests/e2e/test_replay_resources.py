@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kvguard.cli import main
+from kvguard.client_request import new_request_id, sending
+from kvguard.ports import OwnWrite
 from kvguard.replay import build_run, replay
 from kvguard.scenario import load_scenario
 
@@ -145,15 +147,23 @@ def test_own_delete_of_a_resource_comes_back_as_self_when_the_ledger_planned_it(
     path.write_text(json.dumps({"vaults": [vault(KV)], "resources": [grant]}), encoding="utf-8")
     run = build_run(load_scenario(path))
     assert run.pipeline.resources is not None
-    # noted ahead, as the runner notes each write it makes (the ledger of own writes)
-    run.pipeline.store.record_own_write(grant["id"], DELETE, run.pipeline.clock.now())
-    assert run.pipeline.resources.delete(grant["id"]) is True
-    assert run.pipeline.resources.delete(grant["id"]) is False  # already gone: nothing emitted
+    # noted ahead, as the runner notes each write it makes (the ledger of own writes), and sent
+    # with the nonce the entry holds
+    nonce = new_request_id()
+    run.pipeline.store.record_own_write(OwnWrite(grant["id"], DELETE, nonce, run.pipeline.clock.now()))
+    with sending(nonce):
+        assert run.pipeline.resources.delete(grant["id"]) is True
+        assert run.pipeline.resources.delete(grant["id"]) is False  # already gone: nothing emitted
     [emitted] = run.world.take_emitted()
     assert emitted["eventType"] == "Microsoft.Resources.ResourceDeleteSuccess"
     assert emitted["data"]["operationName"] == DELETE
+    assert emitted["data"]["httpRequest"] == {"clientRequestId": nonce}
     [outcome] = run.pipeline.handle(emitted)
     assert outcome.outcome == "self" and outcome.resource == grant["id"]
+    del emitted["data"]["httpRequest"]  # the same delete without kvguard's nonce is not kvguard's
+    emitted["id"] = "another-delivery"
+    [outcome] = run.pipeline.handle(emitted)
+    assert outcome.outcome == "processed" and "KV-SELF-01" in {f.rule for f in outcome.findings}
 
 
 def test_reconcile_catches_a_missed_write_and_a_management_group_assignment(tmp_path: Path) -> None:

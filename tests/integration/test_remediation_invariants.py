@@ -1,6 +1,8 @@
 """The invariant every remediation handler keeps, for random baselines and changes: applying its
 plan to `after` gives `before` back for the fields the handler owns, changes no other field, and
-never removes a permission that `before` had (permissions compared after expanding `all`).
+never removes a permission that `before` had (permissions compared after expanding `all`); and
+every write it makes is noted in the ledger of own writes ahead, with a fresh nonce that the write
+carries as its client request id and that matches that entry alone.
 
 Run twice: against the simulated world, and through the real azure-mgmt-keyvault client against
 the HTTPS ARM fake (ARM's PATCH and `accessPolicies/{add|remove}` semantics).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,11 @@ from hypothesis import strategies as st
 from detectors.cases import APP_TEAM, FOREIGN_SUBSCRIPTION, INTRUDER, OPERATOR, TENANT, subnet, vault
 from kvguard.actions import ActionRunner
 from kvguard.adapters.arm import ArmVaultGateway
+from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.catalog import HANDLERS, RULES
+from kvguard.client_request import new_request_id
 from kvguard.detection import Case, Finding, detect_all
-from kvguard.ports import VaultGateway
+from kvguard.ports import OwnWrite, VaultGateway
 from kvguard.sim import SimVaultGateway, World
 from kvguard.vault import PERMISSION_CATEGORIES, SETTINGS, VaultConfig, normalise_cidr
 from kvguard.vault_spec import PERMISSIONS
@@ -166,19 +171,51 @@ def _check(handler_id: str, findings: list[Finding], before: VaultConfig, after:
         assert final.enable_purge_protection is True
 
 
+class _Ledger(SQLiteStateStore):
+    """The SQLite store, keeping the entries noted in this run in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noted: list[OwnWrite] = []
+
+    def record_own_write(self, entry: OwnWrite) -> None:
+        self.noted.append(entry)
+        super().record_own_write(entry)
+
+
+def _check_ledger(ledger: _Ledger, sent: list[str | None]) -> None:
+    """Every write was noted ahead with a nonce of its own, sent as the write's client request id
+    (`sent`: what each write carried, in order); each entry matches its nonce for its resource and
+    operation within minutes, and nothing kvguard did not send matches."""
+    nonces = [entry.request_id for entry in ledger.noted]
+    assert sent == nonces and len(set(nonces)) == len(nonces)
+    for entry in ledger.noted:
+        assert ledger.match_own_write(entry.resource_id, entry.operation, entry.request_id, since=entry.at,
+                                      until=entry.at + timedelta(minutes=5))
+        assert not ledger.match_own_write(entry.resource_id, entry.operation, new_request_id(), since=entry.at,
+                                          until=entry.at + timedelta(minutes=5))
+
+
 def _apply_and_check(gateway: VaultGateway, put: Callable[[dict[str, Any]], None],
-                     before_doc: dict[str, Any], after_doc: dict[str, Any]) -> None:
+                     before_doc: dict[str, Any], after_doc: dict[str, Any],
+                     sent: Callable[[], list[str | None]]) -> None:
+    """`sent` gives the client request ids of the writes the gateway made since the last call."""
     ctx = make_context(Case("invariant", True, before=before_doc, after=after_doc))
     assert ctx.before is not None and ctx.after is not None
     all_findings = detect_all(ctx, RULES)
     for handler_id in REMEDIATIONS:
         put(copy.deepcopy(after_doc))
+        sent()
         current = gateway.get(ctx.after.id)
         assert current is not None
         findings = [f for f in all_findings if f.remediation == handler_id]
         operations = HANDLERS[handler_id].plan(PlanInput(findings, ctx.before, current))
-        result = ActionRunner(gateway, {}).run(handler_id, operations, dry_run=False, current=current)
+        ledger = _Ledger()
+        runner = ActionRunner(gateway, {}, ledger=ledger, now=lambda: datetime.now(UTC))
+        result = runner.run(handler_id, operations, dry_run=False, current=current)
         assert result.status != "failed", result.detail
+        _check_ledger(ledger, sent())
+        ledger.close()
         final = gateway.get(ctx.after.id)
         assert final is not None
         _check(handler_id, findings, ctx.before, current, final)
@@ -201,7 +238,11 @@ def test_the_invariant_covers_every_remediation_handler() -> None:
 def test_every_handler_keeps_the_invariant_in_the_simulated_world(before: dict[str, Any],
                                                                   after: dict[str, Any]) -> None:
     world = World()
-    _apply_and_check(SimVaultGateway(world), world.put, before, after)
+
+    def sent() -> list[str | None]:
+        return [(e["data"].get("httpRequest") or {}).get("clientRequestId") for e in world.take_emitted()]
+
+    _apply_and_check(SimVaultGateway(world), world.put, before, after, sent)
 
 
 @pytest.fixture(scope="module")
@@ -223,4 +264,9 @@ def test_every_handler_keeps_the_invariant_against_arm(arm: tuple[ArmFake, ArmVa
     def put(doc: dict[str, Any]) -> None:
         fake.add_vault(doc)
 
-    _apply_and_check(gateway, put, before, after)
+    def sent() -> list[str | None]:
+        writes = [r for r in fake.requests if r.method in ("PUT", "PATCH")]
+        fake.requests.clear()
+        return [r.headers.get("x-ms-client-request-id") for r in writes]
+
+    _apply_and_check(gateway, put, before, after, sent)

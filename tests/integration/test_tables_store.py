@@ -17,7 +17,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableServiceClient
 
 from kvguard.adapters.tables import TablesStateStore
-from kvguard.ports import AuditRecord, PermanentError, RejectedPayload, TransientError
+from kvguard.ports import AuditRecord, OwnWrite, PermanentError, RejectedPayload, TransientError
 from tests.contract.statestore_contract import LEASE, T0, VAULT, StateStoreContract, vault_config
 from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
 
@@ -141,6 +141,31 @@ def test_findings_name_their_baseline_and_a_finding_embedding_it_is_read_as_writ
     assert by_rule["KV-NET-01"].finding["baseline"] == {"etag": "etag-1", "config": config}
     store.prune(T0 + timedelta(days=365))  # open findings' configurations are current state
     assert store.open_findings(VAULT)[0].finding["baseline"]["config"] == config
+    store.close()
+
+
+def test_ledger_entries_written_before_nonces_still_read_and_match_nothing(
+    azurite_connection_string: str, table_prefix: str, service: TableServiceClient
+) -> None:
+    """An entry as kvguard wrote it before entries carried their write's nonce (open, or consumed
+    with its event and correlation digests) is read and pruned, and no event matches it."""
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    operation = "microsoft.keyvault/vaults/accesspolicies/write"
+    store.record_own_write(OwnWrite(VAULT, operation, "nonce-new", T0, "evt-new", "attempt-1"))
+    ledger = service.get_table_client(table_prefix + "ownwrites")
+    [entity] = list(ledger.list_entities())
+    assert (entity["request"], entity["voided"]) == ("nonce-new", False)
+    assert entity["written_for"] == hashlib.sha256(b"evt-new").hexdigest()
+    for row, consumed in (("2026-11-27T10:00:00.000000Z-old-open", {}),
+                          ("2026-11-27T10:00:00.000000Z-old-used", {"event": hashlib.sha256(b"evt-old").hexdigest(),
+                                                                   "correlation": ""})):
+        ledger.create_entity({"PartitionKey": entity["PartitionKey"], "RowKey": row, "resource_id": VAULT,
+                              "operation": operation, "at": "2026-11-27T10:00:00.000000Z", **consumed})
+    later = T0 + timedelta(minutes=5)
+    for old in ("evt-old", "", "nonce-old"):
+        assert not store.match_own_write(VAULT, operation, old, since=T0, until=later)
+    assert store.match_own_write(VAULT, operation, "nonce-new", since=T0, until=later)
+    assert store.prune_own_writes(T0 + timedelta(seconds=1)) == 3
     store.close()
 
 

@@ -53,14 +53,34 @@ def test_a_planned_own_write_is_self_and_costs_no_read() -> None:
     assert gateway.reads == reads
 
 
-def test_arms_second_event_of_the_same_write_is_self_too_but_a_third_write_is_not() -> None:
+def test_arms_second_event_of_the_same_write_is_self_too_but_a_write_reusing_its_correlation_id_is_not() -> None:
+    """Every event of the write carries the nonce kvguard sent with it; a write of the identity
+    that carries the correlation id of kvguard's write, but not its nonce, is someone else's."""
     env = Env(start=vault(accessPolicies=[TEAM]))
     (follow_up,) = reverted(env)
+    assert follow_up["data"]["httpRequest"]["clientRequestId"]
     assert env.deliver(follow_up).outcome == "self"
     second = {**follow_up, "id": "evt-second-report-of-the-same-write"}
-    assert env.deliver(second).outcome == "self", "same correlation id: the same write"
-    third = {**follow_up, "id": "evt-third", "data": {**follow_up["data"], "correlationId": "corr-third"}}
-    assert env.deliver(third).outcome == "processed", "a third event needs an entry of its own"
+    assert env.deliver(second).outcome == "self", "same nonce: the same write"
+    reused = {**follow_up, "id": "evt-reused-correlation",
+              "data": {**follow_up["data"], "httpRequest": {"clientRequestId": "chosen-by-the-caller"}}}
+    outcome = env.deliver(reused)
+    assert outcome.outcome == "processed", "a correlation id alone never matches"
+    assert "KV-SELF-01" in {f.rule for f in outcome.findings}
+    without = {**follow_up, "id": "evt-no-request-id", "data": {k: v for k, v in follow_up["data"].items()
+                                                                 if k != "httpRequest"}}
+    assert "KV-SELF-01" in {f.rule for f in env.deliver(without).findings}
+
+
+def test_an_own_write_whose_entry_is_older_than_minutes_is_not_self() -> None:
+    """The nonce is matched within minutes of its entry (the write follows it at once): an event
+    dated later than that is no event of the write, whatever it carries."""
+    env = Env(start=vault(accessPolicies=[TEAM]))
+    (follow_up,) = reverted(env)
+    late = {**follow_up, "id": "evt-late",
+            "eventTime": (START + timedelta(minutes=30)).isoformat().replace("+00:00", "Z")}
+    assert "KV-SELF-01" in {f.rule for f in env.deliver(late).findings}
+    assert env.deliver(follow_up).outcome == "self"
 
 
 def test_a_dead_lettered_own_write_redriven_days_later_is_still_self() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.ids import vault_key
-from kvguard.ports import AuditRecord, MarkQuery
+from kvguard.ports import AuditRecord, MarkQuery, OwnWrite
 from tests.contract.statestore_contract import LEASE, T0, VAULT, StateStoreContract, vault_config
 
 
@@ -262,3 +262,46 @@ def test_findings_name_their_baseline_and_its_configuration_is_written_once(tmp_
     assert [etag for _, etag in rows] == ["etag-1", "etag-1"]
     assert all(len(finding) < 200 for finding, _ in rows)  # the configuration is not in the finding
     assert kept == [(vault_key(VAULT), "etag-1")]
+
+
+# The ledger of own writes as kvguard kept it before entries carried their write's nonce: an entry
+# was consumed by the first event of the identity for its resource and operation, whose event id
+# and correlation id it then kept.
+LEDGER_BEFORE_NONCES = """
+CREATE TABLE own_writes (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    resource_key   TEXT NOT NULL,
+    resource_id    TEXT NOT NULL,
+    operation      TEXT NOT NULL,
+    at             TEXT NOT NULL,
+    event_id       TEXT,
+    correlation_id TEXT
+);
+CREATE INDEX own_writes_by_resource ON own_writes (resource_key, operation, at);
+CREATE INDEX own_writes_by_time ON own_writes (at);
+"""
+POLICY_WRITE = "microsoft.keyvault/vaults/accesspolicies/write"
+
+
+def test_a_ledger_written_before_nonces_is_upgraded_and_its_entries_match_nothing(tmp_path: Path) -> None:
+    """An open entry of the old shape would stand for any next write of the identity: after the
+    upgrade it matches no event, while entries noted from then on match by their nonce."""
+    path = tmp_path / "state.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(LEDGER_BEFORE_NONCES)
+        db.execute("INSERT INTO own_writes (resource_key, resource_id, operation, at) VALUES (?, ?, ?, ?)",
+                   (vault_key(VAULT), VAULT, POLICY_WRITE, stamp(T0)))
+        db.execute("INSERT INTO own_writes (resource_key, resource_id, operation, at, event_id, correlation_id)"
+                   " VALUES (?, ?, ?, ?, 'evt-old', 'corr-old')", (vault_key(VAULT), VAULT, POLICY_WRITE, stamp(T0)))
+        db.commit()
+    store = SQLiteStateStore(path)
+    try:
+        later = T0 + timedelta(minutes=5)
+        for old in ("evt-old", "corr-old", ""):
+            assert not store.match_own_write(VAULT, POLICY_WRITE, old, since=T0, until=later)
+        store.record_own_write(OwnWrite(VAULT, POLICY_WRITE, "nonce-1", T0, "evt-new", "attempt-1"))
+        assert store.match_own_write(VAULT, POLICY_WRITE, "nonce-1", since=T0, until=later)
+        assert store.prune_own_writes(T0 + timedelta(seconds=1)) == 3
+    finally:
+        store.close()
+    SQLiteStateStore(path).close()  # opening the upgraded file again changes nothing
