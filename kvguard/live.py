@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kvguard.adapters.deadletter_blobs import over_limit
-from kvguard.cli_common import EXIT_INVALID, dump_json, load_scenarios
+from kvguard.cli_common import EXIT_INVALID, credential_of, dump_json, load_scenarios
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy, load_policy
 
@@ -31,9 +31,10 @@ LIVE_STEPS = ("event", "events")  # the steps of a scenario that happen in Azure
 
 
 def _live_settings() -> Settings:
-    from kvguard.settings import Settings
+    """The environment's settings; a setting that cannot be used stops the command (exit 2)."""
+    from kvguard.settings import load_settings
 
-    return Settings()
+    return load_settings()
 
 
 def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
@@ -45,7 +46,7 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     from kvguard.ports import ConcurrencyError
     from kvguard.terminal import console as terminal
 
-    pipeline = runtime.build(_live_settings(), credential=args.credential)
+    pipeline = runtime.build(_live_settings(), credential=credential_of(args))
     console = terminal(out)
     seeded = present = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
@@ -83,7 +84,7 @@ def _live_pipeline(args: argparse.Namespace, settings: Settings, policy: Policy 
     from kvguard.adapters.sqlite import SQLiteStateStore
     from kvguard.pipeline import Pipeline
 
-    built = runtime.build(settings, credential=args.credential)
+    built = runtime.build(settings, credential=credential_of(args))
     policy = built.policy if policy is None else policy
     own = sorted({*policy.own_principal_ids, *built.policy.own_principal_ids})
     update: dict[str, Any] = {"own_principal_ids": own}
@@ -234,7 +235,7 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, Callable[[], DeadLette
         (path, functools.partial(_read_dead_letters, path, within)) for path, within in _expand(args.files)
     ]
     if args.container:
-        sources.extend(_container_sources(args.container, args.credential))
+        sources.extend(_container_sources(args.container, credential_of(args)))
     return sources
 
 
@@ -369,7 +370,7 @@ def cmd_undo(args: argparse.Namespace, out: TextIO) -> int:
     from kvguard import runtime
     from kvguard.undo import UndoError, apply_undo, plan_undo, recorded_action
 
-    pipeline = runtime.build(_live_settings(), credential=args.credential)
+    pipeline = runtime.build(_live_settings(), credential=credential_of(args))
     try:
         record, action = recorded_action(pipeline.store.list_audit(), args.audit_id, args.handler)
         vault_id = record.vault_id or ""

@@ -22,23 +22,14 @@ from kvguard.activity import (
     role_assignment_request,
     window,
 )
-from kvguard.cli_common import EXIT_INVALID, dump_json
+from kvguard.adapters.signin import RefusedError, SignInError
+from kvguard.cli_common import EXIT_INVALID, credential_of, dump_json
 from kvguard.doctor import Check
 from kvguard.events import Rejected, VaultEvent
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
 from kvguard.ports import PermanentError, TransientError
 from kvguard.replay import totals
-
-
-def credential_of(args: argparse.Namespace) -> Any:
-    """The credential `main` was given, else DefaultAzureCredential."""
-    if args.credential is not None:
-        return args.credential
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
-
 
 # --- backfill ----------------------------------------------------------------------------------
 
@@ -215,7 +206,13 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         for name, step in steps:
             try:
                 checks.extend(step(subscription))
-            except (PermanentError, TransientError) as error:  # refused or unreachable: the check failed
+            except SignInError as error:
+                checks.append(doctor.unreadable_check(subscription, name, str(error), "cannot sign in"))
+            except RefusedError as error:
+                checks.append(doctor.unreadable_check(subscription, name, str(error), "refused", error.role))
+            except TransientError as error:
+                checks.append(doctor.unreadable_check(subscription, name, str(error), "no answer"))
+            except PermanentError as error:
                 checks.append(doctor.unreadable_check(subscription, name, str(error)))
     well = doctor.all_well(checks)
     if args.json:

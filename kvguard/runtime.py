@@ -17,7 +17,7 @@ from kvguard.blast_radius import ActivityLog
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import StateStore
-from kvguard.settings import Settings
+from kvguard.settings import Settings, load_settings
 from kvguard.sinks import build_sinks
 from kvguard.telemetry import FindingsLog, Instruments, Observer
 
@@ -58,10 +58,7 @@ def _store(settings: Settings, credential: Any) -> StateStore:
 
     if settings.tables_connection:
         return TablesStateStore.from_connection_string(settings.tables_connection)
-    if not settings.tables_service_uri:
-        raise ValueError("KVGUARD_STATE_BACKEND=tables needs KVGUARD_TABLES_CONNECTION or "
-                         "AzureWebJobsStorage__tableServiceUri")
-    return TablesStateStore(settings.tables_service_uri, credential)
+    return TablesStateStore(str(settings.tables_service_uri), credential)  # Settings requires one of the two
 
 
 def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
@@ -74,7 +71,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
 
     catalog.load()
     quiet_sdk_loggers()
-    settings = settings or Settings()
+    settings = settings or load_settings()
     credential = credential or _credential()
     return Pipeline(
         gateway=ArmVaultGateway(credential, endpoint=settings.arm_endpoint),
@@ -122,7 +119,7 @@ def build_observer(settings: Settings | None = None, credential: Any = None) -> 
     """The log line always; OpenTelemetry only with a connection string, the findings table only
     with its endpoint and rule. Their packages are imported here, not before: without them a cold
     start loads nothing of either."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     instruments: Instruments | None = None
     if settings.appinsights_connection_string:
         from kvguard.adapters.appinsights import configure
