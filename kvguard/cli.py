@@ -86,6 +86,22 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def policy_schema() -> dict[str, Any]:
+    """The policy file's JSON Schema, from the pydantic model (the one definition of the format),
+    with the catalog's rule ids as the names `rules:` accepts, so that an editor completes them."""
+    from kvguard.catalog import RULES
+
+    schema = Policy.model_json_schema()
+    schema["properties"]["rules"]["propertyNames"] = {"enum": list(RULES)}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "kvguard policy",
+            "description": "A kvguard policy file (YAML or JSON): `kvguard validate FILE` checks one."}
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(json.dumps(policy_schema(), indent=2) + "\n")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     from datetime import UTC, datetime
 
@@ -279,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a policy file")
     validate.add_argument("policy", metavar="POLICY")
     validate.set_defaults(run=cmd_validate)
+    schema = commands.add_parser(
+        "schema", help="print the policy file's JSON Schema (policy.schema.json is this)",
+        description="Print the JSON Schema of the policy file, for editors that complete and check YAML and JSON "
+                    "(e.g. `# yaml-language-server: $schema=policy.schema.json` at the top of a policy file).")
+    schema.set_defaults(run=cmd_schema)
     for command in commands.choices.values():  # `kvguard doctor --debug` as well as `kvguard --debug doctor`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
