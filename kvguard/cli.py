@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = commands.add_parser("baseline", help="seed missing baselines from every vault of the subscriptions")
     baseline.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
                           type=subscription_argument, help="a subscription id (repeat for several)")
+    baseline.add_argument("--dry-run", action="store_true",
+                          help="say what would be seeded and found, and write nothing (no state file, no alert)")
+    baseline.add_argument("--json", action="store_true",
+                          help="the result as one JSON object: the vaults seeded, those already present, the "
+                               "resource baselines seeded and what the sweep found")
     baseline.set_defaults(run=_live("cmd_baseline"))
     redrive = commands.add_parser(
         "redrive", help="deliver Event Grid's dead-lettered events again to a pipeline on the real vaults"

@@ -161,6 +161,14 @@ def state_check(error: str | None, backend: str) -> Check:
 Unreadable = Literal["cannot sign in", "refused", "no answer", "failed"]
 
 
+def no_state_check(path: str) -> Check:
+    """The SQLite state file is not there: nothing has been recorded where the settings point."""
+    return Check("*", "state store", False,
+                 f"no sqlite state file at {path}: kvguard has recorded nothing there (no baseline to compare with)",
+                 "kvguard baseline --subscription <id>   # seeds it; or point KVGUARD_SQLITE_PATH at the state "
+                 "file, or KVGUARD_STATE_BACKEND=tables with KVGUARD_TABLES_CONNECTION at the app's store")
+
+
 def unreadable_check(subscription: str, check: str, error: str, why: Unreadable = "failed",
                      role: str | None = None) -> Check:
     """A check whose reads failed, saying which of three things happened: nobody could sign in
