@@ -1,4 +1,4 @@
-"""`kvguard replay | rules | baseline | redrive | undo | backfill | doctor | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | undo | backfill | doctor | validate | schema`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
 the file, the step and the reason on stderr), a dead-letter file that is not JSON (or refused), a
