@@ -46,7 +46,7 @@ class SignedIn:
 
     def __init__(self, credential: Any) -> None:
         self.credential = credential
-        self._failure: SignInError | None = None
+        self._failure: Exception | None = None  # the credential's own error, kept for --debug
         self._lock = threading.Lock()
 
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
@@ -66,15 +66,13 @@ class SignedIn:
         from azure.core.exceptions import ClientAuthenticationError  # CredentialUnavailableError is one
 
         if self._failure is not None:
-            raise self._failure
+            raise SignInError(SIGN_IN_HELP) from self._failure
         try:
             return method(*scopes, **kwargs)
         except ClientAuthenticationError as error:
-            failure = SignInError(SIGN_IN_HELP)
-            failure.__cause__ = error
             with self._lock:
-                self._failure = failure
-            raise failure from error
+                self._failure = error
+            raise SignInError(SIGN_IN_HELP) from error
 
     def close(self) -> None:
         close = getattr(self.credential, "close", None)

@@ -48,6 +48,16 @@ def nobody() -> Any:
     return ChainedTokenCredential(EnvironmentCredential(), AzureCliCredential())
 
 
+class CountedEnvironmentCredential(EnvironmentCredential):
+    """The real EnvironmentCredential, counting how often it is asked for a token."""
+
+    asked = 0
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        self.asked += 1
+        return super().get_token_info(*scopes, options=options)
+
+
 def run(*argv: str, credential: Any) -> tuple[int, str]:
     out = io.StringIO()
     return main(list(argv), out, credential=credential), out.getvalue()
@@ -83,7 +93,9 @@ def test_debug_shows_the_credential_chain_and_the_traceback(
 
 
 def test_the_doctor_says_cannot_sign_in_for_every_check(fake: ArmFake) -> None:
-    status, out = run("doctor", "--subscription", SUB, "--json", credential=EnvironmentCredential())
+    credential = CountedEnvironmentCredential()
+
+    status, out = run("doctor", "--subscription", SUB, "--json", credential=credential)
 
     assert status == 1
     read = [c for c in json.loads(out)["checks"] if c["check"] in ("defender", "role assignments", "audit logs")]
@@ -91,6 +103,7 @@ def test_the_doctor_says_cannot_sign_in_for_every_check(fake: ArmFake) -> None:
     assert all(c["detail"].startswith("cannot sign in: not signed in to Azure") for c in read)
     assert all(c["fix"].startswith("az login") for c in read)
     assert "HTTP None" not in out
+    assert credential.asked == 1  # one sign-in attempt for the whole run, not one per call
 
 
 def test_the_doctor_says_refused_and_the_role_when_arm_answers_403(fake: ArmFake) -> None:
