@@ -63,6 +63,7 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/kvguard rules --json > infra/rules.json
 	$(BIN)/kvguard rules --readme README.md
+	$(BIN)/kvguard schema > policy.schema.json
 
 infra-rules: docs
 

@@ -8,7 +8,7 @@ import logging
 import azure.functions as func
 
 from kvguard import runtime
-from kvguard.settings import Settings
+from kvguard.settings import load_settings
 
 app = func.FunctionApp()
 log = logging.getLogger("kvguard")
@@ -29,7 +29,7 @@ def reconcile(timer: func.TimerRequest) -> None:
     forget records past the retention period."""
     pipeline = runtime.current()
     with runtime.observer().delivery("reconcile") as run:
-        run.record_all(pipeline.reconcile(Settings().subscription_ids), "reconcile")
+        run.record_all(pipeline.reconcile(load_settings().subscription_ids), "reconcile")
     log.info("kvguard outbox: %d delivered; retention: %d records pruned", pipeline.flush_outbox(), pipeline.prune())
 
 

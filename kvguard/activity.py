@@ -75,26 +75,29 @@ def _key(mapping: Mapping[str, Any], name: str) -> Any:
 
 def window(since: str, until: str | None, now: datetime) -> tuple[datetime, datetime]:
     """The time range to read: `since` an ISO 8601 duration back from `until` (`P30D`) or a
-    timestamp, `until` a timestamp (default: now). Raises ValueError naming the flag; a range
-    reaching past the retention is cut to it (the API has nothing older)."""
-    end = now if until is None else _timestamp(until, "--until")
+    timestamp, `until` a timestamp (default: now). Raises ValueError naming the flag, also for a
+    start further back than the Activity Log keeps (RETENTION): the API has nothing older, and a
+    backfill that silently read less than it was asked would report a quiet past that was not."""
+    end = now if until is None else _timestamp(until, "--until", "a timestamp")
     if end > now:
         end = now
     try:
         start = end - parse_duration(since)
     except ValueError:
-        start = _timestamp(since, "--since")
+        start = _timestamp(since, "--since", "an ISO 8601 duration (P30D) or a timestamp")
     if start >= end:
         raise ValueError(f"--since: {since!r} is not before the end of the range ({end.isoformat()})")
-    return max(start, now - RETENTION), end
+    if start < now - RETENTION:
+        raise ValueError(f"--since: {since!r} reaches back {(now - start).days} days; the Activity Log keeps "
+                         f"{RETENTION.days} (give at most P{RETENTION.days}D)")
+    return start, end
 
 
-def _timestamp(text: str, flag: str) -> datetime:
+def _timestamp(text: str, flag: str, expected: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{flag}: {text!r} is neither an ISO 8601 duration (P30D) nor a timestamp "
-                         "(2026-11-01T00:00:00Z)") from None
+        raise ValueError(f"{flag}: {text!r} is not {expected} such as 2026-11-01T00:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

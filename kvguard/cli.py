@@ -1,8 +1,10 @@
-"""`kvguard replay | rules | baseline | redrive | undo | backfill | doctor | validate`: the command line.
+"""`kvguard replay | rules | baseline | redrive | undo | backfill | doctor | validate | schema`: the command line.
 
 Exit status: 0 after a replay whatever it found, 2 for an invalid scenario or policy file (with
-the file, the step and the reason on stderr) or a dead-letter file that is not JSON (or refused), 1
-when Azure or the state store cannot be reached or refuses the request.
+the file, the step and the reason on stderr), a dead-letter file that is not JSON (or refused), a
+setting or argument that cannot be used, or nobody signed in to Azure; 1 when Azure or the state
+store cannot be reached or refuses the request. Every error is one line on stderr; `--debug` adds
+the traceback and the Azure SDK's own log lines.
 
 `baseline`, `replay --live` and `redrive` work on real vaults through ARM: they live in
 `kvguard.live`, loaded only when one of them runs. `main` takes an Azure credential for them (tests,
@@ -25,6 +27,7 @@ from kvguard.policy import Policy, PolicyError, load_policy
 from kvguard.ports import PermanentError, TransientError
 
 WIDE_HELP = "print ids in full, each on one line (the table grows wider than the terminal as needed)"
+DEBUG_HELP = "on an error, also print its traceback; and show the Azure SDK's log lines"
 README_TABLE = ("<!-- rule table: generated from the catalog by `make docs`; edit the rules, not this -->",
                 "<!-- end of rule table -->")
 
@@ -80,6 +83,22 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
                                                     ", ".join(entry["mitre"]), entry["remediation"] or "-",
                                                     entry["title"])))
     print_table(console(out), table)
+    return 0
+
+
+def policy_schema() -> dict[str, Any]:
+    """The policy file's JSON Schema, from the pydantic model (the one definition of the format),
+    with the catalog's rule ids as the names `rules:` accepts, so that an editor completes them."""
+    from kvguard.catalog import RULES
+
+    schema = Policy.model_json_schema()
+    schema["properties"]["rules"]["propertyNames"] = {"enum": list(RULES)}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "kvguard policy",
+            "description": "A kvguard policy file (YAML or JSON): `kvguard validate FILE` checks one."}
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(json.dumps(policy_schema(), indent=2) + "\n")
     return 0
 
 
@@ -152,6 +171,38 @@ def _onboarding(command: str) -> Callable[[argparse.Namespace, TextIO], int]:
     return run
 
 
+def subscription_argument(text: str) -> str:
+    """`--subscription`: a GUID, checked before anything is sent to ARM."""
+    from kvguard.ids import subscription_id
+
+    try:
+        return subscription_id(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def container_argument(text: str) -> str:
+    """`redrive --container`: an https URL with a host and a container path (plain http only for
+    a storage emulator on this machine, such as Azurite)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL ({error})") from None
+    if parts.scheme != "https" and not (parts.scheme == "http" and host in LOCAL_HOSTS):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an https URL such as https://ACCOUNT.blob.core.windows.net/deadletters")
+    if not host or parts.path.strip("/") == "":
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no container: give https://ACCOUNT.blob.core.windows.net/CONTAINER")
+    return text
+
+
 def _add_onboarding(commands: Any) -> None:
     backfill = commands.add_parser(
         "backfill", help="judge the Activity Log's past changes with the pipeline (dry run unless --apply)",
@@ -160,11 +211,12 @@ def _add_onboarding(commands: Any) -> None:
                     "the pipeline. A past event is never remediated.",
     )
     backfill.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
-                          help="a subscription id (repeat for several)")
+                          type=subscription_argument, help="a subscription id (repeat for several)")
     backfill.add_argument("--since", default="P30D", metavar="WHEN",
                           help="start: an ISO 8601 duration back from --until (P30D, the default) or a timestamp; "
-                               "the Activity Log keeps 90 days")
-    backfill.add_argument("--until", metavar="WHEN", help="end: a timestamp (default: now)")
+                               "at most 90 days ago (what the Activity Log keeps)")
+    backfill.add_argument("--until", metavar="WHEN",
+                          help="end: a timestamp such as 2026-11-01T00:00:00Z (default: now)")
     backfill.add_argument("--apply", action="store_true",
                           help="record findings and raise alerts (remediation is only planned); without it, a dry "
                                "run that writes nothing")
@@ -178,6 +230,7 @@ def _add_onboarding(commands: Any) -> None:
                     "command that fixes it.",
     )
     doctor.add_argument("--subscription", dest="subscriptions", action="append", metavar="ID",
+                        type=subscription_argument,
                         help="a subscription id (repeat for several; default: KVGUARD_SUBSCRIPTION_IDS)")
     doctor.add_argument("--json", action="store_true", help="the checks as one JSON object")
     doctor.add_argument("--enable-defender", action="store_true",
@@ -192,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="kvguard", description="Detect and undo Azure Key Vault tampering.")
     parser.add_argument("--version", action="version", version=f"kvguard {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="run scenario files through the pipeline against a simulated world")
     replay.add_argument("scenarios", nargs="+", metavar="FILE")
@@ -206,7 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=cmd_replay)
     baseline = commands.add_parser("baseline", help="seed missing baselines from every vault of the subscriptions")
     baseline.add_argument("--subscription", dest="subscriptions", action="append", required=True, metavar="ID",
-                          help="a subscription id (repeat for several)")
+                          type=subscription_argument, help="a subscription id (repeat for several)")
+    baseline.add_argument("--dry-run", action="store_true",
+                          help="say what would be seeded and found, and write nothing (no state file, no alert)")
+    baseline.add_argument("--json", action="store_true",
+                          help="the result as one JSON object: the vaults seeded, those already present, the "
+                               "resource baselines seeded and what the sweep found")
     baseline.set_defaults(run=_live("cmd_baseline"))
     redrive = commands.add_parser(
         "redrive", help="deliver Event Grid's dead-lettered events again to a pipeline on the real vaults"
@@ -214,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("files", nargs="*", metavar="FILE",
                          help="downloaded dead-letter blobs (JSON array), single events or JSON Lines; "
                               "a directory means every *.json below it (symlinks out of it are refused)")
-    redrive.add_argument("--container", metavar="URL",
+    redrive.add_argument("--container", metavar="URL", type=container_argument,
                          help="also read every *.json blob of this dead-letter container, e.g. "
                               "https://ACCOUNT.blob.core.windows.net/deadletters (Azure identity; a SAS in the "
                               "URL or AZURE_STORAGE_CONNECTION_STRING when set)")
@@ -241,33 +300,79 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a policy file")
     validate.add_argument("policy", metavar="POLICY")
     validate.set_defaults(run=cmd_validate)
+    schema = commands.add_parser(
+        "schema", help="print the policy file's JSON Schema (policy.schema.json is this)",
+        description="Print the JSON Schema of the policy file, for editors that complete and check YAML and JSON "
+                    "(e.g. `# yaml-language-server: $schema=policy.schema.json` at the top of a policy file).")
+    schema.set_defaults(run=cmd_schema)
+    for command in commands.choices.values():  # `kvguard doctor --debug` as well as `kvguard --debug doctor`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def _debug_logging(debug: bool) -> None:
+    """With `--debug`, the Azure SDK's log lines (requests, the credential chain's attempts) on
+    stderr; without it, the credential chain's page of attempts is kept off the terminal."""
+    import logging
+
+    from kvguard.adapters.signin import SIGN_IN_LOGGERS, silence_sign_in_logs
+
+    if not debug:
+        silence_sign_in_logs()
+        return
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in (*SIGN_IN_LOGGERS, "azure", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credential: Any = None) -> int:
     """`credential`: the Azure credential of `baseline`, `replay --live`, `redrive`, `backfill` and
     `doctor` (default: DefaultAzureCredential)."""
-    from kvguard.scenario import ScenarioError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "redrive" and not (args.files or args.container):
         parser.error("redrive: give dead-letter files, a directory, or --container URL")
     args.credential = credential
+    _debug_logging(args.debug)
+    return _run(args, out or sys.stdout)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    """The command, its failures each told in one line with the exit status they mean."""
+    from kvguard.adapters.signin import SignInError
+    from kvguard.scenario import ScenarioError
+    from kvguard.settings import SettingsError
+
     try:
-        return int(args.run(args, out or sys.stdout))
-    except (ScenarioError, PolicyError) as error:
-        sys.stderr.write(f"kvguard: {error}\n")
+        return int(args.run(args, out))
+    except (ScenarioError, PolicyError, SettingsError) as error:
+        _tell(args, error)
+        return EXIT_INVALID
+    except SignInError as error:  # before TransientError: nobody signed in is not an outage
+        _tell(args, error)
         return EXIT_INVALID
     except TransientError as error:
-        sys.stderr.write(f"kvguard: {error} (try again)\n")
+        _tell(args, error, " (try again)")
         return EXIT_UNREACHABLE
     except PermanentError as error:  # refused by Azure (e.g. no role on the dead-letter container)
-        sys.stderr.write(f"kvguard: {error}\n")
+        _tell(args, error)
         return EXIT_UNREACHABLE
     except BrokenPipeError:  # the reader stopped early (`| head`): not a failure of the replay
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 0
+    except Exception as error:  # a fault of kvguard itself: one line, the traceback with --debug
+        _tell(args, error, " (an unexpected error: run with --debug for the traceback)", named=True)
+        return EXIT_UNREACHABLE
+
+
+def _tell(args: argparse.Namespace, error: Exception, suffix: str = "", *, named: bool = False) -> None:
+    if args.debug:
+        import traceback
+
+        traceback.print_exception(error)
+    text = f"{type(error).__name__}: {error}" if named else str(error)
+    sys.stderr.write(f"kvguard: {text}{suffix}\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ scenario files of `replay` (simulated or `--live`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,22 @@ if TYPE_CHECKING:
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 1
+
+
+def credential_of(args: argparse.Namespace) -> Any:
+    """The Azure credential of the commands that call Azure: the one `main` was given, else
+    DefaultAzureCredential (imported only now), made once per run and wrapped so that a failed
+    sign-in stops the command with one line that says so (`SignInError`)."""
+    from kvguard.adapters.signin import SignedIn
+
+    if not isinstance(args.credential, SignedIn):
+        credential = args.credential
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        args.credential = SignedIn(credential)
+    return args.credential
 
 
 def dump_json(obj: Any) -> str:

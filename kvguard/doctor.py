@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from detectors.coverage import audit_log_gap, defender_plan_gap
 from kvguard.deployment import event_subscription_problems, is_event_subscription
@@ -158,14 +158,35 @@ def state_check(error: str | None, backend: str) -> Check:
     return Check("*", "state store", False, f"{backend} state store unreachable: {error}", fix)
 
 
-def unreadable_check(subscription: str, check: str, error: str) -> Check:
-    """A check whose reads were refused or went unanswered: failed, naming the role that reads."""
-    role = "Security Reader" if check == "defender" else "Reader"
-    extra = " (Security Admin to --enable-defender)" if check == "defender" else ""
-    return Check(subscription, check, False, f"could not be checked: {error}",
-                 f"run the doctor as someone with {role}{extra} on the subscription: az role assignment create "
-                 f"--assignee <your object id> --role \"{role}\" --scope /subscriptions/{subscription}; "
-                 "or try again when ARM answers")
+Unreadable = Literal["cannot sign in", "refused", "no answer", "failed"]
+
+
+def no_state_check(path: str) -> Check:
+    """The SQLite state file is not there: nothing has been recorded where the settings point."""
+    return Check("*", "state store", False,
+                 f"no sqlite state file at {path}: kvguard has recorded nothing there (no baseline to compare with)",
+                 "kvguard baseline --subscription <id>   # seeds it; or point KVGUARD_SQLITE_PATH at the state "
+                 "file, or KVGUARD_STATE_BACKEND=tables with KVGUARD_TABLES_CONNECTION at the app's store")
+
+
+def unreadable_check(subscription: str, check: str, error: str, why: Unreadable = "failed",
+                     role: str | None = None) -> Check:
+    """A check whose reads failed, saying which of three things happened: nobody could sign in
+    (no role or retry helps), ARM refused the signed-in identity (the role that reads, or `role`
+    when the read named it), or ARM did not answer (try again); "failed" for any other refusal."""
+    role = role or ("Security Reader" if check == "defender" else "Reader")
+    grant = (f"run the doctor as someone with {role} on the subscription: az role assignment create "
+             f"--assignee <your object id> --role \"{role}\" --scope /subscriptions/{subscription}")
+    if why == "cannot sign in":
+        return Check(subscription, check, False, f"cannot sign in: {error}",
+                     "az login   # or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET")
+    if why == "refused":
+        extra = " (Security Admin to --enable-defender)" if check == "defender" and role != SECURITY_ADMIN else ""
+        return Check(subscription, check, False, f"signed in but refused (needs {role}): {error}", grant + extra)
+    if why == "no answer":
+        return Check(subscription, check, False, f"ARM did not answer: {error}",
+                     "try again when ARM answers (KVGUARD_ARM_ENDPOINT names the endpoint)")
+    return Check(subscription, check, False, f"could not be checked: {error}", grant)
 
 
 def all_well(checks: Iterable[Check]) -> bool:

@@ -20,6 +20,17 @@ _DELETED_VAULT_RE = re.compile(
     r"/locations/(?P<location>[^/]+)/deletedvaults/(?P<name>[^/]+)",
     re.IGNORECASE,
 )
+_GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+
+
+def subscription_id(text: str) -> str:
+    """A subscription id as a person gives it (a GUID, spaces around it forgiven).
+    Raises ValueError for anything else: an empty string, `/subscriptions/…`, a path such as
+    `x/../../x` would otherwise be pasted into the URL of every ARM call."""
+    value = text.strip()
+    if not _GUID_RE.match(value):
+        raise ValueError(f"{text!r} is not a subscription id (a GUID such as 8e7d6c5b-4a39-4281-9706-f5e4d3c2b1a0)")
+    return value
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kvguard.adapters.deadletter_blobs import over_limit
-from kvguard.cli_common import EXIT_INVALID, dump_json, load_scenarios
+from kvguard.cli_common import EXIT_INVALID, credential_of, dump_json, load_scenarios
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy, load_policy
 
@@ -31,59 +31,88 @@ LIVE_STEPS = ("event", "events")  # the steps of a scenario that happen in Azure
 
 
 def _live_settings() -> Settings:
-    from kvguard.settings import Settings
+    """The environment's settings; a setting that cannot be used stops the command (exit 2)."""
+    from kvguard.settings import load_settings
 
-    return Settings()
+    return load_settings()
 
 
 def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     """Record the current configuration of every vault that has no baseline yet; existing
-    baselines (also those of deleted vaults, which KV-LIFE-03 needs) are left as they are."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+    baselines (also those of deleted vaults, which KV-LIFE-03 needs) are left as they are. With
+    `--dry-run` the same work is done on an in-memory copy of the state: it says what would be
+    seeded and found, and writes nothing anywhere (no store, no alert)."""
     from kvguard import runtime
+    from kvguard.pipeline import Pipeline
     from kvguard.ports import ConcurrencyError
-    from kvguard.terminal import console as terminal
+    from kvguard.terminal import Steps
 
-    pipeline = runtime.build(_live_settings(), credential=args.credential)
-    console = terminal(out)
-    seeded = present = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
+    settings = _live_settings()
+    credential = credential_of(args)
+    if args.dry_run:
+        built = runtime.build(settings, credential=credential, store=runtime.dry_run_store(settings, credential))
+        pipeline = Pipeline(gateway=built.gateway, store=built.store, resources=built.resources,
+                            deployment=built.deployment, policy=built.policy.model_copy(update={"dry_run": True}))
+    else:
+        pipeline = runtime.build(settings, credential=credential)
+    seeded: list[str] = []
+    present = 0
+    with Steps() as progress:  # on stderr, when it is a terminal
         for subscription_id in args.subscriptions:
-            task = progress.add_task(f"listing {subscription_id}", total=None)
+            task = progress.task(f"listing {subscription_id}")
             vaults = pipeline.gateway.list_vaults(subscription_id)
             progress.update(task, description=f"subscription {subscription_id}", total=len(vaults))
             for vault in vaults:
                 if pipeline.store.get_baseline(vault.id) is None:
                     try:
                         pipeline.store.put_baseline(vault.id, dict(vault.raw), None, now=pipeline.clock.now())
-                        seeded += 1
+                        seeded.append(vault.id)
                     except ConcurrencyError:  # the app seeded it meanwhile: that one stands
                         present += 1
                 else:
                     present += 1
                 progress.advance(task)
-    vaults_word = "vault" if seeded + present == 1 else "vaults"
-    console.print(f"{seeded + present} {vaults_word} in {len(args.subscriptions)} subscription(s): "
-                  f"{seeded} baseline(s) seeded, {present} already present", markup=False)
     # The resources beside the vaults, then the sweep rules over them (KV-LOG-02, KV-DEF-01).
     resources = pipeline.seed_resources()
-    opened = [f"{f.rule} on {o.vault}" for o in pipeline.sweep() for f in o.findings]
-    console.print(f"{resources} resource baseline(s) seeded beside the vaults; sweep: "
-                  + (", ".join(opened) if opened else "no finding"), markup=False)
+    opened = [{"rule": f.rule, "vault": o.vault} for o in pipeline.sweep() for f in o.findings]
+    report = {"mode": "dry run" if args.dry_run else "apply", "subscriptions": len(args.subscriptions),
+              "vaults": len(seeded) + present, "seeded": seeded, "present": present,
+              "resources_seeded": resources, "sweep": opened}
+    if args.json:
+        out.write(dump_json(report) + "\n")
+    else:
+        _print_baseline(report, out)
     return 0
+
+
+def _print_baseline(report: dict[str, Any], out: TextIO) -> None:
+    from kvguard.terminal import console as terminal
+
+    console = terminal(out)
+    would = "would be " if report["mode"] == "dry run" else ""
+    vaults_word = "vault" if report["vaults"] == 1 else "vaults"
+    console.print(f"{report['vaults']} {vaults_word} in {report['subscriptions']} subscription(s): "
+                  f"{len(report['seeded'])} baseline(s) {would}seeded, {report['present']} already present",
+                  markup=False)
+    found = ", ".join(f"{item['rule']} on {item['vault']}" for item in report["sweep"])
+    console.print(f"{report['resources_seeded']} resource baseline(s) {would}seeded beside the vaults; sweep: "
+                  + (found or "no finding"), markup=False)
+    if report["mode"] == "dry run":
+        console.print("dry run: nothing recorded, no alert raised (run without --dry-run to seed)", markup=False)
 
 
 def _live_pipeline(args: argparse.Namespace, settings: Settings, policy: Policy | None = None) -> Pipeline:
     """A pipeline on real adapters with `policy` (None: the environment's own), kvguard's own
     identities from the environment always included. A dry run (no --apply) writes nowhere: no
     alert sink is called, and it works on an in-memory copy of the configured store's baselines,
-    so that neither claims nor the planned-but-not-applied state reach the real store."""
+    so that neither claims nor the planned-but-not-applied state reach the real store (and no
+    state file is created where there was none)."""
     from kvguard import runtime
-    from kvguard.adapters.sqlite import SQLiteStateStore
     from kvguard.pipeline import Pipeline
 
-    built = runtime.build(settings, credential=args.credential)
+    credential = credential_of(args)
+    copy = None if args.apply else runtime.dry_run_store(settings, credential)
+    built = runtime.build(settings, credential=credential, store=copy)
     policy = built.policy if policy is None else policy
     own = sorted({*policy.own_principal_ids, *built.policy.own_principal_ids})
     update: dict[str, Any] = {"own_principal_ids": own}
@@ -92,10 +121,7 @@ def _live_pipeline(args: argparse.Namespace, settings: Settings, policy: Policy 
     policy = policy.model_copy(update=update)
     if args.apply:
         return Pipeline(gateway=built.gateway, store=built.store, policy=policy, sinks=built.sinks)
-    copy = SQLiteStateStore(":memory:")
-    for baseline in built.store.list_baselines():
-        copy.put_baseline(baseline.vault_id, baseline.config, None, deleted=baseline.deleted, now=baseline.updated)
-    return Pipeline(gateway=built.gateway, store=copy, policy=policy)
+    return Pipeline(gateway=built.gateway, store=built.store, policy=policy)
 
 
 def cmd_replay_live(args: argparse.Namespace, out: TextIO) -> int:
@@ -180,33 +206,40 @@ def cmd_redrive(args: argparse.Namespace, out: TextIO) -> int:
     regular file, over the size limit), is reported and skipped, and the run ends with exit 2 after
     the others."""
     from kvguard.replay import totals
+    from kvguard.terminal import Steps
 
     files: list[DeadLetters] = []
     report: dict[str, dict[str, Any]] = {}
-    for path, read in _sources(args):
-        try:
-            files.append(read())
-        except UnreadableFile as error:
-            report[path] = {"error": str(error)}
-            sys.stderr.write(f"kvguard: {path}: {error}; skipped\n")
-            continue
-        report[path] = {}
     outcomes: list[Outcome] = []
-    if files:
-        pipeline = _live_pipeline(args, _live_settings())
-        for dead in files:
-            delivered: list[Outcome] = []
-            for event in dead.events:
-                for outcome in pipeline.handle(event):
-                    delivered.append(outcome)
-                    if args.json:
-                        out.write(dump_json({**outcome.to_json(), "file": dead.path}) + "\n")
-            outcomes.extend(delivered)
-            report[dead.path] = {
-                "events": len(dead.events),
-                "outcomes": dict(Counter(o.outcome for o in delivered)),
-                "dead_letter_reasons": dict(dead.reasons),
-            }
+    with Steps() as progress:  # on stderr, when it is a terminal: stdout stays the report or the JSON
+        sources = _sources(args)
+        reading = progress.task("reading dead letters", total=len(sources))
+        for path, read in sources:
+            progress.advance(reading)
+            try:
+                files.append(read())
+            except UnreadableFile as error:
+                report[path] = {"error": str(error)}
+                progress.print(f"kvguard: {path}: {error}; skipped")
+                continue
+            report[path] = {}
+        if files:
+            pipeline = _live_pipeline(args, _live_settings())
+            redriving = progress.task("redriving", total=sum(len(dead.events) for dead in files))
+            for dead in files:
+                delivered: list[Outcome] = []
+                for event in dead.events:
+                    for outcome in pipeline.handle(event):
+                        delivered.append(outcome)
+                        if args.json:
+                            out.write(dump_json({**outcome.to_json(), "file": dead.path}) + "\n")
+                    progress.advance(redriving)
+                outcomes.extend(delivered)
+                report[dead.path] = {
+                    "events": len(dead.events),
+                    "outcomes": dict(Counter(o.outcome for o in delivered)),
+                    "dead_letter_reasons": dict(dead.reasons),
+                }
     summary = {"summary": totals(outcomes), "mode": "apply" if args.apply else "dry run", "files": report}
     if args.json:
         out.write(dump_json(summary) + "\n")
@@ -234,7 +267,7 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, Callable[[], DeadLette
         (path, functools.partial(_read_dead_letters, path, within)) for path, within in _expand(args.files)
     ]
     if args.container:
-        sources.extend(_container_sources(args.container, args.credential))
+        sources.extend(_container_sources(args.container, credential_of(args)))
     return sources
 
 
@@ -369,7 +402,11 @@ def cmd_undo(args: argparse.Namespace, out: TextIO) -> int:
     from kvguard import runtime
     from kvguard.undo import UndoError, apply_undo, plan_undo, recorded_action
 
-    pipeline = runtime.build(_live_settings(), credential=args.credential)
+    settings = _live_settings()
+    credential = credential_of(args)
+    # A dry run reads the audit records where they are and never creates a store to find none.
+    pipeline = runtime.build(settings, credential=credential,
+                             store=None if args.apply else runtime.read_store(settings, credential))
     try:
         record, action = recorded_action(pipeline.store.list_audit(), args.audit_id, args.handler)
         vault_id = record.vault_id or ""

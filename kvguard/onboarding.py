@@ -6,7 +6,6 @@ of the environment, like the other live commands (`kvguard.live`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,23 +21,15 @@ from kvguard.activity import (
     role_assignment_request,
     window,
 )
-from kvguard.cli_common import EXIT_INVALID, dump_json
+from kvguard.adapters.signin import RefusedError, SignInError
+from kvguard.cli_common import EXIT_INVALID, credential_of, dump_json
 from kvguard.doctor import Check
 from kvguard.events import Rejected, VaultEvent
 from kvguard.outcome import Outcome
 from kvguard.pipeline import Pipeline
 from kvguard.ports import PermanentError, TransientError
 from kvguard.replay import totals
-
-
-def credential_of(args: argparse.Namespace) -> Any:
-    """The credential `main` was given, else DefaultAzureCredential."""
-    if args.credential is not None:
-        return args.credential
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
-
+from kvguard.terminal import Steps
 
 # --- backfill ----------------------------------------------------------------------------------
 
@@ -62,9 +53,8 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
     if args.apply:
         pipeline.policy = pipeline.policy.model_copy(update={"dry_run": True})
     reader = ArmActivityLog(credential_of(args), endpoint=settings.arm_endpoint)
-    progress = _progress(out) if out.isatty() and not args.json else None
     outcomes: list[Outcome] = []
-    with progress or contextlib.nullcontext():
+    with Steps() as progress:  # on stderr, when it is a terminal: stdout stays the report or the JSON
         read = _read(reader, args.subscriptions, start, end, progress)
         items, collapsed = events(read)
         for outcome in _deliver(pipeline, items, progress):
@@ -85,31 +75,22 @@ def cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _progress(out: TextIO) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    console=Console(file=out), transient=True)
-
-
-def _read(reader: Any, subscriptions: Sequence[str], start: datetime, end: datetime, progress: Any) -> list[Any]:
+def _read(reader: Any, subscriptions: Sequence[str], start: datetime, end: datetime, progress: Steps) -> list[Any]:
     records: list[Any] = []
     for subscription_id in subscriptions:
-        task = progress.add_task(f"reading {subscription_id}", total=len(WATCHED_PROVIDERS)) if progress else None
+        task = progress.task(f"reading {subscription_id}", total=len(WATCHED_PROVIDERS))
         for provider in WATCHED_PROVIDERS:
             records.extend(reader.records(subscription_id, provider_filter(provider, start, end)))
-            if progress:
-                progress.update(task, advance=1, description=f"{subscription_id}: {len(records)} records")
+            progress.advance(task)
+            progress.update(task, description=f"{subscription_id}: {len(records)} records")
     return records
 
 
-def _deliver(pipeline: Pipeline, items: Sequence[VaultEvent | Rejected], progress: Any) -> Iterator[Outcome]:
-    task = progress.add_task("judging", total=len(items)) if progress else None
+def _deliver(pipeline: Pipeline, items: Sequence[VaultEvent | Rejected], progress: Steps) -> Iterator[Outcome]:
+    task = progress.task("judging", total=len(items))
     for outcome in deliver(pipeline, items):
         yield outcome
-        if progress:
-            progress.advance(task)
+        progress.advance(task)
 
 
 def backfill_json(outcome: Outcome) -> dict[str, Any]:
@@ -175,6 +156,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     after a confirmation (or `--yes`), then checked again."""
     from kvguard import doctor, runtime
     from kvguard.adapters.onboarding import ArmOnboardingReader
+    from kvguard.adapters.sqlite import SQLiteStateStore
     from kvguard.catalog import HANDLERS, remediating_handlers
     from kvguard.live import _live_settings
 
@@ -184,11 +166,15 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write("kvguard doctor: give --subscription ID or set KVGUARD_SUBSCRIPTION_IDS\n")
         return EXIT_INVALID
     credential = credential_of(args)
-    pipeline = runtime.build(settings, credential=credential)
+    recorded = runtime.existing_store(settings, credential)  # the doctor never creates a state file
+    pipeline = runtime.build(settings, credential=credential,
+                             store=SQLiteStateStore(":memory:") if recorded is None else recorded)
     reader = ArmOnboardingReader(credential, endpoint=settings.arm_endpoint)
     needed = doctor.needed_actions((HANDLERS[h].permission for h in remediating_handlers(pipeline.policy)),
                                    defender="raise_defender_alert" in pipeline.sinks)
-    checks: list[doctor.Check] = [doctor.state_check(_probe_state(pipeline), settings.state_backend)]
+    checks: list[doctor.Check] = [
+        doctor.state_check(_probe_state(pipeline), settings.state_backend) if recorded is not None
+        else doctor.no_state_check(settings.sqlite_path)]
     principals = list(pipeline.policy.own_principal_ids)
 
     def defender(subscription: str) -> list[doctor.Check]:
@@ -215,7 +201,13 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         for name, step in steps:
             try:
                 checks.extend(step(subscription))
-            except (PermanentError, TransientError) as error:  # refused or unreachable: the check failed
+            except SignInError as error:
+                checks.append(doctor.unreadable_check(subscription, name, str(error), "cannot sign in"))
+            except RefusedError as error:
+                checks.append(doctor.unreadable_check(subscription, name, str(error), "refused", error.role))
+            except TransientError as error:
+                checks.append(doctor.unreadable_check(subscription, name, str(error), "no answer"))
+            except PermanentError as error:
                 checks.append(doctor.unreadable_check(subscription, name, str(error)))
     well = doctor.all_well(checks)
     if args.json:

@@ -127,8 +127,12 @@ def _cidr(value: str) -> str:
 class Policy(_Strict):
     mode: Mode = "alert"
     dry_run: bool = False
-    alert_threshold: int = Field(default=40, ge=0, le=100)
-    remediate_threshold: int = Field(default=70, ge=0, le=100)
+    alert_threshold: int = Field(default=40, ge=0, le=100, description="minimum risk for alerts")
+    # May be below alert_threshold: a change that is remediated is always alerted too (decision.decide).
+    remediate_threshold: int = Field(
+        default=70, ge=0, le=100,
+        description="minimum risk for remediation in remediate mode; may be below alert_threshold: a "
+                    "remediated change is always alerted too, first")
     own_principal_ids: list[str] = Field(default_factory=list)
     approved_callers: list[str] = Field(default_factory=list)
     allowed_networks: list[str] = Field(default_factory=list)
@@ -227,18 +231,18 @@ def policy_from_data(data: Any, source: str, base: Policy | None = None) -> Poli
         raise PolicyError(explain_validation(source, error)) from None
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file (YAML or JSON). The YAML parser is imported here, not with
-    the module: a worker without a policy file never needs it, and a cold start would pay for it."""
-    import yaml
+# A policy is a page of settings; the limit keeps a wrong file (a log, a dump) from costing
+# seconds and gigabytes of parsing before it is refused.
+MAX_POLICY_BYTES = 1024 * 1024
 
-    source = str(path)
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file (YAML or JSON) with the strict reader of `kvguard.datafile`:
+    one mapping, no key twice, not empty, at most MAX_POLICY_BYTES."""
+    from kvguard.datafile import DataFileError, read_mapping
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise PolicyError(f"{source}: cannot read policy file ({error.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise PolicyError(f"{source}: not valid YAML ({error})") from None
-    return policy_from_data(data, source)
+        data = read_mapping(path, "policy", MAX_POLICY_BYTES)
+    except DataFileError as error:
+        raise PolicyError(str(error)) from None
+    return policy_from_data(data, str(path))

@@ -17,7 +17,7 @@ from kvguard.blast_radius import ActivityLog
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import StateStore
-from kvguard.settings import Settings
+from kvguard.settings import Settings, load_settings
 from kvguard.sinks import build_sinks
 from kvguard.telemetry import FindingsLog, Instruments, Observer
 
@@ -58,14 +58,42 @@ def _store(settings: Settings, credential: Any) -> StateStore:
 
     if settings.tables_connection:
         return TablesStateStore.from_connection_string(settings.tables_connection)
-    if not settings.tables_service_uri:
-        raise ValueError("KVGUARD_STATE_BACKEND=tables needs KVGUARD_TABLES_CONNECTION or "
-                         "AzureWebJobsStorage__tableServiceUri")
-    return TablesStateStore(settings.tables_service_uri, credential)
+    return TablesStateStore(str(settings.tables_service_uri), credential)  # Settings requires one of the two
 
 
-def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
-    """A ready pipeline on real adapters (settings from the environment when None)."""
+def existing_store(settings: Settings, credential: Any) -> StateStore | None:
+    """The configured state store when it exists already, None when opening it would create it (a
+    SQLite file not there yet). Dry runs and read-only commands read what kvguard recorded; they
+    never leave a state file behind (`./.kvguard/state.db` in whatever directory they ran in)."""
+    from pathlib import Path
+
+    if settings.state_backend == "sqlite" and not Path(settings.sqlite_path).exists():
+        return None
+    return _store(settings, credential)
+
+
+def read_store(settings: Settings, credential: Any) -> StateStore:
+    """The configured store to read from, or an empty one in memory when it does not exist yet."""
+    from kvguard.adapters.sqlite import SQLiteStateStore
+
+    recorded = existing_store(settings, credential)
+    return SQLiteStateStore(":memory:") if recorded is None else recorded
+
+
+def dry_run_store(settings: Settings, credential: Any) -> StateStore:
+    """An in-memory store holding the configured store's baselines (none when it does not exist):
+    a dry run judges against what kvguard accepted, and whatever it records stays in memory."""
+    from kvguard.adapters.sqlite import SQLiteStateStore
+
+    copy = SQLiteStateStore(":memory:")
+    for baseline in read_store(settings, credential).list_baselines():
+        copy.put_baseline(baseline.vault_id, baseline.config, None, deleted=baseline.deleted, now=baseline.updated)
+    return copy
+
+
+def build(settings: Settings | None = None, credential: Any = None, *, store: StateStore | None = None) -> Pipeline:
+    """A ready pipeline on real adapters (settings from the environment when None), on `store`
+    when one is given (a dry run's), else on the configured store."""
     from kvguard.adapters.arm import ArmVaultGateway
     from kvguard.adapters.authorization import AuthorizationGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
@@ -74,11 +102,11 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
 
     catalog.load()
     quiet_sdk_loggers()
-    settings = settings or Settings()
+    settings = settings or load_settings()
     credential = credential or _credential()
     return Pipeline(
         gateway=ArmVaultGateway(credential, endpoint=settings.arm_endpoint),
-        store=_store(settings, credential),
+        store=_store(settings, credential) if store is None else store,
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
         retention=timedelta(days=settings.retention_days),
@@ -122,7 +150,7 @@ def build_observer(settings: Settings | None = None, credential: Any = None) -> 
     """The log line always; OpenTelemetry only with a connection string, the findings table only
     with its endpoint and rule. Their packages are imported here, not before: without them a cold
     start loads nothing of either."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     instruments: Instruments | None = None
     if settings.appinsights_connection_string:
         from kvguard.adapters.appinsights import configure

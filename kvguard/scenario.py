@@ -7,51 +7,20 @@ half a scenario would report results for a world nobody described.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kvguard.datafile import DataFileError, read_mapping
 from kvguard.ids import VaultRef, parse_vault_ref, vault_key
 from kvguard.policy import Policy, PolicyError, parse_duration, policy_from_data
 from kvguard.resources import VAULT_TYPE, resource_type_of
 from kvguard.vault import VaultConfig
 
 STEP_KINDS = ("write", "delete", "event", "events", "activity", "advance", "reconcile")
-
-try:  # the C loader reads large scenarios an order of magnitude faster
-    _BaseLoader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _BaseLoader = yaml.SafeLoader
-
-
-class _Loader(_BaseLoader):
-    """Safe loading that refuses a key given twice in one mapping: YAML would silently keep the
-    last one, and a scenario would then describe a world nobody wrote. Keys merged in with `<<`
-    may be overridden, as YAML intends."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base constructor reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
-                    key_node.start_mark)
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return mapping
-
 
 class ScenarioError(Exception):
     """The message names the file, the step (when there is one) and the problem."""
@@ -96,23 +65,14 @@ class LoadedScenario(BaseModel):
     ignored_keys: list[str] = []
 
 
-def _read(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        return json.loads(text)
-    return yaml.load(text, Loader=_Loader)
-
-
 def load_scenario(path: str | Path, base_policy: Policy | None = None) -> LoadedScenario:
+    """Read a scenario with the strict reader of `kvguard.datafile` (one mapping, no key twice; no
+    size limit: a load test's scenario is large on purpose) and validate every part of it."""
     source = str(path)
     try:
-        data = _read(Path(path))
-    except OSError as error:
-        raise ScenarioError(f"{source}: cannot read ({error.strerror})") from None
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ScenarioError(f"{source}: not valid YAML/JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{source}: a scenario is a mapping with name, vaults and steps")
+        data = read_mapping(path, "scenario", max_bytes=None)
+    except DataFileError as error:
+        raise ScenarioError(str(error)) from None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as error:

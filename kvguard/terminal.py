@@ -11,12 +11,17 @@ every id in full on one line: the table is then as wide as its longest row needs
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
-from typing import TextIO
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 # As wide as a table may be measured with `--wide` (a vault's resource id is under 400 characters).
 UNBOUNDED = 4000
@@ -63,3 +68,56 @@ def print_tokens(target: Console, tokens: Sequence[Text | str]) -> None:
         line.append_text(piece)
     if line:
         target.print(line, soft_wrap=True)
+
+
+class Steps:
+    """The progress of long work (listing, reading, judging), as rich progress bars on stderr and
+    only when stderr is a terminal: stdout stays the command's output (the report, `--json` lines
+    a script reads), and a log file or a pipe gets no bars. Quiet, every method does nothing."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      console=Console(file=sys.stderr), transient=True)
+
+    def __enter__(self) -> Steps:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def task(self, description: str, total: int | None = None) -> TaskID | None:
+        """A new bar (`total` None: a count not known yet). `description` is text, never markup."""
+        if self._progress is None:
+            return None
+        return self._progress.add_task(escape(description), total=total)
+
+    def update(self, task: TaskID | None, description: str | None = None, total: int | None = None) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, total=total,
+                                  description=None if description is None else escape(description))
+
+    def print(self, line: str) -> None:
+        """A line on stderr, above the bars while they run (as text, never markup)."""
+        if self._progress is None:
+            sys.stderr.write(line + "\n")
+        else:
+            self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def advance(self, task: TaskID | None, steps: int = 1) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.advance(task, steps)
+
+
+def escape(text: str) -> str:
+    """`text` for a place where rich reads markup (a progress bar's description): shown as it is."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)

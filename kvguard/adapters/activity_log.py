@@ -43,7 +43,7 @@ class ArmActivityLog:
         """Every record matching `query` (a `$filter` of the shapes the API allows), page after
         page, each as its REST JSON."""
         pages = self._clients(subscription_id).activity_logs.list(filter=query)
-        with azure_errors(f"list the Activity Log of subscription {subscription_id}"):
+        with azure_errors(f"list the Activity Log of subscription {subscription_id}", role="Reader"):
             for record in pages:
                 yield record.serialize(keep_readonly=True)
 

@@ -145,7 +145,7 @@ class ArmVaultGateway:
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
         vaults = self.client(subscription_id).vaults
-        with azure_errors(f"list vaults of subscription {subscription_id}"):
+        with azure_errors(f"list vaults of subscription {subscription_id}", role="Reader"):
             return [_vault(_wire_json(vault)) for vault in vaults.list_by_subscription()]
 
     def close(self) -> None:

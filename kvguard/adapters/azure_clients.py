@@ -13,7 +13,8 @@ The rule (every adapter raises by it; the pipeline acts on the two kinds):
   exist" (`SubscriptionNotFound`, no such route or resource type), 405, 413, 422 and the like; 409
   `ScopeLocked` (a lock refuses the write until a person removes it); and an answer that cannot be
   read (a 200 whose body is not a JSON object).
-- **401 and 403 are permanent too**, deliberately. A role assignment does take minutes to
+- **401 and 403 are permanent too** (`RefusedError`, naming the role the call needs when the caller
+  says which), deliberately. A role assignment does take minutes to
   propagate, but Event Grid would keep a refused event for 24 hours and then dead-letter it with
   nothing recorded, once per event while the role is missing. Recorded, the event keeps its raw
   payload and a reason that names the missing right, and the reconcile timer re-reads every vault
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from kvguard.adapters.signin import RefusedError
 from kvguard.ports import PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -76,11 +78,13 @@ def azure_errors(
     transient: Callable[[int | None], bool] = is_transient_status,
     *,
     answers: Callable[[HttpResponseError], bool] = lambda error: False,
+    role: str | None = None,
 ) -> Iterator[None]:
     """Turn the Azure SDK's failures into `TransientError` or `PermanentError` by the module's
     rule. Errors for which `answers(error)` holds are let through unchanged for the caller (e.g.
     `is_not_found`); `transient` replaces the status rule where a service differs (Table Storage's
-    409 is an insert conflict its callers decide on)."""
+    409 is an insert conflict its callers decide on). `role`: the role that grants the call, named
+    when ARM refuses it (401, 403)."""
     from azure.core.exceptions import (
         DeserializationError,
         HttpResponseError,
@@ -100,7 +104,10 @@ def azure_errors(
         if transient(exc.status_code) and (code or "").lower() not in PERMANENT_CODES:
             raise TransientError(label) from exc
         message = exc.error.message if exc.error is not None and exc.error.message else None
-        raise PermanentError(f"{label}: {shorten(message)}" if message else label) from exc
+        text = f"{label}: {shorten(message)}" if message else label
+        if exc.status_code in (401, 403):
+            raise RefusedError(f"{text} (needs the {role} role)" if role else text, role) from exc
+        raise PermanentError(text) from exc
     except (json.JSONDecodeError, DeserializationError) as exc:
         # The SDK reads every answer as JSON before anything else sees it: "<html>" with a 200.
         raise PermanentError(f"{shorten(what)}: the answer is not JSON ({shorten(str(exc))})") from exc

@@ -63,7 +63,7 @@ class ArmOnboardingReader:
         operations = self._security(subscription_id).pricings
         try:
             with azure_errors(f"get the {PRICING} pricing of subscription {subscription_id}",
-                              answers=lambda e: e.status_code == 404):
+                              answers=lambda e: e.status_code == 404, role="Security Reader"):
                 body = operations.get(f"subscriptions/{subscription_id}", PRICING, cls=_raw_json)
         except ResourceNotFoundError:
             return None
@@ -74,7 +74,8 @@ class ArmOnboardingReader:
         from azure.mgmt.security.models import Pricing
 
         operations = self._security(subscription_id).pricings
-        with azure_errors(f"set the {PRICING} pricing of subscription {subscription_id} to Standard"):
+        with azure_errors(f"set the {PRICING} pricing of subscription {subscription_id} to Standard",
+                          role="Security Admin"):
             body = operations.update(f"subscriptions/{subscription_id}", PRICING,
                                      Pricing(pricing_tier="Standard", sub_plan=SUB_PLAN), cls=_raw_json)
         return require_object(body, f"{PRICING} pricing")
@@ -83,14 +84,15 @@ class ArmOnboardingReader:
         """The role definition of every assignment of `principal_id` that covers the subscription
         (at it or above it, also through a group: `assignedTo`)."""
         client = self._authorization(subscription_id)
-        with azure_errors(f"list the role assignments of {principal_id} on subscription {subscription_id}"):
+        with azure_errors(f"list the role assignments of {principal_id} on subscription {subscription_id}",
+                          role="Reader"):
             assignments = [a.serialize(keep_readonly=True) for a in client.role_assignments.list_for_scope(
                 f"subscriptions/{subscription_id}", filter=f"assignedTo('{principal_id}')")]
         definitions: dict[str, dict[str, Any]] = {}
         for assignment in assignments:
             role_id = str((assignment.get("properties") or {}).get("roleDefinitionId") or "")
             if role_id and role_id.lower() not in definitions:
-                with azure_errors(f"get role definition {role_id}"):
+                with azure_errors(f"get role definition {role_id}", role="Reader"):
                     body = client.role_definitions.get_by_id(role_id.lstrip("/"), cls=_raw_json)
                 definitions[role_id.lower()] = require_object(body, f"role definition {role_id}")
         return list(definitions.values())
@@ -101,7 +103,7 @@ class ArmOnboardingReader:
         if ref is None:
             raise ValueError(f"not a vault id: {vault_id!r}")
         operations = self._monitor(ref.subscription_id).diagnostic_settings
-        with azure_errors(f"list the diagnostic settings of {ref.name}", answers=is_not_found):
+        with azure_errors(f"list the diagnostic settings of {ref.name}", answers=is_not_found, role="Reader"):
             return [s.serialize(keep_readonly=True) for s in operations.list(vault_id.lstrip("/"))]
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
 from kvguard.deployment import EVENT_TYPES, OPERATIONS
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
@@ -100,8 +101,12 @@ def fake() -> Iterator[ArmFake]:
 
 @pytest.fixture(autouse=True)
 def environment(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return cli_environment(fake, tmp_path, monkeypatch, own_principal_ids=IDENTITY,
+    """The operator's shell, with the state kvguard recorded there (`kvguard baseline` made it)."""
+    path = cli_environment(fake, tmp_path, monkeypatch, own_principal_ids=IDENTITY,
                            own_resource_ids=EVENT_SUBSCRIPTION)
+    path.parent.mkdir(parents=True)
+    SQLiteStateStore(path).close()
+    return path
 
 
 def doctor(*extra: str) -> tuple[int, dict[str, Any]]:

@@ -125,15 +125,33 @@ def test_a_request_body_that_is_no_json_is_kept_as_text() -> None:
     assert role_assignment_request(event_of(to_event(weird))) is None  # not a role assignment
 
 
-def test_the_window_goes_back_from_until_and_stops_at_the_retention() -> None:
+def test_the_window_goes_back_from_until_within_the_retention() -> None:
     assert window("P30D", None, NOW) == (NOW - timedelta(days=30), NOW)
-    assert window("P200D", None, NOW) == (NOW - timedelta(days=90), NOW)
+    assert window("P90D", None, NOW) == (NOW - timedelta(days=90), NOW)
     start, end = window("2026-11-01T00:00:00Z", "2026-11-15T00:00:00Z", NOW)
     assert (start.day, end.day) == (1, 15)
-    with pytest.raises(ValueError, match="--until"):
+    with pytest.raises(ValueError, match=r"^--until: 'soon' is not a timestamp such as 2026-11-01T00:00:00Z$"):
         window("P1D", "soon", NOW)
     with pytest.raises(ValueError, match=r"--since.*not before"):
         window("2026-11-20T00:00:00Z", "2026-11-10T00:00:00Z", NOW)
+
+
+@pytest.mark.parametrize("since", ["P100D", "P91D", "2026-01-01T00:00:00Z"])
+def test_a_start_further_back_than_the_activity_log_keeps_is_refused(since: str) -> None:
+    with pytest.raises(ValueError, match=r"^--since: .* reaches back \d+ days; the Activity Log keeps 90"):
+        window(since, None, NOW)
+
+
+def test_the_until_help_says_what_its_error_says() -> None:
+    from kvguard.cli import build_parser
+
+    backfill = build_parser()._subparsers._group_actions[0].choices["backfill"]  # type: ignore[union-attr]
+    (until,) = [a for a in backfill._actions if "--until" in a.option_strings]
+    with pytest.raises(ValueError) as refused:
+        window("P1D", "soon", NOW)
+    assert "a timestamp such as 2026-11-01T00:00:00Z" in (until.help or "")
+    assert "a timestamp such as 2026-11-01T00:00:00Z" in str(refused.value)
+    assert "duration" not in (until.help or "") and "duration" not in str(refused.value)
 
 
 def test_the_filter_is_a_shape_the_api_allows() -> None:

@@ -75,9 +75,9 @@ def test_json_is_a_valid_policy_file(tmp_path: Path) -> None:
     assert policy.circuit_breaker.window == timedelta(minutes=30)
 
 
-def test_an_empty_file_is_the_default_policy(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text("", encoding="utf-8")
+def test_an_empty_mapping_is_the_default_policy(tmp_path: Path) -> None:
+    path = tmp_path / "defaults.yaml"
+    path.write_text("{}  # every setting at its default\n", encoding="utf-8")
     assert load_policy(path) == Policy()
 
 
@@ -189,7 +189,7 @@ def test_load_policy_errors_name_the_file(tmp_path: Path) -> None:
         load_policy(broken)
     listed = tmp_path / "listed.yaml"
     listed.write_text("- mode: alert\n", encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"listed\.yaml: invalid policy\n  \(top level\)"):
+    with pytest.raises(PolicyError, match=r"listed\.yaml: holds a list, not a mapping of policy keys"):
         load_policy(listed)
     typo = tmp_path / "typo.yaml"
     typo.write_text("mode: remediate\ncircuit_breaker: {window: soon}\n", encoding="utf-8")
