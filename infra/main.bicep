@@ -157,6 +157,7 @@ module app 'modules/functionapp.bicep' = {
     storageBlobEndpoint: storage.outputs.blobEndpoint
     storageTableEndpoint: storage.outputs.tableEndpoint
     deploymentContainerName: storage.outputs.deploymentContainerName
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     topicEndpoint: topic.outputs.endpoint
     mode: mode

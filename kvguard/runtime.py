@@ -14,6 +14,7 @@ from typing import Any
 
 from kvguard import catalog
 from kvguard.blast_radius import ActivityLog
+from kvguard.flow.own import remember_own_resources
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import StateStore
@@ -76,7 +77,7 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
     quiet_sdk_loggers()
     settings = settings or Settings()
     credential = credential or _credential()
-    return Pipeline(
+    pipeline = Pipeline(
         gateway=ArmVaultGateway(credential, endpoint=settings.arm_endpoint),
         store=_store(settings, credential),
         policy=policy_from(settings),
@@ -87,6 +88,9 @@ def build(settings: Settings | None = None, credential: Any = None) -> Pipeline:
         resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
                                         ArmResourceGateway(credential, endpoint=settings.arm_endpoint)),
     )
+    if pipeline.policy.own_resource_ids:
+        remember_own_resources(pipeline)
+    return pipeline
 
 
 def _activity_log(settings: Settings, credential: Any) -> ActivityLog | None:

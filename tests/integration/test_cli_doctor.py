@@ -54,6 +54,11 @@ def event_subscription() -> dict[str, Any]:
                             "properties": {"resourceId": f"{APP}/functions/on_vault_event"}},
             "filter": {"includedEventTypes": list(EVENT_TYPES), "advancedFilters": [
                 {"operatorType": "StringIn", "key": "data.operationName", "values": list(OPERATIONS)}]},
+            "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+            "deadLetterWithResourceIdentity": {"identity": {"type": "SystemAssigned"}, "deadLetterDestination": {
+                "endpointType": "StorageBlob", "properties": {"resourceId": f"/subscriptions/{SUB}/resourceGroups/"
+                                                              "rg-kvguard/providers/Microsoft.Storage/storageAccounts/"
+                                                              "stkvguard", "blobContainerName": "deadletters"}}},
         },
     }
 
