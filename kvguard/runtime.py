@@ -132,7 +132,7 @@ def build_observer(settings: Settings | None = None, credential: Any = None) -> 
         from kvguard.adapters.appinsights import configure
         from kvguard.otel import OtelInstruments
 
-        configure(settings.appinsights_connection_string, credential or _credential())
+        configure(settings.appinsights_connection_string, credential or _credential(), settings.webhook_url)
         instruments = OtelInstruments()
     findings_log: FindingsLog | None = None
     if settings.ingestion_endpoint or settings.ingestion_rule_id:
