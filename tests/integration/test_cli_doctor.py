@@ -90,7 +90,7 @@ def fake() -> Iterator[ArmFake]:
             "Microsoft.KeyVault/vaults/read", "Microsoft.KeyVault/vaults/write",
             "Microsoft.KeyVault/vaults/accessPolicies/write",
             "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
-            "Microsoft.Insights/diagnosticSettings/write"])
+            "Microsoft.KeyVault/vaults/providers/Microsoft.Insights/diagnosticSettings/write"])
         # remove_role_assignment's right (the deployment narrows it with an ABAC condition)
         state.role_definitions[RBAC_ADMINISTRATOR] = role(
             RBAC_ADMINISTRATOR, "Role Based Access Control Administrator",
