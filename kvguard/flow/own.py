@@ -88,8 +88,10 @@ def remember_own_resources(services: Services) -> list[str]:
     change that cleared the setting is still judged. Called when the app is built and by the
     reconcile timer."""
     today = services.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    remembered = [member for member, _ in services.store.marks_since(*OWN_RESOURCES, today - REMEMBER_SINCE)]
-    for resource_id in {*services.policy.own_resource_ids, *remembered}:
+    marks = services.store.marks_since(*OWN_RESOURCES, today - REMEMBER_SINCE)
+    remembered = [member for member, _ in marks]
+    renewed_today = {member for member, at in marks if at >= today}
+    for resource_id in sorted({*services.policy.own_resource_ids, *remembered} - renewed_today):
         services.store.add_mark(*OWN_RESOURCES, resource_id, today)
     return own_resource_ids(services, remembered)
 
