@@ -114,6 +114,7 @@ ROLES = {
     "kv-admin": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
     "secrets-user": "4633458b-17de-408a-b874-0445c86b69e6",
     "crypto-user": "12338af0-0e69-4776-bea7-57ae8d297424",
+    "crypto-release-user": "08bbd89e-9f13-488c-ac41-acfcb10c90ab",
     "kv-reader": "21090545-7ca7-4776-b22c-e363652d74d2",
     "data-access-admin": "8b54135c-b56d-4d72-a534-26097cfdc8d8",
     "owner": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",

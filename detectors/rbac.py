@@ -105,6 +105,26 @@ def _data_role_cases() -> list[Case]:
              resource={"after": assignment("custom", scope_suffix="/secrets/db-password"),
                        "role": custom_role(data_actions=["Microsoft.KeyVault/vaults/secrets/*"])}),
         Case("Key Vault Reader: metadata only", fires=True, resource={"after": assignment("kv-reader")}),
+        Case("Crypto Service Release User: releases keys", fires=True,
+             resource={"after": assignment("crypto-release-user")}),
+        Case("custom role with key release only", fires=True,
+             resource={"after": assignment("custom"),
+                       "role": custom_role(data_actions=["Microsoft.KeyVault/vaults/keys/release/action"])}),
+        Case("custom role with backups only", fires=True,
+             resource={"after": assignment("custom"),
+                       "role": custom_role(data_actions=["Microsoft.KeyVault/vaults/keys/backup/action",
+                                                         "Microsoft.KeyVault/vaults/secrets/backup/action",
+                                                         "Microsoft.KeyVault/vaults/certificates/backup/action"])}),
+        Case("custom role restoring keys", fires=True,
+             resource={"after": assignment("custom"),
+                       "role": custom_role(data_actions=["Microsoft.KeyVault/vaults/keys/restore/action"])}),
+        Case("custom role with another service's data actions", fires=False,
+             resource={"after": assignment("custom"),
+                       "role": custom_role(data_actions=[
+                           "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"])}),
+        Case("custom role with Managed HSM data actions only", fires=False,
+             resource={"after": assignment("custom"),
+                       "role": custom_role(data_actions=["Microsoft.KeyVault/managedHsm/keys/release/action"])}),
         Case("Reader: no data actions", fires=False, resource={"after": assignment("reader")}),
         Case("Owner: control plane only", fires=False, resource={"after": assignment("owner")}),
         Case("scope covers no protected vault", fires=False,
@@ -132,7 +152,10 @@ def data_role_assigned(ctx: Context) -> Iterator[Hit]:
     """On an RBAC vault a role assignment is the grant: Secrets User on the vault, Crypto Officer on
     its resource group or a custom `secrets/*` role on the subscription all read what the vault
     guards. An assignment the baseline lacks is new access, also for a principal that already held
-    another role; critical when the role can read secret values or decrypt/unwrap with keys."""
+    another role. Every documented Key Vault data action counts (backups and restores too: a backup
+    restores the item in another vault of the subscription); critical when the role can read secret
+    values, decrypt/unwrap with keys or release a key (Secure Key Release hands over its private
+    material)."""
     state = _state(ctx, ASSIGNMENTS)
     if state is None or not _added(ctx, state) or state.role is None:
         return

@@ -11,13 +11,16 @@ from typing import Any
 
 from kvguard.deployment import (
     APP_CONFIG_WRITE,
+    APP_DELETE,
+    APP_STOP,
+    APP_WRITE,
     EVENT_SUBSCRIPTION_DELETE,
     EVENT_SUBSCRIPTION_WRITE,
-    is_deployment_operation,
+    SYSTEM_TOPIC_DELETE,
+    changed_own_resource,
 )
 from kvguard.detection import Case, Context, Hit, rule
 from kvguard.events import Caller
-from kvguard.ids import owning_id
 
 
 def _caller(caller: Caller) -> dict[str, Any]:
@@ -88,6 +91,15 @@ def _own_deployment_changed_cases() -> list[Case]:
                     "kind": "other"}),
         Case("app settings changed", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": APP_CONFIG_WRITE_ID, "operation": APP_CONFIG_WRITE, "kind": "other"}),
+        Case("function app written (its settings ride along)", fires=True, policy=OWN_DEPLOYMENT, before=None,
+             after=None, event={"vault_id": FUNCTION_APP_ID, "operation": APP_WRITE, "kind": "other"}),
+        Case("function app stopped", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
+             event={"vault_id": FUNCTION_APP_ID, "operation": APP_STOP, "kind": "other"}),
+        Case("function app deleted", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
+             event={"vault_id": FUNCTION_APP_ID, "operation": APP_DELETE, "kind": "other"}),
+        Case("system topic carrying the subscription deleted", fires=True, policy=OWN_DEPLOYMENT, before=None,
+             after=None, event={"vault_id": EVENT_SUBSCRIPTION_ID.split("/eventSubscriptions/")[0],
+                                "operation": SYSTEM_TOPIC_DELETE, "kind": "other"}),
         Case("found missing by the reconcile check", fires=True, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": EVENT_SUBSCRIPTION_ID, "operation": EVENT_SUBSCRIPTION_DELETE, "kind": "other",
                     "event_type": "kvguard.Reconciliation", "caller": {"object_id": None, "upn": None}}),
@@ -97,6 +109,11 @@ def _own_deployment_changed_cases() -> list[Case]:
         Case("another app's settings", fires=False, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": FUNCTION_APP_ID + "-other/config/appsettings", "operation": APP_CONFIG_WRITE,
                     "kind": "other"}),
+        Case("another system topic deleted", fires=False, policy=OWN_DEPLOYMENT, before=None, after=None,
+             event={"vault_id": EVENT_SUBSCRIPTION_ID.split("/systemTopics/")[0] + "/systemTopics/evgst-other",
+                    "operation": SYSTEM_TOPIC_DELETE, "kind": "other"}),
+        Case("another app stopped", fires=False, policy=OWN_DEPLOYMENT, before=None, after=None,
+             event={"vault_id": FUNCTION_APP_ID + "-other", "operation": APP_STOP, "kind": "other"}),
         Case("failed attempt changed nothing", fires=False, policy=OWN_DEPLOYMENT, before=None, after=None,
              event={"vault_id": EVENT_SUBSCRIPTION_ID, "operation": EVENT_SUBSCRIPTION_DELETE, "kind": "other",
                     "succeeded": False}),
@@ -114,14 +131,15 @@ def _own_deployment_changed_cases() -> list[Case]:
     cases=_own_deployment_changed_cases,
 )
 def own_deployment_changed(ctx: Context) -> Iterator[Hit]:
-    """Deleting kvguard's event subscription or editing its filter makes kvguard blind, and an app
-    settings change can switch it to observe mode or point it elsewhere: the quiet way to disarm it
-    before tampering with vaults. Only an approved caller (the deployment pipeline) may do that.
+    """Deleting kvguard's event subscription (or the system topic it is on) or editing it makes
+    kvguard blind, and an app settings change can switch it to observe mode or point it elsewhere;
+    stopping or deleting the app silences it: the quiet ways to disarm it before tampering with
+    vaults. Only an approved caller (the deployment pipeline) may do that.
     The deletion may be the last event the subscription delivers, so the reconcile timer also
     checks that the subscription exists with its filter."""
     event = ctx.event
-    owned = owning_id(event.subject, ctx.policy.own_resource_ids)
-    if owned is None or not is_deployment_operation(event.operation) or not event.succeeded:
+    owned = changed_own_resource(event.subject, event.operation, ctx.policy.own_resource_ids)
+    if owned is None or not event.succeeded:
         return
     if event.caller.ids() & set(ctx.policy.approved_callers):
         return

@@ -160,6 +160,7 @@ module app 'modules/functionapp.bicep' = {
     storageBlobEndpoint: storage.outputs.blobEndpoint
     storageTableEndpoint: storage.outputs.tableEndpoint
     deploymentContainerName: storage.outputs.deploymentContainerName
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     topicEndpoint: topic.outputs.endpoint
     mode: mode
@@ -222,6 +223,7 @@ module operatorAccess 'modules/deadletter-access.bicep' = if (!empty(principalId
   scope: group
   params: {
     storageAccountName: storage.outputs.name
+    containerName: storage.outputs.deadLetterContainerName
     principalId: principalId
     principalType: principalType
   }
@@ -254,9 +256,21 @@ module protect 'modules/protect.bicep' = [for subscriptionId in subscriptionIds:
     centralResourceGroupName: group.name
     storageAccountName: storage.outputs.name
     deadLetterContainerName: storage.outputs.deadLetterContainerName
+    workspaceId: monitoring.outputs.logAnalyticsId
     deployEventSubscription: deployEventSubscription
   }
 }]
+
+// Reads, writes and deletes in kvguard's storage and its app's logs, in its workspace.
+module ownDiagnostics 'modules/own-diagnostics.bicep' = {
+  name: 'kvguard-own-diagnostics'
+  scope: group
+  params: {
+    workspaceId: monitoring.outputs.logAnalyticsId
+    storageAccountName: storage.outputs.name
+    functionAppName: app.outputs.name
+  }
+}
 
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId

@@ -276,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--container", metavar="URL", type=container_argument,
                          help="also read every *.json blob of this dead-letter container, e.g. "
                               "https://ACCOUNT.blob.core.windows.net/deadletters (Azure identity; a SAS in the "
-                              "URL or AZURE_STORAGE_CONNECTION_STRING when set)")
+                              "URL or AZURE_STORAGE_CONNECTION_STRING when set); only https on a cloud's Blob "
+                              "endpoint (*.blob.core.windows.net, *.blob.core.usgovcloudapi.net, "
+                              "*.blob.core.chinacloudapi.cn)")
+    redrive.add_argument("--allow-loopback", action="store_true",
+                         help="also admit a --container on this machine (http(s)://127.0.0.1 or localhost: Azurite)")
     redrive.add_argument("--json", action="store_true",
                          help="JSON Lines: one object per event, then a summary with a count per file")
     redrive.add_argument("--apply", action="store_true",
@@ -333,6 +337,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, credentia
     args = parser.parse_args(argv)
     if args.command == "redrive" and not (args.files or args.container):
         parser.error("redrive: give dead-letter files, a directory, or --container URL")
+    if args.command == "redrive" and args.container:
+        from kvguard.credential_urls import blob_container_problem
+
+        problem = blob_container_problem(args.container, allow_loopback=args.allow_loopback)
+        if problem is not None:  # checked before any token is asked for: the URL receives it
+            sys.stderr.write(f"kvguard: --container: {problem}; refused\n")
+            return EXIT_INVALID
     args.credential = credential
     _debug_logging(args.debug)
     return _run(args, out or sys.stdout)

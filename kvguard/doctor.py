@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from detectors.coverage import audit_log_gap, defender_plan_gap
-from kvguard.deployment import event_subscription_problems, is_event_subscription
+from kvguard.deployment import Delivery, event_subscription_problems, is_event_subscription
 from kvguard.ids import vault_key
 
 REDEPLOY = "azd provision   # or: az deployment sub create --location <region> --template-file infra/main.bicep " \
@@ -73,16 +73,19 @@ def own_event_subscriptions(subscription: str, own_resource_ids: Iterable[str]) 
     return [r for r in own_resource_ids if is_event_subscription(r) and vault_key(r).startswith(prefix)]
 
 
-def event_subscription_check(subscription: str, resource_id: str | None, body: Mapping[str, Any] | None) -> Check:
-    """`resource_id` None: the settings name no event subscription of kvguard in this subscription."""
+def event_subscription_check(subscription: str, resource_id: str | None, body: Mapping[str, Any] | None,
+                             delivery: Delivery) -> Check:
+    """`resource_id` None: the settings name no event subscription of kvguard in this subscription;
+    `delivery` is where kvguard deployed its events to go (`kvguard.deployment.delivery_of`)."""
     if resource_id is None:
         return Check(subscription, "event subscription", False,
                      "KVGUARD_OWN_RESOURCE_IDS names no event subscription of kvguard in this subscription: "
                      "either it was never deployed here or the app setting lacks it", REDEPLOY)
-    problems = event_subscription_problems(body)
+    problems = event_subscription_problems(body, delivery)
     if not problems:
-        return Check(subscription, "event subscription", True, "passes every event type and operation kvguard "
-                     "handles to its function", resource=resource_id)
+        return Check(subscription, "event subscription", True, "as kvguard deploys it: every event type and "
+                     "operation kvguard handles to its own function, retried for 24 hours, dead letters kept",
+                     resource=resource_id)
     return Check(subscription, "event subscription", False, "; ".join(problems), REDEPLOY, rule="KV-SELF-02",
                  resource=resource_id)
 

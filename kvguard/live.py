@@ -400,27 +400,46 @@ def cmd_undo(args: argparse.Namespace, out: TextIO) -> int:
     from datetime import UTC, datetime
 
     from kvguard import runtime
-    from kvguard.undo import UndoError, apply_undo, plan_undo, recorded_action
+    from kvguard.undo import (
+        UndoError,
+        apply_role_assignment_undo,
+        apply_undo,
+        plan_role_assignment_undo,
+        plan_undo,
+        recorded_action,
+        recorded_assignment,
+        undoes_role_assignment,
+    )
 
     settings = _live_settings()
     credential = credential_of(args)
     # A dry run reads the audit records where they are and never creates a store to find none.
     pipeline = runtime.build(settings, credential=credential,
                              store=None if args.apply else runtime.read_store(settings, credential))
+    resources: Any = pipeline.resources  # the ARM resource gateway: it can put a role assignment back
     try:
         record, action = recorded_action(pipeline.store.list_audit(), args.audit_id, args.handler)
-        vault_id = record.vault_id or ""
-        steps = plan_undo(vault_id, action, pipeline.gateway.get(vault_id))
+        role_assignment = undoes_role_assignment(action)
+        if role_assignment:
+            target = str(recorded_assignment(action)["id"])
+            steps = plan_role_assignment_undo(action, resources.get(target))
+        else:
+            target = record.vault_id or ""
+            steps = plan_undo(target, action, pipeline.gateway.get(target))
     except UndoError as error:
         out.write(f"kvguard undo: {error}\n")
         return EXIT_INVALID
     if not steps:
-        out.write(f"{vault_id}: already as before {action['handler']}: nothing to put back\n")
+        out.write(f"{target}: already as before {action['handler']}: nothing to put back\n")
         return 0
     for step in steps:
-        out.write(f"{'put back' if args.apply else 'would put back'}: {step.description} on {vault_id}\n")
+        out.write(f"{'put back' if args.apply else 'would put back'}: {step.description} on {target}\n")
     if not args.apply:
         out.write("dry run: nothing changed (add --apply to put it back)\n")
+        return 0
+    if role_assignment:
+        apply_role_assignment_undo(resources, pipeline.store, record, action, steps, now=datetime.now(UTC))
+        out.write(f"done: the role assignment is back and is its baseline; audited as undo:{record.event_id}\n")
         return 0
     gateway: Any = pipeline.gateway  # the ARM gateway: it can add access-policy entries
     apply_undo(gateway, pipeline.store, record, action, steps, now=datetime.now(UTC))

@@ -229,11 +229,13 @@ def _probe_state(pipeline: Pipeline) -> str | None:
 
 def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Check]:
     from kvguard import doctor
+    from kvguard.deployment import delivery_of
 
+    delivery = delivery_of(pipeline.policy.own_resource_ids)
     own = doctor.own_event_subscriptions(subscription, pipeline.policy.own_resource_ids)
     if not own or pipeline.deployment is None:
-        return [doctor.event_subscription_check(subscription, None, None)]
-    return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r))
+        return [doctor.event_subscription_check(subscription, None, None, delivery)]
+    return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r), delivery)
             for r in own]
 
 

@@ -16,15 +16,33 @@ from functools import lru_cache
 from typing import Any
 
 _KV = "Microsoft.KeyVault/vaults"
-# Data actions that hand over secret material: reading a secret's value, decrypting, unwrapping.
-READ_SECRET_VALUES = (f"{_KV}/secrets/getSecret/action", f"{_KV}/keys/decrypt/action", f"{_KV}/keys/unwrap/action")
-# A representative set of Key Vault data actions: a role that allows any of them has data access.
+# Data actions that hand over secret material: reading a secret's value, decrypting, unwrapping,
+# releasing a key (Secure Key Release hands its private material to an attested workload).
+READ_SECRET_VALUES = (f"{_KV}/secrets/getSecret/action", f"{_KV}/keys/decrypt/action", f"{_KV}/keys/unwrap/action",
+                      f"{_KV}/keys/release/action")
+# Every data action Azure documents for Key Vault vaults (the Microsoft.KeyVault section of the
+# resource provider operations): a role that allows any of them has data access. Backups count
+# (a backup blob restores the secret, key or certificate in another vault of the subscription).
 KEY_VAULT_DATA_ACTIONS = (
-    *READ_SECRET_VALUES, f"{_KV}/secrets/setSecret/action", f"{_KV}/secrets/readMetadata/action",
-    f"{_KV}/secrets/delete",
-    f"{_KV}/keys/read", f"{_KV}/keys/encrypt/action", f"{_KV}/keys/wrap/action", f"{_KV}/keys/sign/action",
-    f"{_KV}/keys/create/action", f"{_KV}/keys/delete", f"{_KV}/certificates/read",
-    f"{_KV}/certificates/create/action", f"{_KV}/certificates/delete",
+    *READ_SECRET_VALUES,
+    f"{_KV}/certificatecas/delete", f"{_KV}/certificatecas/read", f"{_KV}/certificatecas/write",
+    f"{_KV}/certificatecontacts/write",
+    f"{_KV}/certificates/delete", f"{_KV}/certificates/read", f"{_KV}/certificates/backup/action",
+    f"{_KV}/certificates/purge/action", f"{_KV}/certificates/update/action", f"{_KV}/certificates/create/action",
+    f"{_KV}/certificates/import/action", f"{_KV}/certificates/recover/action", f"{_KV}/certificates/restore/action",
+    f"{_KV}/keyrotationpolicies/read", f"{_KV}/keyrotationpolicies/write",
+    f"{_KV}/keys/read", f"{_KV}/keys/update/action", f"{_KV}/keys/create/action", f"{_KV}/keys/import/action",
+    f"{_KV}/keys/recover/action", f"{_KV}/keys/restore/action", f"{_KV}/keys/delete", f"{_KV}/keys/backup/action",
+    f"{_KV}/keys/purge/action", f"{_KV}/keys/encrypt/action", f"{_KV}/keys/wrap/action", f"{_KV}/keys/sign/action",
+    f"{_KV}/keys/verify/action", f"{_KV}/keys/rotate/action",
+    f"{_KV}/secrets/delete", f"{_KV}/secrets/backup/action", f"{_KV}/secrets/purge/action",
+    f"{_KV}/secrets/update/action", f"{_KV}/secrets/recover/action", f"{_KV}/secrets/restore/action",
+    f"{_KV}/secrets/readMetadata/action", f"{_KV}/secrets/setSecret/action",
+    f"{_KV}/storageaccounts/read", f"{_KV}/storageaccounts/set/action", f"{_KV}/storageaccounts/delete",
+    f"{_KV}/storageaccounts/backup/action", f"{_KV}/storageaccounts/purge/action",
+    f"{_KV}/storageaccounts/regeneratekey/action", f"{_KV}/storageaccounts/recover/action",
+    f"{_KV}/storageaccounts/restore/action", f"{_KV}/storageaccounts/sas/set/action",
+    f"{_KV}/storageaccounts/sas/delete", f"{_KV}/storageaccounts/sas/read",
 )
 GRANT_ACCESS = "Microsoft.Authorization/roleAssignments/write"
 WRITE_VAULT = f"{_KV}/write"  # on an access-policy vault, whoever can write the vault can grant data access
@@ -50,7 +68,7 @@ class Role:
 
     @property
     def key_vault_data_actions(self) -> list[str]:
-        """The Key Vault data actions this role allows (from the representative set)."""
+        """The Key Vault data actions this role allows (of every documented one)."""
         return [a for a in KEY_VAULT_DATA_ACTIONS if self.allows_data_action(a)]
 
     @property
@@ -131,6 +149,8 @@ BUILTIN_ROLES: dict[str, Role] = {r.id: r for r in (
              ("Microsoft.EventGrid/eventSubscriptions/write", "Microsoft.EventGrid/eventSubscriptions/read",
               "Microsoft.EventGrid/eventSubscriptions/delete"),
              (f"{_KV}/keys/read", f"{_KV}/keys/wrap/action", f"{_KV}/keys/unwrap/action")),
+    _builtin("08bbd89e-9f13-488c-ac41-acfcb10c90ab", "Key Vault Crypto Service Release User", (),
+             (f"{_KV}/keys/release/action",)),
     _builtin("a4417e6f-fecd-4de8-b567-7b0420556985", "Key Vault Certificates Officer", _KV_READS,
              (f"{_KV}/certificatecas/*", f"{_KV}/certificates/*", f"{_KV}/certificatecontacts/write")),
     _builtin("db79e9a7-68ee-4b58-9aeb-b90e7c24fcba", "Key Vault Certificate User", (),
@@ -163,8 +183,8 @@ KEY_VAULT_DATA_ROLES = (
     "00482a5a-887f-4fb3-b363-3b7fe8e74483", "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "4633458b-17de-408a-b874-0445c86b69e6", "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
     "12338af0-0e69-4776-bea7-57ae8d297424", "e147488a-f6f5-4113-8e2d-b22465e65bf6",
-    "a4417e6f-fecd-4de8-b567-7b0420556985", "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba",
-    "21090545-7ca7-4776-b22c-e363652d74d2",
+    "08bbd89e-9f13-488c-ac41-acfcb10c90ab", "a4417e6f-fecd-4de8-b567-7b0420556985",
+    "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba", "21090545-7ca7-4776-b22c-e363652d74d2",
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from kvguard import catalog
 from kvguard.blast_radius import ActivityLog
+from kvguard.flow.own import remember_own_resources
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy, load_policy
 from kvguard.ports import StateStore
@@ -104,7 +105,7 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
     quiet_sdk_loggers()
     settings = settings or load_settings()
     credential = credential or _credential()
-    return Pipeline(
+    pipeline = Pipeline(
         gateway=ArmVaultGateway(credential, endpoint=settings.arm_endpoint),
         store=_store(settings, credential) if store is None else store,
         policy=policy_from(settings),
@@ -115,6 +116,9 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
         resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
                                         ArmResourceGateway(credential, endpoint=settings.arm_endpoint)),
     )
+    if pipeline.policy.own_resource_ids:
+        remember_own_resources(pipeline)
+    return pipeline
 
 
 def _activity_log(settings: Settings, credential: Any) -> ActivityLog | None:
@@ -156,7 +160,7 @@ def build_observer(settings: Settings | None = None, credential: Any = None) -> 
         from kvguard.adapters.appinsights import configure
         from kvguard.otel import OtelInstruments
 
-        configure(settings.appinsights_connection_string, credential or _credential())
+        configure(settings.appinsights_connection_string, credential or _credential(), settings.webhook_url)
         instruments = OtelInstruments()
     findings_log: FindingsLog | None = None
     if settings.ingestion_endpoint or settings.ingestion_rule_id:

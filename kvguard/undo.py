@@ -3,10 +3,13 @@ remediation, for the day kvguard reverted something it should not have.
 
 AUDIT_ID is the event id of the audit record (the outcome's `event_id`, `EventId` in the findings
 table). Only what the remediation took away is put back: the permissions a revert removed (an
-`accessPolicies/add` of exactly those), or the property values a restore replaced (a PATCH of those
-properties). Without `--apply` it only says what it would do. With it, the restored state becomes
-the vault's baseline (so the next event does not revert it again) and the undo is audited.
-Enabling purge protection cannot be undone (Azure refuses), and alerts are resolved, not undone.
+`accessPolicies/add` of exactly those), the property values a restore replaced (a PATCH of those
+properties), or the role assignment `remove_role_assignment` deleted (a PUT of the same id with the
+recorded principal, role, scope and condition; the vault is never written for it). Without
+`--apply` it only says what it would do. With it, the restored state becomes the baseline (so the
+next event does not revert it again) and the undo is audited. Enabling purge protection cannot be
+undone (Azure refuses), the other handlers of resources beside a vault are refused (their writes
+cannot be put back faithfully from the record), and alerts are resolved, not undone.
 """
 
 from __future__ import annotations
@@ -32,9 +35,28 @@ class UndoGateway(VaultGateway, Protocol):
         ...
 
 
+class RoleAssignmentWriter(Protocol):
+    """Reads role assignments and puts one back (the ARM resource gateway, operator's credential)."""
+
+    def get(self, resource_id: str) -> Mapping[str, Any] | None: ...
+
+    def create_role_assignment(self, resource_id: str, properties: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+
+# The remediations of a vault's own configuration, undone by writing the vault.
+VAULT_HANDLERS = ("revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection")
+ROLE_ASSIGNMENT_HANDLER = "remove_role_assignment"
+# What ARM takes back on the PUT of a role assignment (and the record kept).
+_ASSIGNMENT_PROPERTIES = ("roleDefinitionId", "principalId", "principalType", "condition", "conditionVersion",
+                          "description", "delegatedManagedIdentityResourceId")
+
+
 @dataclass(frozen=True)
 class UndoStep:
-    kind: Literal["add_access_policy", "patch"]
+    """One write of an undo. `vault_id` is the vault written, or, for `create_role_assignment`,
+    the id of the role assignment put back (`target`: its properties)."""
+
+    kind: Literal["add_access_policy", "patch", "create_role_assignment"]
     vault_id: str
     target: AccessPolicy | Mapping[str, Any]
     description: str
@@ -61,9 +83,82 @@ def recorded_action(records: Sequence[AuditRecord], audit_id: str, handler: str 
     return record, applied[0]
 
 
+def undoes_role_assignment(action: Mapping[str, Any]) -> bool:
+    """Whether `action` is undone by putting back a role assignment (True) or by writing the vault
+    (False); UndoError for a remediation of another resource, which undo cannot put back faithfully
+    (a diagnostic setting, lock, Defender plan or private endpoint state written over since)."""
+    handler = action["handler"]
+    if handler == ROLE_ASSIGNMENT_HANDLER:
+        return True
+    if handler not in VAULT_HANDLERS:
+        raise UndoError(f"{handler} changed a resource beside the vault; kvguard undo cannot put it back faithfully "
+                        "from the record: restore it by hand from the audit record's before")
+    return False
+
+
+def recorded_assignment(action: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The role assignment `remove_role_assignment` deleted, as its record kept it (ARM GET JSON);
+    UndoError naming the field when the record lacks what a faithful put-back needs."""
+    befores = action.get("before")
+    before = befores[0] if isinstance(befores, list) and befores else None
+    if not isinstance(before, Mapping) or not isinstance(before.get("id"), str):
+        raise UndoError("the record keeps no deleted role assignment (before[0].id): nothing to put back")
+    properties = before.get("properties")
+    if not isinstance(properties, Mapping):
+        raise UndoError("the recorded role assignment has no properties (before[0].properties)")
+    for name in ("principalId", "roleDefinitionId", "scope"):
+        if not isinstance(properties.get(name), str) or not properties[name]:
+            raise UndoError(f"the recorded role assignment lacks before[0].properties.{name}")
+    prefix = properties["scope"].rstrip("/").lower() + "/providers/microsoft.authorization/roleassignments/"
+    if not before["id"].lower().startswith(prefix):
+        raise UndoError(f"the recorded role assignment {before['id']} does not lie at its scope "
+                        f"{properties['scope']} (before[0].properties.scope)")
+    return before
+
+
+def plan_role_assignment_undo(action: Mapping[str, Any], current: Mapping[str, Any] | None) -> list[UndoStep]:
+    """The PUT that puts back the role assignment `action` deleted, with its recorded principal,
+    role, scope and condition; none when it exists again as it was. An assignment of that id with
+    another principal, role or scope is left alone (UndoError): it is someone else's now."""
+    before = recorded_assignment(action)
+    was = before["properties"]
+
+    def same(properties: Mapping[str, Any]) -> bool:
+        return all(str(properties.get(k) or "").rstrip("/").lower() == str(was.get(k) or "").rstrip("/").lower()
+                   for k in ("principalId", "roleDefinitionId", "scope", "condition"))
+
+    if current is not None:
+        if same(current.get("properties") or {}):
+            return []
+        raise UndoError(f"role assignment {before['id']} exists with another principal, role, scope or condition: "
+                        "left alone")
+    properties = {k: was[k] for k in _ASSIGNMENT_PROPERTIES if was.get(k) not in (None, "")}
+    role = str(was["roleDefinitionId"]).rsplit("/", 1)[-1]
+    condition = " with its condition" if was.get("condition") else ""
+    return [UndoStep("create_role_assignment", before["id"], properties,
+                     f"re-create role assignment {before['id'].rsplit('/', 1)[-1]} (role {role} for "
+                     f"{was['principalId']} at {was['scope']}{condition})")]
+
+
+def apply_role_assignment_undo(writer: RoleAssignmentWriter, store: StateStore, record: AuditRecord,
+                               action: Mapping[str, Any], steps: Sequence[UndoStep], *, now: datetime) -> None:
+    """PUT the assignment back, accept it as its baseline (so the next event does not judge it
+    new) and audit the undo under the record's vault."""
+    for step in steps:
+        if step.kind == "create_role_assignment" and isinstance(step.target, Mapping):
+            created = writer.create_role_assignment(step.vault_id, step.target)
+            baseline = store.get_baseline(step.vault_id)
+            store.put_baseline(step.vault_id, dict(created), baseline.etag if baseline else None, now=now)
+    _audit_undo(store, record, action, steps, vault_id=record.vault_id or steps[0].vault_id, now=now)
+
+
 def plan_undo(vault_id: str, action: Mapping[str, Any], current: VaultConfig | None) -> list[UndoStep]:
     """The writes that put back what `action` took away and the vault still lacks (none when it is
-    already as before: an undo is idempotent)."""
+    already as before: an undo is idempotent). Only for the remediations of the vault itself
+    (`undoes_role_assignment` says which)."""
+    if undoes_role_assignment(action):
+        raise UndoError(f"{action['handler']} is undone by putting back the role assignment, never by writing "
+                        "the vault")
     if current is None:
         raise UndoError(f"vault {vault_id} does not exist any more: nothing to put back")
     handler = action["handler"]
@@ -121,6 +216,12 @@ def apply_undo(gateway: UndoGateway, store: StateStore, record: AuditRecord, act
     if final is not None:
         baseline = store.get_baseline(vault_id)
         store.put_baseline(vault_id, dict(final.raw), baseline.etag if baseline else None, now=now)
+    _audit_undo(store, record, action, steps, vault_id=vault_id, now=now)
+    return final
+
+
+def _audit_undo(store: StateStore, record: AuditRecord, action: Mapping[str, Any], steps: Sequence[UndoStep], *,
+                vault_id: str, now: datetime) -> None:
     detail = "; ".join(s.description for s in steps)
     store.append_audit(AuditRecord(f"undo:{record.event_id}:{action['handler']}", vault_id, now, {
         "event_id": f"undo:{record.event_id}:{action['handler']}",
@@ -130,4 +231,3 @@ def apply_undo(gateway: UndoGateway, store: StateStore, record: AuditRecord, act
         "actions": [{"handler": "undo", "status": "applied", "detail": detail, "rules": list(action.get("rules", [])),
                      "before": action.get("after"), "after": action.get("before")}],
     }))
-    return final

@@ -39,7 +39,9 @@ def _restore(data: PlanInput, handler_id: str, what: str) -> list[Operation]:
     return operations
 
 
-@handler("restore_diagnostic_setting", kind="remediation", permission="Microsoft.Insights/diagnosticSettings/write",
+# The vault's own diagnostic settings only (not those of every resource type of the subscription).
+@handler("restore_diagnostic_setting", kind="remediation",
+         permission="Microsoft.KeyVault/vaults/providers/Microsoft.Insights/diagnosticSettings/write",
          accepts=(RestoreResource,))
 def restore_diagnostic_setting(data: PlanInput) -> list[Operation]:
     """PUT the vault's diagnostic setting back as the baseline had it: deleted, it is created again;

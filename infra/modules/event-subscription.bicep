@@ -57,10 +57,15 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
             'Microsoft.KeyVault/vaults/privateEndpointConnections/delete'
             'Microsoft.Security/pricings/write'
-            // kvguard's own deployment (KV-SELF-02): its event subscription and its app settings.
+            // kvguard's own deployment (KV-SELF-02): its event subscription and the system topic
+            // it is on, its app's settings, the app itself, stopping it and deleting it.
             'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'
             'Microsoft.EventGrid/systemTopics/eventSubscriptions/delete'
+            'Microsoft.EventGrid/systemTopics/delete'
             'Microsoft.Web/sites/config/write'
+            'Microsoft.Web/sites/write'
+            'Microsoft.Web/sites/stop/action'
+            'Microsoft.Web/sites/delete'
           ]
         }
         // No filter on the caller: kvguard's own writes come back too, so that a write made with its

@@ -21,6 +21,9 @@ param storageBlobEndpoint string
 param storageTableEndpoint string
 param deploymentContainerName string
 
+@description('Blob container where Event Grid dead-letters events: part of the delivery KV-SELF-02 judges.')
+param deadLetterContainerName string
+
 param applicationInsightsConnectionString string
 
 @description('Endpoint of the Event Grid custom topic for published detections.')
@@ -125,8 +128,11 @@ var baseSettings = [
   }
   {
     name: 'KVGUARD_OWN_RESOURCE_IDS'
+    // The function app and the dead-letter container name where the event subscriptions deliver
+    // (KV-SELF-02 judges each subscription's destination and dead-letter destination against them).
     value: join(concat(ownEventSubscriptionIds, [
       resourceId('Microsoft.Web/sites', name)
+      resourceId('Microsoft.Storage/storageAccounts/blobServices/containers', storageAccountName, 'default', deadLetterContainerName)
     ]), ',')
   }
 ]

@@ -38,6 +38,9 @@ param centralResourceGroupName string
 param storageAccountName string
 param deadLetterContainerName string
 
+@description('Resource id of kvguard\'s Log Analytics workspace: the system topic\'s diagnostic logs go there.')
+param workspaceId string
+
 @description('Create the event subscription (the function on_vault_event must already be deployed).')
 param deployEventSubscription bool
 
@@ -77,11 +80,22 @@ module systemTopic 'system-topic.bicep' = {
   }
 }
 
+// The system topic's failed deliveries, logged in kvguard's workspace (own-diagnostics.bicep).
+module topicDiagnostics 'own-diagnostics.bicep' = {
+  name: 'kvguard-topic-diagnostics'
+  scope: resourceGroup(topicResourceGroupName)
+  params: {
+    workspaceId: workspaceId
+    systemTopicName: systemTopic.outputs.name
+  }
+}
+
 module deadLetterAccess 'deadletter-access.bicep' = {
   name: 'kvguard-deadletter-${subscription().subscriptionId}'
   scope: resourceGroup(centralSubscriptionId, centralResourceGroupName)
   params: {
     storageAccountName: storageAccountName
+    containerName: deadLetterContainerName
     principalId: systemTopic.outputs.principalId
   }
 }

@@ -20,10 +20,10 @@ var actions = [
   'Microsoft.KeyVault/vaults/accessPolicies/write'
   // reject_private_endpoint: a private endpoint connection's state set to Rejected.
   'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
-  // restore_diagnostic_setting: a vault's deleted or disabled diagnostic setting put back. Restoring
-  // locks (Microsoft.Authorization/locks/write, an Owner-level right) and the Defender plan
-  // (Microsoft.Security/pricings/write, Security Admin) is opt-in: the operator grants those.
-  'Microsoft.Insights/diagnosticSettings/write'
+  // restore_diagnostic_setting: the diagnostic settings of vaults only, not of every resource type
+  // of the subscription. Restoring locks (locks/write, Owner-level) and the Defender plan
+  // (pricings/write, Security Admin) is opt-in: the operator grants those.
+  'Microsoft.KeyVault/vaults/providers/Microsoft.Insights/diagnosticSettings/write'
 ]
 
 var protectedScopes = [for id in subscriptionIds: '/subscriptions/${id}']

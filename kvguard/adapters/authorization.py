@@ -109,6 +109,21 @@ class AuthorizationGateway:
             return False
         return status == 200
 
+    def create_role_assignment(self, resource_id: str, properties: Mapping[str, Any]) -> Mapping[str, Any]:
+        """PUT a role assignment by id (`properties`: roleDefinitionId, principalId and what else
+        ARM takes); its ARM JSON afterwards. Only `kvguard undo` calls this, with the operator's
+        credential, to put back an assignment kvguard removed: the pipeline never writes one."""
+        import io
+
+        if _kind(resource_id) != ROLE_ASSIGNMENTS:
+            raise PermanentError(f"not a role assignment: {resource_id}")
+        client = self._client(resource_id)
+        body = io.BytesIO(json.dumps({"properties": dict(properties)}).encode())
+        with azure_errors(f"create role assignment {resource_id.rsplit('/', 1)[-1]}"):
+            created: dict[str, Any] = client.role_assignments.create_by_id(
+                resource_id, body, content_type="application/json", cls=_raw_json)
+        return created
+
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
         """Role assignments at `scope`, inherited from above it (`$filter=atScope()`) and below it
         (the list with no filter includes child scopes: an assignment on one secret, key or

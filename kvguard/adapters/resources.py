@@ -167,11 +167,14 @@ _AUTHORIZATION = "/providers/microsoft.authorization/role"  # roleAssignments an
 
 
 class _RoleReader(Protocol):
-    """What kvguard does with roles: read, list and delete; it never writes one."""
+    """What kvguard does with roles: read, list and delete; the pipeline never writes one (only
+    `kvguard undo` puts back an assignment kvguard removed, with the operator's credential)."""
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None: ...
 
     def delete(self, resource_id: str) -> bool: ...
+
+    def create_role_assignment(self, resource_id: str, properties: Mapping[str, Any]) -> Mapping[str, Any]: ...
 
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]: ...
 
@@ -188,10 +191,10 @@ class RoutedResourceGateway:
     def __repr__(self) -> str:
         return f"RoutedResourceGateway({self._authorization!r}, {self._others!r})"
 
-    def _for_id(self, resource_id: str) -> _RoleReader:
+    def _for_id(self, resource_id: str) -> _RoleReader | ResourceGateway:
         return self._authorization if _AUTHORIZATION in resource_id.lower() else self._others
 
-    def _for_type(self, resource_type: str) -> _RoleReader:
+    def _for_type(self, resource_type: str) -> _RoleReader | ResourceGateway:
         return self._authorization if resource_type.lower().startswith("microsoft.authorization/role") else self._others
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None:
@@ -204,6 +207,10 @@ class RoutedResourceGateway:
 
     def delete(self, resource_id: str) -> bool:
         return self._for_id(resource_id).delete(resource_id)
+
+    def create_role_assignment(self, resource_id: str, properties: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`kvguard undo`'s put-back of an assignment kvguard removed (see `AuthorizationGateway`)."""
+        return self._authorization.create_role_assignment(resource_id, properties)
 
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
         return self._for_type(resource_type).list_at_scope(scope, resource_type)

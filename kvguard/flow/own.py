@@ -15,6 +15,9 @@ from kvguard.deployment import (
     DEPLOYMENT_RULES,
     EVENT_SUBSCRIPTION_DELETE,
     EVENT_SUBSCRIPTION_WRITE,
+    Delivery,
+    changed_own_resource,
+    delivery_of,
     event_subscription_problems,
     is_deployment_operation,
     is_event_subscription,
@@ -27,12 +30,14 @@ from kvguard.flow.context import EventContext
 from kvguard.flow.findings import tell_resolved
 from kvguard.flow.reasons import ALWAYS_FOR_OWN_DEPLOYMENT, own_deployment_reason
 from kvguard.flow.services import Services
-from kvguard.ids import owning_id, vault_key
+from kvguard.ids import vault_key
 from kvguard.outcome import Outcome
 from kvguard.ports import AuditRecord, TransientError
 from kvguard.risk import assess
 
 log = logging.getLogger("kvguard")
+OWN_RESOURCES = ("own-resources", "ids")  # the marks that remember kvguard's own resource ids
+REMEMBER_SINCE = timedelta(days=3650)  # every mark of them (each is renewed daily)
 # An own write is made within minutes of its ledger entry: the entry is noted right before the
 # request, and the SDK's retries of a throttled one give up well inside this.
 OWN_WRITE_WINDOW = timedelta(minutes=10)
@@ -73,10 +78,37 @@ def ledger_window(made: datetime) -> tuple[datetime, datetime]:
 
 
 def own_resource(services: Services, event: VaultEvent) -> str | None:
-    """The own resource (policy `own_resource_ids`) a deployment change concerns, or None."""
+    """The own resource a deployment change concerns, or None: the resource itself or one it
+    contains (deleting a system topic deletes kvguard's event subscription on it). The ids are
+    the policy's and those remembered in the state store (`own_resource_ids`)."""
     if event.vault is not None or not is_deployment_operation(event.operation):
         return None
-    return owning_id(event.subject, services.policy.own_resource_ids)
+    return changed_own_resource(event.subject, event.operation, own_resource_ids(services))
+
+
+def remember_own_resources(services: Services) -> list[str]:
+    """Note the policy's own resource ids in the state store (a mark per id, renewed once a day so
+    retention never forgets one) and give back every id remembered: clearing
+    `KVGUARD_OWN_RESOURCE_IDS` and restarting the app leaves the ids it had judged, so the very
+    change that cleared the setting is still judged. Called when the app is built and by the
+    reconcile timer."""
+    today = services.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    marks = services.store.marks_since(*OWN_RESOURCES, today - REMEMBER_SINCE)
+    remembered = [member for member, _ in marks]
+    renewed_today = {member for member, at in marks if at >= today}
+    for resource_id in sorted({*services.policy.own_resource_ids, *remembered} - renewed_today):
+        services.store.add_mark(*OWN_RESOURCES, resource_id, today)
+    return own_resource_ids(services, remembered)
+
+
+def own_resource_ids(services: Services, remembered: list[str] | None = None) -> list[str]:
+    """The policy's own resource ids, then those only the state store remembers."""
+    if remembered is None:
+        remembered = [member for member, _ in services.store.marks_since(
+            *OWN_RESOURCES, services.clock.now() - REMEMBER_SINCE)]
+    known = {vault_key(i) for i in services.policy.own_resource_ids}
+    extra = sorted({vault_key(i): i for i in remembered if vault_key(i) not in known}.values())
+    return [*services.policy.own_resource_ids, *extra]
 
 
 def handle_own_deployment(services: Services, event: VaultEvent, resource_id: str) -> Outcome:
@@ -100,8 +132,8 @@ def handle_own_deployment(services: Services, event: VaultEvent, resource_id: st
 def _judge_own_deployment(services: Services, event: VaultEvent, resource_id: str, now: datetime) -> Outcome:
     """A change to kvguard's own deployment is alerted in every mode, at every threshold: the
     mode (KVGUARD_MODE) may be the very setting that was changed. Nothing is remediated."""
-    judged = Context(event=event, before=None, after=None, diff=None, policy=services.policy, history=History(),
-                     now=now)
+    policy = services.policy.model_copy(update={"own_resource_ids": own_resource_ids(services)})
+    judged = Context(event=event, before=None, after=None, diff=None, policy=policy, history=History(), now=now)
     context = EventContext(event=event, now=now, vault_id=resource_id)
     context.findings = detect_all(judged, {rule_id: RULES[rule_id] for rule_id in DEPLOYMENT_RULES})
     context.risk = assess(context.findings, event, None, services.policy)
@@ -126,9 +158,11 @@ def check_own_deployment(services: Services, handle_event: Callable[[VaultEvent]
     if services.deployment is None:
         return []
     outcomes = []
-    for resource_id in filter(is_event_subscription, services.policy.own_resource_ids):
+    ids = remember_own_resources(services)
+    delivery = delivery_of(ids)
+    for resource_id in filter(is_event_subscription, ids):
         try:
-            problems = event_subscription_problems(services.deployment.get_event_subscription(resource_id))
+            problems = event_subscription_problems(services.deployment.get_event_subscription(resource_id), delivery)
         except Exception:  # logged with its traceback; the next run checks again
             log.exception("check of event subscription %s failed", resource_id)
             continue
@@ -148,7 +182,7 @@ def check_own_deployment(services: Services, handle_event: Callable[[VaultEvent]
 def _deployment_check_event(resource_id: str, problems: list[str], now: datetime) -> VaultEvent:
     """A stand-in for the change the reconcile check found: a deletion when the subscription is
     gone, a write otherwise; what was found rides along for the finding's evidence."""
-    missing = problems == event_subscription_problems(None)
+    missing = problems == event_subscription_problems(None, Delivery())
     return VaultEvent(
         id=f"reconcile:{vault_key(resource_id)}:{now.isoformat()}", event_type="kvguard.Reconciliation",
         schema="eventgrid", subject=resource_id, time=now, vault=None,

@@ -154,3 +154,22 @@ def test_a_custom_role_is_read_to_judge_its_assignment_and_its_widening_is_found
     [finding] = [f for f in widened["findings"] if f["rule"] == "KV-RBAC-05"]
     assert "Microsoft.KeyVault/vaults/secrets/getSecret/action" in finding["evidence"]["gainedDataActions"]
     assert finding["evidence"]["vaults"] == [vault["id"]]
+
+
+def test_a_crypto_service_release_user_grant_is_critical_and_removed(tmp_path: Path) -> None:
+    """Scenario 20 with the added assignment's role swapped for Key Vault Crypto Service Release
+    User: releasing a key hands over its private material, so the grant is critical data access."""
+    text = sample("20").read_text()
+    added = text.index("  - write:")  # only the added assignment changes role; the baseline's stays
+    swapped = text[:added] + text[added:].replace("4633458b-17de-408a-b874-0445c86b69e6",
+                                                  "08bbd89e-9f13-488c-ac41-acfcb10c90ab", 1)
+    (tmp_path / "release.yaml").write_text(swapped)
+    out = StringIO()
+    assert main(["replay", str(tmp_path / "release.yaml"), "--json"], out=out) == 0
+    grant = json.loads(out.getvalue().splitlines()[0])
+
+    [finding] = [f for f in grant["findings"] if f["rule"] == "KV-RBAC-01"]
+    assert finding["severity"] == "critical"
+    assert finding["evidence"]["role"] == "Key Vault Crypto Service Release User"
+    assert finding["evidence"]["dataActions"] == ["Microsoft.KeyVault/vaults/keys/release/action"]
+    assert actions(grant)["remove_role_assignment"] == "applied"

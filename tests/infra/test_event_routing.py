@@ -57,7 +57,11 @@ def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
         "Microsoft.Security/pricings/write",
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/write",
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/delete",
+        "Microsoft.EventGrid/systemTopics/delete",
         "Microsoft.Web/sites/config/write",
+        "Microsoft.Web/sites/write",
+        "Microsoft.Web/sites/stop/action",
+        "Microsoft.Web/sites/delete",
         "Microsoft.Authorization/roleAssignments/write",
         "Microsoft.Authorization/roleAssignments/delete",
         "Microsoft.Authorization/roleDefinitions/write",
@@ -203,10 +207,18 @@ def test_the_app_setting_names_its_event_subscriptions_and_the_app_itself(trees:
     parts = function(joined["parameters"]["input_array"])
     assert parts is not None and parts["type"] == "concat"
     assert parts["parameters"]["arg_1"] == "ownEventSubscriptionIds"
-    (app,) = parts["parameters"]["arg_2"]
+    (app, container) = parts["parameters"]["arg_2"]
     assert function(app) == {"type": "resource_id", "parameters": {
         "resource_type": "Microsoft.Web/sites", "resource_name_1": "name", "resource_name_2": None,
         "resource_group_name": None, "subscription_id": None}}
+    # The dead-letter container, so that KV-SELF-02 judges where the subscriptions dead-letter.
+    # (pycep reads a four-argument resourceId's first argument as the resource group: the values
+    # are what count.)
+    dead_letters = function(container)
+    assert dead_letters is not None and dead_letters["type"] == "resource_id"
+    assert {v for v in dead_letters["parameters"].values() if v} == {
+        "Microsoft.Storage/storageAccounts/blobServices/containers", "storageAccountName", "default",
+        "deadLetterContainerName"}
 
 
 def test_every_watched_resource_operation_of_these_families_passes(trees: dict[str, Tree]) -> None:

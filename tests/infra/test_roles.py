@@ -69,7 +69,7 @@ EXPECTED: dict[str, dict[str, str | None]] = {
     },
     # The system topic's identity (and optionally the operator), for dead letters.
     "modules/deadletter-access.bicep": {
-        STORAGE_BLOB_DATA_CONTRIBUTOR: "storage",
+        STORAGE_BLOB_DATA_CONTRIBUTOR: "deadLetterContainer",  # the container only, never the account
     },
 }
 

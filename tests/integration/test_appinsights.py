@@ -72,3 +72,52 @@ def test_spans_counters_and_the_log_line_reach_application_insights_with_the_app
     messages = [m["message"] for m in by_kind.get("MessageData", [])]
     [line] = [m for m in messages if m.startswith("kvguard outcome ")]
     assert json.loads(line.removeprefix("kvguard outcome "))["event_id"] == "evt-ai-1"
+
+
+WEBHOOK_CHILD = """
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from kvguard import runtime
+from kvguard.settings import Settings
+from kvguard.sinks import build_sinks
+from tests.integration.armfake import FakeCredential
+from tests.integration.test_alert_sinks import make_alert
+
+observer = runtime.build_observer(credential=FakeCredential("app-identity-token"))
+beside = InMemorySpanExporter()  # beside the distro's own exporter, seeing the same spans
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(beside))
+sinks = build_sinks(Settings(), FakeCredential())
+with observer.delivery("delivery"):
+    sinks["notify_webhook"].raise_alert(make_alert())
+trace.get_tracer_provider().force_flush()
+print(json.dumps([{"name": s.name, "attributes": dict(s.attributes or {})} for s in beside.get_finished_spans()]))
+"""
+SECRET_PATH = "/webhook/workflows/5f0c2a9e41d84b7a/triggers/manual/paths/invoke"
+SECRET_QUERY = "api-version=1&sp=%2Ftriggers%2Fmanual%2Frun&sig=Qm9ndXNTaWduYXR1cmU&code=c2VjcmV0LWNvZGU"
+
+
+def test_the_webhook_url_never_reaches_telemetry(fake: ArmFake, tmp_path: Path) -> None:
+    """The requests instrumentation records the webhook call as a dependency; its URL is the
+    webhook's secret: the span processor leaves scheme and host, nothing of the path or query."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVGUARD_", "APPLICATIONINSIGHTS_", "OTEL_"))}
+    env.update({
+        "APPLICATIONINSIGHTS_CONNECTION_STRING":
+            f"InstrumentationKey=00000000-0000-4000-8000-000000000001;IngestionEndpoint={fake.base_url}/",
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        "KVGUARD_WEBHOOK_URL": f"{fake.base_url}{SECRET_PATH}?{SECRET_QUERY}",
+        "REQUESTS_CA_BUNDLE": str(fake.write_ca_bundle(tmp_path / "ca.pem")),
+        "TMPDIR": str(tmp_path),
+    })
+    done = subprocess.run([sys.executable, "-c", WEBHOOK_CHILD], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(fake.webhooks) == 1, "the alert was posted"
+
+    spans = json.loads(done.stdout.strip().splitlines()[-1])
+    urls = {s["attributes"].get("http.url") or s["attributes"].get("url.full") for s in spans} - {None}
+    assert urls == {f"{fake.base_url}/[redacted]"}, "the webhook's dependency span, its URL redacted"
+    exported = json.dumps(spans) + json.dumps(fake.telemetry)
+    for secret in ("workflows/5f0c2a9e41d84b7a", "code=", "sig=", "c2VjcmV0LWNvZGU", "Qm9ndXNTaWduYXR1cmU"):
+        assert secret not in exported, secret

@@ -55,6 +55,11 @@ def event_subscription() -> dict[str, Any]:
                             "properties": {"resourceId": f"{APP}/functions/on_vault_event"}},
             "filter": {"includedEventTypes": list(EVENT_TYPES), "advancedFilters": [
                 {"operatorType": "StringIn", "key": "data.operationName", "values": list(OPERATIONS)}]},
+            "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+            "deadLetterWithResourceIdentity": {"identity": {"type": "SystemAssigned"}, "deadLetterDestination": {
+                "endpointType": "StorageBlob", "properties": {"resourceId": f"/subscriptions/{SUB}/resourceGroups/"
+                                                              "rg-kvguard/providers/Microsoft.Storage/storageAccounts/"
+                                                              "stkvguard", "blobContainerName": "deadletters"}}},
         },
     }
 
@@ -86,7 +91,7 @@ def fake() -> Iterator[ArmFake]:
             "Microsoft.KeyVault/vaults/read", "Microsoft.KeyVault/vaults/write",
             "Microsoft.KeyVault/vaults/accessPolicies/write",
             "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
-            "Microsoft.Insights/diagnosticSettings/write"])
+            "Microsoft.KeyVault/vaults/providers/Microsoft.Insights/diagnosticSettings/write"])
         # remove_role_assignment's right (the deployment narrows it with an ABAC condition)
         state.role_definitions[RBAC_ADMINISTRATOR] = role(
             RBAC_ADMINISTRATOR, "Role Based Access Control Administrator",

@@ -443,7 +443,7 @@ def test_redrive_reads_the_container_with_a_connection_string(
 ) -> None:
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_blob.connection_string)
 
-    status, output = run("redrive", "--container", container, "--apply", "--json")
+    status, output = run("redrive", "--container", container, "--allow-loopback", "--apply", "--json")
 
     assert status == 2  # the broken blob is named and skipped, the rest redriven
     assert f"{container}/KVGUARD-PROD/2026/11/27/10/broken.json: not valid JSON (" in capsys.readouterr().err
@@ -462,7 +462,7 @@ def test_redrive_reads_the_container_with_a_connection_string(
              .get_container_client("deadletters").list_blobs()}
     assert BLOB_NAME in names
 
-    status, output = run("redrive", "--container", container, "--apply", "--json")
+    status, output = run("redrive", "--container", container, "--allow-loopback", "--apply", "--json")
     again, _, _ = lines(output)
     assert again["outcome"] == "duplicate"
 
@@ -475,7 +475,7 @@ def test_redrive_reads_the_container_with_a_sas_url_and_never_prints_the_token(
                                  permission=ContainerSasPermissions(read=True, list=True),
                                  expiry=datetime.now(UTC) + timedelta(hours=1))
 
-    status, output = run("redrive", "--container", f"{container}?{sas}", "--json")
+    status, output = run("redrive", "--container", f"{container}?{sas}", "--allow-loopback", "--json")
 
     assert status == 2
     err = capsys.readouterr().err
@@ -497,7 +497,7 @@ def test_a_blob_over_the_size_limit_is_refused_unread(
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_blob.connection_string)
     monkeypatch.setattr("kvguard.live.MAX_DEAD_LETTER_BYTES", 100)
 
-    status, output = run("redrive", "--container", container, "--json")
+    status, output = run("redrive", "--container", container, "--allow-loopback", "--json")
 
     assert status == 2
     err = capsys.readouterr().err
@@ -511,6 +511,31 @@ def test_redrive_needs_something_to_read(capsys: pytest.CaptureFixture[str]) -> 
         run("redrive")
     assert exited.value.code == 2
     assert "--container" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", [
+    "https://collector.example.net/deadletters",
+    "https://stkvguard.blob.core.windows.net.example.net/deadletters",
+    "http://stkvguard.blob.core.windows.net/deadletters",
+    "https://user@collector.example.net/deadletters",
+])
+def test_redrive_sends_no_token_to_a_container_url_outside_the_clouds_blob_endpoints(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    credential = FakeCredential(entra_token())
+    status = main(["redrive", "--container", url, "--apply"], io.StringIO(), credential=credential)
+
+    assert status == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("kvguard: --container: ") and line.endswith("; refused")
+    assert credential.scopes == [], "no token was asked for"
+
+
+def test_redrive_refuses_the_loopback_emulator_without_the_flag(
+    container: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("redrive", "--container", container)[0] == 2
+    assert "add --allow-loopback" in capsys.readouterr().err
 
 
 def entra_token(audience: str = "https://storage.azure.com") -> str:
@@ -539,8 +564,8 @@ def test_redrive_reads_the_container_with_the_azure_identity(
         credential = FakeCredential(entra_token())
 
         out = io.StringIO()
-        status = main(["redrive", "--container", f"{service.endpoint}/deadletters", "--apply", "--json"], out,
-                      credential=credential)
+        status = main(["redrive", "--container", f"{service.endpoint}/deadletters", "--allow-loopback", "--apply",
+                       "--json"], out, credential=credential)
 
         assert status == 0
         grant, summary = lines(out.getvalue())
@@ -550,6 +575,6 @@ def test_redrive_reads_the_container_with_the_azure_identity(
         assert removals(tampered) == [[ROGUE]]
 
         # A token for another audience is refused by the service: a permanent failure, exit 1.
-        status = main(["redrive", "--container", f"{service.endpoint}/deadletters"], io.StringIO(),
-                      credential=FakeCredential(entra_token("https://vault.azure.net")))
+        status = main(["redrive", "--container", f"{service.endpoint}/deadletters", "--allow-loopback"],
+                      io.StringIO(), credential=FakeCredential(entra_token("https://vault.azure.net")))
         assert status == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from kvguard import runtime
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
 from kvguard.outcome import Outcome
+from kvguard.ports import AuditRecord
 from kvguard.settings import Settings
 from kvguard.vault import VaultConfig
 from tests.e2e.test_function_app import INTRUDER, OWNER, ROGUE, ROGUE_GRANT, VAULT_ID, event_json, vault_doc
@@ -89,3 +91,80 @@ def test_an_unknown_record_or_one_without_remediation_is_refused(fake: ArmFake, 
     assert code == 2 and "no audit record with id 'evt-nope'" in out
     code, out = run("undo", "evt-undo-1", "--handler", "restore_network")
     assert code == 2 and "no applied remediation by restore_network" in out
+
+
+# ---- a role assignment remove_role_assignment deleted -------------------------------------------
+
+CONDITION = "@Resource[Microsoft.KeyVault/vaults/secrets:name] StringEquals 'orders-db'"
+
+
+def removed_grant(fake: ArmFake) -> Outcome:
+    """An RBAC vault; a conditioned Secrets User grant arrives and kvguard (remediate) deletes it."""
+    from tests.e2e.test_function_app_rbac import (
+        ASSIGNMENT_ID,
+        GRANTEE,
+        SECRETS_USER,
+        rbac_vault,
+        role_event,
+    )
+
+    fake.add_vault(rbac_vault())
+    pipeline = runtime.build(Settings(), credential=FakeCredential())
+    pipeline.store.put_baseline(VAULT_ID, rbac_vault(), None)
+    fake.add_authorization({
+        "id": ASSIGNMENT_ID, "name": ASSIGNMENT_ID.rsplit("/", 1)[-1],
+        "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {"roleDefinitionId": SECRETS_USER, "principalId": GRANTEE, "principalType": "User",
+                       "scope": VAULT_ID, "condition": CONDITION, "conditionVersion": "2.0"},
+    })
+    [outcome] = pipeline.handle(role_event("evt-undo-role", INTRUDER, "Microsoft.Authorization/roleAssignments/write",
+                                           "Microsoft.Resources.ResourceWriteSuccess"))
+    assert {a.handler: a.status for a in outcome.actions}["remove_role_assignment"] == "applied"
+    assert fake.authorization_resource(ASSIGNMENT_ID) is None
+    return outcome
+
+
+def test_undo_of_a_removed_role_assignment_puts_it_back_and_never_writes_the_vault(
+    fake: ArmFake, state_db: Path
+) -> None:
+    from tests.e2e.test_function_app_rbac import ASSIGNMENT_ID, GRANTEE, SECRETS_USER
+
+    removed_grant(fake)
+    code, out = run("undo", "evt-undo-role")
+    assert code == 0 and "would put back: re-create role assignment 2c3d4e5f-" in out and "with its condition" in out
+    assert fake.authorization_resource(ASSIGNMENT_ID) is None
+
+    code, out = run("undo", "evt-undo-role", "--apply")
+
+    assert code == 0, out
+    (put,) = fake.requests_to("PUT", r"/roleAssignments/2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f$")
+    assert put.json == {"properties": {"roleDefinitionId": SECRETS_USER, "principalId": GRANTEE,
+                                       "principalType": "User", "condition": CONDITION, "conditionVersion": "2.0"}}
+    assert fake.requests_to("PATCH", r"/vaults/[^/]+$") == [] and fake.requests_to("PUT", WRITES) == []
+    back = fake.authorization_resource(ASSIGNMENT_ID)
+    assert back is not None and back["properties"]["scope"].lower() == VAULT_ID.lower()
+    store = SQLiteStateStore(state_db)
+    baseline = store.get_baseline(ASSIGNMENT_ID)
+    assert baseline is not None and baseline.config["properties"]["principalId"] == GRANTEE
+    assert [r.event_id for r in store.list_audit() if r.event_id.startswith("undo:")] == [
+        "undo:evt-undo-role:remove_role_assignment"]
+    code, out = run("undo", "evt-undo-role", "--apply")
+    assert code == 0 and "nothing to put back" in out
+    assert len(fake.requests_to("PUT", r"/roleAssignments/")) == 1
+
+
+def test_undo_refuses_a_remediation_of_another_resource_it_cannot_put_back(fake: ArmFake, state_db: Path) -> None:
+    state_db.parent.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStateStore(state_db)
+    setting = f"{VAULT_ID}/providers/Microsoft.Insights/diagnosticSettings/audit"
+    store.append_audit(AuditRecord("evt-undo-log", VAULT_ID, datetime.now(UTC), {"actions": [
+        {"handler": "restore_diagnostic_setting", "status": "applied", "detail": "", "rules": ["KV-LOG-01"],
+         "before": [{"id": setting, "properties": {"logs": []}}], "after": [{"id": setting}]}]}))
+
+    code, out = run("undo", "evt-undo-log", "--apply")
+
+    assert code == 2
+    assert out == ("kvguard undo: restore_diagnostic_setting changed a resource beside the vault; kvguard undo "
+                   "cannot put it back faithfully from the record: restore it by hand from the audit record's "
+                   "before\n")
+    assert fake.requests_to("PATCH", r"/vaults/") == [] and fake.requests_to("PUT", r"/diagnosticSettings/") == []

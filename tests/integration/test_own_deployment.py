@@ -27,6 +27,8 @@ SUB = "8e7d6c5b-4a39-4281-9706-f5e4d3c2b1a0"
 SUBSCRIPTION_ID = (f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.EventGrid"
                    "/systemTopics/evgst-kvguard/eventSubscriptions/kvguard-prod")
 APP_ID = f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.Web/sites/func-kvguard-prod"
+ACCOUNT_ID = f"/subscriptions/{SUB}/resourceGroups/rg-kvguard/providers/Microsoft.Storage/storageAccounts/stkvguard"
+CONTAINER_ID = f"{ACCOUNT_ID}/blobServices/default/containers/deadletters"
 
 
 def as_deployed() -> dict[str, Any]:
@@ -46,6 +48,12 @@ def as_deployed() -> dict[str, Any]:
                 ],
             },
             "eventDeliverySchema": "EventGridSchema",
+            "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+            "deadLetterWithResourceIdentity": {
+                "identity": {"type": "SystemAssigned"},
+                "deadLetterDestination": {"endpointType": "StorageBlob",
+                                          "properties": {"resourceId": ACCOUNT_ID, "blobContainerName": "deadletters"}},
+            },
         },
     }
 
@@ -68,7 +76,7 @@ def pipeline(fake: ArmFake, tmp_path: Path, world: World) -> Iterator[Pipeline]:
     reader = ArmDeploymentReader(FakeCredential(), endpoint=fake.base_url, **options)
     gateway = ArmVaultGateway(FakeCredential(), endpoint=fake.base_url, **options)
     yield Pipeline(gateway=gateway, store=SQLiteStateStore(), clock=world.clock, deployment=reader,
-                   policy=Policy(mode="observe", own_resource_ids=[SUBSCRIPTION_ID, APP_ID]),
+                   policy=Policy(mode="observe", own_resource_ids=[SUBSCRIPTION_ID, APP_ID, CONTAINER_ID]),
                    sinks={"raise_defender_alert": SimDefender(world)})
     reader.close()
     gateway.close()
@@ -142,3 +150,24 @@ def test_a_failing_read_is_logged_and_retried_next_time(pipeline: Pipeline, fake
     deploy(fake, as_deployed())
     assert pipeline.reconcile([]) == []
 
+
+
+def test_a_subscription_redirected_to_another_apps_function_of_the_same_name_raises_kv_self_02(
+    pipeline: Pipeline, fake: ArmFake
+) -> None:
+    hijacked = as_deployed()
+    other = APP_ID.replace("func-kvguard-prod", "func-collector")
+    hijacked["properties"]["destination"]["properties"]["resourceId"] = f"{other}/functions/on_vault_event"
+    hijacked["properties"]["retryPolicy"]["maxDeliveryAttempts"] = 1
+    hijacked["properties"]["deadLetterWithResourceIdentity"]["deadLetterDestination"]["properties"][
+        "blobContainerName"] = "app-package"
+    deploy(fake, hijacked)
+
+    (outcome,) = pipeline.reconcile([])
+
+    (finding,) = outcome.findings
+    assert finding.evidence["found"] == [
+        f"events go to {other}/functions/on_vault_event, not to {APP_ID}/functions/on_vault_event",
+        "retryPolicy maxDeliveryAttempts is 1, not 30",
+        "dead letters go to container 'app-package', not 'deadletters'",
+    ]

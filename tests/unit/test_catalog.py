@@ -19,7 +19,9 @@ from kvguard.sinks import SINKS
 from tests.contract import catalog as contract
 
 RULE_ID = re.compile(r"^KV-[A-Z]+-\d{2}$")
-AZURE_ACTION = re.compile(r"^Microsoft\.[A-Za-z]+(/[A-Za-z]+)+$")
+# An Azure action, also one of a resource type nested under another provider's resource
+# (`Microsoft.KeyVault/vaults/providers/Microsoft.Insights/diagnosticSettings/write`).
+AZURE_ACTION = re.compile(r"^Microsoft\.[A-Za-z]+(/[A-Za-z]+)*?(/providers/Microsoft\.[A-Za-z]+)?(/[A-Za-z]+)+$")
 # ATT&CK Enterprise 18.1, pinned: see "source" in the file for where it came from.
 ATTACK = json.loads((Path(__file__).parents[1] / "data" / "attack-enterprise-18.1-techniques.json").read_text())
 

@@ -4,13 +4,26 @@ change to kvguard's own deployment raises KV-SELF-02 whatever the mode."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from detectors.cases import EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID, VAULT_ID, vault
-from kvguard.deployment import EVENT_SUBSCRIPTION_DELETE
+from kvguard import runtime
+from kvguard.deployment import (
+    APP_CONFIG_WRITE,
+    APP_DELETE,
+    APP_STOP,
+    APP_WRITE,
+    EVENT_SUBSCRIPTION_DELETE,
+    SYSTEM_TOPIC_DELETE,
+)
+from kvguard.flow.own import own_resource_ids
+from kvguard.settings import Settings
 from kvguard.sim import SIM_IDENTITY, SimVaultGateway, World
 from kvguard.vault import VaultConfig
+from tests.integration.armfake import FakeCredential
 from tests.unit.test_pipeline import AP_WRITE, ROGUE_GRANT, START, TEAM, Env, event
 
 
@@ -151,3 +164,39 @@ def test_an_own_identity_event_dated_year_1_or_9999_is_judged_not_overflowed() -
         outcome = env.deliver(raw)
         assert outcome.outcome == "processed"
         assert "KV-SELF-01" in {f.rule for f in outcome.findings}
+
+
+def test_stopping_deleting_or_writing_kvguards_app_and_deleting_its_topic_raise_kv_self_02() -> None:
+    env = Env(mode="observe", own_resource_ids=[EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID])
+    topic = EVENT_SUBSCRIPTION_ID.split("/eventSubscriptions/")[0]
+    changes = [(APP_WRITE, FUNCTION_APP_ID, FUNCTION_APP_ID, "Microsoft.Resources.ResourceWriteSuccess"),
+               (APP_STOP, FUNCTION_APP_ID, FUNCTION_APP_ID, "Microsoft.Resources.ResourceActionSuccess"),
+               (APP_DELETE, FUNCTION_APP_ID, FUNCTION_APP_ID, "Microsoft.Resources.ResourceDeleteSuccess"),
+               (SYSTEM_TOPIC_DELETE, topic, EVENT_SUBSCRIPTION_ID, "Microsoft.Resources.ResourceDeleteSuccess")]
+    for index, (operation, subject, owned, event_type) in enumerate(changes):
+        outcome = env.deliver(event("e7d6c5b4-a392-4817-9605-f4e3d2c1b0a9", operation, event_id=f"evt-own-{index}",
+                                    event_type=event_type, resource=subject))
+        assert (outcome.outcome, outcome.resource) == ("processed", owned), operation
+        assert [f.rule for f in outcome.findings] == ["KV-SELF-02"], operation
+
+
+def test_clearing_the_own_resource_ids_and_restarting_still_judges_the_change_that_cleared_them(
+    tmp_path: Path
+) -> None:
+    """The ids are remembered in the state store when the app is built; the app built again with the
+    setting cleared still knows them, so the app-settings write that cleared it raises KV-SELF-02."""
+    state = str(tmp_path / "state.db")
+    configured = Settings(state_backend="sqlite", sqlite_path=state, own_resource_ids=[EVENT_SUBSCRIPTION_ID,
+                                                                                       FUNCTION_APP_ID])
+    runtime.build(configured, credential=FakeCredential()).store.close()
+    restarted = runtime.build(Settings(state_backend="sqlite", sqlite_path=state, own_resource_ids=[]),
+                              credential=FakeCredential())
+    assert restarted.policy.own_resource_ids == []
+    cleared = event("e7d6c5b4-a392-4817-9605-f4e3d2c1b0a9", APP_CONFIG_WRITE, event_id="evt-cleared",
+                    resource=f"{FUNCTION_APP_ID}/config/appsettings")
+
+    (outcome,) = restarted.handle(json.dumps(cleared))
+
+    assert (outcome.outcome, outcome.resource) == ("processed", FUNCTION_APP_ID)
+    assert [f.rule for f in outcome.findings] == ["KV-SELF-02"]
+    assert own_resource_ids(restarted) == [EVENT_SUBSCRIPTION_ID, FUNCTION_APP_ID]

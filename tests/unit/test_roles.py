@@ -21,6 +21,8 @@ def custom(actions: list[str] | None = None, data: list[str] | None = None, not_
     (["Microsoft.KeyVault/vaults/*/read"], False),
     (["Microsoft.KeyVault/vaults/keys/unwrap/action"], True),
     (["Microsoft.KeyVault/vaults/keys/sign/action"], False),
+    (["Microsoft.KeyVault/vaults/keys/release/action"], True),
+    (["Microsoft.KeyVault/vaults/keys/backup/action"], False),
     ([], False),
 ])
 def test_secret_values_are_read_through_wildcards_case_insensitively(data: list[str], reads: bool) -> None:
@@ -42,7 +44,7 @@ def test_grant_rights(actions: list[str], grants: bool) -> None:
 
 
 def test_the_built_in_roles_are_known_without_a_call() -> None:
-    assert len(BUILTIN_ROLES) == 16  # DESIGN.md's role table
+    assert len(BUILTIN_ROLES) == 17  # DESIGN.md's role table, and Crypto Service Release User
     owner = builtin_role("8E3AF657-A8FF-443C-A75C-2FE8C4BCB635")
     contributor = builtin_role("b24988ac-6180-42a0-ab88-20f7382dd24c")
     assert owner is not None and owner.grants_access and not owner.key_vault_data_actions
@@ -59,3 +61,21 @@ def test_the_built_in_roles_are_known_without_a_call() -> None:
 def test_a_malformed_definition_is_refused_naming_the_field() -> None:
     with pytest.raises(ValueError, match=r"roleDefinition\.properties\.permissions"):
         role_from_arm({"properties": {"permissions": "all"}})
+
+
+@pytest.mark.parametrize("action", [
+    "Microsoft.KeyVault/vaults/keys/release/action", "Microsoft.KeyVault/vaults/keys/backup/action",
+    "Microsoft.KeyVault/vaults/secrets/backup/action", "Microsoft.KeyVault/vaults/certificates/backup/action",
+    "Microsoft.KeyVault/vaults/keys/restore/action", "Microsoft.KeyVault/vaults/secrets/restore/action",
+    "Microsoft.KeyVault/vaults/keys/import/action", "Microsoft.KeyVault/vaults/keyrotationpolicies/write",
+    "Microsoft.KeyVault/vaults/certificatecas/write", "Microsoft.KeyVault/vaults/storageaccounts/sas/set/action",
+])
+def test_every_documented_key_vault_data_action_is_data_access(action: str) -> None:
+    assert custom(data=[action]).key_vault_data_actions == [action]
+
+
+def test_the_crypto_service_release_user_releases_keys_which_counts_as_reading_secret_material() -> None:
+    release = builtin_role("08bbd89e-9f13-488c-ac41-acfcb10c90ab")
+    assert release is not None and release.name == "Key Vault Crypto Service Release User"
+    assert release.key_vault_data_actions == ["Microsoft.KeyVault/vaults/keys/release/action"]
+    assert release.reads_secret_values and not release.grants_access
