@@ -181,26 +181,6 @@ def subscription_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def container_argument(text: str) -> str:
-    """`redrive --container`: an https URL with a host and a container path (plain http only for
-    a storage emulator on this machine, such as Azurite)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(text)
-        host = parts.hostname
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a URL ({error})") from None
-    if parts.scheme != "https" and not (parts.scheme == "http" and host in LOCAL_HOSTS):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an https URL such as https://ACCOUNT.blob.core.windows.net/deadletters")
-    if not host or parts.path.strip("/") == "":
-        raise argparse.ArgumentTypeError(
-            f"{text!r} names no container: give https://ACCOUNT.blob.core.windows.net/CONTAINER")
-    return text
 
 
 def _add_onboarding(commands: Any) -> None:
@@ -273,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("files", nargs="*", metavar="FILE",
                          help="downloaded dead-letter blobs (JSON array), single events or JSON Lines; "
                               "a directory means every *.json below it (symlinks out of it are refused)")
-    redrive.add_argument("--container", metavar="URL", type=container_argument,
+    redrive.add_argument("--container", metavar="URL",
                          help="also read every *.json blob of this dead-letter container, e.g. "
                               "https://ACCOUNT.blob.core.windows.net/deadletters (Azure identity; a SAS in the "
                               "URL or AZURE_STORAGE_CONNECTION_STRING when set); only https on a cloud's Blob "

@@ -30,4 +30,6 @@ def blob_container_problem(url: str, *, allow_loopback: bool = False) -> str | N
         return f"host {host or '(none)'} is not an account of an Azure Blob endpoint ({endpoints})"
     if port not in (None, 443):
         return f"port {port}: a Blob endpoint answers on 443"
+    if not parts.path.strip("/"):
+        return "names no container: give https://ACCOUNT.blob.core.windows.net/CONTAINER"
     return None

@@ -85,19 +85,21 @@ def test_a_subscription_that_is_not_a_guid_is_refused_before_arm(
 
 
 @pytest.mark.parametrize(("url", "problem"), [
-    ("notaurl", "is not an https URL"),
-    ("http://account.blob.core.windows.net/deadletters", "is not an https URL"),
-    ("ftp://account.blob.core.windows.net/deadletters", "is not an https URL"),
-    ("https:///deadletters", "names no container"),
+    ("notaurl", "no scheme: only https reaches a Blob endpoint"),
+    ("http://account.blob.core.windows.net/deadletters", "http scheme: only https reaches a Blob endpoint"),
+    ("ftp://account.blob.core.windows.net/deadletters", "ftp scheme: only https reaches a Blob endpoint"),
+    ("https:///deadletters", "host (none) is not an account of an Azure Blob endpoint"),
     ("https://account.blob.core.windows.net", "names no container"),
-    ("https://[::1/deadletters", "is not a URL"),
+    ("https://[::1/deadletters", "not a URL"),
 ])
 def test_redrive_container_must_be_an_https_url_of_a_container(
     url: str, problem: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = refused_argument(capsys, "redrive", "--container", url)
-
-    assert line.startswith(f"kvguard redrive: error: argument --container: {url!r} {problem}")
+    assert run("redrive", "--container", url) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith(f"kvguard: --container: {problem}") and line.endswith("; refused")
 
 
 def test_a_backfill_further_back_than_the_activity_log_keeps_is_refused(
