@@ -86,8 +86,11 @@ var subscriptionIds = empty(protectedSubscriptionIds) ? [
 ] : protectedSubscriptionIds
 var groupName = empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
 var deploymentContainerName = 'app-package'
-// kvguard's own event subscription in each protected subscription (as protect.bicep names it).
-var ownEventSubscriptionIds = [for subscriptionId in subscriptionIds: '/subscriptions/${subscriptionId}/resourceGroups/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].resourceGroup : groupName}/providers/Microsoft.EventGrid/systemTopics/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].name : 'evgst-kvguard-${token}'}/eventSubscriptions/kvguard-${environmentName}']
+// kvguard's own event subscriptions in each protected subscription (as protect.bicep names them):
+// the vault's operations, and the further surfaces (Event Grid's 25 filter values split them).
+var vaultEventSubscriptionIds = [for subscriptionId in subscriptionIds: '/subscriptions/${subscriptionId}/resourceGroups/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].resourceGroup : groupName}/providers/Microsoft.EventGrid/systemTopics/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].name : 'evgst-kvguard-${token}'}/eventSubscriptions/kvguard-${environmentName}']
+var surfaceEventSubscriptionIds = [for subscriptionId in subscriptionIds: '/subscriptions/${subscriptionId}/resourceGroups/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].resourceGroup : groupName}/providers/Microsoft.EventGrid/systemTopics/${contains(existingSystemTopics, subscriptionId) ? existingSystemTopics[subscriptionId].name : 'evgst-kvguard-${token}'}/eventSubscriptions/kvguard-${environmentName}-surfaces']
+var ownEventSubscriptionIds = concat(vaultEventSubscriptionIds, surfaceEventSubscriptionIds)
 var deadLetterContainerName = 'deadletters'
 
 resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {

@@ -35,6 +35,8 @@ WATCHED_PROVIDERS = (
     "Microsoft.Security",
     "Microsoft.EventGrid",
     "Microsoft.Web",
+    "Microsoft.Resources",
+    "Microsoft.Network",
 )
 # The operations kvguard watches (DESIGN.md): the vault and own-deployment operations, and the
 # ones beside the vault (role assignments, diagnostic settings, locks, private endpoints, the

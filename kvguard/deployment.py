@@ -7,7 +7,7 @@ same lists, so the app and the infra cannot drift apart.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,48 @@ RBAC_OPERATIONS = (
     "Microsoft.Authorization/roleAssignments/delete",
     "Microsoft.Authorization/roleDefinitions/write",
 )
-OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS
+# The further surfaces (DESIGN.md, "Further surfaces"): what covers a vault without touching it.
+POLICY_OPERATIONS = (
+    "Microsoft.Authorization/policyExemptions/write",
+    "Microsoft.Authorization/policyExemptions/delete",
+    "Microsoft.Authorization/policyAssignments/write",
+    "Microsoft.Authorization/policyAssignments/delete",
+)
+DENY_OPERATIONS = (
+    "Microsoft.Authorization/denyAssignments/write",
+    "Microsoft.Authorization/denyAssignments/delete",
+    "Microsoft.Resources/deploymentStacks/write",
+)
+ELIGIBILITY_OPERATIONS = ("Microsoft.Authorization/roleEligibilityScheduleRequests/write",)
+PERIMETER_OPERATIONS = (
+    "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",
+    "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/delete",
+    "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/write",
+    "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/delete",
+)
+# Event subscriptions on a vault itself; those on a system topic pass with DEPLOYMENT_OPERATIONS.
+EVENT_FEED_OPERATIONS = (
+    "Microsoft.EventGrid/eventSubscriptions/write",
+    "Microsoft.EventGrid/eventSubscriptions/delete",
+)
+MANAGED_HSM_OPERATIONS = (
+    "Microsoft.KeyVault/managedHSMs/write",
+    "Microsoft.KeyVault/managedHSMs/delete",
+    "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/write",
+    "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/delete",
+    "Microsoft.KeyVault/locations/deletedManagedHSMs/purge/action",
+)
+KEY_OPERATIONS = ("Microsoft.KeyVault/vaults/keys/write",)
+SURFACE_OPERATIONS = (POLICY_OPERATIONS + DENY_OPERATIONS + ELIGIBILITY_OPERATIONS + PERIMETER_OPERATIONS
+                      + EVENT_FEED_OPERATIONS + MANAGED_HSM_OPERATIONS + KEY_OPERATIONS)
+VAULT_EVENTS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS
+# Event Grid takes at most 25 advanced-filter values across all the filters of one event
+# subscription, so the operations are split over two subscriptions on each system topic: the
+# vault's own, beside it and kvguard's deployment under the deployed name, the further surfaces
+# under that name with this suffix (protect.bicep deploys both).
+MAX_FILTER_VALUES = 25
+SURFACES_SUFFIX = "-surfaces"
+OPERATIONS = VAULT_EVENTS + SURFACE_OPERATIONS
 # The rules that judge a change to kvguard's own deployment (it concerns no vault).
 DEPLOYMENT_RULES = ("KV-SELF-02",)
 FUNCTION = "on_vault_event"
@@ -83,6 +124,17 @@ def changed_own_resource(subject: str | None, operation: str | None, own_resourc
 
 def is_event_subscription(resource_id: str) -> bool:
     return "/providers/microsoft.eventgrid/" in resource_id.lower() and "/eventsubscriptions/" in resource_id.lower()
+
+
+def deployed_operations(resource_id: str, own_resource_ids: Iterable[str]) -> tuple[str, ...]:
+    """The operations kvguard deployed one of its own event subscriptions to pass: the further
+    surfaces when its name is another own subscription's name with SURFACES_SUFFIX (an environment
+    whose own name ends in the suffix keeps its first subscription's filter), the vault's otherwise."""
+    key = resource_id.strip().rstrip("/").lower()
+    if key.endswith(SURFACES_SUFFIX) and any(
+            i.strip().rstrip("/").lower() == key[:-len(SURFACES_SUFFIX)] for i in own_resource_ids):
+        return SURFACE_OPERATIONS
+    return VAULT_EVENTS
 
 
 @dataclass(frozen=True)
@@ -143,7 +195,7 @@ def _destination_problems(properties: Mapping[str, Any], delivery: Delivery) -> 
     return problems
 
 
-def _filter_problems(event_filter: Mapping[str, Any]) -> list[str]:
+def _filter_problems(event_filter: Mapping[str, Any], operations: Sequence[str]) -> list[str]:
     problems = []
     included = event_filter.get("includedEventTypes")
     if included is None:
@@ -163,8 +215,8 @@ def _filter_problems(event_filter: Mapping[str, Any]) -> list[str]:
         if operator == "StringIn" and key == "data.operationName" and not operation_filters:
             operation_filters += 1
             passed = {str(v).lower() for v in advanced.get("values") or []}
-            missing_ops = [o for o in OPERATIONS if o.lower() not in passed]
-            extra_ops = sorted(passed - {o.lower() for o in OPERATIONS})
+            missing_ops = [o for o in operations if o.lower() not in passed]
+            extra_ops = sorted(passed - {o.lower() for o in operations})
             if missing_ops:
                 problems.append(f"operations not passed: {', '.join(missing_ops)}")
             if extra_ops:
@@ -206,15 +258,17 @@ def _delivery_problems(properties: Mapping[str, Any], delivery: Delivery) -> lis
     return problems
 
 
-def event_subscription_problems(body: Mapping[str, Any] | None, delivery: Delivery) -> list[str]:
+def event_subscription_problems(body: Mapping[str, Any] | None, delivery: Delivery,
+                                operations: Sequence[str]) -> list[str]:
     """How an event subscription (its ARM GET JSON; None: it does not exist) differs from the one
-    kvguard deploys; empty when it is the same. Every difference counts: a destination that is not
-    kvguard's own function (another app's function of the same name, a webhook) takes the events
-    away, a filter narrowed or widened is not the one deployed (the old `StringNotIn` on the caller
-    hid every write made with kvguard's identity), fewer retries, an expiry or a dead-letter
-    destination elsewhere lose events or hand them to someone else."""
+    kvguard deploys to pass `operations` (`deployed_operations`); empty when it is the same. Every
+    difference counts: a destination that is not kvguard's own function (another app's function of
+    the same name, a webhook) takes the events away, a filter narrowed or widened is not the one
+    deployed (the old `StringNotIn` on the caller hid every write made with kvguard's identity),
+    fewer retries, an expiry or a dead-letter destination elsewhere lose events or hand them to
+    someone else."""
     if body is None:
         return ["the event subscription does not exist"]
     properties = body.get("properties") or {}
-    return [*_destination_problems(properties, delivery), *_filter_problems(properties.get("filter") or {}),
+    return [*_destination_problems(properties, delivery), *_filter_problems(properties.get("filter") or {}, operations),
             *_delivery_problems(properties, delivery)]

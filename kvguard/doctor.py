@@ -74,17 +74,19 @@ def own_event_subscriptions(subscription: str, own_resource_ids: Iterable[str]) 
 
 
 def event_subscription_check(subscription: str, resource_id: str | None, body: Mapping[str, Any] | None,
-                             delivery: Delivery) -> Check:
+                             delivery: Delivery, operations: Sequence[str]) -> Check:
     """`resource_id` None: the settings name no event subscription of kvguard in this subscription;
-    `delivery` is where kvguard deployed its events to go (`kvguard.deployment.delivery_of`)."""
+    `delivery` is where kvguard deployed its events to go (`kvguard.deployment.delivery_of`),
+    `operations` what this subscription was deployed to pass (`kvguard.deployment.deployed_operations`)."""
     if resource_id is None:
         return Check(subscription, "event subscription", False,
                      "KVGUARD_OWN_RESOURCE_IDS names no event subscription of kvguard in this subscription: "
                      "either it was never deployed here or the app setting lacks it", REDEPLOY)
-    problems = event_subscription_problems(body, delivery)
+    problems = event_subscription_problems(body, delivery, operations)
     if not problems:
         return Check(subscription, "event subscription", True, "as kvguard deploys it: every event type and "
-                     "operation kvguard handles to its own function, retried for 24 hours, dead letters kept",
+                     f"the {len(operations)} operations it is deployed to pass to kvguard's own function, "
+                     "retried for 24 hours, dead letters kept",
                      resource=resource_id)
     return Check(subscription, "event subscription", False, "; ".join(problems), REDEPLOY, rule="KV-SELF-02",
                  resource=resource_id)

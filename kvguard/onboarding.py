@@ -229,13 +229,15 @@ def _probe_state(pipeline: Pipeline) -> str | None:
 
 def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Check]:
     from kvguard import doctor
-    from kvguard.deployment import delivery_of
+    from kvguard.deployment import VAULT_EVENTS, delivery_of, deployed_operations
 
-    delivery = delivery_of(pipeline.policy.own_resource_ids)
-    own = doctor.own_event_subscriptions(subscription, pipeline.policy.own_resource_ids)
+    own_ids = pipeline.policy.own_resource_ids
+    delivery = delivery_of(own_ids)
+    own = doctor.own_event_subscriptions(subscription, own_ids)
     if not own or pipeline.deployment is None:
-        return [doctor.event_subscription_check(subscription, None, None, delivery)]
-    return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r), delivery)
+        return [doctor.event_subscription_check(subscription, None, None, delivery, VAULT_EVENTS)]
+    return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r), delivery,
+                                            deployed_operations(r, own_ids))
             for r in own]
 
 

@@ -1,4 +1,4 @@
-// Routes the subscription's Key Vault control-plane events to kvguard's on_vault_event function.
+// Routes the subscription's events of the given operations to kvguard's on_vault_event function.
 // Deployed only once the function exists (Event Grid validates the destination on creation).
 
 param systemTopicName string
@@ -6,6 +6,11 @@ param name string
 
 @description('Resource id of the kvguard function app (may live in another subscription).')
 param functionAppId string
+
+@description('The operations (data.operationName) this subscription passes. Event Grid takes at most 25 advanced-filter values per event subscription, so protect.bicep splits kvguard\'s operations over two.')
+@minLength(1)
+@maxLength(25)
+param operations array
 
 param deadLetterStorageAccountId string
 param deadLetterContainerName string
@@ -40,33 +45,7 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
         {
           operatorType: 'StringIn'
           key: 'data.operationName'
-          values: [
-            'Microsoft.KeyVault/vaults/write'
-            'Microsoft.KeyVault/vaults/accessPolicies/write'
-            'Microsoft.KeyVault/vaults/delete'
-            'Microsoft.KeyVault/locations/deletedVaults/purge/action'
-            // Role assignments at any scope covering a vault, and custom role definitions (KV-RBAC-*).
-            'Microsoft.Authorization/roleAssignments/write'
-            'Microsoft.Authorization/roleAssignments/delete'
-            'Microsoft.Authorization/roleDefinitions/write'
-            // beside the vault: audit logging, locks, private endpoints, the Defender plan
-            'Microsoft.Insights/diagnosticSettings/write'
-            'Microsoft.Insights/diagnosticSettings/delete'
-            'Microsoft.Authorization/locks/write'
-            'Microsoft.Authorization/locks/delete'
-            'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
-            'Microsoft.KeyVault/vaults/privateEndpointConnections/delete'
-            'Microsoft.Security/pricings/write'
-            // kvguard's own deployment (KV-SELF-02): its event subscription and the system topic
-            // it is on, its app's settings, the app itself, stopping it and deleting it.
-            'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'
-            'Microsoft.EventGrid/systemTopics/eventSubscriptions/delete'
-            'Microsoft.EventGrid/systemTopics/delete'
-            'Microsoft.Web/sites/config/write'
-            'Microsoft.Web/sites/write'
-            'Microsoft.Web/sites/stop/action'
-            'Microsoft.Web/sites/delete'
-          ]
+          values: operations
         }
         // No filter on the caller: kvguard's own writes come back too, so that a write made with its
         // identity that kvguard did not plan (no ledger entry) is seen (KV-SELF-01).

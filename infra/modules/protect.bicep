@@ -15,7 +15,7 @@ param tags object = {}
 @description('Name of the system topic to create, unless existingSystemTopic names one to reuse.')
 param systemTopicName string
 
-@description('Name of kvguard\'s event subscription on the system topic (unique per kvguard environment).')
+@description('Name of kvguard\'s event subscription on the system topic (unique per kvguard environment); the second one, for the further surfaces, takes this name with the suffix -surfaces.')
 param eventSubscriptionName string
 
 @description('An existing system topic of this subscription to reuse: { resourceGroup: \'...\', name: \'...\' }; {} creates one.')
@@ -45,6 +45,65 @@ param workspaceId string
 param deployEventSubscription bool
 
 var reuseTopic = !empty(existingSystemTopic)
+
+// The operations kvguard handles (kvguard/deployment.py), split over two event subscriptions:
+// Event Grid takes at most 25 advanced-filter values per event subscription.
+var vaultOperations = [
+  'Microsoft.KeyVault/vaults/write'
+  'Microsoft.KeyVault/vaults/accessPolicies/write'
+  'Microsoft.KeyVault/vaults/delete'
+  'Microsoft.KeyVault/locations/deletedVaults/purge/action'
+  // beside the vault: audit logging, locks, private endpoints, the Defender plan
+  'Microsoft.Insights/diagnosticSettings/write'
+  'Microsoft.Insights/diagnosticSettings/delete'
+  'Microsoft.Authorization/locks/write'
+  'Microsoft.Authorization/locks/delete'
+  'Microsoft.KeyVault/vaults/privateEndpointConnections/write'
+  'Microsoft.KeyVault/vaults/privateEndpointConnections/delete'
+  'Microsoft.Security/pricings/write'
+  // kvguard's own deployment (KV-SELF-02): its event subscriptions and the system topic they are
+  // on, its app's settings, the app itself, stopping it and deleting it. Event subscriptions on a
+  // system topic whose source is a vault (KV-EG-01) pass here too.
+  'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'
+  'Microsoft.EventGrid/systemTopics/eventSubscriptions/delete'
+  'Microsoft.EventGrid/systemTopics/delete'
+  'Microsoft.Web/sites/config/write'
+  'Microsoft.Web/sites/write'
+  'Microsoft.Web/sites/stop/action'
+  'Microsoft.Web/sites/delete'
+  // Role assignments at any scope covering a vault, and custom role definitions (KV-RBAC-*).
+  'Microsoft.Authorization/roleAssignments/write'
+  'Microsoft.Authorization/roleAssignments/delete'
+  'Microsoft.Authorization/roleDefinitions/write'
+]
+var surfaceOperations = [
+  // Azure Policy (KV-POL-01, KV-POL-02)
+  'Microsoft.Authorization/policyExemptions/write'
+  'Microsoft.Authorization/policyExemptions/delete'
+  'Microsoft.Authorization/policyAssignments/write'
+  'Microsoft.Authorization/policyAssignments/delete'
+  // deny settings (KV-DENY-01) and PIM eligibility (KV-PIM-01)
+  'Microsoft.Authorization/denyAssignments/write'
+  'Microsoft.Authorization/denyAssignments/delete'
+  'Microsoft.Resources/deploymentStacks/write'
+  'Microsoft.Authorization/roleEligibilityScheduleRequests/write'
+  // network security perimeters (KV-NSP-01)
+  'Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write'
+  'Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/delete'
+  'Microsoft.Network/networkSecurityPerimeters/resourceAssociations/write'
+  'Microsoft.Network/networkSecurityPerimeters/resourceAssociations/delete'
+  // event subscriptions on a vault itself (KV-EG-01)
+  'Microsoft.EventGrid/eventSubscriptions/write'
+  'Microsoft.EventGrid/eventSubscriptions/delete'
+  // Managed HSMs, protected vaults of kind hsm
+  'Microsoft.KeyVault/managedHSMs/write'
+  'Microsoft.KeyVault/managedHSMs/delete'
+  'Microsoft.KeyVault/managedHSMs/privateEndpointConnections/write'
+  'Microsoft.KeyVault/managedHSMs/privateEndpointConnections/delete'
+  'Microsoft.KeyVault/locations/deletedManagedHSMs/purge/action'
+  // keys through ARM (KV-KEY-01)
+  'Microsoft.KeyVault/vaults/keys/write'
+]
 var topicResourceGroupName = reuseTopic ? existingSystemTopic.resourceGroup : resourceGroupName
 var topicName = reuseTopic ? existingSystemTopic.name : systemTopicName
 
@@ -112,6 +171,23 @@ module eventSubscription 'event-subscription.bicep' = if (deployEventSubscriptio
     functionAppId: functionAppId
     deadLetterStorageAccountId: resourceId(centralSubscriptionId, centralResourceGroupName, 'Microsoft.Storage/storageAccounts', storageAccountName)
     deadLetterContainerName: deadLetterContainerName
+    operations: vaultOperations
+  }
+}
+
+module surfaceEventSubscription 'event-subscription.bicep' = if (deployEventSubscription) {
+  name: 'kvguard-surface-event-subscription'
+  scope: resourceGroup(topicResourceGroupName)
+  dependsOn: [
+    deadLetterAccess
+  ]
+  params: {
+    systemTopicName: systemTopic.outputs.name
+    name: '${eventSubscriptionName}-surfaces'
+    functionAppId: functionAppId
+    deadLetterStorageAccountId: resourceId(centralSubscriptionId, centralResourceGroupName, 'Microsoft.Storage/storageAccounts', storageAccountName)
+    deadLetterContainerName: deadLetterContainerName
+    operations: surfaceOperations
   }
 }
 

@@ -18,6 +18,7 @@ from kvguard.deployment import (
     Delivery,
     changed_own_resource,
     delivery_of,
+    deployed_operations,
     event_subscription_problems,
     is_deployment_operation,
     is_event_subscription,
@@ -162,7 +163,8 @@ def check_own_deployment(services: Services, handle_event: Callable[[VaultEvent]
     delivery = delivery_of(ids)
     for resource_id in filter(is_event_subscription, ids):
         try:
-            problems = event_subscription_problems(services.deployment.get_event_subscription(resource_id), delivery)
+            problems = event_subscription_problems(services.deployment.get_event_subscription(resource_id), delivery,
+                                                   deployed_operations(resource_id, ids))
         except Exception:  # logged with its traceback; the next run checks again
             log.exception("check of event subscription %s failed", resource_id)
             continue
@@ -182,7 +184,7 @@ def check_own_deployment(services: Services, handle_event: Callable[[VaultEvent]
 def _deployment_check_event(resource_id: str, problems: list[str], now: datetime) -> VaultEvent:
     """A stand-in for the change the reconcile check found: a deletion when the subscription is
     gone, a write otherwise; what was found rides along for the finding's evidence."""
-    missing = problems == event_subscription_problems(None, Delivery())
+    missing = problems == event_subscription_problems(None, Delivery(), ())
     return VaultEvent(
         id=f"reconcile:{vault_key(resource_id)}:{now.isoformat()}", event_type="kvguard.Reconciliation",
         schema="eventgrid", subject=resource_id, time=now, vault=None,

@@ -1,11 +1,11 @@
-"""The event path: the system topic of each protected subscription, the event subscription to
-on_vault_event with its filters (kvguard's own writes pass: the ledger needs them), retries and
-dead letters."""
+"""The event path: the system topic of each protected subscription, the two event subscriptions to
+on_vault_event with their filters (kvguard's own writes pass: the ledger needs them; Event Grid's
+25 filter values per subscription split the operations), retries and dead letters."""
 
 from __future__ import annotations
 
 from kvguard import deployment
-from tests.infra.bicep_tree import INFRA, Tree, accessor, body, condition, function, loop, only_resource
+from tests.infra.bicep_tree import INFRA, Tree, accessor, body, condition, function, loop, only_resource, variable
 
 # What the app's reconcile check demands of the subscription is what the Bicep deploys.
 OPERATIONS = set(deployment.OPERATIONS)
@@ -25,6 +25,20 @@ def advanced_filters(trees: dict[str, Tree]) -> dict[str, dict]:
     return by_operator
 
 
+# protect.bicep's two event subscriptions: module name, the suffix of the subscription's name, and
+# the operations kvguard's reconcile check demands of it.
+SUBSCRIPTIONS = (("eventSubscription", "", deployment.VAULT_EVENTS),
+                 ("surfaceEventSubscription", deployment.SURFACES_SUFFIX, deployment.SURFACE_OPERATIONS))
+
+
+def passed_operations(trees: dict[str, Tree], module: str) -> list[str]:
+    """The operations one of protect.bicep's event subscriptions is deployed to pass."""
+    protect = trees["modules/protect.bicep"]
+    values = variable(protect, body(protect["modules"][module])["params"]["operations"])
+    assert isinstance(values, list), values
+    return values
+
+
 def test_included_event_types(trees: dict[str, Tree]) -> None:
     types = event_subscription(trees)["filter"]["includedEventTypes"]
     assert len(types) == len(EVENT_TYPES)
@@ -33,15 +47,77 @@ def test_included_event_types(trees: dict[str, Tree]) -> None:
     assert "Microsoft.Resources.ResourceActionCancel" not in types
 
 
-def test_only_key_vault_operations_pass(trees: dict[str, Tree]) -> None:
+def test_only_the_operations_it_is_given_pass(trees: dict[str, Tree]) -> None:
     string_in = advanced_filters(trees)["StringIn"]
     assert string_in["key"] == "data.operationName"
-    assert len(string_in["values"]) == len(OPERATIONS)
-    assert set(string_in["values"]) == OPERATIONS
+    assert string_in["values"] == "operations"
+    # Event Grid refuses more than 25 advanced-filter values per event subscription: the module
+    # says so, and deploying more fails.
+    parameter = trees["modules/event-subscription.bicep"]["parameters"]["operations"]
+    assert parameter["type"] == "array"
+    assert {d["type"]: d["argument"] for d in parameter["decorators"] if d["type"] in ("max_length", "min_length")} == {
+        "max_length": deployment.MAX_FILTER_VALUES, "min_length": 1}
+    assert deployment.MAX_FILTER_VALUES == 25
+
+
+def test_each_subscription_passes_exactly_what_the_app_checks_within_event_grids_limit(
+        trees: dict[str, Tree]) -> None:
+    """Each event subscription passes its share, no more than 25 values; together every operation
+    kvguard handles, each once."""
+    passed = []
+    for module, _, expected in SUBSCRIPTIONS:
+        values = passed_operations(trees, module)
+        assert values == list(expected), module
+        assert len(values) <= deployment.MAX_FILTER_VALUES, (module, len(values))
+        passed.extend(values)
+    assert len(passed) == len(set(passed)) == len(OPERATIONS)
+    assert set(passed) == OPERATIONS
+    # One subscription could not carry them all: the split is needed, not decoration.
+    assert len(OPERATIONS) > deployment.MAX_FILTER_VALUES
+
+
+def test_both_subscriptions_are_the_same_delivery_under_two_names(trees: dict[str, Tree]) -> None:
+    protect = trees["modules/protect.bicep"]
+    first, second = (body(protect["modules"][m]) for m, _, _ in SUBSCRIPTIONS)
+    assert first["params"]["name"] == "eventSubscriptionName"
+    assert second["params"]["name"] == "${eventSubscriptionName}" + deployment.SURFACES_SUFFIX
+    shared = ("systemTopicName", "functionAppId", "deadLetterStorageAccountId", "deadLetterContainerName")
+    assert [first["params"][k] for k in shared] == [second["params"][k] for k in shared]
+    for module, _, _ in SUBSCRIPTIONS:
+        entry = protect["modules"][module]
+        assert entry["detail"]["path"] == "event-subscription.bicep"
+        assert condition(entry) == "deployEventSubscription"
+        assert "deadLetterAccess" in body(entry)["dependsOn"]
+
+
+def test_further_surface_operations_pass() -> None:
+    assert set(deployment.SURFACE_OPERATIONS) == {
+        "Microsoft.Authorization/policyExemptions/write",
+        "Microsoft.Authorization/policyExemptions/delete",
+        "Microsoft.Authorization/policyAssignments/write",
+        "Microsoft.Authorization/policyAssignments/delete",
+        "Microsoft.Authorization/denyAssignments/write",
+        "Microsoft.Authorization/denyAssignments/delete",
+        "Microsoft.Resources/deploymentStacks/write",
+        "Microsoft.Authorization/roleEligibilityScheduleRequests/write",
+        "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",
+        "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/delete",
+        "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/write",
+        "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/delete",
+        "Microsoft.EventGrid/eventSubscriptions/write",
+        "Microsoft.EventGrid/eventSubscriptions/delete",
+        "Microsoft.KeyVault/managedHSMs/write",
+        "Microsoft.KeyVault/managedHSMs/delete",
+        "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/write",
+        "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/delete",
+        "Microsoft.KeyVault/locations/deletedManagedHSMs/purge/action",
+        "Microsoft.KeyVault/vaults/keys/write",
+    }
 
 
 def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
-    assert {o for o in OPERATIONS if o.startswith("Microsoft.KeyVault/")} == {
+    vault_events = set(deployment.VAULT_EVENTS)
+    assert {o for o in vault_events if o.startswith("Microsoft.KeyVault/")} == {
         "Microsoft.KeyVault/vaults/write",
         "Microsoft.KeyVault/vaults/accessPolicies/write",
         "Microsoft.KeyVault/vaults/delete",
@@ -49,7 +125,7 @@ def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
         "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
         "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
     }
-    assert OPERATIONS - {o for o in OPERATIONS if o.startswith("Microsoft.KeyVault/")} == {
+    assert vault_events - {o for o in vault_events if o.startswith("Microsoft.KeyVault/")} == {
         "Microsoft.Insights/diagnosticSettings/write",
         "Microsoft.Insights/diagnosticSettings/delete",
         "Microsoft.Authorization/locks/write",
@@ -77,7 +153,8 @@ def test_own_writes_are_not_filtered_out(trees: dict[str, Tree]) -> None:
                        if not t.strip().startswith("//"))
     assert "principalId" not in source
     assert "ownPrincipalId" not in trees["modules/event-subscription.bicep"]["parameters"]
-    assert "ownPrincipalId" not in body(trees["modules/protect.bicep"]["modules"]["eventSubscription"])["params"]
+    for module, _, _ in SUBSCRIPTIONS:
+        assert "ownPrincipalId" not in body(trees["modules/protect.bicep"]["modules"][module])["params"]
 
 
 def test_the_app_knows_its_own_event_subscriptions_and_itself(trees: dict[str, Tree]) -> None:
@@ -86,9 +163,13 @@ def test_the_app_knows_its_own_event_subscriptions_and_itself(trees: dict[str, T
     assert app["operands"]["condition"] == "deployEventSubscription"
     assert app["operands"]["true_value"] == "ownEventSubscriptionIds"
     text = (INFRA / "main.bicep").read_text()
-    (line,) = [t for t in text.splitlines() if t.startswith("var ownEventSubscriptionIds = ")]
-    assert "/providers/Microsoft.EventGrid/systemTopics/" in line
-    assert line.endswith("/eventSubscriptions/kvguard-${environmentName}']")
+    joined = function(trees["main.bicep"]["variables"]["ownEventSubscriptionIds"]["value"])
+    assert joined is not None and joined["type"] == "concat"
+    assert list(joined["parameters"].values())[:2] == ["vaultEventSubscriptionIds", "surfaceEventSubscriptionIds"]
+    for name, (_, suffix, _) in zip(("vault", "surface"), SUBSCRIPTIONS, strict=True):
+        (line,) = [t for t in text.splitlines() if t.startswith(f"var {name}EventSubscriptionIds = ")]
+        assert "/providers/Microsoft.EventGrid/systemTopics/" in line
+        assert line.endswith(f"/eventSubscriptions/kvguard-${{environmentName}}{suffix}']")
     protect = body(trees["main.bicep"]["modules"]["protect"])["params"]
     assert protect["eventSubscriptionName"] == "kvguard-${environmentName}"
     assert protect["systemTopicName"] == "evgst-kvguard-${token}"
@@ -225,6 +306,5 @@ def test_every_watched_resource_operation_of_these_families_passes(trees: dict[s
     """The filter passes each operation kvguard judges beside the vault (kvguard.resources)."""
     from kvguard.resources import RESOURCE_OPERATIONS
 
-    passed = {v.lower() for v in advanced_filters(trees)["StringIn"]["values"]}
-    beside = {op for op in RESOURCE_OPERATIONS if not op.startswith("microsoft.authorization/role")}
-    assert beside <= passed, sorted(beside - passed)
+    passed = {v.lower() for module, _, _ in SUBSCRIPTIONS for v in passed_operations(trees, module)}
+    assert set(RESOURCE_OPERATIONS) <= passed, sorted(set(RESOURCE_OPERATIONS) - passed)

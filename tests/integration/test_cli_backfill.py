@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kvguard.activity import WATCHED_PROVIDERS
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
 from tests.activity_records import (
@@ -104,7 +105,7 @@ def test_backfill_pages_through_the_activity_log_and_finds_the_grant_on_page_3(f
     keyvault_pages = [r for r in pages if "Microsoft.KeyVault'" in (r.param("$filter") or "")]
     assert [r.param("$skiptoken") for r in keyvault_pages] == [None, "2", "4"]
     assert all(r.param("api-version") == "2015-04-01" for r in pages)
-    assert len({r.param("$filter") for r in pages}) == 6  # one query per watched provider
+    assert len({r.param("$filter") for r in pages}) == len(WATCHED_PROVIDERS) == 8  # one query per watched provider
     *events, summary = lines
     assert [e["event_id"] for e in events] == [*(f"routine-{n}" for n in range(4)), "grant-succeeded"]
     grant = events[-1]

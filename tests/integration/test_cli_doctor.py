@@ -15,7 +15,7 @@ import pytest
 
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.cli import main
-from kvguard.deployment import EVENT_TYPES, OPERATIONS
+from kvguard.deployment import EVENT_TYPES, VAULT_EVENTS
 from tests.integration.armfake import ArmFake, FakeCredential, arm_fake, cli_environment
 
 SUB = "8e7d6c5b-4a39-4281-9706-f5e4d3c2b1a0"
@@ -54,7 +54,7 @@ def event_subscription() -> dict[str, Any]:
             "destination": {"endpointType": "AzureFunction",
                             "properties": {"resourceId": f"{APP}/functions/on_vault_event"}},
             "filter": {"includedEventTypes": list(EVENT_TYPES), "advancedFilters": [
-                {"operatorType": "StringIn", "key": "data.operationName", "values": list(OPERATIONS)}]},
+                {"operatorType": "StringIn", "key": "data.operationName", "values": list(VAULT_EVENTS)}]},
             "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
             "deadLetterWithResourceIdentity": {"identity": {"type": "SystemAssigned"}, "deadLetterDestination": {
                 "endpointType": "StorageBlob", "properties": {"resourceId": f"/subscriptions/{SUB}/resourceGroups/"

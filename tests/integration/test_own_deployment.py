@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from kvguard.adapters.arm import ArmVaultGateway
 from kvguard.adapters.deployment import ArmDeploymentReader
 from kvguard.adapters.sqlite import SQLiteStateStore
-from kvguard.deployment import EVENT_TYPES, OPERATIONS
+from kvguard.deployment import EVENT_TYPES, SURFACE_OPERATIONS, SURFACES_SUFFIX, VAULT_EVENTS
 from kvguard.detection import assessment_name
 from kvguard.ids import vault_key
 from kvguard.pipeline import Pipeline
@@ -44,7 +45,7 @@ def as_deployed() -> dict[str, Any]:
             "filter": {
                 "includedEventTypes": list(EVENT_TYPES),
                 "advancedFilters": [
-                    {"operatorType": "StringIn", "key": "data.operationName", "values": list(OPERATIONS)},
+                    {"operatorType": "StringIn", "key": "data.operationName", "values": list(VAULT_EVENTS)},
                 ],
             },
             "eventDeliverySchema": "EventGridSchema",
@@ -120,7 +121,7 @@ def test_a_filter_that_drops_events_raises_kv_self_02_and_its_repair_closes_it(
     edited = as_deployed()
     edited["properties"]["filter"]["advancedFilters"].append(
         {"operatorType": "StringNotIn", "key": "data.authorization.evidence.principalId", "values": ["x"]})
-    edited["properties"]["filter"]["advancedFilters"][0]["values"] = list(OPERATIONS[1:])
+    edited["properties"]["filter"]["advancedFilters"][0]["values"] = list(VAULT_EVENTS[1:])
     deploy(fake, edited)
 
     (outcome,) = pipeline.reconcile([])
@@ -171,3 +172,38 @@ def test_a_subscription_redirected_to_another_apps_function_of_the_same_name_rai
         "retryPolicy maxDeliveryAttempts is 1, not 30",
         "dead letters go to container 'app-package', not 'deadletters'",
     ]
+
+
+def test_each_of_the_two_subscriptions_is_checked_against_its_own_share(
+    fake: ArmFake, tmp_path: Path, world: World
+) -> None:
+    """The surfaces subscription narrowed to drop the deny-assignment events raises KV-SELF-02 on
+    it alone; the vault's subscription, as deployed, raises nothing."""
+    surfaces_id = SUBSCRIPTION_ID + SURFACES_SUFFIX
+    ca = str(fake.write_ca_bundle(tmp_path / "ca.pem"))
+    options: dict[str, Any] = {"connection_verify": ca, "retry_total": 0}
+    with closing(ArmDeploymentReader(FakeCredential(), endpoint=fake.base_url, **options)) as reader, \
+            closing(ArmVaultGateway(FakeCredential(), endpoint=fake.base_url, **options)) as gateway:
+        pipeline = Pipeline(gateway=gateway, store=SQLiteStateStore(), clock=world.clock, deployment=reader,
+                            policy=Policy(mode="observe",
+                                          own_resource_ids=[SUBSCRIPTION_ID, surfaces_id, APP_ID, CONTAINER_ID]),
+                            sinks={"raise_defender_alert": SimDefender(world)})
+        deploy(fake, as_deployed())
+        surfaces = as_deployed()
+        surfaces["id"], surfaces["name"] = surfaces_id, surfaces_id.rsplit("/", 1)[1]
+        dropped = "Microsoft.Authorization/denyAssignments/write"
+        surfaces["properties"]["filter"]["advancedFilters"][0]["values"] = [
+            o for o in SURFACE_OPERATIONS if o != dropped]
+        fake.event_subscriptions[vault_key(surfaces_id)] = surfaces
+
+        (outcome,) = pipeline.reconcile([])
+
+        assert outcome.resource == surfaces_id
+        (finding,) = outcome.findings
+        assert finding.rule == "KV-SELF-02"
+        assert finding.evidence["found"] == [f"operations not passed: {dropped}"]
+        assert pipeline.store.open_findings(SUBSCRIPTION_ID) == []
+
+        surfaces["properties"]["filter"]["advancedFilters"][0]["values"] = list(SURFACE_OPERATIONS)
+        (repaired,) = pipeline.reconcile([])
+        assert repaired.resource == surfaces_id and pipeline.store.open_findings(surfaces_id) == []

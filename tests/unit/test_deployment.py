@@ -11,10 +11,15 @@ import pytest
 
 from kvguard.deployment import (
     EVENT_TYPES,
+    MAX_FILTER_VALUES,
     OPERATIONS,
+    SURFACE_OPERATIONS,
+    SURFACES_SUFFIX,
+    VAULT_EVENTS,
     Delivery,
     changed_own_resource,
     delivery_of,
+    deployed_operations,
     event_subscription_problems,
 )
 
@@ -31,7 +36,7 @@ def deployed(**filter_fields: Any) -> dict[str, Any]:
     """What ARM answers for the subscription infra/modules/event-subscription.bicep deploys."""
     event_filter: dict[str, Any] = {
         "includedEventTypes": list(EVENT_TYPES),
-        "advancedFilters": [{"operatorType": "StringIn", "key": "data.operationName", "values": list(OPERATIONS)}],
+        "advancedFilters": [{"operatorType": "StringIn", "key": "data.operationName", "values": list(VAULT_EVENTS)}],
         "enableAdvancedFilteringOnArrays": False,
         **filter_fields,
     }
@@ -54,11 +59,11 @@ def deployed(**filter_fields: Any) -> dict[str, Any]:
 
 
 def test_as_deployed_has_no_problem_and_ids_and_operations_compare_case_insensitively() -> None:
-    assert event_subscription_problems(deployed(), DELIVERY) == []
+    assert event_subscription_problems(deployed(), DELIVERY, VAULT_EVENTS) == []
     lowered = deployed()
-    lowered["properties"]["filter"]["advancedFilters"][0]["values"] = [o.lower() for o in OPERATIONS]
+    lowered["properties"]["filter"]["advancedFilters"][0]["values"] = [o.lower() for o in VAULT_EVENTS]
     lowered["properties"]["destination"]["properties"]["resourceId"] = f"{APP}/functions/on_vault_event".lower()
-    assert event_subscription_problems(lowered, DELIVERY) == []
+    assert event_subscription_problems(lowered, DELIVERY, VAULT_EVENTS) == []
 
 
 def test_the_delivery_is_read_from_the_own_resource_ids() -> None:
@@ -67,8 +72,39 @@ def test_the_delivery_is_read_from_the_own_resource_ids() -> None:
     assert delivery_of([SUBSCRIPTION]) == Delivery()
 
 
+SURFACES = SUBSCRIPTION + SURFACES_SUFFIX
+
+
+def test_each_own_subscription_is_judged_by_the_share_of_operations_it_was_deployed_with() -> None:
+    own = [SUBSCRIPTION, SURFACES, APP, CONTAINER]
+    assert deployed_operations(SUBSCRIPTION, own) == VAULT_EVENTS
+    assert deployed_operations(SURFACES.upper(), own) == SURFACE_OPERATIONS
+    # A first subscription whose environment's own name ends in the suffix keeps the vault's share.
+    assert deployed_operations(SURFACES, [SURFACES, APP]) == VAULT_EVENTS
+    assert len(VAULT_EVENTS) <= MAX_FILTER_VALUES and len(SURFACE_OPERATIONS) <= MAX_FILTER_VALUES
+    assert set(VAULT_EVENTS) | set(SURFACE_OPERATIONS) == set(OPERATIONS)
+    assert not set(VAULT_EVENTS) & set(SURFACE_OPERATIONS)
+
+
+def test_a_subscription_carrying_the_other_share_is_named_for_both_halves() -> None:
+    """The surfaces subscription edited to pass the vault's operations drops every further-surface
+    event: each operation missing and each one that does not belong is named."""
+    surfaces = deployed()
+    surfaces["id"] = SURFACES
+    assert event_subscription_problems(surfaces, DELIVERY, SURFACE_OPERATIONS) == [
+        f"operations not passed: {', '.join(SURFACE_OPERATIONS)}",
+        f"operations kvguard does not deploy: {', '.join(sorted(o.lower() for o in VAULT_EVENTS))}",
+    ]
+    surfaces["properties"]["filter"]["advancedFilters"][0]["values"] = list(SURFACE_OPERATIONS)
+    assert event_subscription_problems(surfaces, DELIVERY, SURFACE_OPERATIONS) == []
+    dropped = [o for o in SURFACE_OPERATIONS if o != "Microsoft.Authorization/denyAssignments/write"]
+    surfaces["properties"]["filter"]["advancedFilters"][0]["values"] = dropped
+    assert event_subscription_problems(surfaces, DELIVERY, SURFACE_OPERATIONS) == [
+        "operations not passed: Microsoft.Authorization/denyAssignments/write"]
+
+
 def test_a_missing_subscription_is_one_problem() -> None:
-    assert event_subscription_problems(None, DELIVERY) == ["the event subscription does not exist"]
+    assert event_subscription_problems(None, DELIVERY, VAULT_EVENTS) == ["the event subscription does not exist"]
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -119,7 +155,7 @@ HIJACKS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("the operation filter removed", _set("filter.advancedFilters", []),
      "no StringIn filter on data.operationName: not the filter kvguard deploys"),
     ("an operation added", _set("filter.advancedFilters", [{"operatorType": "StringIn", "key": "data.operationName",
-                                                            "values": [*OPERATIONS, "Microsoft.Web/sites/read"]}]),
+                                                            "values": [*VAULT_EVENTS, "Microsoft.Web/sites/read"]}]),
      "operations kvguard does not deploy: microsoft.web/sites/read"),
 ]
 
@@ -132,15 +168,15 @@ def test_every_difference_from_the_deployed_subscription_is_named(
     body = copy.deepcopy(deployed())
     edit(body)
 
-    assert event_subscription_problems(body, DELIVERY) == [problem]
+    assert event_subscription_problems(body, DELIVERY, VAULT_EVENTS) == [problem]
 
 
 def test_without_a_named_app_only_the_function_name_is_judged() -> None:
     body = deployed()
     body["properties"]["destination"]["properties"]["resourceId"] = f"{APP}-x/functions/on_vault_event"
-    assert event_subscription_problems(body, Delivery()) == []
+    assert event_subscription_problems(body, Delivery(), VAULT_EVENTS) == []
     body["properties"]["destination"]["properties"]["resourceId"] = f"{APP}/functions/collect"
-    assert event_subscription_problems(body, Delivery()) == [f"events go to {APP}/functions/collect, "
+    assert event_subscription_problems(body, Delivery(), VAULT_EVENTS) == [f"events go to {APP}/functions/collect, "
                                                              "not to on_vault_event"]
 
 
@@ -151,7 +187,7 @@ def test_every_way_of_dropping_events_is_named() -> None:
         {"operatorType": "StringNotIn", "key": "data.authorization.evidence.principalId", "values": ["me"]}]
     body["properties"]["filter"]["advancedFilters"][0]["values"] = ["Microsoft.KeyVault/vaults/write"]
 
-    problems = event_subscription_problems(body, DELIVERY)
+    problems = event_subscription_problems(body, DELIVERY, VAULT_EVENTS)
 
     assert problems[0].startswith("event types not passed: Microsoft.Resources.ResourceActionFailure")
     assert problems[1] == "subjectBeginsWith '/subscriptions/s/resourceGroups/rg-other' narrows the subjects"
