@@ -24,6 +24,23 @@ var actions = [
   // of the subscription. Restoring locks (locks/write, Owner-level) and the Defender plan
   // (pricings/write, Security Admin) is opt-in: the operator grants those.
   'Microsoft.KeyVault/vaults/providers/Microsoft.Insights/diagnosticSettings/write'
+  // The further surfaces: reads only (kvguard/adapters/resources.py SURFACE_READ_PERMISSIONS). The
+  // handlers that write them are opt-in: the operator grants their rights (README, "Opt-in rights").
+  'Microsoft.Authorization/policyExemptions/read'
+  'Microsoft.Authorization/policyAssignments/read'
+  'Microsoft.Authorization/policyDefinitions/read'
+  'Microsoft.Authorization/policySetDefinitions/read'
+  'Microsoft.Authorization/denyAssignments/read'
+  'Microsoft.Resources/deploymentStacks/read'
+  'Microsoft.Authorization/roleEligibilityScheduleRequests/read'
+  'Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/read'
+  'Microsoft.Network/networkSecurityPerimeters/resourceAssociations/read'
+  'Microsoft.EventGrid/eventSubscriptions/read'
+  'Microsoft.EventGrid/systemTopics/read'
+  'Microsoft.KeyVault/managedHSMs/read'
+  'Microsoft.KeyVault/managedHSMs/privateEndpointConnections/read'
+  'Microsoft.KeyVault/vaults/keys/read'
+  'Microsoft.KeyVault/vaults/networkSecurityPerimeterConfigurations/read'
 ]
 
 var protectedScopes = [for id in subscriptionIds: '/subscriptions/${id}']

@@ -41,6 +41,26 @@ def _keyvault_client(*args: Any, **kwargs: Any) -> KeyVaultManagementClient:
     return KeyVaultManagementClient(*args, **kwargs)
 
 
+# The reads of the further surfaces' resource types (DESIGN.md, "Further surfaces"), whichever
+# adapter makes them: kvguard's custom role holds these and no write of them (the handlers that
+# write them are opt-in: README, "Opt-in rights").
+SURFACE_READ_PERMISSIONS = (
+    "Microsoft.Authorization/policyExemptions/read",
+    "Microsoft.Authorization/policyAssignments/read",
+    "Microsoft.Authorization/policyDefinitions/read",
+    "Microsoft.Authorization/policySetDefinitions/read",
+    "Microsoft.Authorization/denyAssignments/read",
+    "Microsoft.Resources/deploymentStacks/read",
+    "Microsoft.Authorization/roleEligibilityScheduleRequests/read",
+    "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/read",
+    "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/read",
+    "Microsoft.EventGrid/eventSubscriptions/read",
+    "Microsoft.EventGrid/systemTopics/read",
+    "Microsoft.KeyVault/managedHSMs/read",
+    "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/read",
+    "Microsoft.KeyVault/vaults/keys/read",
+    "Microsoft.KeyVault/vaults/networkSecurityPerimeterConfigurations/read",
+)
 # The API version each resource type is read and written with (lower-cased type).
 API_VERSIONS = {
     "microsoft.insights/diagnosticsettings": "2021-05-01-preview",

@@ -308,3 +308,11 @@ def test_every_watched_resource_operation_of_these_families_passes(trees: dict[s
 
     passed = {v.lower() for module, _, _ in SUBSCRIPTIONS for v in passed_operations(trees, module)}
     assert set(RESOURCE_OPERATIONS) <= passed, sorted(set(RESOURCE_OPERATIONS) - passed)
+
+
+def test_the_readme_counts_the_operations_and_names_both_subscriptions() -> None:
+    readme = (INFRA.parent / "README.md").read_text(encoding="utf-8")
+    assert f"kvguard watches {len(OPERATIONS)} operations" in readme
+    assert f"passes the {len(deployment.VAULT_EVENTS)} operations on vaults" in readme
+    assert f"passes the {len(deployment.SURFACE_OPERATIONS)} of the" in readme
+    assert f"`kvguard-<environment>{deployment.SURFACES_SUFFIX}`" in readme

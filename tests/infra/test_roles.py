@@ -171,11 +171,28 @@ def declared_needs() -> set[str]:
     test_the_rbac_administrator_may_only_delete_key_vault_data_roles) and the opt-in handlers'
     rights, which the operator grants (README, "Opt-in rights")."""
     from kvguard.adapters.arm import READ_PERMISSIONS
+    from kvguard.adapters.resources import SURFACE_READ_PERMISSIONS
     from kvguard.catalog import HANDLERS
 
     by_condition = {GRANTS[RBAC_ADMINISTRATOR][0]}
     declared = {h.permission for h in HANDLERS.values() if h.kind == "remediation" and h.id not in opt_in_handlers()}
-    return declared - by_condition | set(READ_PERMISSIONS)
+    return declared - by_condition | set(READ_PERMISSIONS) | set(SURFACE_READ_PERMISSIONS)
+
+
+def test_the_remediation_role_reads_the_further_surfaces_and_writes_none_of_them(trees: dict[str, Tree]) -> None:
+    from kvguard.adapters.resources import SURFACE_READ_PERMISSIONS
+    from kvguard.deployment import SURFACE_OPERATIONS
+
+    actions = set(remediator_actions(trees))
+    assert set(SURFACE_READ_PERMISSIONS) <= actions
+    assert all(a.endswith("/read") for a in SURFACE_READ_PERMISSIONS)
+    # Every type whose change kvguard watches on the surfaces subscription is read by the role.
+    watched_types = {o.rsplit("/", 1)[0].lower() for o in SURFACE_OPERATIONS if not o.endswith("/action")}
+    read_types = {a.rsplit("/", 1)[0].lower() for a in actions if a.endswith("/read")}
+    assert watched_types <= read_types, sorted(watched_types - read_types)
+    surface_types = watched_types | {"microsoft.authorization/policydefinitions",
+                                     "microsoft.authorization/policysetdefinitions"}
+    assert not [a for a in actions if not a.endswith("/read") and a.rsplit("/", 1)[0].lower() in surface_types]
 
 
 def test_the_remediation_role_holds_exactly_the_declared_needs(trees: dict[str, Tree]) -> None:
@@ -252,6 +269,16 @@ GRANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The opt-in handlers of the further surfaces and the rights each needs (DESIGN.md).
+FURTHER_SURFACE_RIGHTS = {
+    "remove_policy_exemption": ("Microsoft.Authorization/policyExemptions/delete",
+                                "Microsoft.Authorization/policyExemptions/write"),
+    "restore_policy_assignment": ("Microsoft.Authorization/policyAssignments/write",),
+    "remove_perimeter_rule_source": ("Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",),
+    "remove_event_subscription": ("Microsoft.EventGrid/eventSubscriptions/delete",),
+}
+
+
 def opt_in_handlers() -> set[str]:
     """Handlers that only rules opting in use (`remediate: true` in the policy): the operator
     grants their rights, the deployment does not."""
@@ -313,6 +340,17 @@ def test_opt_in_rights_are_documented_and_not_granted(trees: dict[str, Tree]) ->
     patterns = [pattern for role in roles for pattern in GRANTS.get(role, ())]
     assert {"restore_lock", "restore_defender_plan"} <= opt_in_handlers()
     readme = (INFRA.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Opt-in rights"):]
+    section = section[:section.index("\n### ", 1)]
+    # The further surfaces' handlers (DESIGN.md), documented whether or not their family is built yet.
+    for handler_id, rights in FURTHER_SURFACE_RIGHTS.items():
+        assert f"| `{handler_id}` |" in section, handler_id
+        for right in rights:
+            assert f"`{right}`" in section, (handler_id, right)
+            assert not any(fnmatchcase(right, p) for p in patterns), f"{handler_id}'s {right} is granted by default"
+            assert not any(fnmatchcase(right, a) for a in remediator_actions(trees)), right
+        if handler_id in HANDLERS:
+            assert handler_id in opt_in_handlers(), f"{handler_id} must be opt-in"
     for handler_id in ("restore_lock", "restore_defender_plan"):
         permission = HANDLERS[handler_id].permission
         assert not any(fnmatchcase(permission, p) for p in patterns), f"{handler_id} is granted by default"
