@@ -224,3 +224,74 @@ def pricing(tier: str = "Standard", sub_plan: str | None = "PerKeyVault",
         "type": "Microsoft.Security/pricings",
         "properties": properties,
     }
+
+
+# --- deny settings and PIM eligibility (KV-DENY-01, KV-PIM-01) ---------------------------------
+
+EVERYONE = "00000000-0000-0000-0000-000000000000"
+DENY_ID = f"{RESOURCE_GROUP_ID}/providers/Microsoft.Authorization/denyAssignments/d3a11ed0-5e7f-4a8b-9c0d-1e2f3a4b5c6d"
+STACK_ID = f"{RESOURCE_GROUP_ID}/providers/Microsoft.Resources/deploymentStacks/payments-stack"
+
+
+def deny_assignment(actions: list[str], scope: str = RESOURCE_GROUP_ID, principals: list[str] | None = None,
+                    exclude: list[str] | None = None, not_actions: list[str] | None = None,
+                    child_scopes: bool = True) -> dict[str, Any]:
+    """A deny assignment's ARM GET body (api-version 2022-04-01) at `scope`; `principals` default
+    Everyone (the system-defined all-zero id), `exclude` the excluded principals' object ids."""
+    def principal(object_id: str) -> dict[str, str]:
+        return {"id": object_id, "type": "SystemDefined" if object_id == EVERYONE else "ServicePrincipal"}
+
+    name = DENY_ID.rsplit("/", 1)[-1]
+    return {
+        "id": f"{scope}/providers/Microsoft.Authorization/denyAssignments/{name}",
+        "name": name,
+        "type": "Microsoft.Authorization/denyAssignments",
+        "properties": {
+            "denyAssignmentName": "payments freeze", "description": "", "scope": scope,
+            "permissions": [{"actions": actions, "notActions": not_actions or [], "dataActions": [],
+                             "notDataActions": []}],
+            "doNotApplyToChildScopes": not child_scopes,
+            "principals": [principal(p) for p in (principals or [EVERYONE])],
+            "excludePrincipals": [principal(p) for p in exclude or []],
+            "isSystemProtected": True,
+        },
+    }
+
+
+def stack(mode: str, managed: list[str] | None = None, excluded_principals: list[str] | None = None,
+          excluded_actions: list[str] | None = None, child_scopes: bool = False) -> dict[str, Any]:
+    """A deployment stack's ARM GET body (api-version 2025-07-01) managing `managed` (default the
+    vault) with deny settings of `mode` (none, denyDelete, denyWriteAndDelete)."""
+    return {
+        "id": STACK_ID,
+        "name": STACK_ID.rsplit("/", 1)[-1],
+        "type": "Microsoft.Resources/deploymentStacks",
+        "properties": {
+            "actionOnUnmanage": {"resources": "detach", "resourceGroups": "detach"},
+            "denySettings": {"mode": mode, "excludedPrincipals": excluded_principals or [],
+                             "excludedActions": excluded_actions or [], "applyToChildScopes": child_scopes},
+            "resources": [{"id": r, "status": "managed", "denyStatus": mode} for r in managed or [VAULT_ID]],
+            "provisioningState": "succeeded",
+        },
+    }
+
+
+def eligibility_request(role: str, scope: str = VAULT_ID, request_type: str = "AdminAssign",
+                        principal: str = INTRUDER, status: str = "Provisioned") -> dict[str, Any]:
+    """A role eligibility schedule request's ARM GET body (api-version 2020-10-01): `role` a key
+    of ROLES, or "custom" for CUSTOM_ROLE_ID."""
+    definition = CUSTOM_ROLE_ID if role == "custom" else \
+        f"{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions/{ROLES[role]}"
+    name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"eligible|{role}|{scope}|{principal}|{request_type}"))
+    return {
+        "id": f"{scope}/providers/Microsoft.Authorization/roleEligibilityScheduleRequests/{name}",
+        "name": name,
+        "type": "Microsoft.Authorization/roleEligibilityScheduleRequests",
+        "properties": {
+            "scope": scope, "roleDefinitionId": definition, "principalId": principal, "principalType": "User",
+            "requestType": request_type, "status": status, "requestorId": OPERATOR,
+            "scheduleInfo": {"startDateTime": "2026-11-25T10:00:00Z",
+                             "expiration": {"type": "AfterDuration", "duration": "P365D"}},
+            "justification": "on-call",
+        },
+    }

@@ -24,6 +24,8 @@ def _load_rules(registry: Registry[Rule]) -> None:
         access_policy,
         audit_logs,
         defender_plan,
+        deny,
+        eligibility,
         identity,
         lifecycle,
         locks,
@@ -36,7 +38,7 @@ def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import self as own_identity
 
     for family in (access_policy, network, protection, identity, lifecycle, own_identity, rbac, audit_logs, locks,
-                   private_endpoints, defender_plan, steering):
+                   private_endpoints, defender_plan, steering, deny, eligibility):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
@@ -74,3 +76,10 @@ def remediating_handlers(policy: Policy) -> tuple[str, ...]:
         if rule.remediation and (override if override is not None else rule.remediate_by_default):
             wanted.append(rule.remediation)
     return tuple(dict.fromkeys(wanted))
+
+
+def remediation_rights(policy: Policy) -> dict[str, str]:
+    """The Azure action each remediation handler the policy can run needs (handler id → its
+    declared permission): what a deny setting must not take from kvguard's identity (KV-DENY-01)."""
+    return {h: HANDLERS[h].permission for h in remediating_handlers(policy)
+            if HANDLERS[h].permission.lower().startswith("microsoft.")}

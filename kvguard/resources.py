@@ -11,7 +11,7 @@ every vault, as Azure's inheritance has it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kvguard.ids import parse_vault_ref, vault_key
@@ -34,6 +34,12 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.keyvault/vaults/privateendpointconnections/delete": (
         "Microsoft.KeyVault/vaults/privateEndpointConnections", "delete"),
     "microsoft.security/pricings/write": ("Microsoft.Security/pricings", "write"),
+    # Deny settings (KV-DENY-01) and PIM eligibility (KV-PIM-01).
+    "microsoft.authorization/denyassignments/write": ("Microsoft.Authorization/denyAssignments", "write"),
+    "microsoft.authorization/denyassignments/delete": ("Microsoft.Authorization/denyAssignments", "delete"),
+    "microsoft.resources/deploymentstacks/write": ("Microsoft.Resources/deploymentStacks", "write"),
+    "microsoft.authorization/roleeligibilityschedulerequests/write": (
+        "Microsoft.Authorization/roleEligibilityScheduleRequests", "write"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
@@ -125,14 +131,17 @@ def covered_vaults(scope: str, vault_ids: Iterable[str]) -> list[str]:
 class ResourceState:
     """What the rules see of a changed resource: the change, its accepted baseline (`before`, None:
     not seen before), its current ARM JSON (`after`, None: gone), the accepted configuration of
-    every vault it covers (for a role definition: the vaults its known assignments cover), and for
-    a role assignment its role (None: the definition could not be read)."""
+    every vault it covers (for a role definition: the vaults its known assignments cover), for
+    a role assignment or an eligibility request its role (None: the definition could not be read),
+    and for a deny setting the Azure action each remediation handler the policy can run needs
+    (`rights`, handler id → action: what a deny must not take from kvguard's identity)."""
 
     change: ResourceChange
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
     vaults: tuple[VaultConfig, ...] = ()
     role: Role | None = None
+    rights: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def current(self) -> Mapping[str, Any] | None:

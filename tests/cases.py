@@ -57,9 +57,12 @@ def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
 def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
     """A resource case's state. Keys: `id`, `type` (default: a role assignment), `action` (default
     write), `before`/`after` (ARM JSON or None), `vaults` (the covered vaults' ARM JSON; default
-    the default vault with RBAC authorization on) and `role` (a custom role's definition JSON;
-    default: the built-in role the assignment names)."""
+    the default vault with RBAC authorization on), `role` (a custom role's definition JSON;
+    default: the built-in role the assignment or eligibility request names) and, for a deny
+    setting, `rights` (handler → action; default: those of the handlers the default policy runs)."""
     from detectors.cases import vault
+    from detectors.deny import DENY_SETTINGS
+    from kvguard.catalog import remediation_rights
 
     before, after = spec.get("before"), spec.get("after")
     current = after if after is not None else before
@@ -69,7 +72,8 @@ def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
     definition = ((current or {}).get("properties") or {}).get("roleDefinitionId", "")
     role = role_from_arm(spec["role"]) if spec.get("role") else builtin_role(definition) if definition else None
     vaults = tuple(VaultConfig.from_arm(v) for v in spec.get("vaults", [vault(enableRbacAuthorization=True)]))
-    return ResourceState(change, before, after, vaults, role)
+    rights = spec.get("rights", remediation_rights(Policy()) if change.type.lower() in DENY_SETTINGS else {})
+    return ResourceState(change, before, after, vaults, role, rights)
 
 
 def make_context(case: Case) -> Context:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from kvguard.catalog import remediation_rights
 from kvguard.decision import decide, is_approved, unattributed
 from kvguard.detection import Context
 from kvguard.events import VaultEvent
@@ -50,6 +51,10 @@ from kvguard.suppression import with_notes
 
 ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
 ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
+# What names a role to weigh: an assignment, and a request making a principal eligible for one.
+ROLE_HOLDERS = (ROLE_ASSIGNMENTS, "microsoft.authorization/roleeligibilityschedulerequests")
+# What can take a right from kvguard's identity: the rules weigh them against its handlers' rights.
+DENY_SETTINGS = ("microsoft.authorization/denyassignments", "microsoft.resources/deploymentstacks")
 DIAGNOSTIC_SETTINGS = "microsoft.insights/diagnosticsettings"
 
 
@@ -112,9 +117,10 @@ def _vaults_assigned(services: Services, role_definition_id: str) -> list[Baseli
 
 
 def _role(services: Services, change: ResourceChange, document: Mapping[str, Any] | None) -> Role | None:
-    """The role of an assignment: a built-in one from the table, a custom one read (GET of its
-    definition); None when it cannot be read (the rules then cannot weigh it)."""
-    if change.type.lower() != ROLE_ASSIGNMENTS or document is None or services.resources is None:
+    """The role of an assignment (or of an eligibility request): a built-in one from the table, a
+    custom one read (GET of its definition); None when it cannot be read (the rules then cannot
+    weigh it)."""
+    if change.type.lower() not in ROLE_HOLDERS or document is None or services.resources is None:
         return None
     definition_id = str((document.get("properties") or {}).get("roleDefinitionId") or "")
     if not definition_id:
@@ -144,7 +150,8 @@ def _process_resource(
     baseline = services.store.get_baseline(change.id)
     before = baseline.config if baseline is not None and not baseline.deleted else None
     vaults = tuple(baseline_config(services, b) for b in covered)
-    state = ResourceState(change, before, after, vaults, _role(services, change, after or before))
+    rights = remediation_rights(services.policy) if change.type.lower() in DENY_SETTINGS else {}
+    state = ResourceState(change, before, after, vaults, _role(services, change, after or before), rights)
     history_key = vault_key(vault_id) if vault_id else change.key
     context = ResourceContext(event=event, now=now, state=state, vault_id=vault_id, baseline=baseline,
                               history_key=history_key, recall=recall(services, event, now, history_key))
