@@ -101,7 +101,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 23)]
+    assert numbers == [f"{n:02d}" for n in range(1, 25)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -581,3 +581,33 @@ def test_14_an_activity_log_grant_is_judged_once_from_its_final_record() -> None
     # A past event is a dry run: alerted, never remediated.
     assert all("(dry run)" in e["reason"] for e in events)
     assert summary["summary"]["findings"]["KV-AP-01"] == 1
+
+
+# --- 23, 24: deny settings and PIM eligibility -------------------------------------------------
+
+
+def test_23_a_stack_denying_kvguards_writes_is_critical_on_its_own_event_and_an_exclusion_is_quiet() -> None:
+    events, summary = replayed("23")
+    stack, excluded = events
+    (deny,) = [f for f in stack["findings"] if f["rule"] == "KV-DENY-01"]
+    assert (stack["severity"], deny["severity"]) == ("critical", "critical")
+    assert stack["vault"] is None and stack["resource"].endswith("/deploymentStacks/billing-baseline")
+    assert deny["evidence"]["kind"] == "deployment stack"
+    blocked = {b["handler"]: b["action"] for b in deny["evidence"]["blocked"]}
+    assert blocked["restore_network"] == "Microsoft.KeyVault/vaults/write"
+    assert "remove_role_assignment" not in blocked  # the stack manages no role assignment
+    assert [a["status"] for a in actions(stack, "raise_defender_alert")] == ["applied"]
+    assert remediations(events) == []  # nothing to revert: the deny came first
+    assert "KV-DENY-01" not in rules(excluded)
+    assert summary["summary"]["findings"]["KV-DENY-01"] == 1
+
+
+def test_24_eligibility_for_secrets_officer_is_critical_and_reader_is_a_near_miss() -> None:
+    events, _ = replayed("24")
+    officer, reader = events
+    (eligible,) = [f for f in officer["findings"] if f["rule"] == "KV-PIM-01"]
+    assert eligible["severity"] == "critical"
+    assert eligible["evidence"]["role"] == "Key Vault Secrets Officer"
+    assert eligible["evidence"]["requestType"] == "AdminAssign"
+    assert officer["vault"].endswith("/vaults/kv-billing-prod")
+    assert "KV-PIM-01" not in rules(reader)
