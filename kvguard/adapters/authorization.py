@@ -1,4 +1,5 @@
-"""The ResourceGateway for role assignments and role definitions, through azure-mgmt-authorization.
+"""The ResourceGateway for role assignments and role definitions, deny assignments (api-version
+2022-04-01) and role eligibility schedule requests (2020-10-01), through azure-mgmt-authorization.
 
 Assignments and definitions are read as the raw ARM JSON (REST names), as the vault gateway reads
 vaults, so the rules judge exactly what ARM said. They are addressed by id at any scope (a vault, a
@@ -21,6 +22,7 @@ from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, az
 from kvguard.client_request import request_id_kwargs
 from kvguard.ids import subscription_of
 from kvguard.ports import PermanentError
+from kvguard.resources import scope_of
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 
 ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
 ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
+DENY_ASSIGNMENTS = "microsoft.authorization/denyassignments"
+ELIGIBILITY_REQUESTS = "microsoft.authorization/roleeligibilityschedulerequests"
+KINDS = (ROLE_ASSIGNMENTS, ROLE_DEFINITIONS, DENY_ASSIGNMENTS, ELIGIBILITY_REQUESTS)
 # Only for an id under no subscription (a management group) before any subscription was seen.
 _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 
@@ -56,10 +61,11 @@ def _missing(error: HttpResponseError) -> bool:
 
 def _kind(resource_id: str) -> str:
     lowered = resource_id.lower()
-    for kind in (ROLE_ASSIGNMENTS, ROLE_DEFINITIONS):
+    for kind in KINDS:
         if f"/providers/{kind}/" in lowered:
             return kind
-    raise PermanentError(f"no reader for {resource_id}: only role assignments and role definitions are read here")
+    raise PermanentError(f"no reader for {resource_id}: only role assignments and definitions, deny assignments and "
+                         "eligibility requests are read here")
 
 
 class AuthorizationGateway:
@@ -87,8 +93,14 @@ class AuthorizationGateway:
         try:
             with azure_errors(f"get {resource_id.rsplit('/', 2)[-2]} {resource_id.rsplit('/', 1)[-1]}",
                               answers=_missing):
-                if _kind(resource_id) == ROLE_ASSIGNMENTS:
+                kind = _kind(resource_id)
+                if kind == ROLE_ASSIGNMENTS:
                     body: dict[str, Any] = client.role_assignments.get_by_id(resource_id, cls=_raw_json)
+                elif kind == DENY_ASSIGNMENTS:
+                    body = client.deny_assignments.get_by_id(resource_id, cls=_raw_json)
+                elif kind == ELIGIBILITY_REQUESTS:
+                    scope, name = scope_of(resource_id), resource_id.rsplit("/", 1)[-1]
+                    body = client.role_eligibility_schedule_requests.get(scope.lstrip("/"), name, cls=_raw_json)
                 else:
                     body = client.role_definitions.get_by_id(resource_id, cls=_raw_json)
         except HttpResponseError:
@@ -127,7 +139,10 @@ class AuthorizationGateway:
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:
         """Role assignments at `scope`, inherited from above it (`$filter=atScope()`) and below it
         (the list with no filter includes child scopes: an assignment on one secret, key or
-        certificate of a vault), each once; no other type is listed here (an empty list)."""
+        certificate of a vault), each once; deny assignments and eligibility requests at and
+        above it (`atScope()`); no other type is listed here (an empty list)."""
+        if resource_type.lower() in (DENY_ASSIGNMENTS, ELIGIBILITY_REQUESTS):
+            return self._list_above(scope, resource_type.lower())
         if resource_type.lower() != ROLE_ASSIGNMENTS:
             return []
         client = self._client(scope)
@@ -140,6 +155,14 @@ class AuthorizationGateway:
                     document = assignment.serialize(keep_readonly=True)
                     found.setdefault(str(document.get("id") or "").lower(), document)
         return list(found.values())
+
+    def _list_above(self, scope: str, kind: str) -> list[Mapping[str, Any]]:
+        client = self._client(scope)
+        with azure_errors(f"list {kind.rsplit('/', 1)[-1]} at {scope}"):
+            operations = client.deny_assignments if kind == DENY_ASSIGNMENTS else \
+                client.role_eligibility_schedule_requests
+            return [item.serialize(keep_readonly=True)
+                    for item in operations.list_for_scope(scope.lstrip("/"), filter="atScope()")]
 
     def close(self) -> None:
         self._clients.close()

@@ -183,7 +183,12 @@ class ArmResourceGateway:
         return response
 
 
-_AUTHORIZATION = "/providers/microsoft.authorization/role"  # roleAssignments and roleDefinitions
+# Through azure-mgmt-authorization: roleAssignments, roleDefinitions, roleEligibilityScheduleRequests
+# and denyAssignments; through azure-mgmt-resource-deploymentstacks: deployment stacks.
+_AUTHORIZATION = ("/providers/microsoft.authorization/role", "/providers/microsoft.authorization/denyassignments")
+_AUTHORIZATION_TYPES = ("microsoft.authorization/role", "microsoft.authorization/denyassignments")
+_STACKS = "/providers/microsoft.resources/deploymentstacks/"
+_STACKS_TYPE = "microsoft.resources/deploymentstacks"
 
 
 class _RoleReader(Protocol):
@@ -200,30 +205,41 @@ class _RoleReader(Protocol):
 
 
 class RoutedResourceGateway:
-    """One ResourceGateway over two readers: role assignments and role definitions go through
-    azure-mgmt-authorization (`AuthorizationGateway`), every other resource beside the vaults
-    through the thin ARM calls above. The pipeline sees one port; each SDK stays in its adapter."""
+    """One ResourceGateway over its readers: role assignments and definitions, eligibility
+    requests and deny assignments go through azure-mgmt-authorization (`AuthorizationGateway`),
+    deployment stacks through azure-mgmt-resource-deploymentstacks (`DeploymentStackReader`, when
+    given), every other resource beside the vaults through the thin ARM calls above. The pipeline
+    sees one port; each SDK stays in its adapter."""
 
-    def __init__(self, authorization: _RoleReader, others: ResourceGateway) -> None:
+    def __init__(self, authorization: _RoleReader, others: ResourceGateway,
+                 stacks: ResourceGateway | None = None) -> None:
         self._authorization = authorization
         self._others = others
+        self._stacks = stacks
 
     def __repr__(self) -> str:
-        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r})"
+        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r}, {self._stacks!r})"
 
     def _for_id(self, resource_id: str) -> _RoleReader | ResourceGateway:
-        return self._authorization if _AUTHORIZATION in resource_id.lower() else self._others
+        lowered = resource_id.lower()
+        if self._stacks is not None and _STACKS in lowered:
+            return self._stacks
+        return self._authorization if any(a in lowered for a in _AUTHORIZATION) else self._others
 
     def _for_type(self, resource_type: str) -> _RoleReader | ResourceGateway:
-        return self._authorization if resource_type.lower().startswith("microsoft.authorization/role") else self._others
+        lowered = resource_type.lower()
+        if self._stacks is not None and lowered == _STACKS_TYPE:
+            return self._stacks
+        return self._authorization if lowered.startswith(_AUTHORIZATION_TYPES) else self._others
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None:
         return self._for_id(resource_id).get(resource_id)
 
     def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
-        if self._for_id(resource_id) is self._authorization:
+        reader = self._for_id(resource_id)
+        if reader is self._authorization:
             raise PermanentError(f"kvguard never writes role assignments or definitions ({resource_id})")
-        return self._others.put(resource_id, document)
+        return reader.put(resource_id, document)  # type: ignore[union-attr]
 
     def delete(self, resource_id: str) -> bool:
         return self._for_id(resource_id).delete(resource_id)

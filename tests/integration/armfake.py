@@ -70,6 +70,22 @@ _BESIDE_RE = re.compile(
     r"|/providers/microsoft\.security/pricings|/privateendpointconnections)(?:/(?P<name>[^/]+))?$",
     re.IGNORECASE,
 )
+# Deny settings and PIM eligibility (KV-DENY-01, KV-PIM-01): deny assignments and eligibility
+# requests at any scope, deployment stacks of a subscription or resource group; one by id (GET, PUT,
+# DELETE) or the list at a scope (deny assignments and requests with `atScope()`: at and above it;
+# stacks: those of exactly that subscription or resource group).
+_SURFACE_RE = re.compile(
+    r"^(?P<scope>/.*?)(?P<kind>/providers/microsoft\.authorization/denyassignments"
+    r"|/providers/microsoft\.authorization/roleeligibilityschedulerequests"
+    r"|/providers/microsoft\.resources/deploymentstacks)(?:/(?P<name>[^/]+))?$",
+    re.IGNORECASE,
+)
+_SURFACE_TYPES = {
+    "/providers/microsoft.authorization/denyassignments": "Microsoft.Authorization/denyAssignments",
+    "/providers/microsoft.authorization/roleeligibilityschedulerequests":
+        "Microsoft.Authorization/roleEligibilityScheduleRequests",
+    "/providers/microsoft.resources/deploymentstacks": "Microsoft.Resources/deploymentStacks",
+}
 _BESIDE_TYPES = {
     "/providers/microsoft.insights/diagnosticsettings": "Microsoft.Insights/diagnosticSettings",
     "/providers/microsoft.authorization/locks": "Microsoft.Authorization/locks",
@@ -343,6 +359,8 @@ class ArmFake:
             if found is None:
                 return _arm_error(404, "ResourceNotFound", f"The event subscription {path} was not found.")
             return 200, found, {}
+        if match := _SURFACE_RE.match(path):
+            return self._surface(request, match)
         onboarding = self._route_onboarding(request)
         if onboarding is not None:
             return onboarding
@@ -450,6 +468,40 @@ class ArmFake:
         if method == "DELETE":
             gone = self.resources.pop(key, None)
             self._sync_settings()
+            return (200, None, {}) if gone is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
+
+    def _surface(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        """A deny assignment, an eligibility request or a deployment stack (kept in `resources`):
+        GET, PUT and DELETE by id; GET of the collection lists them (nextLink paging)."""
+        kind, method = match["kind"].lower(), request.method
+        if match["name"] is None:
+            if method != "GET":
+                return _arm_error(405, "MethodNotAllowed", f"{method} of a collection.")
+            scope = vault_key(match["scope"])
+            above = "atscope()" in (request.param("$filter") or "").lower()
+
+            def listed(at: str) -> bool:
+                return at == scope or (above and (scope.startswith(at + "/")
+                                                  or at.startswith("/providers/microsoft.management/")))
+
+            value = [copy.deepcopy(doc) for key, doc in self.resources.items()
+                     if kind + "/" in key and listed(key.split(kind + "/")[0])]
+            return 200, {"value": value}, {}
+        key = vault_key(request.path)
+        if method == "GET":
+            found = self.resources.get(key)
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The resource {request.path} was not found.")
+            return 200, copy.deepcopy(found), {}
+        if method == "PUT":
+            existing = self.resources.get(key)
+            stored = {"id": request.path, "name": match["name"], "type": _SURFACE_TYPES[kind],
+                      "properties": copy.deepcopy((request.json or {}).get("properties") or {})}
+            self.resources[key] = stored
+            return (200 if existing else 201), copy.deepcopy(stored), {}
+        if method == "DELETE":
+            gone = self.resources.pop(key, None)
             return (200, None, {}) if gone is not None else (204, None, {})
         return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
 
