@@ -284,3 +284,41 @@ def test_baseline_seeds_the_role_assignments_covering_the_vaults_once(fake: ArmF
     assert seeded is not None and seeded.config["properties"]["principalId"] == "p"
     assert store.get_baseline(on_vault) is not None
     assert [r.method for r in fake.requests if r.method in WRITES] == []
+
+
+def test_baseline_seeds_the_deny_settings_and_eligibility_requests_over_the_vaults(
+        fake: ArmFake, state_db: Path) -> None:
+    """The deny assignment on the vaults' resource group, the stack managing one vault and the
+    eligibility request on one vault are seeded (each once), so a later change to any of them is a
+    diff against what was there, and the first sight is no finding."""
+    group = f"/subscriptions/{SUB}/resourceGroups/rg-apps"
+    deny = {"id": f"{group}/providers/Microsoft.Authorization/denyAssignments/5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+            "name": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b", "type": "Microsoft.Authorization/denyAssignments",
+            "properties": {"scope": group, "permissions": [{"actions": ["*/delete"], "notActions": []}],
+                           "principals": [{"id": "00000000-0000-0000-0000-000000000000", "type": "SystemDefined"}],
+                           "excludePrincipals": [], "doNotApplyToChildScopes": False}}
+    stack = {"id": f"{group}/providers/Microsoft.Resources/deploymentStacks/apps", "name": "apps",
+             "type": "Microsoft.Resources/deploymentStacks",
+             "properties": {"denySettings": {"mode": "denyDelete", "excludedPrincipals": [], "excludedActions": []},
+                            "resources": [{"id": TARGET, "status": "managed", "denyStatus": "denyDelete"}]}}
+    request = {"id": f"{TARGET}/providers/Microsoft.Authorization/roleEligibilityScheduleRequests/"
+                     "6f7a8b9c-0d1e-4f2a-9b3c-4d5e6f7a8b9c",
+               "name": "6f7a8b9c-0d1e-4f2a-9b3c-4d5e6f7a8b9c",
+               "type": "Microsoft.Authorization/roleEligibilityScheduleRequests",
+               "properties": {"scope": TARGET, "principalId": ROGUE, "requestType": "AdminAssign",
+                              "status": "Provisioned",
+                              "roleDefinitionId": f"/subscriptions/{SUB}/providers/Microsoft.Authorization/"
+                                                  "roleDefinitions/4633458b-17de-408a-b874-0445c86b69e6"}}
+    for doc in (deny, stack, request):
+        fake.add_resource(doc)
+
+    status, output = run("baseline", "--subscription", SUB)
+
+    assert status == 0
+    assert "3 resource baseline(s) seeded beside the vaults" in output
+    store = SQLiteStateStore(str(state_db))
+    for doc in (deny, stack, request):
+        seeded = store.get_baseline(doc["id"])
+        assert seeded is not None and seeded.config["properties"] == doc["properties"], doc["id"]
+    assert "KV-DENY-01" not in output and "KV-PIM-01" not in output
+    assert [r.method for r in fake.requests if r.method in WRITES] == []
