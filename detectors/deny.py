@@ -134,6 +134,19 @@ def stack_blocks(doc: Mapping[str, Any] | None, vault_id: str, rights: Mapping[s
     return blocked
 
 
+def covers_vault(doc: Mapping[str, Any], vault_id: str) -> bool:
+    """Whether a deny setting (its ARM JSON) stands over the vault at all, whatever it denies: a
+    deny assignment that reaches it, a stack with deny settings on the vault or on something over it."""
+    kind = str(doc.get("type") or arm_type(str(doc.get("id", "")))).lower()
+    properties = _properties(doc)
+    if kind == DENY_ASSIGNMENTS:
+        scope = str(properties.get("scope") or scope_of(str(doc.get("id", ""))))
+        return _reaches(scope, vault_id, not properties.get("doNotApplyToChildScopes"))
+    settings = properties.get("denySettings")
+    mode = str(settings.get("mode") or "").lower() if isinstance(settings, Mapping) else ""
+    return kind == STACKS and mode in STACK_DENIED_VERBS and bool(_managed_over(doc, vault_id))
+
+
 def deny_blocks(doc: Mapping[str, Any] | None, vault_id: str, rights: Mapping[str, str],
                 own_ids: Iterable[str]) -> dict[str, str]:
     """The rights a deny setting of either kind (its ARM JSON) takes from kvguard on the vault."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from detectors.coverage import audit_log_gap, defender_plan_gap
+from detectors.deny import covers_vault, deny_blocks
 from kvguard.deployment import Delivery, event_subscription_problems, is_event_subscription
 from kvguard.ids import vault_key
 
@@ -152,6 +153,37 @@ def audit_log_checks(
     if failed:
         return failed
     return [Check(subscription, "audit logs", True, f"all {len(vault_settings)} vault(s) send their audit logs")]
+
+
+def deny_setting_checks(subscription: str, vault_denies: Mapping[str, Sequence[Mapping[str, Any]]],
+                        rights: Mapping[str, str], own_ids: Sequence[str]) -> list[Check]:
+    """The deny settings (deny assignments, deployment stacks' deny settings; their ARM JSON as
+    listed at each vault) that cover each vault: one failed check per vault where one takes from
+    kvguard's identity an action a handler the policy runs needs (KV-DENY-01, the same judgement),
+    else one passed check naming what covers the vaults."""
+    failed, covering = [], 0
+    for vault_id, denies in vault_denies.items():
+        over = [d for d in denies if covers_vault(d, vault_id)]
+        covering += len(over)
+        blocking = {str(d.get("id")): deny_blocks(d, vault_id, rights, own_ids) for d in over}
+        blocking = {deny_id: taken for deny_id, taken in blocking.items() if taken}
+        if not blocking:
+            continue
+        found = "; ".join(f"{deny_id} denies {', '.join(f'{h} ({a})' for h, a in sorted(taken.items()))}"
+                          for deny_id, taken in blocking.items())
+        failed.append(Check(
+            subscription, "deny settings", False,
+            f"{vault_id.rsplit('/', 1)[-1]}: {found}: those reverts fail with 403",
+            "have the deny's owner exclude kvguard's identity (a stack: denySettings.excludedPrincipals, e.g. "
+            f"az stack group create … --deny-settings-excluded-principals {' '.join(own_ids) or '<principal id>'}; "
+            "a deny assignment: its excludePrincipals, set by the stack or managed application that made it)",
+            rule="KV-DENY-01", resource=vault_id,
+        ))
+    if failed:
+        return failed
+    return [Check(subscription, "deny settings", True,
+                  f"{covering} deny setting(s) cover the {len(vault_denies)} vault(s); none takes an action "
+                  "kvguard's handlers need")]
 
 
 def state_check(error: str | None, backend: str) -> Check:

@@ -31,6 +31,9 @@ from kvguard.ports import PermanentError, TransientError
 from kvguard.replay import totals
 from kvguard.terminal import Steps
 
+# What the doctor lists at each vault to report the deny settings over it.
+DENY_SETTING_TYPES = ("Microsoft.Authorization/denyAssignments", "Microsoft.Resources/deploymentStacks")
+
 # --- backfill ----------------------------------------------------------------------------------
 
 
@@ -157,7 +160,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     from kvguard import doctor, runtime
     from kvguard.adapters.onboarding import ArmOnboardingReader
     from kvguard.adapters.sqlite import SQLiteStateStore
-    from kvguard.catalog import HANDLERS, remediating_handlers
+    from kvguard.catalog import HANDLERS, remediating_handlers, remediation_rights
     from kvguard.live import _live_settings
 
     settings = _live_settings()
@@ -195,8 +198,16 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     def event_subscriptions(subscription: str) -> list[doctor.Check]:
         return _event_subscription_checks(pipeline, subscription)
 
+    def deny_settings(subscription: str) -> list[doctor.Check]:
+        resources = pipeline.resources
+        if resources is None:
+            return []
+        vaults = {v.id: [d for kind in DENY_SETTING_TYPES for d in resources.list_at_scope(v.id, kind)]
+                  for v in pipeline.gateway.list_vaults(subscription)}
+        return doctor.deny_setting_checks(subscription, vaults, remediation_rights(pipeline.policy), principals)
+
     steps = (("defender", defender), ("event subscription", event_subscriptions), ("role assignments", roles),
-             ("audit logs", audit_logs))
+             ("audit logs", audit_logs), ("deny settings", deny_settings))
     for subscription in subscriptions:
         for name, step in steps:
             try:

@@ -131,7 +131,7 @@ def test_a_protected_subscription_passes_every_check(fake: ArmFake) -> None:
     assert status == 0, failed(report)
     assert report["ok"] is True
     assert {c["check"] for c in report["checks"]} == {"state store", "defender", "event subscription",
-                                                      "role assignments", "audit logs"}
+                                                      "role assignments", "audit logs", "deny settings"}
     pricing = fake.requests_to("GET", r"/providers/Microsoft\.Security/pricings/KeyVaults$")
     assert pricing and pricing[0].path == f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults"
     assert fake.requests_to("GET", r"/roleAssignments$")[0].param("$filter") == f"assignedTo('{IDENTITY}')"
@@ -258,3 +258,41 @@ def test_enable_defender_refused_for_lack_of_security_admin_is_a_failed_check(fa
     assert status == 1
     problem = failed(report)["defender"]
     assert "HTTP 403" in problem["detail"] and "Security Admin" in problem["fix"]
+
+
+def stack_over_the_vault(mode: str, excluded: list[str] | None = None) -> dict[str, Any]:
+    group = VAULT.split("/providers/")[0]
+    return {"id": f"{group}/providers/Microsoft.Resources/deploymentStacks/billing", "name": "billing",
+            "type": "Microsoft.Resources/deploymentStacks",
+            "properties": {"denySettings": {"mode": mode, "excludedPrincipals": excluded or [], "excludedActions": [],
+                                            "applyToChildScopes": False},
+                           "resources": [{"id": VAULT, "status": "managed", "denyStatus": mode}]}}
+
+
+def add_stack(fake: ArmFake, doc: dict[str, Any]) -> None:
+    """Beside the vault, leaving the onboarding state's diagnostic settings as they are."""
+    fake.resources[doc["id"].lower()] = doc
+
+
+def test_a_deny_setting_that_blocks_a_handler_is_reported_with_what_it_blocks(fake: ArmFake) -> None:
+    add_stack(fake, stack_over_the_vault("denyWriteAndDelete"))
+
+    status, report = doctor()
+
+    assert status == 1
+    problem = failed(report)["deny settings"]
+    assert problem["rule"] == "KV-DENY-01" and problem["resource"] == VAULT
+    assert "/deploymentStacks/billing denies" in problem["detail"]
+    assert "restore_network (Microsoft.KeyVault/vaults/write)" in problem["detail"]
+    assert IDENTITY in problem["fix"] and "excludedPrincipals" in problem["fix"]
+    assert fake.requests_to("GET", r"/resourceGroups/rg-[^/]+/providers/Microsoft\.Resources/deploymentStacks$")
+
+
+def test_deny_settings_that_spare_kvguard_are_reported_as_covering(fake: ArmFake) -> None:
+    add_stack(fake, stack_over_the_vault("denyWriteAndDelete", excluded=[IDENTITY]))
+
+    status, report = doctor()
+
+    assert status == 0, failed(report)
+    (check,) = [c for c in report["checks"] if c["check"] == "deny settings"]
+    assert check["ok"] and check["detail"].startswith("1 deny setting(s) cover the 1 vault(s)")
