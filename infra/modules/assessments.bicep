@@ -152,6 +152,30 @@ var families = {
     userImpact: 'Low'
     implementationEffort: 'Low'
   }
+  DENY: {
+    categories: [
+      'IdentityAndAccess'
+    ]
+    threats: [
+      'threatResistance'
+      'maliciousInsider'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Moderate'
+  }
+  PIM: {
+    categories: [
+      'IdentityAndAccess'
+      'Data'
+    ]
+    threats: [
+      'elevationOfPrivilege'
+      'dataExfiltration'
+      'maliciousInsider'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
   other: {
     categories: [
       'Data'
