@@ -14,7 +14,9 @@ from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import subscription_of
 from kvguard.intents import RejectConnection
 
-CONNECTIONS = "microsoft.keyvault/vaults/privateendpointconnections"
+# A vault's connections, and a Managed HSM's (a vault of kind `hsm`: the same rule applies).
+CONNECTIONS = ("microsoft.keyvault/vaults/privateendpointconnections",
+               "microsoft.keyvault/managedhsms/privateendpointconnections")
 
 
 def connection_status(connection: Mapping[str, Any] | None) -> str | None:
@@ -69,7 +71,7 @@ def foreign_endpoint_approved(ctx: Context) -> Iterator[Hit]:
     endpoint whose subscription is neither the vault's own nor in
     `allowed_private_endpoint_subscriptions`. A pending request is not yet a way in."""
     state = ctx.resource
-    if state is None or state.change.type.lower() != CONNECTIONS or state.after is None:
+    if state is None or state.change.type.lower() not in CONNECTIONS or state.after is None:
         return
     if str(connection_status(state.after)).lower() != "approved" or \
             str(connection_status(state.before)).lower() == "approved":

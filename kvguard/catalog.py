@@ -24,7 +24,9 @@ def _load_rules(registry: Registry[Rule]) -> None:
         access_policy,
         audit_logs,
         defender_plan,
+        drift,
         identity,
+        keys,
         lifecycle,
         locks,
         network,
@@ -36,7 +38,7 @@ def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import self as own_identity
 
     for family in (access_policy, network, protection, identity, lifecycle, own_identity, rbac, audit_logs, locks,
-                   private_endpoints, defender_plan, steering):
+                   private_endpoints, defender_plan, steering, keys, drift):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 

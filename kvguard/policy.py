@@ -152,6 +152,10 @@ class Policy(_Strict):
     # Role assignments (and locks) at resource group, subscription and management group scope count
     # for the vaults under them; false: only those on a vault itself or inside it.
     protect_inherited_scopes: bool = True
+    # Managed HSMs are protected vaults of kind `hsm` (false: their events are ignored).
+    protect_managed_hsms: bool = True
+    # How far a key's expiry (`exp`) may be pushed out by one write before KV-KEY-01 fires.
+    max_key_expiry_extension_days: int = Field(default=365, ge=0)
     suppressions: list[Suppression] = Field(default_factory=list)
     # kvguard's own deployment: its event subscription(s) and function app (KV-SELF-02 watches them).
     own_resource_ids: list[str] = Field(default_factory=list)

@@ -41,6 +41,7 @@ def known_id(services: Services, event: VaultEvent) -> str:
         for baseline in services.store.list_baselines():
             ref = parse_vault_ref(baseline.vault_id)
             if (baseline.deleted and ref is not None and ref.name.lower() == event.vault.name.lower()
+                    and ref.kind == event.vault.kind
                     and ref.subscription_id.lower() == event.vault.subscription_id.lower()):
                 return baseline.vault_id
         return event.vault.id
