@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kvguard.ids import vault_kind
+
 Mode = Literal["observe", "alert", "remediate"]
 Severity = Literal["low", "medium", "high", "critical"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -192,6 +194,11 @@ class Policy(_Strict):
 
     def rule(self, rule_id: str) -> RuleOverride:
         return self.rules.get(rule_id, NO_OVERRIDE)
+
+    def protects(self, vault_id: str) -> bool:
+        """Whether kvguard protects the vault: every Key Vault, and a Managed HSM unless
+        `protect_managed_hsms` is off."""
+        return self.protect_managed_hsms or vault_kind(vault_id) != "hsm"
 
     def merged(self, overrides: dict[str, Any]) -> Policy:
         """This policy with `overrides` laid over it key by key (sections merge one level deep)."""

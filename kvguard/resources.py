@@ -42,6 +42,15 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.keyvault/vaults/keys/write": ("Microsoft.KeyVault/vaults/keys", "write"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
+_CHILD_TYPES = {"vault": "microsoft.keyvault/vaults/", "hsm": "microsoft.keyvault/managedhsms/"}
+
+
+def resource_types_at(vault_id: str) -> tuple[str, ...]:
+    """The watched types a vault's scope can hold: the extension types, and the child types of its
+    own kind (a Key Vault's keys and connections, a Managed HSM's connections)."""
+    own = _CHILD_TYPES[vault_kind(vault_id)]
+    return tuple(t for t in RESOURCE_TYPES
+                 if not t.lower().startswith("microsoft.keyvault/") or t.lower().startswith(own))
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
 MANAGED_HSM_TYPE = "Microsoft.KeyVault/managedHSMs"
 KEYS_TYPE = "Microsoft.KeyVault/vaults/keys"
