@@ -40,8 +40,10 @@ HSM_CONNECTION = f"{HSM_ID}/privateEndpointConnections/pe-build"
 
 
 def hsm_connection(status: str) -> dict[str, Any]:
-    endpoint = f"/subscriptions/{FOREIGN_SUBSCRIPTION}/resourceGroups/rg-x/providers/Microsoft.Network/privateEndpoints/pe"
-    return {"id": HSM_CONNECTION, "name": "pe-build", "type": "Microsoft.KeyVault/managedHSMs/privateEndpointConnections",
+    network = f"/subscriptions/{FOREIGN_SUBSCRIPTION}/resourceGroups/rg-x/providers/Microsoft.Network"
+    endpoint = f"{network}/privateEndpoints/pe"
+    return {"id": HSM_CONNECTION, "name": "pe-build",
+            "type": "Microsoft.KeyVault/managedHSMs/privateEndpointConnections",
             "properties": {"privateEndpoint": {"id": endpoint},
                            "privateLinkServiceConnectionState": {"status": status, "description": ""}}}
 
