@@ -56,7 +56,17 @@ RBAC_OPERATIONS = (
     "Microsoft.Authorization/roleAssignments/delete",
     "Microsoft.Authorization/roleDefinitions/write",
 )
-OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS
+# Issue 23h: Managed HSMs (vaults of kind `hsm`) and their private endpoint connections, and a
+# vault's keys written through ARM (KV-KEY-01).
+HSM_KEY_OPERATIONS = (
+    "Microsoft.KeyVault/managedHSMs/write",
+    "Microsoft.KeyVault/managedHSMs/delete",
+    "Microsoft.KeyVault/locations/deletedManagedHSMs/purge/action",
+    "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/write",
+    "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/delete",
+    "Microsoft.KeyVault/vaults/keys/write",
+)
+OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS + HSM_KEY_OPERATIONS
 # The rules that judge a change to kvguard's own deployment (it concerns no vault).
 DEPLOYMENT_RULES = ("KV-SELF-02",)
 FUNCTION = "on_vault_event"

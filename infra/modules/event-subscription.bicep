@@ -66,6 +66,14 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.Web/sites/write'
             'Microsoft.Web/sites/stop/action'
             'Microsoft.Web/sites/delete'
+            // Managed HSMs (vaults of kind hsm) and their private endpoint connections, and a
+            // vault's keys written through ARM (KV-KEY-01).
+            'Microsoft.KeyVault/managedHSMs/write'
+            'Microsoft.KeyVault/managedHSMs/delete'
+            'Microsoft.KeyVault/locations/deletedManagedHSMs/purge/action'
+            'Microsoft.KeyVault/managedHSMs/privateEndpointConnections/write'
+            'Microsoft.KeyVault/managedHSMs/privateEndpointConnections/delete'
+            'Microsoft.KeyVault/vaults/keys/write'
           ]
         }
         // No filter on the caller: kvguard's own writes come back too, so that a write made with its
