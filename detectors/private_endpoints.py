@@ -35,7 +35,7 @@ def endpoint_id(connection: Mapping[str, Any]) -> str | None:
 
 
 def _foreign_endpoint_cases() -> list[Case]:
-    from detectors.cases import FOREIGN_SUBSCRIPTION, endpoint_connection
+    from detectors.cases import FOREIGN_SUBSCRIPTION, HSM_ID, endpoint_connection
 
     return [
         Case("foreign endpoint approved", fires=True, before=endpoint_connection("Pending", FOREIGN_SUBSCRIPTION),
@@ -44,6 +44,10 @@ def _foreign_endpoint_cases() -> list[Case]:
                                        f"endpoint subscription {FOREIGN_SUBSCRIPTION} is not allowed"),)),
         Case("foreign endpoint auto-approved on creation", fires=True, before=None,
              after=endpoint_connection("Approved", FOREIGN_SUBSCRIPTION)),
+        Case("foreign endpoint approved on a Managed HSM", fires=True, before=None,
+             after={**endpoint_connection("Approved", FOREIGN_SUBSCRIPTION),
+                    "id": f"{HSM_ID}/privateEndpointConnections/pe-app",
+                    "type": "Microsoft.KeyVault/managedHSMs/privateEndpointConnections"}),
         Case("near miss: own-subscription endpoint approved", fires=False, before=endpoint_connection("Pending"),
              after=endpoint_connection("Approved")),
         Case("near miss: a pending foreign connection", fires=False, before=None,
