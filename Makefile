@@ -54,7 +54,8 @@ test-sdk-floor: $(SDK_FLOOR)/.installed
 		tests/integration/test_sdk_range.py tests/integration/test_arm_gateway.py \
 		tests/integration/test_alert_sinks.py tests/integration/test_tables_store.py \
 		tests/integration/test_authorization_gateway.py tests/integration/test_deny_and_eligibility_reads.py \
-		tests/integration/test_cli_backfill.py tests/integration/test_cli_doctor.py
+		tests/integration/test_cli_backfill.py tests/integration/test_cli_doctor.py \
+		tests/integration/test_managed_hsm_and_keys.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -295,3 +295,77 @@ def eligibility_request(role: str, scope: str = VAULT_ID, request_type: str = "A
             "justification": "on-call",
         },
     }
+
+
+KEY_ID = f"{VAULT_ID}/keys/cmk-payments"
+KEY_EXPIRY = 1_830_297_600  # 2028-01-01T00:00:00Z
+
+
+def rotation_policy(*actions: tuple[str, str, str], expiry: str | None = "P2Y") -> dict[str, Any]:
+    """A key's rotation policy in ARM's shape: rotation_policy(("Rotate", "timeAfterCreate", "P90D"))."""
+    policy: dict[str, Any] = {"lifetimeActions": [
+        {"trigger": {trigger: duration}, "action": {"type": action}} for action, trigger, duration in actions]}
+    if expiry is not None:
+        policy["attributes"] = {"expiryTime": expiry}
+    return policy
+
+
+ROTATE_YEARLY = rotation_policy(("Rotate", "timeAfterCreate", "P1Y"), ("Notify", "timeBeforeExpiry", "P30D"))
+
+
+def vault_key_doc(rotation: Mapping[str, Any] | None = ROTATE_YEARLY, exp: int | None = KEY_EXPIRY,
+                  exportable: bool | None = None, release: Mapping[str, Any] | None = None,
+                  **attributes: Any) -> dict[str, Any]:
+    """A key of the default vault as ARM's `vaults/keys` GET returns it (None leaves a part out)."""
+    attrs: dict[str, Any] = {"enabled": True, "created": 1_764_000_000, "updated": 1_764_000_000,
+                             "recoveryLevel": "Recoverable", **attributes}
+    if exp is not None:
+        attrs["exp"] = exp
+    if exportable is not None:
+        attrs["exportable"] = exportable
+    properties: dict[str, Any] = {"attributes": attrs, "kty": "RSA-HSM", "keySize": 3072,
+                                  "keyOps": ["wrapKey", "unwrapKey"],
+                                  "keyUri": "https://kv-payments.vault.azure.net/keys/cmk-payments"}
+    if rotation is not None:
+        properties["rotationPolicy"] = copy.deepcopy(dict(rotation))
+    if release is not None:
+        properties["release_policy"] = copy.deepcopy(dict(release))
+    return {"id": KEY_ID, "name": "cmk-payments", "type": "Microsoft.KeyVault/vaults/keys",
+            "location": "westeurope", "properties": properties}
+
+
+def release_policy(authority: str = "https://sharedeus.eus.attest.azure.net") -> dict[str, Any]:
+    """A key release policy (the data is the base64url of the policy document, as ARM returns it)."""
+    import base64
+    import json
+
+    document = {"version": "1.0.0", "anyOf": [{"authority": authority, "allOf": [
+        {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"}]}]}
+    data = base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+    return {"contentType": "application/json; charset=utf-8", "data": data}
+
+
+HSM_ID = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-payments/providers/Microsoft.KeyVault/managedHSMs"
+          "/hsm-payments")
+
+
+def managed_hsm(**properties: Any) -> dict[str, Any]:
+    """A Managed HSM's ARM GET body (API 2025-05-01), hardened like the default vault, with some
+    properties replaced (None removes one)."""
+    props: dict[str, Any] = {
+        "tenantId": TENANT, "initialAdminObjectIds": [OPERATOR], "enableSoftDelete": True,
+        "softDeleteRetentionInDays": 90, "enablePurgeProtection": True, "createMode": "default",
+        "publicNetworkAccess": "Disabled",
+        "networkAcls": {"defaultAction": "Deny", "bypass": "None", "ipRules": [], "virtualNetworkRules": []},
+        "regions": [{"name": "westeurope", "isPrimary": True, "provisioningState": "Succeeded"}],
+        "hsmUri": "https://hsm-payments.managedhsm.azure.net/", "provisioningState": "Succeeded",
+        "statusMessage": "The Managed HSM is provisioned and ready to use.",
+        "securityDomainProperties": {"activationStatus": "Active", "activationStatusMessage": "Active"},
+    }
+    for name, value in properties.items():
+        if value is None:
+            props.pop(name, None)
+        else:
+            props[name] = value
+    return {"id": HSM_ID, "name": "hsm-payments", "type": "Microsoft.KeyVault/managedHSMs", "location": "westeurope",
+            "sku": {"family": "B", "name": "Standard_B1"}, "tags": {}, "properties": props}

@@ -14,7 +14,9 @@ from kvguard.detection import Case, Context, Hit, rule
 from kvguard.ids import subscription_of
 from kvguard.intents import RejectConnection
 
-CONNECTIONS = "microsoft.keyvault/vaults/privateendpointconnections"
+# A vault's connections, and a Managed HSM's (a vault of kind `hsm`: the same rule applies).
+CONNECTIONS = ("microsoft.keyvault/vaults/privateendpointconnections",
+               "microsoft.keyvault/managedhsms/privateendpointconnections")
 
 
 def connection_status(connection: Mapping[str, Any] | None) -> str | None:
@@ -33,7 +35,7 @@ def endpoint_id(connection: Mapping[str, Any]) -> str | None:
 
 
 def _foreign_endpoint_cases() -> list[Case]:
-    from detectors.cases import FOREIGN_SUBSCRIPTION, endpoint_connection
+    from detectors.cases import FOREIGN_SUBSCRIPTION, HSM_ID, endpoint_connection
 
     return [
         Case("foreign endpoint approved", fires=True, before=endpoint_connection("Pending", FOREIGN_SUBSCRIPTION),
@@ -42,6 +44,10 @@ def _foreign_endpoint_cases() -> list[Case]:
                                        f"endpoint subscription {FOREIGN_SUBSCRIPTION} is not allowed"),)),
         Case("foreign endpoint auto-approved on creation", fires=True, before=None,
              after=endpoint_connection("Approved", FOREIGN_SUBSCRIPTION)),
+        Case("foreign endpoint approved on a Managed HSM", fires=True, before=None,
+             after={**endpoint_connection("Approved", FOREIGN_SUBSCRIPTION),
+                    "id": f"{HSM_ID}/privateEndpointConnections/pe-app",
+                    "type": "Microsoft.KeyVault/managedHSMs/privateEndpointConnections"}),
         Case("near miss: own-subscription endpoint approved", fires=False, before=endpoint_connection("Pending"),
              after=endpoint_connection("Approved")),
         Case("near miss: a pending foreign connection", fires=False, before=None,
@@ -69,7 +75,7 @@ def foreign_endpoint_approved(ctx: Context) -> Iterator[Hit]:
     endpoint whose subscription is neither the vault's own nor in
     `allowed_private_endpoint_subscriptions`. A pending request is not yet a way in."""
     state = ctx.resource
-    if state is None or state.change.type.lower() != CONNECTIONS or state.after is None:
+    if state is None or state.change.type.lower() not in CONNECTIONS or state.after is None:
         return
     if str(connection_status(state.after)).lower() != "approved" or \
             str(connection_status(state.before)).lower() == "approved":

@@ -25,8 +25,10 @@ def _load_rules(registry: Registry[Rule]) -> None:
         audit_logs,
         defender_plan,
         deny,
+        drift,
         eligibility,
         identity,
+        keys,
         lifecycle,
         locks,
         network,
@@ -38,7 +40,7 @@ def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import self as own_identity
 
     for family in (access_policy, network, protection, identity, lifecycle, own_identity, rbac, audit_logs, locks,
-                   private_endpoints, defender_plan, steering, deny, eligibility):
+                   private_endpoints, defender_plan, steering, deny, eligibility, keys, drift):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 

@@ -9,7 +9,7 @@ from fnmatch import fnmatch
 from kvguard.catalog import RULES
 from kvguard.detection import Finding
 from kvguard.events import VaultEvent
-from kvguard.ids import vault_key
+from kvguard.ids import vault_key, vault_kind
 from kvguard.policy import Mode, Policy
 
 # The steering tags are defined beside VaultConfig, where the rules (KV-TAG-01) read them too.
@@ -104,15 +104,22 @@ def wrote(event: VaultEvent, part: str) -> bool:
     return part != "accessPolicies"
 
 
-def remediable(findings: Sequence[Finding], policy: Policy) -> list[Finding]:
-    """Findings whose rule has a handler and whose remediation the policy allows."""
+HSM_ALERT_ONLY = ("a Managed HSM's findings are alert-only unless the policy opts the rule in "
+                  "(rules: {<rule>: {remediate: true}}) and the deployment grants Microsoft.KeyVault/managedHSMs/write")
+
+
+def remediable(findings: Sequence[Finding], policy: Policy, vault_id: str | None = None) -> list[Finding]:
+    """Findings whose rule has a handler and whose remediation the policy allows. On a Managed HSM
+    (`vault_id` of kind `hsm`) only a rule the policy opts in by name is remediated: kvguard's
+    default rights do not include writing an HSM (README, "Opt-in rights")."""
+    hsm = vault_id is not None and vault_kind(vault_id) == "hsm"
     allowed = []
     for finding in findings:
         rule = RULES.get(finding.rule)
         if rule is None or finding.remediation is None:
             continue
         override = policy.rule(finding.rule).remediate
-        if override if override is not None else rule.remediate_by_default:
+        if override if override is not None else (rule.remediate_by_default and not hsm):
             allowed.append(finding)
     return allowed
 
@@ -157,11 +164,13 @@ def decide(
         return without_remediation(not_theirs)
     if is_excluded(policy, vault_id, vault_name):
         return without_remediation("vault excluded by policy")
+    if vault_kind(vault_id) == "hsm" and not remediable(findings, policy, vault_id):
+        return without_remediation(HSM_ALERT_ONLY)
     if tripped:
         return Decision(mode, True, "circuit breaker open: alerting instead of remediating", False,
                         f"circuit breaker: {recent_remediations} remediations of this vault within "
                         f"{policy.circuit_breaker.window}; something is fighting kvguard, alerting instead",
-                        dry_run, held_back=bool(remediable(findings, policy)))
+                        dry_run, held_back=bool(remediable(findings, policy, vault_id)))
     if not alert:  # alerts always come first: a remediation is never silent
         alert_reason = f"remediating (risk {risk} >= remediate_threshold {policy.remediate_threshold})"
     remediate_reason = f"risk {risk} >= remediate_threshold {policy.remediate_threshold}"

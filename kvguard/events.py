@@ -31,6 +31,10 @@ OPERATIONS: dict[str, str] = {
     "microsoft.keyvault/vaults/accesspolicies/write": "access_policy",
     "microsoft.keyvault/vaults/delete": "delete",
     "microsoft.keyvault/locations/deletedvaults/purge/action": "purge",
+    # A Managed HSM is a protected vault of kind `hsm`: the same kinds of change.
+    "microsoft.keyvault/managedhsms/write": "write",
+    "microsoft.keyvault/managedhsms/delete": "delete",
+    "microsoft.keyvault/locations/deletedmanagedhsms/purge/action": "purge",
 }
 OperationKind = Literal["write", "access_policy", "delete", "purge", "other"]
 

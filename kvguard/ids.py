@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 _VAULT_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
-    r"/providers/microsoft\.keyvault/vaults/(?P<name>[^/]+)",
+    r"/providers/microsoft\.keyvault/(?P<type>vaults|managedhsms)/(?P<name>[^/]+)",
     re.IGNORECASE,
 )
 _DELETED_VAULT_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyvault"
-    r"/locations/(?P<location>[^/]+)/deletedvaults/(?P<name>[^/]+)",
+    r"/locations/(?P<location>[^/]+)/(?P<type>deletedvaults|deletedmanagedhsms)/(?P<name>[^/]+)",
     re.IGNORECASE,
 )
 _GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
@@ -33,9 +34,20 @@ def subscription_id(text: str) -> str:
     return value
 
 
+VaultKind = Literal["vault", "hsm"]
+
+
+def vault_kind(resource_id: str) -> VaultKind:
+    """A protected vault's kind: a Managed HSM (`…/managedHSMs/{name}`, or its deleted form) is a
+    vault of kind `hsm`; every other vault id is a Key Vault."""
+    lowered = resource_id.lower()
+    return "hsm" if "/microsoft.keyvault/managedhsms/" in lowered or "/deletedmanagedhsms/" in lowered else "vault"
+
+
 @dataclass(frozen=True)
 class VaultRef:
-    """A vault named by an event: its id as written (trimmed to the vault) and its parts."""
+    """A vault named by an event: its id as written (trimmed to the vault) and its parts. A
+    Managed HSM is a vault of kind `hsm` (its id names `managedHSMs`)."""
 
     id: str
     subscription_id: str
@@ -46,6 +58,10 @@ class VaultRef:
     @property
     def key(self) -> str:
         return vault_key(self.id)
+
+    @property
+    def kind(self) -> VaultKind:
+        return vault_kind(self.id)
 
 
 def vault_key(resource_id: str) -> str:
@@ -58,7 +74,8 @@ def parse_vault_ref(resource_id: str | None) -> VaultRef | None:
 
     Sub-resource ids (`…/vaults/kv/accessPolicies/add`, `…/vaults/kv/secrets/s`) are trimmed to the
     vault; a deleted-vault id (`…/locations/westus/deletedVaults/kv`, what a purge names) is kept
-    as it is, since it has no resource group to build a vault id from.
+    as it is, since it has no resource group to build a vault id from. A Managed HSM
+    (`…/managedHSMs/hsm`, `…/deletedManagedHSMs/hsm`) is parsed the same way.
     """
     if not resource_id:
         return None

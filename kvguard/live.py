@@ -60,7 +60,7 @@ def cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     with Steps() as progress:  # on stderr, when it is a terminal
         for subscription_id in args.subscriptions:
             task = progress.task(f"listing {subscription_id}")
-            vaults = pipeline.gateway.list_vaults(subscription_id)
+            vaults = [v for v in pipeline.gateway.list_vaults(subscription_id) if pipeline.policy.protects(v.id)]
             progress.update(task, description=f"subscription {subscription_id}", total=len(vaults))
             for vault in vaults:
                 if pipeline.store.get_baseline(vault.id) is None:

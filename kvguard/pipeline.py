@@ -91,6 +91,9 @@ class Pipeline(Services):
         if event.kind == "other":
             return Outcome(event.id, "ignored", f"operation {event.operation} is not a vault change kvguard handles",
                            memory.known_id(self, event))
+        if not self.policy.protects(event.vault.id):
+            return Outcome(event.id, "ignored", "Managed HSMs are not protected (protect_managed_hsms: false)",
+                           event.vault.id)
         by = own.own_write(self, event)
         if by is not None:
             return Outcome(event.id, "self", f"own write by {by}: never acted on", memory.known_id(self, event))

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kvguard.ids import vault_kind
+
 Mode = Literal["observe", "alert", "remediate"]
 Severity = Literal["low", "medium", "high", "critical"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -152,6 +154,10 @@ class Policy(_Strict):
     # Role assignments (and locks) at resource group, subscription and management group scope count
     # for the vaults under them; false: only those on a vault itself or inside it.
     protect_inherited_scopes: bool = True
+    # Managed HSMs are protected vaults of kind `hsm` (false: their events are ignored).
+    protect_managed_hsms: bool = True
+    # How far a key's expiry (`exp`) may be pushed out by one write before KV-KEY-01 fires.
+    max_key_expiry_extension_days: int = Field(default=365, ge=0)
     suppressions: list[Suppression] = Field(default_factory=list)
     # kvguard's own deployment: its event subscription(s) and function app (KV-SELF-02 watches them).
     own_resource_ids: list[str] = Field(default_factory=list)
@@ -188,6 +194,11 @@ class Policy(_Strict):
 
     def rule(self, rule_id: str) -> RuleOverride:
         return self.rules.get(rule_id, NO_OVERRIDE)
+
+    def protects(self, vault_id: str) -> bool:
+        """Whether kvguard protects the vault: every Key Vault, and a Managed HSM unless
+        `protect_managed_hsms` is off."""
+        return self.protect_managed_hsms or vault_kind(vault_id) != "hsm"
 
     def merged(self, overrides: dict[str, Any]) -> Policy:
         """This policy with `overrides` laid over it key by key (sections merge one level deep)."""

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.ids import parse_vault_ref, vault_key, vault_kind
 from kvguard.roles import Role
 from kvguard.vault import VaultConfig
 
@@ -40,9 +40,33 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.resources/deploymentstacks/write": ("Microsoft.Resources/deploymentStacks", "write"),
     "microsoft.authorization/roleeligibilityschedulerequests/write": (
         "Microsoft.Authorization/roleEligibilityScheduleRequests", "write"),
+    # Issue 23h: a Managed HSM's private endpoint connections, and a vault's keys through ARM.
+    "microsoft.keyvault/managedhsms/privateendpointconnections/write": (
+        "Microsoft.KeyVault/managedHSMs/privateEndpointConnections", "write"),
+    "microsoft.keyvault/managedhsms/privateendpointconnections/delete": (
+        "Microsoft.KeyVault/managedHSMs/privateEndpointConnections", "delete"),
+    "microsoft.keyvault/vaults/keys/write": ("Microsoft.KeyVault/vaults/keys", "write"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
+_CHILD_TYPES = {"vault": "microsoft.keyvault/vaults/", "hsm": "microsoft.keyvault/managedhsms/"}
+
+
+def resource_types_at(vault_id: str) -> tuple[str, ...]:
+    """The watched types a vault's scope can hold: the extension types, and the child types of its
+    own kind (a Key Vault's keys and connections, a Managed HSM's connections)."""
+    own = _CHILD_TYPES[vault_kind(vault_id)]
+    return tuple(t for t in RESOURCE_TYPES
+                 if not t.lower().startswith("microsoft.keyvault/") or t.lower().startswith(own))
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
+MANAGED_HSM_TYPE = "Microsoft.KeyVault/managedHSMs"
+KEYS_TYPE = "Microsoft.KeyVault/vaults/keys"
+# The types kvguard protects as vaults: a Key Vault, and a Managed HSM (a vault of kind `hsm`).
+VAULT_TYPES = frozenset({VAULT_TYPE.lower(), MANAGED_HSM_TYPE.lower()})
+
+
+def is_vault_type(resource_type: str) -> bool:
+    """Whether an ARM type (any case) is one kvguard protects as a vault."""
+    return resource_type.strip().lower() in VAULT_TYPES
 MANAGEMENT_GROUP_PREFIX = "/providers/microsoft.management/managementgroups/"
 
 
@@ -82,7 +106,10 @@ def resource_type_of(doc: Mapping[str, Any]) -> str:
     stated = doc.get("type")
     if isinstance(stated, str) and stated.strip():
         return stated.strip()
-    return VAULT_TYPE if is_vault_id(str(doc.get("id", ""))) else ""
+    resource_id = str(doc.get("id", ""))
+    if not is_vault_id(resource_id):
+        return ""
+    return MANAGED_HSM_TYPE if vault_kind(resource_id) == "hsm" else VAULT_TYPE
 
 
 def same_resource(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:

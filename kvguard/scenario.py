@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kvguard.datafile import DataFileError, read_mapping
 from kvguard.ids import VaultRef, parse_vault_ref, vault_key
 from kvguard.policy import Policy, PolicyError, parse_duration, policy_from_data
-from kvguard.resources import VAULT_TYPE, resource_type_of
+from kvguard.resources import is_vault_type, resource_type_of
 from kvguard.vault import VaultConfig
 
 STEP_KINDS = ("write", "delete", "event", "events", "activity", "advance", "reconcile")
@@ -137,14 +137,14 @@ _RESOURCE_ID = re.compile(r"^/(subscriptions|providers)/[^/]+", re.IGNORECASE)
 
 def _deletable(value: Any) -> bool:
     """A vault's id, or the id of a resource that is no part of a vault's own document: inside a
-    vault only extension resources (`…/providers/…`) and private endpoint connections are."""
+    vault only extension resources (`…/providers/…`), private endpoint connections and keys are."""
     if not isinstance(value, str) or not _RESOURCE_ID.match(value.strip()):
         return False
     ref = parse_vault_ref(value)
     if ref is None or ref.resource_group is None or _vault_ref(value) is not None:
         return True
     inside = value.strip()[len(ref.id):].lower()
-    return "/providers/" in inside or inside.startswith("/privateendpointconnections/")
+    return "/providers/" in inside or inside.startswith(("/privateendpointconnections/", "/keys/"))
 
 
 def _is_vault_document(doc: Any) -> bool:
@@ -152,7 +152,7 @@ def _is_vault_document(doc: Any) -> bool:
     of any other resource (its `type` says which)."""
     stated = doc.get("type") if isinstance(doc, dict) else None
     if isinstance(stated, str) and stated.strip():
-        return stated.strip().lower() == VAULT_TYPE.lower()
+        return is_vault_type(stated)
     return True
 
 
@@ -166,8 +166,8 @@ def _resource(doc: Any) -> dict[str, Any]:
     if not resource_type_of(doc):
         raise ValueError("resource.type: missing; the type says which resource this is "
                          "(e.g. Microsoft.Authorization/roleAssignments)")
-    if resource_type_of(doc).lower() == VAULT_TYPE.lower():
-        raise ValueError("resource.type: a vault belongs under vaults:")
+    if is_vault_type(resource_type_of(doc)):
+        raise ValueError("resource.type: a vault (or Managed HSM) belongs under vaults:")
     if not isinstance(doc.get("properties", {}), dict):
         raise ValueError("resource.properties: expected an object")
     return doc
@@ -186,5 +186,6 @@ def _vault(doc: Any) -> VaultConfig:
     config = VaultConfig.from_arm(doc)
     if _vault_ref(config.id) is None:
         raise ValueError(f"vault.id: {config.id!r} is not the resource id of a Key Vault "
-                         "(/subscriptions/…/resourceGroups/…/providers/Microsoft.KeyVault/vaults/…)")
+                         "(/subscriptions/…/resourceGroups/…/providers/Microsoft.KeyVault/vaults/…) "
+                         "or of a Managed HSM (…/providers/Microsoft.KeyVault/managedHSMs/…)")
     return config

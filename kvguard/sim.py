@@ -127,8 +127,10 @@ class SimVaultGateway:
         doc = self._doc(vault_id)
         doc = {**doc, "properties": {**doc.get("properties", {}), **copy.deepcopy(dict(properties))}}
         self.world.put(doc)
-        self.world.emitted.append(self.world.own_write_event(doc["id"], "Microsoft.KeyVault/vaults/write"))
-        return self.world.parsed[vault_key(doc["id"])]
+        written = self.world.parsed[vault_key(doc["id"])]
+        kind = "managedHSMs" if written.kind == "hsm" else "vaults"
+        self.world.emitted.append(self.world.own_write_event(doc["id"], f"Microsoft.KeyVault/{kind}/write"))
+        return written
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         return self._update_access_policy(vault_id, entry, "remove")

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from kvguard import vault_spec
-from kvguard.ids import vault_key
+from kvguard.ids import VaultKind, vault_key, vault_kind
 
 MODE_TAG = "kvguard-mode"
 CRITICALITY_TAG = "criticality"
@@ -157,7 +157,9 @@ def _canonical(mapping: Mapping[str, Any], names: frozenset[str]) -> dict[str, A
 
 @dataclass(frozen=True)
 class VaultConfig:
-    """The configuration kvguard judges, from one ARM GET of `Microsoft.KeyVault/vaults`."""
+    """The configuration kvguard judges, from one ARM GET of `Microsoft.KeyVault/vaults` or of
+    `Microsoft.KeyVault/managedHSMs` (a vault of kind `hsm`: no access policies, no RBAC switch,
+    no `enabledFor*`; every other field means what it means for a vault)."""
 
     id: str
     name: str
@@ -187,6 +189,11 @@ class VaultConfig:
     @property
     def key(self) -> str:
         return vault_key(self.id)
+
+    @property
+    def kind(self) -> VaultKind:
+        """`hsm` for a Managed HSM, `vault` for a Key Vault."""
+        return vault_kind(self.id)
 
     def tag(self, name: str) -> str | None:
         """A tag value by name, case-insensitively (Azure tag names are case-insensitive)."""
@@ -222,9 +229,11 @@ class VaultConfig:
             (_lower(_ci_get(r, "id")) or "") for r in (_ci_get(acls, "virtualNetworkRules") or [])
             if isinstance(r, Mapping)
         ) - {""}
-        sku = _ci_get(props, "sku") or {}
+        # A vault's SKU is a property; a Managed HSM's sits beside its properties (`Standard_B1`).
+        sku = _ci_get(props, "sku") or _ci_get(doc, "sku") or {}
         tags = _ci_get(doc, "tags") or {}
-        modern = vault_spec.since_2019_09_01(props)  # the API version's defaults for soft delete
+        # The API version's defaults for soft delete; every Managed HSM API version has it on.
+        modern = vault_kind(resource_id) == "hsm" or vault_spec.since_2019_09_01(props)
         return cls(
             id=resource_id.strip().rstrip("/"),
             name=str(_ci_get(doc, "name") or resource_id.rstrip("/").rsplit("/", 1)[-1]),
@@ -418,3 +427,79 @@ def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
         vnet_rules_added=after.virtual_network_rules - before.virtual_network_rules,
         vnet_rules_removed=before.virtual_network_rules - after.virtual_network_rules,
     )
+
+
+# What the rules read of a vault's ARM document, by the VaultConfig field each path is parsed into
+# (dotted, as ARM spells it; a path covers everything below it). KV-DRIFT-01 reports a change to
+# any other property: tests/unit/test_drift.py holds every field of VaultConfig, and every field a
+# rule reads over its cases, to this table, so a new rule's fields are counted.
+READ_PROPERTIES: Mapping[str, tuple[str, ...]] = {
+    "location": ("location",),
+    "tags": ("tags",),
+    "tenant_id": ("properties.tenantId",),
+    "sku_name": ("properties.sku.name", "sku.name"),
+    "access_policies": ("properties.accessPolicies",),
+    "enable_rbac_authorization": ("properties.enableRbacAuthorization",),
+    "enable_soft_delete": ("properties.enableSoftDelete",),
+    "soft_delete_retention_days": ("properties.softDeleteRetentionInDays",),
+    "enable_purge_protection": ("properties.enablePurgeProtection",),
+    "enabled_for_deployment": ("properties.enabledForDeployment",),
+    "enabled_for_template_deployment": ("properties.enabledForTemplateDeployment",),
+    "enabled_for_disk_encryption": ("properties.enabledForDiskEncryption",),
+    "public_network_access": ("properties.publicNetworkAccess",),
+    "default_action": ("properties.networkAcls.defaultAction",),
+    "bypass": ("properties.networkAcls.bypass",),
+    "ip_rules": ("properties.networkAcls.ipRules",),
+    "virtual_network_rules": ("properties.networkAcls.virtualNetworkRules",),
+    "create_mode": ("properties.createMode",),
+}
+# Read beside the vault document: its private endpoint connections are judged as resources of their
+# own (KV-PE-01), and the list in the document repeats them.
+READ_AS_RESOURCES: tuple[str, ...] = ("properties.privateEndpointConnections",)
+# What ARM itself sets and changes (identity, status, URIs, write stamps): never a person's change.
+ARM_MANAGED: tuple[str, ...] = (
+    "id", "name", "type", "etag", "systemData", "properties.provisioningState", "properties.statusMessage",
+    "properties.vaultUri", "properties.hsmUri", "properties.hsmPoolResourceId", "properties.scheduledPurgeDate",
+    "properties.securityDomainProperties",
+)
+
+
+def _known_paths() -> frozenset[str]:
+    read = {path for paths in READ_PROPERTIES.values() for path in paths}
+    return frozenset(p.lower() for p in (*read, *READ_AS_RESOURCES, *ARM_MANAGED))
+
+
+_KNOWN_PATHS = _known_paths()
+
+
+def unread_changes(before: VaultConfig, after: VaultConfig) -> dict[str, tuple[Any, Any]]:
+    """The properties of the vault's document that changed and that no rule reads, by dotted path
+    (`properties.regions`), with their values before and after (None: absent). Property names are
+    compared case-insensitively, as ARM treats them."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    _compare(before.raw, after.raw, "", changes)
+    return changes
+
+
+def _lowered(value: Any) -> dict[str, tuple[str, Any]]:
+    """An object's members by lower-cased name (the name as written kept for the report)."""
+    return {k.lower(): (k, v) for k, v in value.items() if isinstance(k, str)} if isinstance(value, Mapping) else {}
+
+
+def _compare(before: Any, after: Any, prefix: str, changes: dict[str, tuple[Any, Any]], shown: str = "") -> None:
+    """Walk two objects member by member: a known path is passed over, a path with known paths
+    below it is walked into (both sides objects or absent), any other difference is reported."""
+    old, new = _lowered(before), _lowered(after)
+    for name in sorted(old.keys() | new.keys()):
+        path = f"{prefix}{name}"
+        if path in _KNOWN_PATHS:
+            continue
+        was, now = old.get(name, (name, None)), new.get(name, (name, None))
+        if was[1] == now[1]:
+            continue
+        spelled = f"{shown}{(now if name in new else was)[0]}"
+        walkable = all(isinstance(side, Mapping) or side is None for side in (was[1], now[1]))
+        if walkable and any(known.startswith(path + ".") for known in _KNOWN_PATHS):
+            _compare(was[1], now[1], path + ".", changes, spelled + ".")
+            continue
+        changes[spelled] = (was[1], now[1])

@@ -11,7 +11,7 @@ from kvguard.detection import Case, Context, History
 from kvguard.events import Caller, VaultEvent
 from kvguard.ids import parse_vault_ref
 from kvguard.policy import Policy
-from kvguard.resources import VAULT_TYPE, ResourceChange, ResourceState, Sweep, resource_type_of
+from kvguard.resources import ResourceChange, ResourceState, Sweep, is_vault_type, resource_type_of
 from kvguard.roles import builtin_role, role_from_arm
 from kvguard.vault import VaultConfig, diff
 
@@ -89,7 +89,7 @@ def make_context(case: Case) -> Context:
                        policy=Policy().merged(dict(case.policy)), history=History(**case.history),
                        now=case.event.get("time") or NOW, resource=state)
     document = case.after if case.after is not None else case.before
-    if document is not None and resource_type_of(document) != VAULT_TYPE:
+    if document is not None and not is_vault_type(resource_type_of(document)):
         return _resource_context(case, document)
     if case.sweep is not None:
         return Context(event=make_event(case.event), before=None, after=None, diff=None,

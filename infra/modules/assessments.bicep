@@ -176,6 +176,27 @@ var families = {
     userImpact: 'Low'
     implementationEffort: 'Low'
   }
+  KEY: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'dataExfiltration'
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
+  DRIFT: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'threatResistance'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
   other: {
     categories: [
       'Data'

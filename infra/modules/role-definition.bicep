@@ -12,8 +12,9 @@ param environmentName string
 param subscriptionIds array
 
 var actions = [
-  // VaultGateway.get / list_vaults: read the vault before judging and before every write.
+  // VaultGateway.get / list_vaults: read the vault (or Managed HSM) before judging and before every write.
   'Microsoft.KeyVault/vaults/read'
+  'Microsoft.KeyVault/managedHSMs/read'
   // restore_network, restore_settings, enable_purge_protection: PATCH of vault properties.
   'Microsoft.KeyVault/vaults/write'
   // revert_access_policy: a targeted accessPolicies/remove.

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # The reads this gateway makes (get, list_vaults, and the re-reads around a write); the infra grants
 # them with kvguard's remediation role. The writes are declared by the handlers that plan them.
-READ_PERMISSIONS = ("Microsoft.KeyVault/vaults/read",)
+READ_PERMISSIONS = ("Microsoft.KeyVault/vaults/read", "Microsoft.KeyVault/managedHSMs/read")
 
 
 class VaultNotFoundError(LookupError):
@@ -56,6 +56,14 @@ def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
     response = pipeline_response.http_response
     request = f"{response.request.method} {urlsplit(response.request.url).path}"
     return require_object(response.json(), f"ARM's answer to {request}")
+
+
+def _raw_json_or_none(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
+    """As `_raw_json`, for a read that ARM may answer with 204 and no body (a Managed HSM's GET
+    does, for an HSM that is not there)."""
+    if pipeline_response.http_response.status_code == 204:
+        return None
+    return _raw_json(pipeline_response, deserialized, headers)
 
 
 class ArmVaultGateway:
@@ -83,22 +91,27 @@ class ArmVaultGateway:
         return self._clients(subscription_id)
 
     def get(self, vault_id: str) -> VaultConfig | None:
+        """A Key Vault through `vaults.get`, a Managed HSM (a vault of kind `hsm`) through
+        `managed_hsms.get`: the same raw ARM JSON, parsed the same way."""
         from azure.core.exceptions import ResourceNotFoundError
 
         ref, group = _locate(vault_id)
-        vaults = self.client(ref.subscription_id).vaults
+        client = self.client(ref.subscription_id)
         try:
-            with azure_errors(f"get vault {ref.name}", answers=is_not_found):
-                body = vaults.get(group, ref.name, cls=_raw_json)
+            with azure_errors(f"get {_what(ref)} {ref.name}", answers=is_not_found):
+                body: Any = (client.managed_hsms.get(group, ref.name, cls=_raw_json_or_none) if ref.kind == "hsm"
+                             else client.vaults.get(group, ref.name, cls=_raw_json))
         except ResourceNotFoundError:
             return None
-        return _vault(body)
+        return _vault(body) if body is not None else None
 
     def update(self, vault_id: str, properties: Mapping[str, Any]) -> VaultConfig:
         from azure.core.exceptions import ResourceNotFoundError
 
         ref, group = _locate(vault_id)
         patch = {"properties": dict(properties)}
+        if ref.kind == "hsm":
+            return self._update_hsm(vault_id, patch)
         vaults = self.client(ref.subscription_id).vaults
         try:
             with azure_errors(f"update vault {ref.name}", answers=is_not_found):
@@ -106,6 +119,23 @@ class ArmVaultGateway:
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
         return _vault(body)
+
+    def _update_hsm(self, hsm_id: str, patch: Mapping[str, Any]) -> VaultConfig:
+        """A Managed HSM's PATCH is a long-running operation: waited for, then the HSM re-read.
+        Only a rule the policy opts in reaches here, with the right granted (README, "Opt-in rights")."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ref, group = _locate(hsm_id)
+        hsms = self.client(ref.subscription_id).managed_hsms
+        try:
+            with azure_errors(f"update managed HSM {ref.name}", answers=is_not_found):
+                hsms.begin_update(group, ref.name, cast(Any, patch), **request_id_kwargs()).result()
+        except ResourceNotFoundError as exc:
+            raise VaultNotFoundError(f"managed HSM {ref.id} not found") from exc
+        after = self.get(hsm_id)
+        if after is None:
+            raise VaultNotFoundError(f"managed HSM {ref.id} disappeared after its update")
+        return after
 
     def remove_access_policy(self, vault_id: str, entry: AccessPolicy) -> VaultConfig:
         """A targeted `accessPolicies/remove`: only `entry`'s permissions, only for its principal,
@@ -144,9 +174,12 @@ class ArmVaultGateway:
         return after
 
     def list_vaults(self, subscription_id: str) -> list[VaultConfig]:
-        vaults = self.client(subscription_id).vaults
+        """The subscription's Key Vaults, then its Managed HSMs (vaults of kind `hsm`)."""
+        client = self.client(subscription_id)
         with azure_errors(f"list vaults of subscription {subscription_id}", role="Reader"):
-            return [_vault(_wire_json(vault)) for vault in vaults.list_by_subscription()]
+            vaults = [_vault(_wire_json(vault)) for vault in client.vaults.list_by_subscription()]
+        with azure_errors(f"list managed HSMs of subscription {subscription_id}", role="Reader"):
+            return vaults + [_vault(_wire_json(hsm)) for hsm in client.managed_hsms.list_by_subscription()]
 
     def close(self) -> None:
         self._clients.close()
@@ -170,6 +203,10 @@ def _vault(body: Any) -> VaultConfig:
         return VaultConfig.from_arm(body)
     except ValueError as error:
         raise PermanentError(f"ARM's answer is not a vault: {shorten(str(error))}") from error
+
+
+def _what(ref: VaultRef) -> str:
+    return "managed HSM" if ref.kind == "hsm" else "vault"
 
 
 def _locate(vault_id: str) -> tuple[VaultRef, str]:

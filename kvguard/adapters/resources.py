@@ -1,6 +1,7 @@
 """The ResourceGateway on Azure Resource Manager for the resources beside a vault: its diagnostic
-settings, the locks over it, its private endpoint connections and its subscription's Defender
-plan (the `KeyVaults` pricing).
+settings, the locks over it, its (or a Managed HSM's) private endpoint connections, its
+subscription's Defender plan (the `KeyVaults` pricing), and its keys (read through
+azure-mgmt-keyvault's `keys` operations; kvguard never writes a key).
 
 Each is read, written and listed as raw ARM JSON by a thin call (`send_request`) through the ARM
 pipeline of the azure-mgmt-keyvault client (azure-mgmt-core's: the same credential policy,
@@ -27,7 +28,7 @@ from kvguard.adapters.azure_clients import (
     require_object,
 )
 from kvguard.client_request import request_id_kwargs
-from kvguard.ids import subscription_of
+from kvguard.ids import parse_vault_ref, subscription_of
 from kvguard.ports import PermanentError, ResourceGateway
 from kvguard.resources import key_vaults_pricing_id
 
@@ -67,13 +68,16 @@ API_VERSIONS = {
     "microsoft.authorization/locks": "2020-05-01",
     "microsoft.keyvault/vaults/privateendpointconnections": "2023-07-01",
     "microsoft.security/pricings": "2024-01-01",
+    "microsoft.keyvault/managedhsms/privateendpointconnections": "2023-07-01",
 }
 # Where each type is listed for a scope (the vault's id), and with which query.
 _LISTINGS = {
     "microsoft.insights/diagnosticsettings": ("/providers/Microsoft.Insights/diagnosticSettings", {}),
     "microsoft.authorization/locks": ("/providers/Microsoft.Authorization/locks", {"$filter": "atScope()"}),
     "microsoft.keyvault/vaults/privateendpointconnections": ("/privateEndpointConnections", {}),
+    "microsoft.keyvault/managedhsms/privateendpointconnections": ("/privateEndpointConnections", {}),
 }
+KEYS = "microsoft.keyvault/vaults/keys"
 
 
 def resource_type_of_id(resource_id: str) -> str:
@@ -87,6 +91,10 @@ def resource_type_of_id(resource_id: str) -> str:
         return "microsoft.security/pricings"
     if "/privateendpointconnections/" in lowered and "/providers/microsoft.keyvault/vaults/" in lowered:
         return "microsoft.keyvault/vaults/privateendpointconnections"
+    if "/privateendpointconnections/" in lowered and "/providers/microsoft.keyvault/managedhsms/" in lowered:
+        return "microsoft.keyvault/managedhsms/privateendpointconnections"
+    if _key_parts(resource_id) is not None:
+        return KEYS
     raise PermanentError(f"no reader of the resource {resource_id} is configured")
 
 
@@ -105,12 +113,28 @@ class ArmResourceGateway:
     def get(self, resource_id: str) -> Mapping[str, Any] | None:
         from azure.core.exceptions import HttpResponseError
 
+        if resource_type_of_id(resource_id) == KEYS:
+            return self._get_key(resource_id)
         try:
             return self._call("GET", resource_id, f"get {resource_id}", answers=is_not_found)
         except HttpResponseError:
             return None
 
+    def _get_key(self, key_id: str) -> Mapping[str, Any] | None:
+        """A vault's key through azure-mgmt-keyvault's `keys.get`, as the raw ARM JSON."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        subscription, group, vault, name = _key_parts(key_id) or ("", "", "", "")
+        try:
+            with azure_errors(f"get key {name} of vault {vault}", answers=is_not_found):
+                key: Mapping[str, Any] = self._clients(subscription).keys.get(group, vault, name, cls=_raw_json)
+                return key
+        except ResourceNotFoundError:
+            return None
+
     def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        if resource_type_of_id(resource_id) == KEYS:
+            raise PermanentError(f"kvguard never writes keys ({resource_id}): KV-KEY-01 is alert-only")
         body = {k: v for k, v in document.items() if k.lower() not in ("id", "type", "etag", "systemdata")}
         answer = self._call("PUT", resource_id, f"put {resource_id}", body=body)
         return answer or self.get(resource_id) or {}
@@ -118,6 +142,8 @@ class ArmResourceGateway:
     def delete(self, resource_id: str) -> bool:
         from azure.core.exceptions import HttpResponseError
 
+        if resource_type_of_id(resource_id) == KEYS:
+            raise PermanentError(f"kvguard never deletes keys ({resource_id})")
         try:
             status = self._status("DELETE", resource_id, f"delete {resource_id}")
         except HttpResponseError:
@@ -130,6 +156,8 @@ class ArmResourceGateway:
         if wanted == "microsoft.security/pricings":
             plan = self.get(key_vaults_pricing_id(subscription))
             return [plan] if plan is not None else []
+        if wanted == KEYS:
+            return self._list_keys(scope)
         if wanted not in _LISTINGS:
             raise PermanentError(f"no reader of {resource_type} is configured")
         suffix, query = _LISTINGS[wanted]
@@ -140,6 +168,16 @@ class ArmResourceGateway:
             found += [item for item in page.get("value") or [] if isinstance(item, dict)]
             url = page.get("nextLink") or ""
         return found
+
+    def _list_keys(self, vault_id: str) -> list[Mapping[str, Any]]:
+        """A vault's keys through `keys.list`, each in ARM's wire shape (the models of
+        azure-mgmt-keyvault 14 are mappings over the wire JSON)."""
+        ref = parse_vault_ref(vault_id)
+        if ref is None or ref.resource_group is None or ref.kind != "vault":
+            raise PermanentError(f"keys are listed for a Key Vault, not {vault_id}")
+        with azure_errors(f"list keys of vault {ref.name}"):
+            listed = self._clients(ref.subscription_id).keys.list(ref.resource_group, ref.name)
+            return [key.as_dict() for key in listed]
 
     def close(self) -> None:
         self._clients.close()
@@ -181,6 +219,23 @@ class ArmResourceGateway:
             if response.status_code >= 400:
                 raise HttpResponseError(response=response, error_format=ODataV4Format)  # ARM's {"error": …}
         return response
+
+
+def _key_parts(key_id: str) -> tuple[str, str, str, str] | None:
+    """(subscription, resource group, vault, key) of a key's id (`{vault id}/keys/{name}`), or None."""
+    ref = parse_vault_ref(key_id)
+    rest = key_id.strip().rstrip("/")[len(ref.id):].split("/") if ref is not None else []
+    if ref is None or ref.resource_group is None or ref.kind != "vault" or len(rest) != 3 or rest[1].lower() != "keys":
+        return None
+    return ref.subscription_id, ref.resource_group, ref.name, rest[2]
+
+
+def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
+    """The `cls` hook of an SDK read: the body exactly as ARM sent it."""
+    response = pipeline_response.http_response
+    request = f"{response.request.method} {urlsplit(response.request.url).path}"
+    return require_object(response.json(), f"ARM's answer to {request}")
+
 
 
 # Through azure-mgmt-authorization: roleAssignments, roleDefinitions, roleEligibilityScheduleRequests

@@ -83,7 +83,7 @@ def alerts_for(services: Services, context: FlowContext, vault_id: str, findings
     """One alert per finding, raised on `vault_id`, scored with the context's risk, naming the
     handler that will revert it when the decision is to remediate."""
     event, risk, decision = context.event, context.risk, context.decision
-    allowed = {f.rule for f in remediable(findings, services.policy)}
+    allowed = {f.rule for f in remediable(findings, services.policy, vault_id)}
     return [
         Alert(
             vault_id=vault_id,
@@ -152,7 +152,7 @@ def remediate(
     retry after this one still accounts for all of it; it names the alerts already `alerted`."""
     decision, event = context.decided, context.event
     rules = sorted({f.rule for f in handler_findings})
-    allowed = remediable(context.findings, services.policy)
+    allowed = remediable(context.findings, services.policy, context.vault_id)
     mine = [f for f in handler_findings if f in allowed]
     refused = _refused(handler_id, decision, mine, rules)
     if refused is not None:
@@ -202,7 +202,9 @@ def act_beside(
             continue
         results.append(deliver(services, handler_id,
                                HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)), None))
-    allowed = remediable(findings, services.policy)
+    # A resource inside one vault (a Managed HSM's private endpoint connection) is remediated as that vault allows.
+    inside = resource.vault_ids[0] if resource is not None and len(resource.vaults) == 1 else None
+    allowed = remediable(findings, services.policy, inside)
     for handler_id, handler_findings in by_remediation(findings).items():
         rules = sorted({f.rule for f in handler_findings})
         mine = [f for f in handler_findings if f in allowed]

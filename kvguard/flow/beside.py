@@ -99,7 +99,8 @@ def _covered_vaults(services: Services, event: VaultEvent, change: ResourceChang
     """The known vaults the change's scope covers; a resource inside one vault needs no listing."""
     if event.vault is not None and event.vault.resource_group is not None:
         baseline = services.store.get_baseline(event.vault.id)
-        return [baseline] if baseline is not None and not baseline.deleted else []
+        protected = baseline is not None and not baseline.deleted and services.policy.protects(baseline.vault_id)
+        return [baseline] if baseline is not None and protected else []
     if change.type.lower() == ROLE_DEFINITIONS:
         return _vaults_assigned(services, change.id)
     return [b for b in known_vaults(services) if covers(change.scope, b.vault_id)]

@@ -27,8 +27,9 @@ def baseline_config(services: Services, baseline: Baseline) -> VaultConfig:
 
 
 def known_vaults(services: Services) -> list[Baseline]:
-    """The baselines of the vaults kvguard knows (not deleted), in the store's order."""
-    return [b for b in services.store.list_baselines() if not b.deleted and is_vault_id(b.vault_id)]
+    """The baselines of the vaults kvguard knows (not deleted) and protects, in the store's order."""
+    return [b for b in services.store.list_baselines()
+            if not b.deleted and is_vault_id(b.vault_id) and services.policy.protects(b.vault_id)]
 
 
 def known_id(services: Services, event: VaultEvent) -> str:
@@ -41,6 +42,7 @@ def known_id(services: Services, event: VaultEvent) -> str:
         for baseline in services.store.list_baselines():
             ref = parse_vault_ref(baseline.vault_id)
             if (baseline.deleted and ref is not None and ref.name.lower() == event.vault.name.lower()
+                    and ref.kind == event.vault.kind
                     and ref.subscription_id.lower() == event.vault.subscription_id.lower()):
                 return baseline.vault_id
         return event.vault.id

@@ -30,17 +30,19 @@ from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
 from kvguard.ports import AuditRecord, Baseline, ConcurrencyError, PermanentError
 from kvguard.resources import (
-    RESOURCE_TYPES,
+    MANAGED_HSM_TYPE,
     SWEEP_TYPES,
+    VAULT_TYPE,
     ResourceChange,
     Sweep,
     covers,
     is_vault_id,
     resource_type_of,
+    resource_types_at,
     same_resource,
 )
 from kvguard.risk import assess
-from kvguard.vault import VaultConfig, diff
+from kvguard.vault import VaultConfig, diff, unread_changes
 
 log = logging.getLogger("kvguard")
 HandleEvent = Callable[[VaultEvent], Outcome]
@@ -54,6 +56,8 @@ def reconcile(services: Services, subscription_ids: Sequence[str], handle_event:
     established = {b.vault_id for b in known_vaults(services)}
     for subscription_id in subscription_ids:
         for vault in services.gateway.list_vaults(subscription_id):
+            if not services.policy.protects(vault.id):
+                continue
             try:
                 outcome = _reconcile_vault(services, vault, handle_event)
             except Exception:  # logged with its traceback; the next run tries this vault again
@@ -69,7 +73,8 @@ def _reconcile_vault(services: Services, vault: VaultConfig, handle_event: Handl
     if baseline is None:
         services.store.put_baseline(vault.id, dict(vault.raw), None, now=services.clock.now())
         return Outcome(None, "processed", "reconciliation: baseline seeded", vault.id)
-    if baseline.deleted or not diff(baseline_config(services, baseline), vault).empty:
+    before = None if baseline.deleted else baseline_config(services, baseline)
+    if before is None or not diff(before, vault).empty or unread_changes(before, vault):
         return handle_event(_reconciliation_event(vault, baseline.etag))
     return None
 
@@ -84,7 +89,7 @@ def _reconcile_resources(services: Services, established: set[str], handle_event
     outcomes = []
     current: dict[str, Mapping[str, Any] | None] = {}
     for vault in known_vaults(services):
-        for resource_type in RESOURCE_TYPES:
+        for resource_type in resource_types_at(vault.vault_id):
             try:
                 listed = services.resources.list_at_scope(vault.vault_id, resource_type)
             except Exception:  # logged with its traceback; the next run lists again
@@ -121,7 +126,7 @@ def seed_resources(services: Services) -> int:
         return 0
     seeded = 0
     for vault in known_vaults(services):
-        for resource_type in RESOURCE_TYPES:
+        for resource_type in resource_types_at(vault.vault_id):
             try:
                 listed = services.resources.list_at_scope(vault.vault_id, resource_type)
             except PermanentError as error:
@@ -210,7 +215,8 @@ def _reconciliation_event(vault: VaultConfig, baseline_etag: str) -> VaultEvent:
     reconciliation that is itself retried does not act twice."""
     return VaultEvent(
         id=f"reconcile:{vault.key}:{baseline_etag}", event_type="kvguard.Reconciliation", schema="eventgrid",
-        subject=vault.id, time=None, vault=parse_vault_ref(vault.id), operation="Microsoft.KeyVault/vaults/write",
+        subject=vault.id, time=None, vault=parse_vault_ref(vault.id),
+        operation=f"{MANAGED_HSM_TYPE if vault.kind == 'hsm' else VAULT_TYPE}/write",
         kind="write", access_policy_action=None, status="Succeeded", succeeded=True, caller=Caller(),
         correlation_id=None, tenant_id=vault.tenant_id, raw={},
     )

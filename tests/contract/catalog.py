@@ -60,6 +60,8 @@ RULES: dict[str, Promised] = {
     "KV-TAG-01": Promised("medium", "diff", ("T1562.001",), None),
     "KV-DENY-01": Promised("critical", "diff", ("T1562.001",), None),
     "KV-PIM-01": Promised("high", "diff", ("T1098.003",), None),
+    "KV-KEY-01": Promised("medium", "diff", ("T1552.004",), None),
+    "KV-DRIFT-01": Promised("low", "diff", ("T1562",), None),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -82,4 +84,4 @@ HANDLERS: dict[str, str] = {
 
 # The rule families in the order the catalog lists them.
 FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF", "KV-RBAC", "KV-LOG", "KV-LOCK", "KV-PE",
-                "KV-DEF", "KV-TAG", "KV-DENY", "KV-PIM")
+                "KV-DEF", "KV-TAG", "KV-DENY", "KV-PIM", "KV-KEY", "KV-DRIFT")

@@ -101,7 +101,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 25)]
+    assert numbers == [f"{n:02d}" for n in range(1, 27)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -611,3 +611,37 @@ def test_24_eligibility_for_secrets_officer_is_critical_and_reader_is_a_near_mis
     assert eligible["evidence"]["requestType"] == "AdminAssign"
     assert officer["vault"].endswith("/vaults/kv-billing-prod")
     assert "KV-PIM-01" not in rules(reader)
+
+
+# --- 25 Managed HSM, 26 a key through ARM -------------------------------------------------------
+
+
+def test_25_an_opened_hsm_is_alerted_never_written_then_drift_and_purge() -> None:
+    events, summary = replayed("25")
+    opened, approved, region, deleted, purged = events
+    hsm_id = original("25", "hsm-payroll")["id"]
+    assert [e["vault"] for e in events] == [hsm_id] * 5
+    assert {"KV-NET-01", "KV-NET-02"} <= rules(opened) and rules(approved) == {"KV-PE-01"}
+    for event in (opened, approved):
+        assert {a["handler"]: a["status"] for a in event["actions"] if a["handler"] in ALERT_HANDLERS} == {
+            "raise_defender_alert": "applied", "publish_detection": "applied"}
+        [held] = [a for a in event["actions"] if a["handler"] in REMEDIATION_HANDLERS]
+        assert held["status"] == "skipped" and "Managed HSM" in held["detail"]
+    assert {a["status"] for a in remediations(events)} == {"skipped"}  # the HSM is never written
+    [drift] = region["findings"]
+    assert drift["rule"] == "KV-DRIFT-01" and [p["property"] for p in drift["evidence"]["properties"]] == [
+        "properties.regions"]
+    assert "KV-LIFE-01" in rules(deleted) and "KV-LIFE-02" in rules(purged)
+    assert summary["vaults"][hsm_id]["exists"] is False
+
+
+def test_26_a_key_loosened_through_arm_is_kv_key_01_alert_only() -> None:
+    events, _ = replayed("26")
+    dropped, released, disabled = events
+    key_id = source("26")["resources"][0]["id"]
+    assert [e["resource"] for e in events] == [key_id] * 3
+    details = [f["title"].split(": ", 1)[1] for f in dropped["findings"] if f["rule"] == "KV-KEY-01"]
+    assert details == ["rotate action dropped", "expiry pushed out"]
+    assert [(f["severity"], f["title"].split(": ", 1)[1]) for f in released["findings"]] == [
+        ("high", "release policy changed"), ("high", "key made exportable")]
+    assert disabled["findings"] == [] and remediations(events) == []

@@ -42,6 +42,15 @@ _VAULT = (
 _VAULT_RE = re.compile(f"^{_VAULT}$", re.IGNORECASE)
 _ACCESS_POLICY_RE = re.compile(f"^{_VAULT}/accesspolicies/(?P<kind>[^/]+)$", re.IGNORECASE)
 _LIST_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyvault/vaults$", re.IGNORECASE)
+# Issue 23h: Managed HSMs (vaults of kind `hsm`, kept beside the vaults in `vaults`) and a vault's
+# keys (kept in `resources`): one by id, the subscription's HSMs, a vault's keys.
+_HSM = (
+    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.keyvault/managedhsms/(?P<name>[^/]+)"
+)
+_HSM_RE = re.compile(f"^{_HSM}$", re.IGNORECASE)
+_HSM_LIST_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.keyvault/managedhsms$", re.IGNORECASE)
+_KEY_RE = re.compile(f"^{_VAULT}/keys(?:/(?P<key>[^/]+))?$", re.IGNORECASE)
 _ASSESSMENT_RE = re.compile(
     r"^/+(?P<resource>.+?)/providers/microsoft\.security/assessments/(?P<name>[^/]+)$", re.IGNORECASE
 )
@@ -339,6 +348,12 @@ class ArmFake:
             return self._update_access_policy(match, request.json or {})
         if (match := _LIST_RE.match(path)) and method == "GET":
             return self._list_vaults(match["sub"], request)
+        if match := _HSM_RE.match(path):
+            return self._managed_hsm(request, match)
+        if (match := _HSM_LIST_RE.match(path)) and method == "GET":
+            return self._list_vaults(match["sub"], request, kind="managedHSMs")
+        if match := _KEY_RE.match(path):
+            return self._key(request, match)
         if (match := _ASSESSMENT_RE.match(path)) and method == "PUT":
             return self._put_assessment(match, request.json or {})
         if match := _ROLE_ASSIGNMENT_RE.match(path):
@@ -460,7 +475,7 @@ class ArmFake:
             body = request.json or {}
             existing = self.resources.get(key) or {}
             stored = {**existing, "id": existing.get("id", request.path), "name": match["name"],
-                      "type": existing.get("type", _BESIDE_TYPES[match["kind"].lower()]),
+                      "type": existing.get("type", _beside_type(match)),
                       "properties": copy.deepcopy(body.get("properties") or {})}
             self.resources[key] = stored
             self._sync_settings()
@@ -541,18 +556,73 @@ class ArmFake:
         }
         return 200, result, {}
 
-    def _list_vaults(self, subscription: str, request: Recorded) -> tuple[int, Any, dict[str, str]]:
+    def _list_vaults(
+        self, subscription: str, request: Recorded, kind: str = "vaults"
+    ) -> tuple[int, Any, dict[str, str]]:
         prefix = f"/subscriptions/{subscription.lower()}/"
-        docs = [doc for key, doc in self.vaults.items() if key.startswith(prefix)]
+        marker = f"/providers/microsoft.keyvault/{kind.lower()}/"
+        docs = [doc for key, doc in self.vaults.items() if key.startswith(prefix) and marker in key]
         top = request.param("$top")
         size = int(top) if top else self.page_size or len(docs) or 1
         start = int(request.param("$skiptoken") or 0)
         page: dict[str, Any] = {"value": docs[start : start + size]}
         if start + size < len(docs):
             query = urlencode({"api-version": request.param("api-version"), "$skiptoken": str(start + size)})
-            path = f"/subscriptions/{subscription}/providers/Microsoft.KeyVault/vaults"
+            path = f"/subscriptions/{subscription}/providers/Microsoft.KeyVault/{kind}"
             page["nextLink"] = f"{self.base_url}{path}?{query}"
         return 200, page, {}
+
+    def _managed_hsm(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        """A Managed HSM: GET (404 when absent), PUT (create or replace), PATCH (the body's
+        properties and tags laid over it; ARM answers the long-running update with the HSM, its
+        provisioningState Succeeded) and DELETE (200, or 204 when there was none)."""
+        key, method = vault_key(request.path), request.method
+        found = self.vaults.get(key)
+        if method == "GET":
+            return (200, copy.deepcopy(found), {}) if found is not None else _arm_error(
+                404, "ResourceNotFound", f"The Resource 'Microsoft.KeyVault/managedHSMs/{match['name']}' under "
+                f"resource group '{match['rg']}' was not found.")
+        if method == "PUT":
+            body = request.json or {}
+            stored = {**body, "id": found["id"] if found else request.path, "name": match["name"],
+                      "type": "Microsoft.KeyVault/managedHSMs"}
+            self.vaults[key] = copy.deepcopy(stored)
+            return (200 if found else 201), copy.deepcopy(stored), {}
+        if method == "PATCH":
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The managed HSM {request.path} was not found.")
+            body = request.json or {}
+            found.setdefault("properties", {}).update(copy.deepcopy(body.get("properties") or {}))
+            found["properties"]["provisioningState"] = "Succeeded"
+            if "tags" in body:
+                found["tags"] = copy.deepcopy(body["tags"])
+            return 200, copy.deepcopy(found), {}
+        if method == "DELETE":
+            return (200, None, {}) if self.vaults.pop(key, None) is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
+
+    def _key(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        """A vault's key: GET, PUT (the body's properties replace the key's), DELETE, and the list."""
+        method, vault_id = request.method, request.path[: match.end("name")]
+        if match["key"] is None:
+            if method != "GET":
+                return _arm_error(405, "MethodNotAllowed", f"{method} of a collection.")
+            prefix = vault_key(vault_id) + "/keys/"
+            return 200, {"value": [copy.deepcopy(d) for k, d in self.resources.items() if k.startswith(prefix)]}, {}
+        key = vault_key(request.path)
+        found = self.resources.get(key)
+        if method == "GET":
+            return (200, copy.deepcopy(found), {}) if found is not None else _arm_error(
+                404, "ResourceNotFound", f"The key {match['key']} was not found in vault {match['name']}.")
+        if method == "PUT":
+            stored = {"id": found["id"] if found else request.path, "name": match["key"],
+                      "type": "Microsoft.KeyVault/vaults/keys",
+                      "properties": copy.deepcopy((request.json or {}).get("properties") or {})}
+            self.resources[key] = stored
+            return (200 if found else 201), copy.deepcopy(stored), {}
+        if method == "DELETE":
+            return (200, None, {}) if self.resources.pop(key, None) is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
 
     def _put_assessment(self, match: re.Match[str], body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         resource_id = "/" + match["resource"]
@@ -691,6 +761,14 @@ def _apply_access_policy(policies: list[dict[str, Any]], kind: str, entry: dict[
             current.pop(category, None)
     if not any(current.get(c) for c in _CATEGORIES):
         policies.remove(target)
+
+
+def _beside_type(match: re.Match[str]) -> str:
+    """The type of a resource the beside route creates; a Managed HSM's connections are its own type."""
+    kind = match["kind"].lower()
+    if kind == "/privateendpointconnections" and "/microsoft.keyvault/managedhsms/" in match["scope"].lower():
+        return "Microsoft.KeyVault/managedHSMs/privateEndpointConnections"
+    return _BESIDE_TYPES[kind]
 
 
 def _arm_error(status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:

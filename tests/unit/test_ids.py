@@ -80,7 +80,7 @@ def test_a_deleted_vault_id_is_kept_with_its_location_and_no_resource_group(reso
         f"/subscriptions/{SUB}",
         f"/subscriptions/{SUB}/resourceGroups/rg-ledger",
         f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.Storage/storageAccounts/stledger",
-        f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/managedHSMs/hsm-ledger",
+        f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/managedHSMs",
         f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/vaults",
         f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/vaults/",
         f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVaultX/vaults/kv-ledger",
@@ -90,6 +90,15 @@ def test_a_deleted_vault_id_is_kept_with_its_location_and_no_resource_group(reso
 )
 def test_ids_that_name_no_key_vault_give_none(resource_id: str | None) -> None:
     assert parse_vault_ref(resource_id) is None
+
+
+def test_a_managed_hsm_is_a_vault_of_kind_hsm() -> None:
+    hsm = f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/managedHSMs/hsm-ledger"
+    ref = parse_vault_ref(hsm + "/privateEndpointConnections/pe-1")
+    assert ref is not None and ref.kind == "hsm"
+    assert (ref.id, ref.name, ref.resource_group) == (hsm, "hsm-ledger", "rg-ledger")
+    vault = parse_vault_ref(f"/subscriptions/{SUB}/resourceGroups/rg-ledger/providers/Microsoft.KeyVault/vaults/kv")
+    assert vault is not None and vault.kind == "vault"
 
 
 def test_vault_key_ignores_case_blanks_and_trailing_slashes() -> None:
