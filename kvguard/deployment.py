@@ -56,7 +56,14 @@ RBAC_OPERATIONS = (
     "Microsoft.Authorization/roleAssignments/delete",
     "Microsoft.Authorization/roleDefinitions/write",
 )
-OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS
+# Azure Policy over a vault (KV-POL-*): exemptions and the assignments governing Key Vault.
+POLICY_OPERATIONS = (
+    "Microsoft.Authorization/policyExemptions/write",
+    "Microsoft.Authorization/policyExemptions/delete",
+    "Microsoft.Authorization/policyAssignments/write",
+    "Microsoft.Authorization/policyAssignments/delete",
+)
+OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS + POLICY_OPERATIONS
 # The rules that judge a change to kvguard's own deployment (it concerns no vault).
 DEPLOYMENT_RULES = ("KV-SELF-02",)
 FUNCTION = "on_vault_event"

@@ -34,6 +34,11 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.keyvault/vaults/privateendpointconnections/delete": (
         "Microsoft.KeyVault/vaults/privateEndpointConnections", "delete"),
     "microsoft.security/pricings/write": ("Microsoft.Security/pricings", "write"),
+    # Azure Policy (KV-POL-*): an exemption over a vault, an assignment governing Key Vault.
+    "microsoft.authorization/policyexemptions/write": ("Microsoft.Authorization/policyExemptions", "write"),
+    "microsoft.authorization/policyexemptions/delete": ("Microsoft.Authorization/policyExemptions", "delete"),
+    "microsoft.authorization/policyassignments/write": ("Microsoft.Authorization/policyAssignments", "write"),
+    "microsoft.authorization/policyassignments/delete": ("Microsoft.Authorization/policyAssignments", "delete"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
@@ -125,14 +130,17 @@ def covered_vaults(scope: str, vault_ids: Iterable[str]) -> list[str]:
 class ResourceState:
     """What the rules see of a changed resource: the change, its accepted baseline (`before`, None:
     not seen before), its current ARM JSON (`after`, None: gone), the accepted configuration of
-    every vault it covers (for a role definition: the vaults its known assignments cover), and for
-    a role assignment its role (None: the definition could not be read)."""
+    every vault it covers (for a role definition: the vaults its known assignments cover), for
+    a role assignment its role (None: the definition could not be read), and for a policy
+    assignment whether its definition (or a member of its set) names Key Vault (None: not a policy
+    assignment, or its definition could not be read)."""
 
     change: ResourceChange
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
     vaults: tuple[VaultConfig, ...] = ()
     role: Role | None = None
+    names_key_vault: bool | None = None
 
     @property
     def current(self) -> Mapping[str, Any] | None:

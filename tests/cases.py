@@ -57,8 +57,9 @@ def make_event(overrides: Mapping[str, Any]) -> VaultEvent:
 def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
     """A resource case's state. Keys: `id`, `type` (default: a role assignment), `action` (default
     write), `before`/`after` (ARM JSON or None), `vaults` (the covered vaults' ARM JSON; default
-    the default vault with RBAC authorization on) and `role` (a custom role's definition JSON;
-    default: the built-in role the assignment names)."""
+    the default vault with RBAC authorization on), `role` (a custom role's definition JSON;
+    default: the built-in role the assignment names) and, for a policy assignment,
+    `names_key_vault` (whether its definition names Key Vault; default None: not read)."""
     from detectors.cases import vault
 
     before, after = spec.get("before"), spec.get("after")
@@ -69,7 +70,7 @@ def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
     definition = ((current or {}).get("properties") or {}).get("roleDefinitionId", "")
     role = role_from_arm(spec["role"]) if spec.get("role") else builtin_role(definition) if definition else None
     vaults = tuple(VaultConfig.from_arm(v) for v in spec.get("vaults", [vault(enableRbacAuthorization=True)]))
-    return ResourceState(change, before, after, vaults, role)
+    return ResourceState(change, before, after, vaults, role, names_key_vault=spec.get("names_key_vault"))
 
 
 def make_context(case: Case) -> Context:

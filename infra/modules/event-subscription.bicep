@@ -66,6 +66,11 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.Web/sites/write'
             'Microsoft.Web/sites/stop/action'
             'Microsoft.Web/sites/delete'
+            // Azure Policy over a vault (KV-POL-*): exemptions and the assignments governing Key Vault.
+            'Microsoft.Authorization/policyExemptions/write'
+            'Microsoft.Authorization/policyExemptions/delete'
+            'Microsoft.Authorization/policyAssignments/write'
+            'Microsoft.Authorization/policyAssignments/delete'
           ]
         }
         // No filter on the caller: kvguard's own writes come back too, so that a write made with its

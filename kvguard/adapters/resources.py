@@ -179,31 +179,45 @@ class _RoleReader(Protocol):
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]: ...
 
 
-class RoutedResourceGateway:
-    """One ResourceGateway over two readers: role assignments and role definitions go through
-    azure-mgmt-authorization (`AuthorizationGateway`), every other resource beside the vaults
-    through the thin ARM calls above. The pipeline sees one port; each SDK stays in its adapter."""
+_POLICY = "/providers/microsoft.authorization/policy"  # exemptions, assignments, (set) definitions
 
-    def __init__(self, authorization: _RoleReader, others: ResourceGateway) -> None:
+
+class RoutedResourceGateway:
+    """One ResourceGateway over three readers: role assignments and role definitions go through
+    azure-mgmt-authorization (`AuthorizationGateway`), Azure Policy through azure-mgmt-resource
+    (`PolicyGateway`, when given), every other resource beside the vaults through the thin ARM
+    calls above. The pipeline sees one port; each SDK stays in its adapter."""
+
+    def __init__(self, authorization: _RoleReader, others: ResourceGateway,
+                 policy: ResourceGateway | None = None) -> None:
         self._authorization = authorization
         self._others = others
+        self._policy = policy
 
     def __repr__(self) -> str:
-        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r})"
+        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r}, {self._policy!r})"
 
     def _for_id(self, resource_id: str) -> _RoleReader | ResourceGateway:
-        return self._authorization if _AUTHORIZATION in resource_id.lower() else self._others
+        lowered = resource_id.lower()
+        if self._policy is not None and _POLICY in lowered:
+            return self._policy
+        return self._authorization if _AUTHORIZATION in lowered else self._others
 
     def _for_type(self, resource_type: str) -> _RoleReader | ResourceGateway:
-        return self._authorization if resource_type.lower().startswith("microsoft.authorization/role") else self._others
+        lowered = resource_type.lower()
+        if self._policy is not None and lowered.startswith("microsoft.authorization/policy"):
+            return self._policy
+        return self._authorization if lowered.startswith("microsoft.authorization/role") else self._others
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None:
         return self._for_id(resource_id).get(resource_id)
 
     def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
-        if self._for_id(resource_id) is self._authorization:
+        reader = self._for_id(resource_id)
+        if reader is self._authorization:
             raise PermanentError(f"kvguard never writes role assignments or definitions ({resource_id})")
-        return self._others.put(resource_id, document)
+        return self._policy.put(resource_id, document) if reader is self._policy and self._policy else \
+            self._others.put(resource_id, document)
 
     def delete(self, resource_id: str) -> bool:
         return self._for_id(resource_id).delete(resource_id)
