@@ -93,6 +93,24 @@ def test_removed_lock_is_restored_only_because_the_policy_opts_in() -> None:
     assert entry["config"]["properties"]["level"] == "ReadOnly"
 
 
+def test_policy_exemption_is_deleted_and_the_assignment_enforced_again_because_the_policy_opts_in() -> None:
+    events, summary = sample("23")
+    exempted, own_delete, loosened, own_write, storage_only = events
+    [exemption] = [f for f in exempted["findings"] if f["rule"] == "KV-POL-01"]
+    assert exempted["vault"] is None and exemption["evidence"]["change"] == "created"
+    assert [v.rsplit("/", 1)[-1] for v in exemption["evidence"]["vaults"]] == ["kv-orders"]
+    assert statuses(exempted)["remove_policy_exemption"] == "applied"
+    [assignment] = [f for f in loosened["findings"] if f["rule"] == "KV-POL-02"]
+    assert assignment["evidence"]["reasons"] == ["enforcementMode set to DoNotEnforce"]
+    assert statuses(loosened)["restore_policy_assignment"] == "applied"
+    assert [own_delete["outcome"], own_write["outcome"]] == ["self", "self"]
+    assert "KV-POL-01" not in rules(storage_only) and "remove_policy_exemption" not in statuses(storage_only)
+    final = {k.rsplit("/", 1)[-1]: v for k, v in summary["resources"].items()}
+    assert final["orders-hotfix"]["exists"] is False
+    assert final["kv-deletion-protection"]["config"]["properties"]["enforcementMode"] == "Default"
+    assert final["orders-storage-migration"]["exists"] is True
+
+
 def test_foreign_private_endpoint_is_rejected_and_pending_or_own_ones_are_quiet() -> None:
     events, summary = sample("17")
     approved, own, pending, own_subscription = events
