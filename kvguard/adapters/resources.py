@@ -216,8 +216,8 @@ class RoutedResourceGateway:
         reader = self._for_id(resource_id)
         if reader is self._authorization:
             raise PermanentError(f"kvguard never writes role assignments or definitions ({resource_id})")
-        return self._policy.put(resource_id, document) if reader is self._policy and self._policy else \
-            self._others.put(resource_id, document)
+        writer = self._policy if reader is self._policy and self._policy is not None else self._others
+        return writer.put(resource_id, document)
 
     def delete(self, resource_id: str) -> bool:
         return self._for_id(resource_id).delete(resource_id)

@@ -2,7 +2,8 @@
 the Key Vault policy assigned on the subscription, arrives through on_vault_event decoded the way
 the worker decodes it; the real PolicyClient of azure-mgmt-resource reads it (and the assignment's
 definition) on the HTTPS ARM fake, Defender hears of it first, and with the rule opted in the
-exemption is deleted, exactly that one; state is in Azurite."""
+exemption is deleted, exactly that one; the assignment switched to DoNotEnforce is enforced again.
+State is in Azurite."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def fake() -> Iterator[ArmFake]:
 def _install(fake: ArmFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opted_in: bool) -> Iterator[Pipeline]:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text("rules: {KV-POL-01: {remediate: true}}\n" if opted_in else "{}\n", encoding="utf-8")
+    policy_file.write_text("rules: {KV-POL-01: {remediate: true}, KV-POL-02: {remediate: true}}\n" if opted_in
+                           else "{}\n", encoding="utf-8")
     with running_azurite(tmp_path) as azurite:
         pipeline = runtime.build(_settings(fake, azurite, policy_file), credential=FakeCredential())
         pipeline.store.put_baseline(VAULT_ID, vault_doc(), None, now=pipeline.clock.now())
@@ -180,3 +182,31 @@ def test_without_the_opt_in_the_exemption_is_only_alerted(
         (record,) = [r for r in pipeline.store.list_audit() if r.event_id == "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0a"]
         (action,) = [a for a in record.outcome["actions"] if a["handler"] == "remove_policy_exemption"]
         assert action["status"] == "skipped"
+
+
+def test_a_key_vault_assignment_set_to_do_not_enforce_is_enforced_again(installed: Pipeline, fake: ArmFake) -> None:
+    installed.store.put_baseline(ASSIGNMENT_ID, assignment(), None, now=installed.clock.now())
+    loosened = assignment()
+    loosened["properties"] = {**loosened["properties"], "enforcementMode": "DoNotEnforce", "description": "pilot"}
+    fake.add_policy(loosened)
+    event_id = "8d9e0f1a-2b3c-4d4e-9f5a-6b7c8d9e0f1b"
+
+    deliver(policy_event(event_id, INTRUDER, ASSIGNMENT_ID, "Microsoft.Authorization/policyAssignments/write",
+                         "Microsoft.Resources.ResourceWriteSuccess"))
+
+    # The definition was read to see that the policy governs Key Vault; the PUT keeps the rest.
+    assert fake.requests_to("GET", r"/policyDefinitions/0b60c0b2-2dc2-4e1c-b5c9-abbed971de53$")
+    (put,) = fake.requests_to("PUT", r"/policyAssignments/kv-purge-protection$")
+    assert put.param("api-version") == "2023-04-01"
+    assert put.json["location"] == "westeurope" and put.json["properties"]["description"] == "pilot"
+    restored = fake.policy_resource(ASSIGNMENT_ID)
+    assert restored is not None and restored["properties"]["enforcementMode"] == "Default"
+    assert restored["properties"]["policyDefinitionId"] == DEFINITION_ID
+    (record,) = [r for r in installed.store.list_audit() if r.event_id == event_id]
+    (finding,) = [f for f in record.outcome["findings"] if f["rule"] == "KV-POL-02"]
+    assert finding["evidence"]["enforcementMode"] == {"before": "Default", "after": "DoNotEnforce"}
+    own = installed.handle(policy_event("9e0f1a2b-3c4d-4e5f-8a6b-7c8d9e0f1a2c", KVGUARD, ASSIGNMENT_ID,
+                                        "Microsoft.Authorization/policyAssignments/write",
+                                        "Microsoft.Resources.ResourceWriteSuccess",
+                                        put.headers["x-ms-client-request-id"]))
+    assert [o.outcome for o in own] == ["self"]
