@@ -369,3 +369,60 @@ def managed_hsm(**properties: Any) -> dict[str, Any]:
             props[name] = value
     return {"id": HSM_ID, "name": "hsm-payments", "type": "Microsoft.KeyVault/managedHSMs", "location": "westeurope",
             "sku": {"family": "B", "name": "Standard_B1"}, "tags": {}, "properties": props}
+
+
+# Azure Policy: a built-in Key Vault definition assigned on the subscription, and exemptions from it.
+KEY_VAULT_POLICY_ID = "/providers/Microsoft.Authorization/policyDefinitions/0b60c0b2-2dc2-4e1c-b5c9-abbed971de53"
+KEY_VAULT_INITIATIVE_ID = f"{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/policySetDefinitions/kv-baseline"
+POLICY_ASSIGNMENT_ID = f"{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/policyAssignments/kv-deletion-protection"
+
+
+def policy_assignment(enforcement: str = "Default", not_scopes: tuple[str, ...] = (),
+                      scope: str = SUBSCRIPTION_ID, definition: str = KEY_VAULT_POLICY_ID,
+                      name: str = "kv-deletion-protection") -> dict[str, Any]:
+    return {
+        "id": f"{scope}/providers/Microsoft.Authorization/policyAssignments/{name}",
+        "name": name,
+        "type": "Microsoft.Authorization/policyAssignments",
+        "location": "westeurope",
+        "properties": {"displayName": "Key vaults should have deletion protection enabled",
+                       "policyDefinitionId": definition, "scope": scope, "notScopes": list(not_scopes),
+                       "enforcementMode": enforcement, "parameters": {"effect": {"value": "Deny"}}},
+    }
+
+
+def exemption(scope: str = RESOURCE_GROUP_ID, name: str = "payments-waiver", category: str = "Waiver",
+              assignment_id: str = POLICY_ASSIGNMENT_ID, references: tuple[str, ...] = (),
+              expires: str | None = "2026-12-31T00:00:00Z",
+              selectors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    properties: dict[str, Any] = {"policyAssignmentId": assignment_id, "exemptionCategory": category,
+                                  "displayName": "payments migration", "policyDefinitionReferenceIds": list(references)}
+    if expires is not None:
+        properties["expiresOn"] = expires
+    if selectors is not None:
+        properties["resourceSelectors"] = selectors
+    return {
+        "id": f"{scope}/providers/Microsoft.Authorization/policyExemptions/{name}",
+        "name": name,
+        "type": "Microsoft.Authorization/policyExemptions",
+        "properties": properties,
+    }
+
+
+def policy_definition(policy_rule: dict[str, Any], definition_id: str = KEY_VAULT_POLICY_ID,
+                      mode: str = "Indexed") -> dict[str, Any]:
+    return {"id": definition_id, "name": definition_id.rsplit("/", 1)[-1],
+            "type": "Microsoft.Authorization/policyDefinitions",
+            "properties": {"mode": mode, "policyType": "BuiltIn", "policyRule": policy_rule}}
+
+
+# The rule of the built-in "Key vaults should have deletion protection enabled" (as published).
+KEY_VAULT_POLICY_RULE: dict[str, Any] = {
+    "if": {"allOf": [
+        {"field": "type", "equals": "Microsoft.KeyVault/vaults"},
+        {"not": {"field": "Microsoft.KeyVault/vaults/createMode", "equals": "recover"}},
+        {"anyOf": [{"field": "Microsoft.KeyVault/vaults/enablePurgeProtection", "exists": "false"},
+                   {"field": "Microsoft.KeyVault/vaults/enablePurgeProtection", "notEquals": "true"}]},
+    ]},
+    "then": {"effect": "[parameters('effect')]"},
+}

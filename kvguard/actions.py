@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kvguard.client_request import new_request_id, sending
-from kvguard.intents import RoleAssignmentRef
+from kvguard.intents import PolicyExemptionRef, RoleAssignmentRef
 from kvguard.ports import Alert, AlertSink, OwnWrite, ResourceGateway, StateStore, TransientError, VaultGateway
 from kvguard.resources import scope_of
 from kvguard.vault import AccessPolicy, VaultConfig
@@ -29,6 +29,7 @@ ARM_OPERATIONS: dict[str, str] = {
     "remove_access_policy": "Microsoft.KeyVault/vaults/accessPolicies/write",
     "patch": "Microsoft.KeyVault/vaults/write",
     "delete_role_assignment": "Microsoft.Authorization/roleAssignments/delete",
+    "delete_policy_exemption": "Microsoft.Authorization/policyExemptions/delete",
 }
 
 
@@ -161,6 +162,8 @@ class ActionRunner:
             return replace(op, target=needed) if needed else None
         if op.kind == "delete_role_assignment" and isinstance(op.target, RoleAssignmentRef):
             return op if self._still_the_assignment(op.target) else None
+        if op.kind == "delete_policy_exemption" and isinstance(op.target, PolicyExemptionRef):
+            return op if self._still_the_exemption(op.target) else None
         if op.kind == "put_resource" and isinstance(op.target, Mapping) and self._resources is not None:
             # re-read: the resource may have been put right (or changed again) since it was planned
             now = self._resources.get(op.vault_id)
@@ -177,6 +180,19 @@ class ActionRunner:
         properties = current.get("properties") or {}
         return (str(properties.get("principalId") or "").lower() == target.principal_id
                 and str(properties.get("roleDefinitionId") or "").lower() == target.role_definition_id
+                and scope_of(str(current.get("id") or target.id)).lower() == target.scope)
+
+    def _still_the_exemption(self, target: PolicyExemptionRef) -> bool:
+        """Re-read the exemption: still there, exempting the assignment, at the scope and in the
+        category the finding saw (an id reused for another exemption is left alone)."""
+        if self._resources is None:
+            raise ValueError("no resource gateway to delete policy exemptions with")
+        current = self._resources.get(target.id)
+        if current is None:
+            return False
+        properties = current.get("properties") or {}
+        return (str(properties.get("policyAssignmentId") or "").lower() == target.policy_assignment_id
+                and str(properties.get("exemptionCategory") or "").lower() == target.category
                 and scope_of(str(current.get("id") or target.id)).lower() == target.scope)
 
     def _written(self, op: Operation, written_for: WrittenFor) -> Any:
@@ -223,6 +239,9 @@ class ActionRunner:
             assert self._resources is not None  # checked when the delete was found still needed
             existed = self._resources.delete(op.target.id)
             return None if existed else "already gone"
+        if op.kind == "delete_policy_exemption" and isinstance(op.target, PolicyExemptionRef):
+            assert self._resources is not None  # checked when the delete was found still needed
+            return None if self._resources.delete(op.target.id) else "already gone"
         if op.kind == "put_resource" and isinstance(op.target, Mapping):
             if self._resources is None:
                 raise LookupError(f"no writer of the resource {op.vault_id} is configured")

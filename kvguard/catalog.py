@@ -23,6 +23,7 @@ def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import (
         access_policy,
         audit_logs,
+        azure_policy,
         defender_plan,
         deny,
         drift,
@@ -40,15 +41,16 @@ def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import self as own_identity
 
     for family in (access_policy, network, protection, identity, lifecycle, own_identity, rbac, audit_logs, locks,
-                   private_endpoints, defender_plan, steering, deny, eligibility, keys, drift):
+                   private_endpoints, defender_plan, steering, deny, eligibility, keys, drift,
+                   azure_policy):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
 
 def _load_handlers(registry: Registry[Handler]) -> None:
-    from remediation import access_policy, alerts, network, resources, role_assignment, settings
+    from remediation import access_policy, alerts, network, policy, resources, role_assignment, settings
 
-    for family in (access_policy, alerts, network, settings, role_assignment, resources):
+    for family in (access_policy, alerts, network, settings, role_assignment, resources, policy):
         for handler in declared(family, Handler):
             registry.add(handler.id, handler)
 

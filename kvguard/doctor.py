@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from detectors.coverage import audit_log_gap, defender_plan_gap
 from detectors.deny import covers_vault, deny_blocks
+from kvguard.azure_policy import enforcement_mode, excluding_scopes, properties_of
 from kvguard.deployment import Delivery, event_subscription_problems, is_event_subscription
 from kvguard.ids import vault_key
 
@@ -184,6 +185,47 @@ def deny_setting_checks(subscription: str, vault_denies: Mapping[str, Sequence[M
     return [Check(subscription, "deny settings", True,
                   f"{covering} deny setting(s) cover the {len(vault_denies)} vault(s); none takes an action "
                   "kvguard's handlers need")]
+
+
+# One policy assignment over a vault, and whether its definition (or a member of its set) names Key
+# Vault (None: the definition could not be read).
+CoveringAssignment = tuple[Mapping[str, Any], bool | None]
+
+
+def policy_assignment_checks(subscription: str,
+                             vault_assignments: Mapping[str, Sequence[CoveringAssignment]]) -> list[Check]:
+    """One check per vault naming the policy assignments that cover it: the Key Vault ones first
+    (enforced or not), then the others. Failed when a Key Vault assignment over the vault is not
+    enforced or leaves the vault out by `notScopes` (what KV-POL-02 alerts on when it happens)."""
+    checks = []
+    for vault_id, covering in vault_assignments.items():
+        name = vault_id.rsplit("/", 1)[-1]
+        key_vault, weak, others = [], [], []
+        for assignment, names_key_vault in covering:
+            label = str(assignment.get("name") or str(assignment.get("id", "")).rsplit("/", 1)[-1])
+            if names_key_vault is not True:
+                others.append(label if names_key_vault is False else f"{label} (definition unreadable)")
+                continue
+            left_out = excluding_scopes(assignment, vault_id)
+            if enforcement_mode(assignment).lower() == "donotenforce":
+                weak.append((assignment, label, "not enforced (DoNotEnforce)"))
+            elif left_out:
+                weak.append((assignment, label, "leaves the vault out (notScopes " + ", ".join(left_out) + ")"))
+            else:
+                key_vault.append(f"{label} (enforced)")
+        found = "; ".join(filter(None, [
+            "Key Vault policy: " + ", ".join(key_vault + [f"{label} {why}" for _, label, why in weak])
+            if key_vault or weak else "no Key Vault policy assignment covers it",
+            "other: " + ", ".join(others) if others else ""]))
+        if not weak:
+            checks.append(Check(subscription, "policy assignments", True, f"{name}: {found}", resource=vault_id))
+            continue
+        fixes = [f"az policy assignment update --name {label} --scope {properties_of(a).get('scope') or '<scope>'} "
+                 + ("--enforcement-mode Default" if "DoNotEnforce" in why else "--not-scopes <without the vault>")
+                 for a, label, why in weak]
+        checks.append(Check(subscription, "policy assignments", False, f"{name}: {found}", "; ".join(fixes),
+                            rule="KV-POL-02", resource=vault_id))
+    return checks or [Check(subscription, "policy assignments", True, "no vaults")]
 
 
 def state_check(error: str | None, backend: str) -> Check:

@@ -170,11 +170,39 @@ class DeleteRoleAssignment:
         return cls(ref, doc["role"])
 
 
+@dataclass(frozen=True)
+class PolicyExemptionRef:
+    """The policy exemption a delete is for, as the finding saw it (lower case): the delete goes
+    ahead only while the exemption still exempts this assignment, at this scope, in this category."""
+
+    id: str
+    policy_assignment_id: str
+    scope: str
+    category: str
+
+
+@dataclass(frozen=True)
+class DeletePolicyExemption:
+    """A policy exemption the baseline lacks, to delete by id while it is still the one found."""
+
+    exemption: PolicyExemptionRef
+    name: ClassVar[str] = "delete_policy_exemption"
+
+    def to_json(self) -> dict[str, Any]:
+        ref = self.exemption
+        return {"id": ref.id, "policyAssignmentId": ref.policy_assignment_id, "scope": ref.scope,
+                "exemptionCategory": ref.category}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> DeletePolicyExemption:
+        return cls(PolicyExemptionRef(doc["id"], doc["policyAssignmentId"], doc["scope"], doc["exemptionCategory"]))
+
+
 RestoreIntent = (RevokePermissions | RestoreField | EnablePurgeProtection | RemoveListEntry | RestoreResource
-                 | RejectConnection | DeleteRoleAssignment)
+                 | RejectConnection | DeleteRoleAssignment | DeletePolicyExemption)
 INTENT_TYPES: tuple[type[RestoreIntent], ...] = (
     RevokePermissions, RestoreField, EnablePurgeProtection, RemoveListEntry, RestoreResource, RejectConnection,
-    DeleteRoleAssignment,
+    DeleteRoleAssignment, DeletePolicyExemption,
 )
 _BY_NAME: dict[str, type[RestoreIntent]] = {kind.name: kind for kind in INTENT_TYPES}
 

@@ -206,8 +206,13 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
                   for v in pipeline.gateway.list_vaults(subscription)}
         return doctor.deny_setting_checks(subscription, vaults, remediation_rights(pipeline.policy), principals)
 
+
+    def policy_assignments(subscription: str) -> list[doctor.Check]:
+        return _policy_assignment_checks(pipeline, subscription)
+
+
     steps = (("defender", defender), ("event subscription", event_subscriptions), ("role assignments", roles),
-             ("audit logs", audit_logs), ("deny settings", deny_settings))
+             ("audit logs", audit_logs), ("deny settings", deny_settings), ("policy assignments", policy_assignments))
     for subscription in subscriptions:
         for name, step in steps:
             try:
@@ -250,6 +255,23 @@ def _event_subscription_checks(pipeline: Pipeline, subscription: str) -> list[Ch
     return [doctor.event_subscription_check(subscription, r, pipeline.deployment.get_event_subscription(r), delivery,
                                             deployed_operations(r, own_ids))
             for r in own]
+
+
+def _policy_assignment_checks(pipeline: Pipeline, subscription: str) -> list[Check]:
+    """The policy assignments that apply to each vault of the subscription (listed at the vault,
+    `atScope()`), each with whether its definition names Key Vault (read once per definition)."""
+    from kvguard import doctor
+    from kvguard.azure_policy import POLICY_ASSIGNMENTS_TYPE, properties_of
+
+    if pipeline.resources is None:
+        return []
+    covering: dict[str, list[doctor.CoveringAssignment]] = {}
+    for vault in pipeline.gateway.list_vaults(subscription):
+        listed = pipeline.resources.list_at_scope(vault.id, POLICY_ASSIGNMENTS_TYPE)
+        definitions = [str(properties_of(a).get("policyDefinitionId") or "") for a in listed]
+        covering[vault.id] = [(a, pipeline.definitions.names_key_vault(d) if d else None)
+                              for a, d in zip(listed, definitions, strict=True)]
+    return doctor.policy_assignment_checks(subscription, covering)
 
 
 def _confirmed(args: argparse.Namespace, subscription: str, out: TextIO) -> bool:

@@ -46,6 +46,11 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.keyvault/managedhsms/privateendpointconnections/delete": (
         "Microsoft.KeyVault/managedHSMs/privateEndpointConnections", "delete"),
     "microsoft.keyvault/vaults/keys/write": ("Microsoft.KeyVault/vaults/keys", "write"),
+    # Azure Policy (KV-POL-*): an exemption over a vault, an assignment governing Key Vault.
+    "microsoft.authorization/policyexemptions/write": ("Microsoft.Authorization/policyExemptions", "write"),
+    "microsoft.authorization/policyexemptions/delete": ("Microsoft.Authorization/policyExemptions", "delete"),
+    "microsoft.authorization/policyassignments/write": ("Microsoft.Authorization/policyAssignments", "write"),
+    "microsoft.authorization/policyassignments/delete": ("Microsoft.Authorization/policyAssignments", "delete"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
 _CHILD_TYPES = {"vault": "microsoft.keyvault/vaults/", "hsm": "microsoft.keyvault/managedhsms/"}
@@ -160,8 +165,10 @@ class ResourceState:
     not seen before), its current ARM JSON (`after`, None: gone), the accepted configuration of
     every vault it covers (for a role definition: the vaults its known assignments cover), for
     a role assignment or an eligibility request its role (None: the definition could not be read),
-    and for a deny setting the Azure action each remediation handler the policy can run needs
-    (`rights`, handler id → action: what a deny must not take from kvguard's identity)."""
+    for a deny setting the Azure action each remediation handler the policy can run needs
+    (`rights`, handler id → action: what a deny must not take from kvguard's identity), and for a
+    policy assignment whether its definition (or a member of its set) names Key Vault
+    (`names_key_vault`; None: not a policy assignment, or its definition could not be read)."""
 
     change: ResourceChange
     before: Mapping[str, Any] | None
@@ -169,6 +176,7 @@ class ResourceState:
     vaults: tuple[VaultConfig, ...] = ()
     role: Role | None = None
     rights: Mapping[str, str] = field(default_factory=dict)
+    names_key_vault: bool | None = None
 
     @property
     def current(self) -> Mapping[str, Any] | None:

@@ -99,6 +99,7 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
     from kvguard.adapters.authorization import AuthorizationGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
+    from kvguard.adapters.policy import PolicyGateway
     from kvguard.adapters.resources import ArmResourceGateway, RoutedResourceGateway
     from kvguard.adapters.stacks import DeploymentStackReader
 
@@ -116,7 +117,8 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
         deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
         resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
                                         ArmResourceGateway(credential, endpoint=settings.arm_endpoint),
-                                        DeploymentStackReader(credential, endpoint=settings.arm_endpoint)),
+                                        stacks=DeploymentStackReader(credential, endpoint=settings.arm_endpoint),
+                                        policy=PolicyGateway(credential, endpoint=settings.arm_endpoint)),
     )
     if pipeline.policy.own_resource_ids:
         remember_own_resources(pipeline)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kvguard.detection import Finding
-from kvguard.intents import RestoreIntent, RoleAssignmentRef
+from kvguard.intents import PolicyExemptionRef, RestoreIntent, RoleAssignmentRef
 from kvguard.ports import Alert
 from kvguard.vault import AccessPolicy, VaultConfig
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from kvguard.resources import ResourceState
 
 OperationKind = Literal[
-    "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment"]
+    "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment",
+    "delete_policy_exemption"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Operation:
     kind: OperationKind
     vault_id: str
     description: str
-    target: AccessPolicy | Mapping[str, Any] | Alert | RoleAssignmentRef
+    target: AccessPolicy | Mapping[str, Any] | Alert | RoleAssignmentRef | PolicyExemptionRef
     before: Any = None
     rules: tuple[str, ...] = ()
 

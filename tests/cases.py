@@ -58,8 +58,9 @@ def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
     """A resource case's state. Keys: `id`, `type` (default: a role assignment), `action` (default
     write), `before`/`after` (ARM JSON or None), `vaults` (the covered vaults' ARM JSON; default
     the default vault with RBAC authorization on), `role` (a custom role's definition JSON;
-    default: the built-in role the assignment or eligibility request names) and, for a deny
-    setting, `rights` (handler → action; default: those of the handlers the default policy runs)."""
+    default: the built-in role the assignment or eligibility request names), for a deny setting
+    `rights` (handler → action; default: those of the handlers the default policy runs) and, for a
+    policy assignment, `names_key_vault` (whether its definition names Key Vault; default None: not read)."""
     from detectors.cases import vault
     from detectors.deny import DENY_SETTINGS
     from kvguard.catalog import remediation_rights
@@ -73,7 +74,7 @@ def make_resource_state(spec: Mapping[str, Any]) -> ResourceState:
     role = role_from_arm(spec["role"]) if spec.get("role") else builtin_role(definition) if definition else None
     vaults = tuple(VaultConfig.from_arm(v) for v in spec.get("vaults", [vault(enableRbacAuthorization=True)]))
     rights = spec.get("rights", remediation_rights(Policy()) if change.type.lower() in DENY_SETTINGS else {})
-    return ResourceState(change, before, after, vaults, role, rights)
+    return ResourceState(change, before, after, vaults, role, rights, names_key_vault=spec.get("names_key_vault"))
 
 
 def make_context(case: Case) -> Context:

@@ -152,6 +152,17 @@ var families = {
     userImpact: 'Low'
     implementationEffort: 'Low'
   }
+  POL: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'threatResistance'
+      'maliciousInsider'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
   DENY: {
     categories: [
       'IdentityAndAccess'
@@ -219,6 +230,8 @@ var remediations = {
   restore_diagnostic_setting: 'kvguard puts the vault diagnostic setting back as it was (remediate mode). Otherwise: restore the audit logs to the SIEM and review who removed them.'
   reject_private_endpoint: 'kvguard rejects the private endpoint connection (remediate mode). Otherwise: reject the connection and review who approved it.'
   restore_lock: 'Put the lock back (kvguard does it only when the policy opts in and its identity may write locks).'
+  remove_policy_exemption: 'Remove the policy exemption, or put it back as it was (kvguard does it only when the policy opts in and its identity may write policy exemptions). Otherwise: confirm the exemption with the policy owner and remove it if it was not approved.'
+  restore_policy_assignment: 'Set the policy assignment back to its enforcement mode and excluded scopes (kvguard does it only when the policy opts in and its identity may write policy assignments; a deleted assignment is re-created by its owner).'
   restore_defender_plan: 'Switch Defender for Key Vault back on for the subscription (kvguard does it only when the policy opts in and its identity is Security Admin).'
   none: 'Review the change in the activity log with the vault owner; if it was not approved, revert it and investigate the caller.'
 }

@@ -259,32 +259,43 @@ class _RoleReader(Protocol):
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]: ...
 
 
+_POLICY = "/providers/microsoft.authorization/policy"  # exemptions, assignments, (set) definitions
+_POLICY_TYPES = "microsoft.authorization/policy"
+
+
 class RoutedResourceGateway:
     """One ResourceGateway over its readers: role assignments and definitions, eligibility
     requests and deny assignments go through azure-mgmt-authorization (`AuthorizationGateway`),
     deployment stacks through azure-mgmt-resource-deploymentstacks (`DeploymentStackReader`, when
-    given), every other resource beside the vaults through the thin ARM calls above. The pipeline
-    sees one port; each SDK stays in its adapter."""
+    given), Azure Policy through azure-mgmt-resource (`PolicyGateway`, when given), every other
+    resource beside the vaults through the thin ARM calls above. The pipeline sees one port; each
+    SDK stays in its adapter."""
 
-    def __init__(self, authorization: _RoleReader, others: ResourceGateway,
-                 stacks: ResourceGateway | None = None) -> None:
+    def __init__(self, authorization: _RoleReader, others: ResourceGateway, *,
+                 stacks: ResourceGateway | None = None, policy: ResourceGateway | None = None) -> None:
         self._authorization = authorization
         self._others = others
         self._stacks = stacks
+        self._policy = policy
 
     def __repr__(self) -> str:
-        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r}, {self._stacks!r})"
+        return (f"RoutedResourceGateway({self._authorization!r}, {self._others!r}, "
+                f"stacks={self._stacks!r}, policy={self._policy!r})")
 
     def _for_id(self, resource_id: str) -> _RoleReader | ResourceGateway:
         lowered = resource_id.lower()
         if self._stacks is not None and _STACKS in lowered:
             return self._stacks
+        if self._policy is not None and _POLICY in lowered:
+            return self._policy
         return self._authorization if any(a in lowered for a in _AUTHORIZATION) else self._others
 
     def _for_type(self, resource_type: str) -> _RoleReader | ResourceGateway:
         lowered = resource_type.lower()
         if self._stacks is not None and lowered == _STACKS_TYPE:
             return self._stacks
+        if self._policy is not None and lowered.startswith(_POLICY_TYPES):
+            return self._policy
         return self._authorization if lowered.startswith(_AUTHORIZATION_TYPES) else self._others
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None:

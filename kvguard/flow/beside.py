@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from kvguard.azure_policy import POLICY_ASSIGNMENTS_TYPE, properties_of
 from kvguard.catalog import remediation_rights
 from kvguard.decision import decide, is_approved, unattributed
 from kvguard.detection import Context
@@ -138,6 +139,15 @@ def _role(services: Services, change: ResourceChange, document: Mapping[str, Any
         raise PermanentError(f"role definition {definition_id}: {error}") from None
 
 
+def _names_key_vault(services: Services, change: ResourceChange, document: Mapping[str, Any] | None) -> bool | None:
+    """For a policy assignment, whether its definition (or a member of its set) names Key Vault,
+    from the definitions kept for the process; None for anything else or an unreadable definition."""
+    if change.type.lower() != POLICY_ASSIGNMENTS_TYPE.lower() or document is None:
+        return None
+    definition_id = str(properties_of(document).get("policyDefinitionId") or "")
+    return services.definitions.names_key_vault(definition_id) if definition_id else None
+
+
 def _process_resource(
     services: Services, event: VaultEvent, change: ResourceChange, covered: list[Baseline], *, vault_id: str | None,
     now: datetime,
@@ -152,7 +162,8 @@ def _process_resource(
     before = baseline.config if baseline is not None and not baseline.deleted else None
     vaults = tuple(baseline_config(services, b) for b in covered)
     rights = remediation_rights(services.policy) if change.type.lower() in DENY_SETTINGS else {}
-    state = ResourceState(change, before, after, vaults, _role(services, change, after or before), rights)
+    state = ResourceState(change, before, after, vaults, _role(services, change, after or before), rights,
+                          names_key_vault=_names_key_vault(services, change, before or after))
     history_key = vault_key(vault_id) if vault_id else change.key
     context = ResourceContext(event=event, now=now, state=state, vault_id=vault_id, baseline=baseline,
                               history_key=history_key, recall=recall(services, event, now, history_key))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from kvguard.actions import ActionRunner
+from kvguard.azure_policy import PolicyDefinitions
 from kvguard.blast_radius import ActivityLog
 from kvguard.flow.parsed_baselines import ParsedBaselines
 from kvguard.policy import Policy
@@ -26,7 +27,8 @@ class SystemClock:
 
 class Services:
     """One per process; every piece of state the flow depends on lives in the StateStore, except
-    the parsed baselines, a cache of what the store holds."""
+    the parsed baselines, a cache of what the store holds, and the policy definitions' verdicts,
+    a cache of what ARM holds (definitions change rarely)."""
 
     def __init__(
         self,
@@ -58,3 +60,5 @@ class Services:
         self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now(),
                                    resources=resources)
         self.parsed = ParsedBaselines()
+        self.definitions = PolicyDefinitions(
+            lambda definition_id: self.resources.get(definition_id) if self.resources is not None else None)

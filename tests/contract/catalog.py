@@ -62,6 +62,8 @@ RULES: dict[str, Promised] = {
     "KV-PIM-01": Promised("high", "diff", ("T1098.003",), None),
     "KV-KEY-01": Promised("medium", "diff", ("T1552.004",), None),
     "KV-DRIFT-01": Promised("low", "diff", ("T1562",), None),
+    "KV-POL-01": Promised("high", "diff", ("T1562.001",), "remove_policy_exemption"),
+    "KV-POL-02": Promised("high", "diff", ("T1562.001",), "restore_policy_assignment"),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -76,6 +78,8 @@ HANDLERS: dict[str, str] = {
     "reject_private_endpoint": "remediation",
     "restore_lock": "remediation",
     "restore_defender_plan": "remediation",
+    "remove_policy_exemption": "remediation",
+    "restore_policy_assignment": "remediation",
     "raise_defender_alert": "alert",
     "publish_detection": "alert",
     "notify_webhook": "alert",
@@ -84,4 +88,4 @@ HANDLERS: dict[str, str] = {
 
 # The rule families in the order the catalog lists them.
 FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF", "KV-RBAC", "KV-LOG", "KV-LOCK", "KV-PE",
-                "KV-DEF", "KV-TAG", "KV-DENY", "KV-PIM", "KV-KEY", "KV-DRIFT")
+                "KV-DEF", "KV-TAG", "KV-DENY", "KV-PIM", "KV-KEY", "KV-DRIFT", "KV-POL")

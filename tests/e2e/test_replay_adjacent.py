@@ -11,11 +11,16 @@ from typing import Any
 
 from detectors.cases import (
     FOREIGN_WORKSPACE,
+    KEY_VAULT_POLICY_RULE,
+    RESOURCE_GROUP_ID,
     VAULT_ID,
     WORKSPACE,
     diagnostic_setting,
     endpoint_connection,
+    exemption,
     lock,
+    policy_assignment,
+    policy_definition,
     pricing,
     vault,
 )
@@ -91,6 +96,24 @@ def test_removed_lock_is_restored_only_because_the_policy_opts_in() -> None:
     assert rules(strengthened) == set()
     [entry] = summary["resources"].values()
     assert entry["config"]["properties"]["level"] == "ReadOnly"
+
+
+def test_policy_exemption_is_deleted_and_the_assignment_enforced_again_because_the_policy_opts_in() -> None:
+    events, summary = sample("27")
+    exempted, own_delete, loosened, own_write, storage_only = events
+    [exemption] = [f for f in exempted["findings"] if f["rule"] == "KV-POL-01"]
+    assert exempted["vault"] is None and exemption["evidence"]["change"] == "created"
+    assert [v.rsplit("/", 1)[-1] for v in exemption["evidence"]["vaults"]] == ["kv-orders"]
+    assert statuses(exempted)["remove_policy_exemption"] == "applied"
+    [assignment] = [f for f in loosened["findings"] if f["rule"] == "KV-POL-02"]
+    assert assignment["evidence"]["reasons"] == ["enforcementMode set to DoNotEnforce"]
+    assert statuses(loosened)["restore_policy_assignment"] == "applied"
+    assert [own_delete["outcome"], own_write["outcome"]] == ["self", "self"]
+    assert "KV-POL-01" not in rules(storage_only) and "remove_policy_exemption" not in statuses(storage_only)
+    final = {k.rsplit("/", 1)[-1]: v for k, v in summary["resources"].items()}
+    assert final["orders-hotfix"]["exists"] is False
+    assert final["kv-deletion-protection"]["config"]["properties"]["enforcementMode"] == "Default"
+    assert final["orders-storage-migration"]["exists"] is True
 
 
 def test_foreign_private_endpoint_is_rejected_and_pending_or_own_ones_are_quiet() -> None:
@@ -211,3 +234,28 @@ def test_an_approved_foreign_connection_in_dry_run_is_only_planned(tmp_path: Pat
     assert statuses(approved)["reject_private_endpoint"] == "planned"
     state = summary["resources"][connection["id"]]["config"]["properties"]["privateLinkServiceConnectionState"]
     assert state["status"] == "Approved"
+
+
+def test_the_reconcile_finds_an_exemption_and_a_loosened_assignment_no_event_brought(tmp_path: Path) -> None:
+    """Exemptions and assignments are listed at each vault by the sweep: one created while events
+    were lost, and the Key Vault assignment given the vault's resource group in notScopes, are both
+    judged; an assignment in the baseline that did not change is not."""
+    events, summary = scenario(tmp_path, {
+        "name": "policy changes whose events were lost",
+        "vaults": [vault()],
+        "resources": [policy_definition(KEY_VAULT_POLICY_RULE), policy_assignment(),
+                      policy_assignment(name="kv-firewall")],
+        "steps": [
+            {"write": exemption(expires=None)},
+            {"write": policy_assignment(not_scopes=(RESOURCE_GROUP_ID,))},
+            {"reconcile": {}},
+        ],
+    })
+    judged = {e["resource"].rsplit("/", 1)[-1]: e for e in events if e["findings"] and e["resource"] != VAULT_ID}
+    assert set(judged) == {"payments-waiver", "kv-deletion-protection"}  # (the vault's own sweep aside)
+    assert "KV-POL-01" in rules(judged["payments-waiver"])
+    [loosened] = [f for f in judged["kv-deletion-protection"]["findings"] if f["rule"] == "KV-POL-02"]
+    assert loosened["evidence"]["notScopes"] == {"before": [], "after": [RESOURCE_GROUP_ID]}
+    assert loosened["evidence"]["vaults"] == [VAULT_ID]
+    # alert mode: nothing is written back
+    assert summary["resources"][exemption()["id"]]["exists"] is True

@@ -35,7 +35,7 @@ STATUSES = {"applied", "planned", "skipped", "failed"}
 ALERT_HANDLERS = {"raise_defender_alert", "publish_detection"}
 REMEDIATION_HANDLERS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection",
                         "restore_diagnostic_setting", "reject_private_endpoint", "restore_lock",
-                        "restore_defender_plan"}
+                        "restore_defender_plan", "remove_policy_exemption", "restore_policy_assignment"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 27)]
+    assert numbers == [f"{n:02d}" for n in range(1, 28)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)

@@ -147,6 +147,10 @@ def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
         "Microsoft.Authorization/roleAssignments/write",
         "Microsoft.Authorization/roleAssignments/delete",
         "Microsoft.Authorization/roleDefinitions/write",
+        "Microsoft.Authorization/policyExemptions/write",
+        "Microsoft.Authorization/policyExemptions/delete",
+        "Microsoft.Authorization/policyAssignments/write",
+        "Microsoft.Authorization/policyAssignments/delete",
     }
 
 

@@ -95,6 +95,19 @@ _SURFACE_TYPES = {
         "Microsoft.Authorization/roleEligibilityScheduleRequests",
     "/providers/microsoft.resources/deploymentstacks": "Microsoft.Resources/deploymentStacks",
 }
+# Azure Policy: exemptions, assignments, definitions and set definitions at any scope (a built-in
+# definition's scope is empty), one by id or the collection at a scope.
+_POLICY_RE = re.compile(
+    r"^(?P<scope>.*?)/providers/microsoft\.authorization/(?P<kind>policyexemptions|policyassignments"
+    r"|policydefinitions|policysetdefinitions)(?:/(?P<name>[^/]+))?$", re.IGNORECASE)
+_POLICY_TYPES = {
+    "policyexemptions": "Microsoft.Authorization/policyExemptions",
+    "policyassignments": "Microsoft.Authorization/policyAssignments",
+    "policydefinitions": "Microsoft.Authorization/policyDefinitions",
+    "policysetdefinitions": "Microsoft.Authorization/policySetDefinitions",
+}
+_POLICY_API_VERSIONS = {"policyexemptions": "2022-07-01-preview", "policyassignments": "2023-04-01",
+                        "policydefinitions": "2023-04-01", "policysetdefinitions": "2023-04-01"}
 _BESIDE_TYPES = {
     "/providers/microsoft.insights/diagnosticsettings": "Microsoft.Insights/diagnosticSettings",
     "/providers/microsoft.authorization/locks": "Microsoft.Authorization/locks",
@@ -180,6 +193,7 @@ class ArmFake:
         self.assessments: dict[str, dict[str, Any]] = {}
         self.authorization: dict[str, dict[str, Any]] = {}  # role assignments and role definitions by id
         self.event_subscriptions: dict[str, dict[str, Any]] = {}  # Event Grid system topic subscriptions, by id
+        self.policy: dict[str, dict[str, Any]] = {}  # policy exemptions, assignments and (set) definitions, by id
         self.events: list[dict[str, Any]] = []
         self.webhooks: list[Any] = []
         # A webhook receiver's check of the body (a list of problems; empty when it is valid): a body
@@ -358,6 +372,8 @@ class ArmFake:
             return self._put_assessment(match, request.json or {})
         if match := _ROLE_ASSIGNMENT_RE.match(path):
             return self._role_assignment(method, match, request.json or {})
+        if match := _POLICY_RE.match(re.sub("/{2,}", "/", path)):
+            return self._policy_resource(request, match)
         # `atScope()` listings and the definitions in `authorization` are answered here; an
         # `assignedTo()` listing and the onboarding state's definitions by the onboarding routes.
         # A role-assignment list with no filter (at the scope and below it) is answered here too.
@@ -421,6 +437,65 @@ class ArmFake:
         return 200, {"value": found}, {}
     def _route_onboarding(self, request: Recorded) -> tuple[int, Any, dict[str, str]] | None:
         return _onboarding_route(self, request)
+
+    # ---- Azure Policy ------------------------------------------------------------------------
+
+    def add_policy(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Add a policy exemption, assignment, definition or set definition (its ARM GET body)."""
+        with self._lock:
+            self.policy[vault_key(doc["id"])] = copy.deepcopy(doc)
+        return doc
+
+    def policy_resource(self, resource_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            doc = self.policy.get(vault_key(resource_id))
+            return copy.deepcopy(doc) if doc is not None else None
+
+    def _policy_resource(self, request: Recorded, match: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        """GET, PUT (the body's properties, location and identity replace the resource's) and DELETE
+        (200 with the deleted resource, 204 when there was none) of exemptions and assignments by id;
+        GET of definitions; GET of a collection at a resource with `atScope()` lists what applies at
+        it and above it. The API version is the one the SDK pins per type."""
+        kind, method = match["kind"].lower(), request.method
+        version = request.param("api-version")
+        if version != _POLICY_API_VERSIONS[kind]:
+            return _arm_error(400, "InvalidApiVersionParameter", f"api-version {version} is not valid for {kind}.")
+        scope = "/" + match["scope"].lstrip("/") if match["scope"].strip("/") else ""  # built in: no scope
+        if match["name"] is None:
+            if method != "GET" or kind not in ("policyexemptions", "policyassignments"):
+                return _arm_error(405, "MethodNotAllowed", f"{method} of a collection.")
+            here, marker = vault_key(scope), f"/providers/microsoft.authorization/{kind}/"
+            value = [copy.deepcopy(doc) for key, doc in self.policy.items() if marker in key
+                     and (here == key.split(marker)[0] or here.startswith(key.split(marker)[0] + "/"))]
+            return 200, {"value": value}, {}
+        resource_id = f"{scope}/providers/Microsoft.Authorization/{_POLICY_TYPES[kind].split('/')[1]}/{match['name']}"
+        key = vault_key(resource_id)
+        if method == "GET":
+            found = self.policy.get(key)
+            if found is None:
+                return _arm_error(404, "PolicyNotFound" if "definitions" in kind else "ResourceNotFound",
+                                  f"The {kind} {match['name']} was not found.")
+            return 200, copy.deepcopy(found), {}
+        if kind not in ("policyexemptions", "policyassignments"):
+            return _arm_error(405, "MethodNotAllowed", f"{method} of a policy definition.")
+        if method == "PUT":
+            body = request.json or {}
+            existing = self.policy.get(key) or {}
+            stored = {**existing, "id": existing.get("id", resource_id), "name": match["name"],
+                      "type": _POLICY_TYPES[kind], "properties": copy.deepcopy(body.get("properties") or {})}
+            for extra in ("location", "identity"):
+                if extra in body:
+                    stored[extra] = copy.deepcopy(body[extra])
+            if kind == "policyassignments":
+                stored["properties"]["scope"] = scope
+            self.policy[key] = stored
+            # ARM answers an assignment's PUT 201 whether it created or replaced it
+            created = kind == "policyassignments" or not existing
+            return (201 if created else 200), copy.deepcopy(stored), {}
+        if method == "DELETE":
+            gone = self.policy.pop(key, None)
+            return (200, gone, {}) if gone is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
 
     # ---- resources beside a vault ------------------------------------------------------------
 

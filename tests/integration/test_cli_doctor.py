@@ -131,7 +131,8 @@ def test_a_protected_subscription_passes_every_check(fake: ArmFake) -> None:
     assert status == 0, failed(report)
     assert report["ok"] is True
     assert {c["check"] for c in report["checks"]} == {"state store", "defender", "event subscription",
-                                                      "role assignments", "audit logs", "deny settings"}
+                                                      "role assignments", "audit logs", "deny settings",
+                                                      "policy assignments"}
     pricing = fake.requests_to("GET", r"/providers/Microsoft\.Security/pricings/KeyVaults$")
     assert pricing and pricing[0].path == f"/subscriptions/{SUB}/providers/Microsoft.Security/pricings/KeyVaults"
     assert fake.requests_to("GET", r"/roleAssignments$")[0].param("$filter") == f"assignedTo('{IDENTITY}')"
@@ -296,3 +297,53 @@ def test_deny_settings_that_spare_kvguard_are_reported_as_covering(fake: ArmFake
     assert status == 0, failed(report)
     (check,) = [c for c in report["checks"] if c["check"] == "deny settings"]
     assert check["ok"] and check["detail"].startswith("1 deny setting(s) cover the 1 vault(s)")
+
+
+KEY_VAULT_DEFINITION = "/providers/Microsoft.Authorization/policyDefinitions/0b60c0b2-2dc2-4e1c-b5c9-abbed971de53"
+STORAGE_DEFINITION = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/policyDefinitions/storage-https"
+
+
+def policy_assignment(name: str, definition: str, enforcement: str = "Default",
+                      not_scopes: tuple[str, ...] = ()) -> dict[str, Any]:
+    scope = f"/subscriptions/{SUB}"
+    return {"id": f"{scope}/providers/Microsoft.Authorization/policyAssignments/{name}", "name": name,
+            "type": "Microsoft.Authorization/policyAssignments",
+            "properties": {"policyDefinitionId": definition, "scope": scope, "notScopes": list(not_scopes),
+                           "enforcementMode": enforcement}}
+
+
+def policy_definition(definition_id: str, resource_type: str) -> dict[str, Any]:
+    return {"id": definition_id, "name": definition_id.rsplit("/", 1)[-1],
+            "type": "Microsoft.Authorization/policyDefinitions",
+            "properties": {"mode": "Indexed", "policyRule": {"if": {"field": "type", "equals": resource_type},
+                                                             "then": {"effect": "deny"}}}}
+
+
+def test_the_policy_assignments_covering_each_vault_are_reported(fake: ArmFake) -> None:
+    fake.add_policy(policy_definition(KEY_VAULT_DEFINITION, "Microsoft.KeyVault/vaults"))
+    fake.add_policy(policy_definition(STORAGE_DEFINITION, "Microsoft.Storage/storageAccounts"))
+    fake.add_policy(policy_assignment("kv-purge-protection", KEY_VAULT_DEFINITION))
+    fake.add_policy(policy_assignment("storage-https", STORAGE_DEFINITION))
+
+    status, report = doctor()
+
+    assert status == 0, failed(report)
+    (check,) = [c for c in report["checks"] if c["check"] == "policy assignments"]
+    assert check["detail"] == "kv-web-01: Key Vault policy: kv-purge-protection (enforced); other: storage-https"
+    assert check["resource"] == VAULT
+    (listing,) = fake.requests_to("GET", r"/vaults/kv-web-01/providers/Microsoft\.Authorization/policyAssignments$")
+    assert listing.param("$filter") == "atScope()"
+
+
+def test_a_key_vault_policy_not_enforced_over_a_vault_fails_with_its_fix(fake: ArmFake) -> None:
+    fake.add_policy(policy_definition(KEY_VAULT_DEFINITION, "Microsoft.KeyVault/vaults"))
+    fake.add_policy(policy_assignment("kv-purge-protection", KEY_VAULT_DEFINITION, "DoNotEnforce"))
+
+    status, report = doctor()
+
+    assert status == 1
+    check = failed(report)["policy assignments"]
+    assert check["rule"] == "KV-POL-02"
+    assert check["detail"] == "kv-web-01: Key Vault policy: kv-purge-protection not enforced (DoNotEnforce)"
+    assert check["fix"] == (f"az policy assignment update --name kv-purge-protection --scope /subscriptions/{SUB} "
+                            "--enforcement-mode Default")

@@ -321,4 +321,30 @@ def test_baseline_seeds_the_deny_settings_and_eligibility_requests_over_the_vaul
         seeded = store.get_baseline(doc["id"])
         assert seeded is not None and seeded.config["properties"] == doc["properties"], doc["id"]
     assert "KV-DENY-01" not in output and "KV-PIM-01" not in output
+
+
+def test_baseline_seeds_the_policy_exemptions_and_assignments_over_the_vaults_once(
+        fake: ArmFake, state_db: Path) -> None:
+    assignment_id = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/policyAssignments/kv-purge-protection"
+    exemption_id = f"/subscriptions/{SUB}/resourceGroups/rg-apps/providers/Microsoft.Authorization/" \
+                   "policyExemptions/migration"
+    fake.add_policy({"id": assignment_id, "name": "kv-purge-protection",
+                     "type": "Microsoft.Authorization/policyAssignments",
+                     "properties": {"policyDefinitionId": "/providers/Microsoft.Authorization/policyDefinitions/"
+                                                          "0b60c0b2-2dc2-4e1c-b5c9-abbed971de53",
+                                    "scope": f"/subscriptions/{SUB}", "notScopes": [],
+                                    "enforcementMode": "Default"}})
+    fake.add_policy({"id": exemption_id, "name": "migration", "type": "Microsoft.Authorization/policyExemptions",
+                     "properties": {"policyAssignmentId": assignment_id, "exemptionCategory": "Mitigated",
+                                    "expiresOn": "2026-12-31T00:00:00Z"}})
+
+    status, output = run("baseline", "--subscription", SUB)
+
+    assert status == 0
+    assert "2 resource baseline(s) seeded beside the vaults" in output  # each once, for every vault it covers
+    store = SQLiteStateStore(str(state_db))
+    assignment = store.get_baseline(assignment_id)
+    assert assignment is not None and assignment.config["properties"]["enforcementMode"] == "Default"
+    exemption = store.get_baseline(exemption_id)
+    assert exemption is not None and exemption.config["properties"]["policyAssignmentId"] == assignment_id
     assert [r.method for r in fake.requests if r.method in WRITES] == []

@@ -49,7 +49,7 @@ def routed(fake: ArmFake, tmp_path: Path) -> Iterator[RoutedResourceGateway]:
     authorization = AuthorizationGateway(FakeCredential(), endpoint=fake.base_url, **options)
     others = ArmResourceGateway(FakeCredential(), endpoint=fake.base_url, **options)
     stacks = DeploymentStackReader(FakeCredential(), endpoint=fake.base_url, **options)
-    yield RoutedResourceGateway(authorization, others, stacks)
+    yield RoutedResourceGateway(authorization, others, stacks=stacks)
     for reader in (authorization, others, stacks):
         reader.close()
 

@@ -20,15 +20,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.cases import APP_TEAM, FOREIGN_SUBSCRIPTION, INTRUDER, OPERATOR, TENANT, subnet, vault
+from detectors.cases import (
+    APP_TEAM,
+    FOREIGN_SUBSCRIPTION,
+    INTRUDER,
+    OPERATOR,
+    POLICY_ASSIGNMENT_ID,
+    RESOURCE_GROUP_ID,
+    SUBSCRIPTION_ID,
+    TENANT,
+    VAULT_ID,
+    exemption,
+    policy_assignment,
+    subnet,
+    vault,
+)
 from kvguard.actions import ActionRunner
 from kvguard.adapters.arm import ArmVaultGateway
+from kvguard.adapters.policy import PolicyGateway
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.catalog import HANDLERS, RULES
 from kvguard.client_request import new_request_id
 from kvguard.detection import Case, Finding, detect_all
-from kvguard.ports import OwnWrite, VaultGateway
-from kvguard.sim import SimVaultGateway, World
+from kvguard.ids import vault_key
+from kvguard.ports import OwnWrite, ResourceGateway, VaultGateway
+from kvguard.sim import SimResourceGateway, SimVaultGateway, World
 from kvguard.vault import PERMISSION_CATEGORIES, SETTINGS, VaultConfig, normalise_cidr
 from kvguard.vault_spec import PERMISSIONS
 from remediation.base import PlanInput
@@ -229,7 +245,7 @@ BESIDE_THE_VAULT = ("remove_role_assignment",)
 def test_the_invariant_covers_every_remediation_handler() -> None:
     # the handlers of the resources beside a vault keep theirs in tests/unit/test_resource_actions.py
     beside = {"restore_diagnostic_setting", "reject_private_endpoint", "restore_lock", "restore_defender_plan"}
-    assert set(REMEDIATIONS) | set(BESIDE_THE_VAULT) | beside == {
+    assert set(REMEDIATIONS) | set(BESIDE_THE_VAULT) | set(POLICY_HANDLERS) | beside == {
         h.id for h in HANDLERS.values() if h.kind == "remediation"}
 
 
@@ -270,3 +286,123 @@ def test_every_handler_keeps_the_invariant_against_arm(arm: tuple[ArmFake, ArmVa
         return [r.headers.get("x-ms-client-request-id") for r in writes]
 
     _apply_and_check(gateway, put, before, after, sent)
+
+
+# --- Azure Policy: the exemption and assignment handlers ------------------------------------------
+#
+# For random baselines and changes of an exemption over the vault and of a Key Vault policy
+# assignment, both rules opted in: remove_policy_exemption deletes an exemption the baseline lacks
+# and puts a widened one back exactly as the baseline had it; restore_policy_assignment gives the
+# assignment the baseline's enforcementMode and notScopes and keeps every other field of it as the
+# change left it; neither touches another resource, and every write is noted ahead with its nonce.
+
+POLICY_HANDLERS = ("remove_policy_exemption", "restore_policy_assignment")
+_OPTED_IN = {"rules": {"KV-POL-01": {"remediate": True}, "KV-POL-02": {"remediate": True}}}
+_OTHER_ASSIGNMENT = (f"/subscriptions/{VAULT_ID.split('/')[2]}/providers/Microsoft.Authorization/policyAssignments/"
+                     "kv-firewall")
+_SELECTORS = [None, *([{"name": name, "selectors": [selector]}] for name, selector in (
+    ("storage", {"kind": "resourceType", "in": ["Microsoft.Storage/storageAccounts"]}),
+    ("vaults", {"kind": "resourceType", "in": ["Microsoft.KeyVault/vaults"]}),
+    ("outside-eu", {"kind": "resourceLocation", "notIn": ["westeurope"]})))]
+EXEMPTIONS = st.builds(
+    lambda references, expires, selectors, assignment, category: exemption(
+        references=tuple(references), expires=expires, selectors=selectors, assignment_id=assignment,
+        category=category),
+    st.lists(st.sampled_from(["purgeProtection", "softDelete", "firewall"]), unique=True, max_size=3),
+    st.sampled_from([None, "2026-06-30T00:00:00Z", "2026-12-31T00:00:00Z", "2027-12-31T00:00:00Z"]),
+    st.sampled_from(_SELECTORS), st.sampled_from([POLICY_ASSIGNMENT_ID, _OTHER_ASSIGNMENT]),
+    st.sampled_from(["Waiver", "Mitigated"]),
+)
+ASSIGNMENTS = st.builds(
+    lambda mode, excluded, display: {**policy_assignment(mode, tuple(excluded)), "properties": {
+        **policy_assignment(mode, tuple(excluded))["properties"], "displayName": display}},
+    st.sampled_from(["Default", "DoNotEnforce"]),
+    st.lists(st.sampled_from([RESOURCE_GROUP_ID, f"{SUBSCRIPTION_ID}/resourceGroups/rg-sandbox", VAULT_ID.lower()]),
+             unique=True, max_size=2),
+    st.sampled_from(["Key vaults should have deletion protection enabled", "deletion protection (renamed)"]),
+)
+_DECOY = exemption(scope=f"{SUBSCRIPTION_ID}/resourceGroups/rg-sandbox", name="sandbox")
+
+
+def _policy_run(resources: ResourceGateway, put: Callable[[dict[str, Any]], None],
+                get: Callable[[str], dict[str, Any] | None], before: dict[str, Any] | None,
+                after: dict[str, Any] | None, sent: Callable[[], list[str | None]]) -> None:
+    """Judge the change with every rule, apply the opted-in handler's plan to the world holding
+    `after` (and a decoy), and check what the world holds afterwards."""
+    current = after if after is not None else before
+    assert current is not None
+    kind = current["type"]
+    put(copy.deepcopy(_DECOY))
+    if after is not None:
+        put(copy.deepcopy(after))
+    sent()
+    ctx = make_context(Case("invariant", True, event={"caller": {"object_id": INTRUDER}}, policy=_OPTED_IN,
+                            resource={"type": kind, "before": before, "after": after, "names_key_vault": True,
+                                      "vaults": [vault()]}))
+    handler_id = "remove_policy_exemption" if kind.endswith("policyExemptions") else "restore_policy_assignment"
+    findings = [f for f in detect_all(ctx, RULES) if f.remediation == handler_id]
+    operations = HANDLERS[handler_id].plan(PlanInput(findings, None, None, resource=ctx.resource))
+    ledger = _Ledger()
+    runner = ActionRunner(SimVaultGateway(World()), {}, ledger=ledger, now=lambda: datetime.now(UTC),
+                          resources=resources)
+    result = runner.run(handler_id, operations, dry_run=False, current=None)
+    assert result.status != "failed", result.detail
+    _check_ledger(ledger, sent())
+    ledger.close()
+    final = get(current["id"])
+    assert get(_DECOY["id"]) == _DECOY  # nothing else is touched
+    if not findings or after is None:
+        assert final == after and not operations  # nothing fired, or a deleted assignment: never re-created
+    elif kind.endswith("policyExemptions"):
+        assert final == (None if before is None else {**after, "properties": before["properties"]})
+    else:
+        assert before is not None and final is not None
+        restored = {**after["properties"], "enforcementMode": before["properties"]["enforcementMode"],
+                    "notScopes": before["properties"]["notScopes"]}
+        assert final == {**after, "properties": restored}
+
+
+_POLICY_CHANGES = st.one_of(
+    st.tuples(st.one_of(st.none(), EXEMPTIONS), EXEMPTIONS),
+    st.tuples(ASSIGNMENTS, st.one_of(st.none(), ASSIGNMENTS)),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(change=_POLICY_CHANGES)
+def test_the_policy_handlers_undo_exactly_what_was_added_in_the_simulated_world(
+        change: tuple[dict[str, Any] | None, dict[str, Any] | None]) -> None:
+    world = World()
+
+    def sent() -> list[str | None]:
+        return [(e["data"].get("httpRequest") or {}).get("clientRequestId") for e in world.take_emitted()]
+
+    def get(resource_id: str) -> dict[str, Any] | None:
+        found = world.resources.get(vault_key(resource_id))
+        return copy.deepcopy(found) if found is not None else None
+
+    _policy_run(SimResourceGateway(world), world.put_resource, get, *change, sent)
+
+
+@pytest.fixture(scope="module")
+def policy_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArmFake, PolicyGateway]]:
+    with arm_fake() as fake:
+        bundle = fake.write_ca_bundle(Path(tmp_path_factory.mktemp("ca")) / "ca.pem")
+        gateway = PolicyGateway(FakeCredential(), endpoint=fake.base_url, connection_verify=str(bundle), retry_total=0)
+        yield fake, gateway
+        gateway.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(change=_POLICY_CHANGES)
+def test_the_policy_handlers_undo_exactly_what_was_added_against_arm(
+        policy_arm: tuple[ArmFake, PolicyGateway], change: tuple[dict[str, Any] | None, dict[str, Any] | None]) -> None:
+    fake, gateway = policy_arm
+    fake.policy.clear()
+
+    def sent() -> list[str | None]:
+        writes = [r for r in fake.requests if r.method in ("PUT", "DELETE")]
+        fake.requests.clear()
+        return [r.headers.get("x-ms-client-request-id") for r in writes]
+
+    _policy_run(gateway, fake.add_policy, fake.policy_resource, *change, sent)

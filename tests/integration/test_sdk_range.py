@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 SDKS = ("azure-mgmt-keyvault", "azure-mgmt-security", "azure-eventgrid", "azure-data-tables", "azure-mgmt-monitor",
-        "azure-mgmt-authorization", "azure-mgmt-resource-deploymentstacks")
+        "azure-mgmt-authorization", "azure-mgmt-resource-deploymentstacks",
+        "azure-mgmt-resource")
 REQUIREMENTS = (Path(__file__).parents[2] / "requirements.txt").read_text()
 
 

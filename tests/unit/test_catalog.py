@@ -169,9 +169,11 @@ def test_every_handler_declares_the_permission_it_needs() -> None:
     }
     assert offenders == {}
     remediation_permissions = {h.id: h.permission for h in HANDLERS.values() if h.kind == "remediation"}
-    # a remediation writes the vault or a resource beside it, or deletes an added role assignment
+    # a remediation writes the vault or a resource beside it, deletes an added role assignment or
+    # policy exemption, or enforces a policy assignment again
     beside = ("Microsoft.KeyVault/", "Microsoft.Insights/diagnosticSettings/", "Microsoft.Authorization/locks/",
-              "Microsoft.Security/pricings/", "Microsoft.Authorization/roleAssignments/delete")
+              "Microsoft.Security/pricings/", "Microsoft.Authorization/roleAssignments/delete",
+              "Microsoft.Authorization/policyExemptions/delete", "Microsoft.Authorization/policyAssignments/write")
     assert all(p.startswith(beside) for p in remediation_permissions.values()), remediation_permissions
 
 
