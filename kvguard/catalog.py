@@ -24,10 +24,12 @@ def _load_rules(registry: Registry[Rule]) -> None:
         access_policy,
         audit_logs,
         defender_plan,
+        event_feeds,
         identity,
         lifecycle,
         locks,
         network,
+        perimeters,
         private_endpoints,
         protection,
         rbac,
@@ -36,15 +38,24 @@ def _load_rules(registry: Registry[Rule]) -> None:
     from detectors import self as own_identity
 
     for family in (access_policy, network, protection, identity, lifecycle, own_identity, rbac, audit_logs, locks,
-                   private_endpoints, defender_plan, steering):
+                   private_endpoints, defender_plan, steering, perimeters, event_feeds):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
 
 def _load_handlers(registry: Registry[Handler]) -> None:
-    from remediation import access_policy, alerts, network, resources, role_assignment, settings
+    from remediation import (
+        access_policy,
+        alerts,
+        event_feeds,
+        network,
+        perimeters,
+        resources,
+        role_assignment,
+        settings,
+    )
 
-    for family in (access_policy, alerts, network, settings, role_assignment, resources):
+    for family in (access_policy, alerts, network, settings, role_assignment, resources, perimeters, event_feeds):
         for handler in declared(family, Handler):
             registry.add(handler.id, handler)
 

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kvguard.event_feeds import SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, VAULT_SUBSCRIPTIONS_TYPE
 from kvguard.ids import parse_vault_ref, vault_key
+from kvguard.perimeters import ACCESS_RULES_TYPE, ASSOCIATIONS_TYPE, CONFIGURATIONS_TYPE, PERIMETER_TYPES
 from kvguard.roles import Role
 from kvguard.vault import VaultConfig
 
@@ -34,8 +36,25 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.keyvault/vaults/privateendpointconnections/delete": (
         "Microsoft.KeyVault/vaults/privateEndpointConnections", "delete"),
     "microsoft.security/pricings/write": ("Microsoft.Security/pricings", "write"),
+    # Network Security Perimeters over a vault (KV-NSP-01): mapped to their vaults through the
+    # vaults' perimeter configurations (kvguard.perimeters).
+    "microsoft.network/networksecurityperimeters/profiles/accessrules/write": (ACCESS_RULES_TYPE, "write"),
+    "microsoft.network/networksecurityperimeters/profiles/accessrules/delete": (ACCESS_RULES_TYPE, "delete"),
+    "microsoft.network/networksecurityperimeters/resourceassociations/write": (ASSOCIATIONS_TYPE, "write"),
+    "microsoft.network/networksecurityperimeters/resourceassociations/delete": (ASSOCIATIONS_TYPE, "delete"),
+    # Event subscriptions on a vault's events (KV-EG-01); kvguard's own on the subscription's system
+    # topic are judged as its deployment first (KV-SELF-02, kvguard.flow.own).
+    "microsoft.eventgrid/systemtopics/eventsubscriptions/write": (SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, "write"),
+    "microsoft.eventgrid/systemtopics/eventsubscriptions/delete": (SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, "delete"),
+    "microsoft.eventgrid/eventsubscriptions/write": (VAULT_SUBSCRIPTIONS_TYPE, "write"),
+    "microsoft.eventgrid/eventsubscriptions/delete": (VAULT_SUBSCRIPTIONS_TYPE, "delete"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
+# What the reconcile timer and `kvguard baseline` list at each vault's scope: the watched types that
+# can be listed there (a perimeter's rules and associations, and system topics' subscriptions, lie
+# elsewhere), and the vault's perimeter configurations, kept to map a perimeter's changes to it.
+LISTED_TYPES: tuple[str, ...] = (*(t for t in RESOURCE_TYPES if t.lower() not in (
+    *PERIMETER_TYPES, SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE.lower())), CONFIGURATIONS_TYPE)
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
 MANAGEMENT_GROUP_PREFIX = "/providers/microsoft.management/managementgroups/"
 

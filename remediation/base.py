@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from kvguard.resources import ResourceState
 
 OperationKind = Literal[
-    "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment"]
+    "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment",
+    "remove_rule_sources", "delete_resource"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from kvguard.decision import decide, is_approved, unattributed
 from kvguard.detection import Context
+from kvguard.event_feeds import SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, system_topic_of, topic_source
 from kvguard.events import VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
 from kvguard.flow.claims import complete
@@ -34,6 +35,15 @@ from kvguard.flow.services import Services
 from kvguard.ids import vault_key
 from kvguard.intents import RestoreResource
 from kvguard.outcome import Outcome
+from kvguard.perimeters import (
+    CONFIGURATIONS_TYPE,
+    PERIMETER_TYPES,
+    associated_vault,
+    configuration_vault,
+    copy_in,
+    perimeter_ref,
+    reaches,
+)
 from kvguard.ports import AuditRecord, Baseline, PermanentError, RejectedPayload, TransientError
 from kvguard.resources import (
     ResourceChange,
@@ -51,6 +61,8 @@ from kvguard.suppression import with_notes
 ROLE_ASSIGNMENTS = "microsoft.authorization/roleassignments"
 ROLE_DEFINITIONS = "microsoft.authorization/roledefinitions"
 DIAGNOSTIC_SETTINGS = "microsoft.insights/diagnosticsettings"
+CONFIGURATIONS = CONFIGURATIONS_TYPE.lower()
+SYSTEM_TOPIC_SUBSCRIPTIONS = SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE.lower()
 
 
 def handle_resource(services: Services, event: VaultEvent, change: ResourceChange) -> Outcome:
@@ -97,7 +109,42 @@ def _covered_vaults(services: Services, event: VaultEvent, change: ResourceChang
         return [baseline] if baseline is not None and not baseline.deleted else []
     if change.type.lower() == ROLE_DEFINITIONS:
         return _vaults_assigned(services, change.id)
+    if change.type.lower() in PERIMETER_TYPES:
+        return _vaults_in_perimeter(services, change)
+    if change.type.lower() == SYSTEM_TOPIC_SUBSCRIPTIONS:
+        return _vaults_of_topic(services, change)
     return [b for b in known_vaults(services) if covers(change.scope, b.vault_id)]
+
+
+def _configurations(services: Services) -> list[Mapping[str, Any]]:
+    """The vaults' perimeter configurations kvguard keeps (seeded and refreshed by the reconcile)."""
+    return [b.config for b in services.store.list_baselines()
+            if not b.deleted and resource_type_of(b.config).lower() == CONFIGURATIONS]
+
+
+def _vaults_in_perimeter(services: Services, change: ResourceChange) -> list[Baseline]:
+    """The known vaults an access rule applies to (their configuration names its perimeter and
+    profile) or an association puts in the perimeter (named so there, or its `privateLinkResource`)."""
+    ref = perimeter_ref(change.id)
+    if ref is None:
+        return []
+    wanted = {vault_key(v) for c in _configurations(services) if reaches(c, ref)
+              for v in [configuration_vault(c)] if v}
+    if ref.profile is None and services.resources is not None:
+        linked = associated_vault(services.resources.get(change.id))
+        if linked:
+            wanted.add(vault_key(linked))
+    return [b for b in known_vaults(services) if vault_key(b.vault_id) in wanted]
+
+
+def _vaults_of_topic(services: Services, change: ResourceChange) -> list[Baseline]:
+    """The known vault whose events a system topic carries (its `source`); none for any other
+    topic (kvguard's own subscription's topic has the subscription as its source)."""
+    topic = system_topic_of(change.id)
+    source = topic_source(services.resources.get(topic)) if topic and services.resources is not None else None
+    if not source or not is_vault_id(source):
+        return []
+    return [b for b in known_vaults(services) if vault_key(b.vault_id) == vault_key(source)]
 
 
 def _vaults_assigned(services: Services, role_definition_id: str) -> list[Baseline]:
@@ -143,6 +190,8 @@ def _process_resource(
     after = after if after is not None else requested_assignment(event, change)
     baseline = services.store.get_baseline(change.id)
     before = baseline.config if baseline is not None and not baseline.deleted else None
+    if before is None and baseline is None and change.type.lower() in PERIMETER_TYPES:
+        before = copy_in(_configurations(services), change.id)  # as the vaults' configurations show it
     vaults = tuple(baseline_config(services, b) for b in covered)
     state = ResourceState(change, before, after, vaults, _role(services, change, after or before))
     history_key = vault_key(vault_id) if vault_id else change.key

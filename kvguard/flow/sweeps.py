@@ -30,7 +30,7 @@ from kvguard.ids import parse_vault_ref, vault_key
 from kvguard.outcome import Outcome
 from kvguard.ports import AuditRecord, Baseline, ConcurrencyError, PermanentError
 from kvguard.resources import (
-    RESOURCE_TYPES,
+    LISTED_TYPES,
     SWEEP_TYPES,
     ResourceChange,
     Sweep,
@@ -84,7 +84,7 @@ def _reconcile_resources(services: Services, established: set[str], handle_event
     outcomes = []
     current: dict[str, Mapping[str, Any] | None] = {}
     for vault in known_vaults(services):
-        for resource_type in RESOURCE_TYPES:
+        for resource_type in LISTED_TYPES:
             try:
                 listed = services.resources.list_at_scope(vault.vault_id, resource_type)
             except Exception:  # logged with its traceback; the next run lists again
@@ -121,7 +121,7 @@ def seed_resources(services: Services) -> int:
         return 0
     seeded = 0
     for vault in known_vaults(services):
-        for resource_type in RESOURCE_TYPES:
+        for resource_type in LISTED_TYPES:
             try:
                 listed = services.resources.list_at_scope(vault.vault_id, resource_type)
             except PermanentError as error:

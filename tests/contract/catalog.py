@@ -58,6 +58,8 @@ RULES: dict[str, Promised] = {
     "KV-DEF-01": Promised("medium", "sweep", ("T1562.001",), None),
     "KV-DEF-02": Promised("critical", "diff", ("T1562.001",), "restore_defender_plan"),
     "KV-TAG-01": Promised("medium", "diff", ("T1562.001",), None),
+    "KV-NSP-01": Promised("high", "diff", ("T1562.007",), "remove_perimeter_rule_source"),
+    "KV-EG-01": Promised("medium", "diff", ("T1020",), "remove_event_subscription"),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -72,6 +74,8 @@ HANDLERS: dict[str, str] = {
     "reject_private_endpoint": "remediation",
     "restore_lock": "remediation",
     "restore_defender_plan": "remediation",
+    "remove_perimeter_rule_source": "remediation",
+    "remove_event_subscription": "remediation",
     "raise_defender_alert": "alert",
     "publish_detection": "alert",
     "notify_webhook": "alert",
@@ -80,4 +84,4 @@ HANDLERS: dict[str, str] = {
 
 # The rule families in the order the catalog lists them.
 FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF", "KV-RBAC", "KV-LOG", "KV-LOCK", "KV-PE",
-                "KV-DEF", "KV-TAG")
+                "KV-DEF", "KV-TAG", "KV-NSP", "KV-EG")

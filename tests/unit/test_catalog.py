@@ -171,7 +171,10 @@ def test_every_handler_declares_the_permission_it_needs() -> None:
     remediation_permissions = {h.id: h.permission for h in HANDLERS.values() if h.kind == "remediation"}
     # a remediation writes the vault or a resource beside it, or deletes an added role assignment
     beside = ("Microsoft.KeyVault/", "Microsoft.Insights/diagnosticSettings/", "Microsoft.Authorization/locks/",
-              "Microsoft.Security/pricings/", "Microsoft.Authorization/roleAssignments/delete")
+              "Microsoft.Security/pricings/", "Microsoft.Authorization/roleAssignments/delete",
+              # a perimeter access rule's added sources taken out, an added event subscription deleted
+              "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",
+              "Microsoft.EventGrid/eventSubscriptions/delete")
     assert all(p.startswith(beside) for p in remediation_permissions.values()), remediation_permissions
 
 
