@@ -98,6 +98,7 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
     from kvguard.adapters.arm import ArmVaultGateway
     from kvguard.adapters.authorization import AuthorizationGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
+    from kvguard.adapters.event_subscriptions import EventGridResources
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
     from kvguard.adapters.resources import ArmResourceGateway, RoutedResourceGateway
 
@@ -114,7 +115,8 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
         activity_log=_activity_log(settings, credential),
         deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
         resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
-                                        ArmResourceGateway(credential, endpoint=settings.arm_endpoint)),
+                                        ArmResourceGateway(credential, endpoint=settings.arm_endpoint),
+                                        EventGridResources(credential, endpoint=settings.arm_endpoint)),
     )
     if pipeline.policy.own_resource_ids:
         remember_own_resources(pipeline)

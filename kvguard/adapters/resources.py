@@ -1,11 +1,12 @@
 """The ResourceGateway on Azure Resource Manager for the resources beside a vault: its diagnostic
-settings, the locks over it, its private endpoint connections and its subscription's Defender
-plan (the `KeyVaults` pricing).
+settings, the locks over it, its private endpoint connections, its subscription's Defender plan
+(the `KeyVaults` pricing), its Network Security Perimeter configurations, and the access rules and
+associations of a perimeter.
 
 Each is read, written and listed as raw ARM JSON by a thin call (`send_request`) through the ARM
 pipeline of the azure-mgmt-keyvault client (azure-mgmt-core's: the same credential policy,
 retries and logging as every SDK call), at an API version pinned per resource type below: one
-path for the four types, and every field ARM returned kept, as kvguard judges resources by their
+path for all these types, and every field ARM returned kept, as kvguard judges resources by their
 wire JSON, never by SDK models (azure-mgmt-monitor 7.x has no diagnostic-settings operations).
 
 Errors follow `kvguard.adapters.azure_clients`: a resource that is not there (404
@@ -47,12 +48,19 @@ API_VERSIONS = {
     "microsoft.authorization/locks": "2020-05-01",
     "microsoft.keyvault/vaults/privateendpointconnections": "2023-07-01",
     "microsoft.security/pricings": "2024-01-01",
+    # A perimeter's access rules and associations (Microsoft.Network's NSP GA version), and a vault's
+    # perimeter configurations (the first Key Vault version that has them; azure-mgmt-keyvault 14.x
+    # offers no operations for them, nor for the perimeter's types the thin call reads the same way).
+    "microsoft.network/networksecurityperimeters/profiles/accessrules": "2024-07-01",
+    "microsoft.network/networksecurityperimeters/resourceassociations": "2024-07-01",
+    "microsoft.keyvault/vaults/networksecurityperimeterconfigurations": "2024-04-01-preview",
 }
 # Where each type is listed for a scope (the vault's id), and with which query.
 _LISTINGS = {
     "microsoft.insights/diagnosticsettings": ("/providers/Microsoft.Insights/diagnosticSettings", {}),
     "microsoft.authorization/locks": ("/providers/Microsoft.Authorization/locks", {"$filter": "atScope()"}),
     "microsoft.keyvault/vaults/privateendpointconnections": ("/privateEndpointConnections", {}),
+    "microsoft.keyvault/vaults/networksecurityperimeterconfigurations": ("/networkSecurityPerimeterConfigurations", {}),
 }
 
 
@@ -67,11 +75,19 @@ def resource_type_of_id(resource_id: str) -> str:
         return "microsoft.security/pricings"
     if "/privateendpointconnections/" in lowered and "/providers/microsoft.keyvault/vaults/" in lowered:
         return "microsoft.keyvault/vaults/privateendpointconnections"
+    if "/networksecurityperimeterconfigurations/" in lowered and "/providers/microsoft.keyvault/vaults/" in lowered:
+        return "microsoft.keyvault/vaults/networksecurityperimeterconfigurations"
+    if "/providers/microsoft.network/networksecurityperimeters/" in lowered:
+        if "/profiles/" in lowered and "/accessrules/" in lowered:
+            return "microsoft.network/networksecurityperimeters/profiles/accessrules"
+        if "/resourceassociations/" in lowered:
+            return "microsoft.network/networksecurityperimeters/resourceassociations"
     raise PermanentError(f"no reader of the resource {resource_id} is configured")
 
 
 class ArmResourceGateway:
-    """Diagnostic settings, locks, private endpoint connections and the Defender plan, by id."""
+    """Diagnostic settings, locks, private endpoint connections, the Defender plan, a vault's
+    perimeter configurations and a perimeter's access rules and associations, by id."""
 
     def __init__(self, credential: TokenCredential, endpoint: str = ARM_ENDPOINT, **client_kwargs: Any) -> None:
         """`client_kwargs` go to every client, as for ArmVaultGateway."""
@@ -179,31 +195,44 @@ class _RoleReader(Protocol):
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]: ...
 
 
-class RoutedResourceGateway:
-    """One ResourceGateway over two readers: role assignments and role definitions go through
-    azure-mgmt-authorization (`AuthorizationGateway`), every other resource beside the vaults
-    through the thin ARM calls above. The pipeline sees one port; each SDK stays in its adapter."""
+_EVENT_GRID = "/providers/microsoft.eventgrid/"  # system topics and event subscriptions
 
-    def __init__(self, authorization: _RoleReader, others: ResourceGateway) -> None:
+
+class RoutedResourceGateway:
+    """One ResourceGateway over its readers: role assignments and role definitions go through
+    azure-mgmt-authorization (`AuthorizationGateway`), system topics and event subscriptions
+    through azure-mgmt-eventgrid (`EventGridResources`, when given), every other resource beside
+    the vaults through the thin ARM calls above. The pipeline sees one port; each SDK stays in
+    its adapter."""
+
+    def __init__(self, authorization: _RoleReader, others: ResourceGateway,
+                 event_grid: ResourceGateway | None = None) -> None:
         self._authorization = authorization
         self._others = others
+        self._event_grid = event_grid
 
     def __repr__(self) -> str:
-        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r})"
+        return f"RoutedResourceGateway({self._authorization!r}, {self._others!r}, {self._event_grid!r})"
 
     def _for_id(self, resource_id: str) -> _RoleReader | ResourceGateway:
+        if self._event_grid is not None and _EVENT_GRID in resource_id.lower():
+            return self._event_grid
         return self._authorization if _AUTHORIZATION in resource_id.lower() else self._others
 
     def _for_type(self, resource_type: str) -> _RoleReader | ResourceGateway:
+        if self._event_grid is not None and resource_type.lower().startswith("microsoft.eventgrid/"):
+            return self._event_grid
         return self._authorization if resource_type.lower().startswith("microsoft.authorization/role") else self._others
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None:
         return self._for_id(resource_id).get(resource_id)
 
     def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
-        if self._for_id(resource_id) is self._authorization:
+        reader = self._for_id(resource_id)
+        if reader is self._authorization:
             raise PermanentError(f"kvguard never writes role assignments or definitions ({resource_id})")
-        return self._others.put(resource_id, document)
+        writer = self._event_grid if reader is self._event_grid and self._event_grid is not None else self._others
+        return writer.put(resource_id, document)
 
     def delete(self, resource_id: str) -> bool:
         return self._for_id(resource_id).delete(resource_id)

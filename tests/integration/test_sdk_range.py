@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 SDKS = ("azure-mgmt-keyvault", "azure-mgmt-security", "azure-eventgrid", "azure-data-tables", "azure-mgmt-monitor",
-        "azure-mgmt-authorization")
+        "azure-mgmt-authorization", "azure-mgmt-eventgrid")
 REQUIREMENTS = (Path(__file__).parents[2] / "requirements.txt").read_text()
 
 
