@@ -101,5 +101,5 @@ def test_policy_keys_normalise_and_refuse_what_they_cannot_read() -> None:
                     allowed_event_destinations=[" Hooks.SOC.contoso.example/ "])
     assert policy.allowed_perimeter_sources == ["10.1.0.0/16", FOREIGN_SUBSCRIPTION]
     assert policy.allowed_event_destinations == ["hooks.soc.contoso.example"]
-    with pytest.raises(ValidationError, match="(?s)allowed_perimeter_sources.*'corp-net' is neither a CIDR range nor"):
+    with pytest.raises(ValidationError, match=r"(?s)allowed_perimeter_sources.*'corp-net' is neither a CIDR range nor"):
         Policy(allowed_perimeter_sources=["corp-net"])
