@@ -56,7 +56,18 @@ RBAC_OPERATIONS = (
     "Microsoft.Authorization/roleAssignments/delete",
     "Microsoft.Authorization/roleDefinitions/write",
 )
-OPERATIONS = VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS
+# Network Security Perimeters over a vault (KV-NSP-01) and event subscriptions on a vault's events
+# (KV-EG-01); those on a system topic share DEPLOYMENT_OPERATIONS' systemTopics/eventSubscriptions.
+PERIMETER_AND_FEED_OPERATIONS = (
+    "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",
+    "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/delete",
+    "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/write",
+    "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/delete",
+    "Microsoft.EventGrid/eventSubscriptions/write",
+    "Microsoft.EventGrid/eventSubscriptions/delete",
+)
+OPERATIONS = (VAULT_OPERATIONS + ADJACENT_OPERATIONS + DEPLOYMENT_OPERATIONS + RBAC_OPERATIONS
+              + PERIMETER_AND_FEED_OPERATIONS)
 # The rules that judge a change to kvguard's own deployment (it concerns no vault).
 DEPLOYMENT_RULES = ("KV-SELF-02",)
 FUNCTION = "on_vault_event"

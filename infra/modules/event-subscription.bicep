@@ -66,6 +66,14 @@ resource vaultEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
             'Microsoft.Web/sites/write'
             'Microsoft.Web/sites/stop/action'
             'Microsoft.Web/sites/delete'
+            // Network Security Perimeters over a vault (KV-NSP-01) and event subscriptions on a
+            // vault's events (KV-EG-01); the systemTopics/eventSubscriptions operations are above.
+            'Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write'
+            'Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/delete'
+            'Microsoft.Network/networkSecurityPerimeters/resourceAssociations/write'
+            'Microsoft.Network/networkSecurityPerimeters/resourceAssociations/delete'
+            'Microsoft.EventGrid/eventSubscriptions/write'
+            'Microsoft.EventGrid/eventSubscriptions/delete'
           ]
         }
         // No filter on the caller: kvguard's own writes come back too, so that a write made with its

@@ -65,6 +65,12 @@ def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
         "Microsoft.Authorization/roleAssignments/write",
         "Microsoft.Authorization/roleAssignments/delete",
         "Microsoft.Authorization/roleDefinitions/write",
+        "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",
+        "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/delete",
+        "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/write",
+        "Microsoft.Network/networkSecurityPerimeters/resourceAssociations/delete",
+        "Microsoft.EventGrid/eventSubscriptions/write",
+        "Microsoft.EventGrid/eventSubscriptions/delete",
     }
 
 
