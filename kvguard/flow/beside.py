@@ -75,8 +75,7 @@ def handle_resource(services: Services, event: VaultEvent, change: ResourceChang
                        resource=change.id)
     covered = _covered_vaults(services, event, change)
     if not covered:
-        return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
-                       resource=change.id)
+        return Outcome(event.id, "ignored", _uncovered(change), vault_id, resource=change.id)
     own = own_write(services, event)
     if own is not None:
         return Outcome(event.id, "self", f"own write by {own}: never acted on", vault_id, resource=change.id)
@@ -100,6 +99,19 @@ def handle_resource(services: Services, event: VaultEvent, change: ResourceChang
         services.store.release(event.id, owner)
         raise
     return outcome
+
+
+def _uncovered(change: ResourceChange) -> str:
+    """Why a change reaches no vault: a system topic that carries no known vault's events (the
+    subscription's own, where kvguard's subscription lives, included), a perimeter no known vault's
+    configuration names, or a scope above or beside every known vault."""
+    kind = change.type.lower()
+    if kind == SYSTEM_TOPIC_SUBSCRIPTIONS:
+        return f"system topic {system_topic_of(change.id)} carries no known vault's events"
+    ref = perimeter_ref(change.id) if kind in PERIMETER_TYPES else None
+    if ref is not None:
+        return f"no known vault's perimeter configuration names perimeter {ref.perimeter}"
+    return f"scope {change.scope} covers no vault kvguard knows"
 
 
 def _covered_vaults(services: Services, event: VaultEvent, change: ResourceChange) -> list[Baseline]:

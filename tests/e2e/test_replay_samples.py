@@ -612,3 +612,4 @@ def test_24_a_foreign_webhook_on_the_vaults_topic_is_deleted_and_the_subscriptio
     [gone] = [r for k, r in summary["resources"].items() if k.lower().endswith("/eventsubscriptions/secret-feed")]
     assert gone["exists"] is False
     assert elsewhere["outcome"] == "ignored" and elsewhere["findings"] == []
+    assert elsewhere["reason"].endswith("/systemTopics/sub-events carries no known vault's events")
