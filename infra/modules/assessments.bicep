@@ -152,6 +152,28 @@ var families = {
     userImpact: 'Low'
     implementationEffort: 'Low'
   }
+  NSP: {
+    categories: [
+      'Networking'
+    ]
+    threats: [
+      'dataExfiltration'
+      'threatResistance'
+    ]
+    userImpact: 'Moderate'
+    implementationEffort: 'Low'
+  }
+  EG: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'dataExfiltration'
+      'dataSpillage'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
   other: {
     categories: [
       'Data'
@@ -175,6 +197,8 @@ var remediations = {
   reject_private_endpoint: 'kvguard rejects the private endpoint connection (remediate mode). Otherwise: reject the connection and review who approved it.'
   restore_lock: 'Put the lock back (kvguard does it only when the policy opts in and its identity may write locks).'
   restore_defender_plan: 'Switch Defender for Key Vault back on for the subscription (kvguard does it only when the policy opts in and its identity is Security Admin).'
+  remove_perimeter_rule_source: 'Take the added sources out of the perimeter access rule (kvguard does it only when the policy opts in and its identity may write the perimeter access rules); return an association to Enforced and review who changed it.'
+  remove_event_subscription: 'Delete the event subscription that sends the vault events away (kvguard does it only when the policy opts in and its identity may delete event subscriptions); review who created it.'
   none: 'Review the change in the activity log with the vault owner; if it was not approved, revert it and investigate the caller.'
 }
 
