@@ -8,7 +8,7 @@ CHECKOV_VENV := .venv-checkov
 
 # The lowest version requirements.txt admits of each Azure SDK the adapters talk to, installed beside
 # .venv (which has the highest): the adapter tests run against both ends of every declared range.
-AZURE_SDKS := azure-mgmt-keyvault\|azure-mgmt-security\|azure-eventgrid\|azure-data-tables\|azure-mgmt-monitor\|azure-mgmt-authorization\|azure-mgmt-resource-deploymentstacks\|azure-mgmt-resource
+AZURE_SDKS := azure-mgmt-keyvault\|azure-mgmt-security\|azure-eventgrid\|azure-data-tables\|azure-mgmt-monitor\|azure-mgmt-authorization\|azure-mgmt-resource-deploymentstacks\|azure-mgmt-resource\|azure-mgmt-eventgrid
 SDK_FLOORS := $(shell sed -n 's/^\($(AZURE_SDKS)\)>=\([0-9.]*\),.*/\1==\2/p' requirements.txt)
 SDK_FLOOR := .sdk-floor
 
@@ -54,7 +54,7 @@ test-sdk-floor: $(SDK_FLOOR)/.installed
 		tests/integration/test_sdk_range.py tests/integration/test_arm_gateway.py \
 		tests/integration/test_alert_sinks.py tests/integration/test_tables_store.py \
 		tests/integration/test_authorization_gateway.py tests/integration/test_deny_and_eligibility_reads.py \
-		tests/integration/test_policy_gateway.py \
+		tests/integration/test_policy_gateway.py tests/integration/test_perimeter_and_feed_gateways.py \
 		tests/integration/test_cli_backfill.py tests/integration/test_cli_doctor.py \
 		tests/integration/test_managed_hsm_and_keys.py
 

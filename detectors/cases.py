@@ -426,3 +426,90 @@ KEY_VAULT_POLICY_RULE: dict[str, Any] = {
     ]},
     "then": {"effect": "[parameters('effect')]"},
 }
+
+
+# Network Security Perimeters (KV-NSP-01): a perimeter in the network team's subscription with one
+# profile the vault is associated with, and the vault's configuration that says so.
+PERIMETER_ID = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-net/providers/"
+                "Microsoft.Network/networkSecurityPerimeters/nsp-payments")
+PERIMETER_GUID = "5e1f0c2a-7b3d-4e6f-9a8b-0c1d2e3f4a5b"
+
+
+def access_rule(prefixes: tuple[str, ...] = ("10.20.0.0/16",), subscriptions: tuple[str, ...] = (),
+                direction: str = "Inbound", name: str = "allow-corp", profile: str = "default") -> dict[str, Any]:
+    return {
+        "id": f"{PERIMETER_ID}/profiles/{profile}/accessRules/{name}",
+        "name": name,
+        "type": "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules",
+        "properties": {"provisioningState": "Succeeded", "direction": direction,
+                       "addressPrefixes": list(prefixes),
+                       "subscriptions": [{"id": f"/subscriptions/{s}"} for s in subscriptions],
+                       "fullyQualifiedDomainNames": [], "emailAddresses": [], "phoneNumbers": []},
+    }
+
+
+def perimeter_association(mode: str = "Enforced", name: str = "kv-payments-assoc",
+                          profile: str = "default") -> dict[str, Any]:
+    return {
+        "id": f"{PERIMETER_ID}/resourceAssociations/{name}",
+        "name": name,
+        "type": "Microsoft.Network/networkSecurityPerimeters/resourceAssociations",
+        "properties": {"privateLinkResource": {"id": VAULT_ID}, "profile": {"id": f"{PERIMETER_ID}/profiles/{profile}"},
+                       "accessMode": mode, "provisioningState": "Succeeded", "hasProvisioningIssues": "no"},
+    }
+
+
+def perimeter_configuration(mode: str = "Enforced", rules: tuple[dict[str, Any], ...] | None = None,
+                            profile: str = "default", association: str = "kv-payments-assoc") -> dict[str, Any]:
+    """The vault's `networkSecurityPerimeterConfigurations` entry, as Key Vault's provider reports it."""
+    listed = [access_rule()] if rules is None else list(rules)
+    name = f"{PERIMETER_GUID}.{association}"
+    return {
+        "id": f"{VAULT_ID}/networkSecurityPerimeterConfigurations/{name}",
+        "name": name,
+        "type": "Microsoft.KeyVault/vaults/networkSecurityPerimeterConfigurations",
+        "properties": {
+            "provisioningState": "Succeeded", "provisioningIssues": [],
+            "networkSecurityPerimeter": {"id": PERIMETER_ID, "perimeterGuid": PERIMETER_GUID, "location": "westeurope"},
+            "resourceAssociation": {"name": association, "accessMode": mode},
+            "profile": {"name": profile, "accessRulesVersion": 1,
+                        "accessRules": [{"name": r["name"], "properties": {
+                            k: v for k, v in r["properties"].items() if k != "provisioningState"}} for r in listed],
+                        "diagnosticSettingsVersion": 0, "enabledLogCategories": []},
+        },
+    }
+
+
+# Event subscriptions on the vault's events (KV-EG-01).
+VAULT_TOPIC_ID = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-payments/providers/"
+                  "Microsoft.EventGrid/systemTopics/kv-payments-events")
+SOC_HOOK = "https://hooks.soc.contoso.example/api/keyvault"
+FOREIGN_HOOK = "https://collector.attacker.example/in"
+
+
+def vault_topic() -> dict[str, Any]:
+    return {"id": VAULT_TOPIC_ID, "name": "kv-payments-events", "type": "Microsoft.EventGrid/systemTopics",
+            "location": "westeurope",
+            "properties": {"source": VAULT_ID, "topicType": "Microsoft.KeyVault.vaults",
+                           "provisioningState": "Succeeded"}}
+
+
+def event_subscription(webhook: str | None = FOREIGN_HOOK, resource: str | None = None, name: str = "feed",
+                       on_vault: bool = False, filter_types: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A subscription on the vault's system topic (or, `on_vault`, on the vault itself) to a webhook
+    (as a GET returns it: `endpointBaseUrl`) or to a resource (an event hub, a queue)."""
+    if resource is not None:
+        destination: dict[str, Any] = {"endpointType": "EventHub", "properties": {"resourceId": resource}}
+    else:
+        destination = {"endpointType": "WebHook", "properties": {"endpointBaseUrl": webhook,
+                                                                 "maxEventsPerBatch": 1}}
+    scope = f"{VAULT_ID}/providers/Microsoft.EventGrid" if on_vault else VAULT_TOPIC_ID
+    return {
+        "id": f"{scope}/eventSubscriptions/{name}",
+        "name": name,
+        "type": "Microsoft.EventGrid/eventSubscriptions" if on_vault
+        else "Microsoft.EventGrid/systemTopics/eventSubscriptions",
+        "properties": {"topic": VAULT_ID if on_vault else VAULT_TOPIC_ID, "provisioningState": "Succeeded",
+                       "destination": destination, "eventDeliverySchema": "EventGridSchema",
+                       "filter": {"includedEventTypes": list(filter_types) or None}},
+    }

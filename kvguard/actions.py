@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kvguard.client_request import new_request_id, sending
+from kvguard.event_feeds import destination
 from kvguard.intents import PolicyExemptionRef, RoleAssignmentRef
+from kvguard.perimeters import Sources, inbound_sources, without_sources
 from kvguard.ports import Alert, AlertSink, OwnWrite, ResourceGateway, StateStore, TransientError, VaultGateway
 from kvguard.resources import scope_of
 from kvguard.vault import AccessPolicy, VaultConfig
@@ -164,11 +166,40 @@ class ActionRunner:
             return op if self._still_the_assignment(op.target) else None
         if op.kind == "delete_policy_exemption" and isinstance(op.target, PolicyExemptionRef):
             return op if self._still_the_exemption(op.target) else None
+        if op.kind == "remove_rule_sources" and isinstance(op.target, Mapping):
+            return self._rule_without_sources(op, op.target)
+        if op.kind == "delete_resource" and isinstance(op.target, Mapping):
+            return self._still_the_subscription(op, op.target)
         if op.kind == "put_resource" and isinstance(op.target, Mapping) and self._resources is not None:
             # re-read: the resource may have been put right (or changed again) since it was planned
             now = self._resources.get(op.vault_id)
             return None if now is not None and contains(now, op.target) else replace(op, before=now)
         return op
+
+    def _rule_without_sources(self, op: Operation, target: Mapping[str, Any]) -> Operation | None:
+        """Re-read the access rule and plan the PUT of what it admits now, less the added sources
+        it still has (a source added meanwhile stays); None when none of them is left, or the rule."""
+        if self._resources is None:
+            raise ValueError("no resource gateway to write perimeter access rules with")
+        current = self._resources.get(op.vault_id)
+        if current is None:
+            return None
+        added = Sources(frozenset(target["addressPrefixes"]), frozenset(target["subscriptions"]))
+        still = Sources(added.prefixes & inbound_sources(current).prefixes,
+                        added.subscriptions & inbound_sources(current).subscriptions)
+        if not still:
+            return None
+        return replace(op, kind="put_resource", target=without_sources(current, still), before=dict(current))
+
+    def _still_the_subscription(self, op: Operation, target: Mapping[str, Any]) -> Operation | None:
+        """Re-read the event subscription: still there, still sending where the finding saw."""
+        if self._resources is None:
+            raise ValueError("no resource gateway to delete event subscriptions with")
+        current = self._resources.get(op.vault_id)
+        found = destination(current)
+        if current is None or found is None or found.value != target["destination"]:
+            return None
+        return replace(op, before=dict(current))
 
     def _still_the_assignment(self, target: RoleAssignmentRef) -> bool:
         """Re-read the assignment: still there, with the principal, role and scope the finding saw."""
@@ -217,6 +248,8 @@ class ActionRunner:
         operation = ARM_OPERATIONS.get(op.kind)
         if op.kind == "put_resource" and isinstance(op.target, Mapping):
             operation = f"{op.target.get('type')}/write"  # a resource beside the vault: its own type's write
+        if op.kind == "delete_resource" and isinstance(op.target, Mapping):
+            operation = f"{op.target.get('type')}/delete"
         if operation is None or self._ledger is None:
             return None
         return OwnWrite(op.vault_id, operation, new_request_id(), self._now(), written_for.event_id,
@@ -242,6 +275,9 @@ class ActionRunner:
         if op.kind == "delete_policy_exemption" and isinstance(op.target, PolicyExemptionRef):
             assert self._resources is not None  # checked when the delete was found still needed
             return None if self._resources.delete(op.target.id) else "already gone"
+        if op.kind == "delete_resource" and isinstance(op.target, Mapping):
+            assert self._resources is not None  # checked when the delete was found still needed
+            return None if self._resources.delete(op.vault_id) else "already gone"
         if op.kind == "put_resource" and isinstance(op.target, Mapping):
             if self._resources is None:
                 raise LookupError(f"no writer of the resource {op.vault_id} is configured")

@@ -28,11 +28,13 @@ def _load_rules(registry: Registry[Rule]) -> None:
         deny,
         drift,
         eligibility,
+        event_feeds,
         identity,
         keys,
         lifecycle,
         locks,
         network,
+        perimeters,
         private_endpoints,
         protection,
         rbac,
@@ -42,15 +44,26 @@ def _load_rules(registry: Registry[Rule]) -> None:
 
     for family in (access_policy, network, protection, identity, lifecycle, own_identity, rbac, audit_logs, locks,
                    private_endpoints, defender_plan, steering, deny, eligibility, keys, drift,
-                   azure_policy):
+                   azure_policy, perimeters, event_feeds):
         for rule in declared(family, Rule):
             registry.add(rule.id, rule)
 
 
 def _load_handlers(registry: Registry[Handler]) -> None:
-    from remediation import access_policy, alerts, network, policy, resources, role_assignment, settings
+    from remediation import (
+        access_policy,
+        alerts,
+        event_feeds,
+        network,
+        perimeters,
+        policy,
+        resources,
+        role_assignment,
+        settings,
+    )
 
-    for family in (access_policy, alerts, network, settings, role_assignment, resources, policy):
+    for family in (access_policy, alerts, network, settings, role_assignment, resources, policy,
+                   perimeters, event_feeds):
         for handler in declared(family, Handler):
             registry.add(handler.id, handler)
 

@@ -198,11 +198,57 @@ class DeletePolicyExemption:
         return cls(PolicyExemptionRef(doc["id"], doc["policyAssignmentId"], doc["scope"], doc["exemptionCategory"]))
 
 
+@dataclass(frozen=True)
+class RemoveRuleSources:
+    """Inbound sources a perimeter access rule gained outside `allowed_perimeter_sources`: its
+    CIDR prefixes (normalised) and subscription ids (lower-cased GUIDs), to take out of the rule
+    again, leaving every other source it admits."""
+
+    rule_id: str
+    prefixes: tuple[str, ...]
+    subscriptions: tuple[str, ...]
+    # Why nothing can be taken out (an association that left Enforced: its owner sets the mode
+    # back): the handler then writes nothing and the flow says why; empty when it may.
+    refused: str = ""
+    name: ClassVar[str] = "remove_rule_sources"
+
+    def to_json(self) -> dict[str, Any]:
+        found = {"ruleId": self.rule_id, "prefixes": list(self.prefixes), "subscriptions": list(self.subscriptions)}
+        return {**found, "refused": self.refused} if self.refused else found
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RemoveRuleSources:
+        return cls(doc["ruleId"], tuple(doc["prefixes"]), tuple(doc["subscriptions"]), str(doc.get("refused") or ""))
+
+
+@dataclass(frozen=True)
+class DeleteResource:
+    """A resource the baseline lacks (an event subscription on a vault's events), to delete by id
+    while it still is what the finding saw: `expected` is what must still hold (its destination)."""
+
+    resource_id: str
+    resource_type: str
+    expected: str
+    # Why it must not be deleted (it was in the baseline and only re-pointed: deleting it would
+    # remove what was there before); empty when it may.
+    refused: str = ""
+    name: ClassVar[str] = "delete_resource"
+
+    def to_json(self) -> dict[str, Any]:
+        found = {"resourceId": self.resource_id, "resourceType": self.resource_type, "expected": self.expected}
+        return {**found, "refused": self.refused} if self.refused else found
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> DeleteResource:
+        return cls(doc["resourceId"], doc["resourceType"], doc["expected"], str(doc.get("refused") or ""))
+
+
 RestoreIntent = (RevokePermissions | RestoreField | EnablePurgeProtection | RemoveListEntry | RestoreResource
-                 | RejectConnection | DeleteRoleAssignment | DeletePolicyExemption)
+                 | RejectConnection | DeleteRoleAssignment | DeletePolicyExemption | RemoveRuleSources
+                 | DeleteResource)
 INTENT_TYPES: tuple[type[RestoreIntent], ...] = (
     RevokePermissions, RestoreField, EnablePurgeProtection, RemoveListEntry, RestoreResource, RejectConnection,
-    DeleteRoleAssignment, DeletePolicyExemption,
+    DeleteRoleAssignment, DeletePolicyExemption, RemoveRuleSources, DeleteResource,
 )
 _BY_NAME: dict[str, type[RestoreIntent]] = {kind.name: kind for kind in INTENT_TYPES}
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kvguard.ids import vault_kind
+from kvguard.perimeters import normalised_prefix, subscription_guid
 
 Mode = Literal["observe", "alert", "remediate"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -145,6 +146,11 @@ class Policy(_Strict):
     allowed_private_endpoint_subscriptions: list[str] = Field(default_factory=list)
     # Workspace, storage account or event hub ids audit logs may go to (KV-LOG-01); empty: any.
     allowed_log_destinations: list[str] = Field(default_factory=list)
+    # CIDRs and subscription ids a perimeter access rule over a vault may admit (KV-NSP-01); empty: none.
+    allowed_perimeter_sources: list[str] = Field(default_factory=list)
+    # Webhook hosts and resource ids a vault's events may go to (KV-EG-01); the vault's own
+    # subscription's resources always may.
+    allowed_event_destinations: list[str] = Field(default_factory=list)
     change_windows: list[ChangeWindow] = Field(default_factory=list)
     excluded_vaults: list[str] = Field(default_factory=list)
     history: History = Field(default_factory=History)
@@ -167,6 +173,26 @@ class Policy(_Strict):
     @classmethod
     def _lower_ids(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value if v.strip()]
+
+    @field_validator("allowed_perimeter_sources")
+    @classmethod
+    def _perimeter_sources(cls, value: list[str]) -> list[str]:
+        sources = []
+        for entry in (v.strip() for v in value if v.strip()):
+            guid = subscription_guid(entry)
+            if guid is not None:
+                sources.append(guid)
+                continue
+            try:
+                sources.append(normalised_prefix(entry))
+            except ValueError:
+                raise ValueError(f"{entry!r} is neither a CIDR range nor a subscription id") from None
+        return sources
+
+    @field_validator("allowed_event_destinations")
+    @classmethod
+    def _event_destinations(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower().rstrip("/") for v in value if v.strip()]
 
     @field_validator("own_resource_ids")
     @classmethod

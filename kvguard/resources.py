@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kvguard.event_feeds import SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, VAULT_SUBSCRIPTIONS_TYPE
 from kvguard.ids import parse_vault_ref, vault_key, vault_kind
+from kvguard.perimeters import ACCESS_RULES_TYPE, ASSOCIATIONS_TYPE, CONFIGURATIONS_TYPE, PERIMETER_TYPES
 from kvguard.roles import Role
 from kvguard.vault import VaultConfig
 
@@ -51,16 +53,34 @@ RESOURCE_OPERATIONS: dict[str, tuple[str, ResourceAction]] = {
     "microsoft.authorization/policyexemptions/delete": ("Microsoft.Authorization/policyExemptions", "delete"),
     "microsoft.authorization/policyassignments/write": ("Microsoft.Authorization/policyAssignments", "write"),
     "microsoft.authorization/policyassignments/delete": ("Microsoft.Authorization/policyAssignments", "delete"),
+    # Network Security Perimeters over a vault (KV-NSP-01): mapped to their vaults through the
+    # vaults' perimeter configurations (kvguard.perimeters).
+    "microsoft.network/networksecurityperimeters/profiles/accessrules/write": (ACCESS_RULES_TYPE, "write"),
+    "microsoft.network/networksecurityperimeters/profiles/accessrules/delete": (ACCESS_RULES_TYPE, "delete"),
+    "microsoft.network/networksecurityperimeters/resourceassociations/write": (ASSOCIATIONS_TYPE, "write"),
+    "microsoft.network/networksecurityperimeters/resourceassociations/delete": (ASSOCIATIONS_TYPE, "delete"),
+    # Event subscriptions on a vault's events (KV-EG-01); kvguard's own on the subscription's system
+    # topic are judged as its deployment first (KV-SELF-02, kvguard.flow.own).
+    "microsoft.eventgrid/systemtopics/eventsubscriptions/write": (SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, "write"),
+    "microsoft.eventgrid/systemtopics/eventsubscriptions/delete": (SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, "delete"),
+    "microsoft.eventgrid/eventsubscriptions/write": (VAULT_SUBSCRIPTIONS_TYPE, "write"),
+    "microsoft.eventgrid/eventsubscriptions/delete": (VAULT_SUBSCRIPTIONS_TYPE, "delete"),
 }
 RESOURCE_TYPES: tuple[str, ...] = tuple(dict.fromkeys(t for t, _ in RESOURCE_OPERATIONS.values()))
+# What the reconcile timer and `kvguard baseline` list at a vault's scope: the watched types that
+# can be listed there (a perimeter's rules and associations, and system topics' subscriptions, lie
+# elsewhere), and the vault's perimeter configurations, kept to map a perimeter's changes to it.
+LISTED_TYPES: tuple[str, ...] = (*(t for t in RESOURCE_TYPES if t.lower() not in (
+    *PERIMETER_TYPES, SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE.lower())), CONFIGURATIONS_TYPE)
 _CHILD_TYPES = {"vault": "microsoft.keyvault/vaults/", "hsm": "microsoft.keyvault/managedhsms/"}
 
 
 def resource_types_at(vault_id: str) -> tuple[str, ...]:
-    """The watched types a vault's scope can hold: the extension types, and the child types of its
-    own kind (a Key Vault's keys and connections, a Managed HSM's connections)."""
+    """The types listed at a vault's scope (LISTED_TYPES) that a vault of its kind can hold: the
+    extension types, and the child types of its own kind (a Key Vault's keys, connections and
+    perimeter configurations, a Managed HSM's connections)."""
     own = _CHILD_TYPES[vault_kind(vault_id)]
-    return tuple(t for t in RESOURCE_TYPES
+    return tuple(t for t in LISTED_TYPES
                  if not t.lower().startswith("microsoft.keyvault/") or t.lower().startswith(own))
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
 MANAGED_HSM_TYPE = "Microsoft.KeyVault/managedHSMs"

@@ -98,6 +98,7 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
     from kvguard.adapters.arm import ArmVaultGateway
     from kvguard.adapters.authorization import AuthorizationGateway
     from kvguard.adapters.deployment import ArmDeploymentReader
+    from kvguard.adapters.event_subscriptions import EventGridResources
     from kvguard.adapters.log_redaction import quiet_sdk_loggers
     from kvguard.adapters.policy import PolicyGateway
     from kvguard.adapters.resources import ArmResourceGateway, RoutedResourceGateway
@@ -118,7 +119,8 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
         resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),
                                         ArmResourceGateway(credential, endpoint=settings.arm_endpoint),
                                         stacks=DeploymentStackReader(credential, endpoint=settings.arm_endpoint),
-                                        policy=PolicyGateway(credential, endpoint=settings.arm_endpoint)),
+                                        policy=PolicyGateway(credential, endpoint=settings.arm_endpoint),
+                                        event_grid=EventGridResources(credential, endpoint=settings.arm_endpoint)),
     )
     if pipeline.policy.own_resource_ids:
         remember_own_resources(pipeline)

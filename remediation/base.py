@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 OperationKind = Literal[
     "add_access_policy", "remove_access_policy", "patch", "put_resource", "alert", "resolve", "delete_role_assignment",
-    "delete_policy_exemption"]
+    "delete_policy_exemption", "remove_rule_sources", "delete_resource"]
 
 
 @dataclass(frozen=True)

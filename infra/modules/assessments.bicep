@@ -163,6 +163,28 @@ var families = {
     userImpact: 'Low'
     implementationEffort: 'Low'
   }
+  NSP: {
+    categories: [
+      'Networking'
+    ]
+    threats: [
+      'dataExfiltration'
+      'threatResistance'
+    ]
+    userImpact: 'Moderate'
+    implementationEffort: 'Low'
+  }
+  EG: {
+    categories: [
+      'Data'
+    ]
+    threats: [
+      'dataExfiltration'
+      'dataSpillage'
+    ]
+    userImpact: 'Low'
+    implementationEffort: 'Low'
+  }
   DENY: {
     categories: [
       'IdentityAndAccess'
@@ -232,6 +254,8 @@ var remediations = {
   restore_lock: 'Put the lock back (kvguard does it only when the policy opts in and its identity may write locks).'
   remove_policy_exemption: 'Remove the policy exemption, or put it back as it was (kvguard does it only when the policy opts in and its identity may write policy exemptions). Otherwise: confirm the exemption with the policy owner and remove it if it was not approved.'
   restore_policy_assignment: 'Set the policy assignment back to its enforcement mode and excluded scopes (kvguard does it only when the policy opts in and its identity may write policy assignments; a deleted assignment is re-created by its owner).'
+  remove_perimeter_rule_source: 'Take the added sources out of the perimeter access rule (kvguard does it only when the policy opts in and its identity may write the perimeter access rules); return an association to Enforced and review who changed it.'
+  remove_event_subscription: 'Delete the event subscription that sends the vault events away (kvguard does it only when the policy opts in and its identity may delete event subscriptions); review who created it.'
   restore_defender_plan: 'Switch Defender for Key Vault back on for the subscription (kvguard does it only when the policy opts in and its identity is Security Admin).'
   none: 'Review the change in the activity log with the vault owner; if it was not approved, revert it and investigate the caller.'
 }

@@ -1,12 +1,13 @@
 """The ResourceGateway on Azure Resource Manager for the resources beside a vault: its diagnostic
 settings, the locks over it, its (or a Managed HSM's) private endpoint connections, its
-subscription's Defender plan (the `KeyVaults` pricing), and its keys (read through
-azure-mgmt-keyvault's `keys` operations; kvguard never writes a key).
+subscription's Defender plan (the `KeyVaults` pricing), its keys (read through azure-mgmt-keyvault's
+`keys` operations; kvguard never writes a key), its Network Security Perimeter configurations, and
+the access rules and associations of a perimeter.
 
 Each is read, written and listed as raw ARM JSON by a thin call (`send_request`) through the ARM
 pipeline of the azure-mgmt-keyvault client (azure-mgmt-core's: the same credential policy,
 retries and logging as every SDK call), at an API version pinned per resource type below: one
-path for the four types, and every field ARM returned kept, as kvguard judges resources by their
+path for all these types, and every field ARM returned kept, as kvguard judges resources by their
 wire JSON, never by SDK models (azure-mgmt-monitor 7.x has no diagnostic-settings operations).
 
 Errors follow `kvguard.adapters.azure_clients`: a resource that is not there (404
@@ -69,6 +70,12 @@ API_VERSIONS = {
     "microsoft.keyvault/vaults/privateendpointconnections": "2023-07-01",
     "microsoft.security/pricings": "2024-01-01",
     "microsoft.keyvault/managedhsms/privateendpointconnections": "2023-07-01",
+    # A perimeter's access rules and associations (Microsoft.Network's NSP GA version), and a vault's
+    # perimeter configurations (the first Key Vault version that has them; azure-mgmt-keyvault 14.x
+    # offers no operations for them, nor for the perimeter's types the thin call reads the same way).
+    "microsoft.network/networksecurityperimeters/profiles/accessrules": "2024-07-01",
+    "microsoft.network/networksecurityperimeters/resourceassociations": "2024-07-01",
+    "microsoft.keyvault/vaults/networksecurityperimeterconfigurations": "2024-04-01-preview",
 }
 # Where each type is listed for a scope (the vault's id), and with which query.
 _LISTINGS = {
@@ -76,6 +83,7 @@ _LISTINGS = {
     "microsoft.authorization/locks": ("/providers/Microsoft.Authorization/locks", {"$filter": "atScope()"}),
     "microsoft.keyvault/vaults/privateendpointconnections": ("/privateEndpointConnections", {}),
     "microsoft.keyvault/managedhsms/privateendpointconnections": ("/privateEndpointConnections", {}),
+    "microsoft.keyvault/vaults/networksecurityperimeterconfigurations": ("/networkSecurityPerimeterConfigurations", {}),
 }
 KEYS = "microsoft.keyvault/vaults/keys"
 
@@ -95,11 +103,19 @@ def resource_type_of_id(resource_id: str) -> str:
         return "microsoft.keyvault/managedhsms/privateendpointconnections"
     if _key_parts(resource_id) is not None:
         return KEYS
+    if "/networksecurityperimeterconfigurations/" in lowered and "/providers/microsoft.keyvault/vaults/" in lowered:
+        return "microsoft.keyvault/vaults/networksecurityperimeterconfigurations"
+    if "/providers/microsoft.network/networksecurityperimeters/" in lowered:
+        if "/profiles/" in lowered and "/accessrules/" in lowered:
+            return "microsoft.network/networksecurityperimeters/profiles/accessrules"
+        if "/resourceassociations/" in lowered:
+            return "microsoft.network/networksecurityperimeters/resourceassociations"
     raise PermanentError(f"no reader of the resource {resource_id} is configured")
 
 
 class ArmResourceGateway:
-    """Diagnostic settings, locks, private endpoint connections and the Defender plan, by id."""
+    """Diagnostic settings, locks, private endpoint connections, the Defender plan, a vault's
+    perimeter configurations and a perimeter's access rules and associations, by id."""
 
     def __init__(self, credential: TokenCredential, endpoint: str = ARM_ENDPOINT, **client_kwargs: Any) -> None:
         """`client_kwargs` go to every client, as for ArmVaultGateway."""
@@ -261,26 +277,30 @@ class _RoleReader(Protocol):
 
 _POLICY = "/providers/microsoft.authorization/policy"  # exemptions, assignments, (set) definitions
 _POLICY_TYPES = "microsoft.authorization/policy"
+_EVENT_GRID = "/providers/microsoft.eventgrid/"  # system topics and event subscriptions
 
 
 class RoutedResourceGateway:
     """One ResourceGateway over its readers: role assignments and definitions, eligibility
     requests and deny assignments go through azure-mgmt-authorization (`AuthorizationGateway`),
     deployment stacks through azure-mgmt-resource-deploymentstacks (`DeploymentStackReader`, when
-    given), Azure Policy through azure-mgmt-resource (`PolicyGateway`, when given), every other
+    given), Azure Policy through azure-mgmt-resource (`PolicyGateway`, when given), system topics and
+    event subscriptions through azure-mgmt-eventgrid (`EventGridResources`, when given), every other
     resource beside the vaults through the thin ARM calls above. The pipeline sees one port; each
     SDK stays in its adapter."""
 
     def __init__(self, authorization: _RoleReader, others: ResourceGateway, *,
-                 stacks: ResourceGateway | None = None, policy: ResourceGateway | None = None) -> None:
+                 stacks: ResourceGateway | None = None, policy: ResourceGateway | None = None,
+                 event_grid: ResourceGateway | None = None) -> None:
         self._authorization = authorization
         self._others = others
         self._stacks = stacks
         self._policy = policy
+        self._event_grid = event_grid
 
     def __repr__(self) -> str:
         return (f"RoutedResourceGateway({self._authorization!r}, {self._others!r}, "
-                f"stacks={self._stacks!r}, policy={self._policy!r})")
+                f"stacks={self._stacks!r}, policy={self._policy!r}, event_grid={self._event_grid!r})")
 
     def _for_id(self, resource_id: str) -> _RoleReader | ResourceGateway:
         lowered = resource_id.lower()
@@ -288,6 +308,8 @@ class RoutedResourceGateway:
             return self._stacks
         if self._policy is not None and _POLICY in lowered:
             return self._policy
+        if self._event_grid is not None and _EVENT_GRID in lowered:
+            return self._event_grid
         return self._authorization if any(a in lowered for a in _AUTHORIZATION) else self._others
 
     def _for_type(self, resource_type: str) -> _RoleReader | ResourceGateway:
@@ -296,6 +318,8 @@ class RoutedResourceGateway:
             return self._stacks
         if self._policy is not None and lowered.startswith(_POLICY_TYPES):
             return self._policy
+        if self._event_grid is not None and lowered.startswith("microsoft.eventgrid/"):
+            return self._event_grid
         return self._authorization if lowered.startswith(_AUTHORIZATION_TYPES) else self._others
 
     def get(self, resource_id: str) -> Mapping[str, Any] | None:

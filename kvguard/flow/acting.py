@@ -18,7 +18,7 @@ from kvguard.flow.claims import hold, scope
 from kvguard.flow.context import Earlier, EventContext, FlowContext
 from kvguard.flow.services import Services
 from kvguard.ids import vault_key
-from kvguard.intents import RestoreResource
+from kvguard.intents import DeleteResource, RemoveRuleSources, RestoreResource
 from kvguard.ports import Alert, TransientError
 from kvguard.resources import ResourceState
 from kvguard.vault import VaultConfig
@@ -27,7 +27,8 @@ from remediation.base import Operation, PlanInput
 log = logging.getLogger("kvguard")
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
 SECONDARY_SINKS = frozenset({"notify_webhook"})
-
+# The intents that can say why their undo must not be written (the handler then plans nothing).
+REFUSABLE = (RestoreResource, RemoveRuleSources, DeleteResource)
 
 def remediated(actions: Sequence[ActionResult]) -> bool:
     return any(a.status == "applied" and HANDLERS[a.handler].kind == "remediation" for a in actions)
@@ -214,7 +215,7 @@ def act_beside(
             continue
         operations = HANDLERS[handler_id].plan(PlanInput(mine, None, None, resource=resource))
         if not operations:
-            refusals = [i.refused for f in mine for i in f.restore if isinstance(i, RestoreResource) and i.refused]
+            refusals = [i.refused for f in mine for i in f.restore if isinstance(i, REFUSABLE) and i.refused]
             results.append(skipped(handler_id, refusals[0] if refusals else
                                    "nothing to undo: the baseline has what the change left", rules))
             continue

@@ -16,6 +16,7 @@ from kvguard.azure_policy import POLICY_ASSIGNMENTS_TYPE, properties_of
 from kvguard.catalog import remediation_rights
 from kvguard.decision import decide, is_approved, unattributed
 from kvguard.detection import Context
+from kvguard.event_feeds import SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE, system_topic_of, topic_source
 from kvguard.events import VaultEvent
 from kvguard.flow.acting import act_beside, alerts_for, remediated, remediation_failed
 from kvguard.flow.claims import complete
@@ -36,6 +37,15 @@ from kvguard.flow.services import Services
 from kvguard.ids import vault_key
 from kvguard.intents import RestoreResource
 from kvguard.outcome import Outcome
+from kvguard.perimeters import (
+    CONFIGURATIONS_TYPE,
+    PERIMETER_TYPES,
+    associated_vault,
+    configuration_vault,
+    copy_in,
+    perimeter_ref,
+    reaches,
+)
 from kvguard.ports import AuditRecord, Baseline, PermanentError, RejectedPayload, TransientError
 from kvguard.resources import (
     ResourceChange,
@@ -57,6 +67,8 @@ ROLE_HOLDERS = (ROLE_ASSIGNMENTS, "microsoft.authorization/roleeligibilityschedu
 # What can take a right from kvguard's identity: the rules weigh them against its handlers' rights.
 DENY_SETTINGS = ("microsoft.authorization/denyassignments", "microsoft.resources/deploymentstacks")
 DIAGNOSTIC_SETTINGS = "microsoft.insights/diagnosticsettings"
+CONFIGURATIONS = CONFIGURATIONS_TYPE.lower()
+SYSTEM_TOPIC_SUBSCRIPTIONS = SYSTEM_TOPIC_SUBSCRIPTIONS_TYPE.lower()
 
 
 def handle_resource(services: Services, event: VaultEvent, change: ResourceChange) -> Outcome:
@@ -69,8 +81,7 @@ def handle_resource(services: Services, event: VaultEvent, change: ResourceChang
                        resource=change.id)
     covered = _covered_vaults(services, event, change)
     if not covered:
-        return Outcome(event.id, "ignored", f"scope {change.scope} covers no vault kvguard knows", vault_id,
-                       resource=change.id)
+        return Outcome(event.id, "ignored", _uncovered(change), vault_id, resource=change.id)
     own = own_write(services, event)
     if own is not None:
         return Outcome(event.id, "self", f"own write by {own}: never acted on", vault_id, resource=change.id)
@@ -96,6 +107,19 @@ def handle_resource(services: Services, event: VaultEvent, change: ResourceChang
     return outcome
 
 
+def _uncovered(change: ResourceChange) -> str:
+    """Why a change reaches no vault: a system topic that carries no known vault's events (the
+    subscription's own, where kvguard's subscription lives, included), a perimeter no known vault's
+    configuration names, or a scope above or beside every known vault."""
+    kind = change.type.lower()
+    if kind == SYSTEM_TOPIC_SUBSCRIPTIONS:
+        return f"system topic {system_topic_of(change.id)} carries no known vault's events"
+    ref = perimeter_ref(change.id) if kind in PERIMETER_TYPES else None
+    if ref is not None:
+        return f"no known vault's perimeter configuration names perimeter {ref.perimeter}"
+    return f"scope {change.scope} covers no vault kvguard knows"
+
+
 def _covered_vaults(services: Services, event: VaultEvent, change: ResourceChange) -> list[Baseline]:
     """The known vaults the change's scope covers; a resource inside one vault needs no listing."""
     if event.vault is not None and event.vault.resource_group is not None:
@@ -104,7 +128,42 @@ def _covered_vaults(services: Services, event: VaultEvent, change: ResourceChang
         return [baseline] if baseline is not None and protected else []
     if change.type.lower() == ROLE_DEFINITIONS:
         return _vaults_assigned(services, change.id)
+    if change.type.lower() in PERIMETER_TYPES:
+        return _vaults_in_perimeter(services, change)
+    if change.type.lower() == SYSTEM_TOPIC_SUBSCRIPTIONS:
+        return _vaults_of_topic(services, change)
     return [b for b in known_vaults(services) if covers(change.scope, b.vault_id)]
+
+
+def _configurations(services: Services) -> list[Mapping[str, Any]]:
+    """The vaults' perimeter configurations kvguard keeps (seeded and refreshed by the reconcile)."""
+    return [b.config for b in services.store.list_baselines()
+            if not b.deleted and resource_type_of(b.config).lower() == CONFIGURATIONS]
+
+
+def _vaults_in_perimeter(services: Services, change: ResourceChange) -> list[Baseline]:
+    """The known vaults an access rule applies to (their configuration names its perimeter and
+    profile) or an association puts in the perimeter (named so there, or its `privateLinkResource`)."""
+    ref = perimeter_ref(change.id)
+    if ref is None:
+        return []
+    wanted = {vault_key(v) for c in _configurations(services) if reaches(c, ref)
+              for v in [configuration_vault(c)] if v}
+    if ref.profile is None and services.resources is not None:
+        linked = associated_vault(services.resources.get(change.id))
+        if linked:
+            wanted.add(vault_key(linked))
+    return [b for b in known_vaults(services) if vault_key(b.vault_id) in wanted]
+
+
+def _vaults_of_topic(services: Services, change: ResourceChange) -> list[Baseline]:
+    """The known vault whose events a system topic carries (its `source`); none for any other
+    topic (kvguard's own subscription's topic has the subscription as its source)."""
+    topic = system_topic_of(change.id)
+    source = topic_source(services.resources.get(topic)) if topic and services.resources is not None else None
+    if not source or not is_vault_id(source):
+        return []
+    return [b for b in known_vaults(services) if vault_key(b.vault_id) == vault_key(source)]
 
 
 def _vaults_assigned(services: Services, role_definition_id: str) -> list[Baseline]:
@@ -160,6 +219,8 @@ def _process_resource(
     after = after if after is not None else requested_assignment(event, change)
     baseline = services.store.get_baseline(change.id)
     before = baseline.config if baseline is not None and not baseline.deleted else None
+    if before is None and baseline is None and change.type.lower() in PERIMETER_TYPES:
+        before = copy_in(_configurations(services), change.id)  # as the vaults' configurations show it
     vaults = tuple(baseline_config(services, b) for b in covered)
     rights = remediation_rights(services.policy) if change.type.lower() in DENY_SETTINGS else {}
     state = ResourceState(change, before, after, vaults, _role(services, change, after or before), rights,

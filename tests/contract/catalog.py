@@ -64,6 +64,8 @@ RULES: dict[str, Promised] = {
     "KV-DRIFT-01": Promised("low", "diff", ("T1562",), None),
     "KV-POL-01": Promised("high", "diff", ("T1562.001",), "remove_policy_exemption"),
     "KV-POL-02": Promised("high", "diff", ("T1562.001",), "restore_policy_assignment"),
+    "KV-NSP-01": Promised("high", "diff", ("T1562.007",), "remove_perimeter_rule_source"),
+    "KV-EG-01": Promised("medium", "diff", ("T1020",), "remove_event_subscription"),
 }
 
 # The design's handlers by kind. `write_alerts_file` is kvguard's own (the JSON Lines file of
@@ -80,6 +82,8 @@ HANDLERS: dict[str, str] = {
     "restore_defender_plan": "remediation",
     "remove_policy_exemption": "remediation",
     "restore_policy_assignment": "remediation",
+    "remove_perimeter_rule_source": "remediation",
+    "remove_event_subscription": "remediation",
     "raise_defender_alert": "alert",
     "publish_detection": "alert",
     "notify_webhook": "alert",
@@ -88,4 +92,4 @@ HANDLERS: dict[str, str] = {
 
 # The rule families in the order the catalog lists them.
 FAMILY_ORDER = ("KV-AP", "KV-NET", "KV-PROT", "KV-ID", "KV-LIFE", "KV-SELF", "KV-RBAC", "KV-LOG", "KV-LOCK", "KV-PE",
-                "KV-DEF", "KV-TAG", "KV-DENY", "KV-PIM", "KV-KEY", "KV-DRIFT", "KV-POL")
+                "KV-DEF", "KV-TAG", "KV-DENY", "KV-PIM", "KV-KEY", "KV-DRIFT", "KV-POL", "KV-NSP", "KV-EG")

@@ -35,7 +35,8 @@ STATUSES = {"applied", "planned", "skipped", "failed"}
 ALERT_HANDLERS = {"raise_defender_alert", "publish_detection"}
 REMEDIATION_HANDLERS = {"revert_access_policy", "restore_network", "restore_settings", "enable_purge_protection",
                         "restore_diagnostic_setting", "reject_private_endpoint", "restore_lock",
-                        "restore_defender_plan", "remove_policy_exemption", "restore_policy_assignment"}
+                        "restore_defender_plan", "remove_policy_exemption", "restore_policy_assignment",
+                        "remove_perimeter_rule_source", "remove_event_subscription"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def remediations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_the_samples_cover_every_documented_scenario() -> None:
     numbers = sorted(p.name.split("-", 1)[0] for p in SAMPLES)
-    assert numbers == [f"{n:02d}" for n in range(1, 28)]
+    assert numbers == [f"{n:02d}" for n in range(1, 30)]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -645,3 +646,35 @@ def test_26_a_key_loosened_through_arm_is_kv_key_01_alert_only() -> None:
     assert [(f["severity"], f["title"].split(": ", 1)[1]) for f in released["findings"]] == [
         ("high", "release policy changed"), ("high", "key made exportable")]
     assert disabled["findings"] == [] and remediations(events) == []
+
+
+def test_28_a_range_added_at_the_perimeter_is_taken_out_and_an_association_left_enforced_is_alerted() -> None:
+    """The access rule was never read before: the vault's perimeter configuration maps it to the
+    vault and says it admitted 10.20.0.0/16 only, so the revert leaves exactly that."""
+    events, summary = replayed("28")
+    rule_event, own, association = events
+    assert [f["rule"] for f in rule_event["findings"] if f["rule"].startswith("KV-NSP")] == ["KV-NSP-01"]
+    [nsp] = [f for f in rule_event["findings"] if f["rule"] == "KV-NSP-01"]
+    assert nsp["evidence"]["addedPrefixes"] == ["0.0.0.0/0"]
+    assert nsp["evidence"]["vaults"] == [v for v in summary["vaults"] if v.endswith("/kv-hr-edge")]
+    assert [(a["handler"], a["status"]) for a in remediations([rule_event])] == [
+        ("remove_perimeter_rule_source", "applied")]
+    assert own["outcome"] == "self"
+    [rule] = [r for k, r in summary["resources"].items() if k.lower().endswith("/accessrules/allow-corp")]
+    assert rule["config"]["properties"]["addressPrefixes"] == ["10.20.0.0/16"]
+    assert "KV-NSP-01" in [f["rule"] for f in association["findings"]]
+    assert [(a["handler"], a["status"]) for a in remediations([association])] == [
+        ("remove_perimeter_rule_source", "skipped")]
+
+
+def test_29_a_foreign_webhook_on_the_vaults_topic_is_deleted_and_the_subscription_topic_is_ignored() -> None:
+    events, summary = replayed("29")
+    feed, own, elsewhere = events
+    [finding] = [f for f in feed["findings"] if f["rule"] == "KV-EG-01"]
+    assert finding["evidence"]["destination"] == {"endpointType": "WebHook", "webhook": "collector.attacker.example"}
+    assert [(a["handler"], a["status"]) for a in remediations([feed])] == [("remove_event_subscription", "applied")]
+    assert own["outcome"] == "self"
+    [gone] = [r for k, r in summary["resources"].items() if k.lower().endswith("/eventsubscriptions/secret-feed")]
+    assert gone["exists"] is False
+    assert elsewhere["outcome"] == "ignored" and elsewhere["findings"] == []
+    assert elsewhere["reason"].endswith("/systemTopics/sub-events carries no known vault's events")

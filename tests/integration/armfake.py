@@ -79,6 +79,23 @@ _BESIDE_RE = re.compile(
     r"|/providers/microsoft\.security/pricings|/privateendpointconnections)(?:/(?P<name>[^/]+))?$",
     re.IGNORECASE,
 )
+# Perimeters and event feeds (KV-NSP-01, KV-EG-01): a perimeter's access rules and associations, a
+# vault's perimeter configurations, system topics and event subscriptions (on a system topic or on a
+# vault) by id, and the lists of a vault's configurations and of its own event subscriptions.
+_FEEDS_RE = re.compile(
+    r"^(?P<id>/subscriptions/[^/]+/resourcegroups/[^/]+/providers/(?:"
+    r"microsoft\.network/networksecurityperimeters/[^/]+/(?:profiles/[^/]+/accessrules|resourceassociations)/[^/]+"
+    r"|microsoft\.eventgrid/systemtopics/[^/]+(?:/eventsubscriptions/[^/]+)?"
+    r"|microsoft\.keyvault/vaults/[^/]+/(?:networksecurityperimeterconfigurations"
+    r"|providers/microsoft\.eventgrid/eventsubscriptions)(?:/[^/]+)?))$", re.IGNORECASE)
+_FEED_TYPES = (
+    ("/accessrules/", "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules"),
+    ("/resourceassociations/", "Microsoft.Network/networkSecurityPerimeters/resourceAssociations"),
+    ("/networksecurityperimeterconfigurations", "Microsoft.KeyVault/vaults/networkSecurityPerimeterConfigurations"),
+    ("/eventsubscriptions/", "Microsoft.EventGrid/systemTopics/eventSubscriptions"),
+    ("/systemtopics/", "Microsoft.EventGrid/systemTopics"),
+)
+_FEED_COLLECTIONS = ("/networksecurityperimeterconfigurations", "/providers/microsoft.eventgrid/eventsubscriptions")
 # Deny settings and PIM eligibility (KV-DENY-01, KV-PIM-01): deny assignments and eligibility
 # requests at any scope, deployment stacks of a subscription or resource group; one by id (GET, PUT,
 # DELETE) or the list at a scope (deny assignments and requests with `atScope()`: at and above it;
@@ -385,6 +402,9 @@ class ArmFake:
             return 200, definition, {}
         if (match := _INGESTION_RE.match(path)) and method == "POST":
             return self._ingest(match, request)
+        if _FEEDS_RE.match(path) and not (
+                method == "GET" and vault_key(path) in self.event_subscriptions):
+            return self._feeds(request)
         if _EVENT_SUBSCRIPTION_RE.match(path) and method == "GET":
             found = self.event_subscriptions.get(vault_key(path))
             if found is None:
@@ -587,6 +607,35 @@ class ArmFake:
         if method == "PUT":
             existing = self.resources.get(key)
             stored = {"id": request.path, "name": match["name"], "type": _SURFACE_TYPES[kind],
+                      "properties": copy.deepcopy((request.json or {}).get("properties") or {})}
+            self.resources[key] = stored
+            return (200 if existing else 201), copy.deepcopy(stored), {}
+        if method == "DELETE":
+            gone = self.resources.pop(key, None)
+            return (200, None, {}) if gone is not None else (204, None, {})
+        return _arm_error(405, "MethodNotAllowed", f"{method} {request.path}.")
+
+    def _feeds(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """Perimeters and event feeds: GET, PUT (the body's properties replace the resource's) and
+        DELETE by id; GET of a vault's configuration or event subscription collection lists it."""
+        key, method = vault_key(request.path), request.method
+        if key.endswith(_FEED_COLLECTIONS):
+            if method != "GET":
+                return _arm_error(405, "MethodNotAllowed", f"{method} of a collection.")
+            value = [copy.deepcopy(doc) for k, doc in self.resources.items() if k.rsplit("/", 1)[0] == key]
+            return 200, {"value": value}, {}
+        if method == "GET":
+            found = self.resources.get(key)
+            if found is None:
+                return _arm_error(404, "ResourceNotFound", f"The resource {request.path} was not found.")
+            return 200, copy.deepcopy(found), {}
+        if method == "PUT":
+            existing = self.resources.get(key) or {}
+            kind = next(t for marker, t in _FEED_TYPES if marker in key)
+            if "/providers/microsoft.eventgrid/eventsubscriptions/" in key:
+                kind = "Microsoft.EventGrid/eventSubscriptions"
+            stored = {**existing, "id": existing.get("id", request.path), "name": request.path.rsplit("/", 1)[-1],
+                      "type": existing.get("type", kind),
                       "properties": copy.deepcopy((request.json or {}).get("properties") or {})}
             self.resources[key] = stored
             return (200 if existing else 201), copy.deepcopy(stored), {}

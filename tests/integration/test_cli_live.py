@@ -97,6 +97,34 @@ def test_baseline_seeds_every_vault_of_the_subscriptions(fake: ArmFake, state_db
     assert [r.method for r in fake.requests if r.method in WRITES] == []
 
 
+def test_baseline_seeds_each_vaults_perimeter_configuration_and_own_event_subscriptions(
+        fake: ArmFake, state_db: Path) -> None:
+    """What maps a perimeter's access rules to the vault later (no perimeter is listed), and what a
+    later delete of the vault's own event subscription is judged against."""
+    configuration = fake.add_resource({
+        "id": f"{TARGET}/networkSecurityPerimeterConfigurations/0f1e2d3c-4b5a-4697-8877-a6b5c4d3e2f1.assoc",
+        "name": "0f1e2d3c-4b5a-4697-8877-a6b5c4d3e2f1.assoc",
+        "type": "Microsoft.KeyVault/vaults/networkSecurityPerimeterConfigurations",
+        "properties": {"networkSecurityPerimeter": {"id": f"/subscriptions/{SUB}/resourceGroups/rg-net/providers/"
+                                                          "Microsoft.Network/networkSecurityPerimeters/nsp"},
+                       "resourceAssociation": {"name": "assoc", "accessMode": "Enforced"},
+                       "profile": {"name": "default", "accessRules": []}}})
+    feed = fake.add_resource({
+        "id": f"{TARGET}/providers/Microsoft.EventGrid/eventSubscriptions/inventory", "name": "inventory",
+        "type": "Microsoft.EventGrid/eventSubscriptions",
+        "properties": {"destination": {"endpointType": "WebHook",
+                                       "properties": {"endpointBaseUrl": "https://hooks.example.org/kv"}}}})
+
+    assert run("baseline", "--subscription", SUB)[0] == 0
+
+    store = SQLiteStateStore(str(state_db))
+    seeded = store.get_baseline(configuration["id"])
+    assert seeded is not None and seeded.config == configuration
+    own_feed = store.get_baseline(feed["id"])
+    assert own_feed is not None and own_feed.config == feed
+    assert [r.method for r in fake.requests if r.method in WRITES] == []
+
+
 def test_baseline_leaves_existing_baselines_alone(fake: ArmFake, state_db: Path) -> None:
     assert run("baseline", "--subscription", SUB)[0] == 0
     fake.add_vault(vault_doc(TARGET, copy.deepcopy(ROGUE_GRANT)))  # a change since

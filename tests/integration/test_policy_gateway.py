@@ -124,7 +124,7 @@ def test_the_routed_gateway_sends_policy_to_the_policy_client(fake: ArmFake, tmp
     verify = {"connection_verify": str(fake.write_ca_bundle(tmp_path / "ca.pem")), "retry_total": 1}
     routed = RoutedResourceGateway(AuthorizationGateway(FakeCredential(), endpoint=fake.base_url, **verify),
                                    ArmResourceGateway(FakeCredential(), endpoint=fake.base_url, **verify),
-                                   PolicyGateway(FakeCredential(), endpoint=fake.base_url, **verify))
+                                   policy=PolicyGateway(FakeCredential(), endpoint=fake.base_url, **verify))
     assert routed.get(exemption()["id"]) == exemption()
     assert [a["id"] for a in routed.list_at_scope(VAULT_ID, "Microsoft.Authorization/policyAssignments")] == \
         [policy_assignment()["id"]]

@@ -27,9 +27,12 @@ from detectors.cases import (
     OPERATOR,
     POLICY_ASSIGNMENT_ID,
     RESOURCE_GROUP_ID,
+    SUBSCRIPTION,
     SUBSCRIPTION_ID,
     TENANT,
     VAULT_ID,
+    access_rule,
+    event_subscription,
     exemption,
     policy_assignment,
     subnet,
@@ -37,12 +40,18 @@ from detectors.cases import (
 )
 from kvguard.actions import ActionRunner
 from kvguard.adapters.arm import ArmVaultGateway
+from kvguard.adapters.authorization import AuthorizationGateway
+from kvguard.adapters.event_subscriptions import EventGridResources
 from kvguard.adapters.policy import PolicyGateway
+from kvguard.adapters.resources import ArmResourceGateway, RoutedResourceGateway
 from kvguard.adapters.sqlite import SQLiteStateStore
 from kvguard.catalog import HANDLERS, RULES
 from kvguard.client_request import new_request_id
 from kvguard.detection import Case, Finding, detect_all
+from kvguard.event_feeds import destination
 from kvguard.ids import vault_key
+from kvguard.perimeters import inbound_sources, outside
+from kvguard.policy import Policy
 from kvguard.ports import OwnWrite, ResourceGateway, VaultGateway
 from kvguard.sim import SimResourceGateway, SimVaultGateway, World
 from kvguard.vault import PERMISSION_CATEGORIES, SETTINGS, VaultConfig, normalise_cidr
@@ -240,13 +249,15 @@ def _apply_and_check(gateway: VaultGateway, put: Callable[[dict[str, Any]], None
 # Handlers of resources beside the vault own no vault field: remove_role_assignment's "only what
 # was added" is tested on role assignments (tests/e2e/test_replay_rbac.py, test_function_app_rbac.py).
 BESIDE_THE_VAULT = ("remove_role_assignment",)
+# Perimeter access rules and event subscriptions: their own invariant below ("only what was added").
+PERIMETER_AND_FEEDS = ("remove_perimeter_rule_source", "remove_event_subscription")
 
 
 def test_the_invariant_covers_every_remediation_handler() -> None:
     # the handlers of the resources beside a vault keep theirs in tests/unit/test_resource_actions.py
     beside = {"restore_diagnostic_setting", "reject_private_endpoint", "restore_lock", "restore_defender_plan"}
-    assert set(REMEDIATIONS) | set(BESIDE_THE_VAULT) | set(POLICY_HANDLERS) | beside == {
-        h.id for h in HANDLERS.values() if h.kind == "remediation"}
+    covered = set(REMEDIATIONS) | set(BESIDE_THE_VAULT) | set(POLICY_HANDLERS) | set(PERIMETER_AND_FEEDS) | beside
+    assert covered == {h.id for h in HANDLERS.values() if h.kind == "remediation"}
 
 
 @settings(max_examples=80, deadline=None)
@@ -270,6 +281,127 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArmFake, Arm
         yield fake, gateway
         gateway.close()
 
+
+
+# --- perimeter access rules and event subscriptions: only what was added goes ---------------------
+
+_PREFIXES = ["10.20.0.0/16", "10.20.1.0/24", "0.0.0.0/0", "203.0.113.0/24", "192.168.4.7/32", "2001:db8::/48"]
+_SOURCE_SUBSCRIPTIONS = [FOREIGN_SUBSCRIPTION, "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"]
+_RULES = st.builds(
+    lambda prefixes, subscriptions, direction: access_rule(tuple(prefixes), tuple(subscriptions), direction),
+    st.lists(st.sampled_from(_PREFIXES), unique=True), st.lists(st.sampled_from(_SOURCE_SUBSCRIPTIONS), unique=True),
+    st.sampled_from(["Inbound", "Inbound", "Outbound"]))
+_ALLOWED = st.lists(st.sampled_from(["10.0.0.0/8", FOREIGN_SUBSCRIPTION, "2001:db8::/32"]), unique=True)
+_HOOKS = ["https://hooks.soc.contoso.example/in", "https://collector.attacker.example/in"]
+_HUB = "resourceGroups/x/providers/Microsoft.EventHub/namespaces/n/eventhubs/h"
+_FOREIGN_HUB, _OWN_HUB = f"/subscriptions/{FOREIGN_SUBSCRIPTION}/{_HUB}", f"/subscriptions/{SUBSCRIPTION}/{_HUB}"
+_OUTSIDE = {"collector.attacker.example", _FOREIGN_HUB.lower()}  # hooks.soc… is allowed below
+_FEEDS = st.one_of(st.builds(lambda hook: event_subscription(hook), st.sampled_from(_HOOKS)),
+                   st.builds(lambda hub: event_subscription(resource=hub), st.sampled_from([_FOREIGN_HUB, _OWN_HUB])))
+
+
+def _remediate(resources: Any, handler_id: str, case: Case) -> tuple[list[Finding], Any]:
+    """Detect on `case` (its `after` is what the world holds), plan and apply `handler_id` with the
+    ledger; the ledger's entries checked against what the writes carried."""
+    ctx = make_context(case)
+    findings = [f for f in detect_all(ctx, RULES) if f.remediation == handler_id]
+    operations = HANDLERS[handler_id].plan(PlanInput(findings, None, None, resource=ctx.resource))
+    ledger = _Ledger()
+    runner = ActionRunner(SimVaultGateway(World()), {}, ledger=ledger, now=lambda: datetime.now(UTC),
+                          resources=resources)
+    result = runner.run(handler_id, operations, dry_run=False, current=None)
+    assert result.status != "failed", result.detail
+    noted = [(e.resource_id, e.operation) for e in ledger.noted]
+    ledger.close()
+    return findings, noted
+
+
+def _rule_case(before: dict[str, Any] | None, after: dict[str, Any], allowed: list[str]) -> Case:
+    secured = [vault(publicNetworkAccess="SecuredByPerimeter")]
+    return Case("invariant", True, resource={"type": after["type"], "id": after["id"], "before": before,
+                                             "after": after, "vaults": secured},
+                policy={"allowed_perimeter_sources": allowed})
+
+
+def _check_rule(before: dict[str, Any] | None, after: dict[str, Any], final: dict[str, Any] | None,
+                allowed: list[str]) -> None:
+    """The rule admits what `before` did plus the added sources the policy allows, nothing more
+    and nothing less; every other property as `after` had it."""
+    assert final is not None
+    was, now = inbound_sources(before), inbound_sources(after)
+    gained = outside(now - was, Policy(allowed_perimeter_sources=allowed).allowed_perimeter_sources)
+    kept = inbound_sources(final)
+    assert kept.prefixes == now.prefixes - gained.prefixes
+    assert kept.subscriptions == now.subscriptions - gained.subscriptions
+    ignore = {"addressPrefixes", "subscriptions", "provisioningState"}
+    assert {k: v for k, v in final["properties"].items() if k not in ignore} == {
+        k: v for k, v in after["properties"].items() if k not in ignore}
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=st.one_of(st.none(), _RULES), after=_RULES, allowed=_ALLOWED)
+def test_remove_perimeter_rule_source_takes_out_only_the_added_sources(
+        before: dict[str, Any] | None, after: dict[str, Any], allowed: list[str]) -> None:
+    world = World()
+    world.put_resource(after)
+    resources = SimResourceGateway(world)
+    case = _rule_case(before, after, allowed)
+    findings, noted = _remediate(resources, "remove_perimeter_rule_source", case)
+    _check_rule(before, after, resources.get(after["id"]), allowed)  # type: ignore[arg-type]
+    assert noted == ([(after["id"], f"{after['type']}/write")] if findings else [])
+    assert [e["data"]["operationName"] for e in world.take_emitted()] == [op for _, op in noted]
+
+
+@settings(max_examples=40, deadline=None)
+@given(before=st.one_of(st.none(), _FEEDS), after=_FEEDS)
+def test_remove_event_subscription_deletes_only_an_added_one(before: dict[str, Any] | None,
+                                                             after: dict[str, Any]) -> None:
+    world = World()
+    world.put_resource(after)
+    resources = SimResourceGateway(world)
+    case = Case("invariant", True, before=before, after=after,
+                policy={"allowed_event_destinations": ["hooks.soc.contoso.example"]})
+    findings, noted = _remediate(resources, "remove_event_subscription", case)
+    sent_to = destination(after)
+    assert sent_to is not None
+    foreign = sent_to != destination(before) and sent_to.value in _OUTSIDE
+    deleted = resources.get(after["id"]) is None
+    assert deleted == (before is None and foreign)
+    assert bool(findings) == foreign
+    assert noted == ([(after["id"], f"{after['type']}/delete")] if deleted else [])
+
+
+@pytest.fixture(scope="module")
+def feeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArmFake, RoutedResourceGateway]]:
+    with arm_fake() as fake:
+        bundle = fake.write_ca_bundle(Path(tmp_path_factory.mktemp("ca")) / "ca.pem")
+        options = {"connection_verify": str(bundle), "retry_total": 0}
+        arm_resources = ArmResourceGateway(FakeCredential(), endpoint=fake.base_url, **options)
+        event_grid = EventGridResources(FakeCredential(), endpoint=fake.base_url, **options)
+        roles = AuthorizationGateway(FakeCredential(), endpoint=fake.base_url, **options)
+        yield fake, RoutedResourceGateway(roles, arm_resources, event_grid)
+        for gateway in (arm_resources, event_grid, roles):
+            gateway.close()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.one_of(st.none(), _RULES), after=_RULES, allowed=_ALLOWED, feed=st.one_of(st.none(), _FEEDS))
+def test_both_handlers_keep_their_invariant_against_arm(feeds: tuple[ArmFake, RoutedResourceGateway],
+                                                        before: dict[str, Any] | None, after: dict[str, Any],
+                                                        allowed: list[str], feed: dict[str, Any] | None) -> None:
+    fake, resources = feeds
+    fake.add_resource(copy.deepcopy(after))
+    case = _rule_case(before, after, allowed)
+    _remediate(resources, "remove_perimeter_rule_source", case)
+    _check_rule(before, after, fake.resource(after["id"]), allowed)
+    if feed is not None:
+        fake.add_resource(copy.deepcopy(feed))
+        added = Case("invariant", True, before=None, after=feed,
+                     policy={"allowed_event_destinations": ["hooks.soc.contoso.example"]})
+        findings, _ = _remediate(resources, "remove_event_subscription", added)
+        sent_to = destination(feed)
+        assert sent_to is not None
+        assert (fake.resource(feed["id"]) is None) == bool(findings) == (sent_to.value in _OUTSIDE)
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(before=VAULTS, after=VAULTS)

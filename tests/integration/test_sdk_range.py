@@ -13,7 +13,7 @@ import pytest
 
 SDKS = ("azure-mgmt-keyvault", "azure-mgmt-security", "azure-eventgrid", "azure-data-tables", "azure-mgmt-monitor",
         "azure-mgmt-authorization", "azure-mgmt-resource-deploymentstacks",
-        "azure-mgmt-resource")
+        "azure-mgmt-resource", "azure-mgmt-eventgrid")
 REQUIREMENTS = (Path(__file__).parents[2] / "requirements.txt").read_text()
 
 

@@ -173,7 +173,10 @@ def test_every_handler_declares_the_permission_it_needs() -> None:
     # policy exemption, or enforces a policy assignment again
     beside = ("Microsoft.KeyVault/", "Microsoft.Insights/diagnosticSettings/", "Microsoft.Authorization/locks/",
               "Microsoft.Security/pricings/", "Microsoft.Authorization/roleAssignments/delete",
-              "Microsoft.Authorization/policyExemptions/delete", "Microsoft.Authorization/policyAssignments/write")
+              "Microsoft.Authorization/policyExemptions/delete", "Microsoft.Authorization/policyAssignments/write",
+              # a perimeter access rule's added sources taken out, an added event subscription deleted
+              "Microsoft.Network/networkSecurityPerimeters/profiles/accessRules/write",
+              "Microsoft.EventGrid/eventSubscriptions/delete")
     assert all(p.startswith(beside) for p in remediation_permissions.values()), remediation_permissions
 
 

@@ -1,8 +1,8 @@
 """Handlers plan from the restore intents of their findings and from nothing else a rule says: on
 every firing case of every remediated rule, the plan is the same with the evidence and titles
-blanked, there is a plan exactly when the findings carry intents (other than refused ones: a
-baseline that must not be written back, an assignment that is never re-created), and none without
-them."""
+blanked, there is a plan exactly when the findings carry intents that are not refused (an intent
+that says why its undo must not be written plans nothing: a baseline that must not be written back,
+an assignment that is never re-created, an association its owner sets back), and none without them."""
 
 from __future__ import annotations
 
