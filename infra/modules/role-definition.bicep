@@ -38,7 +38,6 @@ var actions = [
   'Microsoft.Network/networkSecurityPerimeters/resourceAssociations/read'
   'Microsoft.EventGrid/eventSubscriptions/read'
   'Microsoft.EventGrid/systemTopics/read'
-  'Microsoft.KeyVault/managedHSMs/read'
   'Microsoft.KeyVault/managedHSMs/privateEndpointConnections/read'
   'Microsoft.KeyVault/vaults/keys/read'
   'Microsoft.KeyVault/vaults/networkSecurityPerimeterConfigurations/read'

@@ -124,12 +124,6 @@ def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
         "Microsoft.KeyVault/locations/deletedVaults/purge/action",
         "Microsoft.KeyVault/vaults/privateEndpointConnections/write",
         "Microsoft.KeyVault/vaults/privateEndpointConnections/delete",
-        "Microsoft.KeyVault/managedHSMs/write",
-        "Microsoft.KeyVault/managedHSMs/delete",
-        "Microsoft.KeyVault/locations/deletedManagedHSMs/purge/action",
-        "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/write",
-        "Microsoft.KeyVault/managedHSMs/privateEndpointConnections/delete",
-        "Microsoft.KeyVault/vaults/keys/write",
     }
     assert vault_events - {o for o in vault_events if o.startswith("Microsoft.KeyVault/")} == {
         "Microsoft.Insights/diagnosticSettings/write",
@@ -147,10 +141,6 @@ def test_key_vault_adjacent_and_own_deployment_operations_pass() -> None:
         "Microsoft.Authorization/roleAssignments/write",
         "Microsoft.Authorization/roleAssignments/delete",
         "Microsoft.Authorization/roleDefinitions/write",
-        "Microsoft.Authorization/policyExemptions/write",
-        "Microsoft.Authorization/policyExemptions/delete",
-        "Microsoft.Authorization/policyAssignments/write",
-        "Microsoft.Authorization/policyAssignments/delete",
     }
 
 

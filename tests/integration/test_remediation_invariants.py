@@ -379,7 +379,7 @@ def feeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArmFake, R
         arm_resources = ArmResourceGateway(FakeCredential(), endpoint=fake.base_url, **options)
         event_grid = EventGridResources(FakeCredential(), endpoint=fake.base_url, **options)
         roles = AuthorizationGateway(FakeCredential(), endpoint=fake.base_url, **options)
-        yield fake, RoutedResourceGateway(roles, arm_resources, event_grid)
+        yield fake, RoutedResourceGateway(roles, arm_resources, event_grid=event_grid)
         for gateway in (arm_resources, event_grid, roles):
             gateway.close()
 
