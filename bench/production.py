@@ -49,8 +49,6 @@ VAULTS = 10
 
 SUB = "6e5d4c3b-2a19-4f8e-9d7c-b6a594837261"
 TENANT = "f2e3d4c5-b6a7-4b8c-9d0e-1f2a3b4c5d6e"
-OWNER = "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e"
-INTRUDER = "8a7f6e5d-4c3b-4a29-8f1e-7d6c5b4a3928"
 ROGUE = "4d3c2b1a-09f8-4e7d-8c6b-5a4938271605"
 KVGUARD = "0b9c8d7e-6f5a-4432-9fed-dcba98765432"
 TOPIC_KEY = "bench-topic-key-7a2e"
@@ -131,12 +129,23 @@ def overlapping(requests: list[Recorded], seconds: float) -> bool:
     return any(later < earlier + seconds for earlier, later in itertools.pairwise(starts))
 
 
+def owner(index: int) -> str:
+    """The team that runs vault `index` and changes it now and then (one per vault: a caller changing
+    many vaults is a finding of its own, KV-ID-06, and would make later runs unlike the first)."""
+    return str(uuid.UUID(int=0x1B2C3D4E_0000 + index, version=4))
+
+
+def intruder(index: int) -> str:
+    """Who grants themselves access to vault `index`, one per vault for the same reason."""
+    return str(uuid.UUID(int=0x8A7F6E5D_0000 + index, version=4))
+
+
 def vault_id(index: int) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/rg-bench/providers/Microsoft.KeyVault/vaults/kv-bench-{index:02d}"
 
 
 def vault_doc(index: int, *extra_policies: dict[str, Any]) -> dict[str, Any]:
-    """A hardened vault: RBAC off with one owner's key entry, purge protection, no public access."""
+    """A hardened vault: RBAC off with its owner's key entry, purge protection, no public access."""
     return {
         "id": vault_id(index),
         "name": f"kv-bench-{index:02d}",
@@ -147,7 +156,8 @@ def vault_doc(index: int, *extra_policies: dict[str, Any]) -> dict[str, Any]:
             "tenantId": TENANT,
             "sku": {"family": "A", "name": "standard"},
             "accessPolicies": [
-                {"tenantId": TENANT, "objectId": OWNER, "permissions": {"keys": ["Get", "WrapKey", "UnwrapKey"]}},
+                {"tenantId": TENANT, "objectId": owner(index),
+                 "permissions": {"keys": ["Get", "WrapKey", "UnwrapKey"]}},
                 *extra_policies,
             ],
             "enableRbacAuthorization": False,
@@ -232,11 +242,11 @@ class Bench:
         tagged = self.fake.vault(vault_id(index))
         tagged["tags"]["costCenter"] = f"cc-{uuid.uuid4().hex[:6]}"
         self.fake.add_vault(tagged)
-        self.measure(KINDS[0], event_json(index, OWNER, "write"))
+        self.measure(KINDS[0], event_json(index, owner(index), "write"))
         granted = self.fake.vault(vault_id(index))
         granted["properties"]["accessPolicies"].append(copy.deepcopy(ROGUE_GRANT))
         self.fake.add_vault(granted)
-        rogue = event_json(index, INTRUDER, "add")
+        rogue = event_json(index, intruder(index), "add")
         arm_before = len(self.fake.requests)
         self.measure(KINDS[1], rogue)
         reverts = [r for r in self.fake.requests[arm_before:]
