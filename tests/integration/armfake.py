@@ -8,6 +8,8 @@ as production. It keeps ARM's semantics where kvguard depends on them: case-inse
 PATCH merging top-level properties, `accessPolicies/{add|replace|remove}` merging per principal,
 `nextLink` paging, ARM error bodies. Every request is recorded, and canned faults (429 with
 Retry-After, 500, ...) or actions (delete a vault) can be queued per method and path pattern.
+A benchmark can have each request held for its service's typical latency (`Latency`); tests
+get their answers at once.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    received: float = field(default=0.0, compare=False)  # time.perf_counter() when the fake read it
 
     @property
     def json(self) -> Any:
@@ -161,6 +164,32 @@ class AuditEvent:
     principal: str
     operation: str
     object: str = ""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Typical in-region latencies, in seconds, for a benchmark shaped like production: the fake
+    holds each request this long before it handles it, so a write lands at ARM when its latency has
+    passed. Requests of no kind named here are not held."""
+
+    arm_read: float = 0.100
+    arm_write: float = 0.400  # a vault's PATCH or access-policy PUT, and any other ARM write
+    assessment_put: float = 0.200  # a Defender for Cloud assessment
+    event_grid_post: float = 0.040  # the Event Grid topic
+
+    def of(self, request: Recorded) -> float:
+        """How long `request` takes at the service it goes to."""
+        if request.path.lower() == "/api/events":
+            return self.event_grid_post if request.method == "POST" else 0.0
+        if request.path.lower().split("/")[1:2] == ["webhook"]:
+            return 0.0
+        if request.method == "GET":
+            return self.arm_read
+        if _ASSESSMENT_RE.match(request.path) and request.method == "PUT":
+            return self.assessment_put
+        if request.method in ("PUT", "PATCH", "DELETE"):
+            return self.arm_write
+        return 0.0
 
 
 @dataclass
@@ -204,7 +233,10 @@ class FakeCredential:
 class ArmFake:
     """The fake's state and behaviour; `arm_fake()` runs it on a TLS socket."""
 
-    def __init__(self, *, page_size: int | None = None, eventgrid_key: str | None = None) -> None:
+    def __init__(
+        self, *, page_size: int | None = None, eventgrid_key: str | None = None, latency: Latency | None = None
+    ) -> None:
+        self.latency = latency  # None (the default): every request is answered at once
         self.vaults: dict[str, dict[str, Any]] = {}
         self.resources: dict[str, dict[str, Any]] = {}
         self.assessments: dict[str, dict[str, Any]] = {}
@@ -340,6 +372,8 @@ class ArmFake:
     def handle(self, request: Recorded) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.requests.append(request)
+        if self.latency is not None:
+            time.sleep(self.latency.of(request))  # outside the lock: other requests go on meanwhile
         canned = self._take_fault(request.method, request.path)
         if canned is not None and canned.applied:
             with self._lock:
@@ -1020,6 +1054,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=parse_qs(parts.query, keep_blank_values=True),
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            received=time.perf_counter(),
         )
         status, payload, headers = self.server.fake.handle(request)
         raw = isinstance(payload, bytes)  # a body that is not JSON, sent as it is (e.g. b"<html>")
@@ -1063,9 +1098,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def arm_fake(*, page_size: int | None = None, eventgrid_key: str | None = None) -> Iterator[ArmFake]:
-    """A running fake; stopped on exit."""
-    fake = ArmFake(page_size=page_size, eventgrid_key=eventgrid_key).start()
+def arm_fake(
+    *, page_size: int | None = None, eventgrid_key: str | None = None, latency: Latency | None = None
+) -> Iterator[ArmFake]:
+    """A running fake, answering at once unless `latency` says how long each request takes; stopped on exit."""
+    fake = ArmFake(page_size=page_size, eventgrid_key=eventgrid_key, latency=latency).start()
     try:
         yield fake
     finally:
