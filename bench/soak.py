@@ -178,6 +178,9 @@ class ChaosArmFake(ArmFake):
         self._chaos = random.Random(seed)
         self.calls = 0
         self.faults: Counter[str] = Counter()
+        # Per vault, the Unhealthy assessments that landed (their additionalData as JSON): what
+        # shows that a reverted grant was alerted too, the alerts going out beside the revert.
+        self.alerted: dict[str, list[str]] = {}
 
     def grant(self, vault: str, entry: dict[str, Any]) -> None:
         """An attacker's `accessPolicies/add`, atomic with kvguard's own writes to the vault."""
@@ -191,6 +194,8 @@ class ChaosArmFake(ArmFake):
             if kind:
                 self.faults[kind] += 1
             self.requests.clear()  # a long run: the record of requests is not needed
+        if kind in (None, "applied-then-500"):
+            self._note_alert(request)
         if kind is None:
             return super().handle(request)
         if kind == "429":
@@ -200,6 +205,16 @@ class ChaosArmFake(ArmFake):
         if kind == "timeout":
             time.sleep(ARM_TIMEOUT_SECONDS * 1.5)
         return 500, ARM_ERROR, {}
+
+
+    def _note_alert(self, request: Recorded) -> None:
+        resource, marker, _ = request.path.partition("/providers/Microsoft.Security/assessments/")
+        if request.method != "PUT" or not marker:
+            return
+        properties = request.json.get("properties") or {}
+        if (properties.get("status") or {}).get("code") == "Unhealthy":
+            with self._lock:
+                self.alerted.setdefault(vault_key(resource), []).append(json.dumps(properties.get("additionalData")))
 
 
 class FlakyStore:
@@ -406,7 +421,7 @@ def add_rogue_grant(fake: ChaosArmFake, change: Change | None) -> None:
                                             "permissions": {"secrets": ["Get", "List"]}})
 
 
-def check(fake: ArmFake, store: Any, schedule: list[Delivery], tally: Tally, vaults: int) -> dict[str, Any]:
+def check(fake: ChaosArmFake, store: Any, schedule: list[Delivery], tally: Tally, vaults: int) -> dict[str, Any]:
     from kvguard.detection import assessment_name
     from kvguard.vault import VaultConfig, diff
 
@@ -437,6 +452,10 @@ def check(fake: ArmFake, store: Any, schedule: list[Delivery], tally: Tally, vau
         "changes detected": sum(1 for p in rogues if reverted[p] >= 1),
         "double reverts": sum(1 for p in rogues if reverted[p] > 1),
         "reverts missing from audit": sum(1 for p in rogues if p not in still_there and reverted[p] == 0),
+        "reverted grants never alerted": sum(
+            1 for p, v in rogues.items()
+            if reverted[p] and not any(p in data for data in fake.alerted.get(vault_key(vault_id(v)), []))
+        ),
         "sinks left Unhealthy for resolved conditions": left_unhealthy,
         "lost events": len(valid - handled),
         "malformed delivered": len(malformed),
@@ -452,7 +471,8 @@ def check(fake: ArmFake, store: Any, schedule: list[Delivery], tally: Tally, vau
     failed = []
     if figures["changes detected"] != figures["changes"]:
         failed.append("changes detected")
-    for name in ("double reverts", "reverts missing from audit", "sinks left Unhealthy for resolved conditions",
+    for name in ("double reverts", "reverts missing from audit", "reverted grants never alerted",
+                 "sinks left Unhealthy for resolved conditions",
                  "lost events", "unhandled exceptions", "vaults not in their expected state"):
         if figures[name]:
             failed.append(name)

@@ -2,9 +2,10 @@
 error collection live here once, so handlers only plan.
 
 A failure is a `failed` result with the error in its detail, never a swallowed warning. Transient
-failures while *alerting* are re-raised by the pipeline (nothing has been changed yet, so a
-redelivery can safely start over); remediation failures are recorded and leave the baseline alone,
-so the next event or reconciliation sees the change again.
+failures while *alerting* are re-raised by the pipeline once the revert beside them has answered
+(nothing is recorded yet, and the revert's intent written ahead lets a redelivery confirm what it
+did and alert again); remediation failures are recorded and leave the baseline alone, so the next
+event or reconciliation sees the change again.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from kvguard.client_request import new_request_id, sending
 from kvguard.event_feeds import destination
 from kvguard.intents import PolicyExemptionRef, RoleAssignmentRef
 from kvguard.perimeters import Sources, inbound_sources, without_sources
-from kvguard.ports import Alert, AlertSink, OwnWrite, ResourceGateway, StateStore, TransientError, VaultGateway
+from kvguard.ports import (
+    Alert,
+    AlertSink,
+    BatchAlertSink,
+    OwnWrite,
+    ResourceGateway,
+    StateStore,
+    TransientError,
+    VaultGateway,
+)
 from kvguard.resources import scope_of
 from kvguard.vault import AccessPolicy, VaultConfig
 from remediation.base import Operation
@@ -47,12 +57,22 @@ class ActionResult:
     # When the runner started and finished this handler's operations (latency telemetry).
     started: datetime | None = field(default=None, compare=False)
     finished: datetime | None = field(default=None, compare=False)
+    # The vault as the last of these writes answered (None: no vault write): the state after the
+    # revert, so that nobody reads it again.
+    state: VaultConfig | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"handler": self.handler, "status": self.status, "detail": self.detail}
 
     def to_audit(self) -> dict[str, Any]:
         return {**self.to_json(), "rules": list(self.rules), "before": self.before, "after": self.after}
+
+
+class Applied(NamedTuple):
+    """One operation's answer: what it left where it wrote, and the vault after a vault write."""
+
+    after: Any
+    state: VaultConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -107,17 +127,38 @@ class ActionRunner:
             return ActionResult(handler, "planned", "; ".join(details), rules,
                                 before=[_jsonable(op.before) for op in pending])
         afters: list[Any] = []
+        state: VaultConfig | None = None
         try:
-            for op in pending:
-                afters.append(self._written(op, written_for))
+            batch = self._batch(handler, pending)
+            if batch is not None:
+                afters = batch
+            else:
+                for op in pending:
+                    applied = self._written(op, written_for)
+                    afters.append(applied.after)
+                    state = applied.state or state
         except Exception as error:  # every failure is recorded as failed, with its reason
             done = "; ".join(details[: len(afters)])
             detail = f"failed at {details[len(afters)]!r}: {type(error).__name__}: {error}"
             return ActionResult(handler, "failed", f"{done}; {detail}" if done else detail, rules,
                                 before=[_jsonable(op.before) for op in pending], after=afters,
-                                transient=isinstance(error, TransientError))
+                                transient=isinstance(error, TransientError), state=state)
         return ActionResult(handler, "applied", "; ".join(details), rules,
-                            before=[_jsonable(op.before) for op in pending], after=afters)
+                            before=[_jsonable(op.before) for op in pending], after=afters, state=state)
+
+    def _batch(self, handler: str, operations: Sequence[Operation]) -> list[Any] | None:
+        """Every alert (or every resolution) of `operations` in one request, when the handler's
+        sink takes a batch; None when it does not (each operation is then applied on its own)."""
+        sink = self._sinks.get(handler)
+        kinds = {op.kind for op in operations}
+        if not isinstance(sink, BatchAlertSink) or len(kinds) != 1 or not kinds <= {"alert", "resolve"}:
+            return None
+        alerts = [op.target for op in operations if isinstance(op.target, Alert)]
+        if len(alerts) != len(operations):
+            return None
+        if kinds == {"alert"}:
+            return list(sink.raise_alerts(alerts))
+        return list(sink.resolve_all([(alert.vault_id, alert.rule) for alert in alerts]))
 
     def confirm(
         self, handler: str, operations: Sequence[Operation], current: VaultConfig | None
@@ -226,7 +267,7 @@ class ActionRunner:
                 and str(properties.get("exemptionCategory") or "").lower() == target.category
                 and scope_of(str(current.get("id") or target.id)).lower() == target.scope)
 
-    def _written(self, op: Operation, written_for: WrittenFor) -> Any:
+    def _written(self, op: Operation, written_for: WrittenFor) -> Applied:
         """Apply one operation; an ARM write is noted in the ledger first, with a fresh nonce that
         the write carries as its client request id, and the entry is voided when the write fails
         (throttled, refused, anything): a failed write comes back as no event of kvguard's, so its
@@ -255,19 +296,24 @@ class ActionRunner:
         return OwnWrite(op.vault_id, operation, new_request_id(), self._now(), written_for.event_id,
                         written_for.attempt)
 
-    def _apply(self, op: Operation) -> Any:
+    def _apply(self, op: Operation) -> Applied:
+        """What the write left where it wrote, and the vault as its answer showed it (a vault write)."""
         if op.kind == "remove_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.remove_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)
-            return entry.to_arm() if entry else None
+            return Applied(entry.to_arm() if entry else None, result)
         if op.kind == "add_access_policy" and isinstance(op.target, AccessPolicy):
             result = self._gateway.add_access_policy(op.vault_id, op.target)
             entry = result.policy_for(op.target.principal.key)
-            return entry.to_arm() if entry else None
+            return Applied(entry.to_arm() if entry else None, result)
         if op.kind == "patch" and isinstance(op.target, Mapping):
             result = self._gateway.update(op.vault_id, op.target)
             props = result.raw.get("properties", {})
-            return {k: props.get(k) for k in op.target}
+            return Applied({k: props.get(k) for k in op.target}, result)
+        return Applied(self._apply_beside(op))
+
+    def _apply_beside(self, op: Operation) -> Any:
+        """An operation that writes no vault: a resource beside one, or an alert sink."""
         if op.kind == "delete_role_assignment" and isinstance(op.target, RoleAssignmentRef):
             assert self._resources is not None  # checked when the delete was found still needed
             existed = self._resources.delete(op.target.id)
@@ -308,7 +354,7 @@ def merged(confirmed: ActionResult, result: ActionResult) -> ActionResult:
         confirmed.handler, result.status, f"{confirmed.detail}; {result.detail}",
         tuple(sorted({*confirmed.rules, *result.rules})),
         before=[*(confirmed.before or []), *(result.before or [])],
-        after=[*(confirmed.after or []), *(result.after or [])], transient=result.transient,
+        after=[*(confirmed.after or []), *(result.after or [])], transient=result.transient, state=result.state,
     )
 
 

@@ -133,9 +133,9 @@ class Pipeline(Services):
             recent_remediations=memory.recent_remediations(self, context, context.vault_id, context.steering),
         )
         context.joined = findings.joined(self, context)
-        context.actions = acting.act(self, context)  # act: alerts, then remediation
+        context.actions = acting.act(self, context)  # act: intents, then alerts beside the remediation
         context.remediated = acting.remediated(context.actions)
-        context.final = self.gateway.get(event.vault.id) if context.remediated else context.after
+        context.final = acting.final_state(context.actions, context.after) if context.remediated else context.after
         # A grant made while kvguard was reverting shows in `final` but was never judged: the
         # baseline stays, so the grant's own event (or the next one) sees it as the change it is.
         context.failed = acting.remediation_failed(context.actions) or (

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from kvguard.vault import AccessPolicy, VaultConfig
 
@@ -126,6 +126,20 @@ class AlertSink(Protocol):
 
     def resolve(self, vault_id: str, rule: str) -> str:
         """Mark the vault × rule finding resolved (Defender: Healthy)."""
+        ...
+
+
+@runtime_checkable
+class BatchAlertSink(AlertSink, Protocol):
+    """A sink that takes every alert (or resolution) of a delivery in one request (an Event Grid
+    topic takes an array of CloudEvents): the runner hands it them all at once."""
+
+    def raise_alerts(self, alerts: Sequence[Alert]) -> list[str]:
+        """Raise or refresh every alert in one request; one description per alert, in order."""
+        ...
+
+    def resolve_all(self, closed: Sequence[tuple[str, str]]) -> list[str]:
+        """Mark every (vault id, rule) resolved in one request; one description per pair, in order."""
         ...
 
 

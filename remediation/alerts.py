@@ -1,5 +1,6 @@
-"""The alerting handlers: each hands every alert to its AlertSink. They run before any
-remediation, and a failed remediation leaves their alerts standing."""
+"""The alerting handlers: each hands every alert to its AlertSink. Their delivery starts before
+any remediation's write (beside it, not waiting for it), and a failed remediation leaves their
+alerts standing."""
 
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
 """Findings as CloudEvents on an Event Grid custom topic (azure-eventgrid), for SIEM, SOAR and
 Logic Apps.
 
-One event per alert: `type` `kvguard.detection`, `source` the vault's resource id, `subject` the
-rule id, and an `id` derived from (event id, vault, rule), so a retried or duplicated alert carries
-the same id and a subscriber can drop the copy. Resolutions are `kvguard.detection.resolved`.
+One event per alert, and every event of a delivery in one POST (the topic takes an array):
+`type` `kvguard.detection`, `source` the vault's resource id, `subject` the rule id, and an `id`
+derived from (event id, vault, rule), so a retried or duplicated alert carries the same id and a
+subscriber can drop the copy. Resolutions are `kvguard.detection.resolved`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4, uuid5
@@ -51,6 +53,20 @@ def alert_data(alert: Alert) -> dict[str, Any]:
     }
 
 
+def _detection_event(alert: Alert) -> Any:
+    from azure.core.messaging import CloudEvent
+
+    return CloudEvent(
+        source=alert.vault_id,
+        type=DETECTION_TYPE,
+        subject=alert.rule,
+        id=detection_event_id(alert.event_id, alert.vault_id, alert.rule),
+        time=alert.time,
+        data=alert_data(alert),
+        datacontenttype="application/json",
+    )
+
+
 class EventGridAlertSink:
     """AlertSink publishing to an Event Grid topic (CloudEvents 1.0 input schema).
 
@@ -68,41 +84,38 @@ class EventGridAlertSink:
         return f"EventGridAlertSink(endpoint={self._endpoint!r})"
 
     def raise_alert(self, alert: Alert) -> str:
-        from azure.core.messaging import CloudEvent
+        return self.raise_alerts([alert])[0]
 
-        event_id = detection_event_id(alert.event_id, alert.vault_id, alert.rule)
-        event = CloudEvent(
-            source=alert.vault_id,
-            type=DETECTION_TYPE,
-            subject=alert.rule,
-            id=event_id,
-            time=alert.time,
-            data=alert_data(alert),
-            datacontenttype="application/json",
-        )
-        self._send(event, alert.rule)
-        return f"event grid {DETECTION_TYPE} {event_id} ({alert.rule})"
+    def raise_alerts(self, alerts: Sequence[Alert]) -> list[str]:
+        """Every alert of a delivery as one POST: the topic takes an array of CloudEvents."""
+        events = [_detection_event(alert) for alert in alerts]
+        self._send(events, ", ".join(alert.rule for alert in alerts))
+        return [f"event grid {DETECTION_TYPE} {event.id} ({alert.rule})"
+                for event, alert in zip(events, alerts, strict=True)]
 
     def resolve(self, vault_id: str, rule: str) -> str:
+        return self.resolve_all([(vault_id, rule)])[0]
+
+    def resolve_all(self, closed: Sequence[tuple[str, str]]) -> list[str]:
+        """Every resolution of a delivery as one POST."""
         from azure.core.messaging import CloudEvent
 
         # A resolution has no triggering event to derive an id from, and the same finding may be
         # resolved again after it reopens; a repeated resolution is harmless to subscribers.
-        event = CloudEvent(
-            source=vault_id,
-            type=RESOLVED_TYPE,
-            subject=rule,
-            id=str(uuid4()),
-            time=datetime.now(UTC),
-            data={"vaultId": vault_id, "rule": rule},
-            datacontenttype="application/json",
-        )
-        self._send(event, rule)
-        return f"event grid {RESOLVED_TYPE} {event.id} ({rule})"
+        events = [
+            CloudEvent(source=vault_id, type=RESOLVED_TYPE, subject=rule, id=str(uuid4()), time=datetime.now(UTC),
+                       data={"vaultId": vault_id, "rule": rule}, datacontenttype="application/json")
+            for vault_id, rule in closed
+        ]
+        self._send(events, ", ".join(rule for _, rule in closed))
+        return [f"event grid {RESOLVED_TYPE} {event.id} ({rule})"
+                for event, (_, rule) in zip(events, closed, strict=True)]
 
-    def _send(self, event: Any, rule: str) -> None:
-        with azure_errors(f"event grid publish {rule}"):
-            self._client().send([event])
+    def _send(self, events: list[Any], rules: str) -> None:
+        if not events:
+            return
+        with azure_errors(f"event grid publish {rules}"):
+            self._client().send(events)
 
     def _client(self) -> EventGridPublisherClient:
         if self._publisher is None:

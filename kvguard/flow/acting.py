@@ -1,13 +1,16 @@
-"""Acting on a decision: alerts first, then remediation, each remediation written ahead (its
-intent) before it is applied; what an earlier attempt wrote ahead is confirmed or carried on; a
-secondary sink's failure waits in the outbox."""
+"""Acting on a decision: each remediation written ahead (its intent), then the alerts sent side by
+side while the remediation is applied, every alert's delivery started before a write starts;
+what an earlier attempt wrote ahead is confirmed or carried on; a secondary sink's failure waits
+in the outbox."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from kvguard import writeahead
 from kvguard.actions import ActionResult, WrittenFor, merged, skipped
@@ -24,7 +27,15 @@ from kvguard.resources import ResourceState
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
 
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
 log = logging.getLogger("kvguard")
+# The alert sinks' calls wait on the network: this many go out side by side (the sinks of one
+# delivery, and of the deliveries a worker handles at once).
+ALERT_THREADS = 8
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
 SECONDARY_SINKS = frozenset({"notify_webhook"})
 # The intents that can say why their undo must not be written (the handler then plans nothing).
@@ -41,6 +52,14 @@ def remediation_failed(actions: Sequence[ActionResult]) -> bool:
 def remediated_rules(actions: Sequence[ActionResult]) -> set[str]:
     return {r for a in actions if a.status == "applied" and HANDLERS[a.handler].kind == "remediation"
             for r in a.rules}
+
+
+def final_state(actions: Sequence[ActionResult], after: VaultConfig | None) -> VaultConfig | None:
+    """The vault after the remediation: as the last vault write answered (the gateway reads it back
+    once after a targeted access-policy write, a PATCH answers with it), else as it was read (an
+    earlier attempt's write confirmed on retry, a write beside the vault): never read again."""
+    states = [a.state for a in actions if a.state is not None and HANDLERS[a.handler].kind == "remediation"]
+    return states[-1] if states else after
 
 
 def by_remediation(findings: Sequence[Finding]) -> dict[str, list[Finding]]:
@@ -112,46 +131,64 @@ def _revert_of(finding: Finding, decision: Decision | None) -> str | None:
 
 
 def act(services: Services, context: EventContext) -> list[ActionResult]:
-    """Alerts first; remediation only after every alert went out, each one written ahead
-    (its intent) before it is applied. A secondary sink that fails does not hold it back. A
-    joined finding (another report of a change already alerted) raises no alert again, but is
-    remediated as any."""
+    """Remediation written ahead (its intents), then the alerts sent side by side and each
+    remediation applied while they are on their way; the answer once every sink and every write
+    has answered. Every alert's delivery has started before a remediation's write starts, and
+    neither waits for the other: a sink that fails does not hold back or cancel the revert, nor
+    the reverse. A joined finding (another report of a change already alerted) raises no alert
+    again, but is remediated as any."""
     if not context.findings:
         return []
     decision, earlier, joined = context.decided, context.earlier, context.joined
-    results: list[ActionResult] = []
     fresh = context.listed
     alerts = alerts_for(services, context, context.vault_id, fresh)
-    if earlier.alerts and decision.alert:
-        results.extend(earlier.alerts)  # an earlier attempt sent them: not again
-    else:
+    ready: dict[str, ActionResult] = {}
+    planned: list[tuple[str, list[Operation]]] = []
+    if not (earlier.alerts and decision.alert):  # an earlier attempt sent them: not again
         for handler_id in alert_handlers():
             if handler_id not in services.sinks:
                 continue
             if not decision.alert:
-                results.append(skipped(handler_id, decision.alert_reason))
-                continue
-            if not fresh:
-                results.append(skipped(handler_id, "already raised: the change joins its open finding",
-                                       sorted({f.rule for f in joined})))
-                continue
-            operations = HANDLERS[handler_id].plan(PlanInput(fresh, context.before, context.after, alerts))
-            results.append(deliver(services, handler_id, operations, context.after))
-    alerted = list(results)
-    for handler_id, handler_findings in by_remediation(context.findings).items():
-        result = remediate(services, context, handler_id, handler_findings, alerted=alerted)
+                ready[handler_id] = skipped(handler_id, decision.alert_reason)
+            elif not fresh:
+                ready[handler_id] = skipped(handler_id, "already raised: the change joins its open finding",
+                                            sorted({f.rule for f in joined}))
+            else:
+                planned.append((handler_id, HANDLERS[handler_id].plan(
+                    PlanInput(fresh, context.before, context.after, alerts))))
+    remediations = {handler_id: _planned_remediation(services, context, handler_id, handler_findings)
+                    for handler_id, handler_findings in by_remediation(context.findings).items()}
+    written = _write_ahead(services, context, remediations, list(earlier.alerts))
+    sending = send(services, planned, context.after)
+    sending.wait_started()
+    reverted = {handler_id: _remediated(services, context, handler_id, plan)
+                for handler_id, plan in remediations.items()}
+    answers = sending.answered()
+    lost = next((r for r in reverted.values() if r.transient), None)
+    try:
+        alerted = settled(services, planned, answers)
+    except TransientError as error:
+        # Nothing is recorded: a redelivery sends the alerts again and confirms what the writes did.
+        raise TransientError(f"{lost.handler}: {lost.detail}") if lost is not None else error from None
+    sent = [*earlier.alerts] if earlier.alerts and decision.alert else [
+        ready.get(handler_id) or alerted[handler_id] for handler_id in alert_handlers()
+        if handler_id in ready or handler_id in alerted]
+    if lost is not None:
+        # The intents stay; they now name the alerts sent, so a redelivery does not send them again.
+        _write_ahead(services, context, {h: remediations[h] for h in written}, sent)
+        raise TransientError(f"{lost.handler}: {lost.detail}")
+    results = list(sent)
+    for handler_id, result in reverted.items():
         confirmed = earlier.answered.get(handler_id)
         results.append(merged(confirmed, result) if confirmed is not None else result)
     return results
 
 
-def remediate(
-    services: Services, context: EventContext, handler_id: str, handler_findings: Sequence[Finding], *,
-    alerted: Sequence[ActionResult],
-) -> ActionResult:
-    """Plan, write ahead, apply. The intent keeps what an earlier attempt intended too, so a
-    retry after this one still accounts for all of it; it names the alerts already `alerted`."""
-    decision, event = context.decided, context.event
+def _planned_remediation(
+    services: Services, context: EventContext, handler_id: str, handler_findings: Sequence[Finding]
+) -> ActionResult | list[Operation]:
+    """A remediation handler's operations, or why it does nothing."""
+    decision = context.decided
     rules = sorted({f.rule for f in handler_findings})
     allowed = remediable(context.findings, services.policy, context.vault_id)
     mine = [f for f in handler_findings if f in allowed]
@@ -161,17 +198,38 @@ def remediate(
     operations = HANDLERS[handler_id].plan(PlanInput(mine, context.before, context.after))
     if not operations:
         return skipped(handler_id, "nothing to restore: no baseline value to go back to", rules)
-    if not decision.dry_run:
-        hold(services, event, context.owner)
+    return operations
+
+
+def _write_ahead(
+    services: Services, context: EventContext, remediations: Mapping[str, ActionResult | list[Operation]],
+    alerted: Sequence[ActionResult],
+) -> list[str]:
+    """The intent of every remediation that will write (none in dry run), under this attempt's
+    claim; the handlers written for. An intent keeps what an earlier attempt intended too, so a
+    retry after this one still accounts for all of it, and names the alerts `alerted` already."""
+    event = context.event
+    writing = [(h, plan) for h, plan in remediations.items() if isinstance(plan, list)]
+    if context.decided.dry_run or not writing:
+        return []
+    hold(services, event, context.owner)
+    for handler_id, operations in writing:
         intended = context.earlier.operations.get(handler_id, [])
         recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted)
         services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
-    result = services.runner.run(handler_id, operations, dry_run=decision.dry_run, current=context.after,
-                                 written_for=WrittenFor(event.id, context.owner))
-    if result.transient:
-        # The intent stays: a redelivery confirms what landed and makes the rest.
-        raise TransientError(f"{handler_id}: {result.detail}")
-    return result
+    return [handler_id for handler_id, _ in writing]
+
+
+def _remediated(
+    services: Services, context: EventContext, handler_id: str, plan: ActionResult | list[Operation]
+) -> ActionResult:
+    """Apply a remediation's operations (only plan them in dry run). A transient failure is
+    returned as it is: the caller raises it once the alerts have answered, and the intent stays
+    for a redelivery to confirm what landed and make the rest."""
+    if isinstance(plan, ActionResult):
+        return plan
+    return services.runner.run(handler_id, plan, dry_run=context.decided.dry_run, current=context.after,
+                               written_for=WrittenFor(context.event.id, context.owner))
 
 
 def _refused(handler_id: str, decision: Decision, mine: Sequence[Finding], rules: list[str]) -> ActionResult | None:
@@ -195,14 +253,15 @@ def act_beside(
         return []
     findings, decision = context.findings, context.decided
     results: list[ActionResult] = []
-    for handler_id in alert_handlers():
-        if handler_id not in services.sinks:
-            continue
-        if not decision.alert:
-            results.append(skipped(handler_id, decision.alert_reason))
-            continue
-        results.append(deliver(services, handler_id,
-                               HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)), None))
+    configured = [handler_id for handler_id in alert_handlers() if handler_id in services.sinks]
+    if decision.alert:
+        # Answered before any remediation: no intent is written ahead here, and a redelivery
+        # after the revert would find nothing left to alert on.
+        results.extend(deliver_all(services, [
+            (handler_id, HANDLERS[handler_id].plan(PlanInput(findings, None, None, alerts)))
+            for handler_id in configured], None))
+    else:
+        results.extend(skipped(handler_id, decision.alert_reason) for handler_id in configured)
     # A resource inside one vault (a Managed HSM's private endpoint connection) is remediated as that vault allows.
     inside = resource.vault_ids[0] if resource is not None and len(resource.vaults) == 1 else None
     allowed = remediable(findings, services.policy, inside)
@@ -228,17 +287,76 @@ def act_beside(
     return results
 
 
-def deliver(
-    services: Services, handler_id: str, operations: Sequence[Operation], current: VaultConfig | None
+class Sending:
+    """Alert handlers' operations on their way, each handler's in one call of the alerting pool
+    (a sink that takes a batch gets them in one request), side by side."""
+
+    def __init__(self, services: Services, planned: Sequence[tuple[str, Sequence[Operation]]],
+                 current: VaultConfig | None) -> None:
+        self._started = [threading.Event() for _ in planned]
+        self._answers = [
+            _alerting().submit(_send, services, started, handler_id, operations, current)
+            for started, (handler_id, operations) in zip(self._started, planned, strict=True)
+        ]
+
+    def wait_started(self) -> None:
+        """Return once every handler's delivery has begun (its request is on its way)."""
+        for started in self._started:
+            started.wait()
+
+    def answered(self) -> list[ActionResult]:
+        """Every handler's result, in the order planned, once all have answered."""
+        return [answer.result() for answer in self._answers]
+
+
+def send(services: Services, planned: Sequence[tuple[str, Sequence[Operation]]],
+         current: VaultConfig | None) -> Sending:
+    """Start delivering every alert handler's operations at once."""
+    return Sending(services, planned, current)
+
+
+def _send(services: Services, started: threading.Event, handler_id: str, operations: Sequence[Operation],
+          current: VaultConfig | None) -> ActionResult:
+    started.set()
+    return services.runner.run(handler_id, operations, dry_run=False, current=current)
+
+
+def _alerting() -> ThreadPoolExecutor:
+    """The process's pool for the alert sinks' calls, made on first use (a cold start that alerts
+    on nothing pays for no thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=ALERT_THREADS, thread_name_prefix="kvguard-alert")
+        return _POOL
+
+
+def settled(services: Services, planned: Sequence[tuple[str, Sequence[Operation]]],
+            answers: Sequence[ActionResult]) -> dict[str, ActionResult]:
+    """Each alert handler's result. A transient failure of Defender or the topic raises before
+    anything is queued (nothing is recorded yet, so a redelivery sends every alert again); one of
+    a secondary sink goes to the outbox, retried by `flush_outbox`, and is reported failed."""
+    for (handler_id, _), result in zip(planned, answers, strict=True):
+        if result.transient and handler_id not in SECONDARY_SINKS:
+            raise TransientError(f"{handler_id}: {result.detail}")
+    return {handler_id: _queued_if_failed(services, handler_id, operations, result)
+            for (handler_id, operations), result in zip(planned, answers, strict=True)}
+
+
+def deliver_all(services: Services, planned: Sequence[tuple[str, Sequence[Operation]]],
+                current: VaultConfig | None) -> list[ActionResult]:
+    """Every alert handler's operations side by side, answered (see `settled`), in the order planned."""
+    results = settled(services, planned, send(services, planned, current).answered())
+    return [results[handler_id] for handler_id, _ in planned]
+
+
+def _queued_if_failed(
+    services: Services, handler_id: str, operations: Sequence[Operation], result: ActionResult
 ) -> ActionResult:
-    """Run an alert handler's operations. A transient failure of Defender or the topic raises
-    (nothing is recorded yet, so a redelivery starts over); one of a secondary sink goes to the
-    outbox, retried by `flush_outbox`, and is reported failed."""
-    result = services.runner.run(handler_id, operations, dry_run=False, current=current)
     if not result.transient:
         return result
-    if handler_id not in SECONDARY_SINKS:
-        raise TransientError(f"{handler_id}: {result.detail}")
     delivered = len(result.after or ())
     for op in operations[delivered:]:
         assert isinstance(op.target, Alert)

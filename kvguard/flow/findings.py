@@ -14,7 +14,7 @@ from kvguard.actions import ActionResult
 from kvguard.blast_radius import enrich
 from kvguard.catalog import RULES, alert_handlers
 from kvguard.detection import Closing, Context, Finding, Rule, detect_all
-from kvguard.flow.acting import deliver, remediated_rules
+from kvguard.flow.acting import deliver_all, remediated_rules, send
 from kvguard.flow.context import EventContext, ResourceContext
 from kvguard.flow.memory import baseline_config
 from kvguard.flow.services import Services
@@ -91,8 +91,8 @@ def opened(services: Services, context: EventContext) -> dict[str, Mapping[str, 
 
 def resolve(services: Services, context: EventContext) -> tuple[list[str], list[ActionResult]]:
     """The open findings (`context.opened`) that no longer hold, and the alert sinks told they are
-    resolved (Defender: Healthy); closing them in the store is the caller's, with the event's other
-    records. Remediated findings close; a posture finding closes when its condition
+    resolved (Defender: Healthy), the sinks side by side; closing them in the store is the
+    caller's, with the event's other records. Remediated findings close; a posture finding closes when its condition
     is gone from the final state; a diff finding when the vault is back to the baseline it was
     found against; an event finding when the latest change to a vault that still exists no
     longer fires it (event rules judge the latest change)."""
@@ -113,10 +113,10 @@ def resolve(services: Services, context: EventContext) -> tuple[list[str], list[
     if not resolved or context.decided.mode == "observe":
         return resolved, []
     closed = [(context.vault_id, rule_id) for rule_id in resolved]
-    return resolved, [
-        deliver(services, handler_id, resolve_operations(handler_id, closed, event.id, now), final)
+    return resolved, deliver_all(services, [
+        (handler_id, resolve_operations(handler_id, closed, event.id, now))
         for handler_id in alert_handlers() if handler_id in services.sinks
-    ]
+    ], final)
 
 
 def _no_longer_holds(services: Services, context: EventContext, rule: Rule, record: Mapping[str, Any]) -> bool:
@@ -151,12 +151,9 @@ def tell_resolved(
     services: Services, closed: Sequence[tuple[str, str]], now: datetime, current: VaultConfig | None = None
 ) -> list[ActionResult]:
     """Every configured alert sink hears of each (vault or resource id, rule) that closed outside a
-    vault event (a sweep, a resource, kvguard's own deployment)."""
-    return [
-        services.runner.run(handler_id, resolve_operations(handler_id, closed, "", now), dry_run=False,
-                            current=current)
-        for handler_id in alert_handlers() if handler_id in services.sinks
-    ]
+    vault event (a sweep, a resource, kvguard's own deployment), the sinks side by side."""
+    return send(services, [(handler_id, resolve_operations(handler_id, closed, "", now))
+                           for handler_id in alert_handlers() if handler_id in services.sinks], current).answered()
 
 
 def settle_resource_findings(services: Services, context: ResourceContext) -> list[ActionResult]:

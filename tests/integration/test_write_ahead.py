@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -181,6 +183,124 @@ def test_a_store_failure_right_after_the_revert_is_accounted_for_on_retry(
     assert len(fake.requests_to("PUT", REMOVE)) == 1
     assert_accounted_for(store, fake)
     assert pipeline.handle(event(EVENT_ID))[0].outcome == "duplicate"
+
+
+class Crash(BaseException):
+    """The worker dies here (the host stopped it, it ran out of memory): nothing after it runs, and
+    no handler of kvguard's sees it (it is no Exception)."""
+
+
+class CrashesAfterTheRemove:
+    """The vault gateway, except that the worker dies once a targeted remove has landed, before
+    its answer is seen."""
+
+    def __init__(self, gateway: ArmVaultGateway) -> None:
+        self._gateway = gateway
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
+
+    def remove_access_policy(self, vault_id: str, entry: Any) -> Any:
+        self._gateway.remove_access_policy(vault_id, entry)
+        raise Crash("the worker died after the revert landed")
+
+
+class CrashesAtTheRecord:
+    """The store, except that the worker dies at the first audit record it writes."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.crashed = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name != "append_audit" or self.crashed:
+            return attribute
+
+        def crashing(*args: Any, **kwargs: Any) -> Any:
+            self.crashed = True
+            raise Crash("the worker died while recording")
+
+        return crashing
+
+
+def unhealthy_puts(fake: ArmFake, rule: str) -> list[Any]:
+    return [r for r in fake.requests_to("PUT", ASSESSMENTS + assessment_name(rule))
+            if r.json["properties"]["status"]["code"] == "Unhealthy"]
+
+
+@pytest.mark.parametrize("crash", ["after the revert landed, its alert not sent", "at the record"])
+def test_a_crash_between_the_revert_and_its_record_ends_with_the_alert_sent_and_the_revert_recorded_once(
+    crash: str, store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """The alerts go out beside the revert: the worker may die with the revert landed and the
+    alert lost on its way, or with everything answered and nothing recorded. The intent written
+    ahead and the redelivery still end with the alert raised and one revert in the audit."""
+    sinks: dict[str, AlertSink] = {"raise_defender_alert": defender}
+    if crash == "at the record":
+        pipeline = remediating(gateway, cast(StateStore, CrashesAtTheRecord(store)), sinks)
+    else:
+        pipeline = remediating(cast(ArmVaultGateway, CrashesAfterTheRemove(gateway)), store, sinks)
+        fake.inject("PUT", ASSESSMENTS, status=503, body=ARM_ERROR, times=100)  # Defender down meanwhile
+
+    with pytest.raises(Crash):
+        pipeline.handle(event(EVENT_ID))
+    assert principals(fake) == [OWNER]  # the revert landed
+    assert store.list_audit(VAULT_ID) == []
+    if crash != "at the record":
+        # The crashed worker's alert call gives up on its own (one try and two retries), never landing.
+        deadline = time.monotonic() + 10
+        while len(fake.requests_to("PUT", ASSESSMENTS)) < 1 + QUICK_RETRIES["retry_total"] and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert len(fake.requests_to("PUT", ASSESSMENTS)) == 1 + QUICK_RETRIES["retry_total"]
+        assert fake.assessment(VAULT_ID, assessment_name("KV-AP-01")) is None
+        fake.clear_faults()
+    # Event Grid redelivers, to a worker that lives.
+    pipeline = Pipeline(gateway=gateway, store=store, policy=pipeline.policy, sinks=sinks)
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert outcome.outcome == "processed"
+    (revert,) = [a for a in outcome.actions if a.handler == "revert_access_policy"]
+    assert revert.status == "applied" and "confirmed on retry" in revert.detail
+    assert unhealthy_puts(fake, "KV-AP-01")  # the alert was raised, then resolved with the revert
+    assert fake.requests_to("PUT", ASSESSMENTS)[-1].json["properties"]["status"]["code"] == "Healthy"
+    assert len(fake.requests_to("PUT", REMOVE)) == 1
+    assert_accounted_for(store, fake)
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
+    assert pipeline.handle(event(EVENT_ID))[0].outcome == "duplicate"
+
+
+def test_the_revert_starts_while_the_alerts_are_on_their_way_and_after_its_intent(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """Defender holds the first assessment until the revert's remove reaches ARM: the revert
+    must not wait for the alert (it would wait out the hold), and when it arrives its intent is
+    already written and the alert already on its way; the record waits for both."""
+    pipeline = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    elsewhere = open_store()  # another worker's view of the shared state
+    removing, seen = threading.Event(), []
+
+    def hold_the_alert() -> None:
+        seen.append(("the alert was held until the remove arrived", removing.wait(timeout=5)))
+
+    def at_the_remove() -> None:
+        written = bool(elsewhere.pending_actions(vault_key(VAULT_ID)))
+        seen.append(("the intent was written before the remove", written))
+        removing.set()
+
+    fake.before("PUT", ASSESSMENTS, hold_the_alert)
+    fake.before("PUT", REMOVE, at_the_remove)
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert dict(seen) == {"the alert was held until the remove arrived": True,
+                          "the intent was written before the remove": True}
+    assert [a.status for a in outcome.actions if a.handler in ("raise_defender_alert", "revert_access_policy")] \
+        == ["applied", "applied"]
+    assert_accounted_for(pipeline.store, fake)
 
 
 def test_a_revert_that_did_not_land_is_made_on_retry(
@@ -360,5 +480,6 @@ def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
     (outcome,) = pipeline.handle(event(EVENT_ID))
 
     assert outcome.outcome == "processed"
-    assert written == ["arm read", "alert", "revert"]
+    # The alert and the revert go out side by side: either may reach its service first.
+    assert written[0] == "arm read" and sorted(written[1:]) == ["alert", "revert"]
     other.close()
