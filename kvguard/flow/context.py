@@ -91,6 +91,8 @@ class EventContext(FlowContext):
     joined: list[Finding] = field(default_factory=list)  # findings that repeat an open one
     final: VaultConfig | None = None  # the vault after acting
     opened: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # the open findings' records to write
+    # The vault's open findings as read, once per event (`flow.findings.open_before`).
+    open_before: dict[str, Mapping[str, Any]] | None = None
 
     @property
     def steering(self) -> VaultConfig | None:

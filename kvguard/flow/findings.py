@@ -61,7 +61,7 @@ def joined(services: Services, context: EventContext) -> list[Finding]:
     remediation and the baseline. Read before the findings are refreshed."""
     if not context.findings:
         return []
-    open_now = {f.rule: f.finding for f in services.store.open_findings(context.vault_id)}
+    open_now = open_before(services, context)
     caller_named = bool(context.event.caller.ids())
     return [
         f for f in context.findings
@@ -71,12 +71,20 @@ def joined(services: Services, context: EventContext) -> list[Finding]:
     ]
 
 
+def open_before(services: Services, context: EventContext) -> dict[str, Mapping[str, Any]]:
+    """The vault's open findings before this event's, by rule: read once per event, as nothing
+    writes them before the event's record (the vault's lease is held until then)."""
+    if context.open_before is None:
+        context.open_before = {f.rule: f.finding for f in services.store.open_findings(context.vault_id)}
+    return context.open_before
+
+
 def opened(services: Services, context: EventContext) -> dict[str, Mapping[str, Any]]:
     """Every open finding of the vault once this event's are opened (or refreshed), as records
     to write. A diff finding keeps the baseline it was found against (the first one, on
     refresh), so it can be closed later when the vault is back to that state, remediated or not."""
     baseline, before = context.baseline, context.before
-    open_now = {f.rule: f.finding for f in services.store.open_findings(context.vault_id)}
+    open_now = dict(open_before(services, context))
     caller_named = bool(context.event.caller.ids())
     for finding in context.findings:
         record = finding.to_json()
