@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +232,11 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+@lru_cache(maxsize=256)
 def _stamp(moment: datetime) -> str:
-    """Fixed-width UTC text (`2026-11-27T10:00:00.000000Z`): text order is time order."""
+    """Fixed-width UTC text (`2026-11-27T10:00:00.000000Z`): text order is time order. Kept per
+    instant: one event stamps the same few (its time, its leases' end, its history windows) about
+    ten times, and an instant spelled in another zone is equal, and hashes equal, to its UTC self."""
     return _utc(moment).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

@@ -305,3 +305,24 @@ def test_a_ledger_written_before_nonces_is_upgraded_and_its_entries_match_nothin
     finally:
         store.close()
     SQLiteStateStore(path).close()  # opening the upgraded file again changes nothing
+
+
+def test_an_instant_is_stamped_once_and_spelled_the_same_in_any_zone() -> None:
+    from datetime import UTC, timezone
+
+    from kvguard.adapters import sqlite as adapter
+
+    store = SQLiteStateStore(":memory:")
+    at = datetime(2026, 11, 27, 10, 0, 0, 1, tzinfo=UTC)
+    before = adapter._stamp.cache_info()
+    store.claim("evt-1", at, LEASE, "owner-1")
+    store.renew_each(("evt-1",), "owner-1", at, LEASE)
+    store.complete("evt-1", at, "owner-1")
+    after = adapter._stamp.cache_info()
+    assert after.hits - before.hits >= 2, "the claim's time and lease end, stamped again by renewal and completion"
+    in_paris = at.astimezone(timezone(timedelta(hours=1)))
+    assert adapter._stamp(in_paris) == adapter._stamp(at) == "2026-11-27T10:00:00.000001Z"
+    with pytest.raises(ValueError, match="naive datetime"):
+        adapter._stamp(at.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="naive datetime"):  # a refusal is never kept
+        adapter._stamp(at.replace(tzinfo=None))
