@@ -462,14 +462,19 @@ def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
     """Another process on the same SQLite file writes at once while this one reads the vault,
     alerts and reverts (on today's store it waited for the whole event, or failed after 30 s)."""
     pipeline = remediating(gateway, SQLiteStateStore(tmp_path / "state.db"), {"raise_defender_alert": defender})
-    other = sqlite3.connect(tmp_path / "state.db", timeout=0.2, isolation_level=None, check_same_thread=False)
     written: list[str] = []
 
     def write_from_elsewhere(what: str) -> Callable[[], None]:
+        # A connection per write: the alert's and the revert's requests arrive side by side, and
+        # one connection shared by two threads would start a transaction inside the other's.
         def write() -> None:
-            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" after 0.2 s if held
-            other.execute("INSERT INTO marks (series, key, member, at) VALUES ('probe', ?, 'x', 'now')", (what,))
-            other.execute("COMMIT")
+            other = sqlite3.connect(tmp_path / "state.db", timeout=0.2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # raises "database is locked" after 0.2 s if held
+                other.execute("INSERT INTO marks (series, key, member, at) VALUES ('probe', ?, 'x', 'now')", (what,))
+                other.execute("COMMIT")
+            finally:
+                other.close()
             written.append(what)
         return write
 
@@ -482,4 +487,3 @@ def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
     assert outcome.outcome == "processed"
     # The alert and the revert go out side by side: either may reach its service first.
     assert written[0] == "arm read" and sorted(written[1:]) == ["alert", "revert"]
-    other.close()
