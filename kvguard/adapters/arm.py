@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
 
 from kvguard.adapters.azure_clients import (
     ARM_ENDPOINT,
     SubscriptionClients,
     azure_errors,
     is_not_found,
-    require_object,
+    raw_object,
     shorten,
 )
 from kvguard.client_request import request_id_kwargs
@@ -50,20 +49,12 @@ def _keyvault_client(*args: Any, **kwargs: Any) -> KeyVaultManagementClient:
     return KeyVaultManagementClient(*args, **kwargs)
 
 
-def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """The `cls` hook of an SDK call: the response body exactly as ARM sent it (an object, or a
-    PermanentError)."""
-    response = pipeline_response.http_response
-    request = f"{response.request.method} {urlsplit(response.request.url).path}"
-    return require_object(response.json(), f"ARM's answer to {request}")
-
-
 def _raw_json_or_none(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """As `_raw_json`, for a read that ARM may answer with 204 and no body (a Managed HSM's GET
+    """As `raw_object`, for a read that ARM may answer with 204 and no body (a Managed HSM's GET
     does, for an HSM that is not there)."""
     if pipeline_response.http_response.status_code == 204:
         return None
-    return _raw_json(pipeline_response, deserialized, headers)
+    return raw_object(pipeline_response, deserialized, headers)
 
 
 class ArmVaultGateway:
@@ -100,7 +91,7 @@ class ArmVaultGateway:
         try:
             with azure_errors(f"get {_what(ref)} {ref.name}", answers=is_not_found):
                 body: Any = (client.managed_hsms.get(group, ref.name, cls=_raw_json_or_none) if ref.kind == "hsm"
-                             else client.vaults.get(group, ref.name, cls=_raw_json))
+                             else client.vaults.get(group, ref.name, cls=raw_object))
         except ResourceNotFoundError:
             return None
         return _vault(body) if body is not None else None
@@ -115,7 +106,7 @@ class ArmVaultGateway:
         vaults = self.client(ref.subscription_id).vaults
         try:
             with azure_errors(f"update vault {ref.name}", answers=is_not_found):
-                body = vaults.update(group, ref.name, cast(Any, patch), cls=_raw_json, **request_id_kwargs())
+                body = vaults.update(group, ref.name, cast(Any, patch), cls=raw_object, **request_id_kwargs())
         except ResourceNotFoundError as exc:
             raise VaultNotFoundError(f"vault {ref.id} not found") from exc
         return _vault(body)

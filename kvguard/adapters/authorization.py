@@ -16,9 +16,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors, require_object
+from kvguard.adapters.azure_clients import (
+    ARM_ENDPOINT,
+    SubscriptionClients,
+    azure_errors,
+    raw_object,
+    response_status,
+)
 from kvguard.client_request import request_id_kwargs
 from kvguard.ids import subscription_of
 from kvguard.ports import PermanentError
@@ -42,17 +47,6 @@ def _authorization_client(*args: Any, **kwargs: Any) -> AuthorizationManagementC
     from azure.mgmt.authorization import AuthorizationManagementClient
 
     return AuthorizationManagementClient(*args, **kwargs)
-
-
-def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """The body exactly as ARM sent it (this SDK's legacy responses have `text()`, not `json()`)."""
-    response = pipeline_response.http_response
-    request = f"{response.request.method} {urlsplit(response.request.url).path}"
-    return require_object(json.loads(response.text()), f"ARM's answer to {request}")
-
-
-def _status(pipeline_response: Any, deserialized: Any, headers: Any) -> int:
-    return int(pipeline_response.http_response.status_code)
 
 
 def _missing(error: HttpResponseError) -> bool:
@@ -95,14 +89,14 @@ class AuthorizationGateway:
                               answers=_missing):
                 kind = _kind(resource_id)
                 if kind == ROLE_ASSIGNMENTS:
-                    body: dict[str, Any] = client.role_assignments.get_by_id(resource_id, cls=_raw_json)
+                    body: dict[str, Any] = client.role_assignments.get_by_id(resource_id, cls=raw_object)
                 elif kind == DENY_ASSIGNMENTS:
-                    body = client.deny_assignments.get_by_id(resource_id, cls=_raw_json)
+                    body = client.deny_assignments.get_by_id(resource_id, cls=raw_object)
                 elif kind == ELIGIBILITY_REQUESTS:
                     scope, name = scope_of(resource_id), resource_id.rsplit("/", 1)[-1]
-                    body = client.role_eligibility_schedule_requests.get(scope.lstrip("/"), name, cls=_raw_json)
+                    body = client.role_eligibility_schedule_requests.get(scope.lstrip("/"), name, cls=raw_object)
                 else:
-                    body = client.role_definitions.get_by_id(resource_id, cls=_raw_json)
+                    body = client.role_definitions.get_by_id(resource_id, cls=raw_object)
         except HttpResponseError:
             return None
         return body
@@ -116,7 +110,7 @@ class AuthorizationGateway:
         client = self._client(resource_id)
         try:
             with azure_errors(f"delete role assignment {resource_id.rsplit('/', 1)[-1]}", answers=_missing):
-                status = client.role_assignments.delete_by_id(resource_id, cls=_status, **request_id_kwargs())
+                status = client.role_assignments.delete_by_id(resource_id, cls=response_status, **request_id_kwargs())
         except HttpResponseError:
             return False
         return status == 200
@@ -133,7 +127,7 @@ class AuthorizationGateway:
         body = io.BytesIO(json.dumps({"properties": dict(properties)}).encode())
         with azure_errors(f"create role assignment {resource_id.rsplit('/', 1)[-1]}"):
             created: dict[str, Any] = client.role_assignments.create_by_id(
-                resource_id, body, content_type="application/json", cls=_raw_json)
+                resource_id, body, content_type="application/json", cls=raw_object)
         return created
 
     def list_at_scope(self, scope: str, resource_type: str) -> list[Mapping[str, Any]]:

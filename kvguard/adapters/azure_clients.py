@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from kvguard.adapters.signin import RefusedError
 from kvguard.ports import PermanentError, TransientError
@@ -119,6 +120,20 @@ def require_object(body: Any, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise PermanentError(f"{shorten(what)}: the answer is a JSON {type(body).__name__}, not an object")
     return body
+
+
+def raw_object(pipeline_response: Any, deserialized: Any, headers: Any) -> dict[str, Any]:
+    """The `cls` hook of an SDK call answered with one ARM resource: its body exactly as ARM sent it
+    (read through `text()`, which the older SDKs' transport responses have and `json()` they lack),
+    or a PermanentError naming the request when it is not an object."""
+    response = pipeline_response.http_response
+    request = f"{response.request.method} {urlsplit(response.request.url).path}"
+    return require_object(json.loads(response.text()), f"ARM's answer to {request}")
+
+
+def response_status(pipeline_response: Any, deserialized: Any, headers: Any) -> int:
+    """The `cls` hook of an SDK call whose answer is only its status (a delete: 200, or 204 when gone)."""
+    return int(pipeline_response.http_response.status_code)
 
 
 class SubscriptionClients(Generic[Client]):

@@ -19,9 +19,14 @@ import io
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors, require_object
+from kvguard.adapters.azure_clients import (
+    ARM_ENDPOINT,
+    SubscriptionClients,
+    azure_errors,
+    raw_object,
+    response_status,
+)
 from kvguard.client_request import request_id_kwargs
 from kvguard.ids import parse_vault_ref, subscription_of
 from kvguard.ports import PermanentError
@@ -49,17 +54,6 @@ def _policy_client(credential: TokenCredential, subscription_id: str, **kwargs: 
                                                              "policy_exemptions": API_VERSIONS["policy_exemptions"]}},
                                 "kvguard")
     return PolicyClient(credential, subscription_id, profile=profile, **kwargs)
-
-
-def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """The body exactly as ARM sent it."""
-    response = pipeline_response.http_response
-    request = f"{response.request.method} {urlsplit(response.request.url).path}"
-    return require_object(json.loads(response.text()), f"ARM's answer to {request}")
-
-
-def _status(pipeline_response: Any, deserialized: Any, headers: Any) -> int:
-    return int(pipeline_response.http_response.status_code)
 
 
 def _missing(error: HttpResponseError) -> bool:
@@ -110,9 +104,9 @@ class PolicyGateway:
             with azure_errors(f"get {kind.rsplit('/', 1)[-1]} {name}", answers=_missing):
                 body: dict[str, Any]
                 if kind == EXEMPTIONS:
-                    body = client.policy_exemptions.get(scope, name, cls=_raw_json)
+                    body = client.policy_exemptions.get(scope, name, cls=raw_object)
                 elif kind == ASSIGNMENTS:
-                    body = client.policy_assignments.get_by_id(resource_id.lstrip("/"), cls=_raw_json)
+                    body = client.policy_assignments.get_by_id(resource_id.lstrip("/"), cls=raw_object)
                 else:
                     body = self._definition(client, kind, scope, name)
         except HttpResponseError:
@@ -124,10 +118,10 @@ class PolicyGateway:
         operations: Any = client.policy_set_definitions if kind == SET_DEFINITIONS else client.policy_definitions
         lowered = "/" + scope.lower()
         if not scope:
-            return dict(operations.get_built_in(name, cls=_raw_json))
+            return dict(operations.get_built_in(name, cls=raw_object))
         if lowered.startswith(_MANAGEMENT_GROUP):
-            return dict(operations.get_at_management_group(scope.split("/")[3], name, cls=_raw_json))
-        return dict(operations.get(name, cls=_raw_json))
+            return dict(operations.get_at_management_group(scope.split("/")[3], name, cls=raw_object))
+        return dict(operations.get(name, cls=raw_object))
 
     def put(self, resource_id: str, document: Mapping[str, Any]) -> Mapping[str, Any]:
         """PUT an exemption or an assignment as `document` says (its `properties`, and for an
@@ -140,10 +134,10 @@ class PolicyGateway:
         with azure_errors(f"put {kind.rsplit('/', 1)[-1]} {name}"):
             if kind == EXEMPTIONS:
                 written: dict[str, Any] = client.policy_exemptions.create_or_update(
-                    scope, name, body, content_type="application/json", cls=_raw_json, **request_id_kwargs())
+                    scope, name, body, content_type="application/json", cls=raw_object, **request_id_kwargs())
             elif kind == ASSIGNMENTS:
                 written = client.policy_assignments.create_by_id(
-                    resource_id.lstrip("/"), body, content_type="application/json", cls=_raw_json,
+                    resource_id.lstrip("/"), body, content_type="application/json", cls=raw_object,
                     **request_id_kwargs())
             else:
                 raise PermanentError(f"kvguard never writes policy definitions ({resource_id})")
@@ -159,9 +153,9 @@ class PolicyGateway:
         try:
             with azure_errors(f"delete {kind.rsplit('/', 1)[-1]} {name}", answers=_missing):
                 if kind == EXEMPTIONS:
-                    status = client.policy_exemptions.delete(scope, name, cls=_status, **request_id_kwargs())
+                    status = client.policy_exemptions.delete(scope, name, cls=response_status, **request_id_kwargs())
                 elif kind == ASSIGNMENTS:
-                    status = client.policy_assignments.delete_by_id(resource_id.lstrip("/"), cls=_status,
+                    status = client.policy_assignments.delete_by_id(resource_id.lstrip("/"), cls=response_status,
                                                                     **request_id_kwargs())
                 else:
                     raise PermanentError(f"kvguard never deletes policy definitions ({resource_id})")

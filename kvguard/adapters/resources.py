@@ -26,6 +26,7 @@ from kvguard.adapters.azure_clients import (
     SubscriptionClients,
     azure_errors,
     is_not_found,
+    raw_object,
     require_object,
 )
 from kvguard.client_request import request_id_kwargs
@@ -143,7 +144,7 @@ class ArmResourceGateway:
         subscription, group, vault, name = _key_parts(key_id) or ("", "", "", "")
         try:
             with azure_errors(f"get key {name} of vault {vault}", answers=is_not_found):
-                key: Mapping[str, Any] = self._clients(subscription).keys.get(group, vault, name, cls=_raw_json)
+                key: Mapping[str, Any] = self._clients(subscription).keys.get(group, vault, name, cls=raw_object)
                 return key
         except ResourceNotFoundError:
             return None
@@ -244,13 +245,6 @@ def _key_parts(key_id: str) -> tuple[str, str, str, str] | None:
     if ref is None or ref.resource_group is None or ref.kind != "vault" or len(rest) != 3 or rest[1].lower() != "keys":
         return None
     return ref.subscription_id, ref.resource_group, ref.name, rest[2]
-
-
-def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
-    """The `cls` hook of an SDK read: the body exactly as ARM sent it."""
-    response = pipeline_response.http_response
-    request = f"{response.request.method} {urlsplit(response.request.url).path}"
-    return require_object(response.json(), f"ARM's answer to {request}")
 
 
 
