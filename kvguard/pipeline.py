@@ -182,7 +182,7 @@ class Pipeline(Services):
             for rule_id in resolved:
                 self.store.close_finding(vault_id, rule_id)
             memory.record(self, context)
-            self.store.append_audit(AuditRecord(event.id, vault_id, now, outcome.to_audit()))
+            self.store.append_audit(AuditRecord(event.id, vault_id, now, outcome.to_audit(), attempt=context.owner))
             ran = {a.handler for a in context.actions
                    if a.status in ("applied", "failed") and HANDLERS[a.handler].kind == "remediation"}
             for handler_id in sorted(ran | set(context.earlier.intended)):

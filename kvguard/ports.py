@@ -221,6 +221,9 @@ class AuditRecord:
     vault_id: str | None
     at: datetime
     outcome: Mapping[str, Any] = field(default_factory=dict)
+    # The attempt (its claim's owner token) that wrote the record: the intents it accounted for
+    # name the same attempt, so a retry knows them recorded even when their event has other records.
+    attempt: str | None = field(default=None, compare=False)
 
 
 class StateStore(Protocol):
@@ -319,9 +322,10 @@ class StateStore(Protocol):
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]: ...
 
-    def audited(self, event_id: str, vault_id: str | None) -> bool:
-        """Whether an audit record of `event_id` for `vault_id` exists (a retry whose earlier
-        attempt got as far as its audit record does not write a second one)."""
+    def audited(self, event_id: str, vault_id: str | None, attempt: str | None = None) -> bool:
+        """Whether an audit record of `event_id` for `vault_id` exists, written by `attempt` when
+        one is named (a retry whose earlier attempt got as far as its audit record does not write
+        a second one; an intent written by a later attempt of the same event is not recorded by it)."""
         ...
 
     def record_rejected(self, rejected: RejectedPayload) -> None: ...

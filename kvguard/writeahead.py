@@ -21,13 +21,23 @@ from remediation.base import Operation
 
 
 def intent(event_id: str, findings: Sequence[Finding], operations: Sequence[Operation],
-           alerts: Sequence[ActionResult]) -> dict[str, Any]:
+           alerts: Sequence[ActionResult], attempt: str | None = None) -> dict[str, Any]:
+    """What an attempt intends before it writes. `attempt` (the claim's owner token) is what the
+    attempt's audit record names too: an intent is recorded exactly when a record of its event
+    and attempt exists, however many records the event has."""
     return {
         "event_id": event_id,
+        "attempt": attempt,
         "findings": [_finding_json(f) for f in findings],
         "operations": [_operation_json(op) for op in operations],
         "alerts": [a.to_audit() for a in alerts],
     }
+
+
+def attempt_of(recorded: Mapping[str, Any]) -> str | None:
+    """The attempt that wrote an intent (None: written before intents named theirs)."""
+    attempt = recorded.get("attempt")
+    return str(attempt) if attempt is not None else None
 
 
 def findings_of(recorded: Mapping[str, Any]) -> list[Finding]:

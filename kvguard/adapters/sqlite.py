@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS audit (
     vault_digest BLOB,
     vault_id     TEXT,
     at           TEXT NOT NULL,
-    outcome      TEXT NOT NULL
+    outcome      TEXT NOT NULL,
+    attempt      TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_digest, at);
 CREATE TABLE IF NOT EXISTS rejected (
@@ -195,6 +196,13 @@ def _upgrade_own_writes(db: sqlite3.Connection) -> None:
     db.execute("UPDATE own_writes SET event_id = NULL")
 
 
+def _upgrade_audit(db: sqlite3.Connection) -> None:
+    """An audit written before records named the attempt that wrote them gains the column (empty:
+    an intent left behind by such a record is judged by its event alone, as it was written)."""
+    if _has_table(db, "audit") and "attempt" not in {row[1] for row in db.execute("PRAGMA table_info(audit)")}:
+        db.execute("ALTER TABLE audit ADD COLUMN attempt TEXT")
+
+
 def _statement(table: str) -> str:
     """The CREATE TABLE statement of `table` in `_SCHEMA`."""
     start = _SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table} (")
@@ -274,6 +282,7 @@ class SQLiteStateStore:
                 if db.execute("PRAGMA user_version").fetchone()[0] < _COMPACT_SHAPES and _has_table(db, "claims"):
                     _upgrade_to_compact_shapes(db)
                 _upgrade_own_writes(db)
+                _upgrade_audit(db)
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         db.execute(statement)
@@ -444,8 +453,9 @@ class SQLiteStateStore:
     def append_audit(self, record: AuditRecord) -> None:
         digest = _key_digest(vault_key(record.vault_id)) if record.vault_id is not None else None
         self._write(
-            "INSERT INTO audit (event_id, vault_digest, at, outcome) VALUES (?, ?, ?, ?)",
-            (record.event_id, digest, _stamp(record.at), audit_document(record.vault_id, record.outcome)),
+            "INSERT INTO audit (event_id, vault_digest, at, outcome, attempt) VALUES (?, ?, ?, ?, ?)",
+            (record.event_id, digest, _stamp(record.at), audit_document(record.vault_id, record.outcome),
+             record.attempt),
         )
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
@@ -462,10 +472,13 @@ class SQLiteStateStore:
                 records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=outcome))
         return records
 
-    def audited(self, event_id: str, vault_id: str | None) -> bool:
+    def audited(self, event_id: str, vault_id: str | None, attempt: str | None = None) -> bool:
         digest = _key_digest(vault_key(vault_id)) if vault_id is not None else None
-        return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? LIMIT 1",
-                                (digest, event_id)))
+        if attempt is None:
+            return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? LIMIT 1",
+                                    (digest, event_id)))
+        return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? AND attempt = ? LIMIT 1",
+                                (digest, event_id, attempt)))
 
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(

@@ -441,6 +441,8 @@ class TablesStateStore:
         }
         if record.vault_id is not None:
             entity["vault_id"] = record.vault_id[:DISPLAY_CHARS]
+        if record.attempt is not None:
+            entity["attempt"] = record.attempt
         self._table("audit").create_entity(entity)
 
     @_transient
@@ -462,11 +464,15 @@ class TablesStateStore:
         return records
 
     @_transient
-    def audited(self, event_id: str, vault_id: str | None) -> bool:
+    def audited(self, event_id: str, vault_id: str | None, attempt: str | None = None) -> bool:
         partition = _vault_partition(vault_id) if vault_id is not None else "no-vault"
+        parameters = {"pk": partition, "event": event_id[:DISPLAY_CHARS]}
+        query = "PartitionKey eq @pk and event_id eq @event"
+        if attempt is not None:
+            query += " and attempt eq @attempt"
+            parameters["attempt"] = attempt
         entities = self._table("audit").query_entities(
-            "PartitionKey eq @pk and event_id eq @event",
-            parameters={"pk": partition, "event": event_id[:DISPLAY_CHARS]}, select=["event_id"], results_per_page=1,
+            query, parameters=parameters, select=["event_id"], results_per_page=1,
         )
         return next(iter(entities), None) is not None
 

@@ -86,7 +86,8 @@ def earlier_attempt(services: Services, context: EventContext) -> Earlier:
     stale: list[str] = []
     for action in services.store.pending_actions(scope(event)):
         written_by = str(action.intent.get("event_id"))
-        if services.store.audited(written_by, event.vault.id if event.vault else None):
+        if services.store.audited(written_by, event.vault.id if event.vault else None,
+                                  writeahead.attempt_of(action.intent)):
             stale.append(action.handler)  # recorded already; only its intent was left behind
             continue
         events.add(written_by)
@@ -207,17 +208,20 @@ def _write_ahead(
 ) -> list[str]:
     """The intent of every remediation that will write (none in dry run), under this attempt's
     claim; the handlers written for. An intent keeps what an earlier attempt intended too, so a
-    retry after this one still accounts for all of it, and names the alerts `alerted` already."""
+    retry after this one still accounts for all of it, and names the alerts `alerted` already.
+    An earlier attempt's intent this one will not add to is taken over as it is: this attempt's
+    record accounts for it, and the intent must name this attempt for a later one to know that."""
     event = context.event
-    writing = [(h, plan) for h, plan in remediations.items() if isinstance(plan, list)]
-    if context.decided.dry_run or not writing:
+    writing = {h: plan for h, plan in remediations.items() if isinstance(plan, list)}
+    taken_over: dict[str, list[Operation]] = {h: [] for h in context.earlier.operations if h not in writing}
+    if context.decided.dry_run or not (writing or taken_over):
         return []
     hold(services, event, context.owner)
-    for handler_id, operations in writing:
+    for handler_id, operations in {**writing, **taken_over}.items():
         intended = context.earlier.operations.get(handler_id, [])
-        recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted)
+        recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted, context.owner)
         services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
-    return [handler_id for handler_id, _ in writing]
+    return list(writing)
 
 
 def _remediated(

@@ -35,7 +35,13 @@ def detected(services: Services, context: EventContext, judged: Context) -> tupl
     found, suppressed = suppress(detect_all(judged, RULES), vault_id, event.vault.name, services.policy, now)
     if services.activity_log is not None:
         found = enrich(found, [vault_id], event.time or now, services.clock.now(), services.activity_log)
-    return found + [f for f in context.earlier.findings if f.rule not in {d.rule for d in found}], suppressed
+    # One change is one finding: what the vault still shows and an earlier attempt also found is
+    # listed once. A finding of the same rule about another change (another principal's grant)
+    # is a change of its own, and the earlier attempt's alert for it may never have gone out.
+    if not context.earlier.findings:
+        return found, suppressed
+    shown = {(f.rule, _evidence_key(f.evidence)) for f in found}
+    return found + [f for f in context.earlier.findings if (f.rule, _evidence_key(f.evidence)) not in shown], suppressed
 
 
 def detected_beside(services: Services, context: ResourceContext, judged: Context) -> tuple[list[Finding], list[str]]:
@@ -203,3 +209,8 @@ def settle_resource_findings(services: Services, context: ResourceContext) -> li
 def _jsonable(evidence: Mapping[str, Any]) -> Any:
     """Evidence as the state store gives it back (JSON: tuples become lists)."""
     return json.loads(json.dumps(dict(evidence), default=str))
+
+
+def _evidence_key(evidence: Mapping[str, Any]) -> str:
+    """A finding's evidence as comparable text: the same once it went through an intent's JSON."""
+    return json.dumps(dict(evidence), sort_keys=True, default=str)

@@ -574,6 +574,14 @@ class StateStoreContract:
         assert store.audited("evt-2", None) is True
         assert store.audited("evt-1", None) is False
 
+    def test_audited_by_an_attempt_matches_the_record_that_attempt_wrote(self, store: StateStore) -> None:
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, {}, attempt="attempt-1"))
+        store.append_audit(AuditRecord("evt-2", VAULT, T0, {}))
+        assert store.audited("evt-1", VAULT, "attempt-1") is True
+        assert store.audited("evt-1", VAULT, "attempt-2") is False  # a later attempt's intent
+        assert store.audited("evt-1", VAULT) is True
+        assert store.audited("evt-2", VAULT, "attempt-1") is False
+
     # Rejected payloads
 
     def test_rejected_payloads_are_kept_verbatim(self, store: StateStore) -> None:

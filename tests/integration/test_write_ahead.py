@@ -5,6 +5,7 @@ for — one revert in the audit with before/after, and Defender Healthy for ever
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
 import threading
 import time
@@ -487,3 +488,119 @@ def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
     assert outcome.outcome == "processed"
     # The alert and the revert go out side by side: either may reach its service first.
     assert written[0] == "arm read" and sorted(written[1:]) == ["alert", "revert"]
+
+
+SECOND_ROGUE = "5e4d3c2b-1a09-4f8e-9d7c-6b5a49382716"
+SECOND_EVENT_ID = "b0000000-0000-4000-8000-000000000002"
+
+
+def grant_second_rogue(fake: ArmFake) -> None:
+    """Another intruder's grant lands in the vault while the first is being dealt with."""
+    with fake._lock:
+        fake.vaults[vault_key(VAULT_ID)]["properties"]["accessPolicies"].append(
+            {**copy.deepcopy(ROGUE_GRANT), "objectId": SECOND_ROGUE})
+
+
+def applied_reverts_of(store: StateStore, principal: str) -> list[dict[str, Any]]:
+    return [action for record in store.list_audit(VAULT_ID) for action in record.outcome["actions"]
+            if action["handler"] == "revert_access_policy" and action["status"] == "applied"
+            and any(entry and entry["objectId"] == principal for entry in action["before"] or [])]
+
+
+class FailsOnceAfterTheWrite(FailsOnce):
+    """The store, except that the first call of `method` once armed lands and then fails (a 503
+    whose write was applied)."""
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name != self._method:
+            return attribute
+
+        def landing_then_failing(*args: Any, **kwargs: Any) -> Any:
+            result = attribute(*args, **kwargs)
+            if not self.failed and self._armed():
+                self.failed = True
+                raise TransientError(f"table storage ({name}): HTTP 503 after the write")
+            return result
+
+        return landing_then_failing
+
+
+def test_the_alert_an_earlier_attempt_lost_goes_out_beside_a_new_grant_of_the_same_rule(
+    store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """The first attempt reverts the rogue grant while Defender is down; by the retry a second
+    grant (the same rule, another principal) has landed. Both are alerted: the finding the
+    intent brought back is not dropped for sharing a rule with the one the vault now shows."""
+    pipeline = remediating(gateway, store, {"raise_defender_alert": defender})
+    fake.inject("PUT", ASSESSMENTS, status=503, body=ARM_ERROR, times=3)  # the try and both retries
+
+    with pytest.raises(TransientError):
+        pipeline.handle(event(EVENT_ID))
+    assert principals(fake) == [OWNER]
+    grant_second_rogue(fake)
+    refused = len(unhealthy_puts(fake, "KV-AP-01"))  # the PUTs Defender answered 503
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert outcome.outcome == "processed"
+    alerted = " ".join(json.dumps(r.json["properties"].get("additionalData"))
+                       for r in unhealthy_puts(fake, "KV-AP-01")[refused:])
+    assert ROGUE in alerted and SECOND_ROGUE in alerted
+    assert principals(fake) == [OWNER]
+    assert len(applied_reverts_of(store, ROGUE)) == 1 and len(applied_reverts_of(store, SECOND_ROGUE)) == 1
+
+
+# Table Storage only: SQLite writes a record in one transaction, so it never lands in part.
+@pytest.mark.parametrize("open_store", ["tables"], indirect=True)
+def test_a_revert_by_a_later_attempt_of_an_already_recorded_event_is_recorded(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """Attempt 1 records the event and fails right after its audit record (Table Storage has no
+    transaction across tables); attempt 2 finds a new grant, reverts it and fails; attempt 3
+    must account for attempt 2's revert, though the event already has a record (attempt 1's)."""
+    store = open_store()
+    flaky = FailsOnceAfterTheWrite(store, "append_audit", armed=lambda: True)
+    pipeline = remediating(gateway, cast(StateStore, flaky), {"raise_defender_alert": defender})
+    with pytest.raises(TransientError, match="after the write"):
+        pipeline.handle(event(EVENT_ID))
+    assert len(applied_reverts_of(store, ROGUE)) == 1
+    grant_second_rogue(fake)
+    fake.apply_then_fail("PUT", REMOVE, status=500, body=ARM_ERROR, times=3)
+    with pytest.raises(TransientError, match="revert_access_policy"):
+        pipeline.handle(event(EVENT_ID))
+    assert principals(fake) == [OWNER]  # the second grant's revert landed, unrecorded
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    assert outcome.outcome == "processed"
+    assert len(applied_reverts_of(store, SECOND_ROGUE)) == 1
+    assert len(applied_reverts_of(store, ROGUE)) == 1
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
+
+
+# Table Storage only: SQLite writes a record in one transaction, so it never lands in part.
+@pytest.mark.parametrize("open_store", ["tables"], indirect=True)
+def test_an_intent_taken_over_and_recorded_by_another_event_is_not_recorded_again(
+    store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """Event A's revert lands behind a 5xx; event B of the same vault confirms it from A's intent
+    and records it, then fails before finishing the intent. B's retry and A's retry find the
+    intent recorded (B took it over): one applied revert in the whole audit."""
+    pipeline = remediating(gateway, store, {"raise_defender_alert": defender})
+    fake.apply_then_fail("PUT", REMOVE, status=500, body=ARM_ERROR, times=3)
+    with pytest.raises(TransientError, match="revert_access_policy"):
+        pipeline.handle(event(EVENT_ID))
+    flaky = FailsOnce(store, "finish_action", armed=lambda: True)
+    second = Pipeline(gateway=gateway, store=cast(StateStore, flaky), policy=pipeline.policy,
+                      sinks={"raise_defender_alert": defender})
+    with pytest.raises(TransientError, match="finish_action"):
+        second.handle(event(SECOND_EVENT_ID))
+    assert len(applied_reverts_of(store, ROGUE)) == 1
+
+    assert second.handle(event(SECOND_EVENT_ID))[0].outcome == "processed"
+    assert pipeline.handle(event(EVENT_ID))[0].outcome == "processed"
+
+    assert len(applied_reverts_of(store, ROGUE)) == 1
+    assert store.pending_actions(vault_key(VAULT_ID)) == []
+    assert len(fake.requests_to("PUT", REMOVE)) == 3

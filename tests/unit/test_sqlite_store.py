@@ -326,3 +326,23 @@ def test_an_instant_is_stamped_once_and_spelled_the_same_in_any_zone() -> None:
         adapter._stamp(at.replace(tzinfo=None))
     with pytest.raises(ValueError, match="naive datetime"):  # a refusal is never kept
         adapter._stamp(at.replace(tzinfo=None))
+
+
+def test_an_audit_written_before_records_named_their_attempt_gains_the_column(tmp_path: Path) -> None:
+    """A file whose audit has no attempt column opens, keeps its records (found by event alone)
+    and records attempts from then on."""
+    path = tmp_path / "state.db"
+    store = SQLiteStateStore(path)
+    store.append_audit(AuditRecord("evt-old", VAULT, T0, {}))
+    store.close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("ALTER TABLE audit DROP COLUMN attempt")
+        db.commit()
+    store = SQLiteStateStore(path)
+    try:
+        assert store.audited("evt-old", VAULT) is True
+        assert store.audited("evt-old", VAULT, "attempt-1") is False
+        store.append_audit(AuditRecord("evt-new", VAULT, T0, {}, attempt="attempt-1"))
+        assert store.audited("evt-new", VAULT, "attempt-1") is True
+    finally:
+        store.close()
