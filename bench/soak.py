@@ -481,12 +481,13 @@ def check(fake: ChaosArmFake, store: Any, schedule: list[Delivery], tally: Tally
     figures["failed checks"] = failed
     doubled = [p for p in rogues if reverted[p] > 1]
     left = sorted(still_there)
-    for principal in doubled[:3] + left[:3]:
+    unaudited = [p for p in rogues if p not in still_there and reverted[p] == 0]
+    for principal in doubled[:3] + left[:3] + unaudited[:3]:
         vault = vault_id(rogues[principal])
         print(f"-- {principal} on {vault.rsplit('/', 1)[-1]}:", file=sys.stderr)
         for record in store.list_audit(vault):
-            actions = [(a["handler"], a["status"], a["detail"][:300]) for a in record.outcome.get("actions", [])
-                       if a["handler"] == "revert_access_policy"]
+            actions = [(a["handler"], a["status"], a["detail"][:300], a.get("before"))
+                       for a in record.outcome.get("actions", []) if a["handler"] == "revert_access_policy"]
             print(f"   {record.at.time()} {record.event_id} {record.outcome.get('reason', '')[:80]} {actions}",
                   file=sys.stderr)
     if tally.unhandled:
