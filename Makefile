@@ -61,6 +61,7 @@ test-sdk-floor: $(SDK_FLOOR)/.installed
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/production.py
+	$(BIN)/python bench/burst.py
 
 # The README's rule table and infra/rules.json come from the rule definitions (a test fails when stale).
 docs: $(STAMP)

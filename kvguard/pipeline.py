@@ -75,8 +75,8 @@ class Pipeline(Services):
         if claim == "in_progress":
             raise TransientError(f"event {event.id} is being processed by another instance")
         try:
-            with vault_held(self, event, now, owner):
-                return self._process_or_reject(event, now, owner)
+            with vault_held(self, event, now, owner) as taken:  # later than `now` when it waited for the vault
+                return self._process_or_reject(event, taken, owner)
         except BaseException:
             self.store.release(event.id, owner)
             raise

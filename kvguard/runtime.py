@@ -114,6 +114,7 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
         policy=policy_from(settings),
         sinks=build_sinks(settings, credential),
         retention=timedelta(days=settings.retention_days),
+        vault_wait=timedelta(seconds=settings.vault_wait_seconds),
         activity_log=_activity_log(settings, credential),
         deployment=ArmDeploymentReader(credential, endpoint=settings.arm_endpoint),
         resources=RoutedResourceGateway(AuthorizationGateway(credential, endpoint=settings.arm_endpoint),

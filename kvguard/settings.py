@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     webhook_format: Literal["json", "teams", "slack"] = "json"
     subscription_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     retention_days: int = Field(default=90, ge=1)
+    # How long an event waits for its vault while another attempt holds it, before it is sent back
+    # for redelivery: under Event Grid's 30 s wait for an answer, and far under the 5 min lease
+    # and function timeout (host.json), so the event has time for its own flow once it has the vault.
+    vault_wait_seconds: float = Field(default=20.0, ge=0, le=120)
     # Operating kvguard: telemetry, the structured log line, the findings table.
     log_caller: bool = False
     appinsights_connection_string: str | None = Field(

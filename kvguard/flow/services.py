@@ -7,7 +7,8 @@ the pipeline after it was built (onboarding's dry run, a test's clock) is the on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from kvguard.actions import ActionRunner
@@ -18,6 +19,10 @@ from kvguard.policy import Policy
 from kvguard.ports import AlertSink, Clock, DeploymentReader, ResourceGateway, StateStore, VaultGateway
 
 RETENTION = timedelta(days=90)
+# How long an event waits for its vault while another attempt holds it (KVGUARD_VAULT_WAIT_SECONDS):
+# Event Grid waits 30 s for an answer before it queues the delivery for a retry, and the waiting
+# event still has its own flow to run once it has the vault.
+VAULT_WAIT = timedelta(seconds=20)
 
 
 class SystemClock:
@@ -43,10 +48,15 @@ class Services:
         retention: timedelta = RETENTION,
         activity_log: ActivityLog | None = None,
         deployment: DeploymentReader | None = None,
+        vault_wait: timedelta = VAULT_WAIT,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`resources` reads and writes the resources beside the vaults (none: their changes are
         ignored, with that reason); `deployment` reads kvguard's own event subscriptions for the
-        reconcile check (none: no check)."""
+        reconcile check (none: no check). `vault_wait` bounds how long an event waits for a vault
+        another attempt holds (zero: it is sent back for redelivery at once); `sleep` is how the
+        wait passes its time (seconds), apart from the clock that stamps the leases, so that a
+        test's clock can stand still or jump while nothing really sleeps."""
         self.gateway = gateway
         self.resources = resources
         self.store = store
@@ -54,6 +64,8 @@ class Services:
         self.sinks = dict(sinks or {})
         self.clock = clock or SystemClock()
         self.lease = lease
+        self.vault_wait = vault_wait
+        self.sleep = sleep
         self.retention = retention
         self.activity_log = activity_log
         self.deployment = deployment

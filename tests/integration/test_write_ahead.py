@@ -431,10 +431,58 @@ def test_a_second_event_of_a_vault_waits_for_the_first_so_a_change_is_reverted_o
     open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
 ) -> None:
     """ARM often sends two events for one write. Processed side by side by two workers, both
-    would read the rogue grant and both revert it; the second one is sent back to be redelivered."""
+    would read the rogue grant and both revert it. The second, delivered on another thread while
+    the first reverts, waits for the vault and then reads it as the first left it (the current
+    state is the truth): processed without raising, nothing left to revert."""
+    worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
+    waiting = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        waiting.set()
+        time.sleep(seconds)
+
+    worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
+                        sinks={"raise_defender_alert": defender}, sleep=sleep)
+    second = "b0000000-0000-4000-8000-000000000002"
+    decided: list[str] = []
+    raised: list[BaseException] = []
+
+    def deliver_the_twin() -> None:
+        try:
+            decided.extend(o.outcome for o in worker_b.handle(event(second)))
+        except BaseException as error:
+            raised.append(error)
+
+    twin = threading.Thread(target=deliver_the_twin)
+
+    def start_the_twin() -> None:  # A's revert goes on once B waits for the vault (or B is done)
+        twin.start()
+        while twin.is_alive() and not waiting.wait(0.01):
+            pass
+
+    fake.before("PUT", REMOVE, start_the_twin)
+
+    (first,) = worker_a.handle(event(EVENT_ID))
+    twin.join()
+
+    assert first.outcome == "processed"
+    assert raised == []
+    assert decided == ["processed"] and waiting.is_set()
+    [record] = [r for r in worker_b.store.list_audit(VAULT_ID) if r.event_id == second]
+    assert not [a for a in record.outcome["actions"] if a["handler"] == "revert_access_policy"
+                and a["status"] == "applied"]
+    assert len(fake.requests_to("PUT", REMOVE)) == 1
+    assert_accounted_for(worker_b.store, fake)
+
+
+def test_without_a_wait_the_second_event_of_a_vault_is_sent_back_for_redelivery(
+    open_store: Callable[[], StateStore], fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """`vault_wait` zero: the twin raises at once (Event Grid redelivers it) and its redelivery,
+    once the first is done, has nothing left to revert."""
     worker_a = remediating(gateway, open_store(), {"raise_defender_alert": defender})
     worker_b = Pipeline(gateway=gateway, store=open_store(), policy=worker_a.policy,
-                        sinks={"raise_defender_alert": defender})
+                        sinks={"raise_defender_alert": defender}, vault_wait=timedelta(0))
     second = "b0000000-0000-4000-8000-000000000002"
     meanwhile: list[BaseException] = []
 
