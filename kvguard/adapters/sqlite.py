@@ -149,6 +149,11 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    """The column names `table` has in this file (what an upgrade adds depends on them)."""
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
     """A file of version 0 in today's shapes, in the caller's transaction: claims without a rowid
     (finished ones without their owner token and lease), mark keys and audit vault keys as
@@ -156,8 +161,7 @@ def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
     audit's outcomes are kept as they are: audit rows in the old text shape and findings that embed
     their baseline are read as they are (`compact_audit.audit_fields`, `found_against`)."""
     db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(claims)")}
-    owner = "owner" if "owner" in columns else "''"
+    owner = "owner" if "owner" in _columns(db, "claims") else "''"
     db.execute("ALTER TABLE claims RENAME TO claims_before_compact")
     db.execute(_statement("claims"))
     db.execute(
@@ -187,8 +191,7 @@ def _upgrade_own_writes(db: sqlite3.Connection) -> None:
     `event_id` column now holds the event an entry was written for in place of."""
     if not _has_table(db, "own_writes"):
         return
-    columns = {row[1] for row in db.execute("PRAGMA table_info(own_writes)")}
-    if "request_id" in columns:
+    if "request_id" in _columns(db, "own_writes"):
         return
     db.execute("ALTER TABLE own_writes ADD COLUMN request_id TEXT")
     db.execute("ALTER TABLE own_writes ADD COLUMN attempt TEXT")
@@ -199,7 +202,7 @@ def _upgrade_own_writes(db: sqlite3.Connection) -> None:
 def _upgrade_audit(db: sqlite3.Connection) -> None:
     """An audit written before records named the attempt that wrote them gains the column (empty:
     an intent left behind by such a record is judged by its event alone, as it was written)."""
-    if _has_table(db, "audit") and "attempt" not in {row[1] for row in db.execute("PRAGMA table_info(audit)")}:
+    if _has_table(db, "audit") and "attempt" not in _columns(db, "audit"):
         db.execute("ALTER TABLE audit ADD COLUMN attempt TEXT")
 
 
@@ -474,11 +477,9 @@ class SQLiteStateStore:
 
     def audited(self, event_id: str, vault_id: str | None, attempt: str | None = None) -> bool:
         digest = _key_digest(vault_key(vault_id)) if vault_id is not None else None
-        if attempt is None:
-            return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? LIMIT 1",
-                                    (digest, event_id)))
-        return bool(self._query("SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ? AND attempt = ? LIMIT 1",
-                                (digest, event_id, attempt)))
+        by_attempt, attempts = (" AND attempt = ?", (attempt,)) if attempt is not None else ("", ())
+        return bool(self._query(f"SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ?{by_attempt} LIMIT 1",
+                                (digest, event_id, *attempts)))
 
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(
