@@ -11,8 +11,9 @@ large to sit inline — each created on first use.
 - Concurrency: claims are deduplicated by `create_entity` (409 when the claim exists), an expired
   lease is taken over and baselines are replaced with the entity's ETag and
   `MatchConditions.IfNotModified` (412 when someone wrote first). A claim carries its owner's
-  token: renew, complete and release read it, check the owner and write back with its ETag, so an
-  owner whose lease was taken over changes nothing.
+  token: renew, complete and release write it back with the ETag of the store's own last write of
+  it (read again first when there is none, or when that write was refused), so an owner whose
+  lease was taken over changes nothing, without a read before every write.
 - Size: a property holds 64 KiB and an entity 1 MiB, and a vault may carry 1024 access policies.
   Large values (vault configs, audit outcomes, raw payloads, finding evidence) are stored as JSON,
   zlib-compressed and split into binary properties of at most 60,000 bytes. Up to twelve chunks
@@ -36,6 +37,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -134,6 +136,17 @@ def _is(error: HttpResponseError, *statuses: int) -> bool:
     return _status(error) in statuses
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A claim's properties and the ETag they were written or read with; `read` when they come
+    from a read of the stored claim rather than from this store's own last write."""
+
+    event_id: str
+    entity: dict[str, Any]
+    etag: str
+    read: bool = False
+
+
 class TablesStateStore:
     """kvguard.ports.StateStore on Azure Table Storage."""
 
@@ -162,6 +175,7 @@ class TablesStateStore:
         self._service = service
         self._prefix = table_prefix
         self._tables: dict[str, TableClient] = {}
+        self._held: dict[str, _Claim] = {}  # claims as this store last wrote them (`_hold`)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -259,7 +273,7 @@ class TablesStateStore:
         table = self._table("claims")
         for _ in range(_ROUNDS):
             try:
-                table.create_entity(entity)
+                self._hold(event_id, entity, table.create_entity(entity))
                 return "claimed"
             except HttpResponseError as error:
                 if not _is(error, 409):
@@ -272,74 +286,106 @@ class TablesStateStore:
             if current["lease_until"] > at:
                 return "in_progress"
             try:
-                table.update_entity(
+                written = table.update_entity(
                     entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
+                self._hold(event_id, entity, written)
                 return "claimed"
             except HttpResponseError as error:
                 if not _is(error, 404, 412):
                     raise
         return "in_progress"
 
-    def _owned_claim(self, event_id: str, owner: str | None) -> TableEntity | None:
-        """The unfinished claim of `event_id` when `owner` holds it (any owner when None)."""
+    def _hold(self, event_id: str, entity: Mapping[str, Any], written: Mapping[str, Any]) -> None:
+        """Remember a claim as this store last wrote it, with the ETag the write returned: renewing,
+        completing or letting go of it then needs no read first. The fence is unchanged: each of
+        those writes is conditional on that ETag, which any other write of the claim (a takeover)
+        changes."""
+        with self._lock:
+            self._held[event_id] = _Claim(event_id, dict(entity), str(written["etag"]))
+
+    def _forget(self, event_id: str) -> None:
+        with self._lock:
+            self._held.pop(event_id, None)
+
+    def _owned_claim(self, event_id: str, owner: str | None, *, fresh: bool = False) -> _Claim | None:
+        """The unfinished claim of `event_id` when `owner` holds it (any owner when None): as this
+        store last wrote it when it did and `fresh` is not asked for, else as read."""
+        if not fresh and owner is not None:
+            with self._lock:
+                held = self._held.get(event_id)
+            if held is not None and held.entity.get("owner", "") == owner and not held.entity.get("done"):
+                return held
         current = self._get("claims", _digest(event_id), "claim")
         if current is None or current.get("done"):
             return None
         if owner is not None and current.get("owner", "") != owner:
             return None
-        return current
+        return _Claim(event_id, dict(current), str(current.metadata["etag"]), read=True)
 
-    def _replace_claim(self, current: TableEntity, changes: Mapping[str, Any]) -> bool:
+    def _fenced(self, event_ids: Sequence[str], owner: str, write: Callable[[list[_Claim]], bool]) -> bool:
+        """`write` of `owner`'s claims of `event_ids`, each fenced by its ETag. Tried first with the
+        claims as this store last wrote them; when that fails (taken over, or written meanwhile by
+        another store of this owner's), once more with the claims as read, so only the stored claim
+        decides."""
+        for fresh in (False, True):
+            held = [self._owned_claim(event_id, owner, fresh=fresh) for event_id in dict.fromkeys(event_ids)]
+            if any(claim is None for claim in held):
+                return False
+            if write([claim for claim in held if claim is not None]):
+                return True
+            if all(claim is not None and claim.read for claim in held):
+                return False  # every claim was read just now: the fence itself refused
+        return False
+
+    def _replace_claim(self, current: _Claim, changes: Mapping[str, Any]) -> bool:
         """Write the claim back only if nobody touched it since it was read (the fence)."""
+        entity = {**current.entity, **changes}
         try:
-            self._table("claims").update_entity(
-                {**current, **changes}, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+            written = self._table("claims").update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=current.etag, match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as error:
             if not _is(error, 404, 412):
                 raise
+            self._forget(current.event_id)
             return False
+        self._hold(current.event_id, entity, written)
         return True
 
     @_transient
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
-        current = self._owned_claim(event_id, owner)
-        return current is not None and self._replace_claim(current, {"lease_until": _stamp(now + lease)})
+        return self.renew_each((event_id,), owner, now, lease)
 
     @_transient
     def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
-        """Every claim read and checked before any is written (claims are in partitions of their
-        own, which no request writes together); each write is fenced by the ETag it was read with."""
-        held = [self._owned_claim(event_id, owner) for event_id in dict.fromkeys(event_ids)]
-        if any(current is None for current in held):
-            return False
+        """Every claim checked before any is written (claims are in partitions of their own, which
+        no request writes together); each write is fenced by its ETag."""
         until = _stamp(now + lease)
-        return all([self._replace_claim(current, {"lease_until": until}) for current in held if current is not None])
+        return self._fenced(event_ids, owner,
+                            lambda held: all([self._replace_claim(claim, {"lease_until": until}) for claim in held]))
 
     @_transient
     def complete(
         self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
     ) -> bool:
-        """The event completes first, then its leases are let go of (each fenced by its ETag)."""
+        """The leases are let go of first, then the event completes, each write fenced by its
+        ETag: a lease another attempt took over stops the completion (False), as a lease read and
+        found taken over would, without a read before every write. A lease let go of ahead of a
+        completion that then fails was this attempt's, which gives up the vault anyway."""
         if owner is not None:
-            current = self._owned_claim(event_id, owner)
-            leases = [self._owned_claim(lease_id, owner)
-                      for lease_id in dict.fromkeys(releasing) if lease_id != event_id]
-            if current is None or any(held is None for held in leases):
-                return False
-            if not self._replace_claim(current, {"done": True, "completed_at": _stamp(now)}):
-                return False
-            for held in leases:
-                try:
-                    if held is not None:
-                        self._drop_claim(held)
-                except AzureError as error:  # the event is done; the lease runs out by itself
-                    log.warning("could not let go of claim %s after completing %s: %s", held and held.get("event_id"),
-                                event_id, error)
-            return True
+            leases = [lease_id for lease_id in dict.fromkeys(releasing) if lease_id != event_id]
+
+            def finish(held: list[_Claim]) -> bool:
+                current, *let_go = held
+                if not all([self._drop_claim(claim) for claim in let_go]):
+                    return False
+                return self._replace_claim(current, {"done": True, "completed_at": _stamp(now)})
+
+            done = self._fenced([event_id, *leases], owner, finish)
+            self._forget(event_id)
+            return done
         self._table("claims").upsert_entity(
             {
                 "PartitionKey": _digest(event_id),
@@ -350,20 +396,24 @@ class TablesStateStore:
             },
             mode=UpdateMode.MERGE,
         )
+        self._forget(event_id)
         for lease_id in releasing:
             self.release(lease_id)
         return True
 
     @_transient
     def release(self, event_id: str, owner: str | None = None) -> bool:
-        current = self._owned_claim(event_id, owner)
-        return current is not None and self._drop_claim(current)
+        if owner is None:
+            current = self._owned_claim(event_id, None)
+            return current is not None and self._drop_claim(current)
+        return self._fenced([event_id], owner, lambda held: self._drop_claim(held[0]))
 
-    def _drop_claim(self, current: TableEntity) -> bool:
+    def _drop_claim(self, current: _Claim) -> bool:
         """Delete the claim only if nobody touched it since it was read (the fence)."""
+        self._forget(current.event_id)
         try:
             self._table("claims").delete_entity(
-                current["PartitionKey"], "claim", etag=current.metadata["etag"],
+                current.entity["PartitionKey"], "claim", etag=current.etag,
                 match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as error:

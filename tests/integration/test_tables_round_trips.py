@@ -1,0 +1,103 @@
+"""Round trips to Table Storage for an event's claims, and the fence across two instances when
+the round trips saved are the reads before a claim's writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from kvguard.adapters.tables import TablesStateStore
+from tests.contract.statestore_contract import LEASE, T0
+
+LOCK = "vault-lease:kv"
+
+
+class Counted:
+    """A store whose client notes every request it sends (the SDK's raw request hook)."""
+
+    def __init__(self, connection_string: str, table_prefix: str) -> None:
+        self.methods: list[str] = []
+        self.store = TablesStateStore.from_connection_string(
+            connection_string, table_prefix=table_prefix, raw_request_hook=self._note)
+
+    def _note(self, request: Any) -> None:
+        self.methods.append(request.http_request.method)
+
+    def since(self, start: int) -> list[str]:
+        return self.methods[start:]
+
+
+@pytest.fixture
+def counted(azurite_connection_string: str, table_prefix: str) -> Iterator[Counted]:
+    counted = Counted(azurite_connection_string, table_prefix)
+    yield counted
+    counted.store.close()
+
+
+@pytest.fixture
+def other(azurite_connection_string: str, table_prefix: str) -> Iterator[TablesStateStore]:
+    """Another instance on the same tables: what another worker sees and writes."""
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    yield store
+    store.close()
+
+
+def test_an_attempt_renews_and_completes_its_claims_without_reading_them_first(counted: Counted) -> None:
+    store = counted.store
+    assert store.claim("evt-1", T0, LEASE, owner="a") == "claimed"
+    assert store.claim(LOCK, T0, LEASE, owner="a") == "claimed"
+    start = len(counted.methods)
+    assert store.renew_each(["evt-1", LOCK], "a", T0 + timedelta(seconds=5), LEASE) is True
+    assert store.renew_each(["evt-1", LOCK], "a", T0 + timedelta(seconds=9), LEASE) is True
+    assert store.complete("evt-1", T0 + timedelta(seconds=10), "a", releasing=[LOCK]) is True
+    assert "GET" not in counted.since(start)
+    assert len(counted.since(start)) == 6  # two renewals of two claims, one lease let go of, one completion
+
+
+def test_an_attempt_whose_claims_another_instance_took_over_changes_nothing(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    store = counted.store
+    store.claim("evt-1", T0, LEASE, owner="a")
+    store.claim(LOCK, T0, LEASE, owner="a")
+    late = T0 + LEASE + timedelta(seconds=1)
+    assert other.claim("evt-1", late, LEASE, owner="b") == "claimed"
+    assert other.claim(LOCK, late, LEASE, owner="b") == "claimed"
+    assert store.renew_each(["evt-1", LOCK], "a", late, LEASE) is False
+    assert store.complete("evt-1", late, "a", releasing=[LOCK]) is False
+    assert store.release(LOCK, "a") is False
+    assert other.claim(LOCK, late + timedelta(seconds=1), LEASE, owner="c") == "in_progress"
+    assert other.complete("evt-1", late + timedelta(seconds=2), "b", releasing=[LOCK]) is True
+    assert other.claim("evt-1", late + timedelta(seconds=3), LEASE, owner="c") == "duplicate"
+
+
+def test_a_lease_taken_over_stops_the_completion_that_would_let_go_of_it(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    """The event's claim is still this attempt's; its vault's lease is not: the event stays
+    unfinished and the lease stays with the attempt that took it over."""
+    store = counted.store
+    store.claim("evt-1", T0, LEASE + LEASE, owner="a")
+    store.claim(LOCK, T0, LEASE, owner="a")
+    late = T0 + LEASE + timedelta(seconds=1)
+    assert other.claim(LOCK, late, LEASE, owner="b") == "claimed"
+    assert store.complete("evt-1", late, "a", releasing=[LOCK]) is False
+    assert other.claim(LOCK, late + timedelta(seconds=1), LEASE, owner="c") == "in_progress"
+    assert other.claim("evt-1", late + timedelta(seconds=1), LEASE, owner="c") == "in_progress"
+    assert store.complete("evt-1", late + timedelta(seconds=2), "a") is True
+
+
+def test_a_claim_written_by_another_instance_of_the_same_owner_is_read_again(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    """Only the stored claim decides: a write this store did not make (here the same owner's,
+    through another instance) makes its remembered ETag stale, and the claim is read again."""
+    store = counted.store
+    store.claim("evt-1", T0, LEASE, owner="a")
+    assert other.renew("evt-1", "a", T0 + timedelta(seconds=5), LEASE) is True
+    assert store.renew("evt-1", "a", T0 + timedelta(seconds=6), LEASE) is True
+    assert store.complete("evt-1", T0 + timedelta(seconds=7), "a") is True
+    assert other.claim("evt-1", T0 + timedelta(seconds=8), LEASE, owner="b") == "duplicate"
