@@ -27,6 +27,7 @@ from kvguard.flow.claims import complete_vault_event, hold, scope, vault_held
 from kvguard.flow.context import EventContext
 from kvguard.flow.reasons import reason
 from kvguard.flow.services import Services, SystemClock
+from kvguard.ids import vault_key
 from kvguard.outcome import Outcome
 from kvguard.policy import Policy
 from kvguard.ports import AuditRecord, PermanentError, RejectedPayload, TransientError
@@ -151,14 +152,17 @@ class Pipeline(Services):
         recovery brings back: compared against, so that an unchanged recovered vault raises no
         posture finding again."""
         assert event.vault is not None
-        after = self.gateway.get(event.vault.id) if event.kind != "purge" else None
-        baseline = self.store.get_baseline(event.vault.id)
+        after, read = memory.read_vault(self, event, now)
+        baseline = read.state.baseline
         before = memory.baseline_config(self, baseline) if baseline else None
         change = diff(before, after) if before is not None and after is not None else None
         context = EventContext(event=event, now=now, owner=owner, baseline=baseline, before=before, after=after,
-                               change=change, recall=memory.recall(self, event, now))
+                               change=change, recall=read.recall, pending=read.state.pending)
         current = context.current
         context.vault_id = current.id if current is not None else memory.known_id(self, event)
+        if vault_key(context.vault_id) == event.vault.key:  # a purge's vault may be known by another id
+            context.open_before = {f.rule: f.finding for f in read.state.findings}
+            context.remediation_marks = read.remediations
         return context
 
     def _outcome(self, context: EventContext, resolutions: list[ActionResult]) -> Outcome:

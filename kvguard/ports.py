@@ -226,6 +226,18 @@ class AuditRecord:
     attempt: str | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class VaultState:
+    """What the flow of one vault event reads of the state store, read together
+    (`StateStore.load`): nothing else writes a vault's state while its lease is held, so these are
+    current until the event's record."""
+
+    baseline: Baseline | None
+    findings: list[OpenFinding]  # open on the vault, by rule
+    pending: list[PendingAction]  # intents not finished in the vault's scope
+    marks: list[list[tuple[str, datetime]]]  # the answers to the marks asked for, in order
+
+
 class StateStore(Protocol):
     """Shared state: every function instance sees the same, so correctness never depends on one
     process's memory. Keys that are resource ids are compared case-insensitively (`vault_key`)."""
@@ -233,6 +245,13 @@ class StateStore(Protocol):
     def batch(self) -> AbstractContextManager[None]:
         """Group the writes of one event. A store that can commit them together does (all or
         none); one that cannot writes as it goes. Exceptions propagate."""
+        ...
+
+    def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
+        """`get_baseline(vault_id)`, `open_findings(vault_id)`, `pending_actions(scope)` and
+        `marks_since_each(marks)` at once: the reads of one vault event, in one round trip's wait
+        where the store can (SQLite reads them in one transaction; Table Storage sends the
+        queries side by side)."""
         ...
 
     # Event claims: at-least-once delivery made exactly-once in effect. A claim is fenced by its

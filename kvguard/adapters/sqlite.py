@@ -42,6 +42,7 @@ from kvguard.ports import (
     OwnWrite,
     PendingAction,
     RejectedPayload,
+    VaultState,
 )
 
 _SCHEMA = """
@@ -326,6 +327,12 @@ class SQLiteStateStore:
         one per write)."""
         with self._transaction():
             yield
+
+    def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
+        """Every read under the lock, so no write of another thread lands between them."""
+        with self._lock:
+            return VaultState(self.get_baseline(vault_id), self.open_findings(vault_id), self.pending_actions(scope),
+                              self.marks_since_each(marks))
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -84,7 +84,7 @@ def earlier_attempt(services: Services, context: EventContext) -> Earlier:
     operations: dict[str, list[Operation]] = {}
     events: set[str] = set()
     stale: list[str] = []
-    for action in services.store.pending_actions(scope(event)):
+    for action in context.pending:
         written_by = str(action.intent.get("event_id"))
         if services.store.audited(written_by, event.vault.id if event.vault else None,
                                   writeahead.attempt_of(action.intent)):

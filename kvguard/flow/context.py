@@ -17,7 +17,7 @@ from kvguard.actions import ActionResult
 from kvguard.decision import Decision
 from kvguard.detection import Finding, History
 from kvguard.events import VaultEvent
-from kvguard.ports import Baseline
+from kvguard.ports import Baseline, PendingAction
 from kvguard.resources import ResourceChange, ResourceState
 from kvguard.risk import Risk
 from kvguard.vault import VaultConfig, VaultDiff
@@ -67,6 +67,9 @@ class FlowContext:
     actions: list[ActionResult] = field(default_factory=list)
     remediated: bool = False  # a remediation was applied
     failed: bool = False  # a remediation failed, or the state moved under it: the baseline stays
+    # The circuit breaker's marks of the vault, when read with the event's other state
+    # (`flow.memory.read_vault`); None: read when the decision needs them.
+    remediation_marks: list[tuple[str, datetime]] | None = None
 
     @property
     def decided(self) -> Decision:
@@ -87,6 +90,7 @@ class EventContext(FlowContext):
     before: VaultConfig | None = None  # the accepted baseline, parsed
     after: VaultConfig | None = None  # the vault as read after the event (None: gone)
     change: VaultDiff | None = None
+    pending: list[PendingAction] = field(default_factory=list)  # the vault's intents not finished, as read
     earlier: Earlier = NOTHING_EARLIER
     joined: list[Finding] = field(default_factory=list)  # findings that repeat an open one
     final: VaultConfig | None = None  # the vault after acting

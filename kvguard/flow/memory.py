@@ -4,21 +4,28 @@ count of remediations)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvguard.decision import STEERING_TAGS, effective_mode, is_approved, may_retag, unattributed, wrote
 from kvguard.detection import History
 from kvguard.events import VaultEvent
+from kvguard.flow.claims import scope
 from kvguard.flow.context import EventContext, FlowContext, Recall
 from kvguard.flow.services import Services
 from kvguard.ids import parse_vault_ref, vault_key
-from kvguard.ports import Baseline, ConcurrencyError, MarkQuery, TransientError
+from kvguard.ports import Baseline, ConcurrencyError, MarkQuery, TransientError, VaultState
 from kvguard.resources import is_vault_id
 from kvguard.vault import VaultConfig
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# ARM reads of vaults beside the state store's reads: one per event a worker handles at once.
+READ_THREADS = 8
+_READERS: ThreadPoolExecutor | None = None
+_READERS_LOCK = threading.Lock()
 
 
 def baseline_config(services: Services, baseline: Baseline) -> VaultConfig:
@@ -60,15 +67,28 @@ def history_key(services: Services, event: VaultEvent) -> str:
 
 def recall(services: Services, event: VaultEvent, now: datetime, key: str | None = None) -> Recall:
     """`key` names what the change is counted under when it is not the event's vault."""
+    vault = key or history_key(services, event)
+    queries = recall_queries(services, event, now, vault)
+    return recalled(event, vault, services.store.marks_since_each(queries))
+
+
+def recall_queries(services: Services, event: VaultEvent, now: datetime, vault: str) -> list[MarkQuery]:
+    """The marks the history rules look at for `event`, counted under `vault` (`recalled` reads
+    the answers)."""
     window = services.policy.history
     caller = event.caller.id
-    vault = key or history_key(services, event)
     queries = [MarkQuery("grants", vault, now - window.grant_window)]
     if caller is not None:
         queries += [MarkQuery("caller_vaults", caller, now - window.burst_window),
                     MarkQuery("caller_failures", caller, now - window.burst_window),
                     MarkQuery("caller_writes", f"{vault}|{caller}", EPOCH)]
-    grants, *by_caller = services.store.marks_since_each(queries)
+    return queries
+
+
+def recalled(event: VaultEvent, vault: str, answers: list[list[tuple[str, datetime]]]) -> Recall:
+    """The rules' History from the answers to `recall_queries`, in its order."""
+    caller = event.caller.id
+    grants, *by_caller = answers
     if caller is None:
         return Recall(History(recent_grants=dict(grants)), vault_marked=False)
     caller_vaults, caller_failures, caller_writes = by_caller
@@ -93,8 +113,47 @@ def recent_remediations(services: Services, context: FlowContext, vault_id: str,
     a change that could be remediated needs it."""
     if not context.findings or effective_mode(services.policy, vault) != "remediate":
         return 0
-    since = context.now - services.policy.circuit_breaker.window
-    return len(services.store.marks_since("remediations", vault_key(vault_id), since))
+    if context.remediation_marks is not None:
+        return len(context.remediation_marks)
+    return len(services.store.marks_since("remediations", vault_key(vault_id), breaker_since(services, context.now)))
+
+
+def breaker_since(services: Services, now: datetime) -> datetime:
+    """Where the circuit breaker starts counting a vault's remediations."""
+    return now - services.policy.circuit_breaker.window
+
+
+def read_vault(services: Services, event: VaultEvent, now: datetime) -> tuple[VaultConfig | None, VaultRead]:
+    """The vault as ARM has it now, and what the state store holds of it, read side by side: the
+    ARM GET on a thread of its own while the store's reads (`StateStore.load`) go out, so the
+    event waits for the longer of the two, not for their sum. A purge reads no vault (it is gone)."""
+    assert event.vault is not None
+    key = history_key(services, event)
+    marks = [*recall_queries(services, event, now, key),
+             MarkQuery("remediations", event.vault.key, breaker_since(services, now))]
+    reading = None if event.kind == "purge" else _readers().submit(services.gateway.get, event.vault.id)
+    state = services.store.load(event.vault.id, scope(event), marks)
+    after = reading.result() if reading is not None else None  # its error, if any, raised as it was
+    *recall_marks, remediations = state.marks
+    return after, VaultRead(state, recalled(event, key, recall_marks), remediations)
+
+
+class VaultRead(NamedTuple):
+    """What `read_vault` found in the state store: the state, the history recalled from it, and
+    the circuit breaker's marks of the vault."""
+
+    state: VaultState
+    recall: Recall
+    remediations: list[tuple[str, datetime]]
+
+
+def _readers() -> ThreadPoolExecutor:
+    """The process's pool for the ARM read beside the state store's, made on first use."""
+    global _READERS
+    with _READERS_LOCK:
+        if _READERS is None:
+            _READERS = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="kvguard-read")
+        return _READERS
 
 
 def mark_caller(services: Services, context: FlowContext, key: str) -> None:

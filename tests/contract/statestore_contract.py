@@ -742,6 +742,33 @@ class StateStoreContract:
         ]
         assert store.marks_since_each([]) == []
 
+    def test_load_reads_what_the_reads_one_by_one_read(self, store: StateStore) -> None:
+        """`load` is the one read of a vault event: the baseline, the open findings, the intents of
+        the vault's scope and the marks asked for, as each read would give them, and only the
+        vault's (another vault's state, another scope's intents are not in it)."""
+        store.put_baseline(VAULT, vault_config(policies=3, seed=1), None, now=T0)
+        store.put_baseline(OTHER_VAULT, vault_config(policies=2, seed=2), None, now=T0)
+        store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-1"}}, T0)
+        store.open_finding(OTHER_VAULT, "KV-NET-01", {"evidence": {}}, T0)
+        store.begin_action("kv-scope", "revert_access_policy", {"event_id": "evt-1", "operations": []}, T0)
+        store.begin_action("other-scope", "restore_network", {"event_id": "evt-2", "operations": []}, T0)
+        store.add_mark("grants", VAULT, "principal:a|", T0)
+        store.add_mark("caller_vaults", "caller-1", "kv-a", T0 + timedelta(minutes=1))
+        queries = [MarkQuery("grants", VAULT_OTHER_CASE, T0), MarkQuery("caller_vaults", "caller-1", T0),
+                   MarkQuery("remediations", VAULT, T0)]
+        state = store.load(VAULT_OTHER_CASE, "kv-scope", queries)
+        assert state.baseline == store.get_baseline(VAULT)
+        assert state.baseline is not None and state.baseline.config == vault_config(policies=3, seed=1)
+        assert state.findings == store.open_findings(VAULT) and [f.rule for f in state.findings] == ["KV-AP-01"]
+        assert state.pending == store.pending_actions("kv-scope")
+        assert [p.handler for p in state.pending] == ["revert_access_policy"]
+        assert state.marks == store.marks_since_each(queries)
+        assert state.marks == [[("principal:a|", T0)], [("kv-a", T0 + timedelta(minutes=1))], []]
+
+    def test_load_of_a_vault_nothing_is_known_of(self, store: StateStore) -> None:
+        state = store.load(VAULT, "kv-scope", [])
+        assert (state.baseline, state.findings, state.pending, state.marks) == (None, [], [], [])
+
     def test_marks_since_each_answers_many_queries(self, store: StateStore) -> None:
         for index in range(150):
             store.add_mark("grants", f"vault-{index}", f"principal:{index}|", T0)

@@ -1,0 +1,104 @@
+"""What a vault event reads of the state store before it acts: one `load` (the baseline, the open
+findings, the intents, every series of marks), sent while ARM is read, not after."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from detectors.cases import INTRUDER, VAULT_ID, grant, vault, with_grants
+from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.pipeline import Pipeline
+from kvguard.policy import Policy
+from kvguard.ports import MarkQuery, VaultState
+from kvguard.sim import SIM_IDENTITY, SimClock, SimDefender, SimTopic, SimVaultGateway, World
+from kvguard.vault import VaultConfig
+from tests.unit.test_pipeline import START, VAULT_WRITE, event
+
+READS = ("get_baseline", "open_findings", "pending_actions", "marks_since", "marks_since_each", "load", "audited")
+
+
+class NotingStore(SQLiteStateStore):
+    """The SQLite store, noting each read the pipeline makes (a read `load` makes is its own)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.reads: list[str] = []
+        self._loading = False
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name in READS and not super().__getattribute__("_loading"):
+            super().__getattribute__("reads").append(name)
+        return attribute
+
+    def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
+        self._loading = True
+        try:
+            return super().load(vault_id, scope, marks)
+        finally:
+            self._loading = False
+
+
+class SeenGateway(SimVaultGateway):
+    """The simulated gateway, telling when a vault's read has started and holding its answer until
+    the state store's read has started too."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
+        self.reading = threading.Event()
+        self.store_reading = threading.Event()
+
+    def get(self, vault_id: str) -> VaultConfig | None:
+        self.reading.set()
+        self.store_reading.wait(timeout=10)
+        return super().get(vault_id)
+
+
+class LoadAfterArm(SQLiteStateStore):
+    """The SQLite store whose `load` notes whether the vault's ARM read was already on its way."""
+
+    def __init__(self, gateway: SeenGateway) -> None:
+        super().__init__(":memory:")
+        self.gateway = gateway
+        self.arm_on_its_way: list[bool] = []
+
+    def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
+        self.gateway.store_reading.set()
+        self.arm_on_its_way.append(self.gateway.reading.wait(timeout=10))
+        return super().load(vault_id, scope, marks)
+
+
+def _pipeline(world: World, store: SQLiteStateStore, gateway: SimVaultGateway | None = None) -> Pipeline:
+    return Pipeline(gateway=gateway or SimVaultGateway(world), store=store,
+                    policy=Policy(mode="remediate", own_principal_ids=[SIM_IDENTITY]),
+                    sinks={"raise_defender_alert": SimDefender(world), "publish_detection": SimTopic(world)},
+                    clock=world.clock)
+
+
+def test_a_reverted_grant_reads_the_vaults_state_once() -> None:
+    world = World(clock=SimClock(START))
+    store = NotingStore()
+    pipeline = _pipeline(world, store)
+    world.put(vault())
+    store.put_baseline(VAULT_ID, vault(), None, now=START)
+    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    store.reads.clear()
+    [outcome] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
+    assert "revert_access_policy" in [a.handler for a in outcome.actions if a.status == "applied"]
+    assert store.reads == ["load"]
+
+
+def test_the_state_store_is_read_while_arm_is() -> None:
+    """Each read waits for the other to start: read one after the other, the first would wait in vain."""
+    world = World(clock=SimClock(START))
+    gateway = SeenGateway(world)
+    store = LoadAfterArm(gateway)
+    pipeline = _pipeline(world, store, gateway)
+    world.put(vault())
+    store.put_baseline(VAULT_ID, vault(), None, now=START)
+    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    [outcome] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
+    assert outcome.outcome == "processed" and outcome.findings
+    assert store.arm_on_its_way == [True]
