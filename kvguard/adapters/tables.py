@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 60_000  # below the 64 KiB limit of one property
 INLINE_CHUNKS = 12  # 720,000 bytes: well inside the 1 MiB limit of one entity, with room for the rest
 DISPLAY_CHARS = 1_000  # readable copies of long texts; the full text is in the compressed document
+REMEMBERED_REFS = 10_000  # entities whose chunks' reference a store remembers (`_saw`)
 LOAD_THREADS = 8  # one per query of `load` for a vault event with every series of marks
 _ROUNDS = 8  # rounds of a read-then-conditional-write before giving up under contention
 
@@ -139,6 +140,9 @@ def _is(error: HttpResponseError, *statuses: int) -> bool:
     return _status(error) in statuses
 
 
+_Seen = tuple[str | None, str | None]  # an entity's spilled chunks' reference (None: inline) and ETag
+
+
 @dataclass(frozen=True)
 class _Claim:
     """A claim's properties and the ETag they were written or read with; `read` when they come
@@ -180,6 +184,7 @@ class TablesStateStore:
         self._tables: dict[str, TableClient] = {}
         self._held: dict[str, _Claim] = {}  # claims as this store last wrote them (`_hold`)
         self._readers: ThreadPoolExecutor | None = None  # `load`'s queries side by side
+        self._refs: dict[tuple[str, str, str], _Seen] = {}  # `_saw`
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -269,6 +274,22 @@ class TablesStateStore:
                 table.delete_entity(ref, row["RowKey"])
         except AzureError as error:
             log.warning("could not remove the chunks of replaced document %s: %s", ref, error)
+
+    def _saw(self, concern: str, entity: Mapping[str, Any], etag: str | None) -> None:
+        """Remember where an entity this store just read or wrote keeps its spilled chunks (None:
+        inline) and its ETag, so that replacing or deleting it needs no read first to find them.
+        Only the chunks depend on it: a write another instance made meanwhile at worst leaves its
+        chunks behind, wasted space (as `_discard` allows), never a wrong entity."""
+        with self._lock:
+            if len(self._refs) >= REMEMBERED_REFS:
+                self._refs.clear()
+            self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = (entity.get("doc_ref"), etag)
+
+    def _seen(self, concern: str, partition: str, row: str, *, pop: bool = False) -> _Seen | None:
+        """What `_saw` remembers of an entity: its chunks' reference and its ETag; None when nothing."""
+        with self._lock:
+            key = (concern, partition, row)
+            return self._refs.pop(key, None) if pop else self._refs.get(key)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -448,7 +469,10 @@ class TablesStateStore:
     @_transient
     def get_baseline(self, vault_id: str) -> Baseline | None:
         entity = self._get("baselines", _vault_partition(vault_id), "baseline")
-        return self._baseline(entity) if entity is not None else None
+        if entity is None:
+            return None
+        self._saw("baselines", entity, entity.metadata["etag"])
+        return self._baseline(entity)
 
     @_transient
     def put_baseline(
@@ -458,9 +482,14 @@ class TablesStateStore:
         updated = _stamp(now if now is not None else datetime.now(UTC))
         partition = _vault_partition(vault_id)
         table = self._table("baselines")
-        previous = self._get("baselines", partition, "baseline") if etag is not None else None
-        if etag is not None and previous is None:
-            raise ConcurrencyError(f"baseline of {vault_id} does not exist (etag {etag} is stale)")
+        previous: Mapping[str, Any] | None = None
+        seen = self._seen("baselines", partition, "baseline")
+        if etag is not None and seen is not None and seen[1] == etag:
+            previous = {"doc_ref": seen[0]}  # the baseline as last read: the write is fenced by `etag`
+        elif etag is not None:
+            previous = self._get("baselines", partition, "baseline")
+            if previous is None:
+                raise ConcurrencyError(f"baseline of {vault_id} does not exist (etag {etag} is stale)")
         document = self._pack(config)
         entity = {
             "PartitionKey": partition, "RowKey": "baseline", "vault_id": vault_id, "deleted": deleted,
@@ -482,6 +511,7 @@ class TablesStateStore:
                 raise ConcurrencyError(stale) from error
             raise
         self._discard(previous)
+        self._saw("baselines", entity, metadata["etag"])
         return str(metadata["etag"])
 
     @_transient
@@ -713,12 +743,12 @@ class TablesStateStore:
     @_transient
     def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
         partition, row = _digest(scope), _digest(handler)
-        previous = self._get("intents", partition, row)
-        self._table("intents").upsert_entity(
-            {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
-             "at": _stamp(now), **self._pack(intent)},
-            mode=UpdateMode.REPLACE,
-        )
+        seen = self._seen("intents", partition, row)
+        previous = {"doc_ref": seen[0]} if seen is not None else self._get("intents", partition, row)
+        entity = {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
+                  "at": _stamp(now), **self._pack(intent)}
+        written = self._table("intents").upsert_entity(entity, mode=UpdateMode.REPLACE)
+        self._saw("intents", entity, written.get("etag"))
         self._discard(previous)
 
     @_transient
@@ -726,10 +756,10 @@ class TablesStateStore:
         entities = self._table("intents").query_entities(
             "PartitionKey eq @pk", parameters={"pk": _digest(scope)}
         )
-        actions = [
-            PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"]))
-            for entity in entities
-        ]
+        actions = []
+        for entity in entities:
+            self._saw("intents", entity, entity.metadata["etag"])
+            actions.append(PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"])))
         return sorted(actions, key=lambda action: action.handler)
 
     @_transient
@@ -737,7 +767,8 @@ class TablesStateStore:
         self._delete("intents", _digest(scope), _digest(handler))
 
     def _delete(self, concern: str, partition: str, row: str) -> None:
-        current = self._get(concern, partition, row)
+        seen = self._seen(concern, partition, row, pop=True)
+        current = {"doc_ref": seen[0]} if seen is not None else self._get(concern, partition, row)
         if current is None:
             return
         try:

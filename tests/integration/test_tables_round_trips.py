@@ -1,16 +1,20 @@
-"""Round trips to Table Storage for an event's claims, and the fence across two instances when
-the round trips saved are the reads before a claim's writes."""
+"""Round trips to Table Storage: an event's claims, intents and baseline written without a read
+first, and the fence across two instances that makes those reads unnecessary."""
 
 from __future__ import annotations
 
+import random
+import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from azure.data.tables import TableServiceClient
 
 from kvguard.adapters.tables import TablesStateStore
-from tests.contract.statestore_contract import LEASE, T0
+from kvguard.ports import ConcurrencyError
+from tests.contract.statestore_contract import LEASE, T0, VAULT, vault_config
 
 LOCK = "vault-lease:kv"
 
@@ -20,11 +24,13 @@ class Counted:
 
     def __init__(self, connection_string: str, table_prefix: str) -> None:
         self.methods: list[str] = []
+        self.requests: list[str] = []  # method and path
         self.store = TablesStateStore.from_connection_string(
             connection_string, table_prefix=table_prefix, raw_request_hook=self._note)
 
     def _note(self, request: Any) -> None:
         self.methods.append(request.http_request.method)
+        self.requests.append(f"{request.http_request.method} {urllib.parse.urlparse(request.http_request.url).path}")
 
     def since(self, start: int) -> list[str]:
         return self.methods[start:]
@@ -35,6 +41,13 @@ def counted(azurite_connection_string: str, table_prefix: str) -> Iterator[Count
     counted = Counted(azurite_connection_string, table_prefix)
     yield counted
     counted.store.close()
+
+
+@pytest.fixture
+def service(azurite_connection_string: str) -> Iterator[TableServiceClient]:
+    client = TableServiceClient.from_connection_string(azurite_connection_string)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -101,3 +114,47 @@ def test_a_claim_written_by_another_instance_of_the_same_owner_is_read_again(
     assert store.renew("evt-1", "a", T0 + timedelta(seconds=6), LEASE) is True
     assert store.complete("evt-1", T0 + timedelta(seconds=7), "a") is True
     assert other.claim("evt-1", T0 + timedelta(seconds=8), LEASE, owner="b") == "duplicate"
+
+
+NOISE = random.Random(2).randbytes(900_000).hex()  # compresses to more than fits in one entity
+
+
+def test_an_intent_read_or_written_is_replaced_and_finished_without_reading_it_first(
+    counted: Counted, service: TableServiceClient, table_prefix: str
+) -> None:
+    store = counted.store
+    chunks = service.get_table_client(table_prefix + "chunks")
+    store.begin_action("kv", "revert_access_policy", {"event_id": "evt-1", "noise": NOISE}, T0)
+    assert len(list(chunks.list_entities())) > 0  # spilled
+    start = len(counted.methods)
+    store.begin_action("kv", "revert_access_policy", {"event_id": "evt-1", "noise": NOISE[::-1]}, T0)
+    assert [p.intent["noise"] for p in store.pending_actions("kv")] == [NOISE[::-1]]
+    store.finish_action("kv", "revert_access_policy")
+    assert store.pending_actions("kv") == []
+    assert list(chunks.list_entities()) == []  # the replaced and the finished intent's chunks are gone
+    intents = f"{table_prefix}intents(PartitionKey="  # one intent, by its keys
+    assert not [r for r in counted.requests[start:] if r.startswith("GET") and intents in r]
+
+
+def test_a_baseline_read_is_replaced_without_reading_it_again(counted: Counted, other: TablesStateStore) -> None:
+    store = counted.store
+    store.put_baseline(VAULT, vault_config(policies=1), None, now=T0)
+    baseline = store.get_baseline(VAULT)
+    assert baseline is not None
+    start = len(counted.methods)
+    store.put_baseline(VAULT, vault_config(policies=2), baseline.etag, now=T0)
+    assert counted.since(start) == ["PUT"]
+
+
+def test_a_baseline_another_instance_moved_is_not_replaced_with_the_etag_read_before(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    store = counted.store
+    store.put_baseline(VAULT, vault_config(policies=1), None, now=T0)
+    baseline = store.get_baseline(VAULT)
+    assert baseline is not None
+    other.put_baseline(VAULT, vault_config(policies=3), baseline.etag, now=T0)
+    with pytest.raises(ConcurrencyError):
+        store.put_baseline(VAULT, vault_config(policies=2), baseline.etag, now=T0)
+    moved = other.get_baseline(VAULT)
+    assert moved is not None and moved.config == vault_config(policies=3)
