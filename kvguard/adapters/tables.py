@@ -140,7 +140,13 @@ def _is(error: HttpResponseError, *statuses: int) -> bool:
     return _status(error) in statuses
 
 
-_Seen = tuple[str | None, str | None]  # an entity's spilled chunks' reference (None: inline) and ETag
+@dataclass(frozen=True)
+class _Seen:
+    """What a store remembers of an entity it read or wrote (`TablesStateStore._saw`)."""
+
+    doc_ref: str | None  # where its spilled chunks are; None: inline
+    etag: str | None
+    opened: str | None = None  # an open finding's time of opening
 
 
 @dataclass(frozen=True)
@@ -283,7 +289,8 @@ class TablesStateStore:
         with self._lock:
             if len(self._refs) >= REMEMBERED_REFS:
                 self._refs.clear()
-            self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = (entity.get("doc_ref"), etag)
+            self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
+                entity.get("doc_ref"), etag, entity.get("opened"))
 
     def _seen(self, concern: str, partition: str, row: str, *, pop: bool = False) -> _Seen | None:
         """What `_saw` remembers of an entity: its chunks' reference and its ETag; None when nothing."""
@@ -484,8 +491,8 @@ class TablesStateStore:
         table = self._table("baselines")
         previous: Mapping[str, Any] | None = None
         seen = self._seen("baselines", partition, "baseline")
-        if etag is not None and seen is not None and seen[1] == etag:
-            previous = {"doc_ref": seen[0]}  # the baseline as last read: the write is fenced by `etag`
+        if etag is not None and seen is not None and seen.etag == etag:
+            previous = {"doc_ref": seen.doc_ref}  # the baseline as last read: the write is fenced by `etag`
         elif etag is not None:
             previous = self._get("baselines", partition, "baseline")
             if previous is None:
@@ -619,9 +626,15 @@ class TablesStateStore:
         if split.etag is not None:
             entity["baseline_etag"] = split.etag
         try:
+            seen = self._seen("findings", partition, row, pop=True)
+            if seen is not None and seen.etag is not None and seen.opened is not None \
+                    and self._refresh_finding(entity, seen.opened, seen.etag):
+                self._discard({"doc_ref": seen.doc_ref})
+                return False
             for _ in range(_ROUNDS):
                 try:
-                    table.create_entity({**entity, "opened": opened})
+                    created = {**entity, "opened": opened}
+                    self._saw("findings", created, table.create_entity(created).get("etag"))
                     return True
                 except HttpResponseError as error:
                     if not _is(error, 409):
@@ -629,14 +642,7 @@ class TablesStateStore:
                 current = self._get("findings", partition, row)
                 if current is None:  # closed in between: open afresh
                     continue
-                try:
-                    table.update_entity(
-                        {**entity, "opened": current["opened"]}, mode=UpdateMode.REPLACE,
-                        etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified,
-                    )
-                except HttpResponseError as error:
-                    if not _is(error, 404, 412):
-                        raise
+                if not self._refresh_finding(entity, current["opened"], str(current.metadata["etag"])):
                     continue
                 self._discard(current)
                 return False
@@ -645,6 +651,20 @@ class TablesStateStore:
             raise
         self._discard(document)
         raise TransientError(f"finding {rule} of {vault_id} kept changing under {_ROUNDS} attempts to write it")
+
+    def _refresh_finding(self, entity: Mapping[str, Any], opened: str, etag: str) -> bool:
+        """Replace an open finding, keeping when it was opened, only if it is still as read (`etag`);
+        False when it was refreshed or closed meanwhile."""
+        refreshed = {**entity, "opened": opened}
+        try:
+            written = self._table("findings").update_entity(
+                refreshed, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified)
+        except HttpResponseError as error:
+            if not _is(error, 404, 412):
+                raise
+            return False
+        self._saw("findings", refreshed, written.get("etag"))
+        return True
 
     def _keep_found_against(self, partition: str, etag: str, config: Mapping[str, Any], at: str) -> None:
         """Store (or touch) the configuration findings of this vault name by `etag`: a fresh `at`
@@ -672,21 +692,30 @@ class TablesStateStore:
         """The configuration a closed finding named stays until retention removes it (see `prune`):
         removing it here could race with a finding being opened against it."""
         partition, row = _vault_partition(vault_id), _digest(rule)
+        seen = self._seen("findings", partition, row, pop=True)
+        if seen is not None and seen.etag is not None and self._delete_finding(partition, row, seen.etag):
+            self._discard({"doc_ref": seen.doc_ref})
+            return True
         for _ in range(_ROUNDS):
             current = self._get("findings", partition, row)
             if current is None:
                 return False
-            try:
-                self._table("findings").delete_entity(
-                    partition, row, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
-                )
-            except HttpResponseError as error:
-                if not _is(error, 412):  # refreshed meanwhile: read it again
-                    raise
-                continue
+            if not self._delete_finding(partition, row, str(current.metadata["etag"])):
+                continue  # refreshed meanwhile: read it again
             self._discard(current)
             return True
         raise TransientError(f"finding {rule} of {vault_id} kept changing under {_ROUNDS} attempts to close it")
+
+    def _delete_finding(self, partition: str, row: str, etag: str) -> bool:
+        """Delete an open finding only if it is still as read (`etag`); False when it was refreshed."""
+        try:
+            self._table("findings").delete_entity(
+                partition, row, etag=etag, match_condition=MatchConditions.IfNotModified)
+        except HttpResponseError as error:
+            if not _is(error, 412):
+                raise
+            return False
+        return True
 
     @_transient
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
@@ -694,6 +723,7 @@ class TablesStateStore:
         entities = self._table("findings").query_entities("PartitionKey eq @pk", parameters={"pk": partition})
         findings = []
         for entity in entities:
+            self._saw("findings", entity, entity.metadata["etag"])
             finding = self._unpack(entity)
             etag = entity.get("baseline_etag")
             if etag is not None:
@@ -744,7 +774,7 @@ class TablesStateStore:
     def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
         partition, row = _digest(scope), _digest(handler)
         seen = self._seen("intents", partition, row)
-        previous = {"doc_ref": seen[0]} if seen is not None else self._get("intents", partition, row)
+        previous = {"doc_ref": seen.doc_ref} if seen is not None else self._get("intents", partition, row)
         entity = {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
                   "at": _stamp(now), **self._pack(intent)}
         written = self._table("intents").upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -768,7 +798,7 @@ class TablesStateStore:
 
     def _delete(self, concern: str, partition: str, row: str) -> None:
         seen = self._seen(concern, partition, row, pop=True)
-        current = {"doc_ref": seen[0]} if seen is not None else self._get(concern, partition, row)
+        current = {"doc_ref": seen.doc_ref} if seen is not None else self._get(concern, partition, row)
         if current is None:
             return
         try:

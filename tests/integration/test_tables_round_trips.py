@@ -158,3 +158,33 @@ def test_a_baseline_another_instance_moved_is_not_replaced_with_the_etag_read_be
         store.put_baseline(VAULT, vault_config(policies=2), baseline.etag, now=T0)
     moved = other.get_baseline(VAULT)
     assert moved is not None and moved.config == vault_config(policies=3)
+
+
+def test_an_open_finding_read_is_refreshed_and_closed_without_reading_it_again(
+    counted: Counted, table_prefix: str
+) -> None:
+    store = counted.store
+    assert store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-1"}}, T0) is True
+    [read] = store.open_findings(VAULT)
+    start = len(counted.methods)
+    assert store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-2"}}, T0 + LEASE) is False
+    assert store.close_finding(VAULT, "KV-AP-01") is True
+    assert counted.since(start) == ["PUT", "DELETE"]
+    assert store.open_findings(VAULT) == [] and read.opened == T0
+
+
+def test_a_finding_another_instance_refreshed_or_closed_is_written_as_it_is_stored(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    store = counted.store
+    store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-1"}}, T0)
+    store.open_findings(VAULT)
+    other.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-2"}}, T0 + LEASE)
+    assert store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-3"}}, T0 + 2 * LEASE) is False
+    [refreshed] = other.open_findings(VAULT)
+    assert refreshed.opened == T0 and refreshed.finding == {"evidence": {"principal": "p-3"}}
+    store.open_findings(VAULT)
+    assert other.close_finding(VAULT, "KV-AP-01") is True
+    assert store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-4"}}, T0 + 3 * LEASE) is True
+    [reopened] = other.open_findings(VAULT)
+    assert reopened.opened == T0 + 3 * LEASE
