@@ -8,7 +8,8 @@ for display. Times are stored as fixed-width UTC text, which sorts like the time
 
 What grows with every event is kept compact: audit outcomes deflated against a preset dictionary
 (`kvguard.adapters.compact_audit`), mark keys and the audit's vault keys as 16-byte digests (they
-are looked up, never listed), claims without a rowid and finished ones without owner or lease.
+are looked up, never listed), marks without an index of their age (retention scans them),
+claims without a rowid and finished ones without owner or lease.
 Open findings name the configuration they were found against by ETag (`found_against`). A file
 written before these shapes is upgraded when a store opens it (`PRAGMA user_version`).
 """
@@ -102,7 +103,6 @@ CREATE TABLE IF NOT EXISTS marks (
     at     TEXT NOT NULL,
     PRIMARY KEY (series, key, at, member)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS marks_by_age ON marks (at);
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
 CREATE TABLE IF NOT EXISTS intents (
@@ -287,6 +287,7 @@ class SQLiteStateStore:
                     _upgrade_to_compact_shapes(db)
                 _upgrade_own_writes(db)
                 _upgrade_audit(db)
+                db.execute("DROP INDEX IF EXISTS marks_by_age")  # see `prune`
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         db.execute(statement)
@@ -635,7 +636,10 @@ class SQLiteStateStore:
     # Retention
 
     def prune(self, older_than: datetime) -> int:
-        """One short transaction per table, so other writers are never held off for long."""
+        """One short transaction per table, so other writers are never held off for long. Marks are
+        found by age with a scan of their table: an index on their time would hold each mark a
+        second time (a mark is all key), about half the bytes a retained event costs, for a
+        statement the reconcile timer runs once an hour."""
         cutoff = _stamp(older_than)
         statements = (
             "DELETE FROM claims WHERE done = 1 AND completed_at < ?",
