@@ -154,6 +154,8 @@ class Pipeline(Services):
         assert event.vault is not None
         after, read = memory.read_vault(self, event, now)
         baseline = read.state.baseline
+        if baseline is not None:
+            self.known_ids.learn(baseline.vault_id)
         before = memory.baseline_config(self, baseline) if baseline else None
         change = diff(before, after) if before is not None and after is not None else None
         context = EventContext(event=event, now=now, owner=owner, baseline=baseline, before=before, after=after,

@@ -53,8 +53,14 @@ def known_id(services: Services, event: VaultEvent) -> str:
                     and ref.subscription_id.lower() == event.vault.subscription_id.lower()):
                 return baseline.vault_id
         return event.vault.id
+    spelled = services.known_ids.get(event.vault.key)
+    if spelled is not None:
+        return spelled
     known = services.store.get_baseline(event.vault.id)
-    return known.vault_id if known is not None else event.vault.id
+    if known is None:
+        return event.vault.id
+    services.known_ids.learn(known.vault_id)
+    return known.vault_id
 
 
 def history_key(services: Services, event: VaultEvent) -> str:
@@ -215,10 +221,13 @@ def store_baseline(
 ) -> str:
     """The new baseline's ETag; a baseline another instance moved meanwhile is a retry."""
     try:
-        return services.store.put_baseline(resource_id, document, baseline.etag if baseline else None,
+        etag = services.store.put_baseline(resource_id, document, baseline.etag if baseline else None,
                                            deleted=deleted, now=now)
     except ConcurrencyError as error:
         raise TransientError(f"baseline of {resource_id} changed concurrently; retry") from error
+    if is_vault_id(resource_id):
+        services.known_ids.learn(resource_id)
+    return etag
 
 
 def _only_written(document: dict[str, Any], before: VaultConfig, event: VaultEvent) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from kvguard.actions import ActionRunner
 from kvguard.azure_policy import PolicyDefinitions
 from kvguard.blast_radius import ActivityLog
-from kvguard.flow.parsed_baselines import ParsedBaselines
+from kvguard.flow.parsed_baselines import KnownIds, ParsedBaselines
 from kvguard.policy import Policy
 from kvguard.ports import AlertSink, Clock, DeploymentReader, ResourceGateway, StateStore, VaultGateway
 
@@ -32,8 +32,8 @@ class SystemClock:
 
 class Services:
     """One per process; every piece of state the flow depends on lives in the StateStore, except
-    the parsed baselines, a cache of what the store holds, and the policy definitions' verdicts,
-    a cache of what ARM holds (definitions change rarely)."""
+    the parsed baselines and the vaults' ids as spelled, caches of what the store holds, and the
+    policy definitions' verdicts, a cache of what ARM holds (definitions change rarely)."""
 
     def __init__(
         self,
@@ -72,5 +72,6 @@ class Services:
         self.runner = ActionRunner(gateway, self.sinks, ledger=store, now=lambda: self.clock.now(),
                                    resources=resources)
         self.parsed = ParsedBaselines()
+        self.known_ids = KnownIds()
         self.definitions = PolicyDefinitions(
             lambda definition_id: self.resources.get(definition_id) if self.resources is not None else None)

@@ -102,3 +102,25 @@ def test_the_state_store_is_read_while_arm_is() -> None:
     [outcome] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
     assert outcome.outcome == "processed" and outcome.findings
     assert store.arm_on_its_way == [True]
+
+
+def test_a_redelivery_reports_its_vault_as_spelled_without_reading_the_baseline_again() -> None:
+    """The event spells `resourcegroups`, ARM `resourceGroups`: the report names the vault as its
+    baseline does, which a worker that judged the vault knows; a worker that did not reads it once."""
+    world = World(clock=SimClock(START))
+    store = NotingStore()
+    pipeline = _pipeline(world, store)
+    world.put(vault())
+    store.put_baseline(VAULT_ID, vault(), None, now=START)
+    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    delivery = event(INTRUDER, VAULT_WRITE, event_id="evt-grant",
+                     resource=VAULT_ID.replace("resourceGroups", "resourcegroups"))
+    assert "resourcegroups" in delivery["subject"] and "resourceGroups" in VAULT_ID
+    pipeline.handle(delivery)
+    store.reads.clear()
+    [again] = pipeline.handle(delivery)
+    assert (again.outcome, again.vault, store.reads) == ("duplicate", VAULT_ID, [])
+    fresh = _pipeline(world, store)
+    [elsewhere] = fresh.handle(delivery)
+    [once_more] = fresh.handle(delivery)
+    assert (elsewhere.vault, once_more.vault, store.reads) == (VAULT_ID, VAULT_ID, ["get_baseline"])
