@@ -23,7 +23,7 @@ from kvguard.detection import Context
 from kvguard.events import Rejected, VaultEvent, parse
 from kvguard.flow import acting, findings, memory, own, sweeps
 from kvguard.flow.beside import handle_resource
-from kvguard.flow.claims import complete_vault_event, hold, scope, vault_held
+from kvguard.flow.claims import complete_vault_event, hold, scope, vault_held, vault_lock
 from kvguard.flow.context import EventContext
 from kvguard.flow.reasons import reason
 from kvguard.flow.services import Services, SystemClock
@@ -70,7 +70,7 @@ class Pipeline(Services):
             return passed
         now = self.clock.now()
         owner = uuid.uuid4().hex  # fences this attempt's claim: a takeover makes its writes fail
-        claim = self.store.claim(event.id, now, self.lease, owner)
+        claim = self.store.claim(event.id, now, self.lease, owner, beside=vault_lock(event))
         if claim == "duplicate":
             return Outcome(event.id, "duplicate", "event already processed", memory.known_id(self, event))
         if claim == "in_progress":

@@ -257,9 +257,14 @@ class StateStore(Protocol):
     # Event claims: at-least-once delivery made exactly-once in effect. A claim is fenced by its
     # owner token: once another claimant has taken over an expired lease, the earlier owner's
     # renew / complete / release fail and change nothing.
-    def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
+    def claim(
+        self, event_id: str, now: datetime, lease: timedelta, owner: str = "", *, beside: str | None = None
+    ) -> ClaimResult:
         """'claimed' for the first claimant or when an earlier claim's lease has expired;
-        'in_progress' while another claimant holds an unexpired lease; 'duplicate' once done."""
+        'in_progress' while another claimant holds an unexpired lease; 'duplicate' once done.
+        `beside` names the claim this one is renewed and completed with (the vault's lease of a
+        vault event), kept where one write reaches both if the store can; every claim of
+        `event_id` names the same (or none)."""
         ...
 
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:

@@ -346,10 +346,13 @@ class SQLiteStateStore:
 
     # Event claims
 
-    def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
+    def claim(
+        self, event_id: str, now: datetime, lease: timedelta, owner: str = "", *, beside: str | None = None
+    ) -> ClaimResult:
         """One atomic statement claims a new event or takes over an expired lease (a claim let go
         of with a completion keeps its row with an empty lease, expired at once); only a refusal
-        reads the row again, to tell a duplicate from an event in progress."""
+        reads the row again, to tell a duplicate from an event in progress. `beside` changes
+        nothing here: every claim is a row of one table, and one statement writes several."""
         at = _stamp(now)
         until = _stamp(now + lease)
         for _ in range(_ROUNDS):

@@ -160,6 +160,10 @@ class _Claim:
     read: bool = False
 
 
+def _one_partition(claims: Sequence[_Claim]) -> bool:
+    return len({claim.entity["PartitionKey"] for claim in claims}) == 1
+
+
 class TablesStateStore:
     """kvguard.ports.StateStore on Azure Table Storage."""
 
@@ -189,6 +193,7 @@ class TablesStateStore:
         self._prefix = table_prefix
         self._tables: dict[str, TableClient] = {}
         self._held: dict[str, _Claim] = {}  # claims as this store last wrote them (`_hold`)
+        self._where: dict[str, tuple[str, str]] = {}  # where the claims this store made are (`claim`)
         self._readers: ThreadPoolExecutor | None = None  # `load`'s queries side by side
         self._refs: dict[tuple[str, str, str], _Seen] = {}  # `_saw`
         self._lock = threading.Lock()
@@ -307,12 +312,20 @@ class TablesStateStore:
     # Event claims
 
     @_transient
-    def claim(self, event_id: str, now: datetime, lease: timedelta, owner: str = "") -> ClaimResult:
+    def claim(
+        self, event_id: str, now: datetime, lease: timedelta, owner: str = "", *, beside: str | None = None
+    ) -> ClaimResult:
+        """A claim `beside` another is a row of that claim's partition, so that the two are renewed
+        and completed in one entity-group transaction."""
         at = _stamp(now)
-        partition = _digest(event_id)
+        partition, row = (_digest(beside), _digest(event_id)) if beside is not None else (_digest(event_id), "claim")
+        with self._lock:
+            if len(self._where) >= REMEMBERED_REFS:
+                self._where.clear()
+            self._where[event_id] = (partition, row)
         entity = {
             "PartitionKey": partition,
-            "RowKey": "claim",
+            "RowKey": row,
             "event_id": event_id[:DISPLAY_CHARS],
             "done": False,
             "claimed_at": at,
@@ -327,7 +340,7 @@ class TablesStateStore:
             except HttpResponseError as error:
                 if not _is(error, 409):
                     raise
-            current = self._get("claims", partition, "claim")
+            current = self._get("claims", partition, row)
             if current is None:  # released in between: claim afresh
                 continue
             if current.get("done"):
@@ -358,6 +371,11 @@ class TablesStateStore:
         with self._lock:
             self._held.pop(event_id, None)
 
+    def _location(self, event_id: str) -> tuple[str, str]:
+        """Where the claim of `event_id` is: beside another when this store claimed it so."""
+        with self._lock:
+            return self._where.get(event_id) or (_digest(event_id), "claim")
+
     def _owned_claim(self, event_id: str, owner: str | None, *, fresh: bool = False) -> _Claim | None:
         """The unfinished claim of `event_id` when `owner` holds it (any owner when None): as this
         store last wrote it when it did and `fresh` is not asked for, else as read."""
@@ -366,7 +384,7 @@ class TablesStateStore:
                 held = self._held.get(event_id)
             if held is not None and held.entity.get("owner", "") == owner and not held.entity.get("done"):
                 return held
-        current = self._get("claims", _digest(event_id), "claim")
+        current = self._get("claims", *self._location(event_id))
         if current is None or current.get("done"):
             return None
         if owner is not None and current.get("owner", "") != owner:
@@ -407,13 +425,40 @@ class TablesStateStore:
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
         return self.renew_each((event_id,), owner, now, lease)
 
+    def _together(self, held: list[_Claim], changes: Mapping[str, Any] | None, dropped: Sequence[_Claim] = ()) -> bool:
+        """`changes` to every claim of `held` and `dropped` deleted, in one entity-group transaction
+        (they share a partition), each fenced by its ETag: all of it, or nothing when one of them
+        was touched since (False)."""
+        operations: list[Any] = [
+            ("update", {**claim.entity, **(changes or {})},
+             {"mode": UpdateMode.REPLACE, "etag": claim.etag, "match_condition": MatchConditions.IfNotModified})
+            for claim in held]
+        operations += [("delete", claim.entity, {"etag": claim.etag, "match_condition": MatchConditions.IfNotModified})
+                       for claim in dropped]
+        for claim in (*held, *dropped):
+            self._forget(claim.event_id)
+        try:
+            written = self._table("claims").submit_transaction(operations)
+        except HttpResponseError as error:
+            if not _is(error, 404, 412):
+                raise
+            return False
+        for claim, metadata in zip(held, written, strict=False):
+            self._hold(claim.event_id, {**claim.entity, **(changes or {})}, metadata)
+        return True
+
     @_transient
     def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
-        """Every claim checked before any is written (claims are in partitions of their own, which
-        no request writes together); each write is fenced by its ETag."""
+        """Every claim checked before any is written; claims kept beside each other in one
+        transaction, the others each in a write of its own, each fenced by its ETag."""
         until = _stamp(now + lease)
-        return self._fenced(event_ids, owner,
-                            lambda held: all([self._replace_claim(claim, {"lease_until": until}) for claim in held]))
+
+        def renew(held: list[_Claim]) -> bool:
+            if len(held) > 1 and _one_partition(held):
+                return self._together(held, {"lease_until": until})
+            return all([self._replace_claim(claim, {"lease_until": until}) for claim in held])
+
+        return self._fenced(event_ids, owner, renew)
 
     @_transient
     def complete(
@@ -428,12 +473,17 @@ class TablesStateStore:
 
             def finish(held: list[_Claim]) -> bool:
                 current, *let_go = held
+                if let_go and _one_partition(held):
+                    return self._together([current], {"done": True, "completed_at": _stamp(now)}, let_go)
                 if not all([self._drop_claim(claim) for claim in let_go]):
                     return False
                 return self._replace_claim(current, {"done": True, "completed_at": _stamp(now)})
 
             done = self._fenced([event_id, *leases], owner, finish)
             self._forget(event_id)
+            if done:
+                with self._lock:
+                    self._where.pop(event_id, None)
             return done
         self._table("claims").upsert_entity(
             {
@@ -462,7 +512,7 @@ class TablesStateStore:
         self._forget(current.event_id)
         try:
             self._table("claims").delete_entity(
-                current.entity["PartitionKey"], "claim", etag=current.etag,
+                current.entity["PartitionKey"], current.entity["RowKey"], etag=current.etag,
                 match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as error:

@@ -287,6 +287,36 @@ class StateStoreContract:
         assert store.claim("vault-lease:kv", T0 + timedelta(seconds=2), LEASE, owner="c") == "in_progress"
         assert store.complete("evt-1", T0 + timedelta(seconds=2), "a") is True  # the event was not done
 
+    def test_a_claim_beside_the_vaults_lease_is_a_claim_like_any(self, store: StateStore) -> None:
+        """An event's claim kept beside its vault's lease: claimed once, renewed and completed with
+        the lease, a duplicate afterwards; another owner's lease stops its completion."""
+        lock = "vault-lease:kv"
+        assert store.claim("evt-1", T0, LEASE, owner="a", beside=lock) == "claimed"
+        assert store.claim("evt-1", T0, LEASE, owner="b", beside=lock) == "in_progress"
+        assert store.claim(lock, T0, LEASE, owner="a") == "claimed"
+        assert store.renew_each(["evt-1", lock], "a", T0 + LEASE - timedelta(seconds=1), LEASE) is True
+        assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=lock) == "in_progress"
+        assert store.complete("evt-1", T0 + LEASE, "a", releasing=[lock]) is True
+        assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=lock) == "duplicate"
+        assert store.claim(lock, T0 + LEASE, LEASE, owner="b") == "claimed"
+        assert store.claim("evt-2", T0 + LEASE, LEASE, owner="c", beside=lock) == "claimed"
+        assert store.complete("evt-2", T0 + LEASE, "c", releasing=[lock]) is False  # b holds the lease
+        assert store.renew_each(["evt-2", lock], "c", T0 + LEASE, LEASE) is False
+        assert store.release("evt-2", "c") is True
+        assert store.claim("evt-2", T0 + LEASE, LEASE, owner="d", beside=lock) == "claimed"
+
+    def test_a_claim_beside_a_lease_taken_over_after_it_ran_out(self, store: StateStore) -> None:
+        lock = "vault-lease:kv"
+        store.claim("evt-1", T0, LEASE, owner="a", beside=lock)
+        store.claim(lock, T0, LEASE, owner="a")
+        late = T0 + LEASE + timedelta(seconds=1)
+        assert store.claim("evt-1", late, LEASE, owner="b", beside=lock) == "claimed"
+        assert store.claim(lock, late, LEASE, owner="b") == "claimed"
+        assert store.renew_each(["evt-1", lock], "a", late, LEASE) is False
+        assert store.complete("evt-1", late, "a", releasing=[lock]) is False
+        assert store.complete("evt-1", late, "b", releasing=[lock]) is True
+        assert store.claim(lock, late, LEASE, owner="c") == "claimed"
+
     def test_a_lease_let_go_of_is_held_by_nobody_even_an_empty_owner(self, store: StateStore) -> None:
         store.claim("evt-1", T0, LEASE, owner="a")
         store.claim("vault-lease:kv", T0, LEASE, owner="a")

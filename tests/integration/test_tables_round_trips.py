@@ -188,3 +188,33 @@ def test_a_finding_another_instance_refreshed_or_closed_is_written_as_it_is_stor
     assert store.open_finding(VAULT, "KV-AP-01", {"evidence": {"principal": "p-4"}}, T0 + 3 * LEASE) is True
     [reopened] = other.open_findings(VAULT)
     assert reopened.opened == T0 + 3 * LEASE
+
+
+def test_an_event_claimed_beside_its_vaults_lease_is_renewed_and_completed_in_one_request_each(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    store = counted.store
+    assert store.claim("evt-1", T0, LEASE, owner="a", beside=LOCK) == "claimed"
+    assert store.claim(LOCK, T0, LEASE, owner="a") == "claimed"
+    assert other.claim("evt-1", T0, LEASE, owner="b", beside=LOCK) == "in_progress"  # a redelivery elsewhere
+    start = len(counted.methods)
+    assert store.renew_each(["evt-1", LOCK], "a", T0 + timedelta(seconds=5), LEASE) is True
+    assert store.complete("evt-1", T0 + timedelta(seconds=6), "a", releasing=[LOCK]) is True
+    assert len(counted.since(start)) == 2  # one transaction each
+    assert other.claim("evt-1", T0 + timedelta(seconds=7), LEASE, owner="b", beside=LOCK) == "duplicate"
+    assert other.claim(LOCK, T0 + timedelta(seconds=7), LEASE, owner="b") == "claimed"
+
+
+def test_a_transaction_of_claims_one_of_which_was_taken_over_changes_none_of_them(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    store = counted.store
+    store.claim("evt-1", T0, LEASE + LEASE, owner="a", beside=LOCK)
+    store.claim(LOCK, T0, LEASE, owner="a")
+    late = T0 + LEASE + timedelta(seconds=1)
+    assert other.claim(LOCK, late, LEASE, owner="b") == "claimed"
+    assert store.renew_each(["evt-1", LOCK], "a", late, LEASE) is False
+    assert store.complete("evt-1", late, "a", releasing=[LOCK]) is False
+    assert other.claim("evt-1", late, LEASE, owner="c", beside=LOCK) == "in_progress"  # not done, still a's
+    assert other.claim(LOCK, late, LEASE, owner="c") == "in_progress"  # still b's
+    assert store.complete("evt-1", late, "a") is True
