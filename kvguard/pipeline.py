@@ -186,7 +186,10 @@ class Pipeline(Services):
                 if finding.rule not in resolved:
                     self.store.open_finding(vault_id, finding.rule, context.opened[finding.rule], now)
             for rule_id in resolved:
-                self.store.close_finding(vault_id, rule_id)
+                # Only this vault's events write its findings, under its lease: one that was not open
+                # when the event read them (a finding remediated as it was found) has none to close.
+                if context.open_before is None or rule_id in context.open_before:
+                    self.store.close_finding(vault_id, rule_id)
             memory.record(self, context)
             self.store.append_audit(AuditRecord(event.id, vault_id, now, outcome.to_audit(), attempt=context.owner))
             ran = {a.handler for a in context.actions

@@ -196,6 +196,7 @@ class TablesStateStore:
         self._where: dict[str, tuple[str, str]] = {}  # where the claims this store made are (`claim`)
         self._readers: ThreadPoolExecutor | None = None  # `load`'s queries side by side
         self._refs: dict[tuple[str, str, str], _Seen] = {}  # `_saw`
+        self._whole: set[tuple[str, str]] = set()  # partitions read whole (`_listed`)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -294,8 +295,21 @@ class TablesStateStore:
         with self._lock:
             if len(self._refs) >= REMEMBERED_REFS:
                 self._refs.clear()
+                self._whole.clear()
             self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
                 entity.get("doc_ref"), etag, entity.get("opened"))
+
+    def _listed(self, concern: str, partition: str) -> None:
+        """The whole partition was just read: every entity of it is now one `_saw` remembers."""
+        with self._lock:
+            self._whole.add((concern, partition))
+
+    def _listed_without(self, concern: str, partition: str, row: str) -> bool:
+        """Whether the partition was read whole and held no such entity then: a replace needs no
+        read to find the chunks of one that was not there (one written since by another instance
+        at worst leaves its chunks behind)."""
+        with self._lock:
+            return (concern, partition) in self._whole and (concern, partition, row) not in self._refs
 
     def _seen(self, concern: str, partition: str, row: str, *, pop: bool = False) -> _Seen | None:
         """What `_saw` remembers of an entity: its chunks' reference and its ETag; None when nothing."""
@@ -824,7 +838,9 @@ class TablesStateStore:
     def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
         partition, row = _digest(scope), _digest(handler)
         seen = self._seen("intents", partition, row)
-        previous = {"doc_ref": seen.doc_ref} if seen is not None else self._get("intents", partition, row)
+        previous: Mapping[str, Any] | None = {"doc_ref": seen.doc_ref} if seen is not None else None
+        if seen is None and not self._listed_without("intents", partition, row):
+            previous = self._get("intents", partition, row)
         entity = {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
                   "at": _stamp(now), **self._pack(intent)}
         written = self._table("intents").upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -840,6 +856,7 @@ class TablesStateStore:
         for entity in entities:
             self._saw("intents", entity, entity.metadata["etag"])
             actions.append(PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"])))
+        self._listed("intents", _digest(scope))
         return sorted(actions, key=lambda action: action.handler)
 
     @_transient

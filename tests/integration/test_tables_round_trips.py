@@ -218,3 +218,14 @@ def test_a_transaction_of_claims_one_of_which_was_taken_over_changes_none_of_the
     assert other.claim("evt-1", late, LEASE, owner="c", beside=LOCK) == "in_progress"  # not done, still a's
     assert other.claim(LOCK, late, LEASE, owner="c") == "in_progress"  # still b's
     assert store.complete("evt-1", late, "a") is True
+
+
+def test_an_intent_of_a_scope_listed_without_it_is_written_without_reading_it_first(
+    counted: Counted, table_prefix: str
+) -> None:
+    store = counted.store
+    assert store.pending_actions("kv") == []
+    start = len(counted.methods)
+    store.begin_action("kv", "revert_access_policy", {"event_id": "evt-1"}, T0)
+    assert counted.since(start) == ["PUT"]
+    assert [p.handler for p in store.pending_actions("kv")] == ["revert_access_policy"]

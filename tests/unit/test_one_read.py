@@ -124,3 +124,31 @@ def test_a_redelivery_reports_its_vault_as_spelled_without_reading_the_baseline_
     [elsewhere] = fresh.handle(delivery)
     [once_more] = fresh.handle(delivery)
     assert (elsewhere.vault, once_more.vault, store.reads) == (VAULT_ID, VAULT_ID, ["get_baseline"])
+
+
+class ClosingStore(SQLiteStateStore):
+    """The SQLite store, noting the findings it is asked to close."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.closed: list[tuple[str, bool]] = []
+
+    def close_finding(self, vault_id: str, rule: str) -> bool:
+        closed = super().close_finding(vault_id, rule)
+        self.closed.append((rule, closed))
+        return closed
+
+
+def test_a_finding_remediated_as_it_was_found_is_not_closed_in_the_store_but_one_open_before_is() -> None:
+    world = World(clock=SimClock(START))
+    store = ClosingStore()
+    pipeline = _pipeline(world, store)
+    world.put(vault())
+    store.put_baseline(VAULT_ID, vault(), None, now=START)
+    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    [reverted] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
+    assert reverted.resolutions and store.closed == []  # the sinks hear of it; the store had nothing open
+    store.open_finding(VAULT_ID, "KV-AP-01", {"rule": "KV-AP-01", "evidence": {}}, START)
+    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant-again"))
+    assert ("KV-AP-01", True) in store.closed
