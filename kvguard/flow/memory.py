@@ -4,6 +4,7 @@ count of remediations)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from kvguard.resources import is_vault_id
 from kvguard.vault import VaultConfig
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MEMBER_DIGITS = 16  # a vault named in a caller's marks: 64 bits of its key's SHA-256 (`vault_member`)
 # ARM reads of vaults beside the state store's reads: one per event a worker handles at once.
 READ_THREADS = 8
 _READERS: ThreadPoolExecutor | None = None
@@ -98,11 +100,11 @@ def recalled(event: VaultEvent, vault: str, answers: list[list[tuple[str, dateti
     if caller is None:
         return Recall(History(recent_grants=dict(grants)), vault_marked=False)
     caller_vaults, caller_failures, caller_writes = by_caller
-    vaults = {m for m, _ in caller_vaults}
-    marked = vault in vaults
+    vaults = {vault_member(m) for m, _ in caller_vaults}
+    marked = vault_member(vault) in vaults
     failures = len(caller_failures)
     if event.succeeded:
-        vaults.add(vault)
+        vaults.add(vault_member(vault))
     else:
         failures += 1
     history = History(
@@ -112,6 +114,16 @@ def recalled(event: VaultEvent, vault: str, answers: list[list[tuple[str, dateti
         recent_grants=dict(grants),
     )
     return Recall(history, marked)
+
+
+def vault_member(key: str) -> str:
+    """How a caller's mark names a vault (or resource) it changed: a digest of its key, as the
+    burst rule only counts them and tells them apart, and the mark is kept for every change (a
+    key is a whole resource id; the digest is a seventh of it). A mark written before names the
+    key itself, and is read as its digest."""
+    if len(key) == MEMBER_DIGITS and all(c in "0123456789abcdef" for c in key):
+        return key
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:MEMBER_DIGITS]
 
 
 def recent_remediations(services: Services, context: FlowContext, vault_id: str, vault: VaultConfig | None) -> int:
@@ -176,7 +188,7 @@ def mark_caller(services: Services, context: FlowContext, key: str) -> None:
     if not remembered.history.caller_seen_before:
         services.store.add_mark("caller_writes", f"{key}|{caller}", event.id, now)
     if not remembered.vault_marked:
-        services.store.add_mark("caller_vaults", caller, key, now)
+        services.store.add_mark("caller_vaults", caller, vault_member(key), now)
 
 
 def record(services: Services, context: EventContext) -> None:
