@@ -10,7 +10,7 @@ event or reconciliation sees the change again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
@@ -24,6 +24,7 @@ from kvguard.ports import (
     AlertSink,
     BatchAlertSink,
     OwnWrite,
+    ParallelAlertSink,
     ResourceGateway,
     StateStore,
     TransientError,
@@ -133,8 +134,7 @@ class ActionRunner:
             if batch is not None:
                 afters = batch
             else:
-                for op in pending:
-                    applied = self._written(op, written_for)
+                for applied in self._applied_each(handler, pending, written_for):
                     afters.append(applied.after)
                     state = applied.state or state
         except Exception as error:  # every failure is recorded as failed, with its reason
@@ -145,6 +145,23 @@ class ActionRunner:
                                 transient=isinstance(error, TransientError), state=state)
         return ActionResult(handler, "applied", "; ".join(details), rules,
                             before=[_jsonable(op.before) for op in pending], after=afters, state=state)
+
+    def _applied_each(self, handler: str, operations: Sequence[Operation],
+                      written_for: WrittenFor) -> Iterator[Applied]:
+        """Each operation's answer, in order. A sink of independent calls (`ParallelAlertSink`)
+        gets them side by side; the answers still come in order and the first failure in that
+        order is raised, so the result reads as one after another would (what was done before
+        it, where it failed, whether transient), though the calls after it were made too."""
+        sink = self._sinks.get(handler)
+        if (not isinstance(sink, ParallelAlertSink) or len(operations) < 2
+                or not all(op.kind in ("alert", "resolve") for op in operations)):
+            yield from (self._written(op, written_for) for op in operations)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(sink.parallel_calls, len(operations)),
+                                thread_name_prefix=f"kvguard-{handler}") as calls:
+            yield from calls.map(lambda op: self._written(op, written_for), operations)
 
     def _batch(self, handler: str, operations: Sequence[Operation]) -> list[Any] | None:
         """Every alert (or every resolution) of `operations` in one request, when the handler's

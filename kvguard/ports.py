@@ -130,6 +130,15 @@ class AlertSink(Protocol):
 
 
 @runtime_checkable
+class ParallelAlertSink(AlertSink, Protocol):
+    """A sink whose calls are independent requests, one per alert (Defender: one assessment PUT
+    per vault × rule, each a resource of its own): the runner makes a delivery's calls side by
+    side, at most `parallel_calls` at once, so a delivery costs one call's latency, not their sum."""
+
+    parallel_calls: int
+
+
+@runtime_checkable
 class BatchAlertSink(AlertSink, Protocol):
     """A sink that takes every alert (or resolution) of a delivery in one request (an Event Grid
     topic takes an array of CloudEvents): the runner hands it them all at once."""

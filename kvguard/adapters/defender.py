@@ -27,7 +27,13 @@ EVIDENCE_LIMIT = 8000
 
 
 class DefenderAlertSink:
-    """AlertSink writing Defender for Cloud custom assessments on the vault resource."""
+    """AlertSink writing Defender for Cloud custom assessments on the vault resource.
+
+    Each assessment is a PUT of its own that no other depends on, so the runner sends a
+    delivery's side by side (`ParallelAlertSink`): up to `parallel_calls` at once, within the
+    connection pool the SDK's requests transport keeps per host (10 connections)."""
+
+    parallel_calls = 8
 
     def __init__(
         self,
