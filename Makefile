@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/production.py
 	$(BIN)/python bench/burst.py
+	$(BIN)/python bench/state_tables.py
 
 # The README's rule table and infra/rules.json come from the rule definitions (a test fails when stale).
 docs: $(STAMP)

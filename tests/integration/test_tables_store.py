@@ -8,8 +8,7 @@ import http.server
 import random
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
@@ -19,7 +18,7 @@ from azure.data.tables import TableServiceClient
 from kvguard.adapters.tables import TablesStateStore
 from kvguard.ports import AuditRecord, OwnWrite, PermanentError, RejectedPayload, TransientError
 from tests.contract.statestore_contract import LEASE, T0, VAULT, StateStoreContract, vault_config
-from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
+from tests.integration.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, entity_size, property_size
 
 QUICK = {"retry_total": 0, "connection_timeout": 2, "read_timeout": 5}
 
@@ -40,27 +39,6 @@ def service(azurite_connection_string: str) -> Iterator[TableServiceClient]:
     client = TableServiceClient.from_connection_string(azurite_connection_string)
     yield client
     client.close()
-
-
-def _property_size(value: Any) -> int:
-    """Bytes a property value takes in Azure Table Storage (strings count two bytes a character)."""
-    if isinstance(value, bytes):
-        return 4 + len(value)
-    if isinstance(value, str):
-        return 4 + 2 * len(value)
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, datetime | float):
-        return 8
-    return 8
-
-
-def _entity_size(entity: dict[str, Any]) -> int:
-    size = 4 + 2 * len(entity["PartitionKey"]) + 2 * len(entity["RowKey"])
-    for name, value in entity.items():
-        if name not in ("PartitionKey", "RowKey"):
-            size += 8 + 2 * len(name) + _property_size(value)
-    return size
 
 
 def test_everything_written_fits_azure_limits(
@@ -87,10 +65,10 @@ def test_everything_written_fits_azure_limits(
                 if any(char in key for char in "/\\#?") or len(key) > 512:
                     offenders.append(f"{where}: key {key!r}")
             for prop, value in entity.items():
-                if _property_size(value) > PROPERTY_LIMIT:
-                    offenders.append(f"{where}: property {prop} takes {_property_size(value)} bytes")
-            if _entity_size(entity) > ENTITY_LIMIT:
-                offenders.append(f"{where}: entity takes {_entity_size(entity)} bytes")
+                if property_size(value) > PROPERTY_LIMIT:
+                    offenders.append(f"{where}: property {prop} takes {property_size(value)} bytes")
+            if entity_size(entity) > ENTITY_LIMIT:
+                offenders.append(f"{where}: entity takes {entity_size(entity)} bytes")
     assert offenders == []
     store.close()
 
