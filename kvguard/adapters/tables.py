@@ -7,7 +7,9 @@ large to sit inline — each created on first use.
 
 - Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
   event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
-  event ids and rule ids); the original id stays in a property for people to read.
+  event ids and rule ids); the original id stays in a property for people to read, except what
+  grows with every event: an audit record names its vault in its document only, a mark keeps
+  its member and time, a finished claim its event id.
 - Concurrency: claims are deduplicated by `create_entity` (409 when the claim exists), an expired
   lease is taken over and baselines are replaced with the entity's ETag and
   `MatchConditions.IfNotModified` (412 when someone wrote first). A claim carries its owner's
@@ -158,6 +160,14 @@ class _Claim:
     entity: dict[str, Any]
     etag: str
     read: bool = False
+
+
+def _finished(claim: _Claim) -> _Claim:
+    """A claim as it is kept once its event is done: its keys and event id (the owner's token and
+    the lease only fence an unfinished claim), to be written over the claim with its ETag."""
+    kept: dict[str, Any] = {name: claim.entity[name] for name in ("PartitionKey", "RowKey", "event_id")
+                            if name in claim.entity}
+    return _Claim(claim.event_id, kept, claim.etag, claim.read)
 
 
 def _one_partition(claims: Sequence[_Claim]) -> bool:
@@ -487,6 +497,7 @@ class TablesStateStore:
 
             def finish(held: list[_Claim]) -> bool:
                 current, *let_go = held
+                current = _finished(current)
                 if let_go and _one_partition(held):
                     return self._together([current], {"done": True, "completed_at": _stamp(now)}, let_go)
                 if not all([self._drop_claim(claim) for claim in let_go]):
@@ -611,8 +622,6 @@ class TablesStateStore:
             "event_id": record.event_id[:DISPLAY_CHARS],
             **self._pack({"event_id": record.event_id, "vault_id": record.vault_id, "outcome": record.outcome}),
         }
-        if record.vault_id is not None:
-            entity["vault_id"] = record.vault_id[:DISPLAY_CHARS]
         if record.attempt is not None:
             entity["attempt"] = record.attempt
         self._table("audit").create_entity(entity)
@@ -809,8 +818,6 @@ class TablesStateStore:
             {
                 "PartitionKey": self._mark_partition(series, key),
                 "RowKey": f"{stamp}-{_digest(member)}",
-                "series": series,
-                "key": key,
                 "member": member,
                 "at": stamp,
             },

@@ -13,7 +13,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from kvguard.adapters.tables import TablesStateStore
-from kvguard.ports import ConcurrencyError
+from kvguard.ports import AuditRecord, ConcurrencyError
 from tests.contract.statestore_contract import LEASE, T0, VAULT, vault_config
 
 LOCK = "vault-lease:kv"
@@ -229,3 +229,29 @@ def test_an_intent_of_a_scope_listed_without_it_is_written_without_reading_it_fi
     store.begin_action("kv", "revert_access_policy", {"event_id": "evt-1"}, T0)
     assert counted.since(start) == ["PUT"]
     assert [p.handler for p in store.pending_actions("kv")] == ["revert_access_policy"]
+
+
+def test_what_grows_with_every_event_keeps_no_readable_copies(
+    counted: Counted, service: TableServiceClient, table_prefix: str
+) -> None:
+    """A finished claim, a mark and an audit record are kept with what is read of them alone: each
+    is written for every event, and a readable copy of a resource id doubles it."""
+    store = counted.store
+    store.claim("evt-1", T0, LEASE, owner="a", beside=LOCK)
+    store.claim(LOCK, T0, LEASE, owner="a")
+    assert store.complete("evt-1", T0, "a", releasing=[LOCK]) is True
+    store.add_mark("caller_writes", f"{VAULT}|caller-1", "evt-1", T0)
+    store.append_audit(AuditRecord("evt-1", VAULT, T0, {"outcome": "processed"}, attempt="a"))
+
+    def properties(concern: str) -> set[str]:
+        [entity] = service.get_table_client(table_prefix + concern).list_entities()
+        return set(entity) - {"PartitionKey", "RowKey"}
+
+    assert properties("claims") == {"event_id", "done", "completed_at"}
+    assert properties("marks") == {"member", "at"}
+    assert "vault_id" not in properties("audit")
+    [record] = store.list_audit(VAULT)
+    assert (record.event_id, record.vault_id, record.outcome) == ("evt-1", VAULT, {"outcome": "processed"})
+    assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=LOCK) == "duplicate"
+    assert store.marks_since("caller_writes", f"{VAULT}|caller-1", T0) == [("evt-1", T0)]
+    assert store.audited("evt-1", VAULT, "a") is True
