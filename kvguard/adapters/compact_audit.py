@@ -1,4 +1,4 @@
-"""Audit records as the SQLite store keeps them: compressed against a preset dictionary.
+"""Audit records as the SQLite and Table Storage stores keep them: compressed against a preset dictionary.
 
 A record of a few hundred bytes compresses little on its own; most of its text (the record's keys,
 handler names, statuses, the usual reasons and finding titles) repeats from record to record, and

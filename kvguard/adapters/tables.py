@@ -17,7 +17,9 @@ large to sit inline — each created on first use.
   it (read again first when there is none, or when that write was refused), so an owner whose
   lease was taken over changes nothing, without a read before every write.
 - Size: a property holds 64 KiB and an entity 1 MiB, and a vault may carry 1024 access policies.
-  Large values (vault configs, audit outcomes, raw payloads, finding evidence) are stored as JSON,
+  An audit record's outcome is one property, deflated against the audit dictionary
+  (`compact_audit`, as on SQLite) while it fits one; records written before, and larger ones, as
+  below. Large values (vault configs, audit outcomes, raw payloads, finding evidence) are stored as JSON,
   zlib-compressed and split into binary properties of at most 60,000 bytes. Up to twelve chunks
   sit in the entity itself; anything larger goes to the `chunks` table under a fresh reference
   written *before* the entity that points at it, so a conditional write stays one atomic request.
@@ -51,6 +53,7 @@ from azure.data.tables import TableClient, TableEntity, TableServiceClient, Upda
 
 from kvguard.adapters import found_against
 from kvguard.adapters.azure_clients import azure_errors
+from kvguard.adapters.compact_audit import audit_document, audit_fields
 from kvguard.ids import vault_key
 from kvguard.ports import (
     AuditRecord,
@@ -620,8 +623,13 @@ class TablesStateStore:
             "RowKey": _sequence(record.at),
             "at": _stamp(record.at),
             "event_id": record.event_id[:DISPLAY_CHARS],
-            **self._pack({"event_id": record.event_id, "vault_id": record.vault_id, "outcome": record.outcome}),
         }
+        compact = audit_document(record.vault_id, record.outcome)
+        if len(record.event_id) <= DISPLAY_CHARS and len(compact) <= CHUNK_BYTES:
+            entity["audit"] = compact  # one property, deflated against the audit dictionary
+        else:
+            entity.update(self._pack({"event_id": record.event_id, "vault_id": record.vault_id,
+                                      "outcome": record.outcome}))
         if record.attempt is not None:
             entity["attempt"] = record.attempt
         self._table("audit").create_entity(entity)
@@ -635,13 +643,13 @@ class TablesStateStore:
             entities = table.query_entities("PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)})
         records = []
         for entity in sorted(entities, key=lambda entity: entity["RowKey"]):
-            document = self._unpack(entity)
-            records.append(
-                AuditRecord(
-                    event_id=document["event_id"], vault_id=document["vault_id"], at=_unstamp(entity["at"]),
-                    outcome=document["outcome"],
-                )
-            )
+            if "audit" in entity:
+                vault, outcome = audit_fields(None, entity["audit"])
+                event_id = entity["event_id"]
+            else:
+                document = self._unpack(entity)
+                event_id, vault, outcome = document["event_id"], document["vault_id"], document["outcome"]
+            records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(entity["at"]), outcome=outcome))
         return records
 
     @_transient

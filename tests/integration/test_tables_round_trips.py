@@ -3,8 +3,10 @@ first, and the fence across two instances that makes those reads unnecessary."""
 
 from __future__ import annotations
 
+import json
 import random
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -249,9 +251,25 @@ def test_what_grows_with_every_event_keeps_no_readable_copies(
 
     assert properties("claims") == {"event_id", "done", "completed_at"}
     assert properties("marks") == {"member", "at"}
-    assert "vault_id" not in properties("audit")
+    assert properties("audit") == {"at", "event_id", "attempt", "audit"}  # one compact document
     [record] = store.list_audit(VAULT)
     assert (record.event_id, record.vault_id, record.outcome) == ("evt-1", VAULT, {"outcome": "processed"})
     assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=LOCK) == "duplicate"
     assert store.marks_since("caller_writes", f"{VAULT}|caller-1", T0) == [("evt-1", T0)]
     assert store.audited("evt-1", VAULT, "a") is True
+
+
+def test_an_audit_record_written_before_the_compact_document_reads_as_written(
+    counted: Counted, service: TableServiceClient, table_prefix: str
+) -> None:
+    store = counted.store
+    store.append_audit(AuditRecord("evt-new", VAULT, T0 + LEASE, {"outcome": "processed"}))
+    document = {"event_id": "evt-old", "vault_id": VAULT, "outcome": {"outcome": "duplicate"}}
+    table = service.get_table_client(table_prefix + "audit")
+    [new] = table.list_entities()
+    table.create_entity({"PartitionKey": new["PartitionKey"], "RowKey": "2026-11-27T10:00:00.000000Z-0-old",
+                         "at": "2026-11-27T10:00:00.000000Z", "event_id": "evt-old", "vault_id": VAULT,
+                         "doc_chunks": 1, "doc_encoding": "json+zlib",
+                         "doc_0": zlib.compress(json.dumps(document).encode())})
+    assert [(r.event_id, r.vault_id, r.outcome) for r in store.list_audit(VAULT)] == [
+        ("evt-old", VAULT, {"outcome": "duplicate"}), ("evt-new", VAULT, {"outcome": "processed"})]
