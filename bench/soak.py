@@ -482,12 +482,15 @@ def check(fake: ChaosArmFake, store: Any, schedule: list[Delivery], tally: Tally
     doubled = [p for p in rogues if reverted[p] > 1]
     left = sorted(still_there)
     unaudited = [p for p in rogues if p not in still_there and reverted[p] == 0]
-    for principal in doubled[:3] + left[:3] + unaudited[:3]:
+    unalerted = [p for p, v in rogues.items()
+                 if reverted[p] and not any(p in data for data in fake.alerted.get(vault_key(vault_id(v)), []))]
+    for principal in doubled[:3] + left[:3] + unaudited[:3] + unalerted[:3]:
         vault = vault_id(rogues[principal])
         print(f"-- {principal} on {vault.rsplit('/', 1)[-1]}:", file=sys.stderr)
+        shown = {"revert_access_policy", *(["raise_defender_alert"] if principal in unalerted else [])}
         for record in store.list_audit(vault):
             actions = [(a["handler"], a["status"], a["detail"][:300], a.get("before"))
-                       for a in record.outcome.get("actions", []) if a["handler"] == "revert_access_policy"]
+                       for a in record.outcome.get("actions", []) if a["handler"] in shown]
             print(f"   {record.at.time()} {record.event_id} {record.outcome.get('reason', '')[:80]} {actions}",
                   file=sys.stderr)
     if tally.unhandled:

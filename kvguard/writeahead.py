@@ -8,6 +8,7 @@ finding keeps its restore intents (`kvguard.intents`), which its handler plans f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,12 @@ def operations_of(recorded: Mapping[str, Any]) -> list[Operation]:
                   before=op["before"], rules=tuple(op["rules"]))
         for op in recorded["operations"]
     ]
+
+
+def finding_key(finding: Finding) -> tuple[str, str]:
+    """A finding as comparable across attempts: its rule and its evidence as JSON text (the same
+    once it went through an intent)."""
+    return finding.rule, json.dumps(dict(finding.evidence), sort_keys=True, default=str)
 
 
 def alert_results_of(recorded: Mapping[str, Any]) -> list[ActionResult]:

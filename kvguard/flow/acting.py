@@ -81,6 +81,7 @@ def earlier_attempt(services: Services, context: EventContext) -> Earlier:
     answered: dict[str, ActionResult] = {}
     findings: list[Finding] = []
     sent: list[ActionResult] = []
+    alerted: frozenset[tuple[str, str]] = frozenset()
     operations: dict[str, list[Operation]] = {}
     events: set[str] = set()
     stale: list[str] = []
@@ -91,13 +92,16 @@ def earlier_attempt(services: Services, context: EventContext) -> Earlier:
             stale.append(action.handler)  # recorded already; only its intent was left behind
             continue
         events.add(written_by)
-        sent = sent or writeahead.alert_results_of(action.intent)
+        if not sent and (sent := writeahead.alert_results_of(action.intent)):
+            alerted = frozenset(writeahead.finding_key(f) for f in writeahead.findings_of(action.intent))
         operations[action.handler] = writeahead.operations_of(action.intent)
         result = services.runner.confirm(action.handler, operations[action.handler], context.after)
         if result is not None:
             answered[action.handler] = result
             findings.extend(writeahead.findings_of(action.intent))
-    return Earlier((*operations, *stale), answered, findings, sent if event.id in events else [], operations)
+    same_event = event.id in events
+    return Earlier((*operations, *stale), answered, findings, sent if same_event else [], operations,
+                   alerted if same_event else frozenset())
 
 
 def alerts_for(services: Services, context: FlowContext, vault_id: str, findings: Sequence[Finding]) -> list[Alert]:
@@ -141,11 +145,15 @@ def act(services: Services, context: EventContext) -> list[ActionResult]:
     if not context.findings:
         return []
     decision, earlier, joined = context.decided, context.earlier, context.joined
-    fresh = context.listed
+    earlier_sent = earlier.alerts if decision.alert else []
+    # An earlier attempt of this event sent the alerts of the findings it had: not again; a
+    # finding it did not have (a grant made since) is alerted now.
+    fresh = [f for f in context.listed if writeahead.finding_key(f) not in earlier.alerted] if earlier_sent \
+        else context.listed
     alerts = alerts_for(services, context, context.vault_id, fresh)
     ready: dict[str, ActionResult] = {}
     planned: list[tuple[str, list[Operation]]] = []
-    if not (earlier.alerts and decision.alert):  # an earlier attempt sent them: not again
+    if not (earlier_sent and not fresh):
         for handler_id in alert_handlers():
             if handler_id not in services.sinks:
                 continue
@@ -171,9 +179,8 @@ def act(services: Services, context: EventContext) -> list[ActionResult]:
     except TransientError as error:
         # Nothing is recorded: a redelivery sends the alerts again and confirms what the writes did.
         raise TransientError(f"{lost.handler}: {lost.detail}") if lost is not None else error from None
-    sent = [*earlier.alerts] if earlier.alerts and decision.alert else [
-        ready.get(handler_id) or alerted[handler_id] for handler_id in alert_handlers()
-        if handler_id in ready or handler_id in alerted]
+    sent = with_earlier(earlier_sent, [ready.get(handler_id) or alerted[handler_id] for handler_id in alert_handlers()
+                                       if handler_id in ready or handler_id in alerted])
     if lost is not None:
         # The intents stay; they now name the alerts sent, so a redelivery does not send them again.
         _write_ahead(services, context, {h: remediations[h] for h in written}, sent)
@@ -183,6 +190,14 @@ def act(services: Services, context: EventContext) -> list[ActionResult]:
         confirmed = earlier.answered.get(handler_id)
         results.append(merged(confirmed, result) if confirmed is not None else result)
     return results
+
+
+def with_earlier(earlier: Sequence[ActionResult], now: Sequence[ActionResult]) -> list[ActionResult]:
+    """Each alert handler's result: what an earlier attempt of the event sent, with what this one
+    sent on top (a finding the earlier one did not have)."""
+    added = {result.handler: result for result in now}
+    return [*(merged(result, added.pop(result.handler)) if result.handler in added else result for result in earlier),
+            *added.values()]
 
 
 def _planned_remediation(

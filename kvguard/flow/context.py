@@ -45,6 +45,9 @@ class Earlier(NamedTuple):
     findings: list[Finding]
     alerts: list[ActionResult]
     operations: dict[str, list[Operation]]
+    # The findings (`writeahead.finding_key`) the attempt that sent `alerts` had: a finding it
+    # did not have (a grant made since) is alerted now.
+    alerted: frozenset[tuple[str, str]] = frozenset()
 
 
 NOTHING_EARLIER = Earlier((), {}, [], [], {})

@@ -603,6 +603,33 @@ def test_the_alert_an_earlier_attempt_lost_goes_out_beside_a_new_grant_of_the_sa
     assert len(applied_reverts_of(store, ROGUE)) == 1 and len(applied_reverts_of(store, SECOND_ROGUE)) == 1
 
 
+def test_a_grant_made_after_an_earlier_attempt_sent_its_alerts_is_alerted_on_the_retry(
+    store: StateStore, fake: ArmFake, gateway: ArmVaultGateway, defender: DefenderAlertSink
+) -> None:
+    """The first attempt's alerts all land and its revert fails transiently: its intent names the
+    alerts it sent, which the retry does not send again. By the retry a second grant has landed:
+    the retry alerts that one (the earlier attempt never saw it) and reverts both."""
+    pipeline = remediating(gateway, store, {"raise_defender_alert": defender})
+    fake.inject("PUT", REMOVE, status=503, body=ARM_ERROR, times=3)
+
+    with pytest.raises(TransientError):
+        pipeline.handle(event(EVENT_ID))
+    assert ROGUE in principals(fake)
+    sent = len(unhealthy_puts(fake, "KV-AP-01"))
+    assert sent == 1
+    grant_second_rogue(fake)
+
+    (outcome,) = pipeline.handle(event(EVENT_ID))
+
+    again = " ".join(json.dumps(r.json["properties"].get("additionalData"))
+                     for r in unhealthy_puts(fake, "KV-AP-01")[sent:])
+    assert SECOND_ROGUE in again and ROGUE not in again  # the new grant alerted; the first not again
+    assert principals(fake) == [OWNER]
+    assert len(applied_reverts_of(store, ROGUE)) == 1 and len(applied_reverts_of(store, SECOND_ROGUE)) == 1
+    (alert,) = [a for a in outcome.actions if a.handler == "raise_defender_alert"]
+    assert alert.status == "applied" and "KV-AP-01" in alert.rules
+
+
 # Table Storage only: SQLite writes a record in one transaction, so it never lands in part.
 @pytest.mark.parametrize("open_store", ["tables"], indirect=True)
 def test_a_revert_by_a_later_attempt_of_an_already_recorded_event_is_recorded(
