@@ -9,6 +9,7 @@ instead of adding another. Raising sets it Unhealthy; resolving sets it Healthy.
 from __future__ import annotations
 
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 from kvguard.adapters.azure_clients import ARM_ENDPOINT, SubscriptionClients, azure_errors
@@ -49,9 +50,7 @@ class DefenderAlertSink:
         return f"DefenderAlertSink(endpoint={self._clients.endpoint!r})"
 
     def raise_alert(self, alert: Alert) -> str:
-        from azure.mgmt.security.v2021_06_01.models import AssessmentStatus
-
-        status = AssessmentStatus(
+        status = _models().AssessmentStatus(
             code="Unhealthy",
             cause=alert.rule,
             description=f"{alert.title} (risk {alert.risk}, {alert.severity})",
@@ -59,20 +58,20 @@ class DefenderAlertSink:
         return self._put(alert.vault_id, alert.rule, status, additional_data(alert))
 
     def resolve(self, vault_id: str, rule: str) -> str:
-        from azure.mgmt.security.v2021_06_01.models import AssessmentStatus
-
-        status = AssessmentStatus(code="Healthy", cause="Resolved", description=f"{rule} no longer applies")
+        status = _models().AssessmentStatus(code="Healthy", cause="Resolved", description=f"{rule} no longer applies")
         return self._put(vault_id, rule, status, {"rule": rule})
 
     def _put(self, vault_id: str, rule: str, status: Any, data: dict[str, str]) -> str:
-        from azure.mgmt.security.v2021_06_01.models import AzureResourceDetails, SecurityAssessment
-
+        models = _models()
         name = assessment_name(rule)
-        assessment = SecurityAssessment(resource_details=AzureResourceDetails(), status=status, additional_data=data)
+        assessment = models.SecurityAssessment(resource_details=models.AzureResourceDetails(), status=status,
+                                               additional_data=data)
         client = self._client(vault_id)
+        with _LOADING:  # the client loads its versioned operations module on first use
+            assessments = client.assessments
         with azure_errors(f"defender assessment {rule}"):
             # The operation's URL template adds the leading slash itself.
-            client.assessments.create_or_update(vault_id.strip().lstrip("/"), name, assessment)
+            assessments.create_or_update(vault_id.strip().lstrip("/"), name, assessment)
         return f"defender assessment {name} ({rule}) set {status.code}"
 
     def _client(self, resource_id: str) -> SecurityCenter:
@@ -82,10 +81,24 @@ class DefenderAlertSink:
         return self._clients(subscription)
 
 
-def _security_client(*args: Any, **kwargs: Any) -> SecurityCenter:
-    from azure.mgmt.security import SecurityCenter
+# The SDK's versioned modules are loaded on first use; a delivery's assessments are written side by
+# side, and two threads loading one of those modules at once can find it half initialised (an
+# ImportError naming a circular import). One thread loads them; the others wait for it.
+_LOADING = threading.Lock()
 
-    return SecurityCenter(*args, **kwargs)
+
+def _models() -> Any:
+    """The assessment models of the API version kvguard writes, loaded by one thread at a time."""
+    with _LOADING:
+        from azure.mgmt.security.v2021_06_01 import models
+    return models
+
+
+def _security_client(*args: Any, **kwargs: Any) -> SecurityCenter:
+    with _LOADING:
+        from azure.mgmt.security import SecurityCenter
+
+        return SecurityCenter(*args, **kwargs)
 
 
 def additional_data(alert: Alert) -> dict[str, str]:
