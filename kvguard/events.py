@@ -1,4 +1,5 @@
-"""What Event Grid delivers, validated with Pydantic, and normalised into one `VaultEvent`.
+"""What Event Grid delivers, validated (plain JSON read directly, everything else through the Pydantic
+models of `kvguard.envelopes`) and normalised into one `VaultEvent`.
 
 Two envelopes reach kvguard (the Event Grid schema and CloudEvents 1.0) with two kinds of data:
 the subscription's `Microsoft.Resources.*` events (who called which ARM operation on which
@@ -15,12 +16,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeGuard
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 from kvguard.ids import VaultRef, parse_vault_ref
 from kvguard.resources import ResourceChange, resource_change
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 RESOURCE_EVENT_PREFIX = "microsoft.resources."
 ACCESS_POLICY_CHANGED = "microsoft.keyvault.vaultaccesspolicychanged"
@@ -41,117 +43,6 @@ OperationKind = Literal["write", "access_policy", "delete", "purge", "other"]
 _CLAIM = "http://schemas.microsoft.com/identity/claims/"
 _CLAIM_XML = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/"
 _CLAIM_2008 = "http://schemas.microsoft.com/ws/2008/06/identity/claims/"
-
-
-# --- envelopes -------------------------------------------------------------------------------
-
-
-class _Lenient(BaseModel):
-    """Unknown extra fields are kept, never an error: Azure adds fields without notice."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
-class EventGridEnvelope(_Lenient):
-    id: str = Field(min_length=1)
-    event_type: str = Field(alias="eventType", min_length=1)
-    subject: str = Field(min_length=1)
-    event_time: datetime = Field(alias="eventTime")
-    data: Any = None
-    topic: str | None = None
-    data_version: str | None = Field(default=None, alias="dataVersion")
-
-
-class CloudEventEnvelope(_Lenient):
-    id: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    source: str = Field(min_length=1)
-    specversion: str
-    subject: str | None = None
-    time: datetime | None = None
-    data: Any = None
-
-    @field_validator("specversion")
-    @classmethod
-    def _version_one(cls, value: str) -> str:
-        if value != "1.0":
-            raise ValueError(f"unsupported CloudEvents specversion {value!r} (expected '1.0')")
-        return value
-
-
-# --- event data --------------------------------------------------------------------------------
-
-
-class Authorization(_Lenient):
-    scope: str | None = None
-    action: str | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("evidence", mode="before")
-    @classmethod
-    def _evidence_may_be_empty_list(cls, value: Any) -> Any:
-        # Some deliveries carry `"evidence": []` instead of an object.
-        return {} if value in (None, []) else value
-
-
-class HttpRequest(_Lenient):
-    client_request_id: str | None = Field(default=None, alias="clientRequestId")
-    client_ip_address: str | None = Field(default=None, alias="clientIpAddress")
-    method: str | None = None
-    url: str | None = None
-
-
-class ResourceEventData(_Lenient):
-    """`data` of the `Microsoft.Resources.Resource*` events."""
-
-    resource_uri: str = Field(alias="resourceUri", min_length=1)
-    operation_name: str = Field(alias="operationName", min_length=1)
-    status: str | None = None
-    authorization: Authorization | None = None
-    claims: dict[str, Any] = Field(default_factory=dict)
-    correlation_id: str | None = Field(default=None, alias="correlationId")
-    http_request: HttpRequest | None = Field(default=None, alias="httpRequest")
-    resource_provider: str | None = Field(default=None, alias="resourceProvider")
-    subscription_id: str | None = Field(default=None, alias="subscriptionId")
-    tenant_id: str | None = Field(default=None, alias="tenantId")
-
-    @field_validator("claims", mode="before")
-    @classmethod
-    def _claims_may_be_text(cls, value: Any) -> Any:
-        if value is None or value == []:
-            return {}
-        if isinstance(value, str):
-            return _json_text(value) if value.strip() else {}
-        return value
-
-    @field_validator("http_request", mode="before")
-    @classmethod
-    def _http_request_may_be_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _json_text(value) if value.strip() else None
-        return value
-
-
-def _json_text(text: str) -> Any:
-    """A field that holds JSON as text, decoded; ValueError (which Pydantic reports against the
-    field) for text that is not JSON, or nested too deeply for the decoder: a RecursionError would
-    escape Pydantic and the "never raises on bad input" promise with it."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON text nested too deeply") from None
-
-
-class VaultAccessPolicyChangedData(_Lenient):
-    """`data` of Key Vault's own `VaultAccessPolicyChanged` (PascalCase; NBF/EXP string or number)."""
-
-    id: str | None = Field(default=None, alias="Id")
-    vault_name: str = Field(alias="VaultName", min_length=1)
-    object_type: str | None = Field(default=None, alias="ObjectType")
-    object_name: str | None = Field(default=None, alias="ObjectName")
-    version: str | None = Field(default=None, alias="Version")
-    nbf: Any = Field(default=None, alias="NBF")  # string, number or empty: kvguard never reads them
-    exp: Any = Field(default=None, alias="EXP")
 
 
 # --- the normalised event ----------------------------------------------------------------------
@@ -239,6 +130,16 @@ class Rejected:
 # --- parsing -------------------------------------------------------------------------------------
 
 
+def __getattr__(name: str) -> Any:
+    """The models, where they were before they moved to `kvguard.envelopes` (imported on first use)."""
+    if name in ("EventGridEnvelope", "CloudEventEnvelope", "ResourceEventData", "VaultAccessPolicyChangedData",
+                "Authorization", "HttpRequest"):
+        from kvguard import envelopes
+
+        return getattr(envelopes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def parse(raw: Any) -> list[VaultEvent | Rejected]:
     """Every event in a delivery, in order, each normalised or rejected with its reason.
 
@@ -321,10 +222,8 @@ def _parse_one(raw: Any, plain: bool = True) -> VaultEvent | Rejected:
         if "specversion" in raw:
             return _from_cloudevent(raw)
         return (plain and _plain_resource_event(raw)) or _from_eventgrid(raw)
-    except ValidationError as error:
-        return Rejected(_explain(error), _raw_text(raw), _event_id(raw))
-    except ValueError as error:
-        return Rejected(str(error), _raw_text(raw), _event_id(raw))
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        return Rejected(_reason(error), _raw_text(raw), _event_id(raw))
 
 
 def _from_worker_object(obj: Any) -> Any:
@@ -352,7 +251,15 @@ def _from_worker_object(obj: Any) -> Any:
     return obj
 
 
+def _reason(error: ValueError) -> str:
+    from pydantic import ValidationError
+
+    return _explain(error) if isinstance(error, ValidationError) else str(error)
+
+
 def _from_eventgrid(raw: Mapping[str, Any]) -> VaultEvent:
+    from kvguard.envelopes import EventGridEnvelope
+
     envelope = EventGridEnvelope.model_validate(raw)
     return _normalise(
         raw,
@@ -367,6 +274,8 @@ def _from_eventgrid(raw: Mapping[str, Any]) -> VaultEvent:
 
 
 def _from_cloudevent(raw: Mapping[str, Any]) -> VaultEvent:
+    from kvguard.envelopes import CloudEventEnvelope
+
     envelope = CloudEventEnvelope.model_validate(raw)
     return _normalise(
         raw,
@@ -420,10 +329,12 @@ def _event_time(value: Any) -> datetime | None:
     global _datetime_validator
     if type(value) is not str:
         return None
-    if _datetime_validator is None:
-        from pydantic import TypeAdapter
+    from pydantic_core import ValidationError
 
-        _datetime_validator = TypeAdapter(datetime)
+    if _datetime_validator is None:
+        from pydantic_core import SchemaValidator, core_schema
+
+        _datetime_validator = SchemaValidator(core_schema.datetime_schema())  # what a `datetime` field is
     try:
         moment: datetime = _datetime_validator.validate_python(value)
     except ValidationError:
@@ -503,6 +414,10 @@ def _normalise(
             data = json.loads(data)
         except (json.JSONDecodeError, RecursionError):
             raise ValueError("data: text that is not a JSON object") from None
+    from pydantic import ValidationError
+
+    from kvguard.envelopes import ResourceEventData, VaultAccessPolicyChangedData
+
     if lowered_type.startswith(RESOURCE_EVENT_PREFIX):
         if not isinstance(data, Mapping):
             raise ValueError("data: expected an object with resourceUri and operationName")
