@@ -8,7 +8,6 @@ import logging
 import azure.functions as func
 
 from kvguard import runtime
-from kvguard.settings import load_settings
 
 app = func.FunctionApp()
 log = logging.getLogger("kvguard")
@@ -27,6 +26,8 @@ def on_vault_event(event: func.EventGridEvent) -> None:
 def reconcile(timer: func.TimerRequest) -> None:
     """Seed missing baselines, catch changes whose events never arrived, retry the outbox and
     forget records past the retention period."""
+    from kvguard.settings import load_settings
+
     pipeline = runtime.current()
     with runtime.observer().delivery("reconcile") as run:
         run.record_all(pipeline.reconcile(load_settings().subscription_ids), "reconcile")

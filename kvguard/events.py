@@ -1,4 +1,5 @@
-"""What Event Grid delivers, validated with Pydantic, and normalised into one `VaultEvent`.
+"""What Event Grid delivers, validated (plain JSON read directly, everything else through the Pydantic
+models of `kvguard.envelopes`) and normalised into one `VaultEvent`.
 
 Two envelopes reach kvguard (the Event Grid schema and CloudEvents 1.0) with two kinds of data:
 the subscription's `Microsoft.Resources.*` events (who called which ARM operation on which
@@ -15,12 +16,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 from kvguard.ids import VaultRef, parse_vault_ref
 from kvguard.resources import ResourceChange, resource_change
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 RESOURCE_EVENT_PREFIX = "microsoft.resources."
 ACCESS_POLICY_CHANGED = "microsoft.keyvault.vaultaccesspolicychanged"
@@ -41,117 +43,6 @@ OperationKind = Literal["write", "access_policy", "delete", "purge", "other"]
 _CLAIM = "http://schemas.microsoft.com/identity/claims/"
 _CLAIM_XML = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/"
 _CLAIM_2008 = "http://schemas.microsoft.com/ws/2008/06/identity/claims/"
-
-
-# --- envelopes -------------------------------------------------------------------------------
-
-
-class _Lenient(BaseModel):
-    """Unknown extra fields are kept, never an error: Azure adds fields without notice."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
-class EventGridEnvelope(_Lenient):
-    id: str = Field(min_length=1)
-    event_type: str = Field(alias="eventType", min_length=1)
-    subject: str = Field(min_length=1)
-    event_time: datetime = Field(alias="eventTime")
-    data: Any = None
-    topic: str | None = None
-    data_version: str | None = Field(default=None, alias="dataVersion")
-
-
-class CloudEventEnvelope(_Lenient):
-    id: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    source: str = Field(min_length=1)
-    specversion: str
-    subject: str | None = None
-    time: datetime | None = None
-    data: Any = None
-
-    @field_validator("specversion")
-    @classmethod
-    def _version_one(cls, value: str) -> str:
-        if value != "1.0":
-            raise ValueError(f"unsupported CloudEvents specversion {value!r} (expected '1.0')")
-        return value
-
-
-# --- event data --------------------------------------------------------------------------------
-
-
-class Authorization(_Lenient):
-    scope: str | None = None
-    action: str | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("evidence", mode="before")
-    @classmethod
-    def _evidence_may_be_empty_list(cls, value: Any) -> Any:
-        # Some deliveries carry `"evidence": []` instead of an object.
-        return {} if value in (None, []) else value
-
-
-class HttpRequest(_Lenient):
-    client_request_id: str | None = Field(default=None, alias="clientRequestId")
-    client_ip_address: str | None = Field(default=None, alias="clientIpAddress")
-    method: str | None = None
-    url: str | None = None
-
-
-class ResourceEventData(_Lenient):
-    """`data` of the `Microsoft.Resources.Resource*` events."""
-
-    resource_uri: str = Field(alias="resourceUri", min_length=1)
-    operation_name: str = Field(alias="operationName", min_length=1)
-    status: str | None = None
-    authorization: Authorization | None = None
-    claims: dict[str, Any] = Field(default_factory=dict)
-    correlation_id: str | None = Field(default=None, alias="correlationId")
-    http_request: HttpRequest | None = Field(default=None, alias="httpRequest")
-    resource_provider: str | None = Field(default=None, alias="resourceProvider")
-    subscription_id: str | None = Field(default=None, alias="subscriptionId")
-    tenant_id: str | None = Field(default=None, alias="tenantId")
-
-    @field_validator("claims", mode="before")
-    @classmethod
-    def _claims_may_be_text(cls, value: Any) -> Any:
-        if value is None or value == []:
-            return {}
-        if isinstance(value, str):
-            return _json_text(value) if value.strip() else {}
-        return value
-
-    @field_validator("http_request", mode="before")
-    @classmethod
-    def _http_request_may_be_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _json_text(value) if value.strip() else None
-        return value
-
-
-def _json_text(text: str) -> Any:
-    """A field that holds JSON as text, decoded; ValueError (which Pydantic reports against the
-    field) for text that is not JSON, or nested too deeply for the decoder: a RecursionError would
-    escape Pydantic and the "never raises on bad input" promise with it."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON text nested too deeply") from None
-
-
-class VaultAccessPolicyChangedData(_Lenient):
-    """`data` of Key Vault's own `VaultAccessPolicyChanged` (PascalCase; NBF/EXP string or number)."""
-
-    id: str | None = Field(default=None, alias="Id")
-    vault_name: str = Field(alias="VaultName", min_length=1)
-    object_type: str | None = Field(default=None, alias="ObjectType")
-    object_name: str | None = Field(default=None, alias="ObjectName")
-    version: str | None = Field(default=None, alias="Version")
-    nbf: Any = Field(default=None, alias="NBF")  # string, number or empty: kvguard never reads them
-    exp: Any = Field(default=None, alias="EXP")
 
 
 # --- the normalised event ----------------------------------------------------------------------
@@ -239,6 +130,16 @@ class Rejected:
 # --- parsing -------------------------------------------------------------------------------------
 
 
+def __getattr__(name: str) -> Any:
+    """The models, where they were before they moved to `kvguard.envelopes` (imported on first use)."""
+    if name in ("EventGridEnvelope", "CloudEventEnvelope", "ResourceEventData", "VaultAccessPolicyChangedData",
+                "Authorization", "HttpRequest"):
+        from kvguard import envelopes
+
+        return getattr(envelopes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def parse(raw: Any) -> list[VaultEvent | Rejected]:
     """Every event in a delivery, in order, each normalised or rejected with its reason.
 
@@ -307,7 +208,9 @@ def _encodes(text: str) -> bool:
     return True
 
 
-def _parse_one(raw: Any) -> VaultEvent | Rejected:
+def _parse_one(raw: Any, plain: bool = True) -> VaultEvent | Rejected:
+    """One event, normalised or rejected; `plain=False` reads every event through the models (the
+    tests hold the plain path to them)."""
     if not isinstance(raw, Mapping):
         try:
             raw = _from_worker_object(raw)
@@ -318,11 +221,9 @@ def _parse_one(raw: Any) -> VaultEvent | Rejected:
     try:
         if "specversion" in raw:
             return _from_cloudevent(raw)
-        return _from_eventgrid(raw)
-    except ValidationError as error:
-        return Rejected(_explain(error), _raw_text(raw), _event_id(raw))
-    except ValueError as error:
-        return Rejected(str(error), _raw_text(raw), _event_id(raw))
+        return (plain and _plain_resource_event(raw)) or _from_eventgrid(raw)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        return Rejected(_reason(error), _raw_text(raw), _event_id(raw))
 
 
 def _from_worker_object(obj: Any) -> Any:
@@ -350,7 +251,15 @@ def _from_worker_object(obj: Any) -> Any:
     return obj
 
 
+def _reason(error: ValueError) -> str:
+    from pydantic import ValidationError
+
+    return _explain(error) if isinstance(error, ValidationError) else str(error)
+
+
 def _from_eventgrid(raw: Mapping[str, Any]) -> VaultEvent:
+    from kvguard.envelopes import EventGridEnvelope
+
     envelope = EventGridEnvelope.model_validate(raw)
     return _normalise(
         raw,
@@ -365,6 +274,8 @@ def _from_eventgrid(raw: Mapping[str, Any]) -> VaultEvent:
 
 
 def _from_cloudevent(raw: Mapping[str, Any]) -> VaultEvent:
+    from kvguard.envelopes import CloudEventEnvelope
+
     envelope = CloudEventEnvelope.model_validate(raw)
     return _normalise(
         raw,
@@ -376,6 +287,103 @@ def _from_cloudevent(raw: Mapping[str, Any]) -> VaultEvent:
         source=envelope.source,
         data=envelope.data,
     )
+
+
+# --- the plain path: what the models would return, without building them ------------------------
+#
+# Nearly every delivery is an Event Grid `Microsoft.Resources.*` event whose fields are plain JSON
+# of the types the models declare, spelled by their aliases. For those, the fields are read as they
+# are (the values the models would hold); anything else (another type, a field named by its Python
+# name, JSON text where an object goes, a time the datetime validator refuses) returns None and
+# goes through the models, which accept or reject it and name the field.
+
+_ENVELOPE_NAMES = ("event_type", "event_time", "data_version")  # populate_by_name: the models read these too
+_DATA_NAMES = ("resource_uri", "operation_name", "correlation_id", "http_request", "resource_provider",
+               "subscription_id", "tenant_id")
+_DATA_TEXT = ("status", "correlationId", "resourceProvider", "subscriptionId", "tenantId")
+_HTTP_NAMES = ("client_request_id", "client_ip_address")
+_HTTP_TEXT = ("clientRequestId", "clientIpAddress", "method", "url")
+_datetime_validator: Any = None
+
+
+def _text(value: Any) -> bool:
+    return type(value) is str and value != ""
+
+
+def _optional_text(mapping: Mapping[str, Any], names: tuple[str, ...]) -> bool:
+    for name in names:
+        value = mapping.get(name)
+        if value is not None and type(value) is not str:
+            return False
+    return True
+
+
+def _plain_object(value: Any) -> TypeGuard[dict[str, Any]]:
+    """A dict with text keys: what the models' `dict[str, Any]` fields hold as they are (and what
+    their extra fields may be named)."""
+    return type(value) is dict and all(type(k) is str for k in value)
+
+
+def _event_time(value: Any) -> datetime | None:
+    """`eventTime` as the models' datetime field reads it (the same validator), or None when it refuses it."""
+    global _datetime_validator
+    if type(value) is not str:
+        return None
+    from pydantic_core import ValidationError
+
+    if _datetime_validator is None:
+        from pydantic_core import SchemaValidator, core_schema
+
+        _datetime_validator = SchemaValidator(core_schema.datetime_schema())  # what a `datetime` field is
+    try:
+        moment: datetime = _datetime_validator.validate_python(value)
+    except ValidationError:
+        return None
+    return moment
+
+
+def _plain_resource_event(raw: Mapping[str, Any]) -> VaultEvent | None:
+    """An Event Grid resource event read without the models, or None to go through them."""
+    if not _plain_object(raw) or any(name in raw for name in _ENVELOPE_NAMES):
+        return None
+    event_id, event_type, subject = raw.get("id"), raw.get("eventType"), raw.get("subject")
+    data = raw.get("data")
+    if not (_text(event_id) and _text(event_type) and _text(subject) and _optional_text(raw, ("topic", "dataVersion"))
+            and _plain_object(data)):
+        return None
+    assert isinstance(event_id, str) and isinstance(event_type, str) and isinstance(subject, str)
+    if not event_type.lower().startswith(RESOURCE_EVENT_PREFIX):
+        return None
+    if any(name in data for name in _DATA_NAMES) or not (
+            _text(data.get("resourceUri")) and _text(data.get("operationName")) and _optional_text(data, _DATA_TEXT)):
+        return None
+    claims = data.get("claims")
+    if claims is None or claims == []:
+        claims = {}
+    elif not _plain_object(claims):
+        return None
+    authorization = data.get("authorization")
+    evidence: Any = {}
+    if authorization is not None:
+        if not _plain_object(authorization) or not _optional_text(authorization, ("scope", "action")):
+            return None
+        evidence = authorization.get("evidence")
+        if evidence is None or evidence == []:
+            evidence = {}
+        elif not _plain_object(evidence):
+            return None
+    http = data.get("httpRequest")
+    if http is not None and (not _plain_object(http) or any(name in http for name in _HTTP_NAMES)
+                             or not _optional_text(http, _HTTP_TEXT)):
+        return None
+    time = _event_time(raw.get("eventTime"))
+    if time is None:
+        return None
+    return _normalised_resource_event(
+        raw, event_id=event_id, event_type=event_type, subject=subject, time=time,
+        resource_uri=data["resourceUri"], operation_name=data["operationName"], status=data.get("status"),
+        claims=claims, evidence=evidence, correlation_id=data.get("correlationId"),
+        tenant_id=data.get("tenantId"), http=http)
 
 
 def _normalise(
@@ -406,6 +414,10 @@ def _normalise(
             data = json.loads(data)
         except (json.JSONDecodeError, RecursionError):
             raise ValueError("data: text that is not a JSON object") from None
+    from pydantic import ValidationError
+
+    from kvguard.envelopes import ResourceEventData, VaultAccessPolicyChangedData
+
     if lowered_type.startswith(RESOURCE_EVENT_PREFIX):
         if not isinstance(data, Mapping):
             raise ValueError("data: expected an object with resourceUri and operationName")
@@ -413,28 +425,14 @@ def _normalise(
             payload = ResourceEventData.model_validate(data)
         except ValidationError as error:
             raise ValueError(_explain(error, "data")) from None
-        operation = payload.operation_name.strip()
-        kind: OperationKind = OPERATIONS.get(operation.lower(), "other")  # type: ignore[assignment]
-        vault = parse_vault_ref(payload.resource_uri) or parse_vault_ref(subject)
-        if vault is None and operation.lower().startswith("microsoft.keyvault/"):
-            raise ValueError(f"data.resourceUri: {payload.resource_uri!r} names no Key Vault")
-        status = payload.status
-        succeeded = not lowered_type.endswith(("failure", "cancel")) and (status or "Succeeded").lower() == "succeeded"
-        return VaultEvent(
-            **common,
-            vault=vault,
-            operation=operation,
-            kind=kind if vault is not None else "other",
-            access_policy_action=_access_policy_action(payload.resource_uri) if kind == "access_policy" else None,
-            status=status,
-            succeeded=succeeded,
-            caller=_caller(payload),
-            correlation_id=payload.correlation_id,
-            tenant_id=(payload.tenant_id or "").lower() or None,
-            resource=resource_change(operation, payload.resource_uri),
-            client_request_id=(payload.http_request.client_request_id or None) if payload.http_request else None,
-            http_method=((payload.http_request.method or "").upper() or None) if payload.http_request else None,
-        )
+        http = payload.http_request
+        return _normalised_resource_event(
+            raw, event_id=event_id, event_type=event_type, subject=subject, time=time, schema=schema,
+            resource_uri=payload.resource_uri, operation_name=payload.operation_name, status=payload.status,
+            claims=payload.claims, evidence=payload.authorization.evidence if payload.authorization else {},
+            correlation_id=payload.correlation_id, tenant_id=payload.tenant_id,
+            http={"clientRequestId": http.client_request_id, "clientIpAddress": http.client_ip_address,
+                  "method": http.method} if http else None)
     if lowered_type == ACCESS_POLICY_CHANGED:
         if not isinstance(data, Mapping):
             raise ValueError("data: expected an object with VaultName")
@@ -473,6 +471,57 @@ def _normalise(
     )
 
 
+def _normalised_resource_event(
+    raw: Mapping[str, Any],
+    *,
+    event_id: str,
+    event_type: str,
+    subject: str | None,
+    time: datetime | None,
+    resource_uri: str,
+    operation_name: str,
+    status: str | None,
+    claims: Mapping[str, Any],
+    evidence: Mapping[str, Any],
+    correlation_id: str | None,
+    tenant_id: str | None,
+    http: Mapping[str, Any] | None,
+    schema: Literal["eventgrid", "cloudevents"] = "eventgrid",
+) -> VaultEvent:
+    """A `Microsoft.Resources.*` event from its validated fields (by the models or the plain path)."""
+    if time is not None and time.tzinfo is None:
+        time = time.replace(tzinfo=UTC)
+    operation = operation_name.strip()
+    kind: OperationKind = OPERATIONS.get(operation.lower(), "other")  # type: ignore[assignment]
+    vault = parse_vault_ref(resource_uri) or parse_vault_ref(subject)
+    if vault is None and operation.lower().startswith("microsoft.keyvault/"):
+        raise ValueError(f"data.resourceUri: {resource_uri!r} names no Key Vault")
+    lowered_type = event_type.lower()
+    succeeded = not lowered_type.endswith(("failure", "cancel")) and (status or "Succeeded").lower() == "succeeded"
+    client_request_id = http.get("clientRequestId") if http is not None else None
+    method = http.get("method") if http is not None else None
+    return VaultEvent(
+        id=event_id,
+        event_type=event_type,
+        schema=schema,
+        subject=subject,
+        time=time,
+        raw=raw,
+        vault=vault,
+        operation=operation,
+        kind=kind if vault is not None else "other",
+        access_policy_action=_access_policy_action(resource_uri) if kind == "access_policy" else None,
+        status=status,
+        succeeded=succeeded,
+        caller=_caller(claims, evidence, http.get("clientIpAddress") if http is not None else None),
+        correlation_id=correlation_id,
+        tenant_id=(tenant_id or "").lower() or None,
+        resource=resource_change(operation, resource_uri),
+        client_request_id=client_request_id or None,
+        http_method=(method or "").upper() or None,
+    )
+
+
 def _access_policy_action(resource_uri: str) -> str | None:
     tail = resource_uri.rstrip("/").rsplit("/", 2)
     if len(tail) == 3 and tail[1].lower() == "accesspolicies":
@@ -488,12 +537,9 @@ def _claim(claims: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
-def _caller(data: ResourceEventData) -> Caller:
-    claims = data.claims
-    evidence = data.authorization.evidence if data.authorization else {}
+def _caller(claims: Mapping[str, Any], evidence: Mapping[str, Any], ip: str | None) -> Caller:
     object_id = _claim(claims, "oid", _CLAIM + "objectidentifier")
     principal_id = evidence.get("principalId") if isinstance(evidence.get("principalId"), str) else None
-    ip = data.http_request.client_ip_address if data.http_request else None
     return Caller(
         object_id=object_id.lower() if object_id else None,
         app_id=(_claim(claims, "appid", "azp") or "").lower() or None,

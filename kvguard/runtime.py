@@ -2,7 +2,10 @@
 
 `function_app.py` takes its pipeline from `current()`, built on first use and reused by every
 invocation of the worker; tests hand in their own credential through `build(...)` and `install()`.
-SDK modules are imported here lazily, so a cold start pays only for what the event path uses.
+SDK modules are imported here lazily, so a cold start pays only for what the event path uses;
+so are the pipeline, the policy and the settings (and Pydantic with them): importing
+`function_app`, as the host does to index the functions, loads none of them, and the first
+invocation's `current()` and `observer()` do.
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ from __future__ import annotations
 import gc
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvguard import catalog
-from kvguard.blast_radius import ActivityLog
-from kvguard.flow.own import remember_own_resources
-from kvguard.pipeline import Pipeline
-from kvguard.policy import Policy, load_policy
-from kvguard.ports import StateStore
-from kvguard.settings import Settings, load_settings
-from kvguard.sinks import build_sinks
-from kvguard.telemetry import FindingsLog, Instruments, Observer
+
+if TYPE_CHECKING:
+    from kvguard.blast_radius import ActivityLog
+    from kvguard.pipeline import Pipeline
+    from kvguard.policy import Policy
+    from kvguard.ports import StateStore
+    from kvguard.settings import Settings
+    from kvguard.telemetry import FindingsLog, Instruments, Observer
 
 _lock = threading.Lock()
 _current: Pipeline | None = None
@@ -30,6 +33,8 @@ _observer: Observer | None = None
 def policy_from(settings: Settings) -> Policy:
     """The policy file (or the defaults), with the mode, own identities and own resources from the
     settings."""
+    from kvguard.policy import Policy, load_policy
+
     policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
     own = sorted({*policy.own_principal_ids, *(i.lower() for i in settings.own_principal_ids)})
     update: dict[str, Any] = {"own_principal_ids": own}
@@ -103,6 +108,10 @@ def build(settings: Settings | None = None, credential: Any = None, *, store: St
     from kvguard.adapters.policy import PolicyGateway
     from kvguard.adapters.resources import ArmResourceGateway, RoutedResourceGateway
     from kvguard.adapters.stacks import DeploymentStackReader
+    from kvguard.flow.own import remember_own_resources
+    from kvguard.pipeline import Pipeline
+    from kvguard.settings import load_settings
+    from kvguard.sinks import build_sinks
 
     catalog.load()
     quiet_sdk_loggers()
@@ -161,6 +170,9 @@ def build_observer(settings: Settings | None = None, credential: Any = None) -> 
     """The log line always; OpenTelemetry only with a connection string, the findings table only
     with its endpoint and rule. Their packages are imported here, not before: without them a cold
     start loads nothing of either."""
+    from kvguard.settings import load_settings
+    from kvguard.telemetry import Observer
+
     settings = settings or load_settings()
     instruments: Instruments | None = None
     if settings.appinsights_connection_string:

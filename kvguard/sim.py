@@ -234,6 +234,8 @@ def _at_or_above(resource_scope: str, scope: str) -> bool:
 class SimDefender:
     """Defender for Cloud custom assessments, one per vault × rule, as the simulated world holds them."""
 
+    answers_in_process = True  # no request leaves the process: the pipeline calls it on its own thread
+
     def __init__(self, world: World) -> None:
         self.world = world
 
@@ -250,6 +252,8 @@ class SimDefender:
 
 class SimTopic:
     """The Event Grid custom topic: keeps each published detection once (deterministic ids)."""
+
+    answers_in_process = True
 
     def __init__(self, world: World) -> None:
         self.world = world

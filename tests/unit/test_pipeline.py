@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -174,6 +175,49 @@ def test_alerts_are_raised_before_remediation_while_the_grant_still_stands() -> 
     assert handlers.index("publish_detection") < handlers.index("revert_access_policy")
     assert handlers.index("notify_webhook") < handlers.index("revert_access_policy")
     assert ("KV-AP-01", True) in seen
+    assert INTRUDER not in principals(env.current())
+
+
+def test_sinks_that_answer_in_process_are_called_on_the_pipeline_thread() -> None:
+    env = Env()
+    threads: list[str] = []
+
+    class InProcess:
+        answers_in_process = True
+
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+
+        def raise_alert(self, alert: Alert) -> str:
+            threads.append(threading.current_thread().name)
+            if self.fails:
+                raise RuntimeError("the sink broke")
+            return "seen"
+
+        def resolve(self, vault_id: str, rule: str) -> str:
+            return "resolved"
+
+    env.pipeline.sinks["raise_defender_alert"] = InProcess(fails=False)
+    env.pipeline.sinks["publish_detection"] = InProcess(fails=False)
+    outcome = env.change(vault(accessPolicies=[TEAM, ROGUE_GRANT]))
+    assert statuses(outcome)["revert_access_policy"] == "applied"
+    assert set(threads) == {threading.current_thread().name}
+    env.world.take_emitted()
+    # One sink without the mark: every alert goes through the pool, as before.
+    threads.clear()
+    env.pipeline.sinks["publish_detection"] = SimTopic(env.world)
+    env.pipeline.sinks["notify_webhook"] = type("Pooled", (), {"raise_alert": lambda self, a: threads.append(
+        threading.current_thread().name) or "seen", "resolve": lambda self, v, r: "resolved"})()
+    env.change(vault(accessPolicies=[TEAM, ROGUE_GRANT]), event_id="evt-pooled")
+    assert threads and threading.current_thread().name not in threads
+    env.world.take_emitted()
+    # An in-process sink that raises is recorded failed, as through the pool, and the revert is still applied.
+    del env.pipeline.sinks["notify_webhook"]
+    env.pipeline.sinks["raise_defender_alert"] = InProcess(fails=True)
+    env.pipeline.sinks["publish_detection"] = InProcess(fails=False)
+    outcome = env.change(vault(accessPolicies=[TEAM, ROGUE_GRANT]), event_id="evt-raises")
+    assert statuses(outcome)["raise_defender_alert"] == "failed"
+    assert statuses(outcome)["revert_access_policy"] == "applied"
     assert INTRUDER not in principals(env.current())
 
 
