@@ -117,6 +117,8 @@ class World:
 class SimVaultGateway:
     """VaultGateway on the simulated world, with ARM's PATCH and accessPolicies semantics."""
 
+    answers_in_process = True  # no request leaves the process: the pipeline reads it on its own thread
+
     def __init__(self, world: World) -> None:
         self.world = world
 

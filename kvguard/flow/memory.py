@@ -144,16 +144,28 @@ def breaker_since(services: Services, now: datetime) -> datetime:
 def read_vault(services: Services, event: VaultEvent, now: datetime) -> tuple[VaultConfig | None, VaultRead]:
     """The vault as ARM has it now, and what the state store holds of it, read side by side: the
     ARM GET on a thread of its own while the store's reads (`StateStore.load`) go out, so the
-    event waits for the longer of the two, not for their sum. A purge reads no vault (it is gone)."""
+    event waits for the longer of the two, not for their sum. A gateway that answers in the process
+    (the simulated world's, `answers_in_process`) is called on this thread: a handover would only
+    cost. A purge reads no vault (it is gone)."""
     assert event.vault is not None
     key = history_key(services, event)
     marks = [*recall_queries(services, event, now, key),
              MarkQuery("remediations", event.vault.key, breaker_since(services, now))]
-    reading = None if event.kind == "purge" else _readers().submit(services.gateway.get, event.vault.id)
+    if event.kind == "purge":
+        return None, _vault_read(services, event, key, marks)
+    if getattr(services.gateway, "answers_in_process", False):  # nothing to wait for: no thread to hand over to
+        after = services.gateway.get(event.vault.id)
+        return after, _vault_read(services, event, key, marks)
+    reading = _readers().submit(services.gateway.get, event.vault.id)
+    read = _vault_read(services, event, key, marks)
+    return reading.result(), read  # its error, if any, raised as it was
+
+
+def _vault_read(services: Services, event: VaultEvent, key: str, marks: list[MarkQuery]) -> VaultRead:
+    assert event.vault is not None
     state = services.store.load(event.vault.id, scope(event), marks)
-    after = reading.result() if reading is not None else None  # its error, if any, raised as it was
     *recall_marks, remediations = state.marks
-    return after, VaultRead(state, recalled(event, key, recall_marks), remediations)
+    return VaultRead(state, recalled(event, key, recall_marks), remediations)
 
 
 class VaultRead(NamedTuple):

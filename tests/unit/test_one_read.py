@@ -43,7 +43,9 @@ class NotingStore(SQLiteStateStore):
 
 class SeenGateway(SimVaultGateway):
     """The simulated gateway, telling when a vault's read has started and holding its answer until
-    the state store's read has started too."""
+    the state store's read has started too: a gateway that waits as a network one does."""
+
+    answers_in_process = False
 
     def __init__(self, world: World) -> None:
         super().__init__(world)
@@ -152,3 +154,28 @@ def test_a_finding_remediated_as_it_was_found_is_not_closed_in_the_store_but_one
     world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
     pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant-again"))
     assert ("KV-AP-01", True) in store.closed
+
+
+class ThreadNotingGateway(SimVaultGateway):
+    """The simulated gateway, noting the thread each read ran on."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
+        self.threads: list[threading.Thread] = []
+
+    def get(self, vault_id: str) -> VaultConfig | None:
+        self.threads.append(threading.current_thread())
+        return super().get(vault_id)
+
+
+def test_a_gateway_that_answers_in_the_process_is_read_on_the_pipelines_thread() -> None:
+    """Handing the simulated world's read to another thread only costs (replay, the benchmarks)."""
+    world = World(clock=SimClock(START))
+    gateway = ThreadNotingGateway(world)
+    store = SQLiteStateStore(":memory:")
+    pipeline = _pipeline(world, store, gateway)
+    world.put(vault())
+    store.put_baseline(VAULT_ID, vault(), None, now=START)
+    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
+    assert gateway.threads and set(gateway.threads) == {threading.current_thread()}
