@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 60_000  # below the 64 KiB limit of one property
 INLINE_CHUNKS = 12  # 720,000 bytes: well inside the 1 MiB limit of one entity, with room for the rest
 DISPLAY_CHARS = 1_000  # readable copies of long texts; the full text is in the compressed document
+BESIDE_ROW_DIGITS = 32  # 128 bits of the event id's digest name its claim within its vault's lease partition
 REMEMBERED_REFS = 10_000  # entities whose chunks' reference a store remembers (`_saw`)
 LOAD_THREADS = 8  # one per query of `load` for a vault event with every series of marks
 _ROUNDS = 8  # rounds of a read-then-conditional-write before giving up under contention
@@ -112,6 +113,9 @@ def _utc(moment: datetime) -> datetime:
 def _stamp(moment: datetime) -> str:
     """Fixed-width UTC text (`2026-11-27T10:00:00.000000Z`): text order is time order."""
     return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+STAMP_CHARS = len("2026-01-01T00:00:00.000000Z")  # `_stamp`'s fixed width
 
 
 def _unstamp(text: str) -> datetime:
@@ -345,7 +349,8 @@ class TablesStateStore:
         """A claim `beside` another is a row of that claim's partition, so that the two are renewed
         and completed in one entity-group transaction."""
         at = _stamp(now)
-        partition, row = (_digest(beside), _digest(event_id)) if beside is not None else (_digest(event_id), "claim")
+        partition, row = ((_digest(beside), _digest(event_id)[:BESIDE_ROW_DIGITS]) if beside is not None
+                          else (_digest(event_id), "claim"))
         with self._lock:
             if len(self._where) >= REMEMBERED_REFS:
                 self._where.clear()
@@ -825,9 +830,8 @@ class TablesStateStore:
         self._table("marks").upsert_entity(
             {
                 "PartitionKey": self._mark_partition(series, key),
-                "RowKey": f"{stamp}-{_digest(member)}",
+                "RowKey": f"{stamp}-{_digest(member)}",  # the mark's time is the RowKey's first STAMP_CHARS
                 "member": member,
-                "at": stamp,
             },
             mode=UpdateMode.REPLACE,
         )
@@ -837,9 +841,9 @@ class TablesStateStore:
         entities = self._table("marks").query_entities(
             "PartitionKey eq @pk and RowKey ge @since",
             parameters={"pk": self._mark_partition(series, key), "since": _stamp(since)},
-            select=["member", "at"],
+            select=["member", "RowKey"],
         )
-        marks = [(entity["member"], _unstamp(entity["at"])) for entity in entities]
+        marks = [(entity["member"], _unstamp(entity["RowKey"][:STAMP_CHARS])) for entity in entities]
         return sorted(marks, key=lambda mark: (mark[1], mark[0]))
 
     def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
@@ -927,7 +931,7 @@ class TablesStateStore:
             "claims": "( done eq true and completed_at lt @cutoff ) or ( done eq false and lease_until lt @cutoff )",
             "audit": "at lt @cutoff",
             "rejected": "at lt @cutoff",
-            "marks": "at lt @cutoff",
+            "marks": "RowKey lt @cutoff",  # a mark's RowKey starts with its time
             "intents": "at lt @cutoff",
             "outbox": "at lt @cutoff",
         }
