@@ -32,6 +32,13 @@ class ConcurrencyError(Exception):
     """An optimistic-concurrency write lost: someone else wrote first (ETag mismatch or exists)."""
 
 
+def answers_in_process(component: object) -> bool:
+    """Whether an implementation of a port answers without leaving the process (the simulated
+    world's say so with a true `answers_in_process` attribute): a step then calls it on its own
+    thread, as handing the call to another would only cost."""
+    return bool(getattr(component, "answers_in_process", False))
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 

@@ -19,23 +19,23 @@ from kvguard.decision import Decision, remediable
 from kvguard.detection import Finding
 from kvguard.flow.claims import hold, scope
 from kvguard.flow.context import Earlier, EventContext, FlowContext
+from kvguard.flow.pools import LazyPool
 from kvguard.flow.services import Services
 from kvguard.ids import vault_key
 from kvguard.intents import DeleteResource, RemoveRuleSources, RestoreResource
-from kvguard.ports import Alert, TransientError
+from kvguard.ports import Alert, TransientError, answers_in_process
 from kvguard.resources import ResourceState
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
 log = logging.getLogger("kvguard")
 # The alert sinks' calls wait on the network: this many go out side by side (the sinks of one
 # delivery, and of the deliveries a worker handles at once).
 ALERT_THREADS = 8
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+_alerting = LazyPool(ALERT_THREADS, "kvguard-alert")  # the alert sinks' calls
 # Sinks whose failure must not hold back the answer: their alerts wait in the outbox instead.
 SECONDARY_SINKS = frozenset({"notify_webhook"})
 # The intents that can say why their undo must not be written (the handler then plans nothing).
@@ -318,7 +318,7 @@ class Sending:
     def __init__(self, services: Services, planned: Sequence[tuple[str, Sequence[Operation]]],
                  current: VaultConfig | None) -> None:
         self._started = [threading.Event() for _ in planned]
-        if all(getattr(services.sinks.get(handler_id), "answers_in_process", False) for handler_id, _ in planned):
+        if all(answers_in_process(services.sinks.get(handler_id)) for handler_id, _ in planned):
             self._answers = [_called(services, started, handler_id, operations, current)
                              for started, (handler_id, operations) in zip(self._started, planned, strict=True)]
             return
@@ -360,18 +360,6 @@ def _called(services: Services, started: threading.Event, handler_id: str, opera
     except BaseException as error:  # raised from `answered`, as the pool would raise it
         answer.set_exception(error)
     return answer
-
-
-def _alerting() -> ThreadPoolExecutor:
-    """The process's pool for the alert sinks' calls, made on first use (a cold start that alerts
-    on nothing pays for no thread)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=ALERT_THREADS, thread_name_prefix="kvguard-alert")
-        return _POOL
 
 
 def settled(services: Services, planned: Sequence[tuple[str, Sequence[Operation]]],

@@ -5,9 +5,7 @@ count of remediations)."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -16,9 +14,10 @@ from kvguard.detection import History
 from kvguard.events import VaultEvent
 from kvguard.flow.claims import scope
 from kvguard.flow.context import EventContext, FlowContext, Recall
+from kvguard.flow.pools import LazyPool
 from kvguard.flow.services import Services
 from kvguard.ids import parse_vault_ref, vault_key
-from kvguard.ports import Baseline, ConcurrencyError, MarkQuery, TransientError, VaultState
+from kvguard.ports import Baseline, ConcurrencyError, MarkQuery, TransientError, VaultState, answers_in_process
 from kvguard.resources import is_vault_id
 from kvguard.vault import VaultConfig
 
@@ -26,8 +25,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MEMBER_DIGITS = 16  # a vault named in a caller's marks: 64 bits of its key's SHA-256 (`vault_member`)
 # ARM reads of vaults beside the state store's reads: one per event a worker handles at once.
 READ_THREADS = 8
-_READERS: ThreadPoolExecutor | None = None
-_READERS_LOCK = threading.Lock()
+_readers = LazyPool(READ_THREADS, "kvguard-read")
 
 
 def baseline_config(services: Services, baseline: Baseline) -> VaultConfig:
@@ -153,7 +151,7 @@ def read_vault(services: Services, event: VaultEvent, now: datetime) -> tuple[Va
              MarkQuery("remediations", event.vault.key, breaker_since(services, now))]
     if event.kind == "purge":
         return None, _vault_read(services, event, key, marks)
-    if getattr(services.gateway, "answers_in_process", False):  # nothing to wait for: no thread to hand over to
+    if answers_in_process(services.gateway):  # nothing to wait for: no thread to hand over to
         after = services.gateway.get(event.vault.id)
         return after, _vault_read(services, event, key, marks)
     reading = _readers().submit(services.gateway.get, event.vault.id)
@@ -177,13 +175,6 @@ class VaultRead(NamedTuple):
     remediations: list[tuple[str, datetime]]
 
 
-def _readers() -> ThreadPoolExecutor:
-    """The process's pool for the ARM read beside the state store's, made on first use."""
-    global _READERS
-    with _READERS_LOCK:
-        if _READERS is None:
-            _READERS = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="kvguard-read")
-        return _READERS
 
 
 def mark_caller(services: Services, context: FlowContext, key: str) -> None:
