@@ -324,6 +324,14 @@ def _plain_object(value: Any) -> TypeGuard[dict[str, Any]]:
     return type(value) is dict and all(type(k) is str for k in value)
 
 
+def _object_or_empty(value: Any) -> dict[str, Any] | None:
+    """An optional object as the models read it: missing or `[]` is empty; None when it is not a
+    plain object (the models decide it then)."""
+    if value is None or value == []:
+        return {}
+    return value if _plain_object(value) else None
+
+
 def _event_time(value: Any) -> datetime | None:
     """`eventTime` as the models' datetime field reads it (the same validator), or None when it refuses it."""
     global _datetime_validator
@@ -357,21 +365,18 @@ def _plain_resource_event(raw: Mapping[str, Any]) -> VaultEvent | None:
     if any(name in data for name in _DATA_NAMES) or not (
             _text(data.get("resourceUri")) and _text(data.get("operationName")) and _optional_text(data, _DATA_TEXT)):
         return None
-    claims = data.get("claims")
-    if claims is None or claims == []:
-        claims = {}
-    elif not _plain_object(claims):
+    claims = _object_or_empty(data.get("claims"))
+    if claims is None:
         return None
     authorization = data.get("authorization")
-    evidence: Any = {}
+    evidence: dict[str, Any] = {}
     if authorization is not None:
         if not _plain_object(authorization) or not _optional_text(authorization, ("scope", "action")):
             return None
-        evidence = authorization.get("evidence")
-        if evidence is None or evidence == []:
-            evidence = {}
-        elif not _plain_object(evidence):
+        given = _object_or_empty(authorization.get("evidence"))
+        if given is None:
             return None
+        evidence = given
     http = data.get("httpRequest")
     if http is not None and (not _plain_object(http) or any(name in http for name in _HTTP_NAMES)
                              or not _optional_text(http, _HTTP_TEXT)):

@@ -79,13 +79,19 @@ def _pipeline(world: World, store: SQLiteStateStore, gateway: SimVaultGateway | 
                     clock=world.clock)
 
 
-def test_a_reverted_grant_reads_the_vaults_state_once() -> None:
-    world = World(clock=SimClock(START))
-    store = NotingStore()
-    pipeline = _pipeline(world, store)
+def _granted(world: World, store: SQLiteStateStore, gateway: SimVaultGateway | None = None) -> Pipeline:
+    """The pipeline on a hardened vault kvguard knows, the intruder's grant just landed in it."""
+    pipeline = _pipeline(world, store, gateway)
     world.put(vault())
     store.put_baseline(VAULT_ID, vault(), None, now=START)
     world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    return pipeline
+
+
+def test_a_reverted_grant_reads_the_vaults_state_once() -> None:
+    world = World(clock=SimClock(START))
+    store = NotingStore()
+    pipeline = _granted(world, store)
     store.reads.clear()
     [outcome] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
     assert "revert_access_policy" in [a.handler for a in outcome.actions if a.status == "applied"]
@@ -97,10 +103,7 @@ def test_the_state_store_is_read_while_arm_is() -> None:
     world = World(clock=SimClock(START))
     gateway = SeenGateway(world)
     store = LoadAfterArm(gateway)
-    pipeline = _pipeline(world, store, gateway)
-    world.put(vault())
-    store.put_baseline(VAULT_ID, vault(), None, now=START)
-    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    pipeline = _granted(world, store, gateway)
     [outcome] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
     assert outcome.outcome == "processed" and outcome.findings
     assert store.arm_on_its_way == [True]
@@ -111,10 +114,7 @@ def test_a_redelivery_reports_its_vault_as_spelled_without_reading_the_baseline_
     baseline does, which a worker that judged the vault knows; a worker that did not reads it once."""
     world = World(clock=SimClock(START))
     store = NotingStore()
-    pipeline = _pipeline(world, store)
-    world.put(vault())
-    store.put_baseline(VAULT_ID, vault(), None, now=START)
-    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    pipeline = _granted(world, store)
     delivery = event(INTRUDER, VAULT_WRITE, event_id="evt-grant",
                      resource=VAULT_ID.replace("resourceGroups", "resourcegroups"))
     assert "resourcegroups" in delivery["subject"] and "resourceGroups" in VAULT_ID
@@ -144,10 +144,7 @@ class ClosingStore(SQLiteStateStore):
 def test_a_finding_remediated_as_it_was_found_is_not_closed_in_the_store_but_one_open_before_is() -> None:
     world = World(clock=SimClock(START))
     store = ClosingStore()
-    pipeline = _pipeline(world, store)
-    world.put(vault())
-    store.put_baseline(VAULT_ID, vault(), None, now=START)
-    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    pipeline = _granted(world, store)
     [reverted] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
     assert reverted.resolutions and store.closed == []  # the sinks hear of it; the store had nothing open
     store.open_finding(VAULT_ID, "KV-AP-01", {"rule": "KV-AP-01", "evidence": {}}, START)
@@ -173,9 +170,6 @@ def test_a_gateway_that_answers_in_the_process_is_read_on_the_pipelines_thread()
     world = World(clock=SimClock(START))
     gateway = ThreadNotingGateway(world)
     store = SQLiteStateStore(":memory:")
-    pipeline = _pipeline(world, store, gateway)
-    world.put(vault())
-    store.put_baseline(VAULT_ID, vault(), None, now=START)
-    world.put(with_grants(grant(INTRUDER, secrets=["get", "list"])))
+    pipeline = _granted(world, store, gateway)
     pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-grant"))
     assert gateway.threads and set(gateway.threads) == {threading.current_thread()}
