@@ -70,13 +70,14 @@ class Pipeline(Services):
             return passed
         now = self.clock.now()
         owner = uuid.uuid4().hex  # fences this attempt's claim: a takeover makes its writes fail
-        claim = self.store.claim(event.id, now, self.lease, owner, beside=vault_lock(event))
+        claim, vault_taken = self.store.claim_beside(event.id, vault_lock(event), now, self.lease, owner)
         if claim == "duplicate":
             return Outcome(event.id, "duplicate", "event already processed", memory.known_id(self, event))
         if claim == "in_progress":
             raise TransientError(f"event {event.id} is being processed by another instance")
         try:
-            with vault_held(self, event, now, owner) as taken:  # later than `now` when it waited for the vault
+            # `taken`: later than `now` when it waited for the vault
+            with vault_held(self, event, now, owner, taken_with_claim=vault_taken) as taken:
                 return self._process_or_reject(event, taken, owner)
         except BaseException:
             self.store.release(event.id, owner)

@@ -161,6 +161,19 @@ class BatchAlertSink(AlertSink, Protocol):
 
 ClaimResult = Literal["claimed", "duplicate", "in_progress"]
 
+VAULT_LEASE = "vault-lease:"
+
+
+def vault_lease(key: str) -> str:
+    """The claim id of the lease on the vault (or resource) `key`: one event of it at a time."""
+    return VAULT_LEASE + key
+
+
+def leased(claim_id: str) -> str | None:
+    """The key whose lease `claim_id` is (`vault_lease`), or None for an event's claim: a store
+    may keep a lease with the rest of that key's state."""
+    return claim_id[len(VAULT_LEASE):] if claim_id.startswith(VAULT_LEASE) else None
+
 
 class MarkQuery(NamedTuple):
     """One series's marks under one key at or after `since` (see `StateStore.marks_since_each`)."""
@@ -281,6 +294,14 @@ class StateStore(Protocol):
         `beside` names the claim this one is renewed and completed with (the vault's lease of a
         vault event), kept where one write reaches both if the store can; every claim of
         `event_id` names the same (or none)."""
+        ...
+
+    def claim_beside(
+        self, event_id: str, lease_id: str, now: datetime, lease: timedelta, owner: str
+    ) -> tuple[ClaimResult, bool]:
+        """`claim(event_id, …, beside=lease_id)` and, when that claims it, `claim(lease_id, …)`,
+        in one write where the store can: the event's claim, and whether the lease was taken with
+        it (False: another claimant holds it, or the event was not claimed)."""
         ...
 
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:

@@ -371,6 +371,13 @@ class SQLiteStateStore:
             # released in between: claim afresh
         return "in_progress"
 
+    def claim_beside(
+        self, event_id: str, lease_id: str, now: datetime, lease: timedelta, owner: str
+    ) -> tuple[ClaimResult, bool]:
+        """Two statements: each claim is one, and a file's writes cost no round trip."""
+        claimed = self.claim(event_id, now, lease, owner, beside=lease_id)
+        return claimed, claimed == "claimed" and self.claim(lease_id, now, lease, owner) == "claimed"
+
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
         return self.renew_each((event_id,), owner, now, lease)
 

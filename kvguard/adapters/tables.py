@@ -1,28 +1,37 @@
 """The StateStore on Azure Table Storage (Azurite locally and in tests).
 
-One table per concern — `{prefix}claims`, `baselines`, `audit`, `rejected`, `findings`,
-`foundagainst` (the configurations open findings name by ETag: `kvguard.adapters.found_against`),
-`marks`, `intents`, `outbox`, `ownwrites` (the ledger of own writes), and `chunks` for values too
-large to sit inline — each created on first use.
-
+- Layout: one table, `{prefix}vault`, holds every vault's state in a partition of its own (the
+  SHA-256 hex of its `vault_key`): its lease (`lease`) and the claims of its events (`c|…`), its
+  baseline (`baseline`), open findings (`f|…`) and the configurations they were found against
+  (`a|…`, `kvguard.adapters.found_against`), write-ahead intents (`i|…`), history marks
+  (`m|series-and-key|time-member`: a mark keyed by a vault, or by a vault and a caller, in the
+  vault's partition; one keyed by a caller in the caller's), audit records (`t|…`) and the
+  ledger of own writes (`o|…`). One event of a vault reads its state with one query of its
+  partition (and one of its caller's) and writes what it changed with one entity-group
+  transaction (`batch`, `kvguard.adapters.table_unit`). Other tables: `{prefix}claims` (events
+  that name no vault), `rejected`, `outbox`, and `chunks` for values too large to sit inline,
+  each created on first use. A store written by an earlier layout (one table per concern) is
+  read on: a vault's state moves to its partition the first time an event of it is read
+  (`_migrate`).
 - Keys: PartitionKey and RowKey may not hold `/`, `\\`, `#`, `?` (all common in resource ids and
-  event ids), so ids are encoded as the SHA-256 hex of their `vault_key` (or of the id itself for
-  event ids and rule ids); the original id stays in a property for people to read, except what
-  grows with every event: an audit record names its vault in its document only, a mark keeps
-  its member and time, a finished claim its event id.
+  event ids), so ids are encoded as SHA-256 hex digests; the original id stays in a property
+  for people to read, except what grows with every event: an audit record names its vault in
+  its document only, a mark keeps its member, a finished claim its event id.
 - Concurrency: claims are deduplicated by `create_entity` (409 when the claim exists), an expired
   lease is taken over and baselines are replaced with the entity's ETag and
   `MatchConditions.IfNotModified` (412 when someone wrote first). A claim carries its owner's
   token: renew, complete and release write it back with the ETag of the store's own last write of
   it (read again first when there is none, or when that write was refused), so an owner whose
-  lease was taken over changes nothing, without a read before every write.
+  lease was taken over changes nothing, without a read before every write. A baseline's
+  `Baseline.etag` is a version the store writes with it (`version`), so a batch can name the
+  next one before the transaction carrying it is sent.
 - Size: a property holds 64 KiB and an entity 1 MiB, and a vault may carry 1024 access policies.
   An audit record's outcome is one property, deflated against the audit dictionary
-  (`compact_audit`, as on SQLite) while it fits one; records written before, and larger ones, as
-  below. Large values (vault configs, audit outcomes, raw payloads, finding evidence) are stored as JSON,
-  zlib-compressed and split into binary properties of at most 60,000 bytes. Up to twelve chunks
-  sit in the entity itself; anything larger goes to the `chunks` table under a fresh reference
-  written *before* the entity that points at it, so a conditional write stays one atomic request.
+  (`compact_audit`, as on SQLite) while it fits one; larger ones as below. Large values (vault
+  configs, audit outcomes, raw payloads, finding evidence) are stored as JSON, zlib-compressed
+  and split into binary properties of at most 60,000 bytes. Up to twelve chunks sit in the
+  entity itself; anything larger goes to the `chunks` table under a fresh reference written
+  *before* the entity that points at it, so a conditional write stays one atomic request.
 - Errors: unreachable storage, 5xx and 429 (after the SDK's own retries) raise
   `kvguard.ports.TransientError`, chained to the Azure error; a refusal (403, 400) raises
   `kvguard.ports.PermanentError` (the rule is in `azure_clients`).
@@ -39,12 +48,12 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
@@ -54,6 +63,7 @@ from azure.data.tables import TableClient, TableEntity, TableServiceClient, Upda
 from kvguard.adapters import found_against
 from kvguard.adapters.azure_clients import azure_errors
 from kvguard.adapters.compact_audit import audit_document, audit_fields
+from kvguard.adapters.table_unit import Unit, Write, fits
 from kvguard.ids import vault_key
 from kvguard.ports import (
     AuditRecord,
@@ -68,6 +78,7 @@ from kvguard.ports import (
     RejectedPayload,
     TransientError,
     VaultState,
+    leased,
 )
 
 log = logging.getLogger(__name__)
@@ -130,6 +141,46 @@ def _vault_partition(vault_id: str) -> str:
     return _digest(vault_key(vault_id))
 
 
+VAULTS = "vault"  # the table of one partition per vault (or resource, or caller)
+LEASE_ROW, BASELINE_ROW = "lease", "baseline"
+CLAIM, FINDING, AGAINST, INTENT, MARK, AUDIT, OWN = "c|", "f|", "a|", "i|", "m|", "t|", "o|"
+_END = "~"  # sorts after every character a RowKey here holds after its prefix
+KEY_DIGITS = 16  # of a series and key's digest in a mark's RowKey: the partition already names the vault
+KEPT_BEHIND = ("caller_writes",)  # series of marks a store of the earlier layout is still read for (`_migrate`)
+
+
+def _starting(prefix: str, since: str = "") -> str:
+    """An OData filter for the RowKeys that start with `prefix`, from `prefix + since` on (the
+    keys are hex digits, stamps and series names: no quote to escape)."""
+    return f"(RowKey ge '{prefix}{since}' and RowKey lt '{prefix}{_END}')"
+
+
+def _key_partition(key: str) -> str:
+    """The partition the state under `key` is kept in: a vault's (or resource's) for a key that
+    is one or starts with one (`vault|caller`), the key's own otherwise (a caller's)."""
+    return _digest(vault_key(key.split("|", 1)[0]))
+
+
+def _mark_prefix(series: str, key: str) -> str:
+    """A series under one key: 64 bits of their digest (series names and keys hold any character)."""
+    tag = _digest(series + "\n" + vault_key(key))[:KEY_DIGITS]
+    return f"{MARK}{tag}|"
+
+
+def _claim_place(event_id: str, beside: str | None) -> tuple[str, str, str]:
+    """(table, partition, row) of a claim: a vault's lease, and a claim beside it, in the vault's
+    partition (written with the vault's records); any other claim in the claims table."""
+    vault = leased(event_id)
+    if vault is not None:
+        return VAULTS, _vault_partition(vault), LEASE_ROW
+    held = leased(beside) if beside is not None else None
+    if held is not None:
+        return VAULTS, _vault_partition(held), CLAIM + _digest(event_id)[:BESIDE_ROW_DIGITS]
+    if beside is not None:
+        return "claims", _digest(beside), _digest(event_id)[:BESIDE_ROW_DIGITS]
+    return "claims", _digest(event_id), "claim"
+
+
 def _sequence(at: datetime) -> str:
     """A RowKey that sorts by time, then by when it was written, and never collides."""
     return f"{_stamp(at)}-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
@@ -156,6 +207,7 @@ class _Seen:
     doc_ref: str | None  # where its spilled chunks are; None: inline
     etag: str | None
     opened: str | None = None  # an open finding's time of opening
+    version: str | None = None  # a baseline's (`Baseline.etag`)
 
 
 @dataclass(frozen=True)
@@ -167,6 +219,7 @@ class _Claim:
     entity: dict[str, Any]
     etag: str
     read: bool = False
+    table: str = "claims"
 
 
 def _finished(claim: _Claim) -> _Claim:
@@ -174,11 +227,24 @@ def _finished(claim: _Claim) -> _Claim:
     the lease only fence an unfinished claim), to be written over the claim with its ETag."""
     kept: dict[str, Any] = {name: claim.entity[name] for name in ("PartitionKey", "RowKey", "event_id")
                             if name in claim.entity}
-    return _Claim(claim.event_id, kept, claim.etag, claim.read)
+    return _Claim(claim.event_id, kept, claim.etag, claim.read, claim.table)
+
+
+def _fenced_update(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A transaction's replace of `entity`, only while it is as written with `etag`."""
+    return "update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
+                              "match_condition": MatchConditions.IfNotModified}
+
+
+class _Read(NamedTuple):
+    """What `_read_partitions` found: the entities by partition, the marks by query."""
+
+    entities: dict[str, list[TableEntity]]
+    marks: list[list[tuple[str, datetime]]]
 
 
 def _one_partition(claims: Sequence[_Claim]) -> bool:
-    return len({claim.entity["PartitionKey"] for claim in claims}) == 1
+    return len({(claim.table, claim.entity["PartitionKey"]) for claim in claims}) == 1
 
 
 class TablesStateStore:
@@ -210,11 +276,13 @@ class TablesStateStore:
         self._prefix = table_prefix
         self._tables: dict[str, TableClient] = {}
         self._held: dict[str, _Claim] = {}  # claims as this store last wrote them (`_hold`)
-        self._where: dict[str, tuple[str, str]] = {}  # where the claims this store made are (`claim`)
+        self._where: dict[str, tuple[str, str, str]] = {}  # where the claims this store made are (`claim`)
         self._readers: ThreadPoolExecutor | None = None  # `load`'s queries side by side
         self._refs: dict[tuple[str, str, str], _Seen] = {}  # `_saw`
         self._whole: set[tuple[str, str]] = set()  # partitions read whole (`_listed`)
         self._lock = threading.Lock()
+        self._local = threading.local()  # the batch a thread is in (`batch`)
+        self._legacy: bool | None = None  # whether the tables of the earlier layout exist (`_migrate`)
 
     def __repr__(self) -> str:
         return f"TablesStateStore({self._service.url!r}, table_prefix={self._prefix!r})"
@@ -224,20 +292,28 @@ class TablesStateStore:
             self._readers.shutdown(wait=True)
         self._service.close()
 
+    @_transient
     def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
-        """The baseline, the open findings, the intents and every series of marks live in
-        partitions of their own, which no one request reads: their queries go out side by side,
-        so the event waits for about one round trip instead of one per query."""
-        with self._lock:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="kvguard-tables")
-            readers = self._readers
-        baseline = readers.submit(self.get_baseline, vault_id)
-        findings = readers.submit(self.open_findings, vault_id)
-        pending = readers.submit(self.pending_actions, scope)
-        answers: list[Future[list[tuple[str, datetime]]]] = [
-            readers.submit(self.marks_since, query.series, query.key, query.since) for query in marks]
-        return VaultState(baseline.result(), findings.result(), pending.result(), [a.result() for a in answers])
+        """The vault's partition in one query (its baseline, open findings, intents and the marks
+        kept under it) and each other partition a series of marks is kept in (a caller's) in one
+        query of its own, side by side: one round trip's wait for the event's whole state."""
+        self._flush()
+        partition, intents = _vault_partition(vault_id), _vault_partition(scope)
+        rows: dict[str, list[str]] = {partition: [BASELINE_ROW, FINDING]}
+        rows.setdefault(intents, []).append(INTENT)
+        read = self._read_partitions(rows, marks)
+        if not any(entity["RowKey"] == BASELINE_ROW for entity in read.entities[partition]) \
+                and self._migrate(vault_id):
+            read = self._read_partitions(rows, marks)
+        found = read.entities[partition]
+        baseline = next((entity for entity in found if entity["RowKey"] == BASELINE_ROW), None)
+        if baseline is not None:
+            self._saw("baselines", baseline, baseline.metadata["etag"])
+        self._listed("baselines", partition)
+        findings = self._findings(vault_id, partition, [e for e in found if e["RowKey"].startswith(FINDING)])
+        self._listed("findings", partition)
+        pending = self._intents(scope, intents, [e for e in read.entities[intents] if e["RowKey"].startswith(INTENT)])
+        return VaultState(self._baseline(baseline) if baseline is not None else None, findings, pending, read.marks)
 
     def _table(self, concern: str) -> TableClient:
         """The concern's table, created the first time this store touches it."""
@@ -314,7 +390,7 @@ class TablesStateStore:
                 self._refs.clear()
                 self._whole.clear()
             self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
-                entity.get("doc_ref"), etag, entity.get("opened"))
+                entity.get("doc_ref"), etag, entity.get("opened"), entity.get("version") or etag)
 
     def _listed(self, concern: str, partition: str) -> None:
         """The whole partition was just read: every entity of it is now one `_saw` remembers."""
@@ -336,9 +412,75 @@ class TablesStateStore:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Table Storage has no transaction across tables: each write stands on its own, and the
-        pipeline's order of writes (the claim completed last) keeps a retried event safe."""
-        yield
+        """The writes made inside are held back and go out when it ends, as one entity-group
+        transaction per partition (`table_unit`): an event's records, its claims' renewal and
+        completion with them, in one request to its vault's partition. Nothing is written when
+        it ends with an exception. A read inside, or a write that cannot join a transaction,
+        first sends what was held back, so the order of writes is kept (the claim completed
+        last) and the batch reads its own writes."""
+        if self._unit() is not None:  # inside another: its writes go out with the outer one's
+            yield
+            return
+        unit = Unit()
+        self._local.unit = unit
+        try:
+            yield
+        except BaseException:
+            self._local.unit = None
+            for write in unit.writes:
+                self._drop_spilled(write)
+            raise
+        self._local.unit = None
+        self._commit(unit)
+
+    def _unit(self) -> Unit | None:
+        unit: Unit | None = getattr(self._local, "unit", None)
+        return unit
+
+    def _flush(self) -> None:
+        """Send what the batch held back so far (see `batch`)."""
+        unit = self._unit()
+        if unit is not None and unit.writes:
+            self._local.unit = Unit()
+            self._commit(unit)
+
+    @_transient
+    def _commit(self, unit: Unit) -> None:
+        """Each partition's writes in one transaction; when Table Storage refuses one as a whole
+        (nothing of it was written), that partition's writes and those of the partitions after
+        it are made one by one, as outside a batch (`table_unit`)."""
+        transactions = unit.transactions()
+        for index, (concern, _, operations, writes) in enumerate(transactions):
+            if operations and fits(operations):
+                try:
+                    answers = self._table(concern).submit_transaction(operations)
+                except HttpResponseError as error:
+                    if _table_transient(_status(error)):
+                        raise
+                    log.info("transaction of %d writes refused (%s): writing them one by one", len(operations),
+                             error.status_code)
+                else:
+                    metadata = {operation[1]["RowKey"]: answer for operation, answer in zip(operations, answers,
+                                                                                          strict=False)}
+                    for write in writes:
+                        if write.then is not None:
+                            write.then(metadata.get(write.row, {}))
+                    continue
+            elif not operations:
+                continue
+            try:
+                for _, _, _, later in transactions[index:]:
+                    for write in later:
+                        self._drop_spilled(write)
+                        if write.replay is not None:
+                            write.replay()
+            except ConcurrencyError as error:  # a baseline another instance moved meanwhile
+                raise TransientError(f"written concurrently; retry: {error}") from error
+            return
+
+    def _drop_spilled(self, write: Write) -> None:
+        for document in write.spilled:
+            self._discard(document)
 
     # Event claims
 
@@ -348,13 +490,20 @@ class TablesStateStore:
     ) -> ClaimResult:
         """A claim `beside` another is a row of that claim's partition, so that the two are renewed
         and completed in one entity-group transaction."""
+        self._flush()
+        return self._claim(event_id, now, lease, owner, beside=beside)
+
+    def _claim(
+        self, event_id: str, now: datetime, lease: timedelta, owner: str, *, beside: str | None, made: bool = False
+    ) -> ClaimResult:
+        """`made`: the claim's row is known to be there (a write of it was just refused), so the
+        first round reads it instead of trying to make it."""
         at = _stamp(now)
-        partition, row = ((_digest(beside), _digest(event_id)[:BESIDE_ROW_DIGITS]) if beside is not None
-                          else (_digest(event_id), "claim"))
+        concern, partition, row = _claim_place(event_id, beside)
         with self._lock:
             if len(self._where) >= REMEMBERED_REFS:
                 self._where.clear()
-            self._where[event_id] = (partition, row)
+            self._where[event_id] = (concern, partition, row)
         entity = {
             "PartitionKey": partition,
             "RowKey": row,
@@ -364,15 +513,16 @@ class TablesStateStore:
             "lease_until": _stamp(now + lease),
             "owner": owner,
         }
-        table = self._table("claims")
-        for _ in range(_ROUNDS):
+        table = self._table(concern)
+        for attempt in range(_ROUNDS):
             try:
-                self._hold(event_id, entity, table.create_entity(entity))
-                return "claimed"
+                if not (made and attempt == 0):
+                    self._hold(event_id, entity, table.create_entity(entity), concern)
+                    return "claimed"
             except HttpResponseError as error:
                 if not _is(error, 409):
                     raise
-            current = self._get("claims", partition, row)
+            current = self._get(concern, partition, row)
             if current is None:  # released in between: claim afresh
                 continue
             if current.get("done"):
@@ -384,29 +534,63 @@ class TablesStateStore:
                     entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
-                self._hold(event_id, entity, written)
+                self._hold(event_id, entity, written, concern)
                 return "claimed"
             except HttpResponseError as error:
                 if not _is(error, 404, 412):
                     raise
         return "in_progress"
 
-    def _hold(self, event_id: str, entity: Mapping[str, Any], written: Mapping[str, Any]) -> None:
+    @_transient
+    def claim_beside(
+        self, event_id: str, lease_id: str, now: datetime, lease: timedelta, owner: str
+    ) -> tuple[ClaimResult, bool]:
+        """A vault's lease is a row of its partition: an event claimed beside it and the lease,
+        both made afresh (the lease's row is deleted when it is let go of), are one transaction.
+        When either row is there already (a redelivery, a lease held or left to expire), the
+        transaction changes nothing and each is claimed on its own."""
+        self._flush()
+        concern, partition, row = _claim_place(event_id, lease_id)
+        held_at = _claim_place(lease_id, None)
+        if concern == VAULTS and held_at[:2] == (VAULTS, partition):
+            until, at = _stamp(now + lease), _stamp(now)
+            entities = [(claim_id, {"PartitionKey": partition, "RowKey": claim_row,
+                                    "event_id": claim_id[:DISPLAY_CHARS], "done": False, "claimed_at": at,
+                                    "lease_until": until, "owner": owner})
+                        for claim_id, claim_row in ((event_id, row), (lease_id, held_at[2]))]
+            try:
+                written = self._table(VAULTS).submit_transaction([("create", entity) for _, entity in entities])
+            except HttpResponseError as error:
+                if not _is(error, 409):
+                    raise
+                if getattr(error, "index", None) == 0:  # the event's claim is there: a redelivery
+                    claimed = self._claim(event_id, now, lease, owner, beside=lease_id, made=True)
+                    return claimed, claimed == "claimed" and self.claim(lease_id, now, lease, owner) == "claimed"
+            else:
+                for (claim_id, entity), metadata in zip(entities, written, strict=True):
+                    with self._lock:
+                        self._where[claim_id] = (VAULTS, partition, str(entity["RowKey"]))
+                    self._hold(claim_id, entity, metadata, VAULTS)
+                return "claimed", True
+        claimed = self.claim(event_id, now, lease, owner, beside=lease_id)
+        return claimed, claimed == "claimed" and self.claim(lease_id, now, lease, owner) == "claimed"
+
+    def _hold(self, event_id: str, entity: Mapping[str, Any], written: Mapping[str, Any], table: str) -> None:
         """Remember a claim as this store last wrote it, with the ETag the write returned: renewing,
         completing or letting go of it then needs no read first. The fence is unchanged: each of
         those writes is conditional on that ETag, which any other write of the claim (a takeover)
         changes."""
         with self._lock:
-            self._held[event_id] = _Claim(event_id, dict(entity), str(written["etag"]))
+            self._held[event_id] = _Claim(event_id, dict(entity), str(written["etag"]), table=table)
 
     def _forget(self, event_id: str) -> None:
         with self._lock:
             self._held.pop(event_id, None)
 
-    def _location(self, event_id: str) -> tuple[str, str]:
+    def _location(self, event_id: str) -> tuple[str, str, str]:
         """Where the claim of `event_id` is: beside another when this store claimed it so."""
         with self._lock:
-            return self._where.get(event_id) or (_digest(event_id), "claim")
+            return self._where.get(event_id) or _claim_place(event_id, None)
 
     def _owned_claim(self, event_id: str, owner: str | None, *, fresh: bool = False) -> _Claim | None:
         """The unfinished claim of `event_id` when `owner` holds it (any owner when None): as this
@@ -416,12 +600,13 @@ class TablesStateStore:
                 held = self._held.get(event_id)
             if held is not None and held.entity.get("owner", "") == owner and not held.entity.get("done"):
                 return held
-        current = self._get("claims", *self._location(event_id))
+        concern, partition, row = self._location(event_id)
+        current = self._get(concern, partition, row)
         if current is None or current.get("done"):
             return None
         if owner is not None and current.get("owner", "") != owner:
             return None
-        return _Claim(event_id, dict(current), str(current.metadata["etag"]), read=True)
+        return _Claim(event_id, dict(current), str(current.metadata["etag"]), read=True, table=concern)
 
     def _fenced(self, event_ids: Sequence[str], owner: str, write: Callable[[list[_Claim]], bool]) -> bool:
         """`write` of `owner`'s claims of `event_ids`, each fenced by its ETag. Tried first with the
@@ -442,7 +627,7 @@ class TablesStateStore:
         """Write the claim back only if nobody touched it since it was read (the fence)."""
         entity = {**current.entity, **changes}
         try:
-            written = self._table("claims").update_entity(
+            written = self._table(current.table).update_entity(
                 entity, mode=UpdateMode.REPLACE, etag=current.etag, match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as error:
@@ -450,7 +635,7 @@ class TablesStateStore:
                 raise
             self._forget(current.event_id)
             return False
-        self._hold(current.event_id, entity, written)
+        self._hold(current.event_id, entity, written, current.table)
         return True
 
     @_transient
@@ -470,19 +655,53 @@ class TablesStateStore:
         for claim in (*held, *dropped):
             self._forget(claim.event_id)
         try:
-            written = self._table("claims").submit_transaction(operations)
+            written = self._table(held[0].table).submit_transaction(operations)
         except HttpResponseError as error:
             if not _is(error, 404, 412):
                 raise
             return False
         for claim, metadata in zip(held, written, strict=False):
-            self._hold(claim.event_id, {**claim.entity, **(changes or {})}, metadata)
+            self._hold(claim.event_id, {**claim.entity, **(changes or {})}, metadata, claim.table)
         return True
 
     @_transient
     def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
         """Every claim checked before any is written; claims kept beside each other in one
-        transaction, the others each in a write of its own, each fenced by its ETag."""
+        transaction, the others each in a write of its own, each fenced by its ETag. In a batch,
+        claims of a vault's partition this store holds are renewed with the batch's other writes
+        (True: the transaction is fenced by their ETags, and a refusal stops the batch then)."""
+        unit, held = self._unit(), self._vault_claims(event_ids, owner)
+        if unit is not None and held is not None:
+            until = _stamp(now + lease)
+            for index, claim in enumerate(held):
+                entity = {**claim.entity, "lease_until": until}
+                unit.add(Write(VAULTS, entity["PartitionKey"], entity["RowKey"], _fenced_update(entity, claim.etag),
+                               replay=None if index else functools.partial(self._renewed, event_ids, owner, now, lease),
+                               then=functools.partial(self._hold_written, claim.event_id, entity), fenced=True))
+            return True
+        self._flush()
+        return self._renew_each(event_ids, owner, now, lease)
+
+    def _renewed(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> None:
+        if not self._renew_each(event_ids, owner, now, lease):
+            raise TransientError(f"claims {', '.join(event_ids)}: taken over by another instance")
+
+    def _vault_claims(self, event_ids: Sequence[str], owner: str) -> list[_Claim] | None:
+        """`owner`'s claims of `event_ids` as this store last wrote them, when it holds them all
+        in one vault's partition; else None (a batch then writes them on their own)."""
+        with self._lock:
+            held = [self._held.get(event_id) for event_id in dict.fromkeys(event_ids)]
+        if any(claim is None or claim.table != VAULTS or claim.entity.get("owner", "") != owner
+               or claim.entity.get("done") for claim in held):
+            return None
+        claims = [claim for claim in held if claim is not None]
+        return claims if _one_partition(claims) else None
+
+    def _hold_written(self, event_id: str, entity: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+        if "etag" in metadata:  # written as renewed (not let go of later in the same batch)
+            self._hold(event_id, entity, metadata, VAULTS)
+
+    def _renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
         until = _stamp(now + lease)
 
         def renew(held: list[_Claim]) -> bool:
@@ -499,7 +718,40 @@ class TablesStateStore:
         """The leases are let go of first, then the event completes, each write fenced by its
         ETag: a lease another attempt took over stops the completion (False), as a lease read and
         found taken over would, without a read before every write. A lease let go of ahead of a
-        completion that then fails was this attempt's, which gives up the vault anyway."""
+        completion that then fails was this attempt's, which gives up the vault anyway. In a
+        batch, claims of a vault's partition this store holds complete with the batch's other
+        writes (as `renew_each`)."""
+        unit = self._unit()
+        held = self._vault_claims([event_id, *releasing], owner) if owner is not None and unit is not None else None
+        if unit is not None and held is not None and owner is not None:
+            current, *let_go = held
+            finished = {**_finished(current).entity, "done": True, "completed_at": _stamp(now)}
+            unit.add(Write(VAULTS, finished["PartitionKey"], finished["RowKey"],
+                           _fenced_update(finished, current.etag),
+                           replay=functools.partial(self._completed, event_id, now, owner, releasing),
+                           then=lambda _: self._let_go(event_id), fenced=True))
+            for claim in let_go:
+                unit.add(Write(VAULTS, claim.entity["PartitionKey"], claim.entity["RowKey"],
+                               ("delete", claim.entity, {"etag": claim.etag,
+                                                         "match_condition": MatchConditions.IfNotModified}),
+                               replay=None, then=functools.partial(lambda lease_id, _: self._forget(lease_id),
+                                                                   claim.event_id), fenced=True))
+            return True
+        self._flush()
+        return self._complete(event_id, now, owner, releasing=releasing)
+
+    def _completed(self, event_id: str, now: datetime, owner: str, releasing: Sequence[str]) -> None:
+        if not self._complete(event_id, now, owner, releasing=releasing):
+            raise TransientError(f"event {event_id}: the claim was taken over by another instance")
+
+    def _let_go(self, event_id: str) -> None:
+        self._forget(event_id)
+        with self._lock:
+            self._where.pop(event_id, None)
+
+    def _complete(
+        self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
+    ) -> bool:
         if owner is not None:
             leases = [lease_id for lease_id in dict.fromkeys(releasing) if lease_id != event_id]
 
@@ -518,10 +770,11 @@ class TablesStateStore:
                 with self._lock:
                     self._where.pop(event_id, None)
             return done
-        self._table("claims").upsert_entity(
+        concern, partition, row = self._location(event_id)
+        self._table(concern).upsert_entity(
             {
-                "PartitionKey": _digest(event_id),
-                "RowKey": "claim",
+                "PartitionKey": partition,
+                "RowKey": row,
                 "event_id": event_id[:DISPLAY_CHARS],
                 "done": True,
                 "completed_at": _stamp(now),
@@ -544,7 +797,7 @@ class TablesStateStore:
         """Delete the claim only if nobody touched it since it was read (the fence)."""
         self._forget(current.event_id)
         try:
-            self._table("claims").delete_entity(
+            self._table(current.table).delete_entity(
                 current.entity["PartitionKey"], current.entity["RowKey"], etag=current.etag,
                 match_condition=MatchConditions.IfNotModified,
             )
@@ -558,7 +811,11 @@ class TablesStateStore:
 
     @_transient
     def get_baseline(self, vault_id: str) -> Baseline | None:
-        entity = self._get("baselines", _vault_partition(vault_id), "baseline")
+        self._flush()
+        partition = _vault_partition(vault_id)
+        entity = self._get(VAULTS, partition, BASELINE_ROW)
+        if entity is None and self._migrate(vault_id):
+            entity = self._get(VAULTS, partition, BASELINE_ROW)
         if entity is None:
             return None
         self._saw("baselines", entity, entity.metadata["etag"])
@@ -569,28 +826,65 @@ class TablesStateStore:
         self, vault_id: str, config: Mapping[str, Any], etag: str | None, *, deleted: bool = False,
         now: datetime | None = None,
     ) -> str:
-        updated = _stamp(now if now is not None else datetime.now(UTC))
+        """`etag` is the version the baseline was read with (`Baseline.etag`); the write is fenced
+        by the entity's own ETag as last seen with that version. In a batch, a baseline this store
+        read (or saw missing) is written with the batch's other writes: its new version is named
+        here, ahead of the transaction that carries it."""
         partition = _vault_partition(vault_id)
-        table = self._table("baselines")
+        seen = self._seen("baselines", partition, BASELINE_ROW)
+        unit = self._unit()
+        known = (seen is not None and seen.version == etag) if etag is not None else \
+            self._listed_without("baselines", partition, BASELINE_ROW)
+        if unit is not None and known:
+            version = uuid.uuid4().hex
+            document = self._pack(config)
+            entity = self._baseline_entity(vault_id, partition, version, deleted=deleted, now=now, document=document)
+            operation: tuple[str, dict[str, Any], dict[str, Any]] = (
+                _fenced_update(entity, str(seen.etag)) if etag is not None and seen is not None
+                else ("create", entity, {}))
+            previous = {"doc_ref": seen.doc_ref} if seen is not None else None
+            unit.add(Write(VAULTS, partition, BASELINE_ROW, operation,
+                           replay=functools.partial(self._put_baseline, vault_id, config, etag, deleted, now),
+                           then=functools.partial(self._baseline_written, entity, previous),
+                           spilled=[document]))
+            return version
+        self._flush()
+        return self._put_baseline(vault_id, config, etag, deleted, now)
+
+    def _baseline_written(self, entity: Mapping[str, Any], previous: Mapping[str, Any] | None,
+                          metadata: Mapping[str, Any]) -> None:
+        self._discard(previous)
+        self._saw("baselines", entity, metadata.get("etag"))
+
+    @staticmethod
+    def _baseline_entity(vault_id: str, partition: str, version: str, *, deleted: bool, now: datetime | None,
+                         document: Mapping[str, Any]) -> dict[str, Any]:
+        return {"PartitionKey": partition, "RowKey": BASELINE_ROW, "vault_id": vault_id, "deleted": deleted,
+                "updated": _stamp(now if now is not None else datetime.now(UTC)), "version": version, **document}
+
+    def _put_baseline(self, vault_id: str, config: Mapping[str, Any], etag: str | None, deleted: bool,
+                      now: datetime | None) -> str:
+        partition = _vault_partition(vault_id)
+        table = self._table(VAULTS)
         previous: Mapping[str, Any] | None = None
-        seen = self._seen("baselines", partition, "baseline")
-        if etag is not None and seen is not None and seen.etag == etag:
-            previous = {"doc_ref": seen.doc_ref}  # the baseline as last read: the write is fenced by `etag`
+        stored_etag: str | None = None
+        seen = self._seen("baselines", partition, BASELINE_ROW)
+        if etag is not None and seen is not None and seen.version == etag:
+            previous, stored_etag = {"doc_ref": seen.doc_ref}, seen.etag  # as last read: fenced by its ETag
         elif etag is not None:
-            previous = self._get("baselines", partition, "baseline")
-            if previous is None:
-                raise ConcurrencyError(f"baseline of {vault_id} does not exist (etag {etag} is stale)")
+            previous = self._get(VAULTS, partition, BASELINE_ROW)
+            if previous is None or (previous.get("version") or str(previous.metadata["etag"])) != etag:
+                raise ConcurrencyError(f"baseline of {vault_id} was changed or removed (etag {etag} is stale)")
+            stored_etag = str(previous.metadata["etag"])
+        version = uuid.uuid4().hex
         document = self._pack(config)
-        entity = {
-            "PartitionKey": partition, "RowKey": "baseline", "vault_id": vault_id, "deleted": deleted,
-            "updated": updated, **document,
-        }
+        entity = self._baseline_entity(vault_id, partition, version, deleted=deleted, now=now, document=document)
         try:
-            if etag is None:
+            if stored_etag is None:
                 metadata = table.create_entity(entity)
             else:
                 metadata = table.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    entity, mode=UpdateMode.REPLACE, etag=stored_etag, match_condition=MatchConditions.IfNotModified
                 )
         except HttpResponseError as error:
             self._discard(document)
@@ -602,18 +896,23 @@ class TablesStateStore:
             raise
         self._discard(previous)
         self._saw("baselines", entity, metadata["etag"])
-        return str(metadata["etag"])
+        return version
 
     @_transient
     def list_baselines(self) -> list[Baseline]:
-        baselines = [self._baseline(entity) for entity in self._table("baselines").list_entities()]
-        return sorted(baselines, key=lambda baseline: vault_key(baseline.vault_id))
+        self._flush()
+        found = {entity["PartitionKey"]: self._baseline(entity) for entity in self._table(VAULTS).query_entities(
+            f"RowKey eq '{BASELINE_ROW}'")}
+        if self._has_legacy():  # vaults no event has read since the layout changed
+            for entity in self._legacy_table("baselines").list_entities():
+                found.setdefault(entity["PartitionKey"], self._baseline(entity))
+        return sorted(found.values(), key=lambda baseline: vault_key(baseline.vault_id))
 
     def _baseline(self, entity: TableEntity) -> Baseline:
         return Baseline(
             vault_id=entity["vault_id"],
             config=self._unpack(entity),
-            etag=str(entity.metadata["etag"]),
+            etag=str(entity.get("version") or entity.metadata["etag"]),
             deleted=bool(entity.get("deleted")),
             updated=_unstamp(entity["updated"]),
         )
@@ -622,32 +921,47 @@ class TablesStateStore:
 
     @_transient
     def append_audit(self, record: AuditRecord) -> None:
+        """A vault's record in its partition (in a batch, with the event's other writes)."""
         partition = _vault_partition(record.vault_id) if record.vault_id is not None else "no-vault"
         entity: dict[str, Any] = {
             "PartitionKey": partition,
-            "RowKey": _sequence(record.at),
+            "RowKey": AUDIT + _sequence(record.at),
             "at": _stamp(record.at),
             "event_id": record.event_id[:DISPLAY_CHARS],
         }
         compact = audit_document(record.vault_id, record.outcome)
+        spilled: list[Mapping[str, Any]] = []
         if len(record.event_id) <= DISPLAY_CHARS and len(compact) <= CHUNK_BYTES:
             entity["audit"] = compact  # one property, deflated against the audit dictionary
         else:
-            entity.update(self._pack({"event_id": record.event_id, "vault_id": record.vault_id,
-                                      "outcome": record.outcome}))
+            document = self._pack({"event_id": record.event_id, "vault_id": record.vault_id,
+                                   "outcome": record.outcome})
+            entity.update(document)
+            spilled.append(document)
         if record.attempt is not None:
             entity["attempt"] = record.attempt
-        self._table("audit").create_entity(entity)
+        unit = self._unit()
+        if unit is not None:
+            unit.add(Write(VAULTS, partition, entity["RowKey"], ("create", entity, {}),
+                           replay=functools.partial(self._table(VAULTS).create_entity, entity), spilled=spilled))
+            return
+        self._table(VAULTS).create_entity(entity)
 
     @_transient
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
-        table = self._table("audit")
+        self._flush()
+        audit = _starting(AUDIT)
         if vault_id is None:
-            entities = table.list_entities()
+            entities = list(self._table(VAULTS).query_entities(audit))
         else:
-            entities = table.query_entities("PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)})
+            entities = list(self._table(VAULTS).query_entities(
+                f"PartitionKey eq @pk and {audit}", parameters={"pk": _vault_partition(vault_id)}))
+        if self._has_legacy():  # written before the layout changed
+            legacy = self._legacy_table("audit")
+            entities += (legacy.list_entities() if vault_id is None else legacy.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)}))
         records = []
-        for entity in sorted(entities, key=lambda entity: entity["RowKey"]):
+        for entity in sorted(entities, key=lambda entity: (entity["at"], entity["RowKey"].removeprefix(AUDIT))):
             if "audit" in entity:
                 vault, outcome = audit_fields(None, entity["audit"])
                 event_id = entity["event_id"]
@@ -659,16 +973,21 @@ class TablesStateStore:
 
     @_transient
     def audited(self, event_id: str, vault_id: str | None, attempt: str | None = None) -> bool:
+        self._flush()
         partition = _vault_partition(vault_id) if vault_id is not None else "no-vault"
         parameters = {"pk": partition, "event": event_id[:DISPLAY_CHARS]}
         query = "PartitionKey eq @pk and event_id eq @event"
         if attempt is not None:
             query += " and attempt eq @attempt"
             parameters["attempt"] = attempt
-        entities = self._table("audit").query_entities(
-            query, parameters=parameters, select=["event_id"], results_per_page=1,
-        )
-        return next(iter(entities), None) is not None
+        tables = [(self._table(VAULTS), f"{query} and {_starting(AUDIT)}")]
+        if self._has_legacy():
+            tables.append((self._legacy_table("audit"), query))
+        for table, filter_ in tables:
+            entities = table.query_entities(filter_, parameters=parameters, select=["event_id"], results_per_page=1)
+            if next(iter(entities), None) is not None:
+                return True
+        return False
 
     @_transient
     def record_rejected(self, rejected: RejectedPayload) -> None:
@@ -701,16 +1020,61 @@ class TablesStateStore:
 
     @_transient
     def open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
+        """In a batch, a finding this store read (or saw missing) is written with the batch's
+        other writes: refreshed keeping when it was opened, or opened."""
         opened = _stamp(now)
-        partition, row = _vault_partition(vault_id), _digest(rule)
+        partition, row = _vault_partition(vault_id), FINDING + _digest(rule)
         split = found_against.split(vault_key(vault_id), finding)
-        if split.etag is not None and split.config is not None:
-            self._keep_found_against(partition, split.etag, split.config, opened)  # before the finding naming it
-        table = self._table("findings")
-        document = self._pack(split.finding)
+        seen = self._seen("findings", partition, row)
+        unit = self._unit()
+        if unit is not None and ((seen is not None and seen.etag is not None and seen.opened is not None)
+                                 or self._listed_without("findings", partition, row)):
+            spilled: list[Mapping[str, Any]] = []
+            if split.etag is not None and split.config is not None:
+                kept = self._found_against_entity(partition, split.etag, split.config, opened)
+                spilled.append(kept)
+                unit.add(Write(VAULTS, partition, kept["RowKey"], ("upsert", kept, {"mode": UpdateMode.MERGE}),
+                               replay=None))
+            document = self._pack(split.finding)
+            spilled.append(document)
+            entity = self._finding_entity(vault_id, rule, partition, row, etag=split.etag, document=document)
+            if seen is not None and seen.etag is not None and seen.opened is not None:
+                refreshed = {**entity, "opened": seen.opened}
+                previous: Mapping[str, Any] | None = {"doc_ref": seen.doc_ref}
+                operation = _fenced_update(refreshed, seen.etag)
+            else:
+                refreshed, previous, operation = {**entity, "opened": opened}, None, ("create", {**entity,
+                                                                                            "opened": opened}, {})
+            unit.add(Write(VAULTS, partition, row, operation,
+                           replay=functools.partial(self._open_finding, vault_id, rule, finding, now),
+                           then=functools.partial(self._finding_written, refreshed, previous), spilled=spilled))
+            return seen is None
+        self._flush()
+        return self._open_finding(vault_id, rule, finding, now)
+
+    def _finding_written(self, entity: Mapping[str, Any], previous: Mapping[str, Any] | None,
+                         metadata: Mapping[str, Any]) -> None:
+        self._discard(previous)
+        self._saw("findings", entity, metadata.get("etag"))
+
+    @staticmethod
+    def _finding_entity(vault_id: str, rule: str, partition: str, row: str, *, etag: str | None,
+                        document: Mapping[str, Any]) -> dict[str, Any]:
         entity = {"PartitionKey": partition, "RowKey": row, "vault_id": vault_id, "rule": rule, **document}
-        if split.etag is not None:
-            entity["baseline_etag"] = split.etag
+        if etag is not None:
+            entity["baseline_etag"] = etag
+        return entity
+
+    def _open_finding(self, vault_id: str, rule: str, finding: Mapping[str, Any], now: datetime) -> bool:
+        opened = _stamp(now)
+        partition, row = _vault_partition(vault_id), FINDING + _digest(rule)
+        split = found_against.split(vault_key(vault_id), finding)
+        if split.etag is not None and split.config is not None:  # before the finding naming it
+            self._table(VAULTS).upsert_entity(self._found_against_entity(partition, split.etag, split.config, opened),
+                                              mode=UpdateMode.MERGE)
+        table = self._table(VAULTS)
+        document = self._pack(split.finding)
+        entity = self._finding_entity(vault_id, rule, partition, row, etag=split.etag, document=document)
         try:
             seen = self._seen("findings", partition, row, pop=True)
             if seen is not None and seen.etag is not None and seen.opened is not None \
@@ -725,7 +1089,7 @@ class TablesStateStore:
                 except HttpResponseError as error:
                     if not _is(error, 409):
                         raise
-                current = self._get("findings", partition, row)
+                current = self._get(VAULTS, partition, row)
                 if current is None:  # closed in between: open afresh
                     continue
                 if not self._refresh_finding(entity, current["opened"], str(current.metadata["etag"])):
@@ -743,7 +1107,7 @@ class TablesStateStore:
         False when it was refreshed or closed meanwhile."""
         refreshed = {**entity, "opened": opened}
         try:
-            written = self._table("findings").update_entity(
+            written = self._table(VAULTS).update_entity(
                 refreshed, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified)
         except HttpResponseError as error:
             if not _is(error, 404, 412):
@@ -752,20 +1116,17 @@ class TablesStateStore:
         self._saw("findings", refreshed, written.get("etag"))
         return True
 
-    def _keep_found_against(self, partition: str, etag: str, config: Mapping[str, Any], at: str) -> None:
-        """Store (or touch) the configuration findings of this vault name by `etag`: a fresh `at`
-        keeps retention from removing it while a finding is being opened against it."""
-        row = _digest(etag)
-        previous = self._get("foundagainst", partition, row)
-        self._table("foundagainst").upsert_entity(
-            {"PartitionKey": partition, "RowKey": row, "baseline_etag": etag, "at": at, **self._pack(config)},
-            mode=UpdateMode.REPLACE,
-        )
-        self._discard(previous)
+    def _found_against_entity(self, partition: str, etag: str, config: Mapping[str, Any], at: str) -> dict[str, Any]:
+        """The configuration findings of this vault name by `etag`, with a fresh `at` that keeps
+        retention from removing it while a finding is being opened against it. An ETag names one
+        content, so one stored before holds the same: it is merged over, never read first."""
+        return {"PartitionKey": partition, "RowKey": AGAINST + _digest(etag), "baseline_etag": etag, "at": at,
+                **self._pack(config)}
 
-    def _found_against_loader(self, partition: str, etag: str) -> Callable[[], Mapping[str, Any]]:
+    def _found_against_loader(self, partition: str, etag: str, legacy: bool = False) -> Callable[[], Mapping[str, Any]]:
         def load() -> Mapping[str, Any]:
-            entity = self._get("foundagainst", partition, _digest(etag))
+            entity = (self._get(VAULTS, partition, AGAINST + _digest(etag)) if not legacy
+                      else self._legacy_get("foundagainst", partition, _digest(etag)))
             if entity is None:
                 raise RuntimeError(f"the baseline {etag} an open finding was found against is not stored")
             stored: Mapping[str, Any] = self._unpack(entity)
@@ -776,14 +1137,35 @@ class TablesStateStore:
     @_transient
     def close_finding(self, vault_id: str, rule: str) -> bool:
         """The configuration a closed finding named stays until retention removes it (see `prune`):
-        removing it here could race with a finding being opened against it."""
-        partition, row = _vault_partition(vault_id), _digest(rule)
+        removing it here could race with a finding being opened against it. In a batch, a finding
+        this store read is closed with the batch's other writes (one it saw missing needs none)."""
+        partition, row = _vault_partition(vault_id), FINDING + _digest(rule)
+        unit = self._unit()
+        seen = self._seen("findings", partition, row)
+        if unit is not None and seen is not None and seen.etag is not None:
+            unit.add(Write(VAULTS, partition, row,
+                           ("delete", {"PartitionKey": partition, "RowKey": row},
+                            {"etag": seen.etag, "match_condition": MatchConditions.IfNotModified}),
+                           replay=functools.partial(self._close_finding, vault_id, rule),
+                           then=functools.partial(self._finding_closed, partition, row, seen)))
+            return True
+        if unit is not None and self._listed_without("findings", partition, row):
+            return False
+        self._flush()
+        return self._close_finding(vault_id, rule)
+
+    def _finding_closed(self, partition: str, row: str, seen: _Seen, _: Mapping[str, Any]) -> None:
+        self._seen("findings", partition, row, pop=True)
+        self._discard({"doc_ref": seen.doc_ref})
+
+    def _close_finding(self, vault_id: str, rule: str) -> bool:
+        partition, row = _vault_partition(vault_id), FINDING + _digest(rule)
         seen = self._seen("findings", partition, row, pop=True)
         if seen is not None and seen.etag is not None and self._delete_finding(partition, row, seen.etag):
             self._discard({"doc_ref": seen.doc_ref})
             return True
         for _ in range(_ROUNDS):
-            current = self._get("findings", partition, row)
+            current = self._get(VAULTS, partition, row)
             if current is None:
                 return False
             if not self._delete_finding(partition, row, str(current.metadata["etag"])):
@@ -795,7 +1177,7 @@ class TablesStateStore:
     def _delete_finding(self, partition: str, row: str, etag: str) -> bool:
         """Delete an open finding only if it is still as read (`etag`); False when it was refreshed."""
         try:
-            self._table("findings").delete_entity(
+            self._table(VAULTS).delete_entity(
                 partition, row, etag=etag, match_condition=MatchConditions.IfNotModified)
         except HttpResponseError as error:
             if not _is(error, 412):
@@ -805,8 +1187,17 @@ class TablesStateStore:
 
     @_transient
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
-        partition, key = _vault_partition(vault_id), vault_key(vault_id)
-        entities = self._table("findings").query_entities("PartitionKey eq @pk", parameters={"pk": partition})
+        self._flush()
+        partition = _vault_partition(vault_id)
+        self._migrate(vault_id)
+        entities = self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(FINDING)}",
+                                                      parameters={"pk": partition})
+        findings = self._findings(vault_id, partition, entities)
+        self._listed("findings", partition)
+        return findings
+
+    def _findings(self, vault_id: str, partition: str, entities: Iterable[TableEntity]) -> list[OpenFinding]:
+        key = vault_key(vault_id)
         findings = []
         for entity in entities:
             self._saw("findings", entity, entity.metadata["etag"])
@@ -820,75 +1211,171 @@ class TablesStateStore:
 
     # Marks for history rules and the circuit breaker
 
-    @staticmethod
-    def _mark_partition(series: str, key: str) -> str:
-        return _digest(f"{series}\n{vault_key(key)}")
-
     @_transient
     def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
-        stamp = _stamp(at)
-        self._table("marks").upsert_entity(
-            {
-                "PartitionKey": self._mark_partition(series, key),
-                "RowKey": f"{stamp}-{_digest(member)}",  # the mark's time is the RowKey's first STAMP_CHARS
-                "member": member,
-            },
-            mode=UpdateMode.REPLACE,
-        )
+        """In the partition of the vault `key` names (a caller's own for a caller's key); in a
+        batch, with the batch's other writes."""
+        entity = {
+            "PartitionKey": _key_partition(key),
+            # the mark's time is in its RowKey, right after the series and key
+            "RowKey": f"{_mark_prefix(series, key)}{_stamp(at)}-{_digest(member)}",
+            "member": member,
+        }
+        unit = self._unit()
+        if unit is not None:
+            unit.add(Write(VAULTS, entity["PartitionKey"], entity["RowKey"],
+                           ("upsert", entity, {"mode": UpdateMode.REPLACE}),
+                           replay=functools.partial(self._table(VAULTS).upsert_entity, entity,
+                                                    mode=UpdateMode.REPLACE)))
+            return
+        self._table(VAULTS).upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     @_transient
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
-        entities = self._table("marks").query_entities(
-            "PartitionKey eq @pk and RowKey ge @since",
-            parameters={"pk": self._mark_partition(series, key), "since": _stamp(since)},
-            select=["member", "RowKey"],
-        )
-        marks = [(entity["member"], _unstamp(entity["RowKey"][:STAMP_CHARS])) for entity in entities]
-        return sorted(marks, key=lambda mark: (mark[1], mark[0]))
+        return self.marks_since_each([MarkQuery(series, key, since)])[0]
 
+    @_transient
     def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
-        """A query per series and key: each is one partition, and one request across partitions
-        would be a scan of the table."""
-        return [self.marks_since(query.series, query.key, query.since) for query in queries]
+        """One query per partition the series are kept in (a vault's, a caller's), side by side."""
+        self._flush()
+        return self._read_partitions({}, queries).marks
+
+    def _read_partitions(self, rows: Mapping[str, Sequence[str]], marks: Sequence[MarkQuery]) -> _Read:
+        """The entities of each partition whose RowKeys start with one of `rows[partition]`, and
+        the `marks` asked for, with one query per partition, the queries side by side."""
+        filters: dict[str, list[str]] = {partition: [_starting(prefix) if prefix.endswith("|") else
+                                                     f"RowKey eq '{prefix}'" for prefix in prefixes]
+                                         for partition, prefixes in rows.items()}
+        for query in marks:
+            filters.setdefault(_key_partition(query.key), []).append(
+                _starting(_mark_prefix(query.series, query.key), _stamp(query.since)))
+        table = self._table(VAULTS)
+
+        def read(partition: str) -> list[TableEntity]:
+            return list(table.query_entities(f"PartitionKey eq @pk and ({' or '.join(filters[partition])})",
+                                             parameters={"pk": partition}))
+
+        if len(filters) == 1:
+            entities = {partition: read(partition) for partition in filters}
+        else:
+            futures = {partition: self._pool().submit(read, partition) for partition in filters}
+            entities = {partition: future.result() for partition, future in futures.items()}
+        answers = []
+        for query in marks:
+            prefix, since = _mark_prefix(query.series, query.key), _stamp(query.since)
+            found = [(entity["member"], _unstamp(entity["RowKey"][len(prefix):len(prefix) + STAMP_CHARS]))
+                     for entity in entities[_key_partition(query.key)]
+                     if entity["RowKey"].startswith(prefix) and entity["RowKey"][len(prefix):] >= since]
+            if not found and query.series in KEPT_BEHIND:
+                found = self._first_writes(query)
+            answers.append(sorted(found, key=lambda mark: (mark[1], mark[0])))
+        return _Read(entities, answers)
+
+    def _first_writes(self, query: MarkQuery) -> list[tuple[str, datetime]]:
+        """A series `_migrate` leaves behind, as the earlier layout keeps it (none when there is none)."""
+        if not self._has_legacy():
+            return []
+        entities = self._legacy_table("marks").query_entities(
+            "PartitionKey eq @pk and RowKey ge @since", select=["member", "RowKey"],
+            parameters={"pk": _digest(f"{query.series}\n{vault_key(query.key)}"), "since": _stamp(query.since)})
+        try:
+            return [(entity["member"], _unstamp(entity["RowKey"][:STAMP_CHARS])) for entity in entities]
+        except HttpResponseError as error:
+            if _is(error, 404):
+                return []
+            raise
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="kvguard-tables")
+            return self._readers
 
     # Write-ahead actions
 
     @_transient
     def begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
-        partition, row = _digest(scope), _digest(handler)
+        """In a batch, an intent this store read (or saw missing) is written with the batch's
+        other writes (the claims' renewal that fences it among them)."""
+        partition, row = _vault_partition(scope), INTENT + _digest(handler)
+        seen = self._seen("intents", partition, row)
+        unit = self._unit()
+        if unit is not None and (seen is not None or self._listed_without("intents", partition, row)):
+            document = self._pack(intent)
+            entity = self._intent_entity(scope, handler, partition, row, now=now, document=document)
+            previous = {"doc_ref": seen.doc_ref} if seen is not None else None
+            unit.add(Write(VAULTS, partition, row, ("upsert", entity, {"mode": UpdateMode.REPLACE}),
+                           replay=functools.partial(self._begin_action, scope, handler, intent, now),
+                           then=functools.partial(self._intent_written, entity, previous), spilled=[document]))
+            return
+        self._flush()
+        self._begin_action(scope, handler, intent, now)
+
+    @staticmethod
+    def _intent_entity(scope: str, handler: str, partition: str, row: str, *, now: datetime,
+                       document: Mapping[str, Any]) -> dict[str, Any]:
+        return {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
+                "at": _stamp(now), **document}
+
+    def _intent_written(self, entity: Mapping[str, Any], previous: Mapping[str, Any] | None,
+                        metadata: Mapping[str, Any]) -> None:
+        self._saw("intents", entity, metadata.get("etag"))
+        self._discard(previous)
+
+    def _begin_action(self, scope: str, handler: str, intent: Mapping[str, Any], now: datetime) -> None:
+        partition, row = _vault_partition(scope), INTENT + _digest(handler)
         seen = self._seen("intents", partition, row)
         previous: Mapping[str, Any] | None = {"doc_ref": seen.doc_ref} if seen is not None else None
         if seen is None and not self._listed_without("intents", partition, row):
-            previous = self._get("intents", partition, row)
-        entity = {"PartitionKey": partition, "RowKey": row, "scope": scope[:DISPLAY_CHARS], "handler": handler,
-                  "at": _stamp(now), **self._pack(intent)}
-        written = self._table("intents").upsert_entity(entity, mode=UpdateMode.REPLACE)
-        self._saw("intents", entity, written.get("etag"))
-        self._discard(previous)
+            previous = self._get(VAULTS, partition, row)
+        entity = self._intent_entity(scope, handler, partition, row, now=now, document=self._pack(intent))
+        written = self._table(VAULTS).upsert_entity(entity, mode=UpdateMode.REPLACE)
+        self._intent_written(entity, previous, written)
 
     @_transient
     def pending_actions(self, scope: str) -> list[PendingAction]:
-        entities = self._table("intents").query_entities(
-            "PartitionKey eq @pk", parameters={"pk": _digest(scope)}
-        )
+        self._flush()
+        partition = _vault_partition(scope)
+        self._migrate(scope)
+        entities = self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(INTENT)}",
+                                                      parameters={"pk": partition})
+        return self._intents(scope, partition, entities)
+
+    def _intents(self, scope: str, partition: str, entities: Iterable[TableEntity]) -> list[PendingAction]:
         actions = []
         for entity in entities:
             self._saw("intents", entity, entity.metadata["etag"])
             actions.append(PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"])))
-        self._listed("intents", _digest(scope))
+        self._listed("intents", partition)
         return sorted(actions, key=lambda action: action.handler)
 
     @_transient
     def finish_action(self, scope: str, handler: str) -> None:
-        self._delete("intents", _digest(scope), _digest(handler))
+        partition, row = _vault_partition(scope), INTENT + _digest(handler)
+        unit = self._unit()
+        seen = self._seen("intents", partition, row)
+        if unit is not None and seen is not None:
+            unit.add(Write(VAULTS, partition, row, ("delete", {"PartitionKey": partition, "RowKey": row}, {}),
+                           replay=functools.partial(self._delete, "intents", partition, row),
+                           then=lambda _: self._intent_finished(partition, row, seen)))
+            return
+        if unit is not None and self._listed_without("intents", partition, row):
+            return
+        self._flush()
+        self._delete("intents", partition, row)
+
+    def _intent_finished(self, partition: str, row: str, seen: _Seen) -> None:
+        self._seen("intents", partition, row, pop=True)
+        self._discard({"doc_ref": seen.doc_ref})
 
     def _delete(self, concern: str, partition: str, row: str) -> None:
+        table = VAULTS if concern == "intents" else concern
         seen = self._seen(concern, partition, row, pop=True)
-        current = {"doc_ref": seen.doc_ref} if seen is not None else self._get(concern, partition, row)
+        current = {"doc_ref": seen.doc_ref} if seen is not None else self._get(table, partition, row)
         if current is None:
             return
         try:
-            self._table(concern).delete_entity(partition, row)
+            self._table(table).delete_entity(partition, row)
         except HttpResponseError as error:
             if not _is(error, 404):
                 raise
@@ -926,37 +1413,63 @@ class TablesStateStore:
     def prune(self, older_than: datetime) -> int:
         """A filtered scan per table, deleting what it finds one entity at a time (Table Storage
         batches only within one partition); a failure part way leaves the rest for the next run."""
+        self._flush()
         cutoff = _stamp(older_than)
+        finished = "( done eq true and completed_at lt @cutoff ) or ( done eq false and lease_until lt @cutoff )"
         filters = {
-            "claims": "( done eq true and completed_at lt @cutoff ) or ( done eq false and lease_until lt @cutoff )",
-            "audit": "at lt @cutoff",
+            "claims": finished,
+            VAULTS: f"{finished} or ( {_starting(AUDIT)} and at lt @cutoff )"
+                    f" or ( {_starting(INTENT)} and at lt @cutoff )",
             "rejected": "at lt @cutoff",
-            "marks": "RowKey lt @cutoff",  # a mark's RowKey starts with its time
-            "intents": "at lt @cutoff",
             "outbox": "at lt @cutoff",
         }
         removed = 0
         for concern, query in filters.items():
             table = self._table(concern)
-            for entity in list(table.query_entities(query, parameters={"cutoff": cutoff})):
-                try:
-                    table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-                except HttpResponseError as error:
-                    if not _is(error, 404):
-                        raise
-                    continue
-                self._discard(entity)
-                removed += 1
-        return removed + self._prune_found_against(cutoff)
+            removed += self._delete_found(table, list(table.query_entities(query, parameters={"cutoff": cutoff})))
+        marks = self._table(VAULTS).query_entities(_starting(MARK), select=["PartitionKey", "RowKey"])
+        stale = [mark for mark in marks if mark["RowKey"].rsplit("|", 1)[1][:STAMP_CHARS] < cutoff]
+        removed += self._delete_found(self._table(VAULTS), stale) + self._prune_found_against(cutoff)
+        for concern, query in (("audit", "at lt @cutoff"), ("marks", "RowKey lt @cutoff"),
+                               ("intents", "at lt @cutoff")):
+            removed += self._prune_legacy(concern, query, cutoff)
+        return removed
+
+    def _prune_legacy(self, concern: str, query: str, cutoff: str) -> int:
+        """Retention over a table of the earlier layout, while there is one."""
+        if not self._has_legacy():
+            return 0
+        table = self._legacy_table(concern)
+        try:
+            found = list(table.query_entities(query, parameters={"cutoff": cutoff}))
+        except HttpResponseError as error:
+            if _is(error, 404):  # that table was never made
+                return 0
+            raise
+        return self._delete_found(table, found)
+
+    def _delete_found(self, table: TableClient, entities: Sequence[TableEntity]) -> int:
+        removed = 0
+        for entity in entities:
+            try:
+                table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            except HttpResponseError as error:
+                if not _is(error, 404):
+                    raise
+                continue
+            self._discard(entity)
+            removed += 1
+        return removed
 
     def _prune_found_against(self, cutoff: str) -> int:
         """Configurations older than `cutoff` that no open finding names. Each is deleted only as
         it was read (its ETag): one touched meanwhile by a finding opened against it stays."""
-        table, removed = self._table("foundagainst"), 0
-        for entity in list(table.query_entities("at lt @cutoff", parameters={"cutoff": cutoff},
+        table, removed = self._table(VAULTS), 0
+        for entity in list(table.query_entities(f"{_starting(AGAINST)} and at lt @cutoff",
+                                                parameters={"cutoff": cutoff},
                                                 select=["PartitionKey", "RowKey", "baseline_etag", "doc_ref"])):
-            named = self._table("findings").query_entities(
-                "PartitionKey eq @pk and baseline_etag eq @etag",
+            named = table.query_entities(
+                f"PartitionKey eq @pk and {_starting(FINDING)} and baseline_etag eq @etag",
                 parameters={"pk": entity["PartitionKey"], "etag": entity["baseline_etag"]}, select=["RowKey"],
                 results_per_page=1,
             )
@@ -973,18 +1486,19 @@ class TablesStateStore:
             removed += 1
         return removed
 
-    # The ledger of own writes: one partition per resource and operation, rows in time order.
+    # The ledger of own writes: in the partition of the resource written, rows by operation and time.
 
     @staticmethod
-    def _own_write_partition(resource_id: str, operation: str) -> str:
-        return _digest(f"{vault_key(resource_id)}\n{operation.strip().lower()}")
+    def _own_write_prefix(operation: str) -> str:
+        return f"{OWN}{_digest(operation.strip().lower())[:KEY_DIGITS]}|"
 
     @_transient
     def record_own_write(self, entry: OwnWrite) -> None:
-        self._table("ownwrites").create_entity(
+        self._flush()
+        self._table(VAULTS).create_entity(
             {
-                "PartitionKey": self._own_write_partition(entry.resource_id, entry.operation),
-                "RowKey": _sequence(entry.at),
+                "PartitionKey": _vault_partition(entry.resource_id),
+                "RowKey": self._own_write_prefix(entry.operation) + _sequence(entry.at),
                 "resource_id": entry.resource_id[:DISPLAY_CHARS],
                 "operation": entry.operation.strip().lower(),
                 "at": _stamp(entry.at),
@@ -1000,21 +1514,32 @@ class TablesStateStore:
     def match_own_write(
         self, resource_id: str, operation: str, request_id: str, *, since: datetime, until: datetime,
     ) -> bool:
-        # RowKeys start with the entry's stamp: `until` + "~" sorts after every key of that instant.
-        window = {"pk": self._own_write_partition(resource_id, operation), "since": _stamp(since),
-                  "until": _stamp(until) + "~", "request": request_id}
-        entries = self._table("ownwrites").query_entities(
+        self._flush()
+        # RowKeys carry the entry's stamp after the prefix: `until` + "~" sorts after every key of that instant.
+        prefix = self._own_write_prefix(operation)
+        window = {"pk": _vault_partition(resource_id), "since": prefix + _stamp(since),
+                  "until": prefix + _stamp(until) + _END, "request": request_id}
+        entries = self._table(VAULTS).query_entities(
             "PartitionKey eq @pk and RowKey ge @since and RowKey lt @until and request eq @request",
             parameters=window, select=["voided"])
-        return any(not entry.get("voided") for entry in entries)
+        if any(not entry.get("voided") for entry in entries):
+            return True
+        if not self._has_legacy():
+            return False
+        legacy = {**window, "pk": _legacy_own_write_partition(resource_id, operation), "since": _stamp(since),
+                  "until": _stamp(until) + _END}
+        written_before = self._legacy_table("ownwrites").query_entities(
+            "PartitionKey eq @pk and RowKey ge @since and RowKey lt @until and request eq @request",
+            parameters=legacy, select=["voided"])
+        return any(not entry.get("voided") for entry in written_before)
 
     @_transient
     def void_own_write(self, entry: OwnWrite) -> None:
-        table = self._table("ownwrites")
+        self._flush()
+        table = self._table(VAULTS)
         found = table.query_entities(
-            "PartitionKey eq @pk and request eq @request",
-            parameters={"pk": self._own_write_partition(entry.resource_id, entry.operation),
-                        "request": entry.request_id},
+            f"PartitionKey eq @pk and {_starting(self._own_write_prefix(entry.operation))} and request eq @request",
+            parameters={"pk": _vault_partition(entry.resource_id), "request": entry.request_id},
             select=["PartitionKey", "RowKey"])
         for row in found:
             try:
@@ -1026,16 +1551,74 @@ class TablesStateStore:
 
     @_transient
     def prune_own_writes(self, older_than: datetime) -> int:
-        table = self._table("ownwrites")
-        stale = table.query_entities("at lt @cutoff", parameters={"cutoff": _stamp(older_than)},
-                                     select=["PartitionKey", "RowKey"])
-        dropped = 0
-        for entity in stale:
-            try:
-                table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-            except HttpResponseError as error:
-                if not _is(error, 404):
-                    raise
-                continue
-            dropped += 1
-        return dropped
+        self._flush()
+        table = self._table(VAULTS)
+        stale = list(table.query_entities(f"{_starting(OWN)} and at lt @cutoff",
+                                          parameters={"cutoff": _stamp(older_than)},
+                                          select=["PartitionKey", "RowKey"]))
+        return self._delete_found(table, stale) + self._prune_legacy("ownwrites", "at lt @cutoff", _stamp(older_than))
+
+    # The earlier layout: one table per concern. Read on, and moved a vault at a time.
+
+    def _has_legacy(self) -> bool:
+        """Whether this account holds tables of the earlier layout (asked once per store)."""
+        if self._legacy is None:
+            name = self._prefix + "baselines"
+            self._legacy = any(True for _ in self._service.query_tables("TableName eq @name",
+                                                                        parameters={"name": name}))
+        return self._legacy
+
+    def _legacy_table(self, concern: str) -> TableClient:
+        return self._service.get_table_client(self._prefix + concern)
+
+    def _legacy_get(self, concern: str, partition: str, row: str) -> TableEntity | None:
+        try:
+            return self._legacy_table(concern).get_entity(partition, row)
+        except HttpResponseError as error:
+            if _is(error, 404):
+                return None
+            raise
+
+    def _legacy_query(self, concern: str, partition: str) -> list[TableEntity]:
+        try:
+            return list(self._legacy_table(concern).query_entities("PartitionKey eq @pk",
+                                                                   parameters={"pk": partition}))
+        except HttpResponseError as error:
+            if _is(error, 404):  # that table was never made
+                return []
+            raise
+
+    def _migrate(self, vault_id: str) -> bool:
+        """Move a vault's state from the earlier layout to its partition: its baseline (its
+        version is the ETag it had, which the configurations its findings name are keyed by), open
+        findings and those configurations, intents, and the marks the history rules and the circuit
+        breaker count under the vault. Written before the baseline, the marker that the vault has
+        moved (a crash part way moves it again; every write is an upsert). The earlier tables keep
+        their copy; a caller's marks stay behind (the burst windows they count are minutes long),
+        and so does a caller's first write of a vault (`caller_writes`), read there while the
+        vault has none here (`_first_writes`). True when there was a baseline to move."""
+        if not self._has_legacy():
+            return False
+        partition = _vault_partition(vault_id)
+        baseline = self._legacy_get("baselines", partition, "baseline")
+        if baseline is None:
+            return False
+        table = self._table(VAULTS)
+        for entity in self._legacy_query("findings", partition):
+            table.upsert_entity({**entity, "RowKey": FINDING + entity["RowKey"]}, mode=UpdateMode.REPLACE)
+        for entity in self._legacy_query("foundagainst", partition):
+            table.upsert_entity({**entity, "RowKey": AGAINST + entity["RowKey"]}, mode=UpdateMode.REPLACE)
+        for entity in self._legacy_query("intents", partition):
+            table.upsert_entity({**entity, "RowKey": INTENT + entity["RowKey"]}, mode=UpdateMode.REPLACE)
+        key = vault_key(vault_id)
+        for series in ("grants", "remediations"):
+            for mark in self._legacy_query("marks", _digest(f"{series}\n{key}")):
+                table.upsert_entity({"PartitionKey": partition, "RowKey": _mark_prefix(series, key) + mark["RowKey"],
+                                     "member": mark["member"]}, mode=UpdateMode.REPLACE)
+        table.upsert_entity({**baseline, "version": str(baseline.get("version") or baseline.metadata["etag"])},
+                            mode=UpdateMode.REPLACE)
+        return True
+
+
+def _legacy_own_write_partition(resource_id: str, operation: str) -> str:
+    return _digest(f"{vault_key(resource_id)}\n{operation.strip().lower()}")

@@ -231,11 +231,12 @@ def _write_ahead(
     taken_over: dict[str, list[Operation]] = {h: [] for h in context.earlier.operations if h not in writing}
     if context.decided.dry_run or not (writing or taken_over):
         return []
-    hold(services, event, context.owner)
-    for handler_id, operations in {**writing, **taken_over}.items():
-        intended = context.earlier.operations.get(handler_id, [])
-        recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted, context.owner)
-        services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
+    with services.store.batch():  # the claims' renewal and the intents in one write where the store can
+        hold(services, event, context.owner)
+        for handler_id, operations in {**writing, **taken_over}.items():
+            intended = context.earlier.operations.get(handler_id, [])
+            recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted, context.owner)
+            services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
     return list(writing)
 
 

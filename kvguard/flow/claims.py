@@ -10,11 +10,11 @@ from datetime import datetime
 
 from kvguard.events import VaultEvent
 from kvguard.flow.services import Services
-from kvguard.ports import TransientError
+from kvguard.ports import TransientError, vault_lease
 
 
 def vault_lock(event: VaultEvent) -> str:
-    return f"vault-lease:{scope(event)}"
+    return vault_lease(scope(event))
 
 
 def scope(event: VaultEvent) -> str:
@@ -31,15 +31,18 @@ LAST_POLL_SECONDS = 0.25
 
 
 @contextmanager
-def vault_held(services: Services, event: VaultEvent, now: datetime, owner: str) -> Iterator[datetime]:
+def vault_held(
+    services: Services, event: VaultEvent, now: datetime, owner: str, *, taken_with_claim: bool = False
+) -> Iterator[datetime]:
     """One event per vault at a time across every instance: two events of one vault processed
     side by side would both read the change and both revert it. The vault is leased like an
     event (same store, same fence) and let go of with the event's completion (every way out of
     the vault's flow that returns completes the event `releasing` its lease), or at once when the
     attempt fails. Yields the time the vault was taken: `now`, or later when it had to wait
-    (`wait_for_vault`)."""
+    (`wait_for_vault`); `taken_with_claim`: the event's claim took the vault with it
+    (`StateStore.claim_beside`)."""
     lock = vault_lock(event)
-    taken = wait_for_vault(services, event, now, owner)
+    taken = now if taken_with_claim else wait_for_vault(services, event, now, owner)
     try:
         yield taken
     except BaseException:
