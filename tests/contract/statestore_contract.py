@@ -267,6 +267,23 @@ class StateStoreContract:
         assert store.renew_each(["evt-1", "never-seen"], "a", T0 + timedelta(minutes=4), LEASE) is False
         assert store.claim("evt-1", T0 + LEASE, LEASE, owner="c") == "claimed"  # a's lease was not extended
 
+    def test_claim_beside_takes_the_event_and_the_lease_while_the_lease_is_free(self, store: StateStore) -> None:
+        assert store.claim_beside("evt-1", "vault-lease:kv", T0, LEASE, "a") == ("claimed", True)
+        assert store.claim_beside("evt-2", "vault-lease:kv", T0, LEASE, "b") == ("claimed", False)  # a holds it
+        assert store.claim_beside("evt-1", "vault-lease:kv", T0, LEASE, "c") == ("in_progress", False)
+        assert store.renew_each(["evt-1", "vault-lease:kv"], "a", T0 + timedelta(seconds=1), LEASE) is True
+        assert store.complete("evt-1", T0 + timedelta(seconds=2), "a", releasing=["vault-lease:kv"]) is True
+        assert store.claim_beside("evt-1", "vault-lease:kv", T0 + timedelta(seconds=3), LEASE, "c") == (
+            "duplicate", False)
+        assert store.claim("vault-lease:kv", T0 + timedelta(seconds=3), LEASE, owner="b") == "claimed"
+
+    def test_claim_beside_takes_over_an_expired_lease_with_a_new_event(self, store: StateStore) -> None:
+        assert store.claim_beside("evt-1", "vault-lease:kv", T0, LEASE, "a") == ("claimed", True)
+        late = T0 + LEASE + timedelta(seconds=1)
+        assert store.claim_beside("evt-2", "vault-lease:kv", late, LEASE, "b") == ("claimed", True)
+        assert store.renew("vault-lease:kv", "a", late, LEASE) is False
+        assert store.complete("evt-2", late, "b", releasing=["vault-lease:kv"]) is True
+
     def test_a_completion_lets_go_of_the_leases_released_with_it(self, store: StateStore) -> None:
         store.claim("evt-1", T0, LEASE, owner="a")
         store.claim("vault-lease:kv", T0, LEASE, owner="a")
