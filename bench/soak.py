@@ -25,6 +25,8 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -218,11 +220,14 @@ class ChaosArmFake(ArmFake):
 
 
 class FlakyStore:
-    """A state store whose writes fail `rate` of the time, half before and half after they land."""
+    """A state store whose writes fail `rate` of the time, half before and half after they land.
+    A batch's writes land together when it ends: its end fails the same way (before or after the
+    transaction), and a write inside it that fails after landing stands for a transaction refused
+    and written one by one, failing part way (what was held back lands, then the failure)."""
 
-    WRITES = frozenset({"claim", "renew", "renew_each", "complete", "release", "put_baseline", "append_audit",
-                        "record_rejected", "open_finding", "close_finding", "add_mark", "begin_action",
-                        "finish_action", "put_outbox"})
+    WRITES = frozenset({"claim", "claim_beside", "renew", "renew_each", "complete", "release", "put_baseline",
+                        "append_audit", "record_rejected", "open_finding", "close_finding", "add_mark",
+                        "begin_action", "finish_action", "put_outbox"})
 
     def __init__(self, store: Any, rate: float, seed: int) -> None:
         self._store = store
@@ -234,6 +239,8 @@ class FlakyStore:
         from kvguard.ports import TransientError
 
         attribute = getattr(self._store, name)
+        if name == "batch":
+            return self._flaky_batch
         if name not in self.WRITES:
             return attribute
 
@@ -245,10 +252,25 @@ class FlakyStore:
             result = attribute(*args, **kwargs)
             if roll < self._rate:
                 self.failures += 1
+                self._store._flush()
                 raise TransientError(f"table storage ({name}): HTTP 503 after the write")
             return result
 
         return flaky
+
+    @contextmanager
+    def _flaky_batch(self) -> Iterator[None]:
+        from kvguard.ports import TransientError
+
+        roll = self._rng.random()
+        with self._store.batch():
+            yield
+            if roll < self._rate / 2:
+                self.failures += 1
+                raise TransientError("table storage (batch): HTTP 503 before the transaction")
+        if roll < self._rate:
+            self.failures += 1
+            raise TransientError("table storage (batch): HTTP 503 after the transaction")
 
 
 # ---- workers --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Literal, NamedTuple
 
 from kvguard.client_request import new_request_id, sending
 from kvguard.event_feeds import destination
+from kvguard.ids import vault_key
 from kvguard.intents import PolicyExemptionRef, RoleAssignmentRef
 from kvguard.perimeters import Sources, inbound_sources, without_sources
 from kvguard.ports import (
@@ -83,6 +84,7 @@ class WrittenFor:
 
     event_id: str | None = None
     attempt: str | None = None
+    noted: tuple[OwnWrite, ...] = ()  # ledger entries written ahead for these writes (`ActionRunner.note_ahead`)
 
 
 def skipped(handler: str, reason: str, rules: Sequence[str] = ()) -> ActionResult:
@@ -117,6 +119,15 @@ class ActionRunner:
                            written_for=written_for or WrittenFor())
         return replace(result, started=started, finished=self._now())
 
+    def note_ahead(self, operations: Sequence[Operation], written_for: WrittenFor) -> list[OwnWrite]:
+        """The ledger entries the ARM writes of `operations` will carry, made now, so that the
+        caller writes them with its write-ahead intent in one write; `run` given them in
+        `written_for.noted` sends each write with its entry's nonce instead of noting one then.
+        An entry whose write is not made after all (no longer needed, or a crash) matches nothing."""
+        if self._ledger is None:
+            return []
+        return [entry for op in operations if (entry := self._own_write_entry(op, written_for)) is not None]
+
     def _run(self, handler: str, operations: Sequence[Operation], *, dry_run: bool,
              current: VaultConfig | None, written_for: WrittenFor) -> ActionResult:
         rules = tuple(sorted({r for op in operations for r in op.rules}))
@@ -134,7 +145,8 @@ class ActionRunner:
             if batch is not None:
                 afters = batch
             else:
-                for applied in self._applied_each(handler, pending, written_for):
+                noted = list(written_for.noted)
+                for applied in self._applied_each(handler, pending, written_for, noted=noted):
                     afters.append(applied.after)
                     state = applied.state or state
         except Exception as error:  # every failure is recorded as failed, with its reason
@@ -147,7 +159,7 @@ class ActionRunner:
                             before=[_jsonable(op.before) for op in pending], after=afters, state=state)
 
     def _applied_each(self, handler: str, operations: Sequence[Operation],
-                      written_for: WrittenFor) -> Iterator[Applied]:
+                      written_for: WrittenFor, *, noted: list[OwnWrite]) -> Iterator[Applied]:
         """Each operation's answer, in order. A sink of independent calls (`ParallelAlertSink`)
         gets them side by side; the answers still come in order and the first failure in that
         order is raised, so the result reads as one after another would (what was done before
@@ -155,13 +167,13 @@ class ActionRunner:
         sink = self._sinks.get(handler)
         if (not isinstance(sink, ParallelAlertSink) or len(operations) < 2
                 or not all(op.kind in ("alert", "resolve") for op in operations)):
-            yield from (self._written(op, written_for) for op in operations)
+            yield from (self._written(op, written_for, noted) for op in operations)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(sink.parallel_calls, len(operations)),
                                 thread_name_prefix=f"kvguard-{handler}") as calls:
-            yield from calls.map(lambda op: self._written(op, written_for), operations)
+            yield from calls.map(lambda op: self._written(op, written_for, []), operations)  # alerts: no ledger
 
     def _batch(self, handler: str, operations: Sequence[Operation]) -> list[Any] | None:
         """Every alert (or every resolution) of `operations` in one request, when the handler's
@@ -284,16 +296,23 @@ class ActionRunner:
                 and str(properties.get("exemptionCategory") or "").lower() == target.category
                 and scope_of(str(current.get("id") or target.id)).lower() == target.scope)
 
-    def _written(self, op: Operation, written_for: WrittenFor) -> Applied:
+    def _written(self, op: Operation, written_for: WrittenFor, noted: list[OwnWrite]) -> Applied:
         """Apply one operation; an ARM write is noted in the ledger first, with a fresh nonce that
         the write carries as its client request id, and the entry is voided when the write fails
         (throttled, refused, anything): a failed write comes back as no event of kvguard's, so its
-        entry must not stand for another write."""
+        entry must not stand for another write. An entry of `noted` for the same resource and
+        operation (written ahead with the intent) is taken instead of noting one now."""
         entry = self._own_write_entry(op, written_for)
         if entry is None:
             return self._apply(op)
         assert self._ledger is not None
-        self._ledger.record_own_write(entry)  # written ahead: a crash leaves an entry nothing matches
+        ahead = next((e for e in noted if vault_key(e.resource_id) == vault_key(entry.resource_id)
+                      and e.operation == entry.operation), None)
+        if ahead is not None:
+            noted.remove(ahead)
+            entry = ahead
+        else:
+            self._ledger.record_own_write(entry)  # written ahead: a crash leaves an entry nothing matches
         try:
             with sending(entry.request_id):
                 return self._apply(op)

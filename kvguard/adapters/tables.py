@@ -1217,8 +1217,9 @@ class TablesStateStore:
         batch, with the batch's other writes."""
         entity = {
             "PartitionKey": _key_partition(key),
-            # the mark's time is in its RowKey, right after the series and key
-            "RowKey": f"{_mark_prefix(series, key)}{_stamp(at)}-{_digest(member)}",
+            # the mark's time is in its RowKey, right after the series and key; 64 bits of the
+            # member's digest tell marks of one instant apart
+            "RowKey": f"{_mark_prefix(series, key)}{_stamp(at)}-{_digest(member)[:KEY_DIGITS]}",
             "member": member,
         }
         unit = self._unit()
@@ -1494,21 +1495,27 @@ class TablesStateStore:
 
     @_transient
     def record_own_write(self, entry: OwnWrite) -> None:
-        self._flush()
-        self._table(VAULTS).create_entity(
-            {
-                "PartitionKey": _vault_partition(entry.resource_id),
-                "RowKey": self._own_write_prefix(entry.operation) + _sequence(entry.at),
-                "resource_id": entry.resource_id[:DISPLAY_CHARS],
-                "operation": entry.operation.strip().lower(),
-                "at": _stamp(entry.at),
-                "request": entry.request_id,
-                # Event ids are kept as digests: whole, whatever their length.
-                "written_for": _digest(entry.event_id) if entry.event_id else "",
-                "attempt": entry.attempt or "",
-                "voided": False,
-            }
-        )
+        """In a batch, with its other writes (a write-ahead intent's ledger entries)."""
+        partition = _vault_partition(entry.resource_id)
+        row = self._own_write_prefix(entry.operation) + _sequence(entry.at)
+        entity: dict[str, Any] = {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "resource_id": entry.resource_id[:DISPLAY_CHARS],
+            "operation": entry.operation.strip().lower(),
+            "at": _stamp(entry.at),
+            "request": entry.request_id,
+            # Event ids are kept as digests: whole, whatever their length.
+            "written_for": _digest(entry.event_id) if entry.event_id else "",
+            "attempt": entry.attempt or "",
+            "voided": False,
+        }
+        unit = self._unit()
+        if unit is not None:
+            unit.add(Write(VAULTS, partition, row, ("create", entity, {}),
+                           replay=functools.partial(self._table(VAULTS).create_entity, entity)))
+            return
+        self._table(VAULTS).create_entity(entity)
 
     @_transient
     def match_own_write(

@@ -23,7 +23,7 @@ from kvguard.flow.pools import LazyPool
 from kvguard.flow.services import Services
 from kvguard.ids import vault_key
 from kvguard.intents import DeleteResource, RemoveRuleSources, RestoreResource
-from kvguard.ports import Alert, TransientError, answers_in_process
+from kvguard.ports import Alert, OwnWrite, TransientError, answers_in_process
 from kvguard.resources import ResourceState
 from kvguard.vault import VaultConfig
 from remediation.base import Operation, PlanInput
@@ -167,10 +167,10 @@ def act(services: Services, context: EventContext) -> list[ActionResult]:
                     PlanInput(fresh, context.before, context.after, alerts))))
     remediations = {handler_id: _planned_remediation(services, context, handler_id, handler_findings)
                     for handler_id, handler_findings in by_remediation(context.findings).items()}
-    written = _write_ahead(services, context, remediations, list(earlier.alerts))
+    written = _write_ahead(services, context, remediations, list(earlier.alerts))  # handler: its ledger entries
     sending = send(services, planned, context.after)
     sending.wait_started()
-    reverted = {handler_id: _remediated(services, context, handler_id, plan)
+    reverted = {handler_id: _remediated(services, context, handler_id, plan, written.get(handler_id, ()))
                 for handler_id, plan in remediations.items()}
     answers = sending.answered()
     lost = next((r for r in reverted.values() if r.transient), None)
@@ -183,7 +183,7 @@ def act(services: Services, context: EventContext) -> list[ActionResult]:
                                        if handler_id in ready or handler_id in alerted])
     if lost is not None:
         # The intents stay; they now name the alerts sent, so a redelivery does not send them again.
-        _write_ahead(services, context, {h: remediations[h] for h in written}, sent)
+        _write_ahead(services, context, {h: remediations[h] for h in written}, sent, noting=False)
         raise TransientError(f"{lost.handler}: {lost.detail}")
     results = list(sent)
     for handler_id, result in reverted.items():
@@ -219,10 +219,12 @@ def _planned_remediation(
 
 def _write_ahead(
     services: Services, context: EventContext, remediations: Mapping[str, ActionResult | list[Operation]],
-    alerted: Sequence[ActionResult],
-) -> list[str]:
+    alerted: Sequence[ActionResult], *, noting: bool = True,
+) -> dict[str, tuple[OwnWrite, ...]]:
     """The intent of every remediation that will write (none in dry run), under this attempt's
-    claim; the handlers written for. An intent keeps what an earlier attempt intended too, so a
+    claim, with the ledger entries its writes will carry (one write where the store can); the
+    handlers written for, with their entries (none when not `noting`: the intents are written
+    again after the writes were made). An intent keeps what an earlier attempt intended too, so a
     retry after this one still accounts for all of it, and names the alerts `alerted` already.
     An earlier attempt's intent this one will not add to is taken over as it is: this attempt's
     record accounts for it, and the intent must name this attempt for a later one to know that."""
@@ -230,18 +232,24 @@ def _write_ahead(
     writing = {h: plan for h, plan in remediations.items() if isinstance(plan, list)}
     taken_over: dict[str, list[Operation]] = {h: [] for h in context.earlier.operations if h not in writing}
     if context.decided.dry_run or not (writing or taken_over):
-        return []
+        return {}
     with services.store.batch():  # the claims' renewal and the intents in one write where the store can
         hold(services, event, context.owner)
         for handler_id, operations in {**writing, **taken_over}.items():
             intended = context.earlier.operations.get(handler_id, [])
             recorded = writeahead.intent(event.id, context.findings, [*intended, *operations], alerted, context.owner)
             services.store.begin_action(scope(event), handler_id, recorded, services.clock.now())
-    return list(writing)
+        noted = {handler_id: tuple(services.runner.note_ahead(operations, WrittenFor(event.id, context.owner))
+                                   if noting else ())
+                 for handler_id, operations in writing.items()}
+        for entry in (entry for entries in noted.values() for entry in entries):
+            services.store.record_own_write(entry)
+    return noted
 
 
 def _remediated(
-    services: Services, context: EventContext, handler_id: str, plan: ActionResult | list[Operation]
+    services: Services, context: EventContext, handler_id: str, plan: ActionResult | list[Operation],
+    noted: Sequence[OwnWrite] = (),
 ) -> ActionResult:
     """Apply a remediation's operations (only plan them in dry run). A transient failure is
     returned as it is: the caller raises it once the alerts have answered, and the intent stays
@@ -249,7 +257,7 @@ def _remediated(
     if isinstance(plan, ActionResult):
         return plan
     return services.runner.run(handler_id, plan, dry_run=context.decided.dry_run, current=context.after,
-                               written_for=WrittenFor(context.event.id, context.owner))
+                               written_for=WrittenFor(context.event.id, context.owner, tuple(noted)))
 
 
 def _refused(handler_id: str, decision: Decision, mine: Sequence[Finding], rules: list[str]) -> ActionResult | None:

@@ -67,7 +67,8 @@ def service(azurite_connection_string: str) -> Iterator[TableServiceClient]:
 
 
 def _marks(at: Any = T0) -> list[MarkQuery]:
-    return [MarkQuery("grants", KEY, at - timedelta(hours=1)), MarkQuery("caller_writes", f"{KEY}|{CALLER}", T0 - timedelta(days=90))]
+    return [MarkQuery("grants", KEY, at - timedelta(hours=1)),
+            MarkQuery("caller_writes", f"{KEY}|{CALLER}", T0 - timedelta(days=90))]
 
 
 def test_an_events_claims_state_and_records_cost_one_request_each(counted: Counted, other: TablesStateStore) -> None:

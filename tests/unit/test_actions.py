@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from kvguard.actions import ActionRunner
-from kvguard.ports import Alert, TransientError
+from kvguard.actions import ActionRunner, WrittenFor
+from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.ports import Alert, OwnWrite, TransientError
 from kvguard.sim import SimClock, SimDefender, SimVaultGateway, World
 from kvguard.vault import AccessPolicy, Principal, VaultConfig
 from remediation.base import Operation
@@ -291,3 +292,54 @@ def test_a_failing_sink_is_failed_and_transient(world: World) -> None:
     result = runner.run("publish_detection", [op], dry_run=False, current=current(world))
     assert (result.status, result.transient) == ("failed", True)
     assert "defender unavailable" in result.detail
+
+
+# --- the ledger of own writes -------------------------------------------------------------------
+
+
+class NotingLedger(SQLiteStateStore):
+    """The embedded store as a ledger, keeping what was noted in it."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.noted: list[OwnWrite] = []
+
+    def record_own_write(self, entry: OwnWrite) -> None:
+        self.noted.append(entry)
+        super().record_own_write(entry)
+
+
+def test_a_write_noted_ahead_carries_the_nonce_of_its_entry_and_is_not_noted_again(world: World) -> None:
+    """The write-ahead intent's write carries the ledger entries of the writes to come: the
+    write is sent with the entry's nonce (its event then matches it), and no second entry is made."""
+    ledger = NotingLedger()
+    runner = ActionRunner(SimVaultGateway(world), {}, ledger=ledger, now=world.clock.now)
+    op = removal(ROGUE, secrets={"get", "list"}, keys={"get"})
+    written_for = WrittenFor("evt-1", "attempt-1")
+    ahead = runner.note_ahead([op, patch(publicNetworkAccess="Disabled")], written_for)
+    assert [entry.operation for entry in ahead] == ["Microsoft.KeyVault/vaults/accessPolicies/write",
+                                                   "Microsoft.KeyVault/vaults/write"]
+    ledger.record_own_write(ahead[0])
+    world.take_emitted()
+
+    result = runner.run("revert_access_policy", [op], dry_run=False, current=current(world),
+                        written_for=WrittenFor("evt-1", "attempt-1", (ahead[0],)))
+
+    assert result.status == "applied"
+    assert ledger.noted == [ahead[0]]
+    [echo] = world.take_emitted()
+    assert echo["data"]["httpRequest"]["clientRequestId"] == ahead[0].request_id
+    assert ledger.match_own_write(VAULT_ID, ahead[0].operation, ahead[0].request_id,
+                                  since=world.clock.now() - timedelta(minutes=1), until=world.clock.now())
+
+
+def test_a_write_without_an_entry_noted_ahead_notes_its_own(world: World) -> None:
+    ledger = NotingLedger()
+    runner = ActionRunner(SimVaultGateway(world), {}, ledger=ledger, now=world.clock.now)
+    op = removal(ROGUE, secrets={"get", "list"}, keys={"get"})
+    result = runner.run("revert_access_policy", [op], dry_run=False, current=current(world),
+                        written_for=WrittenFor("evt-1", "attempt-1"))
+    assert result.status == "applied"
+    [entry] = ledger.noted
+    [echo] = world.take_emitted()
+    assert echo["data"]["httpRequest"]["clientRequestId"] == entry.request_id
