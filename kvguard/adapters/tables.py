@@ -283,6 +283,7 @@ class TablesStateStore:
         self._lock = threading.Lock()
         self._local = threading.local()  # the batch a thread is in (`batch`)
         self._legacy: bool | None = None  # whether the tables of the earlier layout exist (`_migrate`)
+        self._here: set[str] = set()  # partitions known to hold their vault's state in this layout (`_migrate`)
 
     def __repr__(self) -> str:
         return f"TablesStateStore({self._service.url!r}, table_prefix={self._prefix!r})"
@@ -303,12 +304,13 @@ class TablesStateStore:
         rows.setdefault(intents, []).append(INTENT)
         read = self._read_partitions(rows, marks)
         if not any(entity["RowKey"] == BASELINE_ROW for entity in read.entities[partition]) \
-                and self._migrate(vault_id):
+                and self._migrate(vault_id, missing=True):
             read = self._read_partitions(rows, marks)
         found = read.entities[partition]
         baseline = next((entity for entity in found if entity["RowKey"] == BASELINE_ROW), None)
         if baseline is not None:
             self._saw("baselines", baseline, baseline.metadata["etag"])
+            self._moved(partition)
         self._listed("baselines", partition)
         findings = self._findings(vault_id, partition, [e for e in found if e["RowKey"].startswith(FINDING)])
         self._listed("findings", partition)
@@ -814,7 +816,7 @@ class TablesStateStore:
         self._flush()
         partition = _vault_partition(vault_id)
         entity = self._get(VAULTS, partition, BASELINE_ROW)
-        if entity is None and self._migrate(vault_id):
+        if entity is None and self._migrate(vault_id, missing=True):
             entity = self._get(VAULTS, partition, BASELINE_ROW)
         if entity is None:
             return None
@@ -1595,7 +1597,7 @@ class TablesStateStore:
                 return []
             raise
 
-    def _migrate(self, vault_id: str) -> bool:
+    def _migrate(self, vault_id: str, *, missing: bool = False) -> bool:
         """Move a vault's state from the earlier layout to its partition: its baseline (its
         version is the ETag it had, which the configurations its findings name are keyed by), open
         findings and those configurations, intents, and the marks the history rules and the circuit
@@ -1603,10 +1605,21 @@ class TablesStateStore:
         moved (a crash part way moves it again; every write is an upsert). The earlier tables keep
         their copy; a caller's marks stay behind (the burst windows they count are minutes long),
         and so does a caller's first write of a vault (`caller_writes`), read there while the
-        vault has none here (`_first_writes`). True when there was a baseline to move."""
+        vault has none here (`_first_writes`). True when there was a baseline to move.
+
+        Only a vault with no baseline here is moved (`missing`: the caller just read its partition
+        and found none): the earlier tables' copy is never read over this layout's. A vault event
+        moves its vault under the vault's lease; the baseline is written only if none is there, so
+        two instances moving one vault leave one baseline."""
         if not self._has_legacy():
             return False
         partition = _vault_partition(vault_id)
+        with self._lock:
+            if partition in self._here:
+                return False
+        if not missing and self._get(VAULTS, partition, BASELINE_ROW) is not None:
+            self._moved(partition)
+            return False
         baseline = self._legacy_get("baselines", partition, "baseline")
         if baseline is None:
             return False
@@ -1622,9 +1635,19 @@ class TablesStateStore:
             for mark in self._legacy_query("marks", _digest(f"{series}\n{key}")):
                 table.upsert_entity({"PartitionKey": partition, "RowKey": _mark_prefix(series, key) + mark["RowKey"],
                                      "member": mark["member"]}, mode=UpdateMode.REPLACE)
-        table.upsert_entity({**baseline, "version": str(baseline.get("version") or baseline.metadata["etag"])},
-                            mode=UpdateMode.REPLACE)
+        try:
+            table.create_entity({**baseline, "version": str(baseline.get("version") or baseline.metadata["etag"])})
+        except HttpResponseError as error:
+            if not _is(error, 409):  # 409: moved (or written) by another instance meanwhile; that one stands
+                raise
+        self._moved(partition)
         return True
+
+    def _moved(self, partition: str) -> None:
+        with self._lock:
+            if len(self._here) >= REMEMBERED_REFS:
+                self._here.clear()
+            self._here.add(partition)
 
 
 def _legacy_own_write_partition(resource_id: str, operation: str) -> str:

@@ -231,12 +231,26 @@ def test_a_store_the_earlier_layout_wrote_is_read_on_and_moved_a_vault_at_a_time
     assert [r.event_id for r in store.list_audit(VAULT)] == ["evt-0"]
     assert store.audited("evt-0", VAULT) is True
 
-    # Moved: the baseline read is the one written on, with the version it was read with.
+    # Moved: the baseline read is the one written on, with the version it was read with, and the
+    # earlier tables' copy is not read over what was written since, by this instance or another.
     store.put_baseline(VAULT, vault_config(policies=3), state.baseline.etag, now=T0)
     store.close_finding(VAULT, "KV-AP-01")
     store.finish_action(KEY, "revert_access_policy")
-    service.delete_table(table_prefix + "baselines")  # what is left there is no longer read
+    assert other.open_findings(VAULT) == [] and other.pending_actions(KEY) == []
+    baseline = other.get_baseline(VAULT)
+    assert baseline is not None and baseline.config == vault_config(policies=3)
     moved = other.load(VAULT, KEY, _marks(T0))
     assert moved.baseline is not None and moved.baseline.config == vault_config(policies=3)
     assert moved.findings == [] and moved.pending == []
     assert [member for member, _ in moved.marks[0]] == ["principal:p-0|"]
+    assert [b.config for b in store.list_baselines() if b.vault_id == VAULT] == [vault_config(policies=3)]
+
+    # The second vault, never read by an event, moves when a sweep first reads its findings.
+    second = earlier["second"]
+    assert other.open_findings(second) == []
+    service.delete_table(table_prefix + "baselines")  # what is left there is no longer read
+    fresh = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    moved_second = fresh.get_baseline(second)
+    assert moved_second is not None and moved_second.config == vault_config(second)
+    fresh.close()
+    store.close()
