@@ -53,6 +53,7 @@ test-sdk-floor: $(SDK_FLOOR)/.installed
 	PYTHONPATH=$(SDK_FLOOR) KVGUARD_SDK_FLOOR_RUN=1 $(BIN)/pytest -q -p no:cacheprovider \
 		tests/integration/test_sdk_range.py tests/integration/test_arm_gateway.py \
 		tests/integration/test_alert_sinks.py tests/integration/test_tables_store.py \
+		tests/integration/test_tables_vault_partition.py \
 		tests/integration/test_authorization_gateway.py tests/integration/test_deny_and_eligibility_reads.py \
 		tests/integration/test_policy_gateway.py tests/integration/test_perimeter_and_feed_gateways.py \
 		tests/integration/test_cli_backfill.py tests/integration/test_cli_doctor.py \

@@ -137,7 +137,15 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+PARTITION_DIGITS = 32  # of a key's SHA-256 naming its partition: 128 bits, in every row it holds
+
+
 def _vault_partition(vault_id: str) -> str:
+    return _digest(vault_key(vault_id))[:PARTITION_DIGITS]
+
+
+def _legacy_partition(vault_id: str) -> str:
+    """A vault's partition in the tables of the earlier layout: its key's whole digest."""
     return _digest(vault_key(vault_id))
 
 
@@ -158,7 +166,7 @@ def _starting(prefix: str, since: str = "") -> str:
 def _key_partition(key: str) -> str:
     """The partition the state under `key` is kept in: a vault's (or resource's) for a key that
     is one or starts with one (`vault|caller`), the key's own otherwise (a caller's)."""
-    return _digest(vault_key(key.split("|", 1)[0]))
+    return _vault_partition(key.split("|", 1)[0])
 
 
 def _mark_prefix(series: str, key: str) -> str:
@@ -903,11 +911,12 @@ class TablesStateStore:
     @_transient
     def list_baselines(self) -> list[Baseline]:
         self._flush()
-        found = {entity["PartitionKey"]: self._baseline(entity) for entity in self._table(VAULTS).query_entities(
+        found = {vault_key(entity["vault_id"]): self._baseline(entity) for entity in self._table(VAULTS).query_entities(
             f"RowKey eq '{BASELINE_ROW}'")}
         if self._has_legacy():  # vaults no event has read since the layout changed
             for entity in self._legacy_table("baselines").list_entities():
-                found.setdefault(entity["PartitionKey"], self._baseline(entity))
+                if vault_key(entity["vault_id"]) not in found:
+                    found[vault_key(entity["vault_id"])] = self._baseline(entity)
         return sorted(found.values(), key=lambda baseline: vault_key(baseline.vault_id))
 
     def _baseline(self, entity: TableEntity) -> Baseline:
@@ -961,7 +970,7 @@ class TablesStateStore:
         if self._has_legacy():  # written before the layout changed
             legacy = self._legacy_table("audit")
             entities += (legacy.list_entities() if vault_id is None else legacy.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": _vault_partition(vault_id)}))
+                "PartitionKey eq @pk", parameters={"pk": _legacy_partition(vault_id)}))
         records = []
         for entity in sorted(entities, key=lambda entity: (entity["at"], entity["RowKey"].removeprefix(AUDIT))):
             if "audit" in entity:
@@ -982,11 +991,13 @@ class TablesStateStore:
         if attempt is not None:
             query += " and attempt eq @attempt"
             parameters["attempt"] = attempt
-        tables = [(self._table(VAULTS), f"{query} and {_starting(AUDIT)}")]
+        tables = [(self._table(VAULTS), f"{query} and {_starting(AUDIT)}", partition)]
         if self._has_legacy():
-            tables.append((self._legacy_table("audit"), query))
-        for table, filter_ in tables:
-            entities = table.query_entities(filter_, parameters=parameters, select=["event_id"], results_per_page=1)
+            tables.append((self._legacy_table("audit"), query,
+                           _legacy_partition(vault_id) if vault_id is not None else "no-vault"))
+        for table, filter_, pk in tables:
+            entities = table.query_entities(filter_, parameters={**parameters, "pk": pk}, select=["event_id"],
+                                            results_per_page=1)
             if next(iter(entities), None) is not None:
                 return True
         return False
@@ -1125,10 +1136,9 @@ class TablesStateStore:
         return {"PartitionKey": partition, "RowKey": AGAINST + _digest(etag), "baseline_etag": etag, "at": at,
                 **self._pack(config)}
 
-    def _found_against_loader(self, partition: str, etag: str, legacy: bool = False) -> Callable[[], Mapping[str, Any]]:
+    def _found_against_loader(self, partition: str, etag: str) -> Callable[[], Mapping[str, Any]]:
         def load() -> Mapping[str, Any]:
-            entity = (self._get(VAULTS, partition, AGAINST + _digest(etag)) if not legacy
-                      else self._legacy_get("foundagainst", partition, _digest(etag)))
+            entity = self._get(VAULTS, partition, AGAINST + _digest(etag))
             if entity is None:
                 raise RuntimeError(f"the baseline {etag} an open finding was found against is not stored")
             stored: Mapping[str, Any] = self._unpack(entity)
@@ -1620,23 +1630,23 @@ class TablesStateStore:
         if not missing and self._get(VAULTS, partition, BASELINE_ROW) is not None:
             self._moved(partition)
             return False
-        baseline = self._legacy_get("baselines", partition, "baseline")
+        earlier = _legacy_partition(vault_id)
+        baseline = self._legacy_get("baselines", earlier, "baseline")
         if baseline is None:
             return False
         table = self._table(VAULTS)
-        for entity in self._legacy_query("findings", partition):
-            table.upsert_entity({**entity, "RowKey": FINDING + entity["RowKey"]}, mode=UpdateMode.REPLACE)
-        for entity in self._legacy_query("foundagainst", partition):
-            table.upsert_entity({**entity, "RowKey": AGAINST + entity["RowKey"]}, mode=UpdateMode.REPLACE)
-        for entity in self._legacy_query("intents", partition):
-            table.upsert_entity({**entity, "RowKey": INTENT + entity["RowKey"]}, mode=UpdateMode.REPLACE)
+        for concern, prefix in (("findings", FINDING), ("foundagainst", AGAINST), ("intents", INTENT)):
+            for entity in self._legacy_query(concern, earlier):
+                table.upsert_entity({**entity, "PartitionKey": partition, "RowKey": prefix + entity["RowKey"]},
+                                    mode=UpdateMode.REPLACE)
         key = vault_key(vault_id)
         for series in ("grants", "remediations"):
             for mark in self._legacy_query("marks", _digest(f"{series}\n{key}")):
                 table.upsert_entity({"PartitionKey": partition, "RowKey": _mark_prefix(series, key) + mark["RowKey"],
                                      "member": mark["member"]}, mode=UpdateMode.REPLACE)
         try:
-            table.create_entity({**baseline, "version": str(baseline.get("version") or baseline.metadata["etag"])})
+            table.create_entity({**baseline, "PartitionKey": partition,
+                                 "version": str(baseline.get("version") or baseline.metadata["etag"])})
         except HttpResponseError as error:
             if not _is(error, 409):  # 409: moved (or written) by another instance meanwhile; that one stands
                 raise
