@@ -341,12 +341,7 @@ class TablesStateStore:
             return table
 
     def _get(self, concern: str, partition: str, row: str) -> TableEntity | None:
-        try:
-            return self._table(concern).get_entity(partition, row)
-        except HttpResponseError as error:
-            if _is(error, 404):
-                return None
-            raise
+        return _entity(self._table(concern), partition, row)
 
     # Large values: compressed, chunked, spilled to the chunks table when they do not fit inline.
 
@@ -1591,12 +1586,7 @@ class TablesStateStore:
         return self._service.get_table_client(self._prefix + concern)
 
     def _legacy_get(self, concern: str, partition: str, row: str) -> TableEntity | None:
-        try:
-            return self._legacy_table(concern).get_entity(partition, row)
-        except HttpResponseError as error:
-            if _is(error, 404):
-                return None
-            raise
+        return _entity(self._legacy_table(concern), partition, row)  # its table gone is none there either
 
     def _legacy_query(self, concern: str, partition: str) -> list[TableEntity]:
         try:
@@ -1658,6 +1648,15 @@ class TablesStateStore:
             if len(self._here) >= REMEMBERED_REFS:
                 self._here.clear()
             self._here.add(partition)
+
+
+def _entity(table: TableClient, partition: str, row: str) -> TableEntity | None:
+    try:
+        return table.get_entity(partition, row)
+    except HttpResponseError as error:
+        if _is(error, 404):
+            return None
+        raise
 
 
 def _legacy_own_write_partition(resource_id: str, operation: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -198,3 +199,23 @@ def running_azurite_blob(workdir: Path, tls: tuple[Path, Path] | None = None) ->
         yield service
     finally:
         service.stop()
+
+
+class Counted:
+    """A store whose client notes every request it sends (the SDK's raw request hook)."""
+
+    def __init__(self, connection_string: str, table_prefix: str) -> None:
+        self.methods: list[str] = []
+        self.requests: list[str] = []  # method and path
+        self.prefix = table_prefix
+        from kvguard.adapters.tables import TablesStateStore
+
+        self.store = TablesStateStore.from_connection_string(
+            connection_string, table_prefix=table_prefix, raw_request_hook=self._note)
+
+    def _note(self, request: Any) -> None:
+        self.methods.append(request.http_request.method)
+        self.requests.append(f"{request.http_request.method} {urllib.parse.urlparse(request.http_request.url).path}")
+
+    def since(self, start: int) -> list[str]:
+        return self.methods[start:]

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import random
-import urllib.parse
 import zlib
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -17,47 +14,9 @@ from azure.data.tables import TableServiceClient
 from kvguard.adapters.tables import TablesStateStore
 from kvguard.ports import AuditRecord, ConcurrencyError
 from tests.contract.statestore_contract import LEASE, T0, VAULT, vault_config
+from tests.integration.azurite import Counted
 
 LOCK = "vault-lease:kv"
-
-
-class Counted:
-    """A store whose client notes every request it sends (the SDK's raw request hook)."""
-
-    def __init__(self, connection_string: str, table_prefix: str) -> None:
-        self.methods: list[str] = []
-        self.requests: list[str] = []  # method and path
-        self.store = TablesStateStore.from_connection_string(
-            connection_string, table_prefix=table_prefix, raw_request_hook=self._note)
-
-    def _note(self, request: Any) -> None:
-        self.methods.append(request.http_request.method)
-        self.requests.append(f"{request.http_request.method} {urllib.parse.urlparse(request.http_request.url).path}")
-
-    def since(self, start: int) -> list[str]:
-        return self.methods[start:]
-
-
-@pytest.fixture
-def counted(azurite_connection_string: str, table_prefix: str) -> Iterator[Counted]:
-    counted = Counted(azurite_connection_string, table_prefix)
-    yield counted
-    counted.store.close()
-
-
-@pytest.fixture
-def service(azurite_connection_string: str) -> Iterator[TableServiceClient]:
-    client = TableServiceClient.from_connection_string(azurite_connection_string)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def other(azurite_connection_string: str, table_prefix: str) -> Iterator[TablesStateStore]:
-    """Another instance on the same tables: what another worker sees and writes."""
-    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
-    yield store
-    store.close()
 
 
 def test_an_attempt_renews_and_completes_its_claims_without_reading_them_first(counted: Counted) -> None:

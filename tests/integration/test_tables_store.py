@@ -34,13 +34,6 @@ class TestTablesStateStore(StateStoreContract):
         store.close()
 
 
-@pytest.fixture
-def service(azurite_connection_string: str) -> Iterator[TableServiceClient]:
-    client = TableServiceClient.from_connection_string(azurite_connection_string)
-    yield client
-    client.close()
-
-
 def test_everything_written_fits_azure_limits(
     azurite_connection_string: str, table_prefix: str, service: TableServiceClient
 ) -> None:

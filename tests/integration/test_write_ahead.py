@@ -86,14 +86,26 @@ def store(open_store: Callable[[], StateStore]) -> StateStore:
     return open_store()
 
 
+def _land_held_back(store: StateStore) -> None:
+    """What a Table Storage batch held back so far, written now: a record lands in part on Table
+    Storage only when its transaction was refused and its writes were made one by one, and a
+    failure part way through that is what these faults stand for."""
+    flush = getattr(store, "_flush", None)
+    if flush is not None:
+        flush()
+
+
 class FailsOnce:
     """The store as it is, except that the first call of `method` once `armed()` is true fails as
     storage does when it is briefly unavailable (the adapters raise TransientError for a 503)."""
 
-    def __init__(self, store: StateStore, method: str, armed: Callable[[], bool]) -> None:
+    def __init__(self, store: StateStore, method: str, armed: Callable[[], bool], *,
+                 landing_held_back: bool = False) -> None:
+        """`landing_held_back`: the writes a batch held back before the call land first."""
         self._store = store
         self._method = method
         self._armed = armed
+        self._landing = landing_held_back
         self.failed = False
 
     def __getattr__(self, name: str) -> Any:
@@ -104,6 +116,8 @@ class FailsOnce:
         def failing_once(*args: Any, **kwargs: Any) -> Any:
             if not self.failed and self._armed():
                 self.failed = True
+                if self._landing:
+                    _land_held_back(self._store)
                 raise TransientError(f"table storage ({name}): HTTP 503 Service Unavailable")
             return attribute(*args, **kwargs)
 
@@ -558,15 +572,6 @@ def applied_reverts_of(store: StateStore, principal: str) -> list[dict[str, Any]
             and any(entry and entry["objectId"] == principal for entry in action["before"] or [])]
 
 
-def _land_held_back(store: StateStore) -> None:
-    """What a Table Storage batch held back so far, written now: a record lands in part on Table
-    Storage only when its transaction was refused and its writes were made one by one, and a
-    failure part way through that is what these faults stand for."""
-    flush = getattr(store, "_flush", None)
-    if flush is not None:
-        flush()
-
-
 class FailsOnceAfterTheWrite(FailsOnce):
     """The store, except that the first call of `method` once armed lands, with the writes made
     before it, and then fails (a 503 whose write was applied)."""
@@ -585,25 +590,6 @@ class FailsOnceAfterTheWrite(FailsOnce):
             return result
 
         return landing_then_failing
-
-
-class FailsOnceAfterWhatCameBefore(FailsOnce):
-    """The store, except that the first call of `method` once armed fails after the writes made
-    before it landed."""
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store, name)
-        if name != self._method:
-            return attribute
-
-        def failing_once(*args: Any, **kwargs: Any) -> Any:
-            if not self.failed and self._armed():
-                self.failed = True
-                _land_held_back(self._store)
-                raise TransientError(f"table storage ({name}): HTTP 503 Service Unavailable")
-            return attribute(*args, **kwargs)
-
-        return failing_once
 
 
 def test_the_alert_an_earlier_attempt_lost_goes_out_beside_a_new_grant_of_the_same_rule(
@@ -701,7 +687,7 @@ def test_an_intent_taken_over_and_recorded_by_another_event_is_not_recorded_agai
     fake.apply_then_fail("PUT", REMOVE, status=500, body=ARM_ERROR, times=3)
     with pytest.raises(TransientError, match="revert_access_policy"):
         pipeline.handle(event(EVENT_ID))
-    flaky = FailsOnceAfterWhatCameBefore(store, "finish_action", armed=lambda: True)
+    flaky = FailsOnce(store, "finish_action", armed=lambda: True, landing_held_back=True)
     second = Pipeline(gateway=gateway, store=cast(StateStore, flaky), policy=pipeline.policy,
                       sinks={"raise_defender_alert": defender})
     with pytest.raises(TransientError, match="finish_action"):
