@@ -446,8 +446,8 @@ class TablesStateStore:
         """Send what the batch held back so far (see `batch`)."""
         unit = self._unit()
         if unit is not None and unit.writes:
-            self._local.unit = Unit()
-            self._commit(unit)
+            held_back, unit.writes = unit.writes, []  # the batch goes on with what comes after
+            self._commit(Unit(held_back))
 
     @_transient
     def _commit(self, unit: Unit) -> None:
@@ -793,6 +793,7 @@ class TablesStateStore:
 
     @_transient
     def release(self, event_id: str, owner: str | None = None) -> bool:
+        self._flush()
         if owner is None:
             current = self._owned_claim(event_id, None)
             return current is not None and self._drop_claim(current)
@@ -999,6 +1000,7 @@ class TablesStateStore:
 
     @_transient
     def record_rejected(self, rejected: RejectedPayload) -> None:
+        self._flush()  # after what the batch held back (the claims' renewal that fences it)
         at = _stamp(rejected.at)
         entity: dict[str, Any] = {
             "PartitionKey": at[:7],  # one partition per month
@@ -1013,6 +1015,7 @@ class TablesStateStore:
 
     @_transient
     def list_rejected(self) -> list[RejectedPayload]:
+        self._flush()
         payloads = []
         for entity in sorted(self._table("rejected").list_entities(), key=lambda entity: entity["RowKey"]):
             document = self._unpack(entity)
@@ -1393,6 +1396,7 @@ class TablesStateStore:
 
     @_transient
     def put_outbox(self, key: str, item: Mapping[str, Any], now: datetime) -> None:
+        self._flush()
         row = _digest(key)
         previous = self._get("outbox", "outbox", row)
         at = previous["at"] if previous is not None else _stamp(now)
@@ -1405,6 +1409,7 @@ class TablesStateStore:
 
     @_transient
     def list_outbox(self) -> list[OutboxItem]:
+        self._flush()
         items = []
         for entity in self._table("outbox").query_entities("PartitionKey eq 'outbox'"):
             document = self._unpack(entity)
@@ -1413,6 +1418,7 @@ class TablesStateStore:
 
     @_transient
     def drop_outbox(self, key: str) -> None:
+        self._flush()
         self._delete("outbox", "outbox", _digest(key))
 
     # Retention

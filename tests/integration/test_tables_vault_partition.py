@@ -215,3 +215,21 @@ def test_a_store_the_earlier_layout_wrote_is_read_on_and_moved_a_vault_at_a_time
     assert moved_second is not None and moved_second.config == vault_config(second)
     fresh.close()
     store.close()
+
+
+def test_the_writes_after_one_that_cannot_join_the_transaction_still_land(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    """A finding this store never read is closed on its own (it must be read first), which sends
+    what the batch held back before it; the writes after it still go out when the batch ends."""
+    store = counted.store
+    other.open_finding(VAULT, "KV-AP-01", {"evidence": {}}, T0)
+    assert store.claim_beside("evt-1", LOCK, T0, LEASE, "a") == ("claimed", True)
+    with store.batch():
+        store.renew_each(["evt-1", LOCK], "a", T0 + timedelta(seconds=1), LEASE)
+        assert store.close_finding(VAULT, "KV-AP-01") is True
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, {"outcome": "processed"}))
+        store.complete("evt-1", T0 + timedelta(seconds=2), "a", releasing=[LOCK])
+    assert other.open_findings(VAULT) == []
+    assert [r.event_id for r in other.list_audit(VAULT)] == ["evt-1"]
+    assert other.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=LOCK) == "duplicate"
