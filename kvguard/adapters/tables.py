@@ -1,7 +1,7 @@
 """The StateStore on Azure Table Storage (Azurite locally and in tests).
 
-- Layout: one table, `{prefix}vault`, holds every vault's state in a partition of its own (the
-  SHA-256 hex of its `vault_key`): its lease (`lease`) and the claims of its events (`c|…`), its
+- Layout: one table, `{prefix}vault`, holds every vault's state in a partition of its own (32 hex
+  digits of the SHA-256 of its `vault_key`): its lease (`lease`) and the claims of its events (`c|…`), its
   baseline (`baseline`), open findings (`f|…`) and the configurations they were found against
   (`a|…`, `kvguard.adapters.found_against`), write-ahead intents (`i|…`), history marks
   (`m|series-and-key|time-member`: a mark keyed by a vault, or by a vault and a caller, in the
