@@ -7,7 +7,8 @@ Each write is kept twice: as the operation the transaction carries, and as the s
 on its own (`replay`, what the store does outside a batch). A transaction Table Storage refuses
 as a whole (an entity changed meanwhile, one the store believed gone that is there, a lease
 taken over) changes nothing, so the writes are then made one by one the way they are outside a
-batch: they read what they must, retry what they may, and stop the event where a fence refuses.
+batch: they read what they must, retry what they may, and stop the event where a fence refuses;
+the claims a partition's writes are fenced by are checked before any of them is made.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Write:
     then: Callable[[Mapping[str, Any]], None] | None = None
     spilled: list[Mapping[str, Any]] = field(default_factory=list)
     fenced: bool = False  # a claim's write: the batch goes ahead only while the claim is held
+    fence: Callable[[], None] | None = None  # raises when the claims it writes are held no more
 
 
 @dataclass

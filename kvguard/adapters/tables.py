@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,6 +151,7 @@ def _legacy_partition(vault_id: str) -> str:
 
 VAULTS = "vault"  # the table of one partition per vault (or resource, or caller)
 LEASE_ROW, BASELINE_ROW = "lease", "baseline"
+MOVED_ROW = "moved"  # a vault's partition that the earlier layout's state was moved into (`_migrate`)
 CLAIM, FINDING, AGAINST, INTENT, MARK, AUDIT, OWN = "c|", "f|", "a|", "i|", "m|", "t|", "o|"
 _END = "~"  # sorts after every character a RowKey here holds after its prefix
 KEY_DIGITS = 16  # of a series and key's digest in a mark's RowKey: the partition already names the vault
@@ -308,20 +309,18 @@ class TablesStateStore:
         query of its own, side by side: one round trip's wait for the event's whole state."""
         self._flush()
         partition, intents = _vault_partition(vault_id), _vault_partition(scope)
-        rows: dict[str, list[str]] = {partition: [BASELINE_ROW, FINDING]}
+        rows: dict[str, list[str]] = {partition: [BASELINE_ROW, MOVED_ROW, FINDING]}
         rows.setdefault(intents, []).append(INTENT)
         read = self._read_partitions(rows, marks)
-        if not any(entity["RowKey"] == BASELINE_ROW for entity in read.entities[partition]) \
+        if not any(entity["RowKey"] in (BASELINE_ROW, MOVED_ROW) for entity in read.entities[partition]) \
                 and self._migrate(vault_id, missing=True):
             read = self._read_partitions(rows, marks)
         found = read.entities[partition]
         baseline = next((entity for entity in found if entity["RowKey"] == BASELINE_ROW), None)
-        if baseline is not None:
-            self._saw("baselines", baseline, baseline.metadata["etag"])
+        if baseline is not None or any(entity["RowKey"] == MOVED_ROW for entity in found):
             self._moved(partition)
-        self._listed("baselines", partition)
+        self._listed("baselines", partition, [baseline] if baseline is not None else [])
         findings = self._findings(vault_id, partition, [e for e in found if e["RowKey"].startswith(FINDING)])
-        self._listed("findings", partition)
         pending = self._intents(scope, intents, [e for e in read.entities[intents] if e["RowKey"].startswith(INTENT)])
         return VaultState(self._baseline(baseline) if baseline is not None else None, findings, pending, read.marks)
 
@@ -397,15 +396,25 @@ class TablesStateStore:
             self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
                 entity.get("doc_ref"), etag, entity.get("opened"), entity.get("version") or etag)
 
-    def _listed(self, concern: str, partition: str) -> None:
-        """The whole partition was just read: every entity of it is now one `_saw` remembers."""
+    def _listed(self, concern: str, partition: str, entities: Sequence[TableEntity]) -> None:
+        """The concern's whole part of the partition was just read (`entities`): each is
+        remembered as `_saw` would, and the partition as read whole, in one step, so that a
+        clearing of the memory in between cannot leave a partition "read whole" without its rows."""
         with self._lock:
+            if len(self._refs) + len(entities) >= REMEMBERED_REFS:
+                self._refs.clear()
+                self._whole.clear()
+            for entity in entities:
+                self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
+                    entity.get("doc_ref"), str(entity.metadata["etag"]), entity.get("opened"),
+                    entity.get("version") or str(entity.metadata["etag"]))
             self._whole.add((concern, partition))
 
     def _listed_without(self, concern: str, partition: str, row: str) -> bool:
-        """Whether the partition was read whole and held no such entity then: a replace needs no
-        read to find the chunks of one that was not there (one written since by another instance
-        at worst leaves its chunks behind)."""
+        """Whether the partition was read whole and held no such entity then. A batch then makes
+        it rather than replacing it, and needs no read to find the chunks of one that was not
+        there; one made since by another instance makes the batch's transaction refused (the
+        writes are then made one by one, reading what they must)."""
         with self._lock:
             return (concern, partition) in self._whole and (concern, partition, row) not in self._refs
 
@@ -475,6 +484,8 @@ class TablesStateStore:
                 continue
             try:
                 for _, _, _, later in transactions[index:]:
+                    for fence in [write.fence for write in later if write.fence is not None]:
+                        fence()  # a taken-over attempt writes nothing of this partition
                     for write in later:
                         self._drop_spilled(write)
                         if write.replay is not None:
@@ -682,10 +693,17 @@ class TablesStateStore:
                 entity = {**claim.entity, "lease_until": until}
                 unit.add(Write(VAULTS, entity["PartitionKey"], entity["RowKey"], _fenced_update(entity, claim.etag),
                                replay=None if index else functools.partial(self._renewed, event_ids, owner, now, lease),
-                               then=functools.partial(self._hold_written, claim.event_id, entity), fenced=True))
+                               then=functools.partial(self._hold_written, claim.event_id, entity), fenced=True,
+                               fence=None if index else functools.partial(self._still_held, event_ids, owner)))
             return True
         self._flush()
         return self._renew_each(event_ids, owner, now, lease)
+
+    def _still_held(self, event_ids: Sequence[str], owner: str) -> None:
+        """Raise unless `owner` holds every claim of `event_ids` as they are stored now."""
+        for event_id in dict.fromkeys(event_ids):
+            if self._owned_claim(event_id, owner, fresh=True) is None:
+                raise TransientError(f"event {event_id}: the claim was taken over by another instance")
 
     def _renewed(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> None:
         if not self._renew_each(event_ids, owner, now, lease):
@@ -734,7 +752,8 @@ class TablesStateStore:
             unit.add(Write(VAULTS, finished["PartitionKey"], finished["RowKey"],
                            _fenced_update(finished, current.etag),
                            replay=functools.partial(self._completed, event_id, now, owner, releasing),
-                           then=lambda _: self._let_go(event_id), fenced=True))
+                           then=lambda _: self._let_go(event_id), fenced=True,
+                           fence=functools.partial(self._still_held, [event_id, *releasing], owner)))
             for claim in let_go:
                 unit.add(Write(VAULTS, claim.entity["PartitionKey"], claim.entity["RowKey"],
                                ("delete", claim.entity, {"etag": claim.etag,
@@ -820,7 +839,7 @@ class TablesStateStore:
         self._flush()
         partition = _vault_partition(vault_id)
         entity = self._get(VAULTS, partition, BASELINE_ROW)
-        if entity is None and self._migrate(vault_id, missing=True):
+        if entity is None and self._migrate(vault_id):
             entity = self._get(VAULTS, partition, BASELINE_ROW)
         if entity is None:
             return None
@@ -910,7 +929,7 @@ class TablesStateStore:
         found = {vault_key(entity["vault_id"]): self._baseline(entity) for entity in self._table(VAULTS).query_entities(
             f"RowKey eq '{BASELINE_ROW}'")}
         if self._has_legacy():  # vaults no event has read since the layout changed
-            for entity in self._legacy_table("baselines").list_entities():
+            for entity in self._legacy_rows("baselines", None):
                 if vault_key(entity["vault_id"]) not in found:
                     found[vault_key(entity["vault_id"])] = self._baseline(entity)
         return sorted(found.values(), key=lambda baseline: vault_key(baseline.vault_id))
@@ -964,9 +983,8 @@ class TablesStateStore:
             entities = list(self._table(VAULTS).query_entities(
                 f"PartitionKey eq @pk and {audit}", parameters={"pk": _vault_partition(vault_id)}))
         if self._has_legacy():  # written before the layout changed
-            legacy = self._legacy_table("audit")
-            entities += (legacy.list_entities() if vault_id is None else legacy.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": _legacy_partition(vault_id)}))
+            entities += (self._legacy_rows("audit", None) if vault_id is None
+                         else self._legacy_query("audit", _legacy_partition(vault_id)))
         records = []
         for entity in sorted(entities, key=lambda entity: (entity["at"], entity["RowKey"].removeprefix(AUDIT))):
             if "audit" in entity:
@@ -987,16 +1005,14 @@ class TablesStateStore:
         if attempt is not None:
             query += " and attempt eq @attempt"
             parameters["attempt"] = attempt
-        tables = [(self._table(VAULTS), f"{query} and {_starting(AUDIT)}", partition)]
-        if self._has_legacy():
-            tables.append((self._legacy_table("audit"), query,
-                           _legacy_partition(vault_id) if vault_id is not None else "no-vault"))
-        for table, filter_, pk in tables:
-            entities = table.query_entities(filter_, parameters={**parameters, "pk": pk}, select=["event_id"],
-                                            results_per_page=1)
-            if next(iter(entities), None) is not None:
-                return True
-        return False
+        entities = self._table(VAULTS).query_entities(f"{query} and {_starting(AUDIT)}", parameters=parameters,
+                                                      select=["event_id"], results_per_page=1)
+        if next(iter(entities), None) is not None:
+            return True
+        if not self._has_legacy():
+            return False
+        earlier = {**parameters, "pk": _legacy_partition(vault_id) if vault_id is not None else "no-vault"}
+        return bool(self._legacy_rows("audit", query, earlier, select=["event_id"]))
 
     @_transient
     def record_rejected(self, rejected: RejectedPayload) -> None:
@@ -1202,15 +1218,14 @@ class TablesStateStore:
         self._migrate(vault_id)
         entities = self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(FINDING)}",
                                                       parameters={"pk": partition})
-        findings = self._findings(vault_id, partition, entities)
-        self._listed("findings", partition)
-        return findings
+        return self._findings(vault_id, partition, list(entities))
 
-    def _findings(self, vault_id: str, partition: str, entities: Iterable[TableEntity]) -> list[OpenFinding]:
+    def _findings(self, vault_id: str, partition: str, entities: Sequence[TableEntity]) -> list[OpenFinding]:
+        """The open findings of a listing of the vault's partition (remembered as read whole)."""
         key = vault_key(vault_id)
+        self._listed("findings", partition, entities)
         findings = []
         for entity in entities:
-            self._saw("findings", entity, entity.metadata["etag"])
             finding = self._unpack(entity)
             etag = entity.get("baseline_etag")
             if etag is not None:
@@ -1286,15 +1301,10 @@ class TablesStateStore:
         """A series `_migrate` leaves behind, as the earlier layout keeps it (none when there is none)."""
         if not self._has_legacy():
             return []
-        entities = self._legacy_table("marks").query_entities(
-            "PartitionKey eq @pk and RowKey ge @since", select=["member", "RowKey"],
+        entities = self._legacy_rows(
+            "marks", "PartitionKey eq @pk and RowKey ge @since", select=["member", "RowKey"],
             parameters={"pk": _digest(f"{query.series}\n{vault_key(query.key)}"), "since": _stamp(query.since)})
-        try:
-            return [(entity["member"], _unstamp(entity["RowKey"][:STAMP_CHARS])) for entity in entities]
-        except HttpResponseError as error:
-            if _is(error, 404):
-                return []
-            raise
+        return [(entity["member"], _unstamp(entity["RowKey"][:STAMP_CHARS])) for entity in entities]
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -1350,14 +1360,13 @@ class TablesStateStore:
         self._migrate(scope)
         entities = self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(INTENT)}",
                                                       parameters={"pk": partition})
-        return self._intents(scope, partition, entities)
+        return self._intents(scope, partition, list(entities))
 
-    def _intents(self, scope: str, partition: str, entities: Iterable[TableEntity]) -> list[PendingAction]:
-        actions = []
-        for entity in entities:
-            self._saw("intents", entity, entity.metadata["etag"])
-            actions.append(PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"])))
-        self._listed("intents", partition)
+    def _intents(self, scope: str, partition: str, entities: Sequence[TableEntity]) -> list[PendingAction]:
+        """The intents of a listing of the scope's partition (remembered as read whole)."""
+        self._listed("intents", partition, entities)
+        actions = [PendingAction(scope, entity["handler"], self._unpack(entity), _unstamp(entity["at"]))
+                   for entity in entities]
         return sorted(actions, key=lambda action: action.handler)
 
     @_transient
@@ -1453,14 +1462,7 @@ class TablesStateStore:
         """Retention over a table of the earlier layout, while there is one."""
         if not self._has_legacy():
             return 0
-        table = self._legacy_table(concern)
-        try:
-            found = list(table.query_entities(query, parameters={"cutoff": cutoff}))
-        except HttpResponseError as error:
-            if _is(error, 404):  # that table was never made
-                return 0
-            raise
-        return self._delete_found(table, found)
+        return self._delete_found(self._legacy_table(concern), self._legacy_rows(concern, query, {"cutoff": cutoff}))
 
     def _delete_found(self, table: TableClient, entities: Sequence[TableEntity]) -> int:
         removed = 0
@@ -1548,9 +1550,9 @@ class TablesStateStore:
             return False
         legacy = {**window, "pk": _legacy_own_write_partition(resource_id, operation), "since": _stamp(since),
                   "until": _stamp(until) + _END}
-        written_before = self._legacy_table("ownwrites").query_entities(
-            "PartitionKey eq @pk and RowKey ge @since and RowKey lt @until and request eq @request",
-            parameters=legacy, select=["voided"])
+        written_before = self._legacy_rows(
+            "ownwrites", "PartitionKey eq @pk and RowKey ge @since and RowKey lt @until and request eq @request",
+            legacy, select=["voided"])
         return any(not entry.get("voided") for entry in written_before)
 
     @_transient
@@ -1595,11 +1597,19 @@ class TablesStateStore:
         return _entity(self._legacy_table(concern), partition, row)  # its table gone is none there either
 
     def _legacy_query(self, concern: str, partition: str) -> list[TableEntity]:
+        return self._legacy_rows(concern, "PartitionKey eq @pk", {"pk": partition})
+
+    def _legacy_rows(self, concern: str, query: str | None, parameters: Mapping[str, Any] | None = None,
+                     **options: Any) -> list[TableEntity]:
+        """The rows of a table of the earlier layout that `query` selects (all with None); none
+        when that table was never made (the earlier layout made each on first use)."""
+        table = self._legacy_table(concern)
         try:
-            return list(self._legacy_table(concern).query_entities("PartitionKey eq @pk",
-                                                                   parameters={"pk": partition}))
+            rows = table.list_entities(**options) if query is None else table.query_entities(
+                query, parameters=dict(parameters or {}), **options)
+            return list(rows)
         except HttpResponseError as error:
-            if _is(error, 404):  # that table was never made
+            if _is(error, 404):
                 return []
             raise
 
@@ -1607,47 +1617,54 @@ class TablesStateStore:
         """Move a vault's state from the earlier layout to its partition: its baseline (its
         version is the ETag it had, which the configurations its findings name are keyed by), open
         findings and those configurations, intents, and the marks the history rules and the circuit
-        breaker count under the vault. Written before the baseline, the marker that the vault has
-        moved (a crash part way moves it again; every write is an upsert). The earlier tables keep
-        their copy; a caller's marks stay behind (the burst windows they count are minutes long),
-        and so does a caller's first write of a vault (`caller_writes`), read there while the
-        vault has none here (`_first_writes`). True when there was a baseline to move.
+        breaker count under the vault (a vault without a baseline can have findings and intents
+        too). A `moved` row, written last, says it is done (a crash part way moves it again; every
+        copy is an upsert); a vault with a baseline here needs no move either. The earlier tables
+        keep their copy; a caller's marks stay behind (the burst windows they count are minutes
+        long), and so does a caller's first write of a vault (`caller_writes`), read there while the
+        vault has none here (`_first_writes`). True when anything was moved.
 
-        Only a vault with no baseline here is moved (`missing`: the caller just read its partition
-        and found none): the earlier tables' copy is never read over this layout's. A vault event
-        moves its vault under the vault's lease; the baseline is written only if none is there, so
-        two instances moving one vault leave one baseline."""
+        Only a vault not moved yet is moved (`missing`: the caller just read its partition and
+        found neither row): the earlier tables' copy is never read over this layout's. A vault
+        event moves its vault under the vault's lease; the baseline is written only if none is
+        there, so two instances moving one vault leave one baseline."""
         if not self._has_legacy():
             return False
         partition = _vault_partition(vault_id)
         with self._lock:
             if partition in self._here:
                 return False
-        if not missing and self._get(VAULTS, partition, BASELINE_ROW) is not None:
+        if not missing and any(True for _ in self._table(VAULTS).query_entities(
+                f"PartitionKey eq @pk and (RowKey eq '{BASELINE_ROW}' or RowKey eq '{MOVED_ROW}')",
+                parameters={"pk": partition}, select=["RowKey"])):
             self._moved(partition)
             return False
         earlier = _legacy_partition(vault_id)
-        baseline = self._legacy_get("baselines", earlier, "baseline")
-        if baseline is None:
-            return False
         table = self._table(VAULTS)
+        moved = 0
         for concern, prefix in (("findings", FINDING), ("foundagainst", AGAINST), ("intents", INTENT)):
             for entity in self._legacy_query(concern, earlier):
                 table.upsert_entity({**entity, "PartitionKey": partition, "RowKey": prefix + entity["RowKey"]},
                                     mode=UpdateMode.REPLACE)
+                moved += 1
         key = vault_key(vault_id)
         for series in ("grants", "remediations"):
             for mark in self._legacy_query("marks", _digest(f"{series}\n{key}")):
                 table.upsert_entity({"PartitionKey": partition, "RowKey": _mark_prefix(series, key) + mark["RowKey"],
                                      "member": mark["member"]}, mode=UpdateMode.REPLACE)
-        try:
-            table.create_entity({**baseline, "PartitionKey": partition,
-                                 "version": str(baseline.get("version") or baseline.metadata["etag"])})
-        except HttpResponseError as error:
-            if not _is(error, 409):  # 409: moved (or written) by another instance meanwhile; that one stands
-                raise
+                moved += 1
+        baseline = self._legacy_get("baselines", earlier, "baseline")
+        if baseline is not None:
+            moved += 1
+            try:
+                table.create_entity({**baseline, "PartitionKey": partition,
+                                     "version": str(baseline.get("version") or baseline.metadata["etag"])})
+            except HttpResponseError as error:
+                if not _is(error, 409):  # 409: moved (or written) by another instance meanwhile; that one stands
+                    raise
+        table.upsert_entity({"PartitionKey": partition, "RowKey": MOVED_ROW, "rows": moved}, mode=UpdateMode.REPLACE)
         self._moved(partition)
-        return True
+        return moved > 0
 
     def _moved(self, partition: str) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ from azure.data.tables import TableServiceClient
 
 from kvguard.adapters.tables import TablesStateStore
 from kvguard.ids import vault_key
-from kvguard.ports import AuditRecord, MarkQuery, TransientError, vault_lease
+from kvguard.ports import AuditRecord, MarkQuery, RejectedPayload, TransientError, vault_lease
 from tests.contract.statestore_contract import LEASE, T0, VAULT, vault_config
 from tests.integration.azurite import Counted
 
@@ -233,3 +233,76 @@ def test_the_writes_after_one_that_cannot_join_the_transaction_still_land(
     assert other.open_findings(VAULT) == []
     assert [r.event_id for r in other.list_audit(VAULT)] == ["evt-1"]
     assert other.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=LOCK) == "duplicate"
+
+
+def test_a_listing_is_remembered_whole_even_when_the_memory_fills_up_meanwhile(
+    counted: Counted, other: TablesStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store forgets what it saw once it holds `REMEMBERED_REFS` entities; a listing that
+    fills it must not leave the partition marked as read whole without its rows, or a batch
+    would take the findings it lists for gone and close none of them."""
+    monkeypatch.setattr("kvguard.adapters.tables.REMEMBERED_REFS", 2)
+    store = counted.store
+    rules = ["KV-AP-01", "KV-AP-03", "KV-NET-01"]
+    for rule in rules:
+        other.open_finding(VAULT, rule, {"evidence": {}}, T0)
+    assert store.claim_beside("evt-1", LOCK, T0, LEASE, "a") == ("claimed", True)
+    assert [f.rule for f in store.load(VAULT, KEY, _marks()).findings] == rules
+    with store.batch():
+        store.renew_each(["evt-1", LOCK], "a", T0 + timedelta(seconds=1), LEASE)
+        for rule in rules:
+            store.close_finding(VAULT, rule)
+        store.complete("evt-1", T0 + timedelta(seconds=2), "a", releasing=[LOCK])
+    assert other.open_findings(VAULT) == []
+
+
+def test_a_batch_replayed_after_part_of_it_was_sent_writes_nothing_once_its_claims_were_taken_over(
+    counted: Counted, other: TablesStateStore
+) -> None:
+    """A rejected payload sends what the batch held back (the renewal) before it is written;
+    the claims are then taken over, so the rest of the batch is refused, and replaying it one
+    by one stops at the fence before the finding and the record are written."""
+    store = counted.store
+    assert store.claim_beside("evt-1", LOCK, T0, LEASE, "a") == ("claimed", True)
+    store.load(VAULT, KEY, _marks())
+    late = T0 + 3 * LEASE
+    with pytest.raises(TransientError, match="taken over"), store.batch():
+        store.renew_each(["evt-1", LOCK], "a", T0 + timedelta(seconds=1), LEASE)
+        store.record_rejected(RejectedPayload("permanent failure: refused", "{}", T0, "evt-1"))
+        assert other.claim("evt-1", late, LEASE, owner="b", beside=LOCK) == "claimed"
+        assert other.claim(LOCK, late, LEASE, owner="b") == "claimed"
+        store.open_finding(VAULT, "KV-AP-01", {"evidence": {}}, T0)
+        store.append_audit(AuditRecord("evt-1", VAULT, T0, {"outcome": "rejected"}))
+        store.complete("evt-1", T0 + timedelta(seconds=2), "a", releasing=[LOCK])
+    assert other.open_findings(VAULT) == [] and other.list_audit(VAULT) == []
+
+
+def test_an_earlier_layout_without_the_tables_a_read_would_look_in_reads_as_empty(
+    azurite_connection_string: str, table_prefix: str, service: TableServiceClient
+) -> None:
+    """The earlier layout made each table on first use: an account may hold its baselines but
+    no ledger or audit table; reading them is reading nothing, not a refusal."""
+    service.create_table(table_prefix + "baselines")
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    operation = "microsoft.keyvault/vaults/accesspolicies/write"
+    assert store.match_own_write(VAULT, operation, "nonce", since=T0, until=T0 + LEASE) is False
+    assert store.audited("evt-1", VAULT) is False
+    assert store.list_audit(VAULT) == [] and store.list_audit() == []
+    assert store.marks_since("caller_writes", f"{KEY}|{CALLER}", T0) == []
+    assert store.prune(T0) == 0
+    store.close()
+
+
+def test_a_vault_the_earlier_layout_kept_findings_of_but_no_baseline_is_moved(
+    azurite_connection_string: str, table_prefix: str, service: TableServiceClient, other: TablesStateStore
+) -> None:
+    store = TablesStateStore.from_connection_string(azurite_connection_string, table_prefix=table_prefix)
+    _write_earlier_layout(service, table_prefix, store)
+    service.get_table_client(table_prefix + "baselines").delete_entity(_digest(KEY), "baseline")
+    state = store.load(VAULT, KEY, _marks(T0))
+    assert state.baseline is None
+    assert [f.rule for f in state.findings] == ["KV-AP-01"]
+    assert [p.handler for p in state.pending] == ["revert_access_policy"]
+    store.close_finding(VAULT, "KV-AP-01")
+    assert other.load(VAULT, KEY, _marks(T0)).findings == []  # moved once: not read over again
+    store.close()
