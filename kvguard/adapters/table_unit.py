@@ -35,8 +35,7 @@ class Write:
     replay: Callable[[], object] | None  # None: another write of the batch replays it
     then: Callable[[Mapping[str, Any]], None] | None = None
     spilled: list[Mapping[str, Any]] = field(default_factory=list)
-    fenced: bool = False  # a claim's write: the batch goes ahead only while the claim is held
-    fence: Callable[[], None] | None = None  # raises when the claims it writes are held no more
+    fence: Callable[[], None] | None = None  # a claim's write: raises when the claims it writes are held no more
 
 
 @dataclass
@@ -57,7 +56,7 @@ class Unit:
         groups: dict[tuple[str, str], list[Write]] = {}
         for write in self.writes:
             groups.setdefault((write.table, write.partition), []).append(write)
-        ordered = sorted(groups.items(), key=lambda item: any(w.fenced for w in item[1]))
+        ordered = sorted(groups.items(), key=lambda item: any(w.fence is not None for w in item[1]))
         return [(table, partition, _operations(writes), writes) for (table, partition), writes in ordered]
 
 

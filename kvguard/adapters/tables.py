@@ -239,10 +239,22 @@ def _finished(claim: _Claim) -> _Claim:
     return _Claim(claim.event_id, kept, claim.etag, claim.read, claim.table)
 
 
+def _claim_entity(event_id: str, partition: str, row: str, *, now: datetime, lease: timedelta,
+                  owner: str) -> dict[str, Any]:
+    """An unfinished claim of `owner`'s, leased from `now` for `lease`."""
+    return {"PartitionKey": partition, "RowKey": row, "event_id": event_id[:DISPLAY_CHARS], "done": False,
+            "claimed_at": _stamp(now), "lease_until": _stamp(now + lease), "owner": owner}
+
+
 def _fenced_update(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """A transaction's replace of `entity`, only while it is as written with `etag`."""
     return "update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
                               "match_condition": MatchConditions.IfNotModified}
+
+
+def _fenced_delete(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A transaction's delete of `entity`, only while it is as written with `etag`."""
+    return "delete", entity, {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 class _Read(NamedTuple):
@@ -390,25 +402,25 @@ class TablesStateStore:
         Only the chunks depend on it: a write another instance made meanwhile at worst leaves its
         chunks behind, wasted space (as `_discard` allows), never a wrong entity."""
         with self._lock:
-            if len(self._refs) >= REMEMBERED_REFS:
-                self._refs.clear()
-                self._whole.clear()
-            self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
-                entity.get("doc_ref"), etag, entity.get("opened"), entity.get("version") or etag)
+            self._remember(concern, [(entity, etag)])
 
     def _listed(self, concern: str, partition: str, entities: Sequence[TableEntity]) -> None:
         """The concern's whole part of the partition was just read (`entities`): each is
         remembered as `_saw` would, and the partition as read whole, in one step, so that a
         clearing of the memory in between cannot leave a partition "read whole" without its rows."""
         with self._lock:
-            if len(self._refs) + len(entities) >= REMEMBERED_REFS:
-                self._refs.clear()
-                self._whole.clear()
-            for entity in entities:
-                self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
-                    entity.get("doc_ref"), str(entity.metadata["etag"]), entity.get("opened"),
-                    entity.get("version") or str(entity.metadata["etag"]))
+            self._remember(concern, [(entity, str(entity.metadata["etag"])) for entity in entities])
             self._whole.add((concern, partition))
+
+    def _remember(self, concern: str, seen: Sequence[tuple[Mapping[str, Any], str | None]]) -> None:
+        """`_saw` of each (entity, ETag), under the store's lock; the memory starts afresh first
+        when they would fill it."""
+        if len(self._refs) + len(seen) > REMEMBERED_REFS:
+            self._refs.clear()
+            self._whole.clear()
+        for entity, etag in seen:
+            self._refs[(concern, entity["PartitionKey"], entity["RowKey"])] = _Seen(
+                entity.get("doc_ref"), etag, entity.get("opened"), entity.get("version") or etag)
 
     def _listed_without(self, concern: str, partition: str, row: str) -> bool:
         """Whether the partition was read whole and held no such entity then. A batch then makes
@@ -516,19 +528,8 @@ class TablesStateStore:
         first round reads it instead of trying to make it."""
         at = _stamp(now)
         concern, partition, row = _claim_place(event_id, beside)
-        with self._lock:
-            if len(self._where) >= REMEMBERED_REFS:
-                self._where.clear()
-            self._where[event_id] = (concern, partition, row)
-        entity = {
-            "PartitionKey": partition,
-            "RowKey": row,
-            "event_id": event_id[:DISPLAY_CHARS],
-            "done": False,
-            "claimed_at": at,
-            "lease_until": _stamp(now + lease),
-            "owner": owner,
-        }
+        self._locate(event_id, (concern, partition, row))
+        entity = _claim_entity(event_id, partition, row, now=now, lease=lease, owner=owner)
         table = self._table(concern)
         for attempt in range(_ROUNDS):
             try:
@@ -569,10 +570,7 @@ class TablesStateStore:
         concern, partition, row = _claim_place(event_id, lease_id)
         held_at = _claim_place(lease_id, None)
         if concern == VAULTS and held_at[:2] == (VAULTS, partition):
-            until, at = _stamp(now + lease), _stamp(now)
-            entities = [(claim_id, {"PartitionKey": partition, "RowKey": claim_row,
-                                    "event_id": claim_id[:DISPLAY_CHARS], "done": False, "claimed_at": at,
-                                    "lease_until": until, "owner": owner})
+            entities = [(claim_id, _claim_entity(claim_id, partition, claim_row, now=now, lease=lease, owner=owner))
                         for claim_id, claim_row in ((event_id, row), (lease_id, held_at[2]))]
             try:
                 written = self._table(VAULTS).submit_transaction([("create", entity) for _, entity in entities])
@@ -584,12 +582,18 @@ class TablesStateStore:
                     return claimed, claimed == "claimed" and self.claim(lease_id, now, lease, owner) == "claimed"
             else:
                 for (claim_id, entity), metadata in zip(entities, written, strict=True):
-                    with self._lock:
-                        self._where[claim_id] = (VAULTS, partition, str(entity["RowKey"]))
+                    self._locate(claim_id, (VAULTS, partition, str(entity["RowKey"])))
                     self._hold(claim_id, entity, metadata, VAULTS)
                 return "claimed", True
         claimed = self.claim(event_id, now, lease, owner, beside=lease_id)
         return claimed, claimed == "claimed" and self.claim(lease_id, now, lease, owner) == "claimed"
+
+    def _locate(self, event_id: str, place: tuple[str, str, str]) -> None:
+        """Remember where this store made the claim of `event_id` (`_location`)."""
+        with self._lock:
+            if len(self._where) >= REMEMBERED_REFS:
+                self._where.clear()
+            self._where[event_id] = place
 
     def _hold(self, event_id: str, entity: Mapping[str, Any], written: Mapping[str, Any], table: str) -> None:
         """Remember a claim as this store last wrote it, with the ETag the write returned: renewing,
@@ -662,12 +666,8 @@ class TablesStateStore:
         """`changes` to every claim of `held` and `dropped` deleted, in one entity-group transaction
         (they share a partition), each fenced by its ETag: all of it, or nothing when one of them
         was touched since (False)."""
-        operations: list[Any] = [
-            ("update", {**claim.entity, **(changes or {})},
-             {"mode": UpdateMode.REPLACE, "etag": claim.etag, "match_condition": MatchConditions.IfNotModified})
-            for claim in held]
-        operations += [("delete", claim.entity, {"etag": claim.etag, "match_condition": MatchConditions.IfNotModified})
-                       for claim in dropped]
+        operations: list[Any] = [_fenced_update({**claim.entity, **(changes or {})}, claim.etag) for claim in held]
+        operations += [_fenced_delete(claim.entity, claim.etag) for claim in dropped]
         for claim in (*held, *dropped):
             self._forget(claim.event_id)
         try:
@@ -693,7 +693,7 @@ class TablesStateStore:
                 entity = {**claim.entity, "lease_until": until}
                 unit.add(Write(VAULTS, entity["PartitionKey"], entity["RowKey"], _fenced_update(entity, claim.etag),
                                replay=None if index else functools.partial(self._renewed, event_ids, owner, now, lease),
-                               then=functools.partial(self._hold_written, claim.event_id, entity), fenced=True,
+                               then=functools.partial(self._hold_written, claim.event_id, entity),
                                fence=None if index else functools.partial(self._still_held, event_ids, owner)))
             return True
         self._flush()
@@ -752,14 +752,12 @@ class TablesStateStore:
             unit.add(Write(VAULTS, finished["PartitionKey"], finished["RowKey"],
                            _fenced_update(finished, current.etag),
                            replay=functools.partial(self._completed, event_id, now, owner, releasing),
-                           then=lambda _: self._let_go(event_id), fenced=True,
+                           then=lambda _: self._let_go(event_id),
                            fence=functools.partial(self._still_held, [event_id, *releasing], owner)))
             for claim in let_go:
                 unit.add(Write(VAULTS, claim.entity["PartitionKey"], claim.entity["RowKey"],
-                               ("delete", claim.entity, {"etag": claim.etag,
-                                                         "match_condition": MatchConditions.IfNotModified}),
-                               replay=None, then=functools.partial(lambda lease_id, _: self._forget(lease_id),
-                                                                   claim.event_id), fenced=True))
+                               _fenced_delete(claim.entity, claim.etag), replay=None,
+                               then=functools.partial(lambda lease_id, _: self._forget(lease_id), claim.event_id)))
             return True
         self._flush()
         return self._complete(event_id, now, owner, releasing=releasing)
@@ -789,10 +787,10 @@ class TablesStateStore:
                 return self._replace_claim(current, {"done": True, "completed_at": _stamp(now)})
 
             done = self._fenced([event_id, *leases], owner, finish)
-            self._forget(event_id)
             if done:
-                with self._lock:
-                    self._where.pop(event_id, None)
+                self._let_go(event_id)
+            else:
+                self._forget(event_id)
             return done
         concern, partition, row = self._location(event_id)
         self._table(concern).upsert_entity(
@@ -966,12 +964,20 @@ class TablesStateStore:
             spilled.append(document)
         if record.attempt is not None:
             entity["attempt"] = record.attempt
+        self._plain_write(entity, "create", spilled)
+
+    def _plain_write(self, entity: dict[str, Any], kind: str, spilled: Sequence[Mapping[str, Any]] = ()) -> None:
+        """A write to the vaults' table that needs nothing read first (`kind`: a fresh row's
+        "create", or an "upsert" replacing whatever is there): held back in a batch, else made now."""
+        table = self._table(VAULTS)
+        options: dict[str, Any] = {} if kind == "create" else {"mode": UpdateMode.REPLACE}
+        made = functools.partial(table.create_entity if kind == "create" else table.upsert_entity, entity, **options)
         unit = self._unit()
-        if unit is not None:
-            unit.add(Write(VAULTS, partition, entity["RowKey"], ("create", entity, {}),
-                           replay=functools.partial(self._table(VAULTS).create_entity, entity), spilled=spilled))
+        if unit is None:
+            made()
             return
-        self._table(VAULTS).create_entity(entity)
+        unit.add(Write(VAULTS, entity["PartitionKey"], entity["RowKey"], (kind, entity, options), replay=made,
+                       spilled=list(spilled)))
 
     @_transient
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
@@ -1053,9 +1059,9 @@ class TablesStateStore:
         partition, row = _vault_partition(vault_id), FINDING + _digest(rule)
         split = found_against.split(vault_key(vault_id), finding)
         seen = self._seen("findings", partition, row)
+        refreshed_as = seen if seen is not None and seen.etag is not None and seen.opened is not None else None
         unit = self._unit()
-        if unit is not None and ((seen is not None and seen.etag is not None and seen.opened is not None)
-                                 or self._listed_without("findings", partition, row)):
+        if unit is not None and (refreshed_as is not None or self._listed_without("findings", partition, row)):
             spilled: list[Mapping[str, Any]] = []
             if split.etag is not None and split.config is not None:
                 kept = self._found_against_entity(partition, split.etag, split.config, opened)
@@ -1065,13 +1071,13 @@ class TablesStateStore:
             document = self._pack(split.finding)
             spilled.append(document)
             entity = self._finding_entity(vault_id, rule, partition, row, etag=split.etag, document=document)
-            if seen is not None and seen.etag is not None and seen.opened is not None:
-                refreshed = {**entity, "opened": seen.opened}
-                previous: Mapping[str, Any] | None = {"doc_ref": seen.doc_ref}
-                operation = _fenced_update(refreshed, seen.etag)
+            if refreshed_as is not None and refreshed_as.etag is not None:
+                refreshed = {**entity, "opened": refreshed_as.opened}
+                previous: Mapping[str, Any] | None = {"doc_ref": refreshed_as.doc_ref}
+                operation = _fenced_update(refreshed, refreshed_as.etag)
             else:
-                refreshed, previous, operation = {**entity, "opened": opened}, None, ("create", {**entity,
-                                                                                            "opened": opened}, {})
+                refreshed, previous = {**entity, "opened": opened}, None
+                operation = ("create", refreshed, {})
             unit.add(Write(VAULTS, partition, row, operation,
                            replay=functools.partial(self._open_finding, vault_id, rule, finding, now),
                            then=functools.partial(self._finding_written, refreshed, previous), spilled=spilled))
@@ -1169,19 +1175,19 @@ class TablesStateStore:
         unit = self._unit()
         seen = self._seen("findings", partition, row)
         if unit is not None and seen is not None and seen.etag is not None:
-            unit.add(Write(VAULTS, partition, row,
-                           ("delete", {"PartitionKey": partition, "RowKey": row},
-                            {"etag": seen.etag, "match_condition": MatchConditions.IfNotModified}),
+            keys = {"PartitionKey": partition, "RowKey": row}
+            unit.add(Write(VAULTS, partition, row, _fenced_delete(keys, seen.etag),
                            replay=functools.partial(self._close_finding, vault_id, rule),
-                           then=functools.partial(self._finding_closed, partition, row, seen)))
+                           then=functools.partial(self._forgotten, "findings", partition, row, seen)))
             return True
         if unit is not None and self._listed_without("findings", partition, row):
             return False
         self._flush()
         return self._close_finding(vault_id, rule)
 
-    def _finding_closed(self, partition: str, row: str, seen: _Seen, _: Mapping[str, Any]) -> None:
-        self._seen("findings", partition, row, pop=True)
+    def _forgotten(self, concern: str, partition: str, row: str, seen: _Seen, _: Mapping[str, Any]) -> None:
+        """An entity a batch deleted: forgotten, and the chunks it spilled dropped."""
+        self._seen(concern, partition, row, pop=True)
         self._discard({"doc_ref": seen.doc_ref})
 
     def _close_finding(self, vault_id: str, rule: str) -> bool:
@@ -1213,12 +1219,15 @@ class TablesStateStore:
 
     @_transient
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
+        return self._findings(vault_id, _vault_partition(vault_id), self._listing(vault_id, FINDING))
+
+    def _listing(self, key: str, prefix: str) -> list[TableEntity]:
+        """The rows of `key`'s partition whose RowKeys start with `prefix`, read after what a batch
+        held back and once the vault's state has moved from the earlier layout."""
         self._flush()
-        partition = _vault_partition(vault_id)
-        self._migrate(vault_id)
-        entities = self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(FINDING)}",
-                                                      parameters={"pk": partition})
-        return self._findings(vault_id, partition, list(entities))
+        self._migrate(key)
+        return list(self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(prefix)}",
+                                                       parameters={"pk": _vault_partition(key)}))
 
     def _findings(self, vault_id: str, partition: str, entities: Sequence[TableEntity]) -> list[OpenFinding]:
         """The open findings of a listing of the vault's partition (remembered as read whole)."""
@@ -1247,14 +1256,7 @@ class TablesStateStore:
             "RowKey": f"{_mark_prefix(series, key)}{_stamp(at)}-{_digest(member)[:KEY_DIGITS]}",
             "member": member,
         }
-        unit = self._unit()
-        if unit is not None:
-            unit.add(Write(VAULTS, entity["PartitionKey"], entity["RowKey"],
-                           ("upsert", entity, {"mode": UpdateMode.REPLACE}),
-                           replay=functools.partial(self._table(VAULTS).upsert_entity, entity,
-                                                    mode=UpdateMode.REPLACE)))
-            return
-        self._table(VAULTS).upsert_entity(entity, mode=UpdateMode.REPLACE)
+        self._plain_write(entity, "upsert")
 
     @_transient
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
@@ -1355,12 +1357,7 @@ class TablesStateStore:
 
     @_transient
     def pending_actions(self, scope: str) -> list[PendingAction]:
-        self._flush()
-        partition = _vault_partition(scope)
-        self._migrate(scope)
-        entities = self._table(VAULTS).query_entities(f"PartitionKey eq @pk and {_starting(INTENT)}",
-                                                      parameters={"pk": partition})
-        return self._intents(scope, partition, list(entities))
+        return self._intents(scope, _vault_partition(scope), self._listing(scope, INTENT))
 
     def _intents(self, scope: str, partition: str, entities: Sequence[TableEntity]) -> list[PendingAction]:
         """The intents of a listing of the scope's partition (remembered as read whole)."""
@@ -1376,20 +1373,15 @@ class TablesStateStore:
         seen = self._seen("intents", partition, row)
         if unit is not None and seen is not None:
             unit.add(Write(VAULTS, partition, row, ("delete", {"PartitionKey": partition, "RowKey": row}, {}),
-                           replay=functools.partial(self._delete, "intents", partition, row),
-                           then=lambda _: self._intent_finished(partition, row, seen)))
+                           replay=functools.partial(self._delete, "intents", partition, row, table=VAULTS),
+                           then=functools.partial(self._forgotten, "intents", partition, row, seen)))
             return
         if unit is not None and self._listed_without("intents", partition, row):
             return
         self._flush()
-        self._delete("intents", partition, row)
+        self._delete("intents", partition, row, table=VAULTS)
 
-    def _intent_finished(self, partition: str, row: str, seen: _Seen) -> None:
-        self._seen("intents", partition, row, pop=True)
-        self._discard({"doc_ref": seen.doc_ref})
-
-    def _delete(self, concern: str, partition: str, row: str) -> None:
-        table = VAULTS if concern == "intents" else concern
+    def _delete(self, concern: str, partition: str, row: str, *, table: str) -> None:
         seen = self._seen(concern, partition, row, pop=True)
         current = {"doc_ref": seen.doc_ref} if seen is not None else self._get(table, partition, row)
         if current is None:
@@ -1428,7 +1420,7 @@ class TablesStateStore:
     @_transient
     def drop_outbox(self, key: str) -> None:
         self._flush()
-        self._delete("outbox", "outbox", _digest(key))
+        self._delete("outbox", "outbox", _digest(key), table="outbox")
 
     # Retention
 
@@ -1511,11 +1503,9 @@ class TablesStateStore:
     @_transient
     def record_own_write(self, entry: OwnWrite) -> None:
         """In a batch, with its other writes (a write-ahead intent's ledger entries)."""
-        partition = _vault_partition(entry.resource_id)
-        row = self._own_write_prefix(entry.operation) + _sequence(entry.at)
         entity: dict[str, Any] = {
-            "PartitionKey": partition,
-            "RowKey": row,
+            "PartitionKey": _vault_partition(entry.resource_id),
+            "RowKey": self._own_write_prefix(entry.operation) + _sequence(entry.at),
             "resource_id": entry.resource_id[:DISPLAY_CHARS],
             "operation": entry.operation.strip().lower(),
             "at": _stamp(entry.at),
@@ -1525,12 +1515,7 @@ class TablesStateStore:
             "attempt": entry.attempt or "",
             "voided": False,
         }
-        unit = self._unit()
-        if unit is not None:
-            unit.add(Write(VAULTS, partition, row, ("create", entity, {}),
-                           replay=functools.partial(self._table(VAULTS).create_entity, entity)))
-            return
-        self._table(VAULTS).create_entity(entity)
+        self._plain_write(entity, "create")
 
     @_transient
     def match_own_write(
