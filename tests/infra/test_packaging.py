@@ -1,28 +1,50 @@
-"""The deployment package, built as the Functions deployment builds it: the service directory of
-azure.yaml (the repository root) walked with `.funcignore`'s rules (git's ignore semantics), zipped.
-It holds only what function_app.py needs, and a copy of it, which has no installed metadata, knows
-kvguard's version."""
+"""The deployment package, built as the Functions deployment builds it: the service's prepackage
+hook run on the service directory of azure.yaml (the repository root, copied), which is then walked
+with `.funcignore`'s rules (git's ignore semantics) and zipped. It holds only what function_app.py
+needs, with its bytecode for the Functions app's Python, and a copy of it, which has no installed
+metadata, knows kvguard's version."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import pathspec
 import pytest
+import yaml
 
 from tests.infra.bicep_tree import ROOT
 
-APP = {"function_app.py", "host.json", "requirements.txt", "kvguard", "detectors", "remediation"}
-# The package is the app's own code: a few hundred kilobytes compressed. The test tooling that
-# `make test` leaves in the tree (node_modules, .sdk-floor, .venv) is hundreds of megabytes.
-MAX_BYTES = 1_500_000
+APP = {"function_app.py", "host.json", "requirements.txt", "kvguard", "detectors", "remediation"}  # and bytecode
+# The package is the app's own code and its bytecode: about a megabyte compressed. The test tooling
+# that `make test` leaves in the tree (node_modules, .sdk-floor, .venv) is hundreds of megabytes.
+MAX_BYTES = 3_000_000
+# The app's start as the Functions worker makes it, its directory first on the path, with
+# builtins.compile counted: a module compiled from source (its bytecode missing, or not made from
+# its source) is seen.
+COUNTING_COMPILES = (
+    "import builtins, json, sys\n"
+    "compiled = []\n"
+    "real = builtins.compile\n"
+    "def counted(source, filename, *args, **kwargs):\n"
+    "    if isinstance(filename, str) and filename.startswith(sys.argv[1]):\n"
+    "        compiled.append(filename[len(sys.argv[1]) + 1:])\n"
+    "    return real(source, filename, *args, **kwargs)\n"
+    "builtins.compile = counted\n"
+    "import function_app\n"
+    "from kvguard import catalog\n"
+    "catalog.load()\n"
+    "print(json.dumps(compiled))\n"
+)
 
 
 def build_package(service: Path, target: Path) -> Path:
@@ -40,9 +62,50 @@ def build_package(service: Path, target: Path) -> Path:
     return target
 
 
+def copy_service(target: Path) -> Path:
+    """The service directory as a deployment starts from it: the app, its ignore rules and hooks."""
+    target.mkdir(exist_ok=True)
+    for name in ("function_app.py", "host.json", "requirements.txt", ".funcignore"):
+        shutil.copy2(ROOT / name, target / name)
+    for folder in ("kvguard", "detectors", "remediation", "infra/hooks"):
+        shutil.copytree(ROOT / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def prepackage(service: Path) -> subprocess.CompletedProcess[str]:
+    """The service's prepackage hook, run as azd runs it: from the service directory."""
+    hooks = yaml.safe_load((ROOT / "azure.yaml").read_text())["services"]["api"]["hooks"]["prepackage"]
+    assert hooks["windows"]["run"] == "./infra/hooks/prepackage.ps1"
+    assert (ROOT / hooks["windows"]["run"]).is_file()
+    env = {**os.environ, "KVGUARD_PACKAGE_PYTHON": sys.executable}
+    return subprocess.run([hooks["posix"]["shell"], hooks["posix"]["run"]], cwd=service, env=env,
+                          capture_output=True, text=True, check=False, timeout=300)
+
+
+def unzipped(package: Path, target: Path) -> Path:
+    zipfile.ZipFile(package).extractall(target)
+    return target
+
+
+def load_hook() -> ModuleType:
+    """infra/hooks/prepackage.py as a module, without leaving its bytecode in infra/hooks."""
+    spec = importlib.util.spec_from_file_location("prepackage", ROOT / "infra" / "hooks" / "prepackage.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = writes
+    return module
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_package(ROOT, tmp_path_factory.mktemp("package") / "app.zip")
+    service = copy_service(tmp_path_factory.mktemp("service"))
+    hooked = prepackage(service)
+    assert hooked.returncode == 0, hooked.stderr
+    return build_package(service, tmp_path_factory.mktemp("package") / "app.zip")
 
 
 def tracked(*folders: str) -> set[str]:
@@ -53,8 +116,11 @@ def tracked(*folders: str) -> set[str]:
 
 def test_the_package_holds_only_what_the_function_app_needs(package: Path) -> None:
     names = zipfile.ZipFile(package).namelist()
-    assert {name.split("/", 1)[0] for name in names} == APP
-    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
+    assert {name.split("/", 1)[0] for name in names} == APP | {"__pycache__"}
+    tag = sys.implementation.cache_tag
+    assert {n for n in names if n.endswith((".pyc", ".pyo", ".pyd"))} == {
+        f"{n.rsplit('/', 1)[0] + '/' if '/' in n else ''}__pycache__/{n.rsplit('/', 1)[-1][:-3]}.{tag}.pyc"
+        for n in names if n.endswith(".py")}
     # Every file of the app's packages is in it (a pattern that dropped one would break the import).
     assert tracked("kvguard", "detectors", "remediation") <= set(names)
     size = package.stat().st_size
@@ -102,3 +168,70 @@ def test_the_version_is_the_package_metadatas_and_the_cli_prints_it(capsys: pyte
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert f"## {__version__}" in changelog
+
+
+def test_the_hook_compiles_for_the_functions_apps_python_and_funcignore_lets_in_only_that() -> None:
+    hook = load_hook()
+    runtime = Path(ROOT / "infra" / "modules" / "functionapp.bicep").read_text(encoding="utf-8")
+    version = ".".join(map(str, hook.FUNCTIONS_PYTHON))
+    assert f"name: 'python'\n        version: '{version}'" in runtime
+    tag = f"cpython-{''.join(map(str, hook.FUNCTIONS_PYTHON))}"
+    assert f"!**/__pycache__/*.{tag}.pyc" in (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
+    # This suite runs on that version, so the package it builds is the package deployed.
+    assert sys.implementation.cache_tag == tag
+
+
+def test_the_bytecode_is_hash_checked_so_the_zips_file_times_do_not_matter(package: Path) -> None:
+    with zipfile.ZipFile(package) as opened:
+        compiled = [name for name in opened.namelist() if name.endswith(".pyc")]
+        flags = {int.from_bytes(opened.read(name)[4:8], "little") for name in compiled}
+    assert compiled and flags == {0b11}  # hash-based, checked against the source (PEP 552)
+
+
+def test_the_deployed_copy_compiles_nothing_at_start_and_a_changed_module_from_its_source(
+    package: Path, tmp_path: Path,
+) -> None:
+    """Unzipped, the package's file times are the time of unzipping: timestamped bytecode would
+    never match. Hash-checked bytecode is used as long as the source is the one it was made from."""
+    app = unzipped(package, tmp_path / "wwwroot")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    started = subprocess.run([sys.executable, "-c", COUNTING_COMPILES, str(app)], cwd=app, env=env,
+                             capture_output=True, text=True, check=False, timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout.splitlines()[-1]) == []
+    changed = app / "kvguard" / "ids.py"
+    changed.write_text(changed.read_text(encoding="utf-8") + "\n# changed after packaging\n", encoding="utf-8")
+    again = subprocess.run([sys.executable, "-c", COUNTING_COMPILES, str(app)], cwd=app, env=env,
+                           capture_output=True, text=True, check=False, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1]) == ["kvguard/ids.py"]
+
+
+def test_bytecode_of_deleted_modules_and_of_other_pythons_is_not_shipped(tmp_path: Path) -> None:
+    service = copy_service(tmp_path / "service")
+    caches = service / "kvguard" / "__pycache__"
+    caches.mkdir()
+    (caches / f"gone.{sys.implementation.cache_tag}.pyc").write_bytes(b"left by a module since deleted")
+    assert prepackage(service).returncode == 0
+    (caches / "events.cpython-312.pyc").write_bytes(b"compiled by a developer's other Python")
+    names = zipfile.ZipFile(build_package(service, tmp_path / "app.zip")).namelist()
+    assert f"kvguard/__pycache__/events.{sys.implementation.cache_tag}.pyc" in names
+    assert not [name for name in names if "gone." in name or "cpython-312" in name]
+
+
+def test_on_another_python_the_hook_says_so_and_compiles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    hook = load_hook()
+    service = copy_service(tmp_path / "service")
+    monkeypatch.setattr(hook, "FUNCTIONS_PYTHON", (3, 99))
+    assert hook.main([str(service)]) == 0
+    assert "without bytecode" in capsys.readouterr().err
+    assert not list(service.rglob("*.pyc"))
+
+
+def test_a_module_that_does_not_compile_fails_the_hook(tmp_path: Path) -> None:
+    service = copy_service(tmp_path / "service")
+    (service / "kvguard" / "broken.py").write_text("def (:\n", encoding="utf-8")
+    hooked = prepackage(service)
+    assert hooked.returncode == 1 and "does not compile" in hooked.stderr
