@@ -289,7 +289,7 @@ def _access_policies(entries: list[Any]) -> tuple[AccessPolicy, ...]:
         if parsed is not None:
             _parsed_policies.move_to_end(content)
             return parsed
-    parsed = tuple(AccessPolicy.from_arm(p) for p in entries if isinstance(p, Mapping))
+    parsed = _entries(entries)
     if len(content) > PARSED_POLICY_TEXT_BYTES:
         return parsed
     with _parsed_policies_lock:
@@ -298,6 +298,30 @@ def _access_policies(entries: list[Any]) -> tuple[AccessPolicy, ...]:
             _parsed_policies_bytes += len(content)
             while _parsed_policies_bytes > PARSED_POLICY_TEXT_BYTES:
                 _parsed_policies_bytes -= len(_parsed_policies.popitem(last=False)[0])  # the least recently used
+    return parsed
+
+
+# Parsed entries, by the content of each: a list that changed (a grant added to a vault of 1,024
+# entries) is parsed again, and its unchanged entries are found here instead (serialising an entry
+# costs about a sixth of parsing it). Bounded by count, the least recently used let go first.
+PARSED_ENTRIES = 4_096
+_parsed_entries: OrderedDict[bytes, AccessPolicy] = OrderedDict()
+
+
+def _entries(entries: list[Any]) -> tuple[AccessPolicy, ...]:
+    """Each entry of a plain JSON list parsed, or found parsed from an earlier list."""
+    raw: list[Any] = [entry for entry in entries if isinstance(entry, Mapping)]  # plain dicts: the list marshalled
+    contents = [marshal.dumps(entry, _MARSHAL_CONTENT_ONLY) for entry in raw]
+    with _parsed_policies_lock:
+        known = [_parsed_entries.get(content) for content in contents]
+    parsed = tuple(entry if entry is not None else AccessPolicy.from_arm(doc) for entry, doc in zip(known, raw,
+                                                                                                    strict=True))
+    with _parsed_policies_lock:
+        for content, entry in zip(contents, parsed, strict=True):
+            _parsed_entries[content] = entry
+            _parsed_entries.move_to_end(content)
+        while len(_parsed_entries) > PARSED_ENTRIES:
+            _parsed_entries.popitem(last=False)
     return parsed
 
 

@@ -109,3 +109,22 @@ def test_foreign_principal_answers_are_reused_for_one_list_and_one_vault_tenant(
     moved["properties"]["tenantId"] = "11111111-2222-4333-8444-555555555555"  # the vault moved to that tenant
     assert _foreign(VaultConfig.from_arm(moved), policy) == {}
     assert ROGUE in next(iter(_foreign(first, policy)))
+
+
+def test_a_changed_list_shares_the_parsed_entries_it_kept() -> None:
+    first = arm([entry(WEB, secrets=["Get"]), entry(BATCH, keys=["get", "unwrapKey"])])
+    changed = copy.deepcopy(first)
+    changed["properties"]["accessPolicies"].append(entry(ROGUE, secrets=["get", "list"]))
+    changed["properties"]["accessPolicies"][1]["permissions"]["keys"].append("list")
+    before, after = VaultConfig.from_arm(first), VaultConfig.from_arm(changed)
+    assert after.access_policies[0] is before.access_policies[0]
+    assert after.access_policies[1] is not before.access_policies[1]
+    assert after.access_policies == tuple(AccessPolicy.from_arm(p) for p in changed["properties"]["accessPolicies"])
+
+
+def test_the_parsed_entries_are_bounded_by_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vault, "PARSED_ENTRIES", 3)
+    for number in range(10):
+        VaultConfig.from_arm(arm([entry(f"{number:08x}-0000-4000-8000-000000000000", secrets=["get"]),
+                                  entry(WEB, secrets=[f"s{number}"])]))
+    assert len(vault._parsed_entries) == 3
