@@ -294,6 +294,40 @@ def test_a_failing_sink_is_failed_and_transient(world: World) -> None:
     assert "defender unavailable" in result.detail
 
 
+class SideBySideSink:
+    """A sink of independent calls that counts how often it is asked whether it is one."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.raised: list[str] = []
+
+    @property
+    def parallel_calls(self) -> int:
+        self.asked += 1
+        return 4
+
+    def raise_alert(self, alert: Alert) -> str:
+        self.raised.append(alert.rule)
+        return alert.rule
+
+    def resolve(self, vault_id: str, rule: str) -> str:
+        return rule
+
+
+def test_a_sinks_shape_is_asked_once_and_its_calls_still_go_side_by_side(world: World) -> None:
+    """isinstance against a runtime-checkable protocol walks its members on every call: the
+    runner asks each sink once what it is (the protocol check reads `parallel_calls` once) and
+    then only reads how many calls it takes at once, once per delivery."""
+    sink = SideBySideSink()
+    runner = ActionRunner(SimVaultGateway(world), {"raise_defender_alert": sink})
+    for _ in range(3):
+        ops = [Operation("raise_defender_alert", "alert", VAULT_ID, f"{r} (high)", alert(r), rules=(r,))
+               for r in ("KV-AP-01", "KV-NET-01")]
+        assert runner.run("raise_defender_alert", ops, dry_run=False, current=current(world)).status == "applied"
+    assert sorted(sink.raised) == ["KV-AP-01", "KV-AP-01", "KV-AP-01", "KV-NET-01", "KV-NET-01", "KV-NET-01"]
+    assert sink.asked == 1 + 3
+
+
 # --- the ledger of own writes -------------------------------------------------------------------
 
 
