@@ -310,12 +310,13 @@ _parsed_entries: OrderedDict[bytes, AccessPolicy] = OrderedDict()
 
 def _entries(entries: list[Any]) -> tuple[AccessPolicy, ...]:
     """Each entry of a plain JSON list parsed, or found parsed from an earlier list."""
-    raw: list[Any] = [entry for entry in entries if isinstance(entry, Mapping)]  # plain dicts: the list marshalled
+    # Plain dicts: the whole list was marshalled before this is called.
+    raw: list[Any] = [entry for entry in entries if isinstance(entry, Mapping)]
     contents = [marshal.dumps(entry, _MARSHAL_CONTENT_ONLY) for entry in raw]
     with _parsed_policies_lock:
         known = [_parsed_entries.get(content) for content in contents]
-    parsed = tuple(entry if entry is not None else AccessPolicy.from_arm(doc) for entry, doc in zip(known, raw,
-                                                                                                    strict=True))
+    parsed = tuple(entry if entry is not None else AccessPolicy.from_arm(doc)
+                   for entry, doc in zip(known, raw, strict=True))
     with _parsed_policies_lock:
         for content, entry in zip(contents, parsed, strict=True):
             _parsed_entries[content] = entry

@@ -72,11 +72,16 @@ def copy_service(target: Path) -> Path:
     return target
 
 
+def prepackage_hooks() -> dict[str, dict[str, str]]:
+    """azure.yaml's prepackage hook of the service, by platform."""
+    hooks: dict[str, dict[str, str]] = yaml.safe_load((ROOT / "azure.yaml").read_text())["services"]["api"][
+        "hooks"]["prepackage"]
+    return hooks
+
+
 def prepackage(service: Path) -> subprocess.CompletedProcess[str]:
     """The service's prepackage hook, run as azd runs it: from the service directory."""
-    hooks = yaml.safe_load((ROOT / "azure.yaml").read_text())["services"]["api"]["hooks"]["prepackage"]
-    assert hooks["windows"]["run"] == "./infra/hooks/prepackage.ps1"
-    assert (ROOT / hooks["windows"]["run"]).is_file()
+    hooks = prepackage_hooks()
     env = {**os.environ, "KVGUARD_PACKAGE_PYTHON": sys.executable}
     return subprocess.run([hooks["posix"]["shell"], hooks["posix"]["run"]], cwd=service, env=env,
                           capture_output=True, text=True, check=False, timeout=300)
@@ -179,6 +184,8 @@ def test_the_hook_compiles_for_the_functions_apps_python_and_funcignore_lets_in_
     assert f"!**/__pycache__/*.{tag}.pyc" in (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
     # This suite runs on that version, so the package it builds is the package deployed.
     assert sys.implementation.cache_tag == tag
+    windows = prepackage_hooks()["windows"]["run"]
+    assert windows == "./infra/hooks/prepackage.ps1" and (ROOT / windows).is_file()
 
 
 def test_the_bytecode_is_hash_checked_so_the_zips_file_times_do_not_matter(package: Path) -> None:
@@ -194,17 +201,20 @@ def test_the_deployed_copy_compiles_nothing_at_start_and_a_changed_module_from_i
     """Unzipped, the package's file times are the time of unzipping: timestamped bytecode would
     never match. Hash-checked bytecode is used as long as the source is the one it was made from."""
     app = unzipped(package, tmp_path / "wwwroot")
+    assert compiled_at_start(app) == []
+    changed = app / "kvguard" / "ids.py"
+    changed.write_text(changed.read_text(encoding="utf-8") + "\n# changed after packaging\n", encoding="utf-8")
+    assert compiled_at_start(app) == ["kvguard/ids.py"]
+
+
+def compiled_at_start(app: Path) -> list[str]:
+    """The app's modules compiled from source when it starts from `app` (nothing kept: read-only)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     started = subprocess.run([sys.executable, "-c", COUNTING_COMPILES, str(app)], cwd=app, env=env,
                              capture_output=True, text=True, check=False, timeout=120)
     assert started.returncode == 0, started.stderr
-    assert json.loads(started.stdout.splitlines()[-1]) == []
-    changed = app / "kvguard" / "ids.py"
-    changed.write_text(changed.read_text(encoding="utf-8") + "\n# changed after packaging\n", encoding="utf-8")
-    again = subprocess.run([sys.executable, "-c", COUNTING_COMPILES, str(app)], cwd=app, env=env,
-                           capture_output=True, text=True, check=False, timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout.splitlines()[-1]) == ["kvguard/ids.py"]
+    compiled: list[str] = json.loads(started.stdout.splitlines()[-1])
+    return compiled
 
 
 def test_bytecode_of_deleted_modules_and_of_other_pythons_is_not_shipped(tmp_path: Path) -> None:
