@@ -7,7 +7,7 @@ written before this shape hold the outcome as JSON text and the vault id in its 
 read as they are.
 
 The dictionary is part of the stored format: never edit it. A better one is a new format byte
-beside it, with both read.
+beside it, with both read. Format 2 is format 1 without the event id the row keeps beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 _AUDIT_DEFLATE_V1 = b"\x01"
+_AUDIT_DEFLATE_V2 = b"\x02"  # the same dictionary; the outcome without its leading event id
 _AUDIT_DICTIONARY_V1 = (
     b'{"vault_id":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/'
     b'/providers/Microsoft.KeyVault/vaults/","outcome":{"event_id":"reconcile:","outcome":"processed",'
@@ -72,22 +73,36 @@ _AUDIT_DICTIONARY_V1 = (
 _MEM_LEVEL = 5
 
 
-def audit_document(vault_id: str | None, outcome: Mapping[str, Any]) -> bytes:
-    """The compact audit row: the vault's spelling and the outcome, deflated against the dictionary."""
+def audit_document(vault_id: str | None, outcome: Mapping[str, Any], event_id: str | None = None) -> bytes:
+    """The compact audit row: the vault's spelling and the outcome, deflated against the dictionary.
+    An outcome that starts with the record's `event_id` (the row keeps it beside, in a column of its
+    own) is written without it (format 2): an event id is random text, about a twentieth of a row,
+    and never compresses."""
+    form = _AUDIT_DEFLATE_V1
+    if event_id is not None and next(iter(outcome), None) == "event_id" and outcome["event_id"] == event_id:
+        form, outcome = _AUDIT_DEFLATE_V2, {key: value for key, value in outcome.items() if key != "event_id"}
     packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS, _MEM_LEVEL, zdict=_AUDIT_DICTIONARY_V1)
     text = json.dumps({"vault_id": vault_id, "outcome": outcome}, default=_json_default, ensure_ascii=False,
                       separators=(",", ":")).encode("utf-8")
-    return _AUDIT_DEFLATE_V1 + packer.compress(text) + packer.flush()
+    return form + packer.compress(text) + packer.flush()
 
 
-def audit_fields(vault_column: str | None, stored: str | bytes) -> tuple[str | None, dict[str, Any]]:
-    """(vault id, outcome) of an audit row, compact or as written before the compact shape."""
+def audit_fields(
+    vault_column: str | None, stored: str | bytes, event_id: str | None = None
+) -> tuple[str | None, dict[str, Any]]:
+    """(vault id, outcome) of an audit row, compact or as written before the compact shape; a row
+    of format 2 gets back the `event_id` it was written without."""
     if isinstance(stored, str):
         return vault_column, json.loads(stored)
-    if stored[:1] != _AUDIT_DEFLATE_V1:
-        raise ValueError(f"audit record in an unknown format (first byte {stored[:1]!r})")
+    form = stored[:1]
+    if form not in (_AUDIT_DEFLATE_V1, _AUDIT_DEFLATE_V2):
+        raise ValueError(f"audit record in an unknown format (first byte {form!r})")
     unpacker = zlib.decompressobj(zdict=_AUDIT_DICTIONARY_V1)
     document = json.loads(unpacker.decompress(stored[1:]) + unpacker.flush())
+    if form == _AUDIT_DEFLATE_V2:
+        if event_id is None:
+            raise ValueError("an audit record of format 2 is read with the event id its row keeps")
+        return document["vault_id"], {"event_id": event_id, **document["outcome"]}
     return document["vault_id"], document["outcome"]
 
 

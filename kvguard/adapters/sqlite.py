@@ -4,12 +4,14 @@ One file (or `:memory:`) holds every concern in its own table. A store object ow
 connection guarded by a lock, so threads of one process may share it; several store objects (or
 processes) on the same file coordinate through SQLite's own locking — every read-modify-write runs
 in a `BEGIN IMMEDIATE` transaction. Vault ids are stored under `vault_key` and keep their spelling
-for display. Times are stored as fixed-width UTC text, which sorts like the times themselves.
+for display. Times are stored as microseconds since the epoch in UTC (`_tick`), which sort like
+the times themselves.
 
 What grows with every event is kept compact: audit outcomes deflated against a preset dictionary
-(`kvguard.adapters.compact_audit`), mark keys and the audit's vault keys as 16-byte digests (they
-are looked up, never listed), marks without an index of their age (retention scans them),
-claims without a rowid and finished ones without owner or lease.
+(`kvguard.adapters.compact_audit`); mark keys (with their series) and the audit's vault keys as
+16-byte digests (they are looked up, never listed); event ids, attempt tokens and mark members in
+their usual spellings as their bytes (`_packed`); marks without an index of their age (retention
+scans them); claims without a rowid, and finished ones without owner, lease or claim time.
 Open findings name the configuration they were found against by ETag (`found_against`). A file
 written before these shapes is upgraded when a store opens it (`PRAGMA user_version`).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -48,11 +51,11 @@ from kvguard.ports import (
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
-    event_id     TEXT PRIMARY KEY,
+    event_id     BLOB PRIMARY KEY,
     done         INTEGER NOT NULL,
-    lease_until  TEXT NOT NULL,
-    claimed_at   TEXT NOT NULL,
-    completed_at TEXT,
+    lease_until  INTEGER NOT NULL,
+    claimed_at   INTEGER,
+    completed_at INTEGER,
     owner        TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS baselines (
@@ -61,23 +64,23 @@ CREATE TABLE IF NOT EXISTS baselines (
     config    TEXT NOT NULL,
     etag      TEXT NOT NULL,
     deleted   INTEGER NOT NULL,
-    updated   TEXT NOT NULL
+    updated   INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id     TEXT NOT NULL,
+    event_id     BLOB NOT NULL,
     vault_digest BLOB,
     vault_id     TEXT,
-    at           TEXT NOT NULL,
+    at           INTEGER NOT NULL,
     outcome      TEXT NOT NULL,
-    attempt      TEXT
+    attempt      BLOB
 );
 CREATE INDEX IF NOT EXISTS audit_by_vault ON audit (vault_digest, at);
 CREATE TABLE IF NOT EXISTS rejected (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     reason   TEXT NOT NULL,
     raw      TEXT NOT NULL,
-    at       TEXT NOT NULL,
+    at       INTEGER NOT NULL,
     event_id TEXT
 );
 CREATE TABLE IF NOT EXISTS findings (
@@ -85,7 +88,7 @@ CREATE TABLE IF NOT EXISTS findings (
     rule          TEXT NOT NULL,
     vault_id      TEXT NOT NULL,
     finding       TEXT NOT NULL,
-    opened        TEXT NOT NULL,
+    opened        INTEGER NOT NULL,
     baseline_etag TEXT,
     PRIMARY KEY (vault_key, rule)
 );
@@ -93,15 +96,14 @@ CREATE TABLE IF NOT EXISTS found_against (
     vault_key TEXT NOT NULL,
     etag      TEXT NOT NULL,
     config    BLOB NOT NULL,
-    at        TEXT NOT NULL,
+    at        INTEGER NOT NULL,
     PRIMARY KEY (vault_key, etag)
 );
 CREATE TABLE IF NOT EXISTS marks (
-    series TEXT NOT NULL,
     key    BLOB NOT NULL,
-    member TEXT NOT NULL,
-    at     TEXT NOT NULL,
-    PRIMARY KEY (series, key, at, member)
+    member BLOB NOT NULL,
+    at     INTEGER NOT NULL,
+    PRIMARY KEY (key, at, member)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
@@ -109,20 +111,20 @@ CREATE TABLE IF NOT EXISTS intents (
     scope   TEXT NOT NULL,
     handler TEXT NOT NULL,
     intent  TEXT NOT NULL,
-    at      TEXT NOT NULL,
+    at      INTEGER NOT NULL,
     PRIMARY KEY (scope, handler)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     key  TEXT PRIMARY KEY,
     item TEXT NOT NULL,
-    at   TEXT NOT NULL
+    at   INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS own_writes (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     resource_key   TEXT NOT NULL,
     resource_id    TEXT NOT NULL,
     operation      TEXT NOT NULL,
-    at             TEXT NOT NULL,
+    at             INTEGER NOT NULL,
     event_id       TEXT,
     request_id     TEXT,
     attempt        TEXT,
@@ -134,16 +136,33 @@ CREATE INDEX IF NOT EXISTS own_writes_by_time ON own_writes (at);
 """
 
 
-# PRAGMA user_version of a file in today's shapes. Files of version 0 were written before them:
-# claims with a rowid (and, the oldest, without an owner column), mark keys and audit vault keys as
-# text; they are upgraded when a store opens them (`_upgrade_to_compact_shapes`).
+# PRAGMA user_version of a file in today's shapes; an older file is upgraded when a store opens
+# it. Files of version 0 were written before the compact shapes: claims with a rowid (and, the
+# oldest, without an owner column), mark keys and audit vault keys as text
+# (`_upgrade_to_compact_shapes`). Files of version 1 keep their times as text and their event
+# ids, attempt tokens and mark members as text (`_upgrade_to_integer_times`).
 _COMPACT_SHAPES = 1
+_INTEGER_TIMES = 2
+
+# The columns `_upgrade_to_integer_times` converts: times, and ids kept for every event.
+_TIME_COLUMNS = {
+    "claims": ("lease_until", "claimed_at", "completed_at"), "baselines": ("updated",), "audit": ("at",),
+    "rejected": ("at",), "findings": ("opened",), "found_against": ("at",), "marks": ("at",), "intents": ("at",),
+    "outbox": ("at",), "own_writes": ("at",),
+}
+_PACKED_COLUMNS = {"claims": ("event_id",), "audit": ("event_id", "attempt"), "marks": ("member",)}
 
 
 def _key_digest(key: str) -> bytes:
     """What mark keys and the audit's vault keys are stored as: 16 bytes where a vault id is about
     130 characters. Keys are only looked up, never listed, so their text is not needed back."""
     return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+
+
+def _mark_key(series: str, key_digest: bytes) -> bytes:
+    """A mark's series and key as one 16-byte digest: both are only ever looked up together (and
+    retention finds marks by age alone), so the series' name need not be kept in every mark."""
+    return hashlib.blake2b(series.encode("utf-8") + b"\x00" + key_digest, digest_size=16).digest()
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -162,6 +181,7 @@ def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
     audit's outcomes are kept as they are: audit rows in the old text shape and findings that embed
     their baseline are read as they are (`compact_audit.audit_fields`, `found_against`)."""
     db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
+    db.create_function("kvguard_mark_key", 2, _mark_key, deterministic=True)
     owner = "owner" if "owner" in _columns(db, "claims") else "''"
     db.execute("ALTER TABLE claims RENAME TO claims_before_compact")
     db.execute(_statement("claims"))
@@ -176,8 +196,8 @@ def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
         db.execute("DROP INDEX IF EXISTS marks_by_age")
         db.execute("ALTER TABLE marks RENAME TO marks_before_compact")
         db.execute(_statement("marks"))
-        db.execute("INSERT OR IGNORE INTO marks (series, key, member, at)"
-                   " SELECT series, kvguard_key_digest(key), member, at FROM marks_before_compact")
+        db.execute("INSERT OR IGNORE INTO marks (key, member, at)"
+                   " SELECT kvguard_mark_key(series, kvguard_key_digest(key)), member, at FROM marks_before_compact")
         db.execute("DROP TABLE marks_before_compact")
     if _has_table(db, "findings"):
         db.execute("ALTER TABLE findings ADD COLUMN baseline_etag TEXT")
@@ -200,6 +220,37 @@ def _upgrade_own_writes(db: sqlite3.Connection) -> None:
     db.execute("UPDATE own_writes SET event_id = NULL")
 
 
+def _upgrade_to_integer_times(db: sqlite3.Connection) -> None:
+    """A file of version 1 (or one just upgraded from 0) in today's shapes, in the caller's
+    transaction: every table the file has is written again under today's statement, its times as
+    ticks and its per-event ids packed (the declared types change, and a column declared as text
+    would keep a number as text). Its indexes go with the old table and are made again by the
+    schema; an audit keeps its sequence numbers. A mark's series goes into its key's digest."""
+    db.create_function("kvguard_ticked", 1, _ticked, deterministic=True)
+    db.create_function("kvguard_packed", 1, _packed_column, deterministic=True)
+    db.create_function("kvguard_mark_key", 2, _mark_key, deterministic=True)
+    for table in _TIME_COLUMNS:
+        if not _has_table(db, table):
+            continue
+        kept = _columns(db, table)
+        db.execute(f"ALTER TABLE {table} RENAME TO {table}_before_integer_times")
+        db.execute(_statement(table))
+        columns = [column for column in _columns(db, table) if column in kept]
+
+        def converted(column: str, table: str = table, kept: set[str] = kept) -> str:
+            if column in _TIME_COLUMNS[table]:
+                return f"kvguard_ticked({column})"
+            if (table, column) == ("marks", "key") and "series" in kept:
+                return "kvguard_mark_key(series, key)"
+            return f"kvguard_packed({column})" if column in _PACKED_COLUMNS.get(table, ()) else column
+
+        db.execute(f"INSERT INTO {table} ({', '.join(columns)})"
+                   f" SELECT {', '.join(map(converted, columns))} FROM {table}_before_integer_times")
+        db.execute(f"DROP TABLE {table}_before_integer_times")
+    if _has_table(db, "claims"):
+        db.execute("UPDATE claims SET claimed_at = NULL WHERE done = 1")
+
+
 def _upgrade_audit(db: sqlite3.Connection) -> None:
     """An audit written before records named the attempt that wrote them gains the column (empty:
     an intent left behind by such a record is judged by its event alone, as it was written)."""
@@ -217,6 +268,11 @@ def _statement(table: str) -> str:
 _UNNAMED = ("NOT EXISTS (SELECT 1 FROM findings WHERE findings.vault_key = found_against.vault_key"
             " AND findings.baseline_etag = found_against.etag)")
 _ZERO = timedelta(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_UUID_FORM, _HEX_FORM = b"\x01", b"\x02"
+_LOWER_HEX = re.compile("[0-9a-f]+")
+_UUID_TEXT = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ROUNDS = 8  # claims attempted again when the row went away between the attempt and its read
 _COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
@@ -226,13 +282,14 @@ def _held_by_owner(count: int) -> str:
     uncorrelated count is computed once, before any row changes, so a statement with this
     condition changes all of them or none."""
     marks = ", ".join("?" * count)
-    held = "owner = ? AND done = 0 AND lease_until <> ''"  # an empty lease: let go of, held by nobody
+    held = "owner = ? AND done = 0 AND lease_until <> 0"  # no lease: let go of, held by nobody
     return (f"event_id IN ({marks}) AND {held}"
             f" AND (SELECT COUNT(*) FROM claims WHERE event_id IN ({marks}) AND {held}) = {count}")
 
 
-def _held_by_owner_params(ids: tuple[str, ...], owner: str) -> tuple[str, ...]:
-    return (*ids, owner, *ids, owner)
+def _held_by_owner_params(ids: tuple[str, ...], owner: str) -> tuple[str | bytes, ...]:
+    keys = tuple(_packed(event_id) for event_id in ids)
+    return (*keys, owner, *keys, owner)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -245,15 +302,54 @@ def _utc(moment: datetime) -> datetime:
 
 
 @lru_cache(maxsize=256)
-def _stamp(moment: datetime) -> str:
-    """Fixed-width UTC text (`2026-11-27T10:00:00.000000Z`): text order is time order. Kept per
-    instant: one event stamps the same few (its time, its leases' end, its history windows) about
-    ten times, and an instant spelled in another zone is equal, and hashes equal, to its UTC self."""
-    return _utc(moment).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def _tick(moment: datetime) -> int:
+    """Microseconds since the epoch in UTC: eight bytes where the text of the instant took 27, in
+    the order of the instants. Kept per instant: one event stamps the same few (its time, its
+    leases' end, its history windows) about ten times, and an instant spelled in another zone is
+    equal, and hashes equal, to its UTC self."""
+    return (_utc(moment) - _EPOCH) // _MICROSECOND
 
 
-def _unstamp(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+def _untick(ticks: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ticks)
+
+
+@lru_cache(maxsize=256)
+def _packed(text: str) -> str | bytes:
+    """An id as it is kept where one is kept for every event (claims, audit records, marks): a
+    UUID in its usual spelling (an Event Grid event id) as its 16 bytes and lower-case hex of
+    even length (an attempt token, a vault's digest in a caller's marks) as its bytes, each behind
+    a byte naming the form; any other text as it is. `_unpacked` gives the text back exactly.
+    Kept per id: one event packs its id for its claim, its renewal, its completion and its record."""
+    if _UUID_TEXT.fullmatch(text):
+        return _UUID_FORM + bytes.fromhex(text.replace("-", ""))
+    if text and not len(text) % 2 and _LOWER_HEX.fullmatch(text):
+        return _HEX_FORM + bytes.fromhex(text)
+    return text
+
+
+def _unpacked(value: str | bytes) -> str:
+    if isinstance(value, str):
+        return value
+    form, digits = value[:1], value[1:].hex()
+    if form == _UUID_FORM and len(digits) == 32:
+        return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    if form == _HEX_FORM:
+        return digits
+    raise ValueError(f"stored id in an unknown form (first byte {form!r})")
+
+
+def _ticked(value: str | int | None) -> int | None:
+    """A time as an earlier file kept it (fixed-width UTC text, `2026-11-27T10:00:00.000000Z`; an
+    empty lease as '') in today's ticks: the upgrade's conversion, called by SQLite."""
+    if not isinstance(value, str):
+        return value
+    return _tick(datetime.fromisoformat(value)) if value else 0
+
+
+def _packed_column(value: str | bytes | None) -> str | bytes | None:
+    """An id an earlier file kept as text, packed (the upgrade's conversion, called by SQLite)."""
+    return _packed(value) if isinstance(value, str) else value
 
 
 def _json_default(value: object) -> object:
@@ -283,15 +379,18 @@ class SQLiteStateStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
             with self._transaction() as db:  # one opener at a time upgrades a file; the others find it done
-                if db.execute("PRAGMA user_version").fetchone()[0] < _COMPACT_SHAPES and _has_table(db, "claims"):
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version < _COMPACT_SHAPES and _has_table(db, "claims"):
                     _upgrade_to_compact_shapes(db)
                 _upgrade_own_writes(db)
                 _upgrade_audit(db)
                 db.execute("DROP INDEX IF EXISTS marks_by_age")  # see `prune`
+                if version < _INTEGER_TIMES:
+                    _upgrade_to_integer_times(db)
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(f"PRAGMA user_version = {_COMPACT_SHAPES}")
+                db.execute(f"PRAGMA user_version = {_INTEGER_TIMES}")
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self._path!r})"
@@ -350,22 +449,23 @@ class SQLiteStateStore:
         self, event_id: str, now: datetime, lease: timedelta, owner: str = "", *, beside: str | None = None
     ) -> ClaimResult:
         """One atomic statement claims a new event or takes over an expired lease (a claim let go
-        of with a completion keeps its row with an empty lease, expired at once); only a refusal
+        of with a completion keeps its row with no lease, expired at once); only a refusal
         reads the row again, to tell a duplicate from an event in progress. `beside` changes
         nothing here: every claim is a row of one table, and one statement writes several."""
-        at = _stamp(now)
-        until = _stamp(now + lease)
+        at = _tick(now)
+        until = _tick(now + lease)
+        key = _packed(event_id)
         for _ in range(_ROUNDS):
             taken = self._write(
                 "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
                 " ON CONFLICT (event_id) DO UPDATE SET lease_until = excluded.lease_until,"
                 " claimed_at = excluded.claimed_at, owner = excluded.owner"
                 " WHERE claims.done = 0 AND claims.lease_until <= excluded.claimed_at",
-                (event_id, until, at, owner),
+                (key, until, at, owner),
             )
             if taken == 1:
                 return "claimed"
-            row = self._query("SELECT done FROM claims WHERE event_id = ?", (event_id,))
+            row = self._query("SELECT done FROM claims WHERE event_id = ?", (key,))
             if row:
                 return "duplicate" if row[0][0] else "in_progress"
             # released in between: claim afresh
@@ -385,30 +485,32 @@ class SQLiteStateStore:
         ids = tuple(dict.fromkeys(event_ids))
         return self._write(
             f"UPDATE claims SET lease_until = ? WHERE {_held_by_owner(len(ids))}",
-            (_stamp(now + lease), *_held_by_owner_params(ids, owner)),
+            (_tick(now + lease), *_held_by_owner_params(ids, owner)),
         ) == len(ids)
 
     def complete(
         self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
     ) -> bool:
-        at = _stamp(now)
+        at = _tick(now)
         if owner is not None:
             # One statement completes the event and lets go of the leases released with it. A
-            # finished claim needs no lease or owner any more (only a fence of unfinished ones
-            # reads them); a claim let go of keeps its row with an expired lease, which the next
-            # claim takes over in one statement.
+            # finished claim needs no lease, owner or claim time any more (only a fence of
+            # unfinished ones reads them); a claim let go of keeps its row with an expired lease,
+            # which the next claim takes over in one statement.
             ids = tuple(dict.fromkeys((event_id, *releasing)))
+            key = _packed(event_id)
             return self._write(
                 "UPDATE claims SET done = (event_id = ?),"
-                " completed_at = CASE WHEN event_id = ? THEN ? ELSE completed_at END, lease_until = '', owner = ''"
+                " completed_at = CASE WHEN event_id = ? THEN ? ELSE completed_at END,"
+                " claimed_at = CASE WHEN event_id = ? THEN NULL ELSE claimed_at END, lease_until = 0, owner = ''"
                 f" WHERE {_held_by_owner(len(ids))}",
-                (event_id, event_id, at, *_held_by_owner_params(ids, owner)),
+                (key, key, at, key, *_held_by_owner_params(ids, owner)),
             ) == len(ids)
         self._write(
-            "INSERT INTO claims (event_id, done, lease_until, claimed_at, completed_at) VALUES (?, 1, '', ?, ?)"
+            "INSERT INTO claims (event_id, done, lease_until, completed_at) VALUES (?, 1, 0, ?)"
             " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at,"
-            " lease_until = '', owner = ''",
-            (event_id, at, at),
+            " claimed_at = NULL, lease_until = 0, owner = ''",
+            (_packed(event_id), at),
         )
         for lease_id in releasing:
             self.release(lease_id)
@@ -417,10 +519,10 @@ class SQLiteStateStore:
     def release(self, event_id: str, owner: str | None = None) -> bool:
         if owner is not None:
             return self._write(
-                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0 AND lease_until <> ''",
-                (event_id, owner),
+                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0 AND lease_until <> 0",
+                (_packed(event_id), owner),
             ) == 1
-        return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (event_id,)) == 1
+        return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (_packed(event_id),)) == 1
 
     # Baselines
 
@@ -434,7 +536,7 @@ class SQLiteStateStore:
         self, vault_id: str, config: Mapping[str, Any], etag: str | None, *, deleted: bool = False,
         now: datetime | None = None,
     ) -> str:
-        updated = _stamp(now if now is not None else datetime.now(UTC))
+        updated = _tick(now if now is not None else datetime.now(UTC))
         document = _to_json(config)
         new_etag = uuid.uuid4().hex
         key = vault_key(vault_id)
@@ -466,17 +568,18 @@ class SQLiteStateStore:
         vault_id, config, etag, deleted, updated = row
         return Baseline(
             vault_id=vault_id, config=_decoded_on_use(config), etag=etag, deleted=bool(deleted),
-            updated=_unstamp(updated),
+            updated=_untick(updated),
         )
 
     # Audit trail and rejected payloads
 
     def append_audit(self, record: AuditRecord) -> None:
         digest = _key_digest(vault_key(record.vault_id)) if record.vault_id is not None else None
+        document = audit_document(record.vault_id, record.outcome, record.event_id)
         self._write(
             "INSERT INTO audit (event_id, vault_digest, at, outcome, attempt) VALUES (?, ?, ?, ?, ?)",
-            (record.event_id, digest, _stamp(record.at), audit_document(record.vault_id, record.outcome),
-             record.attempt),
+            (_packed(record.event_id), digest, _tick(record.at), document,
+             None if record.attempt is None else _packed(record.attempt)),
         )
 
     def list_audit(self, vault_id: str | None = None) -> list[AuditRecord]:
@@ -487,28 +590,29 @@ class SQLiteStateStore:
             key = vault_key(vault_id)
             rows = self._query(f"{columns} WHERE vault_digest = ? ORDER BY at, seq", (_key_digest(key),))
         records = []
-        for event_id, vault_column, at, stored in rows:
-            vault, outcome = audit_fields(vault_column, stored)
+        for packed, vault_column, at, stored in rows:
+            event_id = _unpacked(packed)
+            vault, outcome = audit_fields(vault_column, stored, event_id)
             if vault_id is None or (vault is not None and vault_key(vault) == key):  # never another vault's
-                records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=outcome))
+                records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_untick(at), outcome=outcome))
         return records
 
     def audited(self, event_id: str, vault_id: str | None, attempt: str | None = None) -> bool:
         digest = _key_digest(vault_key(vault_id)) if vault_id is not None else None
-        by_attempt, attempts = (" AND attempt = ?", (attempt,)) if attempt is not None else ("", ())
+        by_attempt, attempts = (" AND attempt = ?", (_packed(attempt),)) if attempt is not None else ("", ())
         return bool(self._query(f"SELECT 1 FROM audit WHERE vault_digest IS ? AND event_id = ?{by_attempt} LIMIT 1",
-                                (digest, event_id, *attempts)))
+                                (digest, _packed(event_id), *attempts)))
 
     def record_rejected(self, rejected: RejectedPayload) -> None:
         self._write(
             "INSERT INTO rejected (reason, raw, at, event_id) VALUES (?, ?, ?, ?)",
-            (rejected.reason, rejected.raw, _stamp(rejected.at), rejected.event_id),
+            (rejected.reason, rejected.raw, _tick(rejected.at), rejected.event_id),
         )
 
     def list_rejected(self) -> list[RejectedPayload]:
         rows = self._query("SELECT reason, raw, at, event_id FROM rejected ORDER BY at, seq")
         return [
-            RejectedPayload(reason=reason, raw=raw, at=_unstamp(at), event_id=event_id)
+            RejectedPayload(reason=reason, raw=raw, at=_untick(at), event_id=event_id)
             for reason, raw, at, event_id in rows
         ]
 
@@ -518,7 +622,7 @@ class SQLiteStateStore:
         key = vault_key(vault_id)
         row = found_against.split(key, finding)
         document = _to_json(row.finding)
-        opened = _stamp(now)
+        opened = _tick(now)
         # The configuration and the finding naming it: both or neither.
         with self._transaction() if row.config is not None else self._locked() as db:
             if row.etag is not None and row.config is not None:
@@ -562,7 +666,7 @@ class SQLiteStateStore:
         )
         return [
             OpenFinding(
-                vault_id=vault, rule=rule, opened=_unstamp(opened),
+                vault_id=vault, rule=rule, opened=_untick(opened),
                 finding=_decoded_on_use(finding) if etag is None
                 else found_against.joined(key, json.loads(finding), self._found_against_loader(key, etag)),
             )
@@ -583,30 +687,31 @@ class SQLiteStateStore:
 
     def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
         self._write(
-            "INSERT INTO marks (series, key, member, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (series, _key_digest(vault_key(key)), member, _stamp(at)),
+            "INSERT INTO marks (key, member, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (_mark_key(series, _key_digest(vault_key(key))), _packed(member), _tick(at)),
         )
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         rows = self._query(
-            "SELECT member, at FROM marks WHERE series = ? AND key = ? AND at >= ? ORDER BY at, member",
-            (series, _key_digest(vault_key(key)), _stamp(since)),
+            "SELECT member, at FROM marks WHERE key = ? AND at >= ? ORDER BY at, member",
+            (_mark_key(series, _key_digest(vault_key(key))), _tick(since)),
         )
-        return [(member, _unstamp(at)) for member, at in rows]
+        return [(_unpacked(member), _untick(at)) for member, at in rows]
 
     def marks_since_each(self, queries: Sequence[MarkQuery]) -> list[list[tuple[str, datetime]]]:
-        """One SELECT whose UNION ALL branches each use the (series, key, at) index; rows carry the
+        """One SELECT whose UNION ALL branches each use the (key, at) primary key; rows carry the
         number of the query they answer."""
         answers: list[list[tuple[str, datetime]]] = [[] for _ in queries]
         for start in range(0, len(queries), _COMPOUND_BRANCHES):
             part = queries[start:start + _COMPOUND_BRANCHES]
             sql = " UNION ALL ".join(
-                "SELECT ? AS query, member, at FROM marks WHERE series = ? AND key = ? AND at >= ?" for _ in part
+                "SELECT ? AS query, member, at FROM marks WHERE key = ? AND at >= ?" for _ in part
             )
             params = tuple(value for number, query in enumerate(part, start)
-                           for value in (number, query.series, _key_digest(vault_key(query.key)), _stamp(query.since)))
+                           for value in (number, _mark_key(query.series, _key_digest(vault_key(query.key))),
+                                         _tick(query.since)))
             for number, member, at in self._query(f"{sql} ORDER BY query, at, member", params):
-                answers[number].append((member, _unstamp(at)))
+                answers[number].append((_unpacked(member), _untick(at)))
         return answers
 
     # Write-ahead actions
@@ -615,14 +720,14 @@ class SQLiteStateStore:
         self._write(
             "INSERT INTO intents (scope, handler, intent, at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (scope, handler) DO UPDATE SET intent = excluded.intent, at = excluded.at",
-            (scope, handler, _to_json(intent), _stamp(now)),
+            (scope, handler, _to_json(intent), _tick(now)),
         )
 
     def pending_actions(self, scope: str) -> list[PendingAction]:
         rows = self._query(
             "SELECT handler, intent, at FROM intents WHERE scope = ? ORDER BY handler", (scope,)
         )
-        return [PendingAction(scope, handler, json.loads(intent), _unstamp(at)) for handler, intent, at in rows]
+        return [PendingAction(scope, handler, json.loads(intent), _untick(at)) for handler, intent, at in rows]
 
     def finish_action(self, scope: str, handler: str) -> None:
         self._write("DELETE FROM intents WHERE scope = ? AND handler = ?", (scope, handler))
@@ -633,12 +738,12 @@ class SQLiteStateStore:
         self._write(
             "INSERT INTO outbox (key, item, at) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET item = excluded.item",
-            (key, _to_json(item), _stamp(now)),
+            (key, _to_json(item), _tick(now)),
         )
 
     def list_outbox(self) -> list[OutboxItem]:
         rows = self._query("SELECT key, item, at FROM outbox ORDER BY at, key")
-        return [OutboxItem(key, json.loads(item), _unstamp(at)) for key, item, at in rows]
+        return [OutboxItem(key, json.loads(item), _untick(at)) for key, item, at in rows]
 
     def drop_outbox(self, key: str) -> None:
         self._write("DELETE FROM outbox WHERE key = ?", (key,))
@@ -650,7 +755,7 @@ class SQLiteStateStore:
         found by age with a scan of their table: an index on their time would hold each mark a
         second time (a mark is all key), about half the bytes a retained event costs, for a
         statement the reconcile timer runs once an hour."""
-        cutoff = _stamp(older_than)
+        cutoff = _tick(older_than)
         statements = (
             "DELETE FROM claims WHERE done = 1 AND completed_at < ?",
             "DELETE FROM claims WHERE done = 0 AND lease_until < ?",
@@ -669,7 +774,7 @@ class SQLiteStateStore:
         self._write(
             "INSERT INTO own_writes (resource_key, resource_id, operation, at, request_id, event_id, attempt)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (vault_key(entry.resource_id), entry.resource_id, entry.operation.strip().lower(), _stamp(entry.at),
+            (vault_key(entry.resource_id), entry.resource_id, entry.operation.strip().lower(), _tick(entry.at),
              entry.request_id, entry.event_id, entry.attempt),
         )
 
@@ -680,7 +785,7 @@ class SQLiteStateStore:
             row = self._db.execute(
                 "SELECT 1 FROM own_writes WHERE request_id = ? AND resource_key = ? AND operation = ?"
                 " AND at >= ? AND at <= ? AND voided = 0 LIMIT 1",
-                (request_id, vault_key(resource_id), operation.strip().lower(), _stamp(since), _stamp(until)),
+                (request_id, vault_key(resource_id), operation.strip().lower(), _tick(since), _tick(until)),
             ).fetchone()
         return row is not None
 
@@ -688,4 +793,4 @@ class SQLiteStateStore:
         self._write("UPDATE own_writes SET voided = 1 WHERE request_id = ?", (entry.request_id,))
 
     def prune_own_writes(self, older_than: datetime) -> int:
-        return self._write("DELETE FROM own_writes WHERE at < ?", (_stamp(older_than),))
+        return self._write("DELETE FROM own_writes WHERE at < ?", (_tick(older_than),))

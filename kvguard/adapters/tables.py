@@ -953,7 +953,7 @@ class TablesStateStore:
             "at": _stamp(record.at),
             "event_id": record.event_id[:DISPLAY_CHARS],
         }
-        compact = audit_document(record.vault_id, record.outcome)
+        compact = audit_document(record.vault_id, record.outcome, record.event_id)
         spilled: list[Mapping[str, Any]] = []
         if len(record.event_id) <= DISPLAY_CHARS and len(compact) <= CHUNK_BYTES:
             entity["audit"] = compact  # one property, deflated against the audit dictionary
@@ -994,8 +994,8 @@ class TablesStateStore:
         records = []
         for entity in sorted(entities, key=lambda entity: (entity["at"], entity["RowKey"].removeprefix(AUDIT))):
             if "audit" in entity:
-                vault, outcome = audit_fields(None, entity["audit"])
                 event_id = entity["event_id"]
+                vault, outcome = audit_fields(None, entity["audit"], event_id)
             else:
                 document = self._unpack(entity)
                 event_id, vault, outcome = document["event_id"], document["vault_id"], document["outcome"]

@@ -537,7 +537,7 @@ def test_sqlite_holds_no_write_lock_while_kvguard_waits_for_arm(
             other = sqlite3.connect(tmp_path / "state.db", timeout=0.2, isolation_level=None)
             try:
                 other.execute("BEGIN IMMEDIATE")  # raises "database is locked" after 0.2 s if held
-                other.execute("INSERT INTO marks (series, key, member, at) VALUES ('probe', ?, 'x', 'now')", (what,))
+                other.execute("INSERT INTO marks (key, member, at) VALUES (?, 'x', 0)", (what,))
                 other.execute("COMMIT")
             finally:
                 other.close()
