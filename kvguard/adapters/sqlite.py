@@ -165,6 +165,19 @@ def _mark_key(series: str, key_digest: bytes) -> bytes:
     return hashlib.blake2b(series.encode("utf-8") + b"\x00" + key_digest, digest_size=16).digest()
 
 
+def _series_key(series: str, key: str) -> bytes:
+    """What a mark of `series` under `key` is kept and looked up by."""
+    return _mark_key(series, _key_digest(vault_key(key)))
+
+
+def _with_upgrade_functions(db: sqlite3.Connection) -> None:
+    """The conversions the upgrades call from their statements."""
+    db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
+    db.create_function("kvguard_mark_key", 2, _mark_key, deterministic=True)
+    db.create_function("kvguard_ticked", 1, _ticked, deterministic=True)
+    db.create_function("kvguard_packed", 1, _packed_column, deterministic=True)
+
+
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
@@ -180,8 +193,6 @@ def _upgrade_to_compact_shapes(db: sqlite3.Connection) -> None:
     digests, findings with a column for the ETag they name. Open findings, baselines and the
     audit's outcomes are kept as they are: audit rows in the old text shape and findings that embed
     their baseline are read as they are (`compact_audit.audit_fields`, `found_against`)."""
-    db.create_function("kvguard_key_digest", 1, _key_digest, deterministic=True)
-    db.create_function("kvguard_mark_key", 2, _mark_key, deterministic=True)
     owner = "owner" if "owner" in _columns(db, "claims") else "''"
     db.execute("ALTER TABLE claims RENAME TO claims_before_compact")
     db.execute(_statement("claims"))
@@ -226,9 +237,6 @@ def _upgrade_to_integer_times(db: sqlite3.Connection) -> None:
     ticks and its per-event ids packed (the declared types change, and a column declared as text
     would keep a number as text). Its indexes go with the old table and are made again by the
     schema; an audit keeps its sequence numbers. A mark's series goes into its key's digest."""
-    db.create_function("kvguard_ticked", 1, _ticked, deterministic=True)
-    db.create_function("kvguard_packed", 1, _packed_column, deterministic=True)
-    db.create_function("kvguard_mark_key", 2, _mark_key, deterministic=True)
     for table in _TIME_COLUMNS:
         if not _has_table(db, table):
             continue
@@ -380,6 +388,8 @@ class SQLiteStateStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             with self._transaction() as db:  # one opener at a time upgrades a file; the others find it done
                 version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version < _INTEGER_TIMES:
+                    _with_upgrade_functions(db)
                 if version < _COMPACT_SHAPES and _has_table(db, "claims"):
                     _upgrade_to_compact_shapes(db)
                 _upgrade_own_writes(db)
@@ -688,13 +698,13 @@ class SQLiteStateStore:
     def add_mark(self, series: str, key: str, member: str, at: datetime) -> None:
         self._write(
             "INSERT INTO marks (key, member, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (_mark_key(series, _key_digest(vault_key(key))), _packed(member), _tick(at)),
+            (_series_key(series, key), _packed(member), _tick(at)),
         )
 
     def marks_since(self, series: str, key: str, since: datetime) -> list[tuple[str, datetime]]:
         rows = self._query(
             "SELECT member, at FROM marks WHERE key = ? AND at >= ? ORDER BY at, member",
-            (_mark_key(series, _key_digest(vault_key(key))), _tick(since)),
+            (_series_key(series, key), _tick(since)),
         )
         return [(_unpacked(member), _untick(at)) for member, at in rows]
 
@@ -708,8 +718,7 @@ class SQLiteStateStore:
                 "SELECT ? AS query, member, at FROM marks WHERE key = ? AND at >= ?" for _ in part
             )
             params = tuple(value for number, query in enumerate(part, start)
-                           for value in (number, _mark_key(query.series, _key_digest(vault_key(query.key))),
-                                         _tick(query.since)))
+                           for value in (number, _series_key(query.series, query.key), _tick(query.since)))
             for number, member, at in self._query(f"{sql} ORDER BY query, at, member", params):
                 answers[number].append((_unpacked(member), _untick(at)))
         return answers
