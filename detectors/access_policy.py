@@ -196,27 +196,66 @@ def _over_broad(config: VaultConfig, policy: Policy) -> dict[str, dict[str, Any]
 def _over_broad_entries(entries: tuple[AccessPolicy, ...]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        reasons = []
-        full: set[str] = set()
-        for category in PERMISSION_CATEGORIES:
-            names = entry.permissions.get(category)
-            if names:  # entries hold two or three of the four categories
-                granted = entry.effective(category)
-                if granted >= FULL_SETS[category]:  # `all`, or every permission spelled out
-                    full.add(category)
-                    reasons.append(f"{category}: all")
-                elif DESTRUCTIVE in granted:
-                    reasons.append(f"{category}: {DESTRUCTIVE}")
-        if "secrets" not in full and SECRET_HARVEST.issubset(entry.effective("secrets")):
-            reasons.append("secrets: get + list")
-        if reasons:
-            found[entry.principal.key] = {
-                "objectId": entry.principal.object_id,
-                "applicationId": entry.principal.application_id,
-                "reasons": reasons,
-                "permissions": {c: sorted(p) for c, p in entry.permissions.items() if p},
-            }
+        verdict = _over_broad_by_entry.answer(entry)
+        if verdict is not None:
+            found[entry.principal.key] = verdict
     return found
+
+
+def _over_broad_entry(entry: AccessPolicy) -> dict[str, Any] | None:
+    """Why one entry is over-broad, or None."""
+    reasons = []
+    full: set[str] = set()
+    for category in PERMISSION_CATEGORIES:
+        names = entry.permissions.get(category)
+        if names:  # entries hold two or three of the four categories
+            granted = entry.effective(category)
+            if granted >= FULL_SETS[category]:  # `all`, or every permission spelled out
+                full.add(category)
+                reasons.append(f"{category}: all")
+            elif DESTRUCTIVE in granted:
+                reasons.append(f"{category}: {DESTRUCTIVE}")
+    if "secrets" not in full and SECRET_HARVEST.issubset(entry.effective("secrets")):
+        reasons.append("secrets: get + list")
+    if not reasons:
+        return None
+    return {
+        "objectId": entry.principal.object_id,
+        "applicationId": entry.principal.application_id,
+        "reasons": reasons,
+        "permissions": {c: sorted(p) for c, p in entry.permissions.items() if p},
+    }
+
+
+class _ByEntry:
+    """Answers of a pure function of one access-policy entry, by the entry: kvguard.vault shares
+    one parsed entry between every list that holds its content, so a list of 1,024 entries that
+    changed in one is judged again in that one only. Keyed by the entry's id, the entry kept beside
+    its answer so that the id stays its own; at most `limit` entries, the oldest let go first."""
+
+    def __init__(self, limit: int, compute: Callable[[AccessPolicy], dict[str, Any] | None]) -> None:
+        self.limit = limit
+        self._compute = compute
+        self._answers: dict[int, tuple[AccessPolicy, dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+
+    def answer(self, entry: AccessPolicy) -> dict[str, Any] | None:
+        known = self._answers.get(id(entry))
+        if known is not None and known[0] is entry:
+            return known[1]
+        found = self._compute(entry)
+        with self._lock:
+            self._answers.pop(id(entry), None)
+            self._answers[id(entry)] = (entry, found)
+            while len(self._answers) > self.limit:
+                del self._answers[next(iter(self._answers))]
+        return found
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+_over_broad_by_entry = _ByEntry(_ANSWERED_ENTRIES, _over_broad_entry)
 
 
 def _over_broad_grant_cases() -> list[Case]:

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from kvguard import vault_spec
@@ -91,9 +91,10 @@ class Principal:
     application_id: str | None = None
     tenant_id: str | None = None
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """The identity of an entry as ARM matches it on update (object id + application id)."""
+        """The identity of an entry as ARM matches it on update (object id + application id);
+        kept once made (an entry's principal is keyed on every diff of its list)."""
         return f"{self.object_id}|{self.application_id or ''}"
 
     def describe(self) -> str:
@@ -430,7 +431,7 @@ def diff(before: VaultConfig, after: VaultConfig) -> VaultDiff:
     changes: list[PermissionChange] = []
     for key, new in after_policies.items():
         old = before_policies.get(key)
-        if old is None or old.permissions == new.permissions:
+        if old is None or old is new or old.permissions == new.permissions:  # `is`: parsed entries are shared
             continue
         for category in PERMISSION_CATEGORIES:
             added = new.effective(category) - old.effective(category)

@@ -7,7 +7,15 @@ import copy
 
 import pytest
 
-from detectors.access_policy import _ByList, _foreign, _foreign_entries, _over_broad, _over_broad_entries
+from detectors.access_policy import (
+    _ByEntry,
+    _ByList,
+    _foreign,
+    _foreign_entries,
+    _over_broad,
+    _over_broad_entries,
+    _over_broad_entry,
+)
 from kvguard import vault
 from kvguard.policy import Policy
 from kvguard.vault import AccessPolicy, VaultConfig, diff
@@ -128,3 +136,32 @@ def test_the_parsed_entries_are_bounded_by_count(monkeypatch: pytest.MonkeyPatch
         VaultConfig.from_arm(arm([entry(f"{number:08x}-0000-4000-8000-000000000000", secrets=["get"]),
                                   entry(WEB, secrets=[f"s{number}"])]))
     assert len(vault._parsed_entries) == 3
+
+
+def test_a_list_changed_in_one_entry_is_judged_over_broad_again_in_that_entry_only() -> None:
+    grants = [entry(f"{number:08x}-0000-4000-8000-000000000000", secrets=["get", "list"]) for number in range(6)]
+    first = arm(grants)
+    changed = copy.deepcopy(first)
+    changed["properties"]["accessPolicies"][2]["permissions"]["secrets"] = ["get"]
+    before, after = VaultConfig.from_arm(first), VaultConfig.from_arm(changed)
+    judged: list[AccessPolicy] = []
+    answers = _ByEntry(limit=100, compute=lambda one: (judged.append(one), _over_broad_entry(one))[1])
+    found_before = {e.principal.key: answers.answer(e) for e in before.access_policies}
+    assert len(judged) == 6
+    found_after = {e.principal.key: answers.answer(e) for e in after.access_policies}
+    assert judged[6:] == [after.access_policies[2]]  # the one entry whose content changed
+    assert found_after == {e.principal.key: _over_broad_entry(e) for e in after.access_policies}
+    assert found_before[after.access_policies[2].principal.key] is not None
+    assert found_after[after.access_policies[2].principal.key] is None
+    assert _over_broad_entries(after.access_policies) == {
+        k: v for k, v in found_after.items() if v is not None}
+
+
+def test_answers_by_entry_keep_no_more_entries_than_their_bound() -> None:
+    answers = _ByEntry(limit=4, compute=_over_broad_entry)
+    kept = [AccessPolicy.from_arm(entry(f"{number:08x}-0000-4000-8000-000000000000", secrets=["all"]))
+            for number in range(10)]
+    for one in kept:
+        assert answers.answer(one) == _over_broad_entry(one)
+        assert len(answers) <= 4
+    assert len(answers) == 4
