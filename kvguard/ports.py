@@ -312,7 +312,10 @@ class StateStore(Protocol):
     def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
         """`renew` of every claim in `event_ids` (an event's and its vault's lease) in one write
         where the store can: True when `owner` held them all; False and nothing changed when it
-        did not hold one of them."""
+        did not hold one of them. Inside a batch a store that commits the batch as a whole may
+        leave the fence to the commit (Table Storage's transaction; SQLite renews with the
+        completion, or at the batch's end): True then, and the batch raises TransientError and
+        writes nothing when `owner` did not hold them all."""
         ...
 
     def complete(

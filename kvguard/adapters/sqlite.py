@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from kvguard.adapters import found_against
 from kvguard.adapters.compact_audit import audit_document, audit_fields
@@ -46,6 +46,7 @@ from kvguard.ports import (
     OwnWrite,
     PendingAction,
     RejectedPayload,
+    TransientError,
     VaultState,
 )
 
@@ -285,6 +286,20 @@ _ROUNDS = 8  # claims attempted again when the row went away between the attempt
 _COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
 
 
+# A claim's upsert: a new row, or an unfinished claim whose lease has run out taken over.
+_TAKE_OVER = ("ON CONFLICT (event_id) DO UPDATE SET lease_until = excluded.lease_until,"
+              " claimed_at = excluded.claimed_at, owner = excluded.owner"
+              " WHERE claims.done = 0 AND claims.lease_until <= excluded.claimed_at")
+
+
+class _Renewal(NamedTuple):
+    """A renewal of `owner`'s claims of `ids` until `until` (ticks), deferred to its batch's end."""
+
+    ids: tuple[str, ...]
+    owner: str
+    until: int
+
+
 def _held_by_owner(count: int) -> str:
     """The unfinished claims of `count` ids, when one owner holds every one of them: the
     uncorrelated count is computed once, before any row changes, so a statement with this
@@ -381,6 +396,7 @@ class SQLiteStateStore:
     def __init__(self, path: str | Path = ":memory:") -> None:
         self._path = str(path)
         self._lock = threading.RLock()
+        self._deferred: _Renewal | None = None  # a batch's renewal, made at its end or by the completion (`renew_each`)
         self._db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)
         with self._lock:
             if self._path != ":memory:":
@@ -420,7 +436,9 @@ class SQLiteStateStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._settle_renewal()
             except BaseException:
+                self._deferred = None
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
@@ -466,13 +484,13 @@ class SQLiteStateStore:
         until = _tick(now + lease)
         key = _packed(event_id)
         for _ in range(_ROUNDS):
-            taken = self._write(
-                "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner) VALUES (?, 0, ?, ?, ?)"
-                " ON CONFLICT (event_id) DO UPDATE SET lease_until = excluded.lease_until,"
-                " claimed_at = excluded.claimed_at, owner = excluded.owner"
-                " WHERE claims.done = 0 AND claims.lease_until <= excluded.claimed_at",
-                (key, until, at, owner),
-            )
+            with self._lock:
+                self._settle_renewal()
+                taken = self._write(
+                    "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner)"
+                    f" VALUES (?, 0, ?, ?, ?) {_TAKE_OVER}",
+                    (key, until, at, owner),
+                )
             if taken == 1:
                 return "claimed"
             row = self._query("SELECT done FROM claims WHERE event_id = ?", (key,))
@@ -484,19 +502,56 @@ class SQLiteStateStore:
     def claim_beside(
         self, event_id: str, lease_id: str, now: datetime, lease: timedelta, owner: str
     ) -> tuple[ClaimResult, bool]:
-        """Two statements: each claim is one, and a file's writes cost no round trip."""
-        claimed = self.claim(event_id, now, lease, owner, beside=lease_id)
+        """One statement tries both claims (`claim`'s upsert with two rows, the rows it took
+        returned); a lease taken for an event that was not claimed is let go of again, and only
+        then is the event's row read, to tell a duplicate from an event in progress."""
+        at, until = _tick(now), _tick(now + lease)
+        key, lock = _packed(event_id), _packed(lease_id)
+        with self._lock:
+            self._settle_renewal()
+            taken = {row[0] for row in self._db.execute(
+                "INSERT INTO claims (event_id, done, lease_until, claimed_at, owner)"
+                " VALUES (?, 0, ?, ?, ?), (?, 0, ?, ?, ?)"
+                f" {_TAKE_OVER} RETURNING event_id",
+                (key, until, at, owner, lock, until, at, owner),
+            ).fetchall()}
+        if key in taken:
+            return "claimed", lock in taken
+        if lock in taken:
+            self.release(lease_id, owner)
+        row = self._query("SELECT done FROM claims WHERE event_id = ?", (key,))
+        if row:
+            return ("duplicate" if row[0][0] else "in_progress"), False
+        claimed = self.claim(event_id, now, lease, owner, beside=lease_id)  # released in between: afresh
         return claimed, claimed == "claimed" and self.claim(lease_id, now, lease, owner) == "claimed"
 
     def renew(self, event_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
         return self.renew_each((event_id,), owner, now, lease)
 
     def renew_each(self, event_ids: Sequence[str], owner: str, now: datetime, lease: timedelta) -> bool:
-        ids = tuple(dict.fromkeys(event_ids))
+        """Inside a batch the renewal is made when the batch ends, or not at all when the batch
+        completes the claims it renews (the completion is fenced the same way): either way the
+        whole batch is written only while `owner` held every claim, and raises TransientError
+        (nothing written) when it did not. Outside a batch: one statement, now."""
+        renewal = _Renewal(tuple(dict.fromkeys(event_ids)), owner, _tick(now + lease))
+        with self._lock:
+            if self._db.in_transaction:
+                self._settle_renewal()
+                self._deferred = renewal
+                return True
+            return self._renewed(renewal)
+
+    def _renewed(self, renewal: _Renewal) -> bool:
         return self._write(
-            f"UPDATE claims SET lease_until = ? WHERE {_held_by_owner(len(ids))}",
-            (_tick(now + lease), *_held_by_owner_params(ids, owner)),
-        ) == len(ids)
+            f"UPDATE claims SET lease_until = ? WHERE {_held_by_owner(len(renewal.ids))}",
+            (renewal.until, *_held_by_owner_params(renewal.ids, renewal.owner)),
+        ) == len(renewal.ids)
+
+    def _settle_renewal(self) -> None:
+        """Make the renewal a batch deferred (`renew_each`) before anything else writes claims."""
+        renewal, self._deferred = self._deferred, None
+        if renewal is not None and not self._renewed(renewal):
+            raise TransientError(f"claims {', '.join(renewal.ids)}: taken over by another instance")
 
     def complete(
         self, event_id: str, now: datetime, owner: str | None = None, *, releasing: Sequence[str] = ()
@@ -509,30 +564,41 @@ class SQLiteStateStore:
             # which the next claim takes over in one statement.
             ids = tuple(dict.fromkeys((event_id, *releasing)))
             key = _packed(event_id)
-            return self._write(
-                "UPDATE claims SET done = (event_id = ?),"
-                " completed_at = CASE WHEN event_id = ? THEN ? ELSE completed_at END,"
-                " claimed_at = CASE WHEN event_id = ? THEN NULL ELSE claimed_at END, lease_until = 0, owner = ''"
-                f" WHERE {_held_by_owner(len(ids))}",
-                (key, key, at, key, *_held_by_owner_params(ids, owner)),
-            ) == len(ids)
-        self._write(
-            "INSERT INTO claims (event_id, done, lease_until, completed_at) VALUES (?, 1, 0, ?)"
-            " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at,"
-            " claimed_at = NULL, lease_until = 0, owner = ''",
-            (_packed(event_id), at),
-        )
+            with self._lock:
+                renewal = self._deferred
+                if renewal is None or renewal.owner != owner or not set(renewal.ids) <= set(ids):
+                    self._settle_renewal()
+                done = self._write(
+                    "UPDATE claims SET done = (event_id = ?),"
+                    " completed_at = CASE WHEN event_id = ? THEN ? ELSE completed_at END,"
+                    " claimed_at = CASE WHEN event_id = ? THEN NULL ELSE claimed_at END, lease_until = 0, owner = ''"
+                    f" WHERE {_held_by_owner(len(ids))}",
+                    (key, key, at, key, *_held_by_owner_params(ids, owner)),
+                ) == len(ids)
+                if done:
+                    self._deferred = None  # the completion was fenced as the renewal would have been
+                return done
+        with self._lock:
+            self._settle_renewal()
+            self._write(
+                "INSERT INTO claims (event_id, done, lease_until, completed_at) VALUES (?, 1, 0, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET done = 1, completed_at = excluded.completed_at,"
+                " claimed_at = NULL, lease_until = 0, owner = ''",
+                (_packed(event_id), at),
+            )
         for lease_id in releasing:
             self.release(lease_id)
         return True
 
     def release(self, event_id: str, owner: str | None = None) -> bool:
-        if owner is not None:
-            return self._write(
-                "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0 AND lease_until <> 0",
-                (_packed(event_id), owner),
-            ) == 1
-        return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (_packed(event_id),)) == 1
+        with self._lock:
+            self._settle_renewal()
+            if owner is not None:
+                return self._write(
+                    "DELETE FROM claims WHERE event_id = ? AND owner = ? AND done = 0 AND lease_until <> 0",
+                    (_packed(event_id), owner),
+                ) == 1
+            return self._write("DELETE FROM claims WHERE event_id = ? AND done = 0", (_packed(event_id),)) == 1
 
     # Baselines
 
@@ -558,7 +624,7 @@ class SQLiteStateStore:
                 (key, vault_id, document, new_etag, int(deleted), updated),
             )
             if written != 1:
-                raise ConcurrencyError(f"baseline of {vault_id} already exists")
+                self._refused(f"baseline of {vault_id} already exists")
         else:
             written = self._write(
                 "UPDATE baselines SET vault_id = ?, config = ?, etag = ?, deleted = ?, updated = ?"
@@ -566,8 +632,15 @@ class SQLiteStateStore:
                 (vault_id, document, new_etag, int(deleted), updated, key, etag),
             )
             if written != 1:
-                raise ConcurrencyError(f"baseline of {vault_id} was changed or removed (etag {etag} is stale)")
+                self._refused(f"baseline of {vault_id} was changed or removed (etag {etag} is stale)")
         return new_etag
+
+    def _refused(self, why: str) -> NoReturn:
+        """ConcurrencyError, unless the write was refused because the batch's attempt was taken
+        over (its deferred renewal refused: TransientError, as the renewal made first would have)."""
+        with self._lock:
+            self._settle_renewal()
+        raise ConcurrencyError(why)
 
     def list_baselines(self) -> list[Baseline]:
         rows = self._query("SELECT vault_id, config, etag, deleted, updated FROM baselines ORDER BY vault_key")

@@ -87,7 +87,9 @@ def wait_for_vault(services: Services, event: VaultEvent, now: datetime, owner: 
 
 def hold(services: Services, event: VaultEvent, owner: str) -> None:
     """Renew this attempt's claim, or stop: an attempt whose lease another instance took over
-    must not act or record (that instance does, and a raise makes Event Grid check again)."""
+    must not act or record (that instance does, and a raise makes Event Grid check again). In a
+    batch the stop may come when the batch is written, with nothing of it written
+    (`StateStore.renew_each`): every batch that holds a renewal ends before the attempt acts."""
     if not services.store.renew_each((event.id, vault_lock(event)), owner, services.clock.now(), services.lease):
         raise TransientError(f"event {event.id}: the claim was taken over by another instance")
 

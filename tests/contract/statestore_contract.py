@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from kvguard.ports import AuditRecord, ConcurrencyError, MarkQuery, OwnWrite, RejectedPayload, StateStore
+from kvguard.ports import (
+    AuditRecord,
+    ConcurrencyError,
+    MarkQuery,
+    OwnWrite,
+    RejectedPayload,
+    StateStore,
+    TransientError,
+)
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -276,6 +284,36 @@ class StateStoreContract:
         assert store.claim_beside("evt-1", "vault-lease:kv", T0 + timedelta(seconds=3), LEASE, "c") == (
             "duplicate", False)
         assert store.claim("vault-lease:kv", T0 + timedelta(seconds=3), LEASE, owner="b") == "claimed"
+
+    def test_claim_beside_of_an_event_not_claimed_leaves_the_vaults_lease_free(self, store: StateStore) -> None:
+        lock = "vault-lease:kv"
+        assert store.claim("evt-1", T0, LEASE, owner="a", beside=lock) == "claimed"  # held, its vault free
+        assert store.claim_beside("evt-1", lock, T0, LEASE, "c") == ("in_progress", False)
+        assert store.claim(lock, T0, LEASE, owner="b") == "claimed"  # c kept no lease
+        assert store.complete("evt-1", T0, "a") is True
+        assert store.complete("evt-0", T0, "b", releasing=[lock]) is False  # b holds no evt-0
+        assert store.release(lock, "b") is True
+        assert store.claim_beside("evt-1", lock, T0, LEASE, "d") == ("duplicate", False)
+        assert store.claim(lock, T0, LEASE, owner="e") == "claimed"  # nor did d
+
+    def test_a_batch_whose_claims_were_taken_over_writes_nothing(self, store: StateStore) -> None:
+        """The record of an attempt another owner took over, written the way the flow writes it
+        (renewal, records, completion in one batch, a refusal raised), leaves no trace, whether the
+        refusal comes at the renewal, at the completion or at the batch's end."""
+        lock = "vault-lease:kv"
+        assert store.claim_beside("evt-1", lock, T0, LEASE, "a") == ("claimed", True)
+        late = T0 + LEASE + timedelta(seconds=1)
+        assert store.claim_beside("evt-1", lock, late, LEASE, "b") == ("claimed", True)
+        for completing in (True, False):
+            with pytest.raises(TransientError), store.batch():
+                if not store.renew_each(["evt-1", lock], "a", late, LEASE):
+                    raise TransientError("taken over")
+                store.append_audit(AuditRecord("evt-1", VAULT, late, {"outcome": "processed"}, attempt="a"))
+                if completing and not store.complete("evt-1", late, "a", releasing=[lock]):
+                    raise TransientError("taken over")
+            assert not store.audited("evt-1", VAULT, "a")
+        assert store.complete("evt-1", late, "b", releasing=[lock]) is True
+        assert store.claim(lock, late, LEASE, owner="c") == "claimed"
 
     def test_claim_beside_takes_over_an_expired_lease_with_a_new_event(self, store: StateStore) -> None:
         assert store.claim_beside("evt-1", "vault-lease:kv", T0, LEASE, "a") == ("claimed", True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from detectors.cases import INTRUDER, OPERATOR, VAULT_ID, grant, vault, with_grants
 from kvguard.adapters.sqlite import SQLiteStateStore
+from kvguard.ids import vault_key
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy
+from kvguard.ports import vault_lease
 from kvguard.sim import SIM_IDENTITY, SimClock, SimDefender, SimTopic, SimVaultGateway, World
 from tests.unit.test_pipeline import START, VAULT_WRITE, event
 
@@ -38,3 +40,24 @@ def test_an_event_with_findings_reads_the_open_findings_once() -> None:
                       and s.endswith("ORDER BY rule")]
     assert len(findings_reads) == 1, findings_reads
     assert {f.rule for f in store.open_findings(VAULT_ID)} >= {f.rule for f in again.findings}
+
+
+def test_a_quiet_event_claims_in_one_statement_and_renews_with_its_completion() -> None:
+    """The event's claim and its vault's lease in one upsert; the record's transaction renews
+    nothing on its own (its completion is fenced as the renewal was)."""
+    world = World(clock=SimClock(START))
+    store = SQLiteStateStore(":memory:")
+    pipeline = _pipeline(world, store)
+    world.put(vault())
+    store.put_baseline(VAULT_ID, vault(), None, now=START)
+    pipeline.handle(event(OPERATOR, VAULT_WRITE, event_id="evt-first"))  # the caller's first change
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    [quiet] = pipeline.handle(event(OPERATOR, VAULT_WRITE, event_id="evt-quiet"))
+    store._db.set_trace_callback(None)
+    assert quiet.outcome == "processed" and not quiet.findings
+    assert [s for s in statements if s.startswith("INSERT INTO claims")] == statements[:1]
+    assert not [s for s in statements if s.startswith("UPDATE claims SET lease_until")]
+    assert [s for s in statements if s.startswith("UPDATE claims SET done")], "completed, fenced by its owner"
+    assert store.claim("evt-quiet", START, pipeline.lease) == "duplicate"
+    assert store.claim(vault_lease(vault_key(VAULT_ID)), START, pipeline.lease) == "claimed"  # let go of
