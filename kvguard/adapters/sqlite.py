@@ -284,6 +284,7 @@ _LOWER_HEX = re.compile("[0-9a-f]+")
 _UUID_TEXT = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ROUNDS = 8  # claims attempted again when the row went away between the attempt and its read
 _COMPOUND_BRANCHES = 100  # SELECTs per UNION ALL, well inside SQLite's limit of 500
+_FIRST_MARKS = 3  # `load`'s part of the rows answering its first series of marks
 
 
 # A claim's upsert: a new row, or an unfinished claim whose lease has run out taken over.
@@ -457,10 +458,37 @@ class SQLiteStateStore:
             yield
 
     def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
-        """Every read under the lock, so no write of another thread lands between them."""
-        with self._lock:
-            return VaultState(self.get_baseline(vault_id), self.open_findings(vault_id), self.pending_actions(scope),
-                              self.marks_since_each(marks))
+        """One SELECT: the baseline, the open findings, the intents and each series of marks as
+        branches of one UNION ALL (each on its table's key), its rows told apart by their `part`
+        (0 the baseline, 1 findings, 2 intents, 3 on the marks of each query in turn) and ordered as
+        the reads one by one order them."""
+        if len(marks) > _COMPOUND_BRANCHES:  # more series than one statement takes: the reads one by one
+            with self._lock:
+                return VaultState(self.get_baseline(vault_id), self.open_findings(vault_id),
+                                  self.pending_actions(scope), self.marks_since_each(marks))
+        key = vault_key(vault_id)
+        sql = " UNION ALL ".join((
+            "SELECT 0 AS part, vault_id AS a, config AS b, etag, deleted, updated FROM baselines WHERE vault_key = ?",
+            "SELECT 1, rule, vault_id, finding, opened, baseline_etag FROM findings WHERE vault_key = ?",
+            "SELECT 2, handler, intent, at, NULL, NULL FROM intents WHERE scope = ?",
+            *("SELECT ?, at, member, NULL, NULL, NULL FROM marks WHERE key = ? AND at >= ?" for _ in marks),
+        ))
+        params = (key, key, scope, *(value for number, query in enumerate(marks, _FIRST_MARKS)
+                                     for value in (number, _series_key(query.series, query.key), _tick(query.since))))
+        baseline: Baseline | None = None
+        findings: list[OpenFinding] = []
+        pending: list[PendingAction] = []
+        answers: list[list[tuple[str, datetime]]] = [[] for _ in marks]
+        for part, a, b, c, d, e in self._query(f"{sql} ORDER BY part, a, b", params):
+            if part == 0:
+                baseline = self._baseline((a, b, c, d, e))
+            elif part == 1:
+                findings.append(self._finding(key, (b, a, c, d, e)))
+            elif part == 2:
+                pending.append(PendingAction(scope, a, json.loads(b), _untick(c)))
+            else:
+                answers[part - _FIRST_MARKS].append((_unpacked(b), _untick(a)))
+        return VaultState(baseline, findings, pending, answers)
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -747,14 +775,16 @@ class SQLiteStateStore:
             "SELECT vault_id, rule, finding, opened, baseline_etag FROM findings WHERE vault_key = ? ORDER BY rule",
             (key,),
         )
-        return [
-            OpenFinding(
-                vault_id=vault, rule=rule, opened=_untick(opened),
-                finding=_decoded_on_use(finding) if etag is None
-                else found_against.joined(key, json.loads(finding), self._found_against_loader(key, etag)),
-            )
-            for vault, rule, finding, opened, etag in rows
-        ]
+        return [self._finding(key, row) for row in rows]
+
+    def _finding(self, key: str, row: tuple[Any, ...]) -> OpenFinding:
+        """An open finding from its row: vault id, rule, record, time opened, baseline ETag."""
+        vault, rule, finding, opened, etag = row
+        return OpenFinding(
+            vault_id=vault, rule=rule, opened=_untick(opened),
+            finding=_decoded_on_use(finding) if etag is None
+            else found_against.joined(key, json.loads(finding), self._found_against_loader(key, etag)),
+        )
 
     def _found_against_loader(self, key: str, etag: str) -> Callable[[], Mapping[str, Any]]:
         def load() -> Mapping[str, Any]:

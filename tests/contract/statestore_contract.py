@@ -850,6 +850,33 @@ class StateStoreContract:
         assert state.marks == store.marks_since_each(queries)
         assert state.marks == [[("principal:a|", T0)], [("kv-a", T0 + timedelta(minutes=1))], []]
 
+    def test_load_orders_what_it_reads_as_the_reads_one_by_one_do(self, store: StateStore) -> None:
+        store.put_baseline(VAULT, vault_config(policies=2, seed=3), None, now=T0)
+        for rule in ("KV-NET-01", "KV-AP-01", "KV-DIAG-01"):
+            store.open_finding(VAULT, rule, {"evidence": {"rule": rule}}, T0)
+        for handler in ("restore_network", "revert_access_policy"):
+            store.begin_action("kv-scope", handler, {"event_id": f"evt-{handler}", "operations": []}, T0)
+        for member, at in (("evt-b", T0), ("evt-a", T0), ("evt-c", T0 - timedelta(minutes=1))):
+            store.add_mark("remediations", VAULT, member, at)
+        for minute in (3, 1, 2):
+            store.add_mark("caller_vaults", "caller-1", f"kv-{minute}", T0 + timedelta(minutes=minute))
+        queries = [MarkQuery("remediations", VAULT, T0 - timedelta(hours=1)),
+                   MarkQuery("caller_vaults", "caller-1", T0 + timedelta(minutes=2))]
+        state = store.load(VAULT, "kv-scope", queries)
+        assert [f.rule for f in state.findings] == ["KV-AP-01", "KV-DIAG-01", "KV-NET-01"]
+        assert state.findings == store.open_findings(VAULT)
+        assert [p.handler for p in state.pending] == ["restore_network", "revert_access_policy"]
+        assert state.pending == store.pending_actions("kv-scope")
+        assert state.marks == store.marks_since_each(queries)
+        assert state.marks[0][0][0] == "evt-c"  # oldest first
+        assert state.marks[1] == [("kv-2", T0 + timedelta(minutes=2)), ("kv-3", T0 + timedelta(minutes=3))]
+
+    def test_load_answers_more_series_of_marks_than_one_statement_takes(self, store: StateStore) -> None:
+        for index in range(120):
+            store.add_mark("grants", f"vault-{index}", f"principal:{index}|", T0)
+        queries = [MarkQuery("grants", f"vault-{index}", T0) for index in range(120)]
+        assert store.load(VAULT, "kv-scope", queries).marks == [[(f"principal:{index}|", T0)] for index in range(120)]
+
     def test_load_of_a_vault_nothing_is_known_of(self, store: StateStore) -> None:
         state = store.load(VAULT, "kv-scope", [])
         assert (state.baseline, state.findings, state.pending, state.marks) == (None, [], [], [])

@@ -35,16 +35,17 @@ def test_an_event_with_findings_reads_the_open_findings_once() -> None:
     [again] = pipeline.handle(event(INTRUDER, VAULT_WRITE, event_id="evt-again"))
     store._db.set_trace_callback(None)
     assert again.outcome == "processed" and again.findings, "a second grant: joined against the open ones, then opened"
-    # the vault's open findings as `open_findings` reads them (a write of one finding reads its own row)
-    findings_reads = [s for s in statements if s.startswith("SELECT") and " FROM findings " in s
-                      and s.endswith("ORDER BY rule")]
+    # the vault's open findings as `load` or `open_findings` reads them (a write of one finding
+    # reads its own row)
+    findings_reads = [s for s in statements if s.startswith("SELECT")
+                      and "finding, opened, baseline_etag FROM findings WHERE vault_key = " in s]
     assert len(findings_reads) == 1, findings_reads
     assert {f.rule for f in store.open_findings(VAULT_ID)} >= {f.rule for f in again.findings}
 
 
 def test_a_quiet_event_claims_in_one_statement_and_renews_with_its_completion() -> None:
-    """The event's claim and its vault's lease in one upsert; the record's transaction renews
-    nothing on its own (its completion is fenced as the renewal was)."""
+    """The event's claim and its vault's lease in one upsert, the vault's state in one SELECT; the
+    record's transaction renews nothing on its own (its completion is fenced as the renewal was)."""
     world = World(clock=SimClock(START))
     store = SQLiteStateStore(":memory:")
     pipeline = _pipeline(world, store)
@@ -57,6 +58,8 @@ def test_a_quiet_event_claims_in_one_statement_and_renews_with_its_completion() 
     store._db.set_trace_callback(None)
     assert quiet.outcome == "processed" and not quiet.findings
     assert [s for s in statements if s.startswith("INSERT INTO claims")] == statements[:1]
+    before_the_record = statements[:statements.index("BEGIN IMMEDIATE")]
+    assert [s for s in before_the_record if s.startswith("SELECT")] == statements[1:2], "the vault's state in one read"
     assert not [s for s in statements if s.startswith("UPDATE claims SET lease_until")]
     assert [s for s in statements if s.startswith("UPDATE claims SET done")], "completed, fenced by its owner"
     assert store.claim("evt-quiet", START, pipeline.lease) == "duplicate"

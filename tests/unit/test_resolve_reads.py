@@ -4,7 +4,7 @@ only a diff finding's record holds what its closing needs (the baseline it was f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +14,7 @@ from kvguard.catalog import RULES
 from kvguard.detection import Closing
 from kvguard.pipeline import Pipeline
 from kvguard.policy import Policy
-from kvguard.ports import OpenFinding
+from kvguard.ports import MarkQuery, OpenFinding, VaultState
 from kvguard.sim import SIM_IDENTITY, SimClock, SimDefender, SimTopic, SimVaultGateway, World
 from tests.unit.test_pipeline import START, VAULT_WRITE, event
 
@@ -46,7 +46,14 @@ class NotingStore(SQLiteStateStore):
         self.read: list[str] = []
 
     def open_findings(self, vault_id: str) -> list[OpenFinding]:
-        return [replace(f, finding=_Noted(f.finding, f.rule, self.read)) for f in super().open_findings(vault_id)]
+        return [self._noted(f) for f in super().open_findings(vault_id)]
+
+    def load(self, vault_id: str, scope: str, marks: Sequence[MarkQuery]) -> VaultState:
+        state = super().load(vault_id, scope, marks)
+        return replace(state, findings=[self._noted(f) for f in state.findings])
+
+    def _noted(self, finding: OpenFinding) -> OpenFinding:
+        return replace(finding, finding=_Noted(finding.finding, finding.rule, self.read))
 
 
 def test_resolving_reads_the_records_of_diff_findings_only() -> None:
