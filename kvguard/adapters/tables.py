@@ -195,6 +195,14 @@ def _sequence(at: datetime) -> str:
     return f"{_stamp(at)}-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
 
+def _audit_time(entity: Mapping[str, Any]) -> str:
+    """An audit record's stamp: the start of its RowKey's `_sequence` in the vaults' table (a
+    record written there before keeps an `at` too, the same stamp), its `at` in the earlier
+    layout's table, whose RowKeys are not read for it."""
+    row = entity["RowKey"]
+    return row[len(AUDIT):len(AUDIT) + STAMP_CHARS] if row.startswith(AUDIT) else entity["at"]
+
+
 def _json_default(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
@@ -949,8 +957,7 @@ class TablesStateStore:
         partition = _vault_partition(record.vault_id) if record.vault_id is not None else "no-vault"
         entity: dict[str, Any] = {
             "PartitionKey": partition,
-            "RowKey": AUDIT + _sequence(record.at),
-            "at": _stamp(record.at),
+            "RowKey": AUDIT + _sequence(record.at),  # its time: read from here, not kept twice
             "event_id": record.event_id[:DISPLAY_CHARS],
         }
         compact = audit_document(record.vault_id, record.outcome, record.event_id)
@@ -992,14 +999,15 @@ class TablesStateStore:
             entities += (self._legacy_rows("audit", None) if vault_id is None
                          else self._legacy_query("audit", _legacy_partition(vault_id)))
         records = []
-        for entity in sorted(entities, key=lambda entity: (entity["at"], entity["RowKey"].removeprefix(AUDIT))):
+        for entity in sorted(entities, key=lambda entity: (_audit_time(entity), entity["RowKey"].removeprefix(AUDIT))):
             if "audit" in entity:
                 event_id = entity["event_id"]
                 vault, outcome = audit_fields(None, entity["audit"], event_id)
             else:
                 document = self._unpack(entity)
                 event_id, vault, outcome = document["event_id"], document["vault_id"], document["outcome"]
-            records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(entity["at"]), outcome=outcome))
+            records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(_audit_time(entity)),
+                                       outcome=outcome))
         return records
 
     @_transient
@@ -1433,7 +1441,7 @@ class TablesStateStore:
         finished = "( done eq true and completed_at lt @cutoff ) or ( done eq false and lease_until lt @cutoff )"
         filters = {
             "claims": finished,
-            VAULTS: f"{finished} or ( {_starting(AUDIT)} and at lt @cutoff )"
+            VAULTS: f"{finished} or ( RowKey ge '{AUDIT}' and RowKey lt @audit_cutoff )"
                     f" or ( {_starting(INTENT)} and at lt @cutoff )",
             "rejected": "at lt @cutoff",
             "outbox": "at lt @cutoff",
@@ -1441,7 +1449,8 @@ class TablesStateStore:
         removed = 0
         for concern, query in filters.items():
             table = self._table(concern)
-            removed += self._delete_found(table, list(table.query_entities(query, parameters={"cutoff": cutoff})))
+            parameters = {"cutoff": cutoff, "audit_cutoff": AUDIT + cutoff}
+            removed += self._delete_found(table, list(table.query_entities(query, parameters=parameters)))
         marks = self._table(VAULTS).query_entities(_starting(MARK), select=["PartitionKey", "RowKey"])
         stale = [mark for mark in marks if mark["RowKey"].rsplit("|", 1)[1][:STAMP_CHARS] < cutoff]
         removed += self._delete_found(self._table(VAULTS), stale) + self._prune_found_against(cutoff)

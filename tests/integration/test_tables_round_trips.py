@@ -211,7 +211,7 @@ def test_what_grows_with_every_event_keeps_no_readable_copies(
 
     assert properties("c|") == {"event_id", "done", "completed_at"}
     assert properties("m|") == {"member"}  # its time is in its RowKey
-    assert properties("t|") == {"at", "event_id", "attempt", "audit"}  # one compact document
+    assert properties("t|") == {"event_id", "attempt", "audit"}  # one compact document; its time in its RowKey
     [record] = store.list_audit(VAULT)
     assert (record.event_id, record.vault_id, record.outcome) == ("evt-1", VAULT, {"outcome": "processed"})
     assert store.claim("evt-1", T0 + LEASE, LEASE, owner="b", beside=LOCK) == "duplicate"
@@ -233,3 +233,25 @@ def test_an_audit_record_written_before_the_compact_document_reads_as_written(
                          "doc_0": zlib.compress(json.dumps(document).encode())})
     assert [(r.event_id, r.vault_id, r.outcome) for r in store.list_audit(VAULT)] == [
         ("evt-old", VAULT, {"outcome": "duplicate"}), ("evt-new", VAULT, {"outcome": "processed"})]
+
+
+def test_an_audit_record_that_keeps_its_time_twice_reads_and_ages_as_one_that_does_not(
+    counted: Counted, service: TableServiceClient, table_prefix: str
+) -> None:
+    """A record written before its time was read from its RowKey alone (with `at` beside it) is
+    listed in time order among the newer ones and pruned by the same retention."""
+    store = counted.store
+    store.append_audit(AuditRecord("evt-new", VAULT, T0 + 2 * LEASE, {"outcome": "processed"}))
+    table = service.get_table_client(table_prefix + "vault")
+    [new] = table.list_entities()
+    assert "at" not in new
+    earlier = T0 + LEASE
+    older = {name: value for name, value in new.items() if name not in ("RowKey", "event_id")}
+    table.create_entity({**older, "RowKey": "t|" + earlier.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "-0-old",
+                         "at": earlier.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "event_id": "evt-old"})
+    assert [(r.event_id, r.at) for r in store.list_audit(VAULT)] == [("evt-old", earlier),
+                                                                     ("evt-new", T0 + 2 * LEASE)]
+    assert store.prune(T0 + LEASE + timedelta(microseconds=1)) == 1
+    assert [r.event_id for r in store.list_audit(VAULT)] == ["evt-new"]
+    assert store.prune(T0 + 3 * LEASE) == 1
+    assert store.list_audit(VAULT) == []
