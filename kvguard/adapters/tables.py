@@ -240,10 +240,11 @@ class _Claim:
 
 
 def _finished(claim: _Claim) -> _Claim:
-    """A claim as it is kept once its event is done: its keys and event id (the owner's token and
-    the lease only fence an unfinished claim), to be written over the claim with its ETag."""
-    kept: dict[str, Any] = {name: claim.entity[name] for name in ("PartitionKey", "RowKey", "event_id")
-                            if name in claim.entity}
+    """A claim as it is kept once its event is done: its keys (the owner's token and the lease
+    only fence an unfinished claim; the readable event id, kept on an unfinished claim for whoever
+    looks at one in progress, is in the event's audit record), to be written over the claim with
+    its ETag. The RowKey's 128 bits of the event id's digest are what a redelivery is told by."""
+    kept: dict[str, Any] = {name: claim.entity[name] for name in ("PartitionKey", "RowKey")}
     return _Claim(claim.event_id, kept, claim.etag, claim.read, claim.table)
 
 
@@ -805,7 +806,6 @@ class TablesStateStore:
             {
                 "PartitionKey": partition,
                 "RowKey": row,
-                "event_id": event_id[:DISPLAY_CHARS],
                 "done": True,
                 "completed_at": _stamp(now),
             },
