@@ -1446,10 +1446,10 @@ class TablesStateStore:
             "rejected": "at lt @cutoff",
             "outbox": "at lt @cutoff",
         }
+        parameters = {"cutoff": cutoff, "audit_cutoff": AUDIT + cutoff}  # an audit record's time starts its RowKey
         removed = 0
         for concern, query in filters.items():
             table = self._table(concern)
-            parameters = {"cutoff": cutoff, "audit_cutoff": AUDIT + cutoff}
             removed += self._delete_found(table, list(table.query_entities(query, parameters=parameters)))
         marks = self._table(VAULTS).query_entities(_starting(MARK), select=["PartitionKey", "RowKey"])
         stale = [mark for mark in marks if mark["RowKey"].rsplit("|", 1)[1][:STAMP_CHARS] < cutoff]
