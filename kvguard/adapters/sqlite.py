@@ -391,6 +391,19 @@ def _decoded_on_use(text: str) -> found_against.ReadOnFirstUse:
     return found_against.ReadOnFirstUse(partial(json.loads, text))
 
 
+def _numbered_marks(queries: Sequence[MarkQuery], first: int) -> tuple[Any, ...]:
+    """The parameters of one UNION ALL branch per series of marks (`?` its number, from `first`,
+    then its key and the start of its window), in the order of `queries`."""
+    return tuple(value for number, query in enumerate(queries, first)
+                 for value in (number, _series_key(query.series, query.key), _tick(query.since)))
+
+
+def _pending(scope: str, row: tuple[Any, ...]) -> PendingAction:
+    """A pending action from its intents row: handler, intent, time written."""
+    handler, intent, at = row
+    return PendingAction(scope, handler, json.loads(intent), _untick(at))
+
+
 class SQLiteStateStore:
     """kvguard.ports.StateStore on one SQLite database (`:memory:` by default)."""
 
@@ -473,8 +486,7 @@ class SQLiteStateStore:
             "SELECT 2, handler, intent, at, NULL, NULL FROM intents WHERE scope = ?",
             *("SELECT ?, at, member, NULL, NULL, NULL FROM marks WHERE key = ? AND at >= ?" for _ in marks),
         ))
-        params = (key, key, scope, *(value for number, query in enumerate(marks, _FIRST_MARKS)
-                                     for value in (number, _series_key(query.series, query.key), _tick(query.since))))
+        params = (key, key, scope, *_numbered_marks(marks, _FIRST_MARKS))
         baseline: Baseline | None = None
         findings: list[OpenFinding] = []
         pending: list[PendingAction] = []
@@ -485,7 +497,7 @@ class SQLiteStateStore:
             elif part == 1:
                 findings.append(self._finding(key, (b, a, c, d, e)))
             elif part == 2:
-                pending.append(PendingAction(scope, a, json.loads(b), _untick(c)))
+                pending.append(_pending(scope, (a, b, c)))
             else:
                 answers[part - _FIRST_MARKS].append((_unpacked(b), _untick(a)))
         return VaultState(baseline, findings, pending, answers)
@@ -820,8 +832,7 @@ class SQLiteStateStore:
             sql = " UNION ALL ".join(
                 "SELECT ? AS query, member, at FROM marks WHERE key = ? AND at >= ?" for _ in part
             )
-            params = tuple(value for number, query in enumerate(part, start)
-                           for value in (number, _series_key(query.series, query.key), _tick(query.since)))
+            params = _numbered_marks(part, start)
             for number, member, at in self._query(f"{sql} ORDER BY query, at, member", params):
                 answers[number].append((_unpacked(member), _untick(at)))
         return answers
@@ -839,7 +850,7 @@ class SQLiteStateStore:
         rows = self._query(
             "SELECT handler, intent, at FROM intents WHERE scope = ? ORDER BY handler", (scope,)
         )
-        return [PendingAction(scope, handler, json.loads(intent), _untick(at)) for handler, intent, at in rows]
+        return [_pending(scope, row) for row in rows]
 
     def finish_action(self, scope: str, handler: str) -> None:
         self._write("DELETE FROM intents WHERE scope = ? AND handler = ?", (scope, handler))

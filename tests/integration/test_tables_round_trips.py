@@ -246,9 +246,9 @@ def test_an_audit_record_that_keeps_its_time_twice_reads_and_ages_as_one_that_do
     [new] = table.list_entities()
     assert "at" not in new
     earlier = T0 + LEASE
+    stamp = earlier.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     older = {name: value for name, value in new.items() if name not in ("RowKey", "event_id")}
-    table.create_entity({**older, "RowKey": "t|" + earlier.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "-0-old",
-                         "at": earlier.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "event_id": "evt-old"})
+    table.create_entity({**older, "RowKey": f"t|{stamp}-0-old", "at": stamp, "event_id": "evt-old"})
     assert [(r.event_id, r.at) for r in store.list_audit(VAULT)] == [("evt-old", earlier),
                                                                      ("evt-new", T0 + 2 * LEASE)]
     assert store.prune(T0 + LEASE + timedelta(microseconds=1)) == 1
