@@ -999,15 +999,16 @@ class TablesStateStore:
             entities += (self._legacy_rows("audit", None) if vault_id is None
                          else self._legacy_query("audit", _legacy_partition(vault_id)))
         records = []
-        for entity in sorted(entities, key=lambda entity: (_audit_time(entity), entity["RowKey"].removeprefix(AUDIT))):
+        timed = sorted(((_audit_time(entity), entity["RowKey"].removeprefix(AUDIT), entity) for entity in entities),
+                       key=lambda item: item[:2])
+        for at, _, entity in timed:
             if "audit" in entity:
                 event_id = entity["event_id"]
                 vault, outcome = audit_fields(None, entity["audit"], event_id)
             else:
                 document = self._unpack(entity)
                 event_id, vault, outcome = document["event_id"], document["vault_id"], document["outcome"]
-            records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(_audit_time(entity)),
-                                       outcome=outcome))
+            records.append(AuditRecord(event_id=event_id, vault_id=vault, at=_unstamp(at), outcome=outcome))
         return records
 
     @_transient
